@@ -106,7 +106,8 @@ impl Pte {
     }
     /// Frame of a resident page.
     pub fn frame(self) -> Option<FrameIndex> {
-        self.is_valid().then_some(FrameIndex(self.0 >> Self::FRAME_SHIFT))
+        self.is_valid()
+            .then_some(FrameIndex(self.0 >> Self::FRAME_SHIFT))
     }
 }
 

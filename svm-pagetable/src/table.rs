@@ -78,7 +78,11 @@ impl PageTable {
     }
 
     /// Set every entry of `pages` to the value `f` gives.
-    pub fn update_range(&mut self, pages: core::ops::Range<u32>, mut f: impl FnMut(PageIndex, Pte) -> Pte) {
+    pub fn update_range(
+        &mut self,
+        pages: core::ops::Range<u32>,
+        mut f: impl FnMut(PageIndex, Pte) -> Pte,
+    ) {
         for p in pages {
             let idx = PageIndex(p);
             let new = f(idx, self.get(idx));
@@ -98,7 +102,9 @@ impl PageTable {
 
     /// Bytes the next [`Self::drain_dirty`] will hand out.
     pub fn dirty_bytes(&self) -> u64 {
-        self.batches().map(|b| core::mem::size_of_val(b.entries) as u64).sum()
+        self.batches()
+            .map(|b| core::mem::size_of_val(b.entries) as u64)
+            .sum()
     }
 
     /// Hand each run of consecutive dirty leaves to `upload`, then mark all
@@ -173,7 +179,10 @@ mod tests {
         t.set(PageIndex(7 * LEAF_PTES as u32), Pte::EMPTY);
         let mut got = Vec::new();
         let bytes = t.drain_dirty(|b| got.push((b.byte_offset, b.entries.len())));
-        assert_eq!(got, vec![(0, LEAF_PTES), (3 * 4 * LEAF_PTES as u64, 2 * LEAF_PTES)]);
+        assert_eq!(
+            got,
+            vec![(0, LEAF_PTES), (3 * 4 * LEAF_PTES as u64, 2 * LEAF_PTES)]
+        );
         assert_eq!(bytes, 3 * 4 * LEAF_PTES as u64);
     }
 }

@@ -1,0 +1,209 @@
+//! The managed arena: the memfd views plus the fault backend that guards the
+//! user view. Mechanism only: *which* pages to zap or restore, and when, is
+//! the runtime's policy.
+
+use crate::backend::FaultBackendKind;
+use crate::error::{MigrateError, Result};
+use crate::sys::mmap::{Views, VIEW_ALIGN};
+use crate::sys::signals::{RegisterError, SegvRegistration};
+use crate::sys::uffd::Uffd;
+
+pub(crate) enum Guard {
+    Uffd(Uffd),
+    Mprotect(SegvRegistration),
+}
+
+/// A reserved, 2 MiB aligned range of virtual memory whose pages can be made
+/// inaccessible to the CPU ([`Arena::zap`]) and given back
+/// ([`Arena::restore`]) without losing their host copy, which the runtime
+/// reads and writes through [`Arena::read_host`] / [`Arena::write_host`].
+pub struct Arena {
+    views: Views,
+    pub(crate) guard: Guard,
+}
+
+impl core::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Arena")
+            .field("base", &format_args!("{:#x}", self.base()))
+            .field("len", &self.len())
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+/// Offsets and lengths are in bytes from the arena base and must be page
+/// aligned; out-of-range or unaligned arguments are caller bugs and panic.
+impl Arena {
+    /// Reserve an arena of `len` bytes (rounded up to 2 MiB) guarded by the
+    /// given backend.
+    pub fn new(len: usize, backend: FaultBackendKind) -> Result<Self> {
+        if len == 0 {
+            return Err(MigrateError::Config("arena size must be positive".into()));
+        }
+        let len = len.next_multiple_of(VIEW_ALIGN);
+        let views = Views::new(len).map_err(MigrateError::os("mmap arena"))?;
+        let guard = match backend {
+            FaultBackendKind::Uffd => {
+                let uffd = Uffd::open().map_err(|e| MigrateError::Unsupported {
+                    backend: "uffd",
+                    why: format!("userfaultfd with MINOR_SHMEM: {e}"),
+                })?;
+                uffd.register_minor(views.user_base(), len).map_err(|e| {
+                    MigrateError::Unsupported {
+                        backend: "uffd",
+                        why: format!("UFFDIO_REGISTER (MINOR) of the arena: {e}"),
+                    }
+                })?;
+                Guard::Uffd(uffd)
+            }
+            FaultBackendKind::Mprotect => Guard::Mprotect(
+                SegvRegistration::new(views.user_base(), len).map_err(|e| match e {
+                    RegisterError::TooManyArenas => MigrateError::Unsupported {
+                        backend: "mprotect",
+                        why: "too many arenas in this process".into(),
+                    },
+                    RegisterError::Os(e) => MigrateError::Os {
+                        op: "sigaction(SIGSEGV)",
+                        source: e,
+                    },
+                })?,
+            ),
+        };
+        Ok(Self { views, guard })
+    }
+
+    /// The fault backend guarding this arena.
+    pub fn backend(&self) -> FaultBackendKind {
+        match self.guard {
+            Guard::Uffd(_) => FaultBackendKind::Uffd,
+            Guard::Mprotect(_) => FaultBackendKind::Mprotect,
+        }
+    }
+    /// Address of the first byte, as programs see it.
+    pub fn base(&self) -> usize {
+        self.views.user_base()
+    }
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+    /// Never true.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// Whether `addr` lies inside the arena.
+    pub fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.base()) < self.len()
+    }
+
+    fn check_aligned(offset: usize, len: usize) {
+        let page = svm_page_size();
+        assert!(
+            offset % page == 0 && len % page == 0,
+            "unaligned arena range {offset:#x}+{len:#x}"
+        );
+    }
+
+    /// Make `[offset, offset + len)` inaccessible to program threads; their
+    /// next access faults to the service. The host copy is kept.
+    pub fn zap(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        match &self.guard {
+            Guard::Uffd(_) => {
+                // Holes would come back as missing (zero-fill) faults that the
+                // MINOR registration never sees: give them a page first.
+                self.views
+                    .populate(offset, len)
+                    .map_err(MigrateError::os("madvise(POPULATE_WRITE)"))?;
+                self.views
+                    .user_dontneed(offset, len)
+                    .map_err(MigrateError::os("madvise(DONTNEED)"))
+            }
+            Guard::Mprotect(_) => self
+                .views
+                .user_protect(offset, len, false, false)
+                .map_err(MigrateError::os("mprotect(NONE)")),
+        }
+    }
+
+    /// Make `[offset, offset + len)` accessible again, showing the current
+    /// host copy, and wake threads waiting on faults there.
+    pub fn restore(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        match &self.guard {
+            Guard::Uffd(u) => {
+                let start = self.base() + offset;
+                match u.continue_range(start, len) {
+                    Ok(_) => Ok(()),
+                    // Some page was mapped already (its fault raced with
+                    // another): map the rest page by page.
+                    Err((rustix::io::Errno::EXIST, _)) => {
+                        let page = svm_page_size();
+                        for p in (start..start + len).step_by(page) {
+                            match u.continue_range(p, page) {
+                                Ok(_) | Err((rustix::io::Errno::EXIST, _)) => {}
+                                Err((e, _)) => {
+                                    return Err(MigrateError::Os {
+                                        op: "UFFDIO_CONTINUE",
+                                        source: e,
+                                    })
+                                }
+                            }
+                        }
+                        u.wake(start, len).map_err(MigrateError::os("UFFDIO_WAKE"))
+                    }
+                    Err((e, _)) => Err(MigrateError::Os {
+                        op: "UFFDIO_CONTINUE",
+                        source: e,
+                    }),
+                }
+            }
+            Guard::Mprotect(_) => self
+                .views
+                .user_protect(offset, len, true, true)
+                .map_err(MigrateError::os("mprotect(RW)")),
+        }
+    }
+
+    /// Zero the host copy of a range and release its memory. The user view
+    /// must be zapped or otherwise unused there by the caller's protocol.
+    pub fn discard(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        self.views
+            .punch_hole(offset, len)
+            .map_err(MigrateError::os("fallocate(PUNCH_HOLE)"))
+    }
+
+    pub(crate) fn protect_none(&self, offset: usize, len: usize) -> Result<()> {
+        self.views
+            .user_protect(offset, len, false, false)
+            .map_err(MigrateError::os("mprotect(NONE)"))
+    }
+
+    /// Copy host bytes out (never faults).
+    pub fn read_host(&self, offset: usize, dst: &mut [u8]) {
+        self.views.read_alias(offset, dst)
+    }
+    /// Copy bytes into the host copy (never faults).
+    pub fn write_host(&self, offset: usize, src: &[u8]) {
+        self.views.write_alias(offset, src)
+    }
+    /// Borrow the host copy of a range (never faults).
+    pub fn with_host<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.views.with_alias(offset, len, f)
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if let Guard::Uffd(u) = &self.guard {
+            let _ = u.unregister(self.views.user_base(), self.views.len());
+        }
+    }
+}
+
+/// The managed page size (4 KiB).
+pub const fn svm_page_size() -> usize {
+    4096
+}

@@ -1,0 +1,209 @@
+//! The fault service: one thread per arena that receives CPU faults from the
+//! backend, in batches, and hands each to the runtime's [`FaultHandler`].
+//!
+//! * **uffd**: the thread `poll`s the userfaultfd and an eventfd (shutdown),
+//!   drains every pending fault message at once, drops duplicates (threads
+//!   touching the same page) and serves the rest in address order, so one
+//!   wake-up serves a burst of faults.
+//! * **mprotect**: the SIGSEGV handler writes request pointers into a pipe;
+//!   the thread reads them, serves them, and wakes each faulting thread.
+//!
+//! A handler that cannot serve a fault (device lost, say) returns
+//! [`FaultFatal`]: the service prints its message and makes the faulting
+//! access crash (uffd: the page is made `PROT_NONE` and the thread woken;
+//! mprotect: the signal handler aborts). Never a silent wrong answer.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+
+use crate::arena::{Arena, Guard};
+use crate::error::{MigrateError, Result};
+use crate::sys::signals::{FATAL, RESOLVED};
+use crate::sys::uffd::{PageFault, PF_WRITE};
+
+/// One CPU fault on the arena's user view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuFault {
+    /// Page-aligned byte offset from the arena base.
+    pub offset: usize,
+    /// `Some(true)` for a write, `Some(false)` for a read, `None` when the
+    /// backend cannot tell.
+    pub write: Option<bool>,
+}
+
+/// A fault that cannot be served; the faulting access will crash with this
+/// message.
+#[derive(Debug, Clone)]
+pub struct FaultFatal(pub String);
+
+/// What the runtime does on a CPU fault (its policy).
+pub trait FaultHandler: Send + Sync + 'static {
+    /// The arena whose faults this handler serves.
+    fn arena(&self) -> &Arena;
+    /// Serve `fault`: make the host copy current and call
+    /// [`Arena::restore`] on a range containing the faulting page.
+    fn handle_fault(&self, fault: CpuFault) -> core::result::Result<(), FaultFatal>;
+}
+
+/// The running fault service of one arena; stops its thread on drop.
+pub struct FaultService {
+    stop: Stop,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Stop {
+    Eventfd(std::os::fd::OwnedFd),
+    Pipe(Arc<dyn Fn() + Send + Sync>),
+}
+
+impl core::fmt::Debug for FaultService {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FaultService").finish_non_exhaustive()
+    }
+}
+
+impl FaultService {
+    /// Start serving the faults of `handler.arena()`.
+    pub fn start<H: FaultHandler>(handler: Arc<H>) -> Result<Self> {
+        match &handler.arena().guard {
+            Guard::Uffd(_) => {
+                let ev = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                    .map_err(MigrateError::os("eventfd"))?;
+                let ev2 = ev.try_clone().map_err(|e| MigrateError::Os {
+                    op: "dup(eventfd)",
+                    source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                })?;
+                let thread = std::thread::Builder::new()
+                    .name("svm-fault-uffd".into())
+                    .spawn(move || uffd_loop(&*handler, &ev2))
+                    .map_err(|_| MigrateError::Os {
+                        op: "spawn fault thread",
+                        source: rustix::io::Errno::AGAIN,
+                    })?;
+                Ok(Self {
+                    stop: Stop::Eventfd(ev),
+                    thread: Some(thread),
+                })
+            }
+            Guard::Mprotect(_) => {
+                let h2 = handler.clone();
+                let thread = std::thread::Builder::new()
+                    .name("svm-fault-segv".into())
+                    .spawn(move || segv_loop(&*h2))
+                    .map_err(|_| MigrateError::Os {
+                        op: "spawn fault thread",
+                        source: rustix::io::Errno::AGAIN,
+                    })?;
+                let stopper: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                    if let Guard::Mprotect(r) = &handler.arena().guard {
+                        r.wake_service();
+                    }
+                });
+                Ok(Self {
+                    stop: Stop::Pipe(stopper),
+                    thread: Some(thread),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for FaultService {
+    fn drop(&mut self) {
+        match &self.stop {
+            Stop::Eventfd(ev) => {
+                let _ = rustix::io::write(ev, &1u64.to_ne_bytes());
+            }
+            Stop::Pipe(f) => f(),
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
+    let arena = handler.arena();
+    let Guard::Uffd(uffd) = &arena.guard else {
+        unreachable!("uffd loop on a non-uffd arena")
+    };
+    let mut faults: Vec<PageFault> = Vec::with_capacity(64);
+    loop {
+        let ufd = uffd.as_fd();
+        let mut fds = [
+            PollFd::new(&ufd, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::error!(
+                    "svm fault service: poll failed: {e}; faults will no longer be served"
+                );
+                return;
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            return;
+        }
+        faults.clear();
+        if let Err(e) = uffd.read_faults(&mut faults) {
+            tracing::error!("svm fault service: reading userfaultfd failed: {e}");
+            return;
+        }
+        if faults.is_empty() {
+            continue;
+        }
+        let page = crate::arena::svm_page_size() as u64;
+        faults.sort_by_key(|f| f.address);
+        faults.dedup_by_key(|f| f.address & !(page - 1));
+        let _span = tracing::trace_span!("svm_cpu_fault_batch", faults = faults.len()).entered();
+        for f in &faults {
+            let addr = (f.address & !(page - 1)) as usize;
+            let fault = CpuFault {
+                offset: addr - arena.base(),
+                write: Some(f.flags & PF_WRITE != 0),
+            };
+            if let Err(FaultFatal(msg)) = handler.handle_fault(fault) {
+                eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
+                // Make the access crash instead of reading stale data.
+                let p = crate::arena::svm_page_size();
+                let _ = arena.zap_fatal(fault.offset, p);
+                let _ = uffd.wake(addr, p);
+            }
+        }
+    }
+}
+
+fn segv_loop<H: FaultHandler>(handler: &H) {
+    let arena = handler.arena();
+    let Guard::Mprotect(reg) = &arena.guard else {
+        unreachable!("segv loop on a non-mprotect arena")
+    };
+    while let Some(req) = reg.next_request() {
+        let (addr, write) = (req.addr(), req.write());
+        let page = crate::arena::svm_page_size();
+        let offset = (addr - arena.base()) & !(page - 1);
+        let state = match handler.handle_fault(CpuFault {
+            offset,
+            write: write.then_some(true),
+        }) {
+            Ok(()) => RESOLVED,
+            Err(FaultFatal(msg)) => {
+                eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
+                FATAL
+            }
+        };
+        req.finish(state);
+    }
+}
+
+impl Arena {
+    /// Make a page PROT_NONE in the user view, whatever the backend, so that
+    /// the next access crashes (used for faults that cannot be served).
+    pub(crate) fn zap_fatal(&self, offset: usize, len: usize) -> Result<()> {
+        self.protect_none(offset, len)
+    }
+}

@@ -1,0 +1,248 @@
+//! `userfaultfd(2)` without bindgen: the few ioctls the arena needs, with the
+//! structures of `include/uapi/linux/userfaultfd.h` written out.
+//!
+//! Mode used: **MINOR faults on shmem** (`UFFD_FEATURE_MINOR_SHMEM`). The
+//! user view maps a memfd; a page the device owns has its PTE dropped there
+//! while the page cache keeps a (stale) host copy, so a CPU touch raises a
+//! minor fault. The handler refreshes the page cache through the alias view
+//! and resolves with `UFFDIO_CONTINUE`, which maps the existing page: no copy
+//! through the kernel.
+//!
+//! # Safety
+//! The file descriptor lets its holder resolve faults of other threads; the
+//! only resolution issued here is `UFFDIO_CONTINUE` / `UFFDIO_WAKE` on ranges
+//! the caller checked are inside the registered user view. The ioctl
+//! argument structures are `#[repr(C)]` copies of the kernel ABI.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::io::Errno;
+
+const UFFD_API: u64 = 0xAA;
+const fn iowr(nr: u64, size: u64) -> u64 {
+    (3 << 30) | (size << 16) | (0xAA << 8) | nr
+}
+const fn ior(nr: u64, size: u64) -> u64 {
+    (2 << 30) | (size << 16) | (0xAA << 8) | nr
+}
+const UFFDIO_API: u64 = iowr(0x3F, 24);
+const UFFDIO_REGISTER: u64 = iowr(0x00, 32);
+const UFFDIO_UNREGISTER: u64 = ior(0x01, 16);
+const UFFDIO_WAKE: u64 = ior(0x02, 16);
+const UFFDIO_CONTINUE: u64 = iowr(0x07, 32);
+
+/// `UFFD_FEATURE_MINOR_SHMEM`.
+pub const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+/// `UFFD_FEATURE_THREAD_ID`.
+pub const FEATURE_THREAD_ID: u64 = 1 << 8;
+const MODE_MINOR: u64 = 4;
+/// `UFFD_USER_MODE_ONLY`.
+const USER_MODE_ONLY: u32 = 1;
+const EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_PAGEFAULT_FLAG_WRITE`.
+pub const PF_WRITE: u64 = 1;
+/// `_UFFDIO_CONTINUE` bit of the ioctls a registration allows.
+const IOCTL_CONTINUE_BIT: u64 = 1 << 0x07;
+
+#[repr(C)]
+struct Api {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct Range {
+    start: u64,
+    len: u64,
+}
+#[repr(C)]
+struct Register {
+    range: Range,
+    mode: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct Continue {
+    range: Range,
+    mode: u64,
+    mapped: i64,
+}
+
+/// `struct uffd_msg` (32 bytes); only the page-fault arm is decoded.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Msg {
+    event: u8,
+    _r1: u8,
+    _r2: u16,
+    _r3: u32,
+    a0: u64,
+    a1: u64,
+    a2: u64,
+}
+
+/// A page fault read from the descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageFault {
+    /// Faulting address (page aligned unless EXACT_ADDRESS).
+    pub address: u64,
+    /// `UFFD_PAGEFAULT_FLAG_*`.
+    pub flags: u64,
+}
+
+/// An open userfaultfd after the API handshake.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+fn ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> Result<(), Errno> {
+    // SAFETY: `req` is one of the UFFDIO_* requests above, whose argument is
+    // exactly `T` (a #[repr(C)] copy of the kernel structure); `arg` is a
+    // valid exclusive reference for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
+    if r < 0 {
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+impl Uffd {
+    /// Open a non-blocking userfaultfd with MINOR_SHMEM. Tries a full
+    /// descriptor first and falls back to `UFFD_USER_MODE_ONLY`, which is all
+    /// an unprivileged process gets under `vm.unprivileged_userfaultfd=0`
+    /// (then faults taken inside system calls are not handled and the call
+    /// fails with EFAULT).
+    pub fn open() -> Result<Self, Errno> {
+        use rustix::mm::UserfaultfdFlags as F;
+        let base = F::CLOEXEC | F::NONBLOCK;
+        // SAFETY: creating the descriptor is harmless; what it allows is
+        // argued in the module doc.
+        let fd = unsafe { rustix::mm::userfaultfd(base) }
+            // SAFETY: as above.
+            .or_else(|_| unsafe {
+                rustix::mm::userfaultfd(base | F::from_bits_retain(USER_MODE_ONLY))
+            })?;
+        let this = Self { fd };
+        let mut api = Api {
+            api: UFFD_API,
+            features: FEATURE_MINOR_SHMEM | FEATURE_THREAD_ID,
+            ioctls: 0,
+        };
+        ioctl(&this.fd, UFFDIO_API, &mut api)?;
+        if api.features & FEATURE_MINOR_SHMEM == 0 {
+            return Err(Errno::NOTSUP);
+        }
+        Ok(this)
+    }
+
+    /// Register `[start, start + len)` for MINOR faults; checks that
+    /// `UFFDIO_CONTINUE` is allowed there.
+    pub fn register_minor(&self, start: usize, len: usize) -> Result<(), Errno> {
+        let mut r = Register {
+            range: Range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: MODE_MINOR,
+            ioctls: 0,
+        };
+        ioctl(&self.fd, UFFDIO_REGISTER, &mut r)?;
+        if r.ioctls & IOCTL_CONTINUE_BIT == 0 {
+            let _ = self.unregister(start, len);
+            return Err(Errno::NOTSUP);
+        }
+        Ok(())
+    }
+
+    /// Undo [`Self::register_minor`].
+    pub fn unregister(&self, start: usize, len: usize) -> Result<(), Errno> {
+        let mut r = Range {
+            start: start as u64,
+            len: len as u64,
+        };
+        ioctl(&self.fd, UFFDIO_UNREGISTER, &mut r)
+    }
+
+    /// Map the page-cache pages of `[start, start + len)` into the registered
+    /// view and wake the threads waiting there. Returns the bytes mapped;
+    /// `EEXIST` means some page was already mapped (the kernel stops there).
+    pub fn continue_range(&self, start: usize, len: usize) -> Result<u64, (Errno, i64)> {
+        let mut c = Continue {
+            range: Range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: 0,
+            mapped: 0,
+        };
+        match ioctl(&self.fd, UFFDIO_CONTINUE, &mut c) {
+            Ok(()) => Ok(c.mapped.max(0) as u64),
+            Err(e) => Err((e, c.mapped)),
+        }
+    }
+
+    /// Wake threads waiting on faults in a range without mapping anything
+    /// (they retry the access).
+    pub fn wake(&self, start: usize, len: usize) -> Result<(), Errno> {
+        let mut r = Range {
+            start: start as u64,
+            len: len as u64,
+        };
+        ioctl(&self.fd, UFFDIO_WAKE, &mut r)
+    }
+
+    /// Read every pending page fault (non-blocking) into `out`; returns how
+    /// many were read. Non-fault events are ignored (none are requested).
+    pub fn read_faults(&self, out: &mut Vec<PageFault>) -> Result<usize, Errno> {
+        let mut msgs = [Msg::default(); 64];
+        let mut n = 0;
+        loop {
+            // SAFETY: `msgs` is a writable buffer of exactly the given length
+            // in bytes; the kernel writes whole `uffd_msg` structures.
+            let r = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr().cast(),
+                    core::mem::size_of_val(&msgs),
+                )
+            };
+            if r < 0 {
+                let e = Errno::from_raw_os_error(
+                    std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                );
+                if e == Errno::AGAIN {
+                    return Ok(n);
+                }
+                return Err(e);
+            }
+            let count = r as usize / core::mem::size_of::<Msg>();
+            for m in &msgs[..count] {
+                if m.event == EVENT_PAGEFAULT {
+                    out.push(PageFault {
+                        address: m.a1,
+                        flags: m.a0,
+                    });
+                    n += 1;
+                }
+            }
+            if count < msgs.len() {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// The descriptor, for `poll`.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+}

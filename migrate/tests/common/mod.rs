@@ -1,0 +1,146 @@
+//! Shared body of the per-backend fault tests (each backend's tests are a
+//! binary of their own: fault handlers are process-wide).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use svm_migrate::{
+    Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, MigrateError,
+};
+
+/// A toy "device": pages it owns have their true contents here; the host
+/// copy is stale until a fault brings them back.
+pub struct Toy {
+    pub arena: Arena,
+    pub device: Mutex<std::collections::BTreeMap<usize, Vec<u8>>>,
+    pub faults: AtomicUsize,
+    pub chunk: usize,
+    pub fail: Mutex<BTreeSet<usize>>,
+}
+
+impl FaultHandler for Toy {
+    fn arena(&self) -> &Arena {
+        &self.arena
+    }
+    fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        if self.fail.lock().contains(&fault.offset) {
+            return Err(FaultFatal("test asked this page to fail".into()));
+        }
+        let start = fault.offset / self.chunk * self.chunk;
+        let mut dev = self.device.lock();
+        for off in (start..start + self.chunk).step_by(4096) {
+            if let Some(bytes) = dev.remove(&off) {
+                self.arena.write_host(off, &bytes);
+            }
+        }
+        self.arena
+            .restore(start, self.chunk)
+            .map_err(|e| FaultFatal(e.to_string()))
+    }
+}
+
+/// Build a toy or return `None` (printing SKIP) when the backend is not
+/// permitted here; CI sets `SVM_REQUIRE_FAULTS=1` to turn that into a failure.
+pub fn toy(kind: FaultBackendKind, chunk: usize) -> Option<Arc<Toy>> {
+    match Arena::new(8 << 20, kind) {
+        Ok(arena) => Some(Arc::new(Toy {
+            arena,
+            device: Mutex::new(Default::default()),
+            faults: AtomicUsize::new(0),
+            chunk,
+            fail: Mutex::new(BTreeSet::new()),
+        })),
+        Err(e @ MigrateError::Unsupported { .. })
+            if std::env::var("SVM_REQUIRE_FAULTS").as_deref() != Ok("1") =>
+        {
+            eprintln!("SKIP: {kind} fault backend unavailable here: {e}");
+            None
+        }
+        Err(e) => panic!("arena with {kind}: {e}"),
+    }
+}
+
+/// Pages the "device" owns come back with the device's data on a CPU read
+/// and on a CPU write, through the real fault path, one fault per chunk.
+pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
+    let Some(t) = toy(kind, chunk) else { return };
+    let svc = FaultService::start(t.clone()).expect("service");
+    let base = t.arena.base();
+    let pages = 64usize;
+    // Host copy: zeros. Device: a pattern. Then zap the user view.
+    for p in 0..pages {
+        t.arena.write_host(p * 4096, &[0u8; 4096]);
+        t.device.lock().insert(
+            p * 4096,
+            vec![(p as u8).wrapping_mul(3).wrapping_add(1); 4096],
+        );
+    }
+    t.arena.zap(0, pages * 4096).expect("zap");
+    // Read through the user view: each byte must be the device's.
+    for p in 0..pages {
+        for i in [0usize, 17, 4095] {
+            // SAFETY: inside the arena's user view, which stays mapped.
+            let v = unsafe { core::ptr::read_volatile((base + p * 4096 + i) as *const u8) };
+            assert_eq!(
+                v,
+                (p as u8).wrapping_mul(3).wrapping_add(1),
+                "page {p} byte {i}"
+            );
+        }
+    }
+    let expected_faults = pages * 4096 / chunk;
+    assert_eq!(
+        t.faults.load(Ordering::Relaxed),
+        expected_faults,
+        "one fault per chunk"
+    );
+    assert!(t.device.lock().is_empty(), "every page came back");
+
+    // A write to a zapped page faults first, then lands in the host copy.
+    t.device.lock().insert(0, vec![9u8; 4096]);
+    t.arena.zap(0, chunk).expect("zap");
+    // SAFETY: inside the user view.
+    unsafe { core::ptr::write_volatile((base + 8) as *mut u8, 42) };
+    let mut b = [0u8; 16];
+    t.arena.read_host(0, &mut b);
+    assert_eq!(
+        b[7], 9,
+        "the fault brought the device data back before the write"
+    );
+    assert_eq!(b[8], 42, "the write went to the host copy");
+    drop(svc);
+}
+
+/// Several threads fault on the same and on neighbouring pages at once.
+pub fn concurrent(kind: FaultBackendKind) {
+    let Some(t) = toy(kind, 4096) else { return };
+    let _svc = FaultService::start(t.clone()).expect("service");
+    let pages = 256usize;
+    for p in 0..pages {
+        t.device.lock().insert(p * 4096, vec![p as u8; 4096]);
+    }
+    t.arena.zap(0, pages * 4096).expect("zap");
+    let base = t.arena.base();
+    std::thread::scope(|s| {
+        for th in 0..4usize {
+            s.spawn(move || {
+                for k in 0..pages {
+                    let p = (k * 7 + th * 13) % pages;
+                    // SAFETY: inside the user view.
+                    let v =
+                        unsafe { core::ptr::read_volatile((base + p * 4096 + th) as *const u8) };
+                    assert_eq!(v, p as u8);
+                }
+            });
+        }
+    });
+    assert!(t.device.lock().is_empty());
+    let f = t.faults.load(Ordering::Relaxed);
+    assert!(
+        (pages..=4 * pages).contains(&f),
+        "{f} faults for {pages} pages"
+    );
+}
