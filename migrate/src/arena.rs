@@ -70,7 +70,26 @@ impl Arena {
                 })?,
             ),
         };
-        Ok(Self { views, guard })
+        let arena = Self { views, guard };
+        // Nothing is allocated yet: every page is inaccessible.
+        arena.protect_none(0, len)?;
+        Ok(arena)
+    }
+
+    /// Make a range of unallocated pages usable by programs (zero-filled on
+    /// first touch).
+    pub fn allocate(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
+    }
+
+    /// Return a range to the unallocated state: its host copy is zeroed and
+    /// released, and any CPU access faults (use after free is caught, not
+    /// silently served). The device must no longer use it.
+    pub fn release(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        self.protect_none(offset, len)?;
+        self.discard(offset, len)
     }
 
     /// The fault backend guarding this arena.

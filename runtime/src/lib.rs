@@ -1,1 +1,59 @@
-//! placeholder
+//! # svm — shared virtual memory between the CPU and a GPU, over wgpu/Vulkan
+//!
+//! A program allocates managed memory, builds ordinary data in it on the CPU
+//! (arrays, linked lists, graphs of raw pointers), launches a WGSL kernel
+//! that follows the very same pointer values, and reads the results back by
+//! plain dereference. Pages move to a GPU-private pool when a kernel needs
+//! them and come back, by a real CPU page fault, when the CPU touches them.
+//!
+//! ```no_run
+//! use svm::{Access, Arg, KernelDescriptor, LaunchDescriptor, Svm};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let svm = Svm::new()?;
+//! let a = svm.alloc_from_slice(&[1.0f32, 2.0, 3.0])?;
+//! let b = svm.alloc_from_slice(&[10.0f32, 20.0, 30.0])?;
+//! let mut c = svm.alloc_vec::<f32>(3)?;
+//! let k = svm.create_kernel(&KernelDescriptor {
+//!     label: "vadd",
+//!     source: svm_shaders::kernels::VADD,
+//!     entry_point: "main",
+//! })?;
+//! let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(3)];
+//! svm.launch(&k, &LaunchDescriptor {
+//!     args: &args,
+//!     access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+//!     workgroups: [1, 1, 1],
+//! })?;
+//! assert_eq!(&c[..], &[11.0, 22.0, 33.0]); // a CPU fault brings c back
+//! # Ok(()) }
+//! ```
+//!
+//! The design (address spaces, the page table, the fault paths, the lock) is
+//! in `ARCHITECTURE.md` at the repository root. In short:
+//!
+//! * [`svm_migrate::Arena`] gives one memfd two views: the *user view*
+//!   programs dereference, and an *alias view* the runtime copies through.
+//! * [`svm_pagetable::PageTable`] is the device page table, uploaded leaf by
+//!   changed leaf before each launch; the WGSL prelude translates every
+//!   managed pointer through it and refuses what is not declared.
+//! * CPU faults arrive through userfaultfd (default) or SIGSEGV and migrate
+//!   a chunk (64 KiB by default) back.
+#![deny(unsafe_code)]
+
+mod error;
+mod gpu;
+mod kernel;
+#[allow(unsafe_code, reason = "Deref of managed arrays into the arena's user view; each block argued")]
+mod managed;
+mod runtime;
+mod space;
+mod stats;
+
+pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};
+pub use gpu::DeviceInfo;
+pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor};
+pub use managed::ManagedVec;
+pub use runtime::{Svm, SvmDescriptor};
+pub use stats::Stats;
+pub use svm_migrate::{FaultBackendKind, FAULT_BACKEND_ENV};
+pub use svm_shaders as shaders;

@@ -1,19 +1,47 @@
 //! The device page table as the host keeps it: one [`Pte`] per arena page,
-//! grouped in leaves of [`LEAF_PTES`] entries, with a dirty bit per leaf so
-//! that only changed leaves are uploaded before a launch.
+//! in two levels, with a dirty bit per leaf so that only changed leaves are
+//! uploaded before a launch.
 //!
-//! The GPU sees the table as one flat `array<u32>` (index = page index); the
-//! leaves are the unit of change tracking and upload, not of lookup, so a
-//! shader pays a single load per translation.
+//! ```text
+//!  directory (level 1)          leaves (level 0), LEAF_PTES entries = 4 KiB each
+//! +------------------+          +------------------------------------------+
+//! | leaf 0: live 3   |  ----->  | pte 0 .. pte 1023                        |  dirty
+//! | leaf 1: live 0   |  ----->  | (never written: never committed by OS)   |
+//! | leaf 2: live 512 |  ----->  | pte 2048 .. pte 3071                     |  dirty
+//! +------------------+          +------------------------------------------+
+//!                                 laid end to end = the flat GPU array<u32>
+//! ```
+//!
+//! The GPU sees the table as one flat `array<u32>` (index = page index), so a
+//! shader pays a single load per translation. The leaves are the unit of
+//! change tracking and upload. They are slots of one zero-initialised
+//! allocation: `Pte::EMPTY` is all zero bits, and a leaf is exactly one 4 KiB
+//! host page, so the allocator's zeroed memory leaves every untouched leaf
+//! uncommitted (lazily allocated by the OS on first write) while keeping the
+//! flat view free. The directory counts the live (non-empty) entries of each
+//! leaf so that zapping skips leaves that map nothing.
 
 use crate::pte::{PageIndex, Pte};
+use crate::range::PageRange;
+use crate::snapshot::Encoding;
 
 /// Entries per leaf (one leaf = 4 KiB of PTEs = 4 MiB of arena).
 pub const LEAF_PTES: usize = 1024;
+const _: () = assert!(LEAF_PTES.is_power_of_two());
+
+/// Directory entry of one leaf.
+#[derive(Copy, Clone, Debug, Default)]
+struct Leaf {
+    /// Entries of the leaf that are not `Pte::EMPTY`.
+    live: u32,
+}
 
 /// Host copy of the device page table, with per-leaf dirty tracking.
 #[derive(Clone, Debug)]
 pub struct PageTable {
+    /// Level 1.
+    dir: Vec<Leaf>,
+    /// Level 0: the leaves, end to end.
     entries: Vec<Pte>,
     /// One bit per leaf.
     dirty: Vec<u64>,
@@ -36,7 +64,9 @@ impl PageTable {
         let pages = pages as usize;
         let leaves = pages.div_ceil(LEAF_PTES);
         let mut t = Self {
-            entries: vec![Pte::EMPTY; pages],
+            dir: vec![Leaf::default(); leaves],
+            // Zeroed allocation: untouched leaves stay uncommitted.
+            entries: bytemuck::zeroed_vec(pages),
             dirty: vec![0; leaves.div_ceil(64)],
             dirty_count: 0,
         };
@@ -47,14 +77,24 @@ impl PageTable {
     }
 
     /// Number of pages covered.
+    #[allow(clippy::cast_possible_truncation, reason = "built from a u32 in `new`")]
     pub fn len(&self) -> u32 {
-        // Invariant: built from a u32 in `new`.
         self.entries.len() as u32
     }
 
     /// True for a table of no pages.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Number of leaves.
+    pub fn leaves(&self) -> usize {
+        self.dir.len()
+    }
+
+    /// Number of leaves holding at least one non-empty entry.
+    pub fn populated_leaves(&self) -> usize {
+        self.dir.iter().filter(|l| l.live > 0).count()
     }
 
     /// The entry of `page`.
@@ -69,11 +109,20 @@ impl PageTable {
     ///
     /// # Panics
     /// If `page` is outside the table.
+    #[inline]
     pub fn set(&mut self, page: PageIndex, pte: Pte) {
         let i = page.0 as usize;
-        if self.entries[i] != pte {
+        let old = self.entries[i];
+        if old != pte {
             self.entries[i] = pte;
-            self.mark_dirty(i / LEAF_PTES);
+            let leaf = i / LEAF_PTES;
+            let d = &mut self.dir[leaf];
+            if old == Pte::EMPTY {
+                d.live += 1;
+            } else if pte == Pte::EMPTY {
+                d.live -= 1;
+            }
+            self.mark_dirty(leaf);
         }
     }
 
@@ -87,6 +136,58 @@ impl PageTable {
             let idx = PageIndex(p);
             let new = f(idx, self.get(idx));
             self.set(idx, new);
+        }
+    }
+
+    /// Set every entry of `pages` to `pte`. Leaves that map nothing are
+    /// skipped when `pte` is [`Pte::EMPTY`].
+    pub fn fill(&mut self, pages: PageRange, pte: Pte) {
+        self.for_leaves(pages, pte == Pte::EMPTY, |t, p| t.set(p, pte));
+    }
+
+    /// Drop device residency of `pages`: `VALID`, `WRITE` and the frame are
+    /// cleared, `ALLOC` kept (the usual `MirrorOps::invalidate` body). Leaves
+    /// that map nothing are skipped.
+    pub fn zap(&mut self, pages: PageRange) {
+        self.for_leaves(pages, true, |t, p| {
+            let old = t.get(p);
+            if old.is_valid() {
+                t.set(p, Pte::from_bits(old.bits() & Pte::ALLOC));
+            }
+        });
+    }
+
+    fn for_leaves(
+        &mut self,
+        pages: PageRange,
+        skip_empty: bool,
+        mut f: impl FnMut(&mut Self, PageIndex),
+    ) {
+        const LEAF: u32 = 1 << LEAF_PTES.trailing_zeros();
+        let mut p = pages.start().0;
+        let end = pages.end().0;
+        while p < end {
+            let leaf = p / LEAF;
+            let leaf_end = (leaf + 1).saturating_mul(LEAF).min(end);
+            if !(skip_empty && self.dir[leaf as usize].live == 0) {
+                for q in p..leaf_end {
+                    f(self, PageIndex(q));
+                }
+            }
+            p = leaf_end;
+        }
+    }
+
+    /// Write the PTEs of a snapshot (`pfns` in `enc`, one per page of `range`)
+    /// as [`crate::SnapshotEntry::to_pte`] maps them. Call it under the update
+    /// lock after a successful `read_retry`.
+    ///
+    /// # Panics
+    /// If `pfns.len() != range.len()` or `range` leaves the table.
+    pub fn commit_snapshot(&mut self, range: PageRange, pfns: &[u64], enc: &Encoding) {
+        assert_eq!(pfns.len(), range.len() as usize, "one result per page");
+        for (p, v) in range.iter().zip(pfns) {
+            self.set(p, enc.decode(*v).to_pte());
         }
     }
 
@@ -121,9 +222,13 @@ impl PageTable {
     }
 
     fn batches(&self) -> impl Iterator<Item = UploadBatch<'_>> + '_ {
-        let leaves = self.entries.len().div_ceil(LEAF_PTES);
+        let leaves = self.dir.len();
         let mut leaf = 0;
         core::iter::from_fn(move || {
+            // Skip clean words of the bitmap 64 leaves at a time.
+            while leaf < leaves && self.dirty[leaf / 64] >> (leaf % 64) == 0 {
+                leaf = (leaf / 64 + 1) * 64;
+            }
             while leaf < leaves && !self.is_dirty(leaf) {
                 leaf += 1;
             }
@@ -147,6 +252,7 @@ impl PageTable {
         self.dirty[leaf / 64] & (1 << (leaf % 64)) != 0
     }
 
+    #[inline]
     fn mark_dirty(&mut self, leaf: usize) {
         let w = &mut self.dirty[leaf / 64];
         let bit = 1u64 << (leaf % 64);
@@ -157,7 +263,8 @@ impl PageTable {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
+#[allow(clippy::cast_possible_truncation, reason = "small test constants")]
 mod tests {
     use super::*;
     use crate::pte::FrameIndex;
@@ -184,5 +291,32 @@ mod tests {
             vec![(0, LEAF_PTES), (3 * 4 * LEAF_PTES as u64, 2 * LEAF_PTES)]
         );
         assert_eq!(bytes, 3 * 4 * LEAF_PTES as u64);
+    }
+
+    #[test]
+    fn directory_counts_and_zap_skip_empty_leaves() {
+        let mut t = PageTable::new(300 * LEAF_PTES as u32);
+        t.drain_dirty(|_| {});
+        let f = FrameIndex::new(9).expect("fits");
+        t.set(
+            PageIndex(200 * LEAF_PTES as u32 + 7),
+            Pte::resident(f, true),
+        );
+        t.set(PageIndex(200 * LEAF_PTES as u32 + 8), Pte::ALLOCATED);
+        assert_eq!(t.populated_leaves(), 1);
+        t.drain_dirty(|_| {});
+        // Zapping the whole table touches one leaf only.
+        t.zap(PageRange::from_range(0..t.len()).expect("ordered"));
+        assert_eq!(t.get(PageIndex(200 * LEAF_PTES as u32 + 7)), Pte::ALLOCATED);
+        assert_eq!(t.dirty_leaves(), 1);
+        // Uploads after a far-away change stay one leaf, whatever the size.
+        t.drain_dirty(|_| {});
+        t.set(PageIndex(299 * LEAF_PTES as u32), Pte::ALLOCATED);
+        assert_eq!(t.dirty_bytes(), 4 * LEAF_PTES as u64);
+        t.fill(
+            PageRange::from_range(200 * 1024..201 * 1024).expect("ordered"),
+            Pte::EMPTY,
+        );
+        assert_eq!(t.populated_leaves(), 1);
     }
 }

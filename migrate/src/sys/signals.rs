@@ -58,6 +58,9 @@ struct Slot {
     start: AtomicUsize,
     len: AtomicUsize,
     fd: AtomicI32,
+    /// Process that registered the slot: a forked child inherits the table
+    /// but not the service threads, so its faults are not ours to serve.
+    pid: AtomicI32,
 }
 
 #[allow(
@@ -68,6 +71,7 @@ const EMPTY_SLOT: Slot = Slot {
     start: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
     fd: AtomicI32::new(-1),
+    pid: AtomicI32::new(0),
 };
 static SLOTS: [Slot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 
@@ -120,6 +124,7 @@ impl SegvRegistration {
         inst.count += 1;
         let s = &SLOTS[slot];
         s.fd.store(write.as_raw_fd(), Ordering::Relaxed);
+        s.pid.store(rustix::process::getpid().as_raw_nonzero().get(), Ordering::Relaxed);
         s.start.store(start, Ordering::Relaxed);
         // Publishing `len` last makes the slot visible to the handler.
         s.len.store(len, Ordering::Release);
@@ -278,6 +283,12 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let start = s.start.load(Ordering::Relaxed);
         if len == 0 || addr < start || addr - start >= len {
             continue;
+        }
+        // SAFETY: getpid(2) is async-signal-safe and has no preconditions.
+        if s.pid.load(Ordering::Relaxed) != unsafe { libc::getpid() } {
+            // A forked child: the arena is not mapped here and nobody serves
+            // it. Crash as an ordinary wild access would.
+            break;
         }
         let fd = s.fd.load(Ordering::Relaxed);
         let req = Request {

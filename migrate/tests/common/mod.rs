@@ -47,7 +47,11 @@ impl FaultHandler for Toy {
 pub fn toy(kind: FaultBackendKind, chunk: usize) -> Option<Arc<Toy>> {
     match Arena::new(8 << 20, kind) {
         Ok(arena) => Some(Arc::new(Toy {
-            arena,
+            arena: {
+                arena.allocate(0, arena.len()).expect("allocate");
+                arena
+            },
+
             device: Mutex::new(Default::default()),
             faults: AtomicUsize::new(0),
             chunk,

@@ -1,1 +1,58 @@
+//! GPU tests: one binary, every test on the real Vulkan adapter, under both
+//! CPU fault backends.
+//!
+//! Adapter: `WGPU_ADAPTER_NAME` / `WGPU_BACKEND` (the wgpu env helpers).
+//! Without an adapter a test prints `SKIP: no adapter` and passes, unless
+//! `SVM_REQUIRE_GPU=1` (set by CI and the README's test command), where it
+//! fails.
 
+mod bad_input;
+mod basics;
+mod list;
+
+use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
+
+pub const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
+
+/// A runtime on the test adapter, or `None` (skip) when there is none and
+/// the GPU is not required.
+pub fn ctx(desc: SvmDescriptor) -> Option<Svm> {
+    match Svm::with_descriptor(&desc) {
+        Ok(s) => Some(s),
+        Err(SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {
+            eprintln!("SKIP: no adapter ({m}); set SVM_REQUIRE_GPU=1 to make this a failure");
+            None
+        }
+        Err(e) => panic!("runtime creation failed: {e}"),
+    }
+}
+
+/// Small arena and pool so that tests run quickly on lavapipe.
+pub fn small(backend: FaultBackendKind) -> SvmDescriptor {
+    SvmDescriptor::default().arena_size(256 << 20).pool_size(64 << 20).fault_backend(backend)
+}
+
+pub fn kernel(svm: &Svm, label: &str, body: &str) -> svm::Kernel {
+    svm.create_kernel(&svm::KernelDescriptor { label, source: body, entry_point: "main" })
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Run a test in a child process (this test binary, filtered to the full
+/// test path `test`, with `SVM_TEST_CHILD=role`), and
+/// return how it ended. Used where the expected outcome is a crash.
+pub fn in_child(test: &str, role: &str) -> std::process::ExitStatus {
+    std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("SVM_TEST_CHILD", role)
+        .output()
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.contains("running 1 test"), "child ran no test (filter {test:?}): {out}");
+            o.status
+        })
+        .expect("spawn child")
+}
+
+pub fn child_role() -> Option<String> {
+    std::env::var("SVM_TEST_CHILD").ok()
+}

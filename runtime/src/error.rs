@@ -1,0 +1,201 @@
+//! Errors, one enum per operation (as wgpu-core does), plus the shared
+//! [`DeviceError`].
+
+use svm_migrate::MigrateError;
+
+/// Result alias of this crate.
+pub type Result<T, E = SvmError> = core::result::Result<T, E>;
+
+/// Device failures the user cannot anticipate.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The device was lost; pages it owned could not be brought back.
+    #[error("GPU device lost: {0}")]
+    Lost(String),
+    /// The driver reported an error the runtime did not expect.
+    #[error("unexpected GPU error: {0}")]
+    Unexpected(String),
+}
+
+/// Creating a runtime failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SvmError {
+    /// No adapter matched (`WGPU_ADAPTER_NAME`, `WGPU_BACKEND`).
+    #[error("no GPU adapter found ({0}); on Debian/Ubuntu install mesa-vulkan-drivers for the lavapipe software driver")]
+    NoAdapter(String),
+    /// The adapter refused the device.
+    #[error("request_device failed: {0}")]
+    RequestDevice(String),
+    /// The arena or fault backend could not be set up.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    /// Invalid descriptor.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The device failed during set-up.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// `alloc` failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AllocError {
+    /// Zero-byte allocations are refused (they would have no address).
+    #[error("zero-size allocation")]
+    ZeroSize,
+    /// More than the arena holds.
+    #[error("allocation of {requested} bytes exceeds the arena ({arena} bytes)")]
+    TooLarge {
+        /// Bytes asked for.
+        requested: usize,
+        /// Arena size.
+        arena: usize,
+    },
+    /// The arena has no free range large enough.
+    #[error("arena exhausted: {requested} bytes asked, largest free range {largest_free} bytes")]
+    ArenaExhausted {
+        /// Bytes asked for.
+        requested: usize,
+        /// Largest free range.
+        largest_free: usize,
+    },
+    /// The OS refused to change the mapping.
+    #[error("arena mapping: {0}")]
+    Os(String),
+}
+
+/// `free` failed; nothing was changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FreeError {
+    /// Not the start of a live allocation of this runtime: foreign pointer,
+    /// interior pointer, or double free.
+    #[error("{addr:#x} is not the start of a live allocation of this runtime (foreign, interior or already freed)")]
+    NotAllocated {
+        /// The address passed.
+        addr: usize,
+    },
+    /// The OS refused to change the mapping.
+    #[error("arena mapping: {0}")]
+    Os(String),
+}
+
+/// Compiling a kernel failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The WGSL did not compile or validate.
+    #[error("kernel {label:?} does not compile: {message}")]
+    Compile {
+        /// Kernel label.
+        label: String,
+        /// The compiler's message.
+        message: String,
+    },
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// What a kernel's refused access was.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KernelFaultKind {
+    /// Outside the arena (null included).
+    OutOfArena,
+    /// Not part of a live allocation (never allocated, or freed).
+    Unallocated,
+    /// Allocated, but the launch did not declare it.
+    NotDeclared,
+    /// A write to a range declared read-only.
+    ReadOnly,
+    /// Not 4-byte aligned.
+    Misaligned,
+    /// A code the runtime does not know (a corrupted error log).
+    Unknown(u32),
+}
+
+impl KernelFaultKind {
+    pub(crate) fn from_code(c: u32) -> Self {
+        use svm_shaders::err;
+        match c {
+            err::OUT_OF_ARENA => Self::OutOfArena,
+            err::UNALLOCATED => Self::Unallocated,
+            err::NOT_DECLARED => Self::NotDeclared,
+            err::READ_ONLY => Self::ReadOnly,
+            err::MISALIGNED => Self::Misaligned,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// One refused access of a kernel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct KernelFault {
+    /// The managed address the kernel used.
+    pub addr: u64,
+    /// Why it was refused.
+    pub kind: KernelFaultKind,
+}
+
+/// `launch` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// A declared range is not inside live allocations of this runtime.
+    #[error("declared range {addr:#x}+{len:#x} is not inside live allocations of this runtime")]
+    BadRange {
+        /// Start of the range.
+        addr: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// More argument words than the prelude has room for.
+    #[error("{words} argument words given, at most {max}")]
+    TooManyArgs {
+        /// Words given.
+        words: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The declared working set does not fit the device pool.
+    #[error("device pool exhausted: the launch needs {needed} more pages, {free} of {total} are free")]
+    PoolExhausted {
+        /// Pages the launch needs to bring in.
+        needed: usize,
+        /// Free pool pages.
+        free: usize,
+        /// Pool size in pages.
+        total: usize,
+    },
+    /// Dispatch size out of the device's limits.
+    #[error("workgroup count {workgroups:?} exceeds the device limit {max} per dimension")]
+    BadDispatch {
+        /// Requested workgroups.
+        workgroups: [u32; 3],
+        /// Limit per dimension.
+        max: u32,
+    },
+    /// The kernel made refused accesses; they did nothing. `faults` holds the
+    /// first ones recorded, `total` counts them all.
+    #[error("kernel made {total} refused accesses; first: {}", first_faults(.faults))]
+    Kernel {
+        /// The first refused accesses.
+        faults: Vec<KernelFault>,
+        /// How many there were.
+        total: u32,
+    },
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Changing the arena's mappings failed.
+    #[error("arena mapping: {0}")]
+    Os(String),
+}
+
+fn first_faults(f: &[KernelFault]) -> String {
+    f.iter().take(4).map(|k| format!("{:?} at {:#x}", k.kind, k.addr)).collect::<Vec<_>>().join(", ")
+}

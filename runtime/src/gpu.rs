@@ -1,0 +1,297 @@
+//! The wgpu side: adapter and device selection, the device page pool, the
+//! page-table / argument / error buffers the prelude binds, and the copies
+//! that move pages between the host copy and the pool.
+//!
+//! Everything here runs under the runtime's state lock (see ARCHITECTURE.md:
+//! there is one lock), so the queue is never used concurrently by the runtime.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use svm_pagetable::PAGE_SIZE;
+use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS, POOL_SEGMENTS};
+
+use crate::error::{DeviceError, SvmError};
+
+/// What the runtime runs on.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Adapter name (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`).
+    pub name: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// Backend (always Vulkan in this build).
+    pub backend: String,
+    /// Adapter type.
+    pub device_type: String,
+}
+
+impl core::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({}; {}, {})", self.name, self.driver, self.backend, self.device_type)
+    }
+}
+
+/// Pick the adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive) if
+/// set, else the first of `WGPU_BACKEND` (default: Vulkan) in wgpu's order.
+pub(crate) fn create_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if wgpu::Backends::from_env().is_none() {
+        desc.backends = wgpu::Backends::VULKAN;
+    }
+    let backends = desc.backends;
+    let instance = wgpu::Instance::new(desc);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    let adapter = match &wanted {
+        Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
+        None => adapters.into_iter().next(),
+    }
+    .ok_or_else(|| {
+        SvmError::NoAdapter(match &wanted {
+            Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matches none of {names:?}"),
+            None => format!("no adapter for backends {backends:?}"),
+        })
+    })?;
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("svm"),
+        required_features: wgpu::Features::empty(),
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage.max(8),
+            ..wgpu::Limits::default()
+        },
+        ..Default::default()
+    }))
+    .map_err(|e| SvmError::RequestDevice(e.to_string()))?;
+    let info = DeviceInfo {
+        name: info.name,
+        driver: format!("{} {}", info.driver, info.driver_info),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+    };
+    Ok((adapter, device, queue, info))
+}
+
+/// Layout of the argument buffer (`SvmArgs` in the prelude).
+#[repr(C)]
+#[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ArgsBlock {
+    pub base: [u32; 2],
+    pub arena_bytes: u32,
+    pub frames_per_segment: u32,
+    pub words: [u32; MAX_ARG_WORDS as usize],
+}
+
+const ERR_WORDS: u64 = 1 + ERROR_RECORDS as u64 * 4;
+
+/// The device-side resources of one runtime.
+pub(crate) struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: DeviceInfo,
+    pub max_workgroups: u32,
+    pub layout: wgpu::PipelineLayout,
+    pub bind_group: wgpu::BindGroup,
+    pub page_table: wgpu::Buffer,
+    pub args: wgpu::Buffer,
+    pub errors: wgpu::Buffer,
+    pub errors_readback: wgpu::Buffer,
+    pub segments: Vec<wgpu::Buffer>,
+    pub frames_per_segment: u32,
+    pub total_frames: u32,
+    /// MAP_READ staging for device→host migration, `staging_bytes` long.
+    pub staging: wgpu::Buffer,
+    /// Set by the device-lost callback or an uncaptured error.
+    pub lost: Arc<Mutex<Option<String>>>,
+    _adapter: wgpu::Adapter,
+}
+
+impl Gpu {
+    pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64) -> Result<Self, SvmError> {
+        let (adapter, device, queue, info) = create_device()?;
+        let limits = device.limits();
+        let seg_limit = (u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+            / PAGE_SIZE as u64)
+            * PAGE_SIZE as u64;
+        let pool_bytes = pool_bytes.next_multiple_of(PAGE_SIZE as u64);
+        let nseg = pool_bytes.div_ceil(seg_limit);
+        if nseg > u64::from(POOL_SEGMENTS) {
+            return Err(SvmError::Config(format!(
+                "device pool of {pool_bytes} bytes needs {nseg} segments of at most {seg_limit} bytes; the prelude binds {POOL_SEGMENTS}"
+            )));
+        }
+        let seg_bytes = pool_bytes.div_ceil(nseg).next_multiple_of(PAGE_SIZE as u64);
+        let frames_per_segment = u32::try_from(seg_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
+        let total_frames = u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
+        if total_frames >= svm_pagetable::Pte::MAX_FRAMES {
+            return Err(SvmError::Config(format!("pool of {total_frames} pages exceeds the PTE's frame field")));
+        }
+
+        let lost = Arc::new(Mutex::new(None));
+        {
+            let l = lost.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                *l.lock() = Some(format!("{reason:?}: {msg}"));
+            });
+            let l = lost.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut g = l.lock();
+                if g.is_none() {
+                    *g = Some(format!("uncaptured GPU error: {e}"));
+                }
+            }));
+        }
+
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let mut segments = Vec::new();
+        let mut left = pool_bytes;
+        for i in 0..POOL_SEGMENTS {
+            let size = if left > 0 { seg_bytes.min(left) } else { 16 };
+            left = left.saturating_sub(size);
+            segments.push(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("svm pool segment {i}")),
+                size,
+                usage: storage,
+                mapped_at_creation: false,
+            }));
+        }
+        let page_table = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm page table"),
+            size: u64::from(arena_pages) * 4,
+            usage: storage,
+            mapped_at_creation: false,
+        });
+        let args = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm args"),
+            size: core::mem::size_of::<ArgsBlock>() as u64,
+            usage: storage,
+            mapped_at_creation: false,
+        });
+        let errors = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm error log"),
+            size: ERR_WORDS * 4,
+            usage: storage,
+            mapped_at_creation: false,
+        });
+        let errors_readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm error log readback"),
+            size: ERR_WORDS * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm d2h staging"),
+            size: staging_bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let mut entries = vec![entry(0, true), entry(1, true), entry(2, false)];
+        entries.extend((0..POOL_SEGMENTS).map(|i| entry(3 + i, false)));
+        let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
+        let mut bg_entries = vec![
+            wgpu::BindGroupEntry { binding: 0, resource: page_table.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: args.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: errors.as_entire_binding() },
+        ];
+        bg_entries.extend(
+            segments.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }),
+        );
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: &bgl, entries: &bg_entries });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("svm"),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        Ok(Self {
+            max_workgroups: limits.max_compute_workgroups_per_dimension,
+            device,
+            queue,
+            info,
+            layout,
+            bind_group,
+            page_table,
+            args,
+            errors,
+            errors_readback,
+            segments,
+            frames_per_segment,
+            total_frames,
+            staging,
+            lost,
+            _adapter: adapter,
+        })
+    }
+
+    /// Segment and byte offset of a frame.
+    pub fn frame_location(&self, frame: u32) -> (usize, u64) {
+        let seg = frame / self.frames_per_segment;
+        let off = u64::from(frame % self.frames_per_segment) * PAGE_SIZE as u64;
+        (seg as usize, off)
+    }
+
+    /// Frames from `frame` to the end of its segment.
+    pub fn frames_left_in_segment(&self, frame: u32) -> u32 {
+        self.frames_per_segment - frame % self.frames_per_segment
+    }
+
+    pub fn check_lost(&self) -> Result<(), DeviceError> {
+        match &*self.lost.lock() {
+            Some(m) => Err(DeviceError::Lost(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Submit and wait for everything queued so far.
+    pub fn wait(&self) -> Result<(), DeviceError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| {
+                let m = e.to_string();
+                *self.lost.lock() = Some(m.clone());
+                DeviceError::Lost(m)
+            })?;
+        self.check_lost()
+    }
+
+    /// Map a MAP_READ buffer's first `len` bytes and hand them to `f`.
+    pub fn read_mapped<R>(&self, buf: &wgpu::Buffer, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, DeviceError> {
+        let slice = buf.slice(..len);
+        let status = Arc::new(Mutex::new(None));
+        let s2 = status.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| *s2.lock() = Some(r));
+        self.wait()?;
+        match status.lock().take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(DeviceError::Unexpected(format!("map_async: {e}"))),
+            None => return Err(DeviceError::Unexpected("map_async did not complete".into())),
+        }
+        let r = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
+            f(&view)
+        };
+        buf.unmap();
+        Ok(r)
+    }
+
+    pub fn error_log_bytes() -> u64 {
+        ERR_WORDS * 4
+    }
+}

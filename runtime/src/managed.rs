@@ -1,0 +1,80 @@
+//! Typed owners of managed memory.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::runtime::Svm;
+
+/// A fixed-length array of `T` in managed memory: derefs to `[T]` on the CPU,
+/// and its address ([`ManagedVec::as_ptr`]) is what kernels use. Freed on
+/// drop.
+///
+/// Elements are `bytemuck::Pod`: any bit pattern the GPU writes is a valid
+/// value. Pointers stored inside are plain integers (`u64`), as the GPU sees
+/// them.
+pub struct ManagedVec<T: bytemuck::Pod> {
+    svm: Svm,
+    ptr: NonNull<T>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: the memory is process-wide and the runtime is Send + Sync; the
+// owner has unique access like a Vec<T>, and T: Pod is Send + Sync.
+unsafe impl<T: bytemuck::Pod> Send for ManagedVec<T> {}
+// SAFETY: shared access only hands out &[T], as for Vec<T>.
+unsafe impl<T: bytemuck::Pod> Sync for ManagedVec<T> {}
+
+impl<T: bytemuck::Pod> ManagedVec<T> {
+    pub(crate) fn from_raw(svm: Svm, ptr: NonNull<u8>, len: usize) -> Self {
+        debug_assert_eq!(ptr.as_ptr() as usize % core::mem::align_of::<T>(), 0);
+        Self { svm, ptr: ptr.cast(), len, _t: PhantomData }
+    }
+    /// Address of the first element (a managed pointer).
+    pub fn as_ptr(&self) -> *const T {
+        self.ptr.as_ptr()
+    }
+    /// Mutable address of the first element.
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self.ptr.as_ptr()
+    }
+    /// Address of element `i` as the u64 a kernel or a stored pointer uses.
+    pub fn addr_of(&self, i: usize) -> u64 {
+        assert!(i <= self.len, "index {i} out of {}", self.len);
+        (self.ptr.as_ptr() as usize + i * core::mem::size_of::<T>()) as u64
+    }
+}
+
+impl<T: bytemuck::Pod> core::ops::Deref for ManagedVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` is a live allocation of `len` elements in the arena's
+        // user view, owned by `self`; reading may fault and migrate pages
+        // back, which the runtime serves transparently. Kernels write it only
+        // through `Access::read_write`, which borrows `self` mutably.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: bytemuck::Pod> core::ops::DerefMut for ManagedVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, with unique access through `&mut self`.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: bytemuck::Pod> Drop for ManagedVec<T> {
+    fn drop(&mut self) {
+        if let Err(e) = self.svm.free(self.ptr.as_ptr().cast()) {
+            // Only possible if the allocation was freed behind our back
+            // through the raw API: a caller bug, reported loudly.
+            panic!("ManagedVec drop: {e}");
+        }
+    }
+}
+
+impl<T: bytemuck::Pod + core::fmt::Debug> core::fmt::Debug for ManagedVec<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ManagedVec").field("addr", &self.ptr).field("len", &self.len).finish()
+    }
+}

@@ -1,0 +1,655 @@
+//! The runtime object, its state and the two migration paths.
+//!
+//! # Locking
+//! One lock, [`Inner::state`], is the *update lock* in HMM's sense: every
+//! change of residency, of the page table, of the pool, and every use of the
+//! GPU queue happens under it. Launches hold it from validation to kernel
+//! completion (launches are synchronous), so a CPU fault on a page a running
+//! kernel may write waits for that kernel. The fault service thread takes it
+//! for each fault. Nothing that holds it ever touches the arena's *user view*
+//! (only the alias view), so a thread holding it never faults on managed
+//! memory and cannot deadlock with the fault service. Statistics are atomics
+//! outside the lock.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService};
+use svm_pagetable::{FrameIndex, PageIndex, PageTable, Pte, PAGE_SIZE};
+use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS};
+
+use crate::error::*;
+use crate::gpu::{ArgsBlock, DeviceInfo, Gpu};
+use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor};
+use crate::managed::ManagedVec;
+use crate::space::{FrameAllocator, RangeAllocator};
+use crate::stats::{Counters, Stats};
+
+/// Sentinel of [`State::frames_of`]: the page is not on the device.
+const HOST: u32 = u32::MAX;
+
+/// Creation parameters of an [`Svm`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SvmDescriptor {
+    /// Bytes of managed address space (rounded up to 2 MiB). Default 1 GiB.
+    pub arena_size: usize,
+    /// Bytes of device page pool. Default 512 MiB, at most four storage
+    /// bindings' worth.
+    pub pool_size: u64,
+    /// CPU fault backend; `None`: `SVM_FAULT_BACKEND` if set, else uffd.
+    pub fault_backend: Option<FaultBackendKind>,
+    /// Bytes brought back per CPU fault: a power of two from 4 KiB to 2 MiB,
+    /// aligned. Default 64 KiB.
+    pub fault_chunk: usize,
+}
+
+impl Default for SvmDescriptor {
+    fn default() -> Self {
+        Self { arena_size: 1 << 30, pool_size: 512 << 20, fault_backend: None, fault_chunk: 64 << 10 }
+    }
+}
+
+impl SvmDescriptor {
+    /// Set the arena size.
+    pub fn arena_size(mut self, bytes: usize) -> Self {
+        self.arena_size = bytes;
+        self
+    }
+    /// Set the device pool size.
+    pub fn pool_size(mut self, bytes: u64) -> Self {
+        self.pool_size = bytes;
+        self
+    }
+    /// Choose the fault backend.
+    pub fn fault_backend(mut self, kind: FaultBackendKind) -> Self {
+        self.fault_backend = Some(kind);
+        self
+    }
+    /// Set the fault chunk.
+    pub fn fault_chunk(mut self, bytes: usize) -> Self {
+        self.fault_chunk = bytes;
+        self
+    }
+}
+
+/// Mutable state, under the update lock.
+struct State {
+    ranges: RangeAllocator,
+    /// Per arena page: its pool frame when the device owns it, else [`HOST`].
+    frames_of: Vec<u32>,
+    table: PageTable,
+    frames: FrameAllocator,
+    /// Pages whose PTE was made valid for the last launch (reset before the
+    /// next one).
+    mapped: Vec<(u32, u32)>,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    arena: Arena,
+    gpu: Gpu,
+    state: Mutex<State>,
+    stats: Counters,
+    chunk: usize,
+}
+
+/// A shared-virtual-memory runtime: one managed arena, one GPU. Cheap to
+/// clone (a handle); the arena and device go away with the last handle.
+#[derive(Clone)]
+pub struct Svm {
+    inner: Arc<Inner>,
+    _service: Arc<FaultService>,
+}
+
+impl core::fmt::Debug for Svm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Svm")
+            .field("arena", &self.inner.arena)
+            .field("device", &self.inner.gpu.info.name)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Svm {
+    /// Create a runtime with the default descriptor.
+    pub fn new() -> Result<Self> {
+        Self::with_descriptor(&SvmDescriptor::default())
+    }
+
+    /// Create a runtime.
+    pub fn with_descriptor(desc: &SvmDescriptor) -> Result<Self> {
+        if !desc.fault_chunk.is_power_of_two() || !(PAGE_SIZE..=2 << 20).contains(&desc.fault_chunk) {
+            return Err(SvmError::Config(format!(
+                "fault_chunk {} must be a power of two between 4 KiB and 2 MiB",
+                desc.fault_chunk
+            )));
+        }
+        if desc.arena_size == 0 || desc.arena_size > (4 << 30) - (2 << 20) {
+            return Err(SvmError::Config(format!(
+                "arena_size {} must be between 1 byte and 4 GiB - 2 MiB (32-bit page offsets in the prelude)",
+                desc.arena_size
+            )));
+        }
+        let backend = match desc.fault_backend {
+            Some(k) => k,
+            None => FaultBackendKind::from_env()?.unwrap_or(FaultBackendKind::Uffd),
+        };
+        let arena = Arena::new(desc.arena_size, backend)?;
+        let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
+        let gpu = Gpu::new(pages, desc.pool_size, desc.fault_chunk as u64)?;
+        let state = State {
+            ranges: RangeAllocator::new(arena.len()),
+            frames_of: vec![HOST; pages as usize],
+            table: PageTable::new(pages),
+            frames: FrameAllocator::new(gpu.total_frames),
+            mapped: Vec::new(),
+        };
+        let inner = Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            arena,
+            gpu,
+            state: Mutex::new(state),
+            stats: Counters::default(),
+            chunk: desc.fault_chunk,
+        });
+        let service = FaultService::start(inner.clone())?;
+        Ok(Self { inner, _service: Arc::new(service) })
+    }
+
+    /// The GPU in use.
+    pub fn device_info(&self) -> &DeviceInfo {
+        &self.inner.gpu.info
+    }
+    /// The CPU fault backend in use.
+    pub fn fault_backend(&self) -> FaultBackendKind {
+        self.inner.arena.backend()
+    }
+    /// First address of the arena.
+    pub fn arena_base(&self) -> usize {
+        self.inner.arena.base()
+    }
+    /// Arena size in bytes.
+    pub fn arena_size(&self) -> usize {
+        self.inner.arena.len()
+    }
+    /// Device pool size in pages.
+    pub fn pool_pages(&self) -> u32 {
+        self.inner.gpu.total_frames
+    }
+    /// Bytes brought back per CPU fault.
+    pub fn fault_chunk(&self) -> usize {
+        self.inner.chunk
+    }
+    /// Migration statistics so far.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+    /// Number of live allocations.
+    pub fn live_allocations(&self) -> usize {
+        self.inner.state.lock().ranges.live_count()
+    }
+    /// Pages the device owns now.
+    pub fn device_resident_pages(&self) -> usize {
+        let st = self.inner.state.lock();
+        st.frames_of.iter().filter(|&&f| f != HOST).count()
+    }
+
+    /// Allocate `bytes` of managed memory (zero-filled, page aligned; 2 MiB
+    /// aligned from 2 MiB up).
+    pub fn alloc(&self, bytes: usize) -> Result<NonNull<u8>, AllocError> {
+        if bytes == 0 {
+            return Err(AllocError::ZeroSize);
+        }
+        let arena = &self.inner.arena;
+        if bytes > arena.len() {
+            return Err(AllocError::TooLarge { requested: bytes, arena: arena.len() });
+        }
+        let len = bytes.next_multiple_of(PAGE_SIZE);
+        let align = if len >= 2 << 20 { 2 << 20 } else { PAGE_SIZE };
+        let mut st = self.inner.state.lock();
+        let off = st
+            .ranges
+            .alloc(len, align)
+            .ok_or(AllocError::ArenaExhausted { requested: bytes, largest_free: st.ranges.largest_free() })?;
+        if let Err(e) = arena.allocate(off, len) {
+            st.ranges.free(off);
+            return Err(AllocError::Os(e.to_string()));
+        }
+        let first = page_of(off);
+        st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
+        drop(st);
+        // SAFETY-free: an arena address is never null.
+        Ok(NonNull::new((arena.base() + off) as *mut u8).expect("arena addresses are non-null"))
+    }
+
+    /// Free an allocation by its start address. Device-resident pages are
+    /// dropped; the range becomes inaccessible (a later CPU access faults).
+    pub fn free(&self, ptr: *mut u8) -> Result<(), FreeError> {
+        let addr = ptr as usize;
+        let arena = &self.inner.arena;
+        if !arena.contains(addr) {
+            return Err(FreeError::NotAllocated { addr });
+        }
+        let off = addr - arena.base();
+        let mut st = self.inner.state.lock();
+        let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
+        if start != off {
+            return Err(FreeError::NotAllocated { addr });
+        }
+        let st = &mut *st;
+        let first = page_of(start);
+        for p in first..first + page_of(len) {
+            let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+            if f != HOST {
+                st.frames.free(f);
+            }
+        }
+        st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
+        st.ranges.free(start);
+        arena.release(start, len).map_err(|e| FreeError::Os(e.to_string()))
+    }
+
+    /// Allocate a zeroed managed array of `len` elements.
+    pub fn alloc_vec<T: bytemuck::Pod>(&self, len: usize) -> Result<ManagedVec<T>, AllocError> {
+        let bytes = len.checked_mul(core::mem::size_of::<T>()).ok_or(AllocError::TooLarge {
+            requested: usize::MAX,
+            arena: self.inner.arena.len(),
+        })?;
+        let p = self.alloc(bytes.max(1))?;
+        Ok(ManagedVec::from_raw(self.clone(), p, len))
+    }
+
+    /// Allocate a managed array holding a copy of `data`.
+    pub fn alloc_from_slice<T: bytemuck::Pod>(&self, data: &[T]) -> Result<ManagedVec<T>, AllocError> {
+        let mut v = self.alloc_vec::<T>(data.len())?;
+        v.copy_from_slice(data);
+        Ok(v)
+    }
+
+    /// Compile a kernel (prelude + `desc.source`).
+    pub fn create_kernel(&self, desc: &KernelDescriptor<'_>) -> Result<Kernel, KernelError> {
+        let gpu = &self.inner.gpu;
+        gpu.check_lost()?;
+        let src = svm_shaders::with_prelude(desc.source);
+        // Validate with naga first: a clear message instead of a device error.
+        let module = naga::front::wgsl::parse_str(&src).map_err(|e| KernelError::Compile {
+            label: desc.label.into(),
+            message: e.emit_to_string(&src),
+        })?;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+            .validate(&module)
+            .map_err(|e| KernelError::Compile { label: desc.label.into(), message: e.emit_to_string(&src) })?;
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let sm = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(desc.label),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(desc.label),
+            layout: Some(&gpu.layout),
+            module: &sm,
+            entry_point: Some(desc.entry_point),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(KernelError::Compile { label: desc.label.into(), message: e.to_string() });
+        }
+        Ok(Kernel { label: desc.label.into(), pipeline, runtime_id: self.inner.id })
+    }
+
+    /// Run a kernel to completion.
+    ///
+    /// Before dispatch, every declared page is made device-resident (the
+    /// pages a kernel may write are first taken away from the CPU), and the
+    /// page table maps exactly the declared ranges. Afterwards, written pages
+    /// stay on the device until the CPU touches them; read-only pages were
+    /// never taken from the CPU and their device copy is dropped.
+    pub fn launch(&self, kernel: &Kernel, desc: &LaunchDescriptor<'_>) -> Result<(), LaunchError> {
+        assert_eq!(kernel.runtime_id, self.inner.id, "kernel {:?} belongs to another runtime", kernel.label);
+        let inner = &*self.inner;
+        let gpu = &inner.gpu;
+        let mut words = Vec::with_capacity(MAX_ARG_WORDS as usize);
+        for a in desc.args {
+            a.push_words(&mut words);
+        }
+        if words.len() > MAX_ARG_WORDS as usize {
+            return Err(LaunchError::TooManyArgs { words: words.len(), max: MAX_ARG_WORDS as usize });
+        }
+        if desc.workgroups.iter().any(|&w| w > gpu.max_workgroups) {
+            return Err(LaunchError::BadDispatch { workgroups: desc.workgroups, max: gpu.max_workgroups });
+        }
+        let mut guard = inner.state.lock();
+        let st = &mut *guard;
+        gpu.check_lost()?;
+
+        // 1. Declared page ranges, validated and merged.
+        let mut decl: Vec<(u32, u32, bool)> = Vec::with_capacity(desc.access.len());
+        for a in desc.access {
+            if a.len == 0 {
+                continue;
+            }
+            let off = a.addr.wrapping_sub(inner.arena.base());
+            let bad = LaunchError::BadRange { addr: a.addr, len: a.len };
+            let end = off.checked_add(a.len).filter(|&e| e <= inner.arena.len()).ok_or_else(|| bad.clone_range())?;
+            let (first, last) = (page_of(off), page_of(end.next_multiple_of(PAGE_SIZE)));
+            if st.table.entries(first..last).iter().any(|p| !p.is_allocated()) {
+                return Err(bad);
+            }
+            decl.push((first, last, a.mode == AccessMode::ReadWrite));
+        }
+        let decl = merge_ranges(decl);
+
+        // 2. Does the working set fit?
+        let needed: usize =
+            decl.iter().map(|&(a, b, _)| st.frames_of[a as usize..b as usize].iter().filter(|&&f| f == HOST).count()).sum();
+        if needed > st.frames.free_count() as usize {
+            return Err(LaunchError::PoolExhausted {
+                needed,
+                free: st.frames.free_count() as usize,
+                total: st.frames.total() as usize,
+            });
+        }
+
+        // 3. Unmap the previous launch's pages, migrate and map this one's.
+        for (a, b) in std::mem::take(&mut st.mapped) {
+            st.table.update_range(a..b, |_, p| if p.is_allocated() { Pte::ALLOCATED } else { p });
+        }
+        let t0 = Instant::now();
+        let mut h2d_pages = 0u64;
+        let mut batches = 0u64;
+        let mut temporary: Vec<(u32, u32)> = Vec::new();
+        for &(a, b, write) in &decl {
+            let host_runs: Vec<(u32, u32)> = runs(a, b, |p| st.frames_of[p as usize] == HOST).collect();
+            for (ra, rb) in host_runs {
+                if write {
+                    // The CPU must not change these pages while they are
+                    // copied and while the kernel owns them.
+                    inner
+                        .arena
+                        .zap(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                        .map_err(|e| LaunchError::Os(e.to_string()))?;
+                } else {
+                    temporary.push((ra, rb));
+                }
+                batches += inner.upload(st, ra, rb);
+                h2d_pages += u64::from(rb - ra);
+            }
+            for p in a..b {
+                let f = FrameIndex::new(st.frames_of[p as usize]).expect("resident page has a frame");
+                st.table.set(PageIndex(p), Pte::resident(f, write));
+            }
+            st.mapped.push((a, b));
+        }
+        let pt_bytes = st.table.drain_dirty(|batch| {
+            gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
+        });
+
+        // 4. Arguments, error log, dispatch, wait.
+        let mut block = ArgsBlock {
+            #[allow(clippy::cast_possible_truncation, reason = "address halves")]
+            base: [inner.arena.base() as u32, (inner.arena.base() as u64 >> 32) as u32],
+            arena_bytes: u32::try_from(inner.arena.len()).expect("arena < 4 GiB, checked at creation"),
+            frames_per_segment: gpu.frames_per_segment,
+            words: [0; MAX_ARG_WORDS as usize],
+        };
+        block.words[..words.len()].copy_from_slice(&words);
+        gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
+        gpu.queue.write_buffer(&gpu.errors, 0, &vec![0u8; Gpu::error_log_bytes() as usize]);
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes: None });
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &gpu.bind_group, &[]);
+            let [x, y, z] = desc.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+        enc.copy_buffer_to_buffer(&gpu.errors, 0, &gpu.errors_readback, 0, Gpu::error_log_bytes());
+        let h2d_ns = t0.elapsed().as_nanos() as u64;
+        let t1 = Instant::now();
+        gpu.queue.submit([enc.finish()]);
+        let log: Vec<u32> = gpu.read_mapped(&gpu.errors_readback, Gpu::error_log_bytes(), |b| bytemuck::pod_collect_to_vec(b))?;
+        let kernel_ns = t1.elapsed().as_nanos() as u64;
+
+        // 5. Read-only pages go back to being host-only.
+        for (a, b) in temporary {
+            for p in a..b {
+                let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+                st.frames.free(f);
+            }
+        }
+        let c = &inner.stats;
+        Counters::add(&c.h2d_pages, h2d_pages);
+        Counters::add(&c.h2d_batches, batches);
+        Counters::add(&c.h2d_ns, h2d_ns);
+        Counters::add(&c.launches, 1);
+        Counters::add(&c.kernel_ns, kernel_ns);
+        Counters::add(&c.pt_upload_bytes, pt_bytes);
+        tracing::debug!(kernel = %kernel.label, h2d_pages, pt_bytes, kernel_ns, "launch");
+
+        let total = log[0];
+        if total != 0 {
+            let faults = (0..total.min(ERROR_RECORDS) as usize)
+                .map(|i| KernelFault {
+                    addr: u64::from(log[2 + i * 4]) | (u64::from(log[3 + i * 4]) << 32),
+                    kind: KernelFaultKind::from_code(log[1 + i * 4]),
+                })
+                .collect();
+            return Err(LaunchError::Kernel { faults, total });
+        }
+        Ok(())
+    }
+}
+
+impl LaunchError {
+    fn clone_range(&self) -> Self {
+        match self {
+            Self::BadRange { addr, len } => Self::BadRange { addr: *addr, len: *len },
+            _ => unreachable!("only used for BadRange"),
+        }
+    }
+}
+
+impl Inner {
+    /// Copy host pages `[a, b)` into newly allocated frames; returns the
+    /// number of copies queued.
+    fn upload(&self, st: &mut State, a: u32, b: u32) -> u64 {
+        let gpu = &self.gpu;
+        let mut p = a;
+        let mut copies = 0;
+        while p < b {
+            let (f, n) = st.frames.alloc_run(b - p).expect("pool space checked before migrating");
+            // A frame run may straddle pool segments: one copy per segment.
+            let mut done = 0;
+            while done < n {
+                let fr = f + done;
+                let k = (n - done).min(gpu.frames_left_in_segment(fr));
+                let (seg, off) = gpu.frame_location(fr);
+                let host_off = (p + done) as usize * PAGE_SIZE;
+                self.arena.with_host(host_off, k as usize * PAGE_SIZE, |bytes| {
+                    gpu.queue.write_buffer(&gpu.segments[seg], off, bytes);
+                });
+                copies += 1;
+                done += k;
+            }
+            for i in 0..n {
+                st.frames_of[(p + i) as usize] = f + i;
+            }
+            p += n;
+        }
+        copies
+    }
+
+    /// Bring the device-owned pages of the chunk around `page` back to the
+    /// host copy and map them for the CPU. Returns the pages moved.
+    fn migrate_back(&self, st: &mut State, page: u32) -> Result<u64, DeviceError> {
+        let gpu = &self.gpu;
+        let chunk_pages = (self.chunk / PAGE_SIZE) as u32;
+        let a = page / chunk_pages * chunk_pages;
+        let b = (a + chunk_pages).min(st.table.len());
+        let device_runs: Vec<(u32, u32)> = runs(a, b, |p| st.frames_of[p as usize] != HOST).collect();
+        if device_runs.is_empty() {
+            return Ok(0);
+        }
+        gpu.check_lost()?;
+        let t0 = Instant::now();
+        // Copy each run of pages, frame-contiguous piece by piece, into the
+        // staging buffer at the page's offset from `a`.
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm d2h") });
+        for &(ra, rb) in &device_runs {
+            let mut p = ra;
+            while p < rb {
+                let f = st.frames_of[p as usize];
+                let mut n = 1;
+                while p + n < rb && st.frames_of[(p + n) as usize] == f + n && n < gpu.frames_left_in_segment(f) {
+                    n += 1;
+                }
+                let (seg, off) = gpu.frame_location(f);
+                enc.copy_buffer_to_buffer(
+                    &gpu.segments[seg],
+                    off,
+                    &gpu.staging,
+                    u64::from(p - a) * PAGE_SIZE as u64,
+                    u64::from(n) * PAGE_SIZE as u64,
+                );
+                p += n;
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        let span = u64::from(b - a) * PAGE_SIZE as u64;
+        gpu.read_mapped(&gpu.staging, span, |bytes| {
+            for &(ra, rb) in &device_runs {
+                let lo = (ra - a) as usize * PAGE_SIZE;
+                let hi = (rb - a) as usize * PAGE_SIZE;
+                self.arena.write_host(ra as usize * PAGE_SIZE, &bytes[lo..hi]);
+            }
+        })?;
+        let mut moved = 0u64;
+        for &(ra, rb) in &device_runs {
+            for p in ra..rb {
+                let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+                st.frames.free(f);
+                // Keep the entry invalid: the next launch maps what it declares.
+                st.table.set(PageIndex(p), Pte::ALLOCATED);
+            }
+            moved += u64::from(rb - ra);
+        }
+        let c = &self.stats;
+        Counters::add(&c.d2h_pages, moved);
+        Counters::add(&c.d2h_batches, 1);
+        Counters::add(&c.d2h_ns, t0.elapsed().as_nanos() as u64);
+        for &(ra, rb) in &device_runs {
+            self.arena
+                .restore(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                .map_err(|e| DeviceError::Unexpected(format!("restoring CPU access: {e}")))?;
+        }
+        tracing::trace!(page, moved, "migrated back");
+        Ok(moved)
+    }
+}
+
+impl FaultHandler for Inner {
+    fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
+        let page = page_of(fault.offset);
+        let addr = self.arena.base() + fault.offset;
+        let mut st = self.state.lock();
+        Counters::add(&self.stats.cpu_faults, 1);
+        if !st.table.get(PageIndex(page)).is_allocated() {
+            return Err(FaultFatal(format!(
+                "CPU access to managed address {addr:#x}, which is not allocated (never allocated, or freed)"
+            )));
+        }
+        let device_owned = st.frames_of[page as usize] != HOST;
+        self.migrate_back(&mut st, page).map_err(|e| {
+            FaultFatal(format!("page {addr:#x} is owned by the device and cannot be brought back: {e}"))
+        })?;
+        if !device_owned {
+            // A host page that simply is not mapped yet (or a fault that raced
+            // with another on the same page): map it.
+            self.arena.restore(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn page_of(offset: usize) -> u32 {
+    u32::try_from(offset / PAGE_SIZE).expect("arena offsets fit 32-bit page numbers (arena < 16 TiB)")
+}
+
+/// Maximal runs of `[a, b)` where `pred` holds.
+fn runs(a: u32, b: u32, pred: impl Fn(u32) -> bool) -> impl Iterator<Item = (u32, u32)> {
+    let mut p = a;
+    core::iter::from_fn(move || {
+        while p < b && !pred(p) {
+            p += 1;
+        }
+        if p >= b {
+            return None;
+        }
+        let s = p;
+        while p < b && pred(p) {
+            p += 1;
+        }
+        Some((s, p))
+    })
+}
+
+/// Sort and merge page ranges; a page declared both ways is read-write.
+/// Overlapping ranges with different modes are split at their boundaries.
+fn merge_ranges(mut v: Vec<(u32, u32, bool)>) -> Vec<(u32, u32, bool)> {
+    let mut points: Vec<u32> = v.iter().flat_map(|&(a, b, _)| [a, b]).collect();
+    points.sort_unstable();
+    points.dedup();
+    v.sort_unstable();
+    let mut out: Vec<(u32, u32, bool)> = Vec::new();
+    for w in points.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let mut covered = false;
+        let mut write = false;
+        for &(x, y, wr) in &v {
+            if x <= a && b <= y {
+                covered = true;
+                write |= wr;
+            }
+        }
+        if !covered {
+            continue;
+        }
+        match out.last_mut() {
+            Some(l) if l.1 == a && l.2 == write => l.1 = b,
+            _ => out.push((a, b, write)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_splits_and_joins() {
+        assert_eq!(merge_ranges(vec![(0, 4, false), (2, 6, true), (6, 8, true), (10, 12, false)]), vec![
+            (0, 2, false),
+            (2, 8, true),
+            (10, 12, false)
+        ]);
+        assert_eq!(merge_ranges(vec![(0, 4, false), (0, 4, false)]), vec![(0, 4, false)]);
+    }
+
+    #[test]
+    fn runs_split() {
+        let v: Vec<_> = runs(0, 10, |p| p % 4 != 0).collect();
+        assert_eq!(v, vec![(1, 4), (5, 8), (9, 10)]);
+    }
+}

@@ -1,0 +1,199 @@
+//! Bad input gets a clear error and loses nothing.
+
+use svm::{Access, Arg, FreeError, KernelFaultKind, LaunchDescriptor, LaunchError};
+
+use crate::{child_role, ctx, in_child, kernel, small, BACKENDS};
+
+const POKE: &str = "@compute @workgroup_size(1) fn main() {
+    let p = svm_arg_ptr(0u);
+    let v = svm_load_u32(p);
+    svm_store_u32(p, v + 1u);
+}";
+
+fn poke_error(svm: &svm::Svm, k: &svm::Kernel, addr: u64, access: &[Access<'_>]) -> Vec<KernelFaultKind> {
+    match svm.launch(k, &LaunchDescriptor { args: &[Arg::Ptr(addr)], access, workgroups: [1, 1, 1] }) {
+        Err(LaunchError::Kernel { faults, total }) => {
+            assert!(total as usize >= faults.len());
+            assert!(faults.iter().all(|f| f.addr == addr), "{faults:?}");
+            // One record per refused access: a load and a store of the same
+            // address can both be refused.
+            let mut kinds: Vec<_> = faults.into_iter().map(|f| f.kind).collect();
+            kinds.dedup();
+            kinds
+        }
+        other => panic!("expected a kernel error for {addr:#x}, got {other:?}"),
+    }
+}
+
+#[test]
+fn kernel_pointer_errors() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "poke", POKE);
+        let mut v = svm.alloc_from_slice(&[7u32; 1024]).expect("v");
+        let other = svm.alloc_from_slice(&[5u32; 1024]).expect("other");
+        let freed = svm.alloc_vec::<u32>(1024).expect("freed");
+        let freed_addr = freed.addr_of(0);
+        drop(freed);
+        use KernelFaultKind::*;
+        // null and outside the arena
+        assert_eq!(poke_error(&svm, &k, 0, &[Access::read_write(&mut v)]), vec![OutOfArena]);
+        assert_eq!(poke_error(&svm, &k, 0xdead_0000_0000, &[Access::read_write(&mut v)]), vec![OutOfArena]);
+        let end = (svm.arena_base() + svm.arena_size()) as u64;
+        assert_eq!(poke_error(&svm, &k, end, &[Access::read_write(&mut v)]), vec![OutOfArena]);
+        // freed, undeclared, misaligned
+        assert_eq!(poke_error(&svm, &k, freed_addr, &[Access::read_write(&mut v)]), vec![Unallocated]);
+        assert_eq!(poke_error(&svm, &k, other.addr_of(3), &[Access::read_write(&mut v)]), vec![NotDeclared]);
+        assert_eq!(poke_error(&svm, &k, v.addr_of(1) + 1, &[Access::read_write(&mut v)]), vec![Misaligned]);
+        // a write to a range declared read-only: the load works, the store is refused
+        assert_eq!(poke_error(&svm, &k, other.addr_of(3), &[Access::read(&other)]), vec![ReadOnly]);
+        // Nothing was changed by any of them.
+        assert!(v.iter().all(|&x| x == 7), "{backend}");
+        assert!(other.iter().all(|&x| x == 5), "{backend}");
+        // And a good launch still works afterwards.
+        svm.launch(&k, &LaunchDescriptor { args: &[Arg::Ptr(v.addr_of(2))], access: &[Access::read_write(&mut v)], workgroups: [1, 1, 1] })
+            .expect("good launch");
+        assert_eq!(v[2], 8);
+    }
+}
+
+#[test]
+fn declared_ranges_must_be_allocated() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let k = kernel(&svm, "poke", POKE);
+    let v = svm.alloc_vec::<u32>(1024).expect("v");
+    let p = v.as_ptr() as *const u8;
+    drop(v);
+    // SAFETY: no references; the range is freed, which is the point.
+    let access = [unsafe { Access::raw(p, 4096, svm::AccessMode::Read) }];
+    let r = svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(p)], access: &access, workgroups: [1, 1, 1] });
+    assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{r:?}");
+    let foreign = [0u8; 64];
+    // SAFETY: as above; a stack buffer is not managed memory.
+    let access = [unsafe { Access::raw(foreign.as_ptr(), 64, svm::AccessMode::Read) }];
+    let r = svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(foreign.as_ptr())], access: &access, workgroups: [1, 1, 1] });
+    assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{r:?}");
+}
+
+#[test]
+fn free_errors() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let p = svm.alloc(10_000).expect("alloc").as_ptr();
+    let mut stack = 0u8;
+    assert_eq!(svm.free(&mut stack), Err(FreeError::NotAllocated { addr: &mut stack as *mut u8 as usize }));
+    // SAFETY: only the address is used.
+    let interior = unsafe { p.add(4096) };
+    assert!(matches!(svm.free(interior), Err(FreeError::NotAllocated { .. })));
+    svm.free(p).expect("free");
+    assert!(matches!(svm.free(p), Err(FreeError::NotAllocated { .. })), "double free");
+    assert_eq!(svm.live_allocations(), 0);
+    assert!(matches!(svm.alloc(0), Err(svm::AllocError::ZeroSize)));
+    assert!(matches!(svm.alloc(1 << 40), Err(svm::AllocError::TooLarge { .. })));
+    let _a = svm.alloc(200 << 20).expect("most of the arena");
+    assert!(matches!(svm.alloc(100 << 20), Err(svm::AllocError::ArenaExhausted { .. })));
+}
+
+/// Reused memory never shows earlier contents, on the CPU or the GPU.
+#[test]
+fn reused_memory_is_zeroed() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(
+            &svm,
+            "copy",
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+                let src = svm_arg_ptr(0u); let dst = svm_arg_ptr(2u);
+                if (g.x < 1024u) { svm_store_u32(svm_index(dst, g.x, 4u), svm_load_u32(svm_index(src, g.x, 4u))); }
+            }",
+        );
+        let mut a = svm.alloc_from_slice(&[0xabcd_u32; 1024]).expect("a");
+        let mut b = svm.alloc_vec::<u32>(1024).expect("b");
+        svm.launch(&k, &LaunchDescriptor {
+            args: &[Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr())],
+            access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
+            workgroups: [16, 1, 1],
+        })
+        .expect("launch");
+        // Free both while their pages are on the device; reallocate.
+        drop(a);
+        drop(b);
+        let fresh = svm.alloc_vec::<u32>(2048).expect("fresh");
+        assert!(fresh.iter().all(|&x| x == 0), "{backend}: CPU sees old data");
+        let mut out = svm.alloc_vec::<u32>(1024).expect("out");
+        svm.launch(&k, &LaunchDescriptor {
+            args: &[Arg::ptr(fresh.as_ptr()), Arg::ptr(out.as_ptr())],
+            access: &[Access::read(&fresh), Access::read_write(&mut out)],
+            workgroups: [16, 1, 1],
+        })
+        .expect("launch");
+        assert!(out.iter().all(|&x| x == 0), "{backend}: GPU sees old data");
+    }
+}
+
+/// A working set larger than the pool is refused before anything moves.
+#[test]
+fn pool_exhausted_is_an_error_and_loses_nothing() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend).pool_size(1 << 20)) else { return };
+        let k = kernel(&svm, "poke", POKE);
+        let mut big = svm.alloc_from_slice(&vec![3u32; 1 << 19]).expect("2 MiB");
+        let r = svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(big.as_ptr())], access: &[Access::read_write(&mut big)], workgroups: [1, 1, 1] });
+        assert!(matches!(r, Err(LaunchError::PoolExhausted { needed: 512, total: 256, .. })), "{r:?}");
+        assert!(big.iter().all(|&x| x == 3));
+        assert_eq!(svm.stats().h2d_pages, 0);
+    }
+}
+
+/// A forked child must not read stale host copies of pages the device owns:
+/// managed memory is not mapped in the child at all, so it crashes loudly.
+#[test]
+fn fork_child_cannot_read_stale_data() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "poke", POKE);
+        let mut v = svm.alloc_from_slice(&[41u32; 16]).expect("v");
+        svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(v.as_ptr())], access: &[Access::read_write(&mut v)], workgroups: [1, 1, 1] })
+            .expect("launch");
+        let p = v.as_ptr();
+        // SAFETY: fork in a test; the child only reads one address and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: the child reads managed memory, which must fault.
+            let x = unsafe { core::ptr::read_volatile(p) };
+            // Reaching here would be the silent wrong answer.
+            // SAFETY: _exit is always safe to call.
+            unsafe { libc::_exit(if x == 42 { 3 } else { 4 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV, "{backend}: child status {status:#x}");
+        // The parent still reads the right value.
+        assert_eq!(v[0], 42);
+    }
+}
+
+/// A CPU access to freed managed memory crashes with a message instead of
+/// reading something.
+#[test]
+fn cpu_use_after_free_crashes() {
+    if let Some(role) = child_role() {
+        let backend = svm::FaultBackendKind::parse(&role).expect("role");
+        let svm = ctx(small(backend)).expect("child needs the GPU its parent had");
+        let v = svm.alloc_from_slice(&[1u32; 16]).expect("v");
+        let p = v.as_ptr();
+        drop(v);
+        // SAFETY: deliberately invalid: the child must die here.
+        let _ = unsafe { core::ptr::read_volatile(p) };
+        std::process::exit(0);
+    }
+    if ctx(small(BACKENDS[0])).is_none() {
+        return;
+    }
+    for backend in BACKENDS {
+        let st = in_child("bad_input::cpu_use_after_free_crashes", backend.name());
+        use std::os::unix::process::ExitStatusExt;
+        let sig = st.signal();
+        assert!(sig == Some(libc::SIGSEGV) || sig == Some(libc::SIGABRT), "{backend}: child ended with {st:?}");
+    }
+}

@@ -1,0 +1,183 @@
+//! The end-to-end slice: data built on the CPU, a kernel through the same
+//! pointers, results read back by dereference through real faults.
+
+use svm::{Access, Arg, LaunchDescriptor};
+
+use crate::{ctx, kernel, small, BACKENDS};
+
+fn vadd_case(backend: svm::FaultBackendKind, n: usize, chunk: usize) {
+    let Some(svm) = ctx(small(backend).fault_chunk(chunk)) else { return };
+    assert_eq!(svm.fault_backend(), backend);
+    let k = kernel(&svm, "vadd", svm::shaders::kernels::VADD);
+    let mut a = svm.alloc_vec::<f32>(n).expect("a");
+    let mut b = svm.alloc_vec::<f32>(n).expect("b");
+    let mut c = svm.alloc_vec::<f32>(n).expect("c");
+    for i in 0..n {
+        a[i] = i as f32;
+        b[i] = (2 * i) as f32 + 0.5;
+        c[i] = -1.0;
+    }
+    let before = svm.stats();
+    let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(n as u32)];
+    svm.launch(&k, &LaunchDescriptor {
+        args: &args,
+        access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+        workgroups: [64, 1, 1],
+    })
+    .expect("launch");
+    let s = svm.stats().since(&before);
+    let pages = (n * 4).div_ceil(4096) as u64;
+    assert_eq!(s.h2d_pages, 3 * pages, "a, b and c went to the device");
+    assert_eq!(svm.device_resident_pages() as u64, pages, "only c stays on the device");
+    // Reading a and b does not fault: read-only pages stay on the CPU.
+    let sum_ab: f64 = a.iter().zip(b.iter()).map(|(x, y)| f64::from(*x + *y)).sum();
+    assert_eq!(svm.stats().since(&before).cpu_faults, 0, "read-only inputs never left the CPU");
+    // Reading c faults it back, chunk by chunk.
+    let sum_c: f64 = c.iter().map(|&x| f64::from(x)).sum();
+    for i in 0..n {
+        assert_eq!(c[i], a[i] + b[i], "c[{i}]");
+    }
+    assert_eq!(sum_ab, sum_c);
+    let s = svm.stats().since(&before);
+    assert_eq!(s.d2h_pages, pages, "every page of c came back");
+    let chunk_pages = (chunk / 4096) as u64;
+    assert!(s.cpu_faults >= pages.div_ceil(chunk_pages), "{} faults for {pages} pages", s.cpu_faults);
+    assert!(s.cpu_faults <= pages.div_ceil(chunk_pages) + 2, "{} faults for {pages} pages in chunks of {chunk_pages}", s.cpu_faults);
+    assert_eq!(svm.device_resident_pages(), 0);
+}
+
+#[test]
+fn vadd_uffd_64k() {
+    vadd_case(BACKENDS[0], 1 << 20, 64 << 10);
+}
+#[test]
+fn vadd_mprotect_64k() {
+    vadd_case(BACKENDS[1], 1 << 20, 64 << 10);
+}
+#[test]
+fn vadd_uffd_4k_odd_size() {
+    vadd_case(BACKENDS[0], 100_003, 4096);
+}
+#[test]
+fn vadd_mprotect_2m() {
+    vadd_case(BACKENDS[1], 3 << 20, 2 << 20);
+}
+
+/// A CPU write to a page the device owns first brings the device's data
+/// back (a write fault), so the other bytes of the page are not lost.
+#[test]
+fn cpu_write_after_kernel_keeps_device_data() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(
+            &svm,
+            "fill",
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+                let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u);
+                if (g.x < n) { svm_store_u32(svm_index(p, g.x, 4u), g.x * 7u + 1u); }
+            }",
+        );
+        let n = 4096usize;
+        let mut v = svm.alloc_vec::<u32>(n).expect("v");
+        let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
+        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] })
+            .expect("launch");
+        v[5] = 12345; // write fault first
+        for (i, &x) in v.iter().enumerate() {
+            let want = if i == 5 { 12345 } else { i as u32 * 7 + 1 };
+            assert_eq!(x, want, "{backend}: v[{i}]");
+        }
+    }
+}
+
+/// Data survives several round trips (the multiple-migration scenario).
+#[test]
+fn repeated_round_trips() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(
+            &svm,
+            "inc",
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+                let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u);
+                if (g.x < n) { let q = svm_index(p, g.x, 4u); svm_store_u32(q, svm_load_u32(q) + 1u); }
+            }",
+        );
+        let n = 50_000usize;
+        let mut v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
+        for round in 0..10u32 {
+            let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
+            svm.launch(&k, &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut v)],
+                workgroups: [(n as u32).div_ceil(64), 1, 1],
+            })
+            .expect("launch");
+            // Touch half of it on the CPU: the other half stays on the device.
+            let probe = (round as usize * 977) % (n / 2);
+            assert_eq!(v[probe], probe as u32 + round + 1, "{backend} round {round}");
+        }
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(x, i as u32 + 10, "{backend}: v[{i}]");
+        }
+    }
+}
+
+/// Only the page-table leaves that changed are uploaded.
+#[test]
+fn page_table_upload_is_incremental() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "noop", "@compute @workgroup_size(1) fn main() { let p = svm_arg_ptr(0u); svm_store_u32(p, 1u); }");
+        let mut v = svm.alloc_vec::<u32>(16).expect("v");
+        let args = [Arg::ptr(v.as_ptr())];
+        let launch = |v: &mut svm::ManagedVec<u32>| {
+            svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: [1, 1, 1] })
+                .expect("launch");
+        };
+        launch(&mut v);
+        let first = svm.stats().pt_upload_bytes;
+        let arena_table = (svm.arena_size() / 4096 * 4) as u64;
+        assert_eq!(first, arena_table, "the first launch uploads the whole table once");
+        launch(&mut v);
+        let second = svm.stats().pt_upload_bytes - first;
+        assert!(second <= 4096, "second launch uploaded {second} bytes of a {arena_table}-byte table");
+        assert_eq!(v[0], 1);
+    }
+}
+
+/// Threads reading device-owned data at once all see the kernel's results.
+#[test]
+fn concurrent_cpu_faults() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend).fault_chunk(4096)) else { return };
+        let k = kernel(
+            &svm,
+            "iota",
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+                let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u);
+                if (g.x < n) { svm_store_u32(svm_index(p, g.x, 4u), g.x ^ 0x5a5au); }
+            }",
+        );
+        let n = 1 << 18;
+        let mut v = svm.alloc_vec::<u32>(n).expect("v");
+        let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
+        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [n as u32 / 64, 1, 1] })
+            .expect("launch");
+        let v = &v;
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                s.spawn(move || {
+                    for j in 0..n / 64 {
+                        let i = (j * 64 * 5 + t * 4099) % n;
+                        assert_eq!(v[i], i as u32 ^ 0x5a5a, "{backend} thread {t} v[{i}]");
+                    }
+                });
+            }
+        });
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(x, i as u32 ^ 0x5a5a, "{backend}: v[{i}]");
+        }
+        assert_eq!(svm.device_resident_pages(), 0, "{backend}: every page came back");
+    }
+}

@@ -1,0 +1,248 @@
+//! Loom models of item 3: the seed's `range->valid` flag admits a stale
+//! commit, sequence counts checked under the update lock do not.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" cargo test -p svm-pagetable --release --lib loom`.
+//!
+//! A *stale commit* is the device ending up mapping the old page after the
+//! CPU side changed it, with no invalidation left to come that would zap it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as StdOrdering};
+use std::sync::Arc;
+
+use ::loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use ::loom::sync::Mutex;
+use ::loom::thread;
+
+use crate::*;
+
+const OLD: u32 = 1;
+const NEW: u32 = 2;
+
+/// The seed's protocol (mm/hmm.c v4.20) for one page, reduced to its
+/// synchronisation: `hmm->lock` guards the range list and `range->valid`;
+/// `invalidate_range_start` clears `valid` of listed ranges and calls the
+/// mirror (which zaps under the device lock); the CPU PTE changes;
+/// `invalidate_range_end` clears `valid` again. The driver lists its range
+/// with `valid = true` (`hmm_vma_get_pfns`), reads the PTE, takes its device
+/// lock, unlists the range and reads `valid` (`hmm_vma_range_done`), and
+/// commits if it was still true.
+///
+/// Returns whether this execution ended with a stale commit.
+fn seed_valid_flag_protocol() -> bool {
+    struct Range {
+        listed: bool,
+        valid: bool,
+    }
+    let hmm_lock = Arc::new(Mutex::new(Range {
+        listed: false,
+        valid: false,
+    }));
+    let cpu_pte = Arc::new(AtomicU32::new(OLD));
+    let device = Arc::new(Mutex::new(0u32));
+
+    let invalidator = {
+        let (hmm_lock, cpu_pte, device) = (hmm_lock.clone(), cpu_pte.clone(), device.clone());
+        thread::spawn(move || {
+            // hmm_invalidate_range_start -> hmm_invalidate_range(device = true)
+            {
+                let mut r = hmm_lock.lock().expect("lock");
+                if r.listed {
+                    r.valid = false;
+                }
+            }
+            *device.lock().expect("lock") = 0; // sync_cpu_device_pagetables
+            cpu_pte.store(NEW, Ordering::SeqCst); // the CPU page table changes
+                                                  // hmm_invalidate_range_end -> hmm_invalidate_range(device = false)
+            let mut r = hmm_lock.lock().expect("lock");
+            if r.listed {
+                r.valid = false;
+            }
+        })
+    };
+
+    // hmm_vma_get_pfns: list the range, valid = true, walk.
+    {
+        let mut r = hmm_lock.lock().expect("lock");
+        r.listed = true;
+        r.valid = true;
+    }
+    let snap = cpu_pte.load(Ordering::SeqCst);
+    // device_page_table_lock(); if (hmm_vma_range_done(range)) commit;
+    {
+        let mut d = device.lock().expect("lock");
+        let valid = {
+            let mut r = hmm_lock.lock().expect("lock");
+            r.listed = false;
+            r.valid
+        };
+        if valid {
+            *d = snap;
+        }
+    }
+    invalidator.join().expect("join");
+    let committed = *device.lock().expect("lock");
+    committed == OLD && cpu_pte.load(Ordering::SeqCst) == NEW
+}
+
+/// The same page and threads with our protocol, reduced the same way: the
+/// invalidation holds the state lock throughout, bumps the notifier's count
+/// to odd under the update lock (where it zaps), changes the PTE, bumps it
+/// back to even; the driver reads the count (waiting out odd ones), reads
+/// the PTE under the state lock, and commits under the update lock only if
+/// the count did not move.
+fn seq_protocol() -> bool {
+    let state = Arc::new(Mutex::new(OLD)); // the CPU PTE, behind the state lock
+    let seq = Arc::new(AtomicU64::new(0));
+    let update = Arc::new(Mutex::new(0u32)); // the device PTE, behind the update lock
+
+    let invalidator = {
+        let (state, seq, update) = (state.clone(), seq.clone(), update.clone());
+        thread::spawn(move || {
+            let mut pte = state.lock().expect("lock");
+            {
+                let mut d = update.lock().expect("lock");
+                seq.fetch_add(1, Ordering::AcqRel); // odd: in progress
+                *d = 0; // zap
+            }
+            *pte = NEW;
+            seq.fetch_add(1, Ordering::AcqRel); // even: done
+        })
+    };
+
+    let s = loop {
+        let s = seq.load(Ordering::Acquire);
+        if s & 1 == 0 {
+            break s;
+        }
+        drop(state.lock().expect("lock")); // wait for the invalidation to end
+    };
+    let snap = *state.lock().expect("lock");
+    {
+        let mut d = update.lock().expect("lock");
+        if seq.load(Ordering::Acquire) == s {
+            *d = snap;
+        }
+    }
+    invalidator.join().expect("join");
+    let committed = *update.lock().expect("lock");
+    let cpu = *state.lock().expect("lock");
+    committed == OLD && cpu == NEW
+}
+
+#[test]
+fn loom_seed_valid_flag_admits_stale_commit() {
+    static STALE: AtomicBool = AtomicBool::new(false);
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    ::loom::model(|| {
+        RUNS.fetch_add(1, StdOrdering::Relaxed);
+        if seed_valid_flag_protocol() {
+            STALE.store(true, StdOrdering::Relaxed);
+        }
+    });
+    eprintln!(
+        "seed model: {} executions explored",
+        RUNS.load(StdOrdering::Relaxed)
+    );
+    assert!(
+        STALE.load(StdOrdering::Relaxed),
+        "loom should find the interleaving where the seed commits a stale snapshot"
+    );
+}
+
+#[test]
+fn loom_seq_protocol_never_commits_stale() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    ::loom::model(|| {
+        RUNS.fetch_add(1, StdOrdering::Relaxed);
+        assert!(!seq_protocol(), "stale commit");
+    });
+    eprintln!(
+        "seq model: {} executions explored",
+        RUNS.load(StdOrdering::Relaxed)
+    );
+}
+
+/// A one-page device table.
+struct LoomOps;
+
+impl MirrorOps for LoomOps {
+    type Table = PageTable;
+    fn invalidate(&self, table: &mut PageTable, update: &Update) -> Result<(), Again> {
+        table.fill(update.range, Pte::EMPTY);
+        Ok(())
+    }
+}
+
+/// The real [`AddressSpace`] / [`Mirror`] / [`IntervalNotifier`] code under
+/// loom: the device maps its own page with the driver loop while the CPU
+/// changes it (`cpu` is the CPU-side action). In no execution may the device
+/// keep a valid entry for a page the host no longer gives it.
+fn real_protocol(cpu: fn(&Arc<AddressSpace>, PageRange)) -> usize {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    RUNS.store(0, StdOrdering::Relaxed);
+    // No preemption bound: the exploration is exhaustive.
+    let builder = ::loom::model::Builder::new();
+    builder.check(move || {
+        RUNS.fetch_add(1, StdOrdering::Relaxed);
+        let space = AddressSpace::new(1);
+        let page = PageRange::from_range(0..1).expect("ordered");
+        let mirror = space
+            .mirror_register(page, LoomOps, PageTable::new(1))
+            .expect("register");
+        space
+            .alloc(
+                page,
+                AllocDescriptor {
+                    prot: Prot::ReadWrite,
+                    max_order: ChunkOrder::Page,
+                },
+            )
+            .expect("alloc");
+        space
+            .migrate_begin(page, MigrateTarget::Device(mirror.id()), true)
+            .expect("begin")
+            .finalize(|_, _| MigrateOutcome::Device(FrameIndex::new(5).expect("fits")))
+            .expect("finalize");
+        let notifier = mirror.notifier_insert(page);
+
+        let cpu = {
+            let space = space.clone();
+            thread::spawn(move || cpu(&space, page))
+        };
+
+        // The driver loop, bounded: a retry is a correct outcome too.
+        let enc = Encoding::DEFAULT;
+        for _ in 0..2 {
+            let seq = notifier.read_begin();
+            let mut pfns = [0u64; 1];
+            let mut req = RangeRequest::new(mirror.id(), page, &mut pfns);
+            space.range_snapshot(&mut req, true).expect("snapshot");
+            let mut table = mirror.update_lock();
+            if table.read_retry(&notifier, seq) {
+                continue;
+            }
+            table.commit_snapshot(page, &pfns, &enc);
+            break;
+        }
+        cpu.join().expect("join");
+        let pte = mirror.update_lock().get(PageIndex(0));
+        let (state, _) = space.page(PageIndex(0)).expect("page");
+        assert!(
+            !pte.is_valid() || matches!(state, PageState::Device { .. }),
+            "stale commit: device maps {pte:?}, host has {state:?}"
+        );
+    });
+    RUNS.load(StdOrdering::Relaxed)
+}
+
+#[test]
+fn loom_real_protocol_free_never_commits_stale() {
+    let runs = real_protocol(|space, page| space.free(page, true).expect("free"));
+    eprintln!("real code, CPU frees: {runs} executions explored");
+}
+
+#[test]
+fn loom_real_protocol_cpu_take_back_never_commits_stale() {
+    let runs = real_protocol(|space, page| space.cpu_fault(page, true, true).expect("cpu fault"));
+    eprintln!("real code, CPU takes the page back: {runs} executions explored");
+}
