@@ -33,7 +33,8 @@ impl core::fmt::Display for DeviceInfo {
 }
 
 /// Pick the adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive) if
-/// set, else the first of `WGPU_BACKEND` (default: Vulkan) in wgpu's order.
+/// set, else the first hardware adapter of `WGPU_BACKEND` (default: Vulkan),
+/// else the first software one.
 pub(crate) fn create_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if wgpu::Backends::from_env().is_none() {
@@ -46,7 +47,12 @@ pub(crate) fn create_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queu
     let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
     let adapter = match &wanted {
         Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
-        None => adapters.into_iter().next(),
+        // A real GPU before a software one (lavapipe) when both are present.
+        None => {
+            let mut a = adapters;
+            a.sort_by_key(|x| x.get_info().device_type == wgpu::DeviceType::Cpu);
+            a.into_iter().next()
+        }
     }
     .ok_or_else(|| {
         SvmError::NoAdapter(match &wanted {
