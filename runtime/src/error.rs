@@ -188,12 +188,32 @@ pub enum LaunchError {
         /// How many there were.
         total: u32,
     },
+    /// A replayable launch still faulted after `replays` replays. The
+    /// ranges it may write hold the results of an incomplete pass.
+    #[error("kernel still faulting after {replays} replays (its outputs are incomplete); pending pages at {}", addrs(.pending))]
+    ReplayLimit {
+        /// Replays run.
+        replays: u32,
+        /// Addresses of (some of) the pages that faulted in the last pass.
+        pending: Vec<u64>,
+    },
+    /// A replay pass faulted only on pages that were already mapped as
+    /// asked: replaying again could not make progress.
+    #[error("GPU faults made no progress at {}", addrs(.pages))]
+    NoProgress {
+        /// Addresses of the faulting pages.
+        pages: Vec<u64>,
+    },
     /// The device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// Changing the arena's mappings failed.
     #[error("arena mapping: {0}")]
     Os(String),
+}
+
+fn addrs(v: &[u64]) -> String {
+    v.iter().take(8).map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
 }
 
 fn first_faults(f: &[KernelFault]) -> String {

@@ -90,8 +90,16 @@ pub(crate) struct ArgsBlock {
     pub base: [u32; 2],
     pub arena_bytes: u32,
     pub frames_per_segment: u32,
+    pub flags: u32,
+    pub fault_cap: u32,
+    pub fault_read_bitmap: u32,
+    pub fault_write_bitmap: u32,
     pub words: [u32; MAX_ARG_WORDS as usize],
 }
+
+/// Capacity of the GPU fault list per pass (further faults are counted and
+/// found again on the next pass).
+pub(crate) const FAULT_CAP: u32 = 4096;
 
 const ERR_WORDS: u64 = 1 + ERROR_RECORDS as u64 * 4;
 
@@ -107,6 +115,10 @@ pub(crate) struct Gpu {
     pub args: wgpu::Buffer,
     pub errors: wgpu::Buffer,
     pub errors_readback: wgpu::Buffer,
+    /// GPU fault log: count, list, read and write bitmaps (see the prelude).
+    pub faults: wgpu::Buffer,
+    pub faults_readback: wgpu::Buffer,
+    pub fault_bitmap_words: u32,
     pub segments: Vec<wgpu::Buffer>,
     pub frames_per_segment: u32,
     pub total_frames: u32,
@@ -190,6 +202,19 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let fault_bitmap_words = arena_pages.div_ceil(32);
+        let faults = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm gpu fault log"),
+            size: u64::from(1 + FAULT_CAP + 2 * fault_bitmap_words) * 4,
+            usage: storage,
+            mapped_at_creation: false,
+        });
+        let faults_readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm gpu fault log readback"),
+            size: u64::from(1 + FAULT_CAP) * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("svm d2h staging"),
             size: staging_bytes,
@@ -209,6 +234,7 @@ impl Gpu {
         };
         let mut entries = vec![entry(0, true), entry(1, true), entry(2, false)];
         entries.extend((0..POOL_SEGMENTS).map(|i| entry(3 + i, false)));
+        entries.push(entry(3 + POOL_SEGMENTS, false));
         let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
         let mut bg_entries = vec![
             wgpu::BindGroupEntry { binding: 0, resource: page_table.as_entire_binding() },
@@ -218,6 +244,7 @@ impl Gpu {
         bg_entries.extend(
             segments.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }),
         );
+        bg_entries.push(wgpu::BindGroupEntry { binding: 3 + POOL_SEGMENTS, resource: faults.as_entire_binding() });
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: &bgl, entries: &bg_entries });
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("svm"),
@@ -235,6 +262,9 @@ impl Gpu {
             args,
             errors,
             errors_readback,
+            faults,
+            faults_readback,
+            fault_bitmap_words,
             segments,
             frames_per_segment,
             total_frames,

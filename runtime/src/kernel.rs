@@ -114,3 +114,49 @@ pub struct LaunchDescriptor<'a> {
     /// Workgroups in x, y, z.
     pub workgroups: [u32; 3],
 }
+
+/// How a launch treats accesses outside what is resident.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LaunchOptions {
+    /// The kernel's result does not depend on how many times it runs (its
+    /// writes are idempotent). Then an access to an allocated page that is
+    /// not mapped is a *GPU fault*: the access yields 0 and does nothing, the
+    /// runtime migrates the faulted pages (and the chunk around them) after
+    /// the pass, and runs the kernel again, until a pass completes without
+    /// faults. Declared ranges are still migrated up front (a prefetch), and
+    /// may be empty. Without it, undeclared accesses are errors.
+    pub replayable: bool,
+    /// Upper bound on replays ([`crate::LaunchError::ReplayLimit`] beyond).
+    pub max_replays: u32,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self { replayable: false, max_replays: 256 }
+    }
+}
+
+impl LaunchOptions {
+    /// Replayable, with the default bound.
+    pub fn replayable() -> Self {
+        Self { replayable: true, ..Self::default() }
+    }
+    /// Set the replay bound.
+    pub fn max_replays(mut self, n: u32) -> Self {
+        self.max_replays = n;
+        self
+    }
+}
+
+/// What a launch did.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LaunchReport {
+    /// Extra passes run after GPU faults.
+    pub replays: u32,
+    /// Distinct pages that faulted on the GPU, over all passes.
+    pub gpu_fault_pages: u64,
+    /// Pages migrated host → device by this launch (declared + faulted).
+    pub migrated_pages: u64,
+}

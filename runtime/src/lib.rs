@@ -51,7 +51,7 @@ mod stats;
 
 pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};
 pub use gpu::DeviceInfo;
-pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor};
+pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
 pub use managed::ManagedVec;
 pub use runtime::{Svm, SvmDescriptor};
 pub use stats::Stats;

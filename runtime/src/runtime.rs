@@ -22,8 +22,8 @@ use svm_pagetable::{FrameIndex, PageIndex, PageTable, Pte, PAGE_SIZE};
 use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS};
 
 use crate::error::*;
-use crate::gpu::{ArgsBlock, DeviceInfo, Gpu};
-use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor};
+use crate::gpu::{ArgsBlock, DeviceInfo, Gpu, FAULT_CAP};
+use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
 use crate::managed::ManagedVec;
 use crate::space::{FrameAllocator, RangeAllocator};
 use crate::stats::{Counters, Stats};
@@ -86,6 +86,9 @@ struct State {
     /// Pages whose PTE was made valid for the last launch (reset before the
     /// next one).
     mapped: Vec<(u32, u32)>,
+    /// Per arena page: the device holds a read-only duplicate for the
+    /// running launch (dropped at its end); the CPU copy stays current.
+    dup: Vec<bool>,
 }
 
 pub(crate) struct Inner {
@@ -149,6 +152,7 @@ impl Svm {
             table: PageTable::new(pages),
             frames: FrameAllocator::new(gpu.total_frames),
             mapped: Vec::new(),
+            dup: vec![false; pages as usize],
         };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -304,14 +308,30 @@ impl Svm {
         Ok(Kernel { label: desc.label.into(), pipeline, runtime_id: self.inner.id })
     }
 
+    /// Run a kernel to completion: [`Self::launch_with`] with default
+    /// options (not replayable: every access must be declared).
+    pub fn launch(&self, kernel: &Kernel, desc: &LaunchDescriptor<'_>) -> Result<(), LaunchError> {
+        self.launch_with(kernel, desc, &LaunchOptions::default()).map(|_| ())
+    }
+
     /// Run a kernel to completion.
     ///
     /// Before dispatch, every declared page is made device-resident (the
     /// pages a kernel may write are first taken away from the CPU), and the
-    /// page table maps exactly the declared ranges. Afterwards, written pages
+    /// page table maps exactly the declared ranges (plus, for a replayable
+    /// launch, every page the device already owns). Afterwards, written pages
     /// stay on the device until the CPU touches them; read-only pages were
     /// never taken from the CPU and their device copy is dropped.
-    pub fn launch(&self, kernel: &Kernel, desc: &LaunchDescriptor<'_>) -> Result<(), LaunchError> {
+    ///
+    /// A replayable launch turns accesses to unmapped allocated pages into
+    /// GPU faults, migrates them with the chunk around them (read faults as
+    /// read-only copies, write faults as device-owned chunks) and replays.
+    pub fn launch_with(
+        &self,
+        kernel: &Kernel,
+        desc: &LaunchDescriptor<'_>,
+        opts: &LaunchOptions,
+    ) -> Result<LaunchReport, LaunchError> {
         assert_eq!(kernel.runtime_id, self.inner.id, "kernel {:?} belongs to another runtime", kernel.label);
         let inner = &*self.inner;
         let gpu = &inner.gpu;
@@ -336,19 +356,98 @@ impl Svm {
                 continue;
             }
             let off = a.addr.wrapping_sub(inner.arena.base());
-            let bad = LaunchError::BadRange { addr: a.addr, len: a.len };
-            let end = off.checked_add(a.len).filter(|&e| e <= inner.arena.len()).ok_or_else(|| bad.clone_range())?;
+            let end = off.checked_add(a.len).filter(|&e| e <= inner.arena.len());
+            let Some(end) = end else { return Err(LaunchError::BadRange { addr: a.addr, len: a.len }) };
             let (first, last) = (page_of(off), page_of(end.next_multiple_of(PAGE_SIZE)));
             if st.table.entries(first..last).iter().any(|p| !p.is_allocated()) {
-                return Err(bad);
+                return Err(LaunchError::BadRange { addr: a.addr, len: a.len });
             }
             decl.push((first, last, a.mode == AccessMode::ReadWrite));
         }
-        let decl = merge_ranges(decl);
+        let mut decl = merge_ranges(decl);
+        if opts.replayable {
+            // Pages the device already owns are mapped as they are.
+            let n = st.table.len();
+            let owned: Vec<(u32, u32)> = runs(0, n, |p| st.frames_of[p as usize] != HOST).collect();
+            decl.extend(owned.into_iter().map(|(a, b)| (a, b, true)));
+            decl = merge_ranges(decl);
+        }
 
-        // 2. Does the working set fit?
+        // 2. Unmap the previous launch's pages, migrate and map this one's.
+        for (a, b) in std::mem::take(&mut st.mapped) {
+            st.table.update_range(a..b, |_, p| if p.is_allocated() { Pte::ALLOCATED } else { p });
+        }
+        let mut report = LaunchReport::default();
+        let mut temporary: Vec<(u32, u32)> = Vec::new();
+        let result = (|| {
+            inner.map_ranges(st, &decl, &mut temporary, &mut report)?;
+            loop {
+                let (errors, faults) = inner.run_pass(st, kernel, &words, desc.workgroups, opts.replayable)?;
+                if let Some(e) = errors {
+                    return Err(e);
+                }
+                if faults.is_empty() {
+                    return Ok(());
+                }
+                report.gpu_fault_pages += faults.len() as u64;
+                let addrs = || faults.iter().map(|&(p, _)| (inner.arena.base() + p as usize * PAGE_SIZE) as u64).collect();
+                if report.replays >= opts.max_replays {
+                    return Err(LaunchError::ReplayLimit { replays: report.replays, pending: addrs() });
+                }
+                // The chunk around each faulting page, inside its allocation.
+                let chunk_pages = (inner.chunk / PAGE_SIZE) as u32;
+                let mut want: Vec<(u32, u32, bool)> = faults
+                    .iter()
+                    .map(|&(p, write)| {
+                        let (s, l) = st.ranges.containing(p as usize * PAGE_SIZE).expect("faulting pages are allocated");
+                        let a = (p / chunk_pages * chunk_pages).max(page_of(s));
+                        let b = (p / chunk_pages * chunk_pages + chunk_pages).min(page_of(s + l));
+                        (a, b, write)
+                    })
+                    .collect();
+                want.sort_unstable();
+                want.dedup();
+                let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report)?;
+                if changed == 0 {
+                    return Err(LaunchError::NoProgress { pages: addrs() });
+                }
+                report.replays += 1;
+            }
+        })();
+
+        // 3. Read-only copies are dropped; the CPU's copy never stopped being
+        // current.
+        for (a, b) in temporary {
+            for p in a..b {
+                if std::mem::take(&mut st.dup[p as usize]) {
+                    let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+                    st.frames.free(f);
+                }
+            }
+        }
+        let c = &inner.stats;
+        Counters::add(&c.launches, 1);
+        Counters::add(&c.gpu_faults, report.gpu_fault_pages);
+        Counters::add(&c.replays, u64::from(report.replays));
+        tracing::debug!(kernel = %kernel.label, ?report, "launch");
+        result.map(|()| report)
+    }
+}
+
+impl Inner {
+    /// Make `ranges` device-resident and map them: host pages are copied to
+    /// new frames (read ranges as read-only duplicates recorded in
+    /// `temporary`; write ranges after zapping the CPU mapping, as
+    /// device-owned pages). Returns how many PTEs changed.
+    fn map_ranges(
+        &self,
+        st: &mut State,
+        ranges: &[(u32, u32, bool)],
+        temporary: &mut Vec<(u32, u32)>,
+        report: &mut LaunchReport,
+    ) -> Result<u64, LaunchError> {
         let needed: usize =
-            decl.iter().map(|&(a, b, _)| st.frames_of[a as usize..b as usize].iter().filter(|&&f| f == HOST).count()).sum();
+            ranges.iter().map(|&(a, b, _)| st.frames_of[a as usize..b as usize].iter().filter(|&&f| f == HOST).count()).sum();
         if needed > st.frames.free_count() as usize {
             return Err(LaunchError::PoolExhausted {
                 needed,
@@ -356,83 +455,105 @@ impl Svm {
                 total: st.frames.total() as usize,
             });
         }
-
-        // 3. Unmap the previous launch's pages, migrate and map this one's.
-        for (a, b) in std::mem::take(&mut st.mapped) {
-            st.table.update_range(a..b, |_, p| if p.is_allocated() { Pte::ALLOCATED } else { p });
-        }
         let t0 = Instant::now();
-        let mut h2d_pages = 0u64;
-        let mut batches = 0u64;
-        let mut temporary: Vec<(u32, u32)> = Vec::new();
-        for &(a, b, write) in &decl {
+        let (mut pages, mut batches, mut changed) = (0u64, 0u64, 0u64);
+        for &(a, b, write) in ranges {
             let host_runs: Vec<(u32, u32)> = runs(a, b, |p| st.frames_of[p as usize] == HOST).collect();
             for (ra, rb) in host_runs {
                 if write {
                     // The CPU must not change these pages while they are
                     // copied and while the kernel owns them.
-                    inner
-                        .arena
+                    self.arena
                         .zap(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
                         .map_err(|e| LaunchError::Os(e.to_string()))?;
                 } else {
+                    st.dup[ra as usize..rb as usize].fill(true);
                     temporary.push((ra, rb));
                 }
-                batches += inner.upload(st, ra, rb);
-                h2d_pages += u64::from(rb - ra);
+                batches += self.upload(st, ra, rb);
+                pages += u64::from(rb - ra);
+            }
+            if write {
+                // Read-only duplicates of earlier passes become device-owned.
+                let dup_runs: Vec<(u32, u32)> = runs(a, b, |p| st.dup[p as usize]).collect();
+                for (ra, rb) in dup_runs {
+                    self.arena
+                        .zap(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                        .map_err(|e| LaunchError::Os(e.to_string()))?;
+                    st.dup[ra as usize..rb as usize].fill(false);
+                }
             }
             for p in a..b {
                 let f = FrameIndex::new(st.frames_of[p as usize]).expect("resident page has a frame");
-                st.table.set(PageIndex(p), Pte::resident(f, write));
+                let old = st.table.get(PageIndex(p));
+                let new = Pte::resident(f, write || old.is_writable());
+                if old != new {
+                    st.table.set(PageIndex(p), new);
+                    changed += 1;
+                }
             }
             st.mapped.push((a, b));
         }
+        let c = &self.stats;
+        Counters::add(&c.h2d_pages, pages);
+        Counters::add(&c.h2d_batches, batches);
+        Counters::add(&c.h2d_ns, t0.elapsed().as_nanos() as u64);
+        report.migrated_pages += pages;
+        Ok(changed)
+    }
+
+    /// One pass of the kernel: upload the dirty page table, arguments, clear
+    /// the logs, dispatch, wait. Returns the pass's error (if any access was
+    /// refused) and its faults as (page, write) pairs.
+    fn run_pass(
+        &self,
+        st: &mut State,
+        kernel: &Kernel,
+        words: &[u32],
+        workgroups: [u32; 3],
+        replayable: bool,
+    ) -> Result<(Option<LaunchError>, Vec<(u32, bool)>), LaunchError> {
+        let gpu = &self.gpu;
         let pt_bytes = st.table.drain_dirty(|batch| {
             gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
         });
-
-        // 4. Arguments, error log, dispatch, wait.
         let mut block = ArgsBlock {
             #[allow(clippy::cast_possible_truncation, reason = "address halves")]
-            base: [inner.arena.base() as u32, (inner.arena.base() as u64 >> 32) as u32],
-            arena_bytes: u32::try_from(inner.arena.len()).expect("arena < 4 GiB, checked at creation"),
+            base: [self.arena.base() as u32, (self.arena.base() as u64 >> 32) as u32],
+            arena_bytes: u32::try_from(self.arena.len()).expect("arena < 4 GiB, checked at creation"),
             frames_per_segment: gpu.frames_per_segment,
+            flags: if replayable { svm_shaders::flags::REPLAYABLE } else { 0 },
+            fault_cap: FAULT_CAP,
+            fault_read_bitmap: 1 + FAULT_CAP,
+            fault_write_bitmap: 1 + FAULT_CAP + gpu.fault_bitmap_words,
             words: [0; MAX_ARG_WORDS as usize],
         };
-        block.words[..words.len()].copy_from_slice(&words);
+        block.words[..words.len()].copy_from_slice(words);
         gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
-        gpu.queue.write_buffer(&gpu.errors, 0, &vec![0u8; Gpu::error_log_bytes() as usize]);
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
+        enc.clear_buffer(&gpu.errors, 0, None);
+        if replayable {
+            enc.clear_buffer(&gpu.faults, 0, None);
+        }
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes: None });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes: None });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &gpu.bind_group, &[]);
-            let [x, y, z] = desc.workgroups;
+            let [x, y, z] = workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
         enc.copy_buffer_to_buffer(&gpu.errors, 0, &gpu.errors_readback, 0, Gpu::error_log_bytes());
-        let h2d_ns = t0.elapsed().as_nanos() as u64;
+        if replayable {
+            enc.copy_buffer_to_buffer(&gpu.faults, 0, &gpu.faults_readback, 0, u64::from(1 + FAULT_CAP) * 4);
+        }
         let t1 = Instant::now();
         gpu.queue.submit([enc.finish()]);
-        let log: Vec<u32> = gpu.read_mapped(&gpu.errors_readback, Gpu::error_log_bytes(), |b| bytemuck::pod_collect_to_vec(b))?;
-        let kernel_ns = t1.elapsed().as_nanos() as u64;
-
-        // 5. Read-only pages go back to being host-only.
-        for (a, b) in temporary {
-            for p in a..b {
-                let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
-                st.frames.free(f);
-            }
-        }
-        let c = &inner.stats;
-        Counters::add(&c.h2d_pages, h2d_pages);
-        Counters::add(&c.h2d_batches, batches);
-        Counters::add(&c.h2d_ns, h2d_ns);
-        Counters::add(&c.launches, 1);
-        Counters::add(&c.kernel_ns, kernel_ns);
+        let log: Vec<u32> =
+            gpu.read_mapped(&gpu.errors_readback, Gpu::error_log_bytes(), |b| bytemuck::pod_collect_to_vec(b))?;
+        let c = &self.stats;
+        Counters::add(&c.kernel_ns, t1.elapsed().as_nanos() as u64);
         Counters::add(&c.pt_upload_bytes, pt_bytes);
-        tracing::debug!(kernel = %kernel.label, h2d_pages, pt_bytes, kernel_ns, "launch");
-
         let total = log[0];
         if total != 0 {
             let faults = (0..total.min(ERROR_RECORDS) as usize)
@@ -441,18 +562,17 @@ impl Svm {
                     kind: KernelFaultKind::from_code(log[1 + i * 4]),
                 })
                 .collect();
-            return Err(LaunchError::Kernel { faults, total });
+            return Ok((Some(LaunchError::Kernel { faults, total }), Vec::new()));
         }
-        Ok(())
-    }
-}
-
-impl LaunchError {
-    fn clone_range(&self) -> Self {
-        match self {
-            Self::BadRange { addr, len } => Self::BadRange { addr: *addr, len: *len },
-            _ => unreachable!("only used for BadRange"),
+        if !replayable {
+            return Ok((None, Vec::new()));
         }
+        let faults = gpu.read_mapped(&gpu.faults_readback, u64::from(1 + FAULT_CAP) * 4, |b| {
+            let w: &[u32] = bytemuck::cast_slice(b);
+            let n = w[0].min(FAULT_CAP) as usize;
+            w[1..1 + n].iter().map(|&e| (e & 0x7fff_ffff, e & 0x8000_0000 != 0)).collect::<Vec<_>>()
+        })?;
+        Ok((None, faults))
     }
 }
 

@@ -15,6 +15,8 @@ pub(crate) struct Counters {
     pub launches: AtomicU64,
     pub kernel_ns: AtomicU64,
     pub pt_upload_bytes: AtomicU64,
+    pub gpu_faults: AtomicU64,
+    pub replays: AtomicU64,
 }
 
 /// A snapshot of the migration statistics of one runtime.
@@ -41,6 +43,10 @@ pub struct Stats {
     pub kernel_ns: u64,
     /// Page-table bytes uploaded.
     pub pt_upload_bytes: u64,
+    /// Distinct pages faulted by kernels (replayable launches).
+    pub gpu_faults: u64,
+    /// Kernel replays after GPU faults.
+    pub replays: u64,
 }
 
 impl Stats {
@@ -65,6 +71,8 @@ impl Stats {
             launches: self.launches - e.launches,
             kernel_ns: self.kernel_ns - e.kernel_ns,
             pt_upload_bytes: self.pt_upload_bytes - e.pt_upload_bytes,
+            gpu_faults: self.gpu_faults - e.gpu_faults,
+            replays: self.replays - e.replays,
         }
     }
 }
@@ -100,10 +108,12 @@ impl core::fmt::Display for Stats {
         )?;
         write!(
             f,
-            "  launches: {}, kernel time {:.1} ms, page-table upload {} KiB",
+            "  launches: {}, kernel time {:.1} ms, page-table upload {} KiB, GPU faults {} pages, replays {}",
             self.launches,
             self.kernel_ns as f64 / 1e6,
-            self.pt_upload_bytes / 1024
+            self.pt_upload_bytes / 1024,
+            self.gpu_faults,
+            self.replays
         )
     }
 }
@@ -121,6 +131,8 @@ impl Counters {
             launches: self.launches.load(Relaxed),
             kernel_ns: self.kernel_ns.load(Relaxed),
             pt_upload_bytes: self.pt_upload_bytes.load(Relaxed),
+            gpu_faults: self.gpu_faults.load(Relaxed),
+            replays: self.replays.load(Relaxed),
         }
     }
     pub fn add(c: &AtomicU64, v: u64) {

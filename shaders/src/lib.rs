@@ -26,6 +26,12 @@ pub const MAX_ARG_WORDS: u32 = 64;
 /// Error records kept per launch (`SVM_ERR_RECORDS`).
 pub const ERROR_RECORDS: u32 = 16;
 
+/// Launch flags (`SVM_FLAG_*`).
+pub mod flags {
+    /// Faults on non-resident pages are recorded for replay.
+    pub const REPLAYABLE: u32 = 1;
+}
+
 /// Error kinds the prelude records (`SVM_ERR_*`).
 pub mod err {
     /// Address outside the arena (null included).
@@ -46,10 +52,37 @@ pub mod kernels {
     pub const VADD: &str = include_str!("kernels/vadd.wgsl");
     /// Sum the values of CPU-built linked lists.
     pub const LIST: &str = include_str!("kernels/list.wgsl");
+    /// `y[i] = a * x[i] + y[i]`.
+    pub const SAXPY: &str = include_str!("kernels/saxpy.wgsl");
+    /// Batch lookups in a CPU-built binary search tree.
+    pub const TREE: &str = include_str!("kernels/tree.wgsl");
+    /// One level of a level-synchronous BFS over CPU-built adjacency.
+    pub const BFS: &str = include_str!("kernels/bfs.wgsl");
+    /// CSR sparse matrix-vector product.
+    pub const SPMV: &str = include_str!("kernels/spmv.wgsl");
+    /// PolyBench 2DCONV (3x3 stencil).
+    pub const CONV2D: &str = include_str!("kernels/conv2d.wgsl");
+    /// PolyBench GEMM.
+    pub const GEMM: &str = include_str!("kernels/gemm.wgsl");
+    /// PolyBench ATAX (entry points `ax` and `aty`).
+    pub const ATAX: &str = include_str!("kernels/atax.wgsl");
+    /// PolyBench BICG.
+    pub const BICG: &str = include_str!("kernels/bicg.wgsl");
 }
 
 /// Every kernel shipped in this crate, with its name.
-pub const ALL_KERNELS: &[(&str, &str)] = &[("vadd", kernels::VADD), ("list", kernels::LIST)];
+pub const ALL_KERNELS: &[(&str, &str)] = &[
+    ("vadd", kernels::VADD),
+    ("list", kernels::LIST),
+    ("saxpy", kernels::SAXPY),
+    ("tree", kernels::TREE),
+    ("bfs", kernels::BFS),
+    ("spmv", kernels::SPMV),
+    ("conv2d", kernels::CONV2D),
+    ("gemm", kernels::GEMM),
+    ("atax", kernels::ATAX),
+    ("bicg", kernels::BICG),
+];
 
 /// The full source of a kernel: prelude + body.
 pub fn with_prelude(body: &str) -> String {
@@ -103,6 +136,7 @@ mod tests {
         assert_eq!(wgsl_const(&m, "SVM_ERR_MISALIGNED"), err::MISALIGNED);
         assert_eq!(wgsl_const(&m, "SVM_ERR_RECORDS"), ERROR_RECORDS);
         assert_eq!(wgsl_const(&m, "SVM_MAX_ARG_WORDS"), MAX_ARG_WORDS);
+        assert_eq!(wgsl_const(&m, "SVM_FLAG_REPLAYABLE"), flags::REPLAYABLE);
         let pools = m.global_variables.iter().filter(|(_, g)| g.name.as_deref().is_some_and(|n| n.starts_with("svm_pool"))).count();
         assert_eq!(pools as u32, POOL_SEGMENTS);
     }

@@ -9,7 +9,10 @@
 //   4. reads or writes the pool frame the entry names.
 // A failed check records an error (kind + address) in `svm_err` and the
 // access does nothing (loads yield 0): kernels never touch memory outside
-// the pool, and the launch reports the error.
+// the pool, and the launch reports the error. In a replayable launch an
+// access to an allocated but non-resident page is a *fault* instead: it is
+// recorded (deduplicated, bounded) in `svm_faults`, yields 0, and the runtime
+// migrates the page and runs the kernel again.
 //
 // Bindings (group 0) are fixed; kernels add none of their own.
 
@@ -31,10 +34,22 @@ const SVM_ERR_RECORDS: u32 = 16u;
 
 const SVM_MAX_ARG_WORDS: u32 = 64u;
 
+// --- launch flags: must equal svm_shaders::flags (checked by a test) ---
+// Replayable launch: an access to an allocated page that is not mapped (or a
+// write to a read-only mapping) is a GPU *fault*: recorded in `svm_faults`
+// for the runtime to migrate and replay, instead of an error.
+const SVM_FLAG_REPLAYABLE: u32 = 1u;
+
 struct SvmArgs {
     base: vec2<u32>,
     arena_bytes: u32,
     frames_per_segment: u32,
+    flags: u32,
+    // Capacity of the fault list, and word offsets of the read and write
+    // fault bitmaps (one bit per arena page) in `svm_faults`.
+    fault_cap: u32,
+    fault_read_bitmap: u32,
+    fault_write_bitmap: u32,
     words: array<u32, 64>,
 }
 
@@ -47,6 +62,21 @@ struct SvmArgs {
 @group(0) @binding(4) var<storage, read_write> svm_pool1: array<u32>;
 @group(0) @binding(5) var<storage, read_write> svm_pool2: array<u32>;
 @group(0) @binding(6) var<storage, read_write> svm_pool3: array<u32>;
+// [0] = faults recorded (may exceed fault_cap), [1 .. 1 + fault_cap] = page
+// index | (write << 31), then the two bitmaps that deduplicate them.
+@group(0) @binding(7) var<storage, read_write> svm_faults: array<atomic<u32>>;
+
+fn svm_record_fault(page: u32, write: bool) {
+    let bitmap = select(svm_args.fault_read_bitmap, svm_args.fault_write_bitmap, write);
+    let bit = 1u << (page & 31u);
+    let old = atomicOr(&svm_faults[bitmap + (page >> 5u)], bit);
+    if ((old & bit) == 0u) {
+        let i = atomicAdd(&svm_faults[0], 1u);
+        if (i < svm_args.fault_cap) {
+            atomicStore(&svm_faults[1u + i], page | select(0u, 0x80000000u, write));
+        }
+    }
+}
 
 fn svm_record_error(kind: u32, p: vec2<u32>) {
     let i = atomicAdd(&svm_err[0], 1u);
@@ -73,17 +103,27 @@ fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
         svm_record_error(SVM_ERR_MISALIGNED, p);
         return bad;
     }
-    let pte = svm_pt[off >> SVM_PAGE_SHIFT];
+    let page = off >> SVM_PAGE_SHIFT;
+    let pte = svm_pt[page];
     if ((pte & SVM_PTE_ALLOC) == 0u) {
         svm_record_error(SVM_ERR_UNALLOCATED, p);
         return bad;
     }
+    let replayable = (svm_args.flags & SVM_FLAG_REPLAYABLE) != 0u;
     if ((pte & SVM_PTE_VALID) == 0u) {
-        svm_record_error(SVM_ERR_NOT_DECLARED, p);
+        if (replayable) {
+            svm_record_fault(page, write);
+        } else {
+            svm_record_error(SVM_ERR_NOT_DECLARED, p);
+        }
         return bad;
     }
     if (write && (pte & SVM_PTE_WRITE) == 0u) {
-        svm_record_error(SVM_ERR_READ_ONLY, p);
+        if (replayable) {
+            svm_record_fault(page, true);
+        } else {
+            svm_record_error(SVM_ERR_READ_ONLY, p);
+        }
         return bad;
     }
     let frame = pte >> SVM_PTE_FRAME_SHIFT;
@@ -166,7 +206,9 @@ fn svm_arg_f32(i: u32) -> f32 {
 fn svm_arg_ptr(i: u32) -> vec2<u32> {
     return vec2<u32>(svm_args.words[i], svm_args.words[i + 1u]);
 }
-/// True once any access of this launch was refused (lets loops stop early).
+/// True once any access of this pass was refused or faulted: the results of
+/// this pass will be discarded (error) or replayed (fault), so loops may stop
+/// early.
 fn svm_failed() -> bool {
-    return atomicLoad(&svm_err[0]) != 0u;
+    return atomicLoad(&svm_err[0]) != 0u || atomicLoad(&svm_faults[0]) != 0u;
 }

@@ -1,0 +1,142 @@
+//! GPU-side faults with replay: kernels that discover their working set.
+
+use svm::{Access, Arg, KernelFaultKind, LaunchDescriptor, LaunchError, LaunchOptions};
+
+use crate::list::{permutation, Node};
+use crate::{ctx, kernel, small, BACKENDS};
+
+/// Build `lists` linked lists over `n` node slots of `stride` bytes each, in
+/// random order. Returns (node storage, heads, expected sums).
+fn build(svm: &svm::Svm, n: usize, lists: usize, stride: usize) -> (svm::ManagedVec<u8>, svm::ManagedVec<u64>, Vec<u32>) {
+    let mut store = svm.alloc_vec::<u8>(n * stride).expect("nodes");
+    let mut heads = svm.alloc_vec::<u64>(lists).expect("heads");
+    let base = store.as_ptr() as u64;
+    let order = permutation(n, 0xdead_beef_1234_5678);
+    let mut want = vec![0u32; lists];
+    for (pos, &slot) in order.iter().enumerate() {
+        let l = pos % lists;
+        let value = slot as u32 * 3 + 1;
+        want[l] = want[l].wrapping_add(value);
+        let next = order.get(pos + lists).map_or(0, |&s| base + (s * stride) as u64);
+        let node = Node { next, value, pad: 0 };
+        store[slot * stride..slot * stride + 16].copy_from_slice(bytemuck::bytes_of(&node));
+        if pos < lists {
+            heads[l] = base + (slot * stride) as u64;
+        }
+    }
+    (store, heads, want)
+}
+
+#[test]
+fn list_without_declared_ranges() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "list", svm::shaders::kernels::LIST);
+        let lists = 128;
+        let (store, heads, want) = build(&svm, 20_000, lists, 16);
+        let out = svm.alloc_vec::<u32>(lists).expect("out");
+        let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(lists as u32), Arg::U32(1 << 20)];
+        let before = svm.stats();
+        let r = svm
+            .launch_with(&k, &LaunchDescriptor { args: &args, access: &[], workgroups: [2, 1, 1] }, &LaunchOptions::replayable())
+            .expect("replayable launch");
+        assert!(r.replays >= 1 && r.gpu_fault_pages >= 1, "{backend}: {r:?}");
+        assert_eq!(&out[..], &want[..], "{backend}");
+        let s = svm.stats().since(&before);
+        assert_eq!(s.replays, u64::from(r.replays));
+        assert!(s.cpu_faults >= 1, "out came back by CPU fault");
+        drop(store);
+    }
+}
+
+/// Each node on its own page and a 4 KiB chunk: every pass discovers one more
+/// node of each list; the runtime must keep making progress until the end.
+#[test]
+fn adversarial_one_node_per_page_makes_progress() {
+    let Some(svm) = ctx(small(BACKENDS[0]).fault_chunk(4096)) else { return };
+    let k = kernel(&svm, "list", svm::shaders::kernels::LIST);
+    let (n, lists) = (48, 2);
+    let (_store, heads, want) = build(&svm, n, lists, 4096);
+    let out = svm.alloc_vec::<u32>(lists).expect("out");
+    let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(lists as u32), Arg::U32(1000)];
+    let desc = LaunchDescriptor { args: &args, access: &[], workgroups: [1, 1, 1] };
+    let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("launch");
+    // Each list has n / lists nodes, each on its own page: one pass per node,
+    // plus the passes for heads and out.
+    assert!(r.replays as usize >= n / lists, "{r:?}");
+    assert!(r.replays as usize <= n / lists + 3, "{r:?}");
+    assert_eq!(&out[..], &want[..]);
+
+    // With a bound below what the list needs: a clear error.
+    let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable().max_replays(3));
+    match r {
+        Err(LaunchError::ReplayLimit { replays: 3, pending }) => assert!(!pending.is_empty()),
+        other => panic!("expected ReplayLimit, got {other:?}"),
+    }
+}
+
+/// Write faults: a kernel that writes memory it never declared.
+#[test]
+fn vadd_without_declared_ranges() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "vadd", svm::shaders::kernels::VADD);
+        let n = 300_000usize;
+        let a = svm.alloc_from_slice(&(0..n).map(|i| i as f32).collect::<Vec<_>>()).expect("a");
+        let b = svm.alloc_from_slice(&vec![0.5f32; n]).expect("b");
+        let c = svm.alloc_vec::<f32>(n).expect("c");
+        let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(n as u32)];
+        let r = svm
+            .launch_with(&k, &LaunchDescriptor { args: &args, access: &[], workgroups: [256, 1, 1] }, &LaunchOptions::replayable())
+            .expect("launch");
+        assert!(r.replays >= 1, "{r:?}");
+        for i in 0..n {
+            assert_eq!(c[i], i as f32 + 0.5, "{backend}: c[{i}]");
+        }
+    }
+}
+
+/// Not replayable: an undeclared access is an error naming the address, and
+/// the kernel's other writes do not reach the host copy of host pages.
+#[test]
+fn non_replayable_fault_is_an_error() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let k = kernel(
+        &svm,
+        "copy1",
+        "@compute @workgroup_size(1) fn main() { svm_store_u32(svm_arg_ptr(2u), svm_load_u32(svm_arg_ptr(0u)) + 1u); }",
+    );
+    let src = svm.alloc_from_slice(&[5u32; 4]).expect("src");
+    let dst = svm.alloc_from_slice(&[9u32; 4]).expect("dst");
+    let args = [Arg::ptr(src.as_ptr()), Arg::ptr(dst.as_ptr())];
+    let r = svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read(&src)], workgroups: [1, 1, 1] });
+    match r {
+        Err(LaunchError::Kernel { faults, .. }) => {
+            assert_eq!(faults[0].kind, KernelFaultKind::NotDeclared);
+            assert_eq!(faults[0].addr, dst.as_ptr() as u64);
+        }
+        other => panic!("expected NotDeclared, got {other:?}"),
+    }
+    assert_eq!(&dst[..], &[9, 9, 9, 9]);
+}
+
+/// Bad pointers stay errors (with kind and address) in replayable launches.
+#[test]
+fn replayable_bad_pointers_are_errors() {
+    let Some(svm) = ctx(small(BACKENDS[1])) else { return };
+    let k = kernel(&svm, "poke", "@compute @workgroup_size(1) fn main() { svm_store_u32(svm_arg_ptr(0u), 1u); }");
+    let freed = svm.alloc_vec::<u32>(8).expect("v");
+    let freed_addr = freed.as_ptr() as u64;
+    drop(freed);
+    for (addr, kind) in [(0u64, KernelFaultKind::OutOfArena), (freed_addr, KernelFaultKind::Unallocated)] {
+        let r = svm.launch_with(
+            &k,
+            &LaunchDescriptor { args: &[Arg::Ptr(addr)], access: &[], workgroups: [1, 1, 1] },
+            &LaunchOptions::replayable(),
+        );
+        match r {
+            Err(LaunchError::Kernel { faults, .. }) => assert_eq!((faults[0].addr, faults[0].kind), (addr, kind)),
+            other => panic!("{addr:#x}: expected {kind:?}, got {other:?}"),
+        }
+    }
+}
