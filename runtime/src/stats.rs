@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub pt_upload_bytes: AtomicU64,
     pub gpu_faults: AtomicU64,
     pub replays: AtomicU64,
+    pub evicted_pages: AtomicU64,
 }
 
 /// A snapshot of the migration statistics of one runtime.
@@ -47,6 +48,8 @@ pub struct Stats {
     pub gpu_faults: u64,
     /// Kernel replays after GPU faults.
     pub replays: u64,
+    /// Device pages evicted to the host to make room (oversubscription).
+    pub evicted_pages: u64,
 }
 
 impl Stats {
@@ -73,6 +76,7 @@ impl Stats {
             pt_upload_bytes: self.pt_upload_bytes - e.pt_upload_bytes,
             gpu_faults: self.gpu_faults - e.gpu_faults,
             replays: self.replays - e.replays,
+            evicted_pages: self.evicted_pages - e.evicted_pages,
         }
     }
 }
@@ -98,13 +102,14 @@ impl core::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  device->host: {} pages, {:.1} MiB in {} batches, {:.1} ms ({:.2} GB/s), {} CPU faults",
+            "  device->host: {} pages, {:.1} MiB in {} batches, {:.1} ms ({:.2} GB/s), {} CPU faults, {} pages evicted",
             self.d2h_pages,
             self.d2h_bytes() as f64 / (1 << 20) as f64,
             self.d2h_batches,
             self.d2h_ns as f64 / 1e6,
             gbps(self.d2h_bytes(), self.d2h_ns),
-            self.cpu_faults
+            self.cpu_faults,
+            self.evicted_pages
         )?;
         write!(
             f,
@@ -133,6 +138,7 @@ impl Counters {
             pt_upload_bytes: self.pt_upload_bytes.load(Relaxed),
             gpu_faults: self.gpu_faults.load(Relaxed),
             replays: self.replays.load(Relaxed),
+            evicted_pages: self.evicted_pages.load(Relaxed),
         }
     }
     pub fn add(c: &AtomicU64, v: u64) {

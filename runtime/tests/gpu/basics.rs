@@ -6,7 +6,11 @@ use svm::{Access, Arg, LaunchDescriptor};
 use crate::{ctx, kernel, small, BACKENDS};
 
 fn vadd_case(backend: svm::FaultBackendKind, n: usize, chunk: usize) {
-    let Some(svm) = ctx(small(backend).fault_chunk(chunk)) else { return };
+    vadd_case_with(backend, n, chunk, false);
+}
+
+fn vadd_case_with(backend: svm::FaultBackendKind, n: usize, chunk: usize, prefetch: bool) {
+    let Some(svm) = ctx(small(backend).fault_chunk(chunk).fault_prefetch(prefetch)) else { return };
     assert_eq!(svm.fault_backend(), backend);
     let k = kernel(&svm, "vadd", svm::shaders::kernels::VADD);
     let mut a = svm.alloc_vec::<f32>(n).expect("a");
@@ -41,8 +45,18 @@ fn vadd_case(backend: svm::FaultBackendKind, n: usize, chunk: usize) {
     let s = svm.stats().since(&before);
     assert_eq!(s.d2h_pages, pages, "every page of c came back");
     let chunk_pages = (chunk / 4096) as u64;
-    assert!(s.cpu_faults >= pages.div_ceil(chunk_pages), "{} faults for {pages} pages", s.cpu_faults);
-    assert!(s.cpu_faults <= pages.div_ceil(chunk_pages) + 2, "{} faults for {pages} pages in chunks of {chunk_pages}", s.cpu_faults);
+    if prefetch {
+        // Sequential reads: the tree prefetcher fetches whole 2 MiB regions
+        // after a few faults each.
+        assert!(s.cpu_faults < pages.div_ceil(chunk_pages) / 2, "{} faults for {pages} pages with prefetch", s.cpu_faults);
+    } else {
+        assert!(s.cpu_faults >= pages.div_ceil(chunk_pages), "{} faults for {pages} pages", s.cpu_faults);
+        assert!(
+            s.cpu_faults <= pages.div_ceil(chunk_pages) + 2,
+            "{} faults for {pages} pages in chunks of {chunk_pages}",
+            s.cpu_faults
+        );
+    }
     assert_eq!(svm.device_resident_pages(), 0);
 }
 
@@ -53,6 +67,14 @@ fn vadd_uffd_64k() {
 #[test]
 fn vadd_mprotect_64k() {
     vadd_case(BACKENDS[1], 1 << 20, 64 << 10);
+}
+#[test]
+fn vadd_uffd_64k_prefetch() {
+    vadd_case_with(BACKENDS[0], 1 << 20, 64 << 10, true);
+}
+#[test]
+fn vadd_mprotect_4k_prefetch() {
+    vadd_case_with(BACKENDS[1], 1 << 20, 4096, true);
 }
 #[test]
 fn vadd_uffd_4k_odd_size() {

@@ -9,6 +9,7 @@
 mod bad_input;
 mod basics;
 mod list;
+mod oversub;
 mod replay;
 
 use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
