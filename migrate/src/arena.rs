@@ -45,7 +45,7 @@ impl Arena {
         let views = Views::new(len).map_err(MigrateError::os("mmap arena"))?;
         let guard = match backend {
             FaultBackendKind::Uffd => {
-                let uffd = Uffd::open().map_err(|e| MigrateError::Unsupported {
+                let mut uffd = Uffd::open().map_err(|e| MigrateError::Unsupported {
                     backend: "uffd",
                     why: format!("userfaultfd with MINOR_SHMEM: {e}"),
                 })?;
@@ -149,39 +149,41 @@ impl Arena {
     /// Make `[offset, offset + len)` accessible again, showing the current
     /// host copy, and wake threads waiting on faults there.
     pub fn restore(&self, offset: usize, len: usize) -> Result<()> {
+        self.restore_mode(offset, len, false)
+    }
+
+    /// [`Arena::restore`], but readable only: writes fault (a write-protect
+    /// fault) until [`Arena::write_unprotect`].
+    pub fn restore_readonly(&self, offset: usize, len: usize) -> Result<()> {
+        self.restore_mode(offset, len, true)
+    }
+
+    fn restore_mode(&self, offset: usize, len: usize, readonly: bool) -> Result<()> {
         Self::check_aligned(offset, len);
         match &self.guard {
             Guard::Uffd(u) => {
                 let start = self.base() + offset;
-                match u.continue_range(start, len) {
+                match u.continue_range_mode(start, len, readonly) {
                     Ok(_) => Ok(()),
                     // Some page was mapped already (its fault raced with
                     // another): map the rest page by page.
                     Err((rustix::io::Errno::EXIST, _)) => {
                         let page = svm_page_size();
                         for p in (start..start + len).step_by(page) {
-                            match u.continue_range(p, page) {
+                            match u.continue_range_mode(p, page, readonly) {
                                 Ok(_) | Err((rustix::io::Errno::EXIST, _)) => {}
-                                Err((e, _)) => {
-                                    return Err(MigrateError::Os {
-                                        op: "UFFDIO_CONTINUE",
-                                        source: e,
-                                    })
-                                }
+                                Err((e, _)) => return Err(MigrateError::Os { op: "UFFDIO_CONTINUE", source: e }),
                             }
                         }
                         u.wake(start, len).map_err(MigrateError::os("UFFDIO_WAKE"))
                     }
-                    Err((e, _)) => Err(MigrateError::Os {
-                        op: "UFFDIO_CONTINUE",
-                        source: e,
-                    }),
+                    Err((e, _)) => Err(MigrateError::Os { op: "UFFDIO_CONTINUE", source: e }),
                 }
             }
             Guard::Mprotect(_) => self
                 .views
-                .user_protect(offset, len, true, true)
-                .map_err(MigrateError::os("mprotect(RW)")),
+                .user_protect(offset, len, true, !readonly)
+                .map_err(MigrateError::os("mprotect")),
         }
     }
 
@@ -198,6 +200,47 @@ impl Arena {
         self.views
             .user_protect(offset, len, false, false)
             .map_err(MigrateError::os("mprotect(NONE)"))
+    }
+
+    /// Write-protect a range of the user view: reads proceed, a write
+    /// faults to the service (as a [`crate::CpuFault`] with `write:
+    /// Some(true)`), which must call [`Arena::write_unprotect`]. uffd: a
+    /// userfaultfd write-protect (no VMA split); mprotect: `PROT_READ`.
+    pub fn write_protect(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        match &self.guard {
+            Guard::Uffd(u) if u.has_wp() => u
+                .write_protect(self.base() + offset, len, true)
+                .map_err(MigrateError::os("UFFDIO_WRITEPROTECT")),
+            Guard::Uffd(_) => Err(MigrateError::Unsupported {
+                backend: "uffd",
+                why: "this kernel has no userfaultfd write-protect on shmem".into(),
+            }),
+            Guard::Mprotect(_) => {
+                self.views.user_protect(offset, len, true, false).map_err(MigrateError::os("mprotect(READ)"))
+            }
+        }
+    }
+
+    /// Undo [`Arena::write_protect`] and wake writers waiting there.
+    pub fn write_unprotect(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        match &self.guard {
+            Guard::Uffd(u) => u
+                .write_protect(self.base() + offset, len, false)
+                .map_err(MigrateError::os("UFFDIO_WRITEPROTECT(off)")),
+            Guard::Mprotect(_) => {
+                self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
+            }
+        }
+    }
+
+    /// Whether [`Arena::write_protect`] works with this backend here.
+    pub fn has_write_protect(&self) -> bool {
+        match &self.guard {
+            Guard::Uffd(u) => u.has_wp(),
+            Guard::Mprotect(_) => true,
+        }
     }
 
     /// Copy host bytes out (never faults).

@@ -21,7 +21,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use crate::arena::{Arena, Guard};
 use crate::error::{MigrateError, Result};
 use crate::sys::signals::{FATAL, RESOLVED};
-use crate::sys::uffd::{PageFault, PF_WRITE};
+use crate::sys::uffd::{PageFault, PF_WP, PF_WRITE};
 
 /// One CPU fault on the arena's user view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +164,7 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
             let addr = (f.address & !(page - 1)) as usize;
             let fault = CpuFault {
                 offset: addr - arena.base(),
-                write: Some(f.flags & PF_WRITE != 0),
+                write: Some(f.flags & (PF_WRITE | PF_WP) != 0),
             };
             if let Err(FaultFatal(msg)) = handler.handle_fault(fault) {
                 eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");

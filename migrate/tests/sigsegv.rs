@@ -38,3 +38,7 @@ fn segv_foreign_fault_is_not_swallowed() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(libc::SIGSEGV), "child: {st:?}");
 }
+#[test]
+fn segv_write_protect() {
+    common::write_protect(Mprotect);
+}

@@ -15,3 +15,7 @@ fn uffd_round_trip_64k() {
 fn uffd_concurrent_faults() {
     common::concurrent(Uffd);
 }
+#[test]
+fn uffd_write_protect() {
+    common::write_protect(Uffd);
+}

@@ -40,6 +40,7 @@
 //!   a chunk (64 KiB by default) back.
 #![deny(unsafe_code)]
 
+mod advise;
 mod error;
 mod gpu;
 mod kernel;
@@ -49,6 +50,7 @@ mod runtime;
 mod space;
 mod stats;
 
+pub use advise::{Advice, AdviseError, Location, Prefetch};
 pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};
 pub use gpu::DeviceInfo;
 pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};

@@ -21,12 +21,30 @@ use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, F
 use svm_pagetable::{FrameIndex, PageIndex, PageTable, Pte, PAGE_SIZE};
 use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS};
 
+use crate::advise::{Advice, AdviseError, Location, Prefetch};
 use crate::error::*;
 use crate::gpu::{ArgsBlock, DeviceInfo, Gpu, FAULT_CAP};
 use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
 use crate::managed::ManagedVec;
 use crate::space::{FrameAllocator, RangeAllocator};
 use crate::stats::{Counters, Stats};
+
+/// Bits of [`State::advice`].
+mod advice {
+    /// Keep read-only device copies across launches; CPU writes are caught.
+    pub const READ_MOSTLY: u8 = 1;
+    /// Migrate written pages back to the host right after each launch.
+    pub const PREFER_HOST: u8 = 2;
+    /// Evict these pages only when nothing else can go.
+    pub const PREFER_DEVICE: u8 = 4;
+}
+
+impl State {
+    /// The device owns the page (its data is only there).
+    fn owned(&self, p: u32) -> bool {
+        self.frames_of[p as usize] != HOST && !self.dup[p as usize]
+    }
+}
 
 /// Sentinel of [`State::frames_of`]: the page is not on the device.
 const HOST: u32 = u32::MAX;
@@ -102,6 +120,8 @@ struct State {
     dup: Vec<bool>,
     /// Per arena page: the launch epoch that last mapped it (LRU eviction).
     last_use: Vec<u32>,
+    /// Per arena page: [`advice`] bits set by [`Svm::advise`].
+    advice: Vec<u8>,
     /// Launches so far.
     epoch: u32,
 }
@@ -170,6 +190,7 @@ impl Svm {
             mapped: Vec::new(),
             dup: vec![false; pages as usize],
             last_use: vec![0; pages as usize],
+            advice: vec![0; pages as usize],
             epoch: 0,
         };
         let inner = Arc::new(Inner {
@@ -220,7 +241,7 @@ impl Svm {
     /// Pages the device owns now.
     pub fn device_resident_pages(&self) -> usize {
         let st = self.inner.state.lock();
-        st.frames_of.iter().filter(|&&f| f != HOST).count()
+        (0..st.frames_of.len()).filter(|&p| st.owned(p as u32)).count()
     }
 
     /// Allocate `bytes` of managed memory (zero-filled, page aligned; 2 MiB
@@ -267,6 +288,13 @@ impl Svm {
         }
         let st = &mut *st;
         let first = page_of(start);
+        let pages = first as usize..(first + page_of(len)) as usize;
+        if st.dup[pages.clone()].iter().any(|&d| d) {
+            // Kept read-only copies are write-protected on the CPU side.
+            arena.write_unprotect(start, len).map_err(|e| FreeError::Os(e.to_string()))?;
+        }
+        st.dup[pages.clone()].fill(false);
+        st.advice[pages].fill(0);
         for p in first..first + page_of(len) {
             let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
             if f != HOST {
@@ -325,6 +353,58 @@ impl Svm {
             return Err(KernelError::Compile { label: desc.label.into(), message: e.to_string() });
         }
         Ok(Kernel { label: desc.label.into(), pipeline, runtime_id: self.inner.id })
+    }
+
+    /// Give advice for `[addr, addr + len)`; see [`Advice`] for the effects.
+    pub fn advise(&self, addr: *const u8, len: usize, advice: Advice) -> Result<(), AdviseError> {
+        let inner = &*self.inner;
+        let mut guard = inner.state.lock();
+        let st = &mut *guard;
+        let (a, b) = inner
+            .page_range(st, addr as usize, len)
+            .ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
+        let (a, b) = (a as usize, b as usize);
+        match advice {
+            Advice::ReadMostly => st.advice[a..b].iter_mut().for_each(|x| *x |= advice::READ_MOSTLY),
+            Advice::UnsetReadMostly => {
+                st.advice[a..b].iter_mut().for_each(|x| *x &= !advice::READ_MOSTLY);
+                for p in a..b {
+                    if st.dup[p] {
+                        inner.drop_copy(st, p as u32)?;
+                    }
+                }
+            }
+            Advice::PreferredLocation(Location::Host) => st.advice[a..b]
+                .iter_mut()
+                .for_each(|x| *x = (*x & !advice::PREFER_DEVICE) | advice::PREFER_HOST),
+            Advice::PreferredLocation(Location::Device) => st.advice[a..b]
+                .iter_mut()
+                .for_each(|x| *x = (*x & !advice::PREFER_HOST) | advice::PREFER_DEVICE),
+            Advice::UnsetPreferredLocation => {
+                st.advice[a..b].iter_mut().for_each(|x| *x &= !(advice::PREFER_HOST | advice::PREFER_DEVICE))
+            }
+            Advice::AccessedBy => {
+                return Err(AdviseError::Unsupported(
+                    "AccessedBy needs the coherent mapping mode (host memory imported into Vulkan), not in this build",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Start migrating `[addr, addr + len)` to `to` in the background.
+    /// To the device: pages advised ReadMostly get kept read-only copies,
+    /// the others become device-owned (the CPU faults them back). To the
+    /// host: device-owned pages come back. [`Prefetch::wait`] returns the
+    /// pages moved, or the error (`BadRange`, `PoolExhausted`, device).
+    pub fn prefetch(&self, addr: *const u8, len: usize, to: Location) -> Prefetch {
+        let inner = self.inner.clone();
+        let addr = addr as usize;
+        let handle = std::thread::Builder::new()
+            .name("svm-prefetch".into())
+            .spawn(move || inner.prefetch_now(addr, len, to))
+            .expect("spawning the prefetch thread");
+        Prefetch { handle }
     }
 
     /// Run a kernel to completion: [`Self::launch_with`] with default
@@ -387,8 +467,11 @@ impl Svm {
         if opts.replayable {
             // Pages the device already owns are mapped as they are.
             let n = st.table.len();
-            let owned: Vec<(u32, u32)> = runs(0, n, |p| st.frames_of[p as usize] != HOST).collect();
+            let owned: Vec<(u32, u32)> = runs(0, n, |p| st.owned(p)).collect();
             decl.extend(owned.into_iter().map(|(a, b)| (a, b, true)));
+            // Kept read-only copies (ReadMostly) are mapped read-only.
+            let kept: Vec<(u32, u32)> = runs(0, n, |p| st.dup[p as usize]).collect();
+            decl.extend(kept.into_iter().map(|(a, b)| (a, b, false)));
             decl = merge_ranges(decl);
         }
 
@@ -435,26 +518,62 @@ impl Svm {
             }
         })();
 
-        // 3. Read-only copies are dropped; the CPU's copy never stopped being
-        // current.
-        for (a, b) in temporary {
-            for p in a..b {
-                if std::mem::take(&mut st.dup[p as usize]) {
-                    let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
-                    st.frames.free(f);
-                }
-            }
-        }
-        let c = &inner.stats;
+        // 3. Read-only copies are dropped, except ReadMostly ones.
+        let mut post = inner.settle_copies(st, temporary);
+        // PreferredLocation(Host): written pages go straight back.
+        if post.is_ok() && st.advice.iter().any(|&a| a & advice::PREFER_HOST != 0) {
+            post = inner.flush_preferred_host(st).map_err(LaunchError::from);
+        }        let c = &inner.stats;
         Counters::add(&c.launches, 1);
         Counters::add(&c.gpu_faults, report.gpu_fault_pages);
         Counters::add(&c.replays, u64::from(report.replays));
         tracing::debug!(kernel = %kernel.label, ?report, "launch");
-        result.map(|()| report)
+        result.and(post).map(|()| report)
     }
 }
 
 impl Inner {
+    /// Pages `[a, b)` covering `[addr, addr + len)`, if all are allocated.
+    fn page_range(&self, st: &State, addr: usize, len: usize) -> Option<(u32, u32)> {
+        let off = addr.wrapping_sub(self.arena.base());
+        let end = off.checked_add(len).filter(|&e| e <= self.arena.len() && len > 0)?;
+        let (a, b) = (page_of(off), page_of(end.next_multiple_of(PAGE_SIZE)));
+        st.table.entries(a..b).iter().all(|p| p.is_allocated()).then_some((a, b))
+    }
+
+    fn prefetch_now(&self, addr: usize, len: usize, to: Location) -> Result<u64, LaunchError> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        self.gpu.check_lost()?;
+        let (a, b) = self.page_range(st, addr, len).ok_or(LaunchError::BadRange { addr, len })?;
+        let _span = tracing::debug_span!("svm_prefetch", a, b, ?to).entered();
+        match to {
+            Location::Device => {
+                let ranges: Vec<(u32, u32, bool)> = merge_ranges(
+                    runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY != 0)
+                        .map(|(x, y)| (x, y, false))
+                        .chain(runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY == 0).map(|(x, y)| (x, y, true)))
+                        .collect(),
+                );
+                let mut temporary = Vec::new();
+                let mut report = LaunchReport::default();
+                self.map_ranges(st, &ranges, &mut temporary, &mut report)?;
+                self.settle_copies(st, temporary)?;
+                Ok(report.migrated_pages)
+            }
+            Location::Host => {
+                let mut moved = 0;
+                let mut x = a;
+                while x < b {
+                    let y = (x + STAGING_PAGES).min(b);
+                    moved += self.migrate_back_span(st, x, y)?;
+                    x = y;
+                }
+                Ok(moved)
+            }
+        }
+    }
+
     /// Make `ranges` device-resident and map them: host pages are copied to
     /// new frames (read ranges as read-only duplicates recorded in
     /// `temporary`; write ranges after zapping the CPU mapping, as
@@ -503,9 +622,12 @@ impl Inner {
                 // Read-only duplicates of earlier passes become device-owned.
                 let dup_runs: Vec<(u32, u32)> = runs(a, b, |p| st.dup[p as usize]).collect();
                 for (ra, rb) in dup_runs {
-                    self.arena
-                        .zap(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
-                        .map_err(|e| LaunchError::Os(e.to_string()))?;
+                    let (off, len) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
+                    // Kept (ReadMostly) copies are write-protected on the CPU.
+                    if self.arena.has_write_protect() {
+                        self.arena.write_unprotect(off, len).map_err(|e| LaunchError::Os(e.to_string()))?;
+                    }
+                    self.arena.zap(off, len).map_err(|e| LaunchError::Os(e.to_string()))?;
                     st.dup[ra as usize..rb as usize].fill(false);
                 }
             }
@@ -661,7 +783,7 @@ impl Inner {
             size *= 2;
             let ra = (page / size * size).max(sa);
             let rb = (page / size * size + size).min(sb);
-            let device_outside = (ra..rb).filter(|&p| (p < a || p >= b) && st.frames_of[p as usize] != HOST).count() as u32;
+            let device_outside = (ra..rb).filter(|&p| (p < a || p >= b) && st.owned(p)).count() as u32;
             let resident_after = (rb - ra) - device_outside;
             if resident_after * 100 > 51 * (rb - ra) {
                 (a, b) = (ra.min(a), rb.max(b));
@@ -688,7 +810,7 @@ impl Inner {
     fn migrate_back_span(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
         debug_assert!(b - a <= STAGING_PAGES);
         let gpu = &self.gpu;
-        let device_runs: Vec<(u32, u32)> = runs(a, b, |p| st.frames_of[p as usize] != HOST).collect();
+        let device_runs: Vec<(u32, u32)> = runs(a, b, |p| st.owned(p)).collect();
         if device_runs.is_empty() {
             return Ok(0);
         }
@@ -760,17 +882,26 @@ impl Inner {
         for &(a, b) in &st.mapped {
             protected[a as usize..b as usize].fill(true);
         }
-        let mut cand: Vec<(u32, u32)> = (0..n)
-            .filter(|&p| st.frames_of[p] != HOST && !st.dup[p] && !protected[p])
-            .map(|p| (st.last_use[p], p as u32))
+        // Candidates: device-owned pages and kept read-only copies this
+        // launch does not use; PreferredLocation(Device) pages last, then
+        // least recently used first.
+        let mut cand: Vec<(bool, u32, u32)> = (0..n)
+            .filter(|&p| st.frames_of[p] != HOST && !protected[p])
+            .map(|p| (st.advice[p] & advice::PREFER_DEVICE != 0, st.last_use[p], p as u32))
             .collect();
         if cand.len() < want {
             return Ok(0);
         }
         cand.sort_unstable();
-        let mut chosen: Vec<u32> = cand[..want].iter().map(|&(_, p)| p).collect();
+        let mut chosen: Vec<u32> = cand[..want].iter().map(|&(_, _, p)| p).collect();
         chosen.sort_unstable();
-        let mut evicted = 0usize;
+        // Clean copies are dropped without a copy.
+        let clean: Vec<u32> = chosen.iter().copied().filter(|&p| st.dup[p as usize]).collect();
+        for &p in &clean {
+            self.drop_copy(st, p)?;
+        }
+        chosen.retain(|&p| !st.dup[p as usize] && st.frames_of[p as usize] != HOST);
+        let mut evicted = clean.len();
         let mut i = 0;
         while i < chosen.len() {
             let a = chosen[i];
@@ -784,6 +915,64 @@ impl Inner {
         Counters::add(&self.stats.evicted_pages, evicted as u64);
         tracing::debug!(want, evicted, "evicted LRU device pages");
         Ok(evicted)
+    }
+
+    /// After a launch or prefetch: read-only device copies made for it are
+    /// dropped (the CPU's copy never stopped being current), except
+    /// ReadMostly ones: those stay, and the CPU side is write-protected so
+    /// that a CPU write drops them first.
+    fn settle_copies(&self, st: &mut State, temporary: Vec<(u32, u32)>) -> Result<(), LaunchError> {
+        let mut post: Result<(), LaunchError> = Ok(());
+        for (a, b) in temporary {
+            let mut keep: Vec<(u32, u32)> =
+                runs(a, b, |p| st.dup[p as usize] && st.advice[p as usize] & advice::READ_MOSTLY != 0).collect();
+            if let Some(e) = keep.iter().find_map(|&(ka, kb)| {
+                self.arena.write_protect(ka as usize * PAGE_SIZE, (kb - ka) as usize * PAGE_SIZE).err()
+            }) {
+                // Without write protection a copy cannot be kept.
+                post = Err(LaunchError::Os(e.to_string()));
+                let _ = self.arena.write_unprotect(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
+                keep.clear();
+            }
+            let kept = |p: u32| keep.iter().any(|&(ka, kb)| (ka..kb).contains(&p));
+            for p in a..b {
+                if st.dup[p as usize] && !kept(p) {
+                    st.dup[p as usize] = false;
+                    let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+                    st.frames.free(f);
+                }
+            }
+        }
+        post
+    }
+
+    /// Drop the kept read-only device copy of `p` (its host copy is current)
+    /// and let the CPU write it again.
+    fn drop_copy(&self, st: &mut State, p: u32) -> Result<(), DeviceError> {
+        debug_assert!(st.dup[p as usize]);
+        st.dup[p as usize] = false;
+        let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+        st.frames.free(f);
+        st.table.set(PageIndex(p), Pte::ALLOCATED);
+        self.arena
+            .write_unprotect(p as usize * PAGE_SIZE, PAGE_SIZE)
+            .map_err(|e| DeviceError::Unexpected(format!("write-unprotect: {e}")))
+    }
+
+    /// Move every device-owned page advised PreferredLocation(Host) back.
+    fn flush_preferred_host(&self, st: &mut State) -> Result<(), DeviceError> {
+        let n = st.table.len();
+        let todo: Vec<(u32, u32)> =
+            runs(0, n, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0).collect();
+        for (a, b) in todo {
+            let mut x = a;
+            while x < b {
+                let y = (x + STAGING_PAGES).min(b);
+                self.migrate_back_span(st, x, y)?;
+                x = y;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -802,7 +991,17 @@ impl FaultHandler for Inner {
                 "CPU access to managed address {addr:#x}, which is not allocated (never allocated, or freed)"
             )));
         }
-        let device_owned = st.frames_of[page as usize] != HOST;
+        if st.dup[page as usize] {
+            // A kept read-only copy (ReadMostly). A write (or a fault whose
+            // kind the backend cannot tell) drops the device copy first; a
+            // read of a page with no PTE maps it, still write-protected.
+            return if fault.write != Some(false) {
+                self.drop_copy(&mut st, page).map_err(|e| FaultFatal(e.to_string()))
+            } else {
+                self.arena.restore_readonly(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()))
+            };
+        }
+        let device_owned = st.owned(page);
         self.migrate_back(&mut st, page).map_err(|e| {
             FaultFatal(format!("page {addr:#x} is owned by the device and cannot be brought back: {e}"))
         })?;

@@ -31,6 +31,19 @@ const UFFDIO_REGISTER: u64 = iowr(0x00, 32);
 const UFFDIO_UNREGISTER: u64 = ior(0x01, 16);
 const UFFDIO_WAKE: u64 = ior(0x02, 16);
 const UFFDIO_CONTINUE: u64 = iowr(0x07, 32);
+const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, 24);
+/// `UFFD_FEATURE_PAGEFAULT_FLAG_WP`.
+pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: write-protect on shmem (the memfd).
+pub const FEATURE_WP_SHMEM: u64 = 1 << 12;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: protect pages with no PTE too.
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const MODE_WP: u64 = 2;
+/// `UFFDIO_CONTINUE_MODE_WP`.
+const CONTINUE_MODE_WP: u64 = 1 << 1;
+/// `UFFD_PAGEFAULT_FLAG_WP`.
+pub const PF_WP: u64 = 2;
+const IOCTL_WRITEPROTECT_BIT: u64 = 1 << 0x06;
 
 /// `UFFD_FEATURE_MINOR_SHMEM`.
 pub const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
@@ -61,6 +74,11 @@ struct Register {
     range: Range,
     mode: u64,
     ioctls: u64,
+}
+#[repr(C)]
+struct WriteProtect {
+    range: Range,
+    mode: u64,
 }
 #[repr(C)]
 struct Continue {
@@ -95,6 +113,7 @@ pub struct PageFault {
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,
+    wp: bool,
 }
 
 fn ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> Result<(), Errno> {
@@ -122,43 +141,67 @@ impl Uffd {
     pub fn open() -> Result<Self, Errno> {
         use rustix::mm::UserfaultfdFlags as F;
         let base = F::CLOEXEC | F::NONBLOCK;
-        // SAFETY: creating the descriptor is harmless; what it allows is
-        // argued in the module doc.
-        let fd = unsafe { rustix::mm::userfaultfd(base) }
-            // SAFETY: as above.
-            .or_else(|_| unsafe {
-                rustix::mm::userfaultfd(base | F::from_bits_retain(USER_MODE_ONLY))
-            })?;
-        let this = Self { fd };
-        let mut api = Api {
-            api: UFFD_API,
-            features: FEATURE_MINOR_SHMEM | FEATURE_THREAD_ID,
-            ioctls: 0,
+        let fd = || {
+            // SAFETY: creating the descriptor is harmless; what it allows is
+            // argued in the module doc.
+            unsafe { rustix::mm::userfaultfd(base) }
+                // SAFETY: as above.
+                .or_else(|_| unsafe { rustix::mm::userfaultfd(base | F::from_bits_retain(USER_MODE_ONLY)) })
         };
-        ioctl(&this.fd, UFFDIO_API, &mut api)?;
-        if api.features & FEATURE_MINOR_SHMEM == 0 {
-            return Err(Errno::NOTSUP);
+        // UFFDIO_API may be called once per descriptor: ask for write-protect
+        // on shmem too, and retry without it where the kernel refuses.
+        let full = FEATURE_MINOR_SHMEM
+            | FEATURE_THREAD_ID
+            | FEATURE_PAGEFAULT_FLAG_WP
+            | FEATURE_WP_SHMEM
+            | FEATURE_WP_UNPOPULATED;
+        for features in [full, FEATURE_MINOR_SHMEM] {
+            let fd = fd()?;
+            let mut api = Api { api: UFFD_API, features, ioctls: 0 };
+            if ioctl(&fd, UFFDIO_API, &mut api).is_err() {
+                continue;
+            }
+            if api.features & FEATURE_MINOR_SHMEM == 0 {
+                return Err(Errno::NOTSUP);
+            }
+            let wp_all = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_WP_SHMEM | FEATURE_WP_UNPOPULATED;
+            return Ok(Self { fd, wp: api.features & wp_all == wp_all });
         }
-        Ok(this)
+        Err(Errno::NOTSUP)
     }
 
-    /// Register `[start, start + len)` for MINOR faults; checks that
-    /// `UFFDIO_CONTINUE` is allowed there.
-    pub fn register_minor(&self, start: usize, len: usize) -> Result<(), Errno> {
-        let mut r = Register {
-            range: Range {
-                start: start as u64,
-                len: len as u64,
-            },
-            mode: MODE_MINOR,
-            ioctls: 0,
-        };
-        ioctl(&self.fd, UFFDIO_REGISTER, &mut r)?;
+    /// Register `[start, start + len)` for MINOR faults, and for
+    /// write-protect faults when the kernel supports them on shmem; checks
+    /// that `UFFDIO_CONTINUE` (and `UFFDIO_WRITEPROTECT`) are allowed there.
+    pub fn register_minor(&mut self, start: usize, len: usize) -> Result<(), Errno> {
+        let range = || Range { start: start as u64, len: len as u64 };
+        let mode = if self.wp { MODE_MINOR | MODE_WP } else { MODE_MINOR };
+        let mut r = Register { range: range(), mode, ioctls: 0 };
+        if ioctl(&self.fd, UFFDIO_REGISTER, &mut r).is_err() && self.wp {
+            self.wp = false;
+            r = Register { range: range(), mode: MODE_MINOR, ioctls: 0 };
+            ioctl(&self.fd, UFFDIO_REGISTER, &mut r)?;
+        }
         if r.ioctls & IOCTL_CONTINUE_BIT == 0 {
             let _ = self.unregister(start, len);
             return Err(Errno::NOTSUP);
         }
+        if self.wp && r.ioctls & IOCTL_WRITEPROTECT_BIT == 0 {
+            self.wp = false;
+        }
         Ok(())
+    }
+
+    /// Whether write-protect faults are available.
+    pub fn has_wp(&self) -> bool {
+        self.wp
+    }
+
+    /// Write-protect (`protect`) or unprotect a range; unprotecting wakes the
+    /// threads waiting on write faults there.
+    pub fn write_protect(&self, start: usize, len: usize, protect: bool) -> Result<(), Errno> {
+        let mut w = WriteProtect { range: Range { start: start as u64, len: len as u64 }, mode: u64::from(protect) };
+        ioctl(&self.fd, UFFDIO_WRITEPROTECT, &mut w)
     }
 
     /// Undo [`Self::register_minor`].
@@ -174,14 +217,14 @@ impl Uffd {
     /// view and wake the threads waiting there. Returns the bytes mapped;
     /// `EEXIST` means some page was already mapped (the kernel stops there).
     pub fn continue_range(&self, start: usize, len: usize) -> Result<u64, (Errno, i64)> {
-        let mut c = Continue {
-            range: Range {
-                start: start as u64,
-                len: len as u64,
-            },
-            mode: 0,
-            mapped: 0,
-        };
+        self.continue_range_mode(start, len, false)
+    }
+
+    /// [`Self::continue_range`], mapping the pages write-protected when
+    /// `wp` (`UFFDIO_CONTINUE_MODE_WP`).
+    pub fn continue_range_mode(&self, start: usize, len: usize, wp: bool) -> Result<u64, (Errno, i64)> {
+        let mode = if wp { CONTINUE_MODE_WP } else { 0 };
+        let mut c = Continue { range: Range { start: start as u64, len: len as u64 }, mode, mapped: 0 };
         match ioctl(&self.fd, UFFDIO_CONTINUE, &mut c) {
             Ok(()) => Ok(c.mapped.max(0) as u64),
             Err(e) => Err((e, c.mapped)),

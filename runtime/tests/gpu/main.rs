@@ -6,6 +6,7 @@
 //! `SVM_REQUIRE_GPU=1` (set by CI and the README's test command), where it
 //! fails.
 
+mod advice;
 mod bad_input;
 mod basics;
 mod list;

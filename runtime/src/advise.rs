@@ -1,0 +1,83 @@
+//! Memory advice and explicit prefetch (UVM's `cudaMemAdvise` /
+//! `cudaMemPrefetchAsync`).
+
+use std::thread::JoinHandle;
+
+use crate::error::LaunchError;
+
+/// Where data should be.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// Host memory (the arena's host copy).
+    Host,
+    /// The GPU's page pool.
+    Device,
+}
+
+/// Advice for a range of managed memory. Effects (all visible in
+/// [`crate::Stats`]):
+///
+/// * [`Advice::ReadMostly`]: read-only device copies made by launches are
+///   kept after the launch (the CPU's mapping becomes write-protected), so
+///   later launches that read the range migrate nothing. A CPU write to a
+///   page drops its device copy first (a write-protect fault), then proceeds.
+/// * [`Advice::PreferredLocation`]`(Host)`: pages a kernel wrote migrate
+///   back to the host right after the launch (no CPU faults later).
+/// * [`Advice::PreferredLocation`]`(Device)`: under pool pressure these pages
+///   are evicted last.
+/// * [`Advice::AccessedBy`]: the device should access the range in place in
+///   host memory, without migration. This needs the coherent mapping mode
+///   (host memory imported into Vulkan), which this build does not have:
+///   [`AdviseError::Unsupported`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Advice {
+    /// See the type docs.
+    ReadMostly,
+    /// Undo [`Advice::ReadMostly`]; kept device copies are dropped.
+    UnsetReadMostly,
+    /// See the type docs.
+    PreferredLocation(Location),
+    /// Undo [`Advice::PreferredLocation`].
+    UnsetPreferredLocation,
+    /// See the type docs.
+    AccessedBy,
+}
+
+/// `advise` failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdviseError {
+    /// The range is not inside live allocations of this runtime.
+    #[error("range {addr:#x}+{len:#x} is not inside live allocations of this runtime")]
+    BadRange {
+        /// Start.
+        addr: usize,
+        /// Length.
+        len: usize,
+    },
+    /// The advice needs something this runtime does not have.
+    #[error("advice not supported here: {0}")]
+    Unsupported(&'static str),
+    /// A kept copy could not be dropped.
+    #[error(transparent)]
+    Device(#[from] crate::error::DeviceError),
+}
+
+/// An asynchronous prefetch; [`Prefetch::wait`] gives its result.
+#[derive(Debug)]
+#[must_use = "a prefetch runs in the background; wait for it to know it finished"]
+pub struct Prefetch {
+    pub(crate) handle: JoinHandle<Result<u64, LaunchError>>,
+}
+
+impl Prefetch {
+    /// Wait for the prefetch; returns the pages it moved.
+    pub fn wait(self) -> Result<u64, LaunchError> {
+        self.handle.join().unwrap_or_else(|_| Err(LaunchError::Os("prefetch thread panicked".into())))
+    }
+    /// Whether it has finished.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
