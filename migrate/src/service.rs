@@ -132,47 +132,71 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
     let mut faults: Vec<PageFault> = Vec::with_capacity(64);
     loop {
         let ufd = uffd.as_fd();
-        let mut fds = [
-            PollFd::new(&ufd, PollFlags::IN),
-            PollFd::new(stop, PollFlags::IN),
-        ];
+        let mut fds = [PollFd::new(&ufd, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
-                tracing::error!(
-                    "svm fault service: poll failed: {e}; faults will no longer be served"
-                );
+                tracing::error!("svm fault service: poll failed: {e}; faults will no longer be served");
                 return;
             }
         }
         if !fds[1].revents().is_empty() {
             return;
         }
-        faults.clear();
-        if let Err(e) = uffd.read_faults(&mut faults) {
-            tracing::error!("svm fault service: reading userfaultfd failed: {e}");
-            return;
-        }
-        if faults.is_empty() {
-            continue;
-        }
-        let page = crate::arena::svm_page_size() as u64;
-        faults.sort_by_key(|f| f.address);
-        faults.dedup_by_key(|f| f.address & !(page - 1));
-        let _span = tracing::trace_span!("svm_cpu_fault_batch", faults = faults.len()).entered();
-        for f in &faults {
-            let addr = (f.address & !(page - 1)) as usize;
-            let fault = CpuFault {
-                offset: addr - arena.base(),
-                write: Some(f.flags & (PF_WRITE | PF_WP) != 0),
-            };
-            if let Err(FaultFatal(msg)) = handler.handle_fault(fault) {
-                eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
-                // Make the access crash instead of reading stale data.
-                let p = crate::arena::svm_page_size();
-                let _ = arena.zap_fatal(fault.offset, p);
-                let _ = uffd.wake(addr, p);
+        // Serve this batch, then keep polling without sleeping for a short
+        // window: a thread streaming through device-owned memory faults
+        // again within microseconds, and a sleep/wake-up pair costs ~30 µs
+        // across cores here (ANCHORS.md §4). Yielding lets a faulting
+        // thread on this same core run.
+        let mut idle_since = std::time::Instant::now();
+        loop {
+            faults.clear();
+            if let Err(e) = uffd.read_faults(&mut faults) {
+                tracing::error!("svm fault service: reading userfaultfd failed: {e}");
+                return;
             }
+            if faults.is_empty() {
+                if idle_since.elapsed() > POLL_WINDOW {
+                    break;
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            serve_uffd_batch(handler, uffd, &mut faults);
+            idle_since = std::time::Instant::now();
+        }
+    }
+}
+
+/// How long the uffd service keeps polling after a batch before it sleeps.
+const POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
+
+fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd, faults: &mut Vec<PageFault>) {
+    let arena = handler.arena();
+    let page = crate::arena::svm_page_size() as u64;
+    // One fault per page, a write if any thread wrote it.
+    for f in faults.iter_mut() {
+        f.address &= !(page - 1);
+    }
+    faults.sort_by_key(|f| f.address);
+    faults.dedup_by(|later, first| {
+        if later.address == first.address {
+            first.flags |= later.flags;
+            true
+        } else {
+            false
+        }
+    });
+    let _span = tracing::trace_span!("svm_cpu_fault_batch", faults = faults.len()).entered();
+    for f in faults.iter() {
+        let addr = f.address as usize;
+        let fault = CpuFault { offset: addr - arena.base(), write: Some(f.flags & (PF_WRITE | PF_WP) != 0) };
+        if let Err(FaultFatal(msg)) = handler.handle_fault(fault) {
+            eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
+            // Make the access crash instead of reading stale data.
+            let p = crate::arena::svm_page_size();
+            let _ = arena.zap_fatal(fault.offset, p);
+            let _ = uffd.wake(addr, p);
         }
     }
 }
