@@ -1,23 +1,102 @@
 //! svm demos: kernels on managed memory built by the CPU, checked against a
-//! CPU reference, with migration statistics.
+//! CPU reference, with migration statistics; the BFS, SpMV and PolyBench
+//! groups also run an explicit-copy variant (plain wgpu buffers) for
+//! comparison.
 //!
 //! `svm-demos all` runs every demo at its default size (the README's main
 //! command); `svm-demos vadd --size 1000000 --fault mprotect` runs one.
 
+mod bfs;
+mod explicit;
+mod kronecker;
+mod list;
+mod polybench;
+mod spmv;
+mod tree;
+mod util;
+mod vadd;
+
+use std::cell::OnceCell;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use svm::{Access, Arg, FaultBackendKind, KernelDescriptor, LaunchDescriptor, Svm, SvmDescriptor};
+use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
+
+use crate::explicit::{Explicit, NoAdapter};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Demo {
     /// c = a + b over `size` floats (default 16 M).
     Vadd,
+    /// y = a x + y over `size` floats (default 16 M).
+    Saxpy,
     /// Sum `size` linked-list nodes (default 1 M) scattered over the arena.
     List,
+    /// Look up keys in a CPU-built binary search tree of `size` keys (default 1 M).
+    Tree,
+    /// Graph500-style BFS on a Kronecker graph of 2^scale vertices (default 16).
+    Bfs,
+    /// CSR sparse matrix-vector product, `size` rows (default 256 K).
+    Spmv,
+    /// PolyBench 2DCONV on a size x size image (default 2048).
+    Conv2d,
+    /// PolyBench GEMM, size x size (default 512).
+    Gemm,
+    /// PolyBench ATAX, size x size (default 2048).
+    Atax,
+    /// PolyBench BICG, size x size (default 2048).
+    Bicg,
+    /// The four PolyBench kernels.
+    Polybench,
     /// Every demo at its default size.
     All,
+}
+
+impl Demo {
+    const EVERY: [Demo; 10] =
+        [Demo::Vadd, Demo::Saxpy, Demo::List, Demo::Tree, Demo::Bfs, Demo::Spmv, Demo::Conv2d, Demo::Gemm, Demo::Atax, Demo::Bicg];
+
+    fn expand(self) -> Vec<Demo> {
+        match self {
+            Demo::All => Self::EVERY.to_vec(),
+            Demo::Polybench => vec![Demo::Conv2d, Demo::Gemm, Demo::Atax, Demo::Bicg],
+            d => vec![d],
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Demo::Vadd => "Vadd",
+            Demo::Saxpy => "Saxpy",
+            Demo::List => "List",
+            Demo::Tree => "Tree",
+            Demo::Bfs => "BFS",
+            Demo::Spmv => "SpMV",
+            Demo::Conv2d => "Conv2D",
+            Demo::Gemm => "GEMM",
+            Demo::Atax => "ATAX",
+            Demo::Bicg => "BICG",
+            Demo::Polybench | Demo::All => unreachable!("expanded"),
+        }
+    }
+
+    fn run(self, ctx: &Ctx) -> Result<Outcome> {
+        match self {
+            Demo::Vadd => vadd::vadd(ctx),
+            Demo::Saxpy => vadd::saxpy(ctx),
+            Demo::List => list::run(ctx),
+            Demo::Tree => tree::run(ctx),
+            Demo::Bfs => bfs::run(ctx),
+            Demo::Spmv => spmv::run(ctx),
+            Demo::Conv2d => polybench::conv2d(ctx),
+            Demo::Gemm => polybench::gemm(ctx),
+            Demo::Atax => polybench::atax(ctx),
+            Demo::Bicg => polybench::bicg(ctx),
+            Demo::Polybench | Demo::All => unreachable!("expanded"),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,24 +105,106 @@ enum Fault {
     Mprotect,
 }
 
+/// How managed memory reaches the device.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Page table in a storage buffer, translated in WGSL (the only one built).
+    Software,
+    /// Vulkan sparse residency (not built yet).
+    Sparse,
+    /// Host-coherent mapping (not built yet).
+    Coherent,
+}
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Shared-virtual-memory demos on wgpu/Vulkan")]
 struct Cli {
     /// Which demo.
     demo: Demo,
-    /// Problem size (elements or nodes); each demo has a default.
+    /// Problem size (elements, nodes, keys, rows or matrix dimension); each
+    /// demo has a default. With `all`, applies to every demo but BFS.
     #[arg(long)]
     size: Option<usize>,
+    /// BFS: log2 of the Kronecker graph's vertex count (default 16).
+    #[arg(long)]
+    scale: Option<u32>,
     /// CPU fault backend (default: $SVM_FAULT_BACKEND, else uffd).
     #[arg(long, value_enum)]
     fault: Option<Fault>,
+    /// Check results against the CPU reference (default on; `--check=false`
+    /// to time only).
+    #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    check: bool,
     /// Bytes migrated back per CPU fault (4096 .. 2097152).
     #[arg(long, default_value_t = 64 << 10)]
     chunk: usize,
+    /// Managed-memory mode; only `software` is built so far.
+    #[arg(long, value_enum, default_value_t = Mode::Software)]
+    mode: Mode,
 }
 
-fn main() -> Result<()> {
+/// What every demo gets.
+pub struct Ctx {
+    pub svm: Svm,
+    pub size: Option<usize>,
+    pub scale: Option<u32>,
+    pub check: bool,
+    explicit: OnceCell<Explicit>,
+}
+
+impl Ctx {
+    /// The explicit-copy device, created on first use.
+    pub fn explicit(&self) -> Result<&Explicit> {
+        if let Some(e) = self.explicit.get() {
+            return Ok(e);
+        }
+        let e = Explicit::new()?;
+        println!("explicit-copy baseline: own wgpu device on {}", e.info);
+        Ok(self.explicit.get_or_init(|| e))
+    }
+}
+
+/// What a demo reports for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Managed variant: launches + migration + reading results back.
+    pub managed_ms: Option<f64>,
+    /// Explicit-copy variant: uploads + kernels + downloads.
+    pub explicit_ms: Option<f64>,
+    /// One line for the summary (TEPS, sizes, …).
+    pub note: String,
+}
+
+/// Exit code when no adapter exists (the integration test turns it into a
+/// skip).
+const EXIT_NO_ADAPTER: u8 = 77;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            let no_adapter = e.chain().any(|c| {
+                c.downcast_ref::<NoAdapter>().is_some() || matches!(c.downcast_ref::<SvmError>(), Some(SvmError::NoAdapter(_)))
+            });
+            eprintln!("svm-demos: {e:#}");
+            if no_adapter {
+                eprintln!("svm-demos: no adapter");
+                ExitCode::from(EXIT_NO_ADAPTER)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Run the demos; `Ok(false)` when a check failed.
+fn run(cli: &Cli) -> Result<bool> {
+    if cli.mode != Mode::Software {
+        let name = cli.mode.to_possible_value().map_or_else(|| format!("{:?}", cli.mode), |v| v.get_name().to_string());
+        bail!("--mode {name} is not built yet: the runtime only has the software page table; use --mode software");
+    }
     let mut desc = SvmDescriptor::default().fault_chunk(cli.chunk);
     if let Some(f) = cli.fault {
         desc = desc.fault_backend(match f {
@@ -53,7 +214,7 @@ fn main() -> Result<()> {
     }
     let svm = Svm::with_descriptor(&desc).context("creating the svm runtime")?;
     println!(
-        "svm: device {}, fault backend {}, arena {} MiB at {:#x}, pool {} MiB, fault chunk {} KiB",
+        "svm: device {}, fault backend {}, mode software, arena {} MiB at {:#x}, pool {} MiB, fault chunk {} KiB",
         svm.device_info(),
         svm.fault_backend(),
         svm.arena_size() >> 20,
@@ -61,131 +222,62 @@ fn main() -> Result<()> {
         (svm.pool_pages() as usize * 4096) >> 20,
         svm.fault_chunk() >> 10
     );
+    let ctx = Ctx { svm, size: cli.size, scale: cli.scale, check: cli.check, explicit: OnceCell::new() };
+    let start = ctx.svm.stats();
+    let t_all = Instant::now();
+    let mut rows = Vec::new();
     let mut failed = Vec::new();
-    let demos: &[Demo] = match cli.demo {
-        Demo::All => &[Demo::Vadd, Demo::List],
-        d => std::slice::from_ref(match d {
-            Demo::Vadd => &Demo::Vadd,
-            _ => &Demo::List,
-        }),
-    };
-    for &d in demos {
-        let before = svm.stats();
+    for d in cli.demo.expand() {
+        let name = d.label();
+        println!();
+        let before = ctx.svm.stats();
         let t = Instant::now();
-        let r = match d {
-            Demo::Vadd => vadd(&svm, cli.size.unwrap_or(16 << 20)),
-            Demo::List => list(&svm, cli.size.unwrap_or(1 << 20)),
-            Demo::All => unreachable!(),
-        };
-        let s = svm.stats().since(&before);
-        match r {
-            Ok(()) => println!("[{d:?}] result check: OK ({:.2} s)", t.elapsed().as_secs_f64()),
-            Err(e) => {
-                println!("[{d:?}] result check: FAILED: {e:#}");
-                failed.push(d);
+        let r = d.run(&ctx);
+        let s = ctx.svm.stats().since(&before);
+        let secs = t.elapsed().as_secs_f64();
+        let status = match &r {
+            Ok(_) if !ctx.check => {
+                println!("[{name}] result check: SKIPPED (--check=false) ({secs:.2} s)");
+                "skipped"
             }
+            Ok(_) => {
+                println!("[{name}] result check: OK ({secs:.2} s)");
+                "OK"
+            }
+            Err(e) => {
+                // A missing adapter is not a failed check: stop everything.
+                if e.chain().any(|c| c.downcast_ref::<NoAdapter>().is_some()) {
+                    return Err(r.unwrap_err());
+                }
+                println!("[{name}] result check: FAILED: {e:#}");
+                failed.push(name);
+                "FAILED"
+            }
+        };
+        println!("[{name}] migration statistics (managed variant):\n{s}");
+        if s.h2d_pages > 0 && s.d2h_pages > 0 && s.cpu_faults > 0 {
+            println!("[{name}] pages went to the device and came back by CPU fault");
         }
-        println!("[{d:?}] migration statistics:\n{s}");
-        if r_ok(&s) {
-            println!("[{d:?}] pages went to the device and came back by CPU fault");
-        }
+        let o = r.unwrap_or_default();
+        rows.push((name, status, secs, o));
     }
+
+    println!("\n=== summary ({:.1} s) ===", t_all.elapsed().as_secs_f64());
+    println!("{:<8} {:<8} {:>9} {:>12} {:>12}  notes", "demo", "check", "wall", "managed", "explicit");
+    let fmt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"));
+    for (name, status, secs, o) in &rows {
+        println!(
+            "{name:<8} {status:<8} {:>9} {:>12} {:>12}  {}",
+            format!("{secs:.2} s"),
+            fmt(o.managed_ms),
+            fmt(o.explicit_ms),
+            o.note
+        );
+    }
+    println!("svm statistics, all demos:\n{}", ctx.svm.stats().since(&start));
     if !failed.is_empty() {
-        bail!("demos failed: {failed:?}");
+        println!("FAILED: {}", failed.join(", "));
+        return Ok(false);
     }
-    Ok(())
-}
-
-fn r_ok(s: &svm::Stats) -> bool {
-    s.h2d_pages > 0 && s.d2h_pages > 0 && s.cpu_faults > 0
-}
-
-fn kernel(svm: &Svm, label: &str, source: &str) -> Result<svm::Kernel> {
-    Ok(svm.create_kernel(&KernelDescriptor { label, source, entry_point: "main" })?)
-}
-
-fn vadd(svm: &Svm, n: usize) -> Result<()> {
-    println!("[Vadd] c = a + b over {n} floats ({} MiB per array)", n * 4 >> 20);
-    let k = kernel(svm, "vadd", svm::shaders::kernels::VADD)?;
-    let mut a = svm.alloc_vec::<f32>(n)?;
-    let mut b = svm.alloc_vec::<f32>(n)?;
-    let mut c = svm.alloc_vec::<f32>(n)?;
-    let t = Instant::now();
-    for i in 0..n {
-        a[i] = (i % 1000) as f32 * 0.5;
-        b[i] = (i % 777) as f32 + 0.25;
-    }
-    println!("[Vadd] CPU fill: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(u32::try_from(n)?)];
-    let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
-        workgroups: [4096, 1, 1],
-    })?;
-    println!("[Vadd] launch (migrate in + kernel): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    let t = Instant::now();
-    let mut bad = 0usize;
-    for i in 0..n {
-        if c[i] != a[i] + b[i] {
-            bad += 1;
-        }
-    }
-    println!("[Vadd] CPU check (migrates c back by fault): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    if bad != 0 {
-        bail!("{bad} of {n} elements wrong");
-    }
-    Ok(())
-}
-
-/// The `list` kernel's node (16 bytes).
-#[repr(C)]
-#[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
-struct Node {
-    next: u64,
-    value: u32,
-    pad: u32,
-}
-
-fn list(svm: &Svm, n: usize) -> Result<()> {
-    let lists = 4096usize.min(n);
-    println!("[List] {n} nodes in {lists} linked lists, linked in random order");
-    let k = kernel(svm, "list", svm::shaders::kernels::LIST)?;
-    let mut nodes = svm.alloc_vec::<Node>(n)?;
-    let mut heads = svm.alloc_vec::<u64>(lists)?;
-    let mut out = svm.alloc_vec::<u32>(lists)?;
-    // Random placement: list position `pos` lives in slot order[pos].
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for i in (1..n).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        order.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
-    let base = nodes.as_mut_ptr();
-    let mut want = vec![0u32; lists];
-    for (pos, &slot) in order.iter().enumerate() {
-        let l = pos % lists;
-        let value = u32::try_from(slot % 1_000_003)?;
-        want[l] = want[l].wrapping_add(value);
-        let next = order.get(pos + lists).map_or(0, |&s| base.wrapping_add(s) as u64);
-        nodes[slot] = Node { next, value, pad: 0 };
-        if pos < lists {
-            heads[l] = base.wrapping_add(slot) as u64;
-        }
-    }
-    let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(u32::try_from(lists)?), Arg::U32(u32::try_from(n)?)];
-    let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
-        workgroups: [u32::try_from(lists.div_ceil(64))?, 1, 1],
-    })?;
-    println!("[List] launch (migrate in + walk): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    let bad = out.iter().zip(&want).filter(|(a, b)| a != b).count();
-    if bad != 0 {
-        bail!("{bad} of {lists} list sums wrong");
-    }
-    Ok(())
+    Ok(true)
 }

@@ -191,7 +191,7 @@ fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd,
     for f in faults.iter() {
         let addr = f.address as usize;
         let fault = CpuFault { offset: addr - arena.base(), write: Some(f.flags & (PF_WRITE | PF_WP) != 0) };
-        if let Err(FaultFatal(msg)) = handler.handle_fault(fault) {
+        if let Err(FaultFatal(msg)) = serve_one(handler, fault) {
             eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
             // Make the access crash instead of reading stale data.
             let p = crate::arena::svm_page_size();
@@ -210,7 +210,7 @@ fn segv_loop<H: FaultHandler>(handler: &H) {
         let (addr, write) = (req.addr(), req.write());
         let page = crate::arena::svm_page_size();
         let offset = (addr - arena.base()) & !(page - 1);
-        let state = match handler.handle_fault(CpuFault {
+        let state = match serve_one(handler, CpuFault {
             offset,
             write: write.then_some(true),
         }) {
@@ -230,4 +230,17 @@ impl Arena {
     pub(crate) fn zap_fatal(&self, offset: usize, len: usize) -> Result<()> {
         self.protect_none(offset, len)
     }
+}
+
+/// Call the handler, turning a panic into a fatal fault: the service thread
+/// must survive, or every later faulting thread would wait forever.
+fn serve_one<H: FaultHandler>(handler: &H, fault: CpuFault) -> core::result::Result<(), FaultFatal> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle_fault(fault))).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(FaultFatal(format!("the fault handler panicked: {what}")))
+    })
 }

@@ -234,6 +234,33 @@ impl Svm {
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
     }
+    /// Destroy the GPU device, as a driver reset or a removed GPU would: for
+    /// testing the lost-device paths. Afterwards launches fail with
+    /// [`DeviceError::Lost`], and a CPU access to a page that only the device
+    /// held crashes with a message naming it; [`Self::lost_ranges`] lists
+    /// those pages.
+    #[doc(hidden)]
+    pub fn destroy_device_for_testing(&self) {
+        let _st = self.inner.state.lock();
+        self.inner.gpu.device.destroy();
+        let mut lost = self.inner.gpu.lost.lock();
+        if lost.is_none() {
+            *lost = Some("device destroyed".into());
+        }
+    }
+
+    /// After a device loss: the address ranges whose only copy was on the
+    /// device (what was lost). Empty while the device works.
+    pub fn lost_ranges(&self) -> Vec<(usize, usize)> {
+        if self.inner.gpu.check_lost().is_ok() {
+            return Vec::new();
+        }
+        let st = self.inner.state.lock();
+        runs(0, st.table.len(), |p| st.owned(p))
+            .map(|(a, b)| (self.inner.arena.base() + a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE))
+            .collect()
+    }
+
     /// Number of live allocations.
     pub fn live_allocations(&self) -> usize {
         self.inner.state.lock().ranges.live_count()

@@ -1,0 +1,353 @@
+//! Graph500-style BFS on a Kronecker graph: the managed variant follows CPU
+//! pointers (per-vertex record -> neighbour array), the explicit variant
+//! runs the same level step over CSR arrays in plain wgpu buffers. Both are
+//! validated with the Graph500 rules and must agree bit for bit.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use svm::{Access, Arg, LaunchDescriptor, ManagedVec};
+
+use crate::explicit::{self, since_ms, Explicit};
+use crate::kronecker::{self, Graph};
+use crate::util::{grid, kernel, ms, progress, si, warm_up, Rng, NULL};
+use crate::{Ctx, Outcome};
+
+const UNREACHED: u32 = u32::MAX;
+const ROOTS: usize = 4;
+/// Seed of the generator (fixed: runs are reproducible).
+const SEED: u64 = 0x0062_a95e_ed00_0001;
+
+/// The managed graph's per-vertex record (16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct VertexRec {
+    /// CPU pointer to the neighbour array (0 when `degree` is 0).
+    adj: u64,
+    degree: u32,
+    pad: u32,
+}
+
+/// One BFS result.
+struct Tree {
+    level: Vec<u32>,
+    parent: Vec<u32>,
+    levels: u32,
+    ms: f64,
+}
+
+pub fn run(ctx: &Ctx) -> Result<Outcome> {
+    let scale = ctx.scale.unwrap_or(16);
+    if !(1..=26).contains(&scale) {
+        bail!("--scale {scale}: use 1 ..= 26");
+    }
+    let n = 1usize << scale;
+    println!(
+        "[BFS] Kronecker graph, scale {scale} ({n} vertices, {} edges; A={} B={} C={}, edge factor {})",
+        kronecker::EDGE_FACTOR * n,
+        kronecker::A,
+        kronecker::B,
+        kronecker::C,
+        kronecker::EDGE_FACTOR
+    );
+    let t = Instant::now();
+    let g = kronecker::generate(scale, SEED);
+    println!("[BFS] CPU generate + CSR: {:.1} ms, {} adjacency entries", ms(t.elapsed()), g.cols.len());
+
+    let mut rng = Rng::new(0xbf5);
+    let mut roots = Vec::new();
+    let candidates = (0..g.n).filter(|&v| g.degree(v) > 0).count();
+    while roots.len() < ROOTS.min(candidates) {
+        let v = rng.below(g.n as u64) as usize;
+        if g.degree(v) > 0 && !roots.contains(&v) {
+            roots.push(v);
+        }
+    }
+    if roots.is_empty() {
+        bail!("the graph has no edges");
+    }
+
+    let mut managed = Managed::build(ctx, &g)?;
+    let ex = ctx.explicit()?;
+    let t = Instant::now();
+    let ex_graph = ExplicitGraph::upload(ex, &g)?;
+    let upload_ms = since_ms(t);
+    let wm = warm_up(&ctx.svm, &managed.kernel, &[NULL, NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)])?;
+    let we = ex.warm_up(&ex_graph.pipeline, &[1, 2, 3, 4, 5], &[0, 0])?;
+    println!("[BFS] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms", ms(wm), ms(we));
+    println!("[BFS] explicit: graph upload (CSR, {} MiB): {upload_ms:.1} ms", ((g.cols.len() + g.n + 1) * 4) >> 20);
+
+    let mut failures = Vec::new();
+    let (mut m_ms, mut e_ms) = (0.0, 0.0);
+    let (mut m_inv_teps, mut e_inv_teps) = (0.0, 0.0);
+    for &root in &roots {
+        let mt = managed.bfs(ctx, root)?;
+        let et = ex_graph.bfs(ex, root)?;
+        let reached = mt.level.iter().filter(|&&l| l != UNREACHED).count();
+        // Graph500: input edge tuples inside the traversed component.
+        let edges = g.edges.iter().filter(|e| mt.level[e.0 as usize] != UNREACHED).count();
+        let (mteps, eteps) = (edges as f64 / (mt.ms / 1e3), edges as f64 / (et.ms / 1e3));
+        println!(
+            "[BFS] root {root}: {} levels, {reached} vertices, {edges} edges; managed {:.1} ms ({}TEPS), explicit {:.1} ms ({}TEPS)",
+            mt.levels,
+            mt.ms,
+            si(mteps),
+            et.ms,
+            si(eteps)
+        );
+        m_ms += mt.ms;
+        e_ms += et.ms;
+        m_inv_teps += 1.0 / mteps;
+        e_inv_teps += 1.0 / eteps;
+        if ctx.check {
+            let t = Instant::now();
+            let reference = cpu_bfs(&g, root);
+            for (what, tr) in [("managed", &mt), ("explicit", &et)] {
+                if let Err(e) = validate(&g, root, tr, &reference) {
+                    failures.push(format!("root {root}, {what}: {e:#}"));
+                }
+            }
+            if let Err(e) = crate::util::same_bits("level", &mt.level, &et.level)
+                .and_then(|()| crate::util::same_bits("parent", &mt.parent, &et.parent))
+            {
+                failures.push(format!("root {root}, managed vs explicit: {e:#}"));
+            }
+            println!("[BFS] root {root}: Graph500 validation of both trees + comparison: {:.1} ms", ms(t.elapsed()));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    let k = roots.len() as f64;
+    let (mh, eh) = (k / m_inv_teps, k / e_inv_teps);
+    println!("[BFS] harmonic mean TEPS over {} roots: managed {}TEPS, explicit {}TEPS", roots.len(), si(mh), si(eh));
+    if ctx.check {
+        println!("[BFS] levels and parents of the two variants are bitwise equal");
+    }
+    Ok(Outcome {
+        managed_ms: Some(m_ms),
+        explicit_ms: Some(e_ms),
+        note: format!("scale {scale}, {} roots; TEPS managed {}, explicit {}", roots.len(), si(mh), si(eh)),
+    })
+}
+
+
+/// The graph in managed memory: per-vertex records holding CPU pointers
+/// into one neighbour pool, the lists placed in random vertex order.
+struct Managed {
+    verts: ManagedVec<VertexRec>,
+    adj: ManagedVec<u32>,
+    level: ManagedVec<u32>,
+    parent: ManagedVec<u32>,
+    changed: ManagedVec<u32>,
+    kernel: svm::Kernel,
+}
+
+impl Managed {
+    fn build(ctx: &Ctx, g: &Graph) -> Result<Self> {
+        let svm = &ctx.svm;
+        let t = Instant::now();
+        let mut verts = svm.alloc_vec::<VertexRec>(g.n)?;
+        let mut adj = svm.alloc_vec::<u32>(g.cols.len().max(1))?;
+        let mut order: Vec<usize> = (0..g.n).collect();
+        Rng::new(0x1a7).shuffle(&mut order);
+        let pb = progress(g.n as u64, "building managed adjacency");
+        let mut pos = 0usize;
+        for (i, &v) in order.iter().enumerate() {
+            let nb = g.neighbours(v);
+            adj[pos..pos + nb.len()].copy_from_slice(nb);
+            verts[v] = VertexRec { adj: if nb.is_empty() { 0 } else { adj.addr_of(pos) }, degree: nb.len() as u32, pad: 0 };
+            pos += nb.len();
+            if i % 4096 == 4095 {
+                pb.inc(4096);
+            }
+        }
+        pb.finish_and_clear();
+        println!(
+            "[BFS] managed: {} vertex records + neighbour lists ({} MiB) built through CPU pointers: {:.1} ms",
+            g.n,
+            (g.n * 16 + g.cols.len() * 4) >> 20,
+            ms(t.elapsed())
+        );
+        Ok(Self {
+            verts,
+            adj,
+            level: svm.alloc_vec::<u32>(g.n)?,
+            parent: svm.alloc_vec::<u32>(g.n)?,
+            changed: svm.alloc_vec::<u32>(1)?,
+            kernel: kernel(svm, "bfs", svm::shaders::kernels::BFS, "main")?,
+        })
+    }
+
+    /// Level-synchronous BFS from `root`: one launch per level; the CPU reads
+    /// the `changed` word after each (a CPU fault brings its page back).
+    fn bfs(&mut self, ctx: &Ctx, root: usize) -> Result<Tree> {
+        let svm = &ctx.svm;
+        let n = self.verts.len();
+        let Self { verts, adj, level, parent, changed, kernel } = self;
+        level.fill(UNREACHED);
+        parent.fill(UNREACHED);
+        level[root] = 0;
+        parent[root] = root as u32;
+        let t = Instant::now();
+        let mut cur = 0u32;
+        loop {
+            changed[0] = 0;
+            let args = [
+                Arg::ptr(verts.as_ptr()),
+                Arg::ptr(level.as_ptr()),
+                Arg::ptr(parent.as_ptr()),
+                Arg::ptr(changed.as_ptr()),
+                Arg::U32(n as u32),
+                Arg::U32(cur),
+            ];
+            svm.launch(kernel, &LaunchDescriptor {
+                args: &args,
+                access: &[
+                    Access::read(verts),
+                    Access::read(adj),
+                    Access::read_write(level),
+                    Access::read_write(parent),
+                    Access::read_write(changed),
+                ],
+                workgroups: [grid(n, 256), 1, 1],
+            })?;
+            if changed[0] == 0 {
+                break;
+            }
+            cur += 1;
+        }
+        let elapsed = ms(t.elapsed());
+        Ok(Tree { level: level.to_vec(), parent: parent.to_vec(), levels: cur + 1, ms: elapsed })
+    }
+}
+
+/// The explicit-copy graph: CSR in storage buffers, uploaded once.
+struct ExplicitGraph {
+    n: usize,
+    offsets: wgpu::Buffer,
+    cols: wgpu::Buffer,
+    level: wgpu::Buffer,
+    parent: wgpu::Buffer,
+    changed: wgpu::Buffer,
+    params: wgpu::Buffer,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl ExplicitGraph {
+    fn upload(ex: &Explicit, g: &Graph) -> Result<Self> {
+        let s = Self {
+            n: g.n,
+            offsets: ex.upload("offsets", &g.offsets),
+            cols: ex.upload("cols", if g.cols.is_empty() { &[0u32][..] } else { &g.cols }),
+            level: ex.empty("level", g.n as u64 * 4),
+            parent: ex.empty("parent", g.n as u64 * 4),
+            changed: ex.empty("changed", 4),
+            params: ex.empty("params", 8),
+            pipeline: ex.pipeline("bfs", explicit::wgsl::BFS, "main")?,
+        };
+        ex.wait()?;
+        Ok(s)
+    }
+
+    fn bfs(&self, ex: &Explicit, root: usize) -> Result<Tree> {
+        let mut level = vec![UNREACHED; self.n];
+        let mut parent = vec![UNREACHED; self.n];
+        level[root] = 0;
+        parent[root] = root as u32;
+        let t = Instant::now();
+        ex.write(&self.level, &level);
+        ex.write(&self.parent, &parent);
+        let mut cur = 0u32;
+        loop {
+            ex.write(&self.changed, &[0u32]);
+            ex.write(&self.params, &[self.n as u32, cur]);
+            ex.dispatch(
+                &self.pipeline,
+                &[&self.params, &self.offsets, &self.cols, &self.level, &self.parent, &self.changed],
+                [grid(self.n, 256), 1, 1],
+            )?;
+            if ex.read::<u32>(&self.changed, 1)?[0] == 0 {
+                break;
+            }
+            cur += 1;
+        }
+        let elapsed = since_ms(t);
+        Ok(Tree { level: ex.read(&self.level, self.n)?, parent: ex.read(&self.parent, self.n)?, levels: cur + 1, ms: elapsed })
+    }
+}
+
+/// Queue-based CPU BFS: the reference levels.
+fn cpu_bfs(g: &Graph, root: usize) -> Vec<u32> {
+    let mut level = vec![UNREACHED; g.n];
+    let mut q = VecDeque::from([root]);
+    level[root] = 0;
+    while let Some(u) = q.pop_front() {
+        for &v in g.neighbours(u) {
+            if level[v as usize] == UNREACHED {
+                level[v as usize] = level[u] + 1;
+                q.push_back(v as usize);
+            }
+        }
+    }
+    level
+}
+
+/// The Graph500 validation rules, plus equality of the levels with the CPU
+/// reference (which also proves reached set = the root's component).
+fn validate(g: &Graph, root: usize, t: &Tree, reference: &[u32]) -> Result<()> {
+    let mut errs: Vec<String> = Vec::new();
+    let mut err = |s: String| {
+        if errs.len() < 5 {
+            errs.push(s);
+        }
+    };
+    // 1. The root is its own parent, on level 0.
+    if t.parent[root] != root as u32 || t.level[root] != 0 {
+        err(format!("root {root}: parent {} level {}", t.parent[root], t.level[root]));
+    }
+    let mut bad = 0usize;
+    for (v, (&l, &p)) in t.level.iter().zip(&t.parent).enumerate() {
+        // 5. Reached set = the root's connected component (and BFS levels).
+        if l != reference[v] {
+            bad += 1;
+            err(format!("vertex {v}: level {l}, reference {}", reference[v]));
+            continue;
+        }
+        if l == UNREACHED {
+            if p != UNREACHED {
+                bad += 1;
+                err(format!("unreached vertex {v} has parent {p}"));
+            }
+            continue;
+        }
+        if v == root {
+            continue;
+        }
+        // 2. Tree edges join levels that differ by exactly one.
+        if p as usize >= g.n || t.level[p as usize] == UNREACHED || t.level[p as usize] + 1 != l {
+            bad += 1;
+            err(format!("vertex {v} (level {l}) has parent {p} on level {:?}", t.level.get(p as usize)));
+            continue;
+        }
+        // 4. The parent edge exists in the graph.
+        if !g.neighbours(v).contains(&p) {
+            bad += 1;
+            err(format!("tree edge {v}-{p} is not in the graph"));
+        }
+    }
+    // 3. Every graph edge joins levels at most one apart, or two unreached ends.
+    for &(u, v) in &g.edges {
+        let (lu, lv) = (t.level[u as usize], t.level[v as usize]);
+        let ok = if lu == UNREACHED || lv == UNREACHED { lu == lv } else { lu.abs_diff(lv) <= 1 };
+        if !ok {
+            bad += 1;
+            err(format!("edge {u}-{v} joins levels {lu} and {lv}"));
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} violations: {}", errs.join("; "));
+    }
+    Ok(())
+}
