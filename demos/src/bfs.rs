@@ -170,6 +170,10 @@ impl Managed {
             (g.n * 16 + g.cols.len() * 4) >> 20,
             ms(t.elapsed())
         );
+        // The graph is only read by the kernel, once per level: keep its
+        // device copy between launches (the CPU keeps reading it too).
+        svm.advise(verts.as_ptr().cast(), core::mem::size_of_val(&verts[..]), svm::Advice::ReadMostly)?;
+        svm.advise(adj.as_ptr().cast(), core::mem::size_of_val(&adj[..]), svm::Advice::ReadMostly)?;
         Ok(Self {
             verts,
             adj,

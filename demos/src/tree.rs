@@ -5,7 +5,7 @@ use std::ptr::NonNull;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use svm::{Access, AccessMode, Arg, LaunchDescriptor, Svm};
+use svm::{Access, AccessMode, Arg, LaunchDescriptor, LaunchOptions, Svm};
 
 use crate::util::{grid, kernel, ms, progress, warm_up, Rng, NULL};
 use crate::{Ctx, Outcome};
@@ -151,6 +151,28 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         if !bad.is_empty() {
             bail!("{} of {nq} lookups wrong, e.g. {}", bad.len(), bad[..bad.len().min(3)].join("; "));
         }
+    }
+    // The same lookups with nothing declared: GPU faults and replays.
+    out.fill(0);
+    let before = svm.stats();
+    let t = Instant::now();
+    let report = svm.launch_with(
+        &k,
+        &LaunchDescriptor { args: &args, access: &[], workgroups: [grid(nq, 64), 1, 1] },
+        &LaunchOptions::replayable(),
+    )?;
+    let on_demand = t.elapsed();
+    let s = svm.stats().since(&before);
+    println!(
+        "[Tree] no declared ranges: {:.1} ms, {} GPU-faulted pages, {} replays, {} pages migrated in (declared: {:.1} ms)",
+        ms(on_demand),
+        report.gpu_fault_pages,
+        report.replays,
+        s.h2d_pages,
+        ms(launch)
+    );
+    if ctx.check && out[..] != got[..] {
+        bail!("lookups differ without declared ranges");
     }
     let rate = nq as f64 / launch.as_secs_f64();
     Ok(Outcome {

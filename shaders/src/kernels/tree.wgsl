@@ -17,7 +17,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         var node = root;
         var result = 0xffffffffu;
         var depth = 0u;
-        while (!svm_is_null(node) && depth < max_depth && !svm_failed()) {
+        // A faulted load yields 0 (null): the walk ends and the pass is replayed.
+        while (!svm_is_null(node) && depth < max_depth) {
             let k = svm_load_u32(svm_ptr_add(node, 16u));
             if (k == key) {
                 result = svm_load_u32(svm_ptr_add(node, 20u));
