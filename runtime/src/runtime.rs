@@ -642,6 +642,7 @@ impl Inner {
                     st.dup[ra as usize..rb as usize].fill(true);
                     temporary.push((ra, rb));
                 }
+                let _span = tracing::debug_span!("svm_h2d_batch", first_page = ra, pages = rb - ra, write).entered();
                 batches += self.upload(st, ra, rb);
                 pages += u64::from(rb - ra);
             }
