@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use wgpu::util::DeviceExt;
 
 /// The explicit-copy kernels (ordinary WGSL with their own bindings).
@@ -45,45 +45,14 @@ pub struct Explicit {
 }
 
 impl Explicit {
-    /// Same adapter choice as the runtime: `WGPU_ADAPTER_NAME` (substring,
-    /// case-insensitive) if set, else the first non-CPU adapter of
-    /// `WGPU_BACKEND` (default Vulkan), else the first one.
+    /// The runtime's own adapter choice and limits
+    /// ([`svm::create_wgpu_device`]).
     pub fn new() -> Result<Self> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        if wgpu::Backends::from_env().is_none() {
-            desc.backends = wgpu::Backends::VULKAN;
-        }
-        let backends = desc.backends;
-        let instance = wgpu::Instance::new(desc);
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
-        let adapter = match &wanted {
-            Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
-            None => {
-                adapters.sort_by_key(|a| a.get_info().device_type == wgpu::DeviceType::Cpu);
-                adapters.into_iter().next()
-            }
-        }
-        .ok_or_else(|| {
-            NoAdapter(match &wanted {
-                Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matches none of {names:?}"),
-                None => format!("no adapter for backends {backends:?}"),
-            })
-        })?;
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("explicit"),
-            required_features: wgpu::Features::empty(),
-            required_limits: wgpu::Limits {
-                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-                max_buffer_size: limits.max_buffer_size,
-                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage.max(8),
-                ..wgpu::Limits::default()
-            },
-            ..Default::default()
-        }))
-        .context("explicit-copy device: request_device")?;
+        let (adapter, device, queue, info) = match svm::create_wgpu_device() {
+            Ok(x) => x,
+            Err(svm::SvmError::NoAdapter(m)) => return Err(NoAdapter(m).into()),
+            Err(e) => return Err(anyhow::Error::new(e).context("explicit-copy device")),
+        };
         // Validation errors become `Err` at the next wait instead of a panic.
         let error = Arc::new(Mutex::new(None));
         let e2 = error.clone();
@@ -93,8 +62,7 @@ impl Explicit {
                 *g = Some(e.to_string());
             }
         }));
-        let i = adapter.get_info();
-        Ok(Self { device, queue, info: format!("{} ({} {})", i.name, i.driver, i.driver_info), error, _adapter: adapter })
+        Ok(Self { device, queue, info: format!("{} ({})", info.name, info.driver), error, _adapter: adapter })
     }
 
     /// Compile a compute pipeline (layout from the shader).

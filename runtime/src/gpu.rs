@@ -35,7 +35,10 @@ impl core::fmt::Display for DeviceInfo {
 /// Pick the adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive) if
 /// set, else the first hardware adapter of `WGPU_BACKEND` (default: Vulkan),
 /// else the first software one.
-pub(crate) fn create_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
+///
+/// Public so that explicit-copy baselines (demos, benchmarks) run on exactly
+/// the adapter and limits the runtime uses.
+pub fn create_wgpu_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if wgpu::Backends::from_env().is_none() {
         desc.backends = wgpu::Backends::VULKAN;
@@ -131,7 +134,7 @@ pub(crate) struct Gpu {
 
 impl Gpu {
     pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64) -> Result<Self, SvmError> {
-        let (adapter, device, queue, info) = create_device()?;
+        let (adapter, device, queue, info) = create_wgpu_device()?;
         let limits = device.limits();
         let seg_limit = (u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
             / PAGE_SIZE as u64)

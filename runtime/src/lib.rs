@@ -52,7 +52,7 @@ mod stats;
 
 pub use advise::{Advice, AdviseError, Location, Prefetch};
 pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};
-pub use gpu::DeviceInfo;
+pub use gpu::{create_wgpu_device, DeviceInfo};
 pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
 pub use managed::ManagedVec;
 pub use runtime::{Svm, SvmDescriptor};
