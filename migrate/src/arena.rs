@@ -119,7 +119,7 @@ impl Arena {
     fn check_aligned(offset: usize, len: usize) {
         let page = svm_page_size();
         assert!(
-            offset % page == 0 && len % page == 0,
+            offset.is_multiple_of(page) && len.is_multiple_of(page),
             "unaligned arena range {offset:#x}+{len:#x}"
         );
     }

@@ -136,7 +136,7 @@ impl Gpu {
     pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64) -> Result<Self, SvmError> {
         let (adapter, device, queue, info) = create_wgpu_device()?;
         let limits = device.limits();
-        let seg_limit = (u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+        let seg_limit = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
             / PAGE_SIZE as u64)
             * PAGE_SIZE as u64;
         let pool_bytes = pool_bytes.next_multiple_of(PAGE_SIZE as u64);

@@ -46,6 +46,10 @@ impl State {
     }
 }
 
+/// What one kernel pass produced: the error of a refused access, if any, and
+/// the GPU faults as (page, write) pairs.
+type PassOutcome = (Option<LaunchError>, Vec<(u32, bool)>);
+
 /// Sentinel of [`State::frames_of`]: the page is not on the device.
 const HOST: u32 = u32::MAX;
 /// Size of the device→host staging buffer, in pages (2 MiB): the largest
@@ -689,7 +693,7 @@ impl Inner {
         words: &[u32],
         workgroups: [u32; 3],
         replayable: bool,
-    ) -> Result<(Option<LaunchError>, Vec<(u32, bool)>), LaunchError> {
+    ) -> Result<PassOutcome, LaunchError> {
         let gpu = &self.gpu;
         let pt_bytes = st.table.drain_dirty(|batch| {
             gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
@@ -727,7 +731,7 @@ impl Inner {
         let t1 = Instant::now();
         gpu.queue.submit([enc.finish()]);
         let log: Vec<u32> =
-            gpu.read_mapped(&gpu.errors_readback, Gpu::error_log_bytes(), |b| bytemuck::pod_collect_to_vec(b))?;
+            gpu.read_mapped(&gpu.errors_readback, Gpu::error_log_bytes(), bytemuck::pod_collect_to_vec)?;
         let c = &self.stats;
         Counters::add(&c.kernel_ns, t1.elapsed().as_nanos() as u64);
         Counters::add(&c.pt_upload_bytes, pt_bytes);

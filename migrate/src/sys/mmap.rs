@@ -19,7 +19,7 @@
 //! outside the views; what they change is the *visibility* of arena pages to
 //! other threads, which is the point of this crate and is argued at each
 //! caller.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, reason = "this module wraps system calls; see its # Safety section")]
 
 use core::ffi::c_void;
 use core::ptr::NonNull;
@@ -53,7 +53,7 @@ impl Views {
     /// twice: a 2 MiB aligned user view and an alias view.
     pub fn new(len: usize) -> rustix::io::Result<Self> {
         assert!(
-            len > 0 && len % VIEW_ALIGN == 0,
+            len > 0 && len.is_multiple_of(VIEW_ALIGN),
             "arena length must be a positive multiple of 2 MiB"
         );
         let memfd = rustix::fs::memfd_create("svm-arena", MemfdFlags::CLOEXEC)?;

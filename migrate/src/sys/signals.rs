@@ -23,7 +23,7 @@
 //! unregisters, unless someone replaced ours in between (then it is left
 //! alone). A request pointer is only dereferenced by the service thread while
 //! the faulting thread is blocked in the handler waiting for it.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, reason = "this module wraps system calls; see its # Safety section")]
 
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::os::fd::{AsRawFd, OwnedFd};

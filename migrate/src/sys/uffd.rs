@@ -13,7 +13,7 @@
 //! only resolution issued here is `UFFDIO_CONTINUE` / `UFFDIO_WAKE` on ranges
 //! the caller checked are inside the registered user view. The ioctl
 //! argument structures are `#[repr(C)]` copies of the kernel ABI.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, reason = "this module wraps system calls; see its # Safety section")]
 
 use std::os::fd::{AsRawFd, OwnedFd};
 

@@ -203,9 +203,11 @@ pub fn write_protect(kind: FaultBackendKind) {
     }
     assert_eq!(t.writes.load(Ordering::Relaxed), 0, "reads do not raise write faults");
     for p in 0..64 {
-        // SAFETY: inside the user view.
-        unsafe { core::ptr::write_volatile((base + p * 4096 + 1) as *mut u8, 0xee) };
-        unsafe { core::ptr::write_volatile((base + p * 4096 + 2) as *mut u8, 0xef) };
+        // SAFETY: inside the user view (two bytes of the page).
+        unsafe {
+            core::ptr::write_volatile((base + p * 4096 + 1) as *mut u8, 0xee);
+            core::ptr::write_volatile((base + p * 4096 + 2) as *mut u8, 0xef);
+        }
     }
     assert_eq!(t.writes.load(Ordering::Relaxed), 64, "one write fault per page");
     let mut b = [0u8; 3];
