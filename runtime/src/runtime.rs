@@ -128,6 +128,9 @@ struct State {
     advice: Vec<u8>,
     /// Launches so far.
     epoch: u32,
+    /// End (page) of the span the last CPU fault brought back: a fault
+    /// there is the next step of a sequential stream.
+    last_fault_end: Option<u32>,
 }
 
 pub(crate) struct Inner {
@@ -196,6 +199,7 @@ impl Svm {
             last_use: vec![0; pages as usize],
             advice: vec![0; pages as usize],
             epoch: 0,
+            last_fault_end: None,
         };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -551,10 +555,13 @@ impl Svm {
 
         // 3. Read-only copies are dropped, except ReadMostly ones.
         let mut post = inner.settle_copies(st, temporary);
-        // PreferredLocation(Host): written pages go straight back.
-        if post.is_ok() && st.advice.iter().any(|&a| a & advice::PREFER_HOST != 0) {
+        // PreferredLocation(Host): written pages go straight back. Only the
+        // ranges this launch mapped can hold such pages (launch cost stays
+        // proportional to the working set, not to the arena).
+        if post.is_ok() {
             post = inner.flush_preferred_host(st).map_err(LaunchError::from);
-        }        let c = &inner.stats;
+        }
+        let c = &inner.stats;
         Counters::add(&c.launches, 1);
         Counters::add(&c.gpu_faults, report.gpu_fault_pages);
         Counters::add(&c.replays, u64::from(report.replays));
@@ -647,6 +654,9 @@ impl Inner {
                     temporary.push((ra, rb));
                 }
                 let _span = tracing::debug_span!("svm_h2d_batch", first_page = ra, pages = rb - ra, write).entered();
+                self.arena
+                    .populate_host(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                    .map_err(|e| LaunchError::Os(e.to_string()))?;
                 batches += self.upload(st, ra, rb);
                 pages += u64::from(rb - ra);
             }
@@ -806,6 +816,14 @@ impl Inner {
                 break;
             }
         }
+        // A fault right where the previous span ended is a sequential
+        // stream: take the rest of its 2 MiB region at once.
+        if self.prefetch && st.last_fault_end == Some(page) {
+            let rb = ((page / STAGING_PAGES + 1) * STAGING_PAGES).min(sb);
+            if rb > b {
+                b = rb;
+            }
+        }
         // Every enclosing aligned region up to 2 MiB, smallest first; the
         // span grows to each region that passes the threshold (a larger one
         // may pass where a smaller did not: sequential access fills regions
@@ -829,6 +847,7 @@ impl Inner {
     /// Returns the pages moved.
     fn migrate_back(&self, st: &mut State, page: u32) -> Result<u64, DeviceError> {
         let (a, b) = self.fault_span(st, page);
+        st.last_fault_end = Some(b);
         self.migrate_back_span(st, a, b)
     }
 
@@ -991,11 +1010,13 @@ impl Inner {
             .map_err(|e| DeviceError::Unexpected(format!("write-unprotect: {e}")))
     }
 
-    /// Move every device-owned page advised PreferredLocation(Host) back.
+    /// Move the device-owned pages advised PreferredLocation(Host) that the
+    /// current launch mapped back to the host.
     fn flush_preferred_host(&self, st: &mut State) -> Result<(), DeviceError> {
-        let n = st.table.len();
-        let todo: Vec<(u32, u32)> =
-            runs(0, n, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0).collect();
+        let mut todo: Vec<(u32, u32)> = Vec::new();
+        for &(a, b) in &st.mapped {
+            todo.extend(runs(a, b, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0));
+        }
         for (a, b) in todo {
             let mut x = a;
             while x < b {
