@@ -120,7 +120,7 @@ struct Baselines {
 
 fn baselines(o: &Opts) -> Option<Baselines> {
     let g = PlainGpu::new()?;
-    let adapter = format!("{} ({} {}; {:?}, {:?})", g.info.name, g.info.driver, g.info.driver_info, g.info.backend, g.info.device_type);
+    let adapter = g.info.to_string();
     let src: Vec<u8> = (0..o.size).map(|i| (i >> 12) as u8).collect();
     let mut dst = vec![0u8; o.size];
     let (mut mc, mut wb, mut rb) = (Vec::new(), Vec::new(), Vec::new());

@@ -66,40 +66,13 @@ pub fn gpu_required() -> bool {
 pub struct PlainGpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
-    pub info: wgpu::AdapterInfo,
+    pub info: svm::DeviceInfo,
 }
 
 impl PlainGpu {
     pub fn new() -> Option<Self> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        if wgpu::Backends::from_env().is_none() {
-            desc.backends = wgpu::Backends::VULKAN;
-        }
-        let backends = desc.backends;
-        let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
-        let adapter = match &wanted {
-            Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
-            None => {
-                let mut a = adapters;
-                a.sort_by_key(|x| x.get_info().device_type == wgpu::DeviceType::Cpu);
-                a.into_iter().next()
-            }
-        }?;
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("baseline"),
-            required_features: wgpu::Features::empty(),
-            required_limits: wgpu::Limits {
-                max_buffer_size: limits.max_buffer_size,
-                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-                ..wgpu::Limits::default()
-            },
-            ..Default::default()
-        }))
-        .ok()?;
-        Some(Self { device, queue, info: adapter.get_info() })
+        let (_adapter, device, queue, info) = svm::create_wgpu_device().ok()?;
+        Some(Self { device, queue, info })
     }
 
     pub fn wait(&self) {
