@@ -39,6 +39,12 @@ impl core::fmt::Display for DeviceInfo {
 /// Public so that explicit-copy baselines (demos, benchmarks) run on exactly
 /// the adapter and limits the runtime uses.
 pub fn create_wgpu_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
+    create_device(false)
+}
+
+fn create_device(
+    host_mapped_pool: bool,
+) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if wgpu::Backends::from_env().is_none() {
         desc.backends = wgpu::Backends::VULKAN;
@@ -67,7 +73,7 @@ pub fn create_wgpu_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue,
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("svm"),
-        required_features: wgpu::Features::empty(),
+        required_features: if host_mapped_pool { mapped_pool_feature(&adapter) } else { wgpu::Features::empty() },
         required_limits: wgpu::Limits {
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
@@ -84,6 +90,25 @@ pub fn create_wgpu_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue,
         device_type: format!("{:?}", info.device_type),
     };
     Ok((adapter, device, queue, info))
+}
+
+/// Environment variable: `0` keeps the device pool out of host-mapped memory
+/// even on unified-memory adapters (for comparisons).
+pub const MAPPED_POOL_ENV: &str = "SVM_MAPPED_POOL";
+
+/// On adapters whose memory *is* host memory (CPU drivers such as lavapipe,
+/// integrated GPUs), the pool can be mapped by the CPU directly
+/// (`MAPPABLE_PRIMARY_BUFFERS`): migrations then copy between the pool and
+/// the host copy with no staging buffer and no queue round trip. Discrete
+/// GPUs keep the pool in device-local memory.
+fn mapped_pool_feature(adapter: &wgpu::Adapter) -> wgpu::Features {
+    let unified = matches!(adapter.get_info().device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu);
+    let allowed = std::env::var(MAPPED_POOL_ENV).map_or(true, |v| v != "0");
+    if unified && allowed && adapter.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS) {
+        wgpu::Features::MAPPABLE_PRIMARY_BUFFERS
+    } else {
+        wgpu::Features::empty()
+    }
 }
 
 /// Layout of the argument buffer (`SvmArgs` in the prelude).
@@ -125,6 +150,9 @@ pub(crate) struct Gpu {
     pub segments: Vec<wgpu::Buffer>,
     pub frames_per_segment: u32,
     pub total_frames: u32,
+    /// The pool segments are CPU-mappable (unified memory): migrations map
+    /// them instead of going through staging buffers.
+    pub mapped_pool: bool,
     /// MAP_READ staging for device→host migration, `staging_bytes` long.
     pub staging: wgpu::Buffer,
     /// Set by the device-lost callback or an uncaptured error.
@@ -133,8 +161,8 @@ pub(crate) struct Gpu {
 }
 
 impl Gpu {
-    pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64) -> Result<Self, SvmError> {
-        let (adapter, device, queue, info) = create_wgpu_device()?;
+    pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64, host_mapped_pool: bool) -> Result<Self, SvmError> {
+        let (adapter, device, queue, info) = create_device(host_mapped_pool)?;
         let limits = device.limits();
         let seg_limit = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
             / PAGE_SIZE as u64)
@@ -169,6 +197,12 @@ impl Gpu {
         }
 
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let mapped_pool = device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+        let pool_usage = if mapped_pool {
+            storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE
+        } else {
+            storage
+        };
         let mut segments = Vec::new();
         let mut left = pool_bytes;
         for i in 0..POOL_SEGMENTS {
@@ -177,7 +211,7 @@ impl Gpu {
             segments.push(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("svm pool segment {i}")),
                 size,
-                usage: storage,
+                usage: pool_usage,
                 mapped_at_creation: false,
             }));
         }
@@ -271,6 +305,7 @@ impl Gpu {
             segments,
             frames_per_segment,
             total_frames,
+            mapped_pool,
             staging,
             lost,
             _adapter: adapter,
@@ -310,21 +345,58 @@ impl Gpu {
 
     /// Map a MAP_READ buffer's first `len` bytes and hand them to `f`.
     pub fn read_mapped<R>(&self, buf: &wgpu::Buffer, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, DeviceError> {
-        let slice = buf.slice(..len);
+        self.read_mapped_range(buf, 0, len, f)
+    }
+
+    fn map(&self, slice: &wgpu::BufferSlice<'_>, mode: wgpu::MapMode) -> Result<(), DeviceError> {
         let status = Arc::new(Mutex::new(None));
         let s2 = status.clone();
-        slice.map_async(wgpu::MapMode::Read, move |r| *s2.lock() = Some(r));
+        slice.map_async(mode, move |r| *s2.lock() = Some(r));
         self.wait()?;
-        match status.lock().take() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(DeviceError::Unexpected(format!("map_async: {e}"))),
-            None => return Err(DeviceError::Unexpected("map_async did not complete".into())),
+        let r = status.lock().take();
+        match r {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(DeviceError::Unexpected(format!("map_async: {e}"))),
+            None => Err(DeviceError::Unexpected("map_async did not complete".into())),
         }
+    }
+
+    /// Map `[offset, offset + len)` of a MAP_READ buffer and hand it to `f`.
+    pub fn read_mapped_range<R>(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, DeviceError> {
+        let slice = buf.slice(offset..offset + len);
+        self.map(&slice, wgpu::MapMode::Read)?;
         let r = {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
             f(&view)
+        };
+        buf.unmap();
+        Ok(r)
+    }
+
+    /// Map `[offset, offset + len)` of a MAP_WRITE buffer and let `f` fill it
+    /// (a write-only view: `view.slice(range).copy_from_slice(src)`).
+    pub fn write_mapped_range<R>(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&mut wgpu::BufferViewMut) -> R,
+    ) -> Result<R, DeviceError> {
+        let slice = buf.slice(offset..offset + len);
+        self.map(&slice, wgpu::MapMode::Write)?;
+        let r = {
+            let mut view = slice
+                .get_mapped_range_mut()
+                .map_err(|e| DeviceError::Unexpected(format!("get_mapped_range_mut: {e}")))?;
+            f(&mut view)
         };
         buf.unmap();
         Ok(r)

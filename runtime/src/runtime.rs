@@ -73,11 +73,16 @@ pub struct SvmDescriptor {
     /// Grow CPU-fault migrations like UVM's tree prefetcher (see
     /// `fault_span`). Default on.
     pub fault_prefetch: bool,
+    /// On unified-memory adapters (CPU drivers such as lavapipe, integrated
+    /// GPUs), keep the device pool in CPU-mappable memory and migrate by
+    /// mapping it, with no staging copy and no queue round trip. Default on;
+    /// `SVM_MAPPED_POOL=0` also turns it off. Discrete GPUs never use it.
+    pub host_mapped_pool: bool,
 }
 
 impl Default for SvmDescriptor {
     fn default() -> Self {
-        Self { arena_size: 1 << 30, pool_size: 512 << 20, fault_backend: None, fault_chunk: 64 << 10, fault_prefetch: true }
+        Self { arena_size: 1 << 30, pool_size: 512 << 20, fault_backend: None, fault_chunk: 64 << 10, fault_prefetch: true, host_mapped_pool: true }
     }
 }
 
@@ -100,6 +105,11 @@ impl SvmDescriptor {
     /// Turn the CPU-fault prefetcher on or off.
     pub fn fault_prefetch(mut self, on: bool) -> Self {
         self.fault_prefetch = on;
+        self
+    }
+    /// Allow or forbid the host-mapped pool.
+    pub fn host_mapped_pool(mut self, on: bool) -> Self {
+        self.host_mapped_pool = on;
         self
     }
     /// Set the fault chunk.
@@ -188,7 +198,7 @@ impl Svm {
         };
         let arena = Arena::new(desc.arena_size, backend)?;
         let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
-        let gpu = Gpu::new(pages, desc.pool_size, u64::from(STAGING_PAGES) * PAGE_SIZE as u64)?;
+        let gpu = Gpu::new(pages, desc.pool_size, u64::from(STAGING_PAGES) * PAGE_SIZE as u64, desc.host_mapped_pool)?;
         let state = State {
             ranges: RangeAllocator::new(arena.len()),
             frames_of: vec![HOST; pages as usize],
@@ -229,6 +239,11 @@ impl Svm {
     /// Arena size in bytes.
     pub fn arena_size(&self) -> usize {
         self.inner.arena.len()
+    }
+    /// Whether the device pool is CPU-mapped memory (unified-memory
+    /// adapters; see [`SvmDescriptor::host_mapped_pool`]).
+    pub fn pool_is_host_mapped(&self) -> bool {
+        self.inner.gpu.mapped_pool
     }
     /// Device pool size in pages.
     pub fn pool_pages(&self) -> u32 {
@@ -657,7 +672,7 @@ impl Inner {
                 self.arena
                     .populate_host(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
                     .map_err(|e| LaunchError::Os(e.to_string()))?;
-                batches += self.upload(st, ra, rb);
+                batches += self.upload(st, ra, rb)?;
                 pages += u64::from(rb - ra);
             }
             if write {
@@ -770,7 +785,7 @@ impl Inner {
 impl Inner {
     /// Copy host pages `[a, b)` into newly allocated frames; returns the
     /// number of copies queued.
-    fn upload(&self, st: &mut State, a: u32, b: u32) -> u64 {
+    fn upload(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
         let gpu = &self.gpu;
         let mut p = a;
         let mut copies = 0;
@@ -783,9 +798,17 @@ impl Inner {
                 let k = (n - done).min(gpu.frames_left_in_segment(fr));
                 let (seg, off) = gpu.frame_location(fr);
                 let host_off = (p + done) as usize * PAGE_SIZE;
-                self.arena.with_host(host_off, k as usize * PAGE_SIZE, |bytes| {
-                    gpu.queue.write_buffer(&gpu.segments[seg], off, bytes);
-                });
+                let len = k as usize * PAGE_SIZE;
+                if gpu.mapped_pool {
+                    // Unified memory: one copy, straight into the mapped pool.
+                    gpu.write_mapped_range(&gpu.segments[seg], off, len as u64, |view| {
+                        self.arena.with_host(host_off, len, |bytes| view.copy_from_slice(bytes));
+                    })?;
+                } else {
+                    self.arena.with_host(host_off, len, |bytes| {
+                        gpu.queue.write_buffer(&gpu.segments[seg], off, bytes);
+                    });
+                }
                 copies += 1;
                 done += k;
             }
@@ -794,7 +817,80 @@ impl Inner {
             }
             p += n;
         }
-        copies
+        Ok(copies)
+    }
+
+    /// Copy device-owned runs back through the staging buffer: one submit
+    /// of frame-contiguous copies into the staging buffer at each page's
+    /// offset from `a`, one map, then into the host copy.
+    fn copy_back_staged(&self, st: &State, a: u32, b: u32, device_runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+        let gpu = &self.gpu;
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm d2h") });
+        for &(ra, rb) in device_runs {
+            self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| {
+                enc.copy_buffer_to_buffer(
+                    &gpu.segments[seg],
+                    off,
+                    &gpu.staging,
+                    u64::from(p - a) * PAGE_SIZE as u64,
+                    u64::from(n) * PAGE_SIZE as u64,
+                );
+            });
+        }
+        gpu.queue.submit([enc.finish()]);
+        let span = u64::from(b - a) * PAGE_SIZE as u64;
+        gpu.read_mapped(&gpu.staging, span, |bytes| {
+            for &(ra, rb) in device_runs {
+                let lo = (ra - a) as usize * PAGE_SIZE;
+                let hi = (rb - a) as usize * PAGE_SIZE;
+                self.arena.write_host(ra as usize * PAGE_SIZE, &bytes[lo..hi]);
+            }
+        })
+    }
+
+    /// Copy device-owned runs back by mapping the pool (unified memory):
+    /// per segment, one map of the range the pieces span, one copy each.
+    fn copy_back_mapped(&self, st: &State, device_runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+        let gpu = &self.gpu;
+        // (page, segment, byte offset, pages) of every frame-contiguous piece.
+        let mut pieces: Vec<(u32, usize, u64, u32)> = Vec::new();
+        for &(ra, rb) in device_runs {
+            self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| pieces.push((p, seg, off, n)));
+        }
+        for seg in 0..gpu.segments.len() {
+            let mine: Vec<_> = pieces.iter().filter(|x| x.1 == seg).collect();
+            let (Some(lo), Some(hi)) = (
+                mine.iter().map(|x| x.2).min(),
+                mine.iter().map(|x| x.2 + u64::from(x.3) * PAGE_SIZE as u64).max(),
+            ) else {
+                continue;
+            };
+            gpu.read_mapped_range(&gpu.segments[seg], lo, hi - lo, |bytes| {
+                for &&(p, _, off, n) in &mine {
+                    let at = (off - lo) as usize;
+                    self.arena.write_host(p as usize * PAGE_SIZE, &bytes[at..at + n as usize * PAGE_SIZE]);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Split pages `[ra, rb)` (all device-owned) into pieces whose frames are
+    /// consecutive inside one pool segment: `f(first page, segment, byte
+    /// offset in the segment, pages)`.
+    fn for_each_frame_piece(&self, st: &State, ra: u32, rb: u32, mut f: impl FnMut(u32, usize, u64, u32)) {
+        let gpu = &self.gpu;
+        let mut p = ra;
+        while p < rb {
+            let fr = st.frames_of[p as usize];
+            let mut n = 1;
+            while p + n < rb && st.frames_of[(p + n) as usize] == fr + n && n < gpu.frames_left_in_segment(fr) {
+                n += 1;
+            }
+            let (seg, off) = gpu.frame_location(fr);
+            f(p, seg, off, n);
+            p += n;
+        }
     }
 
     /// The span a CPU fault on `page` brings back: the largest aligned chunk
@@ -868,35 +964,11 @@ impl Inner {
         gpu.check_lost()?;
         let _span = tracing::debug_span!("svm_d2h_batch", first_page = a, pages = b - a).entered();
         let t0 = Instant::now();
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm d2h") });
-        for &(ra, rb) in &device_runs {
-            let mut p = ra;
-            while p < rb {
-                let f = st.frames_of[p as usize];
-                let mut n = 1;
-                while p + n < rb && st.frames_of[(p + n) as usize] == f + n && n < gpu.frames_left_in_segment(f) {
-                    n += 1;
-                }
-                let (seg, off) = gpu.frame_location(f);
-                enc.copy_buffer_to_buffer(
-                    &gpu.segments[seg],
-                    off,
-                    &gpu.staging,
-                    u64::from(p - a) * PAGE_SIZE as u64,
-                    u64::from(n) * PAGE_SIZE as u64,
-                );
-                p += n;
-            }
+        if gpu.mapped_pool {
+            self.copy_back_mapped(st, &device_runs)?;
+        } else {
+            self.copy_back_staged(st, a, b, &device_runs)?;
         }
-        gpu.queue.submit([enc.finish()]);
-        let span = u64::from(b - a) * PAGE_SIZE as u64;
-        gpu.read_mapped(&gpu.staging, span, |bytes| {
-            for &(ra, rb) in &device_runs {
-                let lo = (ra - a) as usize * PAGE_SIZE;
-                let hi = (rb - a) as usize * PAGE_SIZE;
-                self.arena.write_host(ra as usize * PAGE_SIZE, &bytes[lo..hi]);
-            }
-        })?;
         let mut moved = 0u64;
         for &(ra, rb) in &device_runs {
             for p in ra..rb {

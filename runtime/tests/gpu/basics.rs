@@ -10,7 +10,12 @@ fn vadd_case(backend: svm::FaultBackendKind, n: usize, chunk: usize) {
 }
 
 fn vadd_case_with(backend: svm::FaultBackendKind, n: usize, chunk: usize, prefetch: bool) {
-    let Some(svm) = ctx(small(backend).fault_chunk(chunk).fault_prefetch(prefetch)) else { return };
+    vadd_case_desc(backend, n, chunk, small(backend).fault_chunk(chunk).fault_prefetch(prefetch));
+}
+
+fn vadd_case_desc(backend: svm::FaultBackendKind, n: usize, chunk: usize, desc: svm::SvmDescriptor) {
+    let prefetch = desc.fault_prefetch;
+    let Some(svm) = ctx(desc) else { return };
     assert_eq!(svm.fault_backend(), backend);
     let k = kernel(&svm, "vadd", svm::shaders::kernels::VADD);
     let mut a = svm.alloc_vec::<f32>(n).expect("a");
@@ -67,6 +72,18 @@ fn vadd_uffd_64k() {
 #[test]
 fn vadd_mprotect_64k() {
     vadd_case(BACKENDS[1], 1 << 20, 64 << 10);
+}
+/// The staging-buffer migration path (what discrete GPUs use) on an
+/// adapter that would otherwise map its pool.
+#[test]
+fn vadd_uffd_64k_staged_pool() {
+    let b = BACKENDS[0];
+    vadd_case_desc(b, 1 << 20, 64 << 10, small(b).fault_chunk(64 << 10).fault_prefetch(false).host_mapped_pool(false));
+}
+#[test]
+fn vadd_mprotect_2m_staged_pool() {
+    let b = BACKENDS[1];
+    vadd_case_desc(b, 3 << 20, 2 << 20, small(b).fault_chunk(2 << 20).fault_prefetch(false).host_mapped_pool(false));
 }
 #[test]
 fn vadd_uffd_64k_prefetch() {

@@ -17,7 +17,10 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
 fn lru_eviction_keeps_every_byte() {
     for backend in BACKENDS {
         // Pool of 2 MiB; four buffers of 1 MiB each written in turn.
-        let Some(svm) = ctx(small(backend).pool_size(2 << 20)) else { return };
+        // Uffd with the host-mapped pool (where the adapter has one),
+        // mprotect with the staging path.
+        let mapped = backend == BACKENDS[0];
+        let Some(svm) = ctx(small(backend).pool_size(2 << 20).host_mapped_pool(mapped)) else { return };
         let k = kernel(&svm, "add", ADD);
         let n = 1 << 18; // 1 MiB of u32
         let mut bufs: Vec<_> = (0..4u32).map(|b| svm.alloc_from_slice(&vec![b * 1000; n]).expect("buf")).collect();
