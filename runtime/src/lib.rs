@@ -49,6 +49,8 @@ mod managed;
 mod runtime;
 mod space;
 mod stats;
+#[allow(unsafe_code, reason = "Vulkan interop below wgpu (ash, wgpu-hal); fenced in vk/, every block argued")]
+pub mod vk;
 
 pub use advise::{Advice, AdviseError, Location, Prefetch};
 pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};

@@ -6,8 +6,10 @@
 //!
 //! 1. instance from the environment (`WGPU_BACKEND`, default Vulkan), with
 //!    `InstanceFlags::VALIDATION` when asked (`SVM_VALIDATION=1` or
-//!    [`DeviceDescriptor::validation`]), and a [`ValidationCapture`] right
-//!    after so that device creation is checked too;
+//!    [`ValidationMode::On`]), and a [`ValidationCapture`] right after so
+//!    that device creation is checked too (note: wgpu loads the layer in
+//!    every debug build unless told otherwise; [`ValidationMode::Off`] is
+//!    for timings);
 //! 2. adapter: `WGPU_ADAPTER_NAME` substring (case-insensitive), else the
 //!    first non-CPU adapter, else the first (the rules of `gpu.rs`);
 //! 3. query what the physical device has (features, properties, the queue
@@ -87,9 +89,23 @@ pub struct DeviceDescriptor<'a> {
     pub want_host_import: bool,
     /// Enable buffer device addresses when the device has them.
     pub want_buffer_device_address: bool,
-    /// Turn on the Khronos validation layer and capture its messages (also
-    /// on when the environment has `SVM_VALIDATION=1`).
-    pub validation: bool,
+    /// Khronos validation layer and message capture.
+    pub validation: ValidationMode,
+}
+
+/// Whether to run under the Khronos validation layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValidationMode {
+    /// `SVM_VALIDATION=1`: as `On`. Otherwise wgpu's own choice (its
+    /// `InstanceFlags` from the build and `WGPU_VALIDATION`: debug builds
+    /// load the layer and only log), with no capture.
+    #[default]
+    Auto,
+    /// Load the layer and capture messages in [`OpenDevice::validation`].
+    On,
+    /// No layer, whatever the build (timings: the layer costs ~50 µs per
+    /// sparse bind range on lavapipe).
+    Off,
 }
 
 impl Default for DeviceDescriptor<'_> {
@@ -101,7 +117,7 @@ impl Default for DeviceDescriptor<'_> {
             want_sparse: true,
             want_host_import: true,
             want_buffer_device_address: true,
-            validation: false,
+            validation: ValidationMode::Auto,
         }
     }
 }
@@ -201,13 +217,20 @@ pub(crate) fn query_static_caps(instance: &ash::Instance, physical: vk::Physical
 
 /// Open the device (see the module docs for the sequence).
 pub fn open(desc: &DeviceDescriptor<'_>) -> Result<OpenDevice> {
-    let validation = desc.validation || std::env::var(VALIDATION_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+    let env_on = std::env::var(VALIDATION_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
     let mut idesc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if wgpu::Backends::from_env().is_none() {
         idesc.backends = wgpu::Backends::VULKAN;
     }
+    let validation = match desc.validation {
+        ValidationMode::On => true,
+        ValidationMode::Auto => env_on,
+        ValidationMode::Off => false,
+    };
     if validation {
         idesc.flags |= wgpu::InstanceFlags::VALIDATION;
+    } else if desc.validation == ValidationMode::Off {
+        idesc.flags.remove(wgpu::InstanceFlags::VALIDATION | wgpu::InstanceFlags::GPU_BASED_VALIDATION);
     }
     let backends = idesc.backends;
     let instance = wgpu::Instance::new(idesc);

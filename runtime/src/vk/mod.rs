@@ -75,7 +75,7 @@
 //!
 //! ## lavapipe (Mesa 25) caveats, measured
 //!
-//! * Sparse block = 64 KiB; `sparseAddressSpaceSize` 2 GiB; 128 MiB per
+//! * Sparse block = 4 KiB (the host page); `sparseAddressSpaceSize` 2 GiB; 128 MiB per
 //!   storage binding, so a large arena is used through windows.
 //! * `residencyNonResidentStrict` is false: an unbound page reads zero and
 //!   keeps writes on lavapipe, but portable code must treat unbound pages
@@ -108,8 +108,8 @@ pub mod raw;
 pub mod sparse;
 pub mod validation;
 
-pub use device::{open, DeviceDescriptor, OpenDevice, VkCaps};
-pub use host::{HostImport, HostImportError};
+pub use device::{open, DeviceDescriptor, OpenDevice, ValidationMode, VkCaps};
+pub use host::{host_read_barrier, HostImport, HostImportError};
 pub use raw::{RawDevice, TimelinePoint};
 pub use sparse::{BlockId, SparseArena, SparseArenaDescriptor, SparseError};
 pub use validation::{KnownFalsePositive, ValidationCapture, ValidationMessage, KNOWN_FALSE_POSITIVES};

@@ -164,10 +164,6 @@ impl RawDevice {
         self.family_index
     }
 
-    pub(crate) fn raw_queue(&self) -> vk::Queue {
-        self.queue
-    }
-
     pub(crate) fn host_memory_fns(&self) -> Option<&ash::ext::external_memory_host::Device> {
         self.host_memory.as_ref()
     }
