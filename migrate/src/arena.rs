@@ -251,6 +251,12 @@ impl Arena {
         self.views.populate(offset, len).map_err(MigrateError::os("madvise(POPULATE_WRITE)"))
     }
 
+    /// Address of the host copy of byte `offset`, in the alias view: it
+    /// never faults and stays mapped as long as the arena lives.
+    pub fn host_ptr(&self, offset: usize) -> *mut u8 {
+        self.views.alias_ptr(offset)
+    }
+
     /// Copy host bytes out (never faults).
     pub fn read_host(&self, offset: usize, dst: &mut [u8]) {
         self.views.read_alias(offset, dst)

@@ -25,10 +25,12 @@ pub enum Location {
 ///   back to the host right after the launch (no CPU faults later).
 /// * [`Advice::PreferredLocation`]`(Device)`: under pool pressure these pages
 ///   are evicted last.
-/// * [`Advice::AccessedBy`]: the device should access the range in place in
-///   host memory, without migration. This needs the coherent mapping mode
-///   (host memory imported into Vulkan), which this build does not have:
-///   [`AdviseError::Unsupported`].
+/// * [`Advice::AccessedBy`]: the device accesses the range in place in host
+///   memory (imported into Vulkan with `VK_EXT_external_memory_host`):
+///   nothing migrates either way, kernels read and write the host copy, and
+///   the CPU never faults on it. One range at a time, at most one storage
+///   binding long; devices without host import refuse it
+///   ([`AdviseError::Unsupported`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Advice {
@@ -42,6 +44,8 @@ pub enum Advice {
     UnsetPreferredLocation,
     /// See the type docs.
     AccessedBy,
+    /// Undo [`Advice::AccessedBy`]; the range migrates normally again.
+    UnsetAccessedBy,
 }
 
 /// `advise` failed; nothing was changed.
@@ -59,7 +63,7 @@ pub enum AdviseError {
     /// The advice needs something this runtime does not have.
     #[error("advice not supported here: {0}")]
     Unsupported(&'static str),
-    /// A kept copy could not be dropped.
+    /// A kept copy could not be dropped, or an import failed.
     #[error(transparent)]
     Device(#[from] crate::error::DeviceError),
 }

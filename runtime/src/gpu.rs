@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use svm_pagetable::PAGE_SIZE;
-use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS, POOL_SEGMENTS};
+use svm_shaders::{LOG_FAULTS, MAX_ARG_WORDS, POOL_SEGMENTS};
 
 use crate::error::{DeviceError, SvmError};
 
@@ -122,6 +122,8 @@ pub(crate) struct ArgsBlock {
     pub fault_cap: u32,
     pub fault_read_bitmap: u32,
     pub fault_write_bitmap: u32,
+    pub coherent_base: u32,
+    pub pad: [u32; 3],
     pub words: [u32; MAX_ARG_WORDS as usize],
 }
 
@@ -129,7 +131,9 @@ pub(crate) struct ArgsBlock {
 /// found again on the next pass).
 pub(crate) const FAULT_CAP: u32 = 4096;
 
-const ERR_WORDS: u64 = 1 + ERROR_RECORDS as u64 * 4;
+/// Words of the launch log read back after each pass: errors, then the
+/// fault count and list (the bitmaps stay on the device).
+const LOG_READ_WORDS: u64 = LOG_FAULTS as u64 + 1 + FAULT_CAP as u64;
 
 /// The device-side resources of one runtime.
 pub(crate) struct Gpu {
@@ -141,11 +145,17 @@ pub(crate) struct Gpu {
     pub bind_group: wgpu::BindGroup,
     pub page_table: wgpu::Buffer,
     pub args: wgpu::Buffer,
-    pub errors: wgpu::Buffer,
-    pub errors_readback: wgpu::Buffer,
-    /// GPU fault log: count, list, read and write bitmaps (see the prelude).
-    pub faults: wgpu::Buffer,
-    pub faults_readback: wgpu::Buffer,
+    /// Launch log: errors, GPU faults, fault bitmaps (see the prelude).
+    pub log: wgpu::Buffer,
+    pub log_readback: wgpu::Buffer,
+    /// Layout of the one bind group, to rebuild it with a coherent window.
+    pub bgl: wgpu::BindGroupLayout,
+    /// Bound as the coherent window when no range is imported.
+    pub _coherent_placeholder: wgpu::Buffer,
+    /// The raw Vulkan device, when opened through [`crate::vk`] (host
+    /// import available for the coherent mode).
+    pub raw: Option<std::sync::Arc<crate::vk::RawDevice>>,
+    pub host_import: bool,
     pub fault_bitmap_words: u32,
     pub segments: Vec<wgpu::Buffer>,
     pub frames_per_segment: u32,
@@ -162,7 +172,7 @@ pub(crate) struct Gpu {
 
 impl Gpu {
     pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64, host_mapped_pool: bool) -> Result<Self, SvmError> {
-        let (adapter, device, queue, info) = create_device(host_mapped_pool)?;
+        let (adapter, device, queue, info, raw, host_import) = open_device(host_mapped_pool)?;
         let limits = device.limits();
         let seg_limit = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
             / PAGE_SIZE as u64)
@@ -197,7 +207,8 @@ impl Gpu {
         }
 
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-        let mapped_pool = device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+        let unified = matches!(adapter.get_info().device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu);
+        let mapped_pool = unified && device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
         let pool_usage = if mapped_pool {
             storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE
         } else {
@@ -227,29 +238,23 @@ impl Gpu {
             usage: storage,
             mapped_at_creation: false,
         });
-        let errors = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm error log"),
-            size: ERR_WORDS * 4,
-            usage: storage,
-            mapped_at_creation: false,
-        });
-        let errors_readback = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm error log readback"),
-            size: ERR_WORDS * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         let fault_bitmap_words = arena_pages.div_ceil(32);
-        let faults = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm gpu fault log"),
-            size: u64::from(1 + FAULT_CAP + 2 * fault_bitmap_words) * 4,
+        let log = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm launch log"),
+            size: (LOG_READ_WORDS + 2 * u64::from(fault_bitmap_words)) * 4,
             usage: storage,
             mapped_at_creation: false,
         });
-        let faults_readback = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm gpu fault log readback"),
-            size: u64::from(1 + FAULT_CAP) * 4,
+        let log_readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm launch log readback"),
+            size: LOG_READ_WORDS * 4,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let coherent_placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("svm coherent placeholder"),
+            size: 16,
+            usage: storage,
             mapped_at_creation: false,
         });
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
@@ -271,18 +276,10 @@ impl Gpu {
         };
         let mut entries = vec![entry(0, true), entry(1, true), entry(2, false)];
         entries.extend((0..POOL_SEGMENTS).map(|i| entry(3 + i, false)));
-        entries.push(entry(3 + POOL_SEGMENTS, false));
+        entries.push(entry(COHERENT_BINDING, false));
         let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
-        let mut bg_entries = vec![
-            wgpu::BindGroupEntry { binding: 0, resource: page_table.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 1, resource: args.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 2, resource: errors.as_entire_binding() },
-        ];
-        bg_entries.extend(
-            segments.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }),
-        );
-        bg_entries.push(wgpu::BindGroupEntry { binding: 3 + POOL_SEGMENTS, resource: faults.as_entire_binding() });
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: &bgl, entries: &bg_entries });
+        let bind_group =
+            make_bind_group(&device, &bgl, &page_table, &args, &log, &segments, &coherent_placeholder);
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("svm"),
             bind_group_layouts: &[Some(&bgl)],
@@ -297,10 +294,12 @@ impl Gpu {
             bind_group,
             page_table,
             args,
-            errors,
-            errors_readback,
-            faults,
-            faults_readback,
+            log,
+            log_readback,
+            bgl,
+            _coherent_placeholder: coherent_placeholder,
+            raw,
+            host_import,
             fault_bitmap_words,
             segments,
             frames_per_segment,
@@ -402,7 +401,79 @@ impl Gpu {
         Ok(r)
     }
 
-    pub fn error_log_bytes() -> u64 {
-        ERR_WORDS * 4
+    /// Bytes of the launch log read back after a pass.
+    pub fn log_read_bytes() -> u64 {
+        LOG_READ_WORDS * 4
     }
+
+    /// The bind group with `coherent` as the coherent window.
+    pub fn bind_group_with(&self, coherent: &wgpu::Buffer) -> wgpu::BindGroup {
+        make_bind_group(&self.device, &self.bgl, &self.page_table, &self.args, &self.log, &self.segments, coherent)
+    }
+}
+
+/// Binding of the coherent window (`svm_coherent`).
+const COHERENT_BINDING: u32 = 3 + POOL_SEGMENTS;
+
+fn make_bind_group(
+    device: &wgpu::Device,
+    bgl: &wgpu::BindGroupLayout,
+    page_table: &wgpu::Buffer,
+    args: &wgpu::Buffer,
+    log: &wgpu::Buffer,
+    segments: &[wgpu::Buffer],
+    coherent: &wgpu::Buffer,
+) -> wgpu::BindGroup {
+    let mut e = vec![
+        wgpu::BindGroupEntry { binding: 0, resource: page_table.as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 1, resource: args.as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 2, resource: log.as_entire_binding() },
+    ];
+    e.extend(segments.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }));
+    e.push(wgpu::BindGroupEntry { binding: COHERENT_BINDING, resource: coherent.as_entire_binding() });
+    device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
+}
+
+type Opened = (wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo, Option<std::sync::Arc<crate::vk::RawDevice>>, bool);
+
+/// Open the runtime's device through [`crate::vk::open`] (so that host
+/// memory can be imported for the coherent mode), asking for the mappable
+/// pool feature where it helps; fall back to a plain wgpu device.
+fn open_device(host_mapped_pool: bool) -> Result<Opened, SvmError> {
+    use crate::vk::{DeviceDescriptor, ValidationMode, VkError};
+    let allowed = std::env::var(MAPPED_POOL_ENV).map_or(true, |v| v != "0");
+    let mut tries = vec![wgpu::Features::empty()];
+    if host_mapped_pool && allowed {
+        tries.insert(0, wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+    }
+    let mut last = None;
+    for features in tries {
+        let desc = DeviceDescriptor {
+            label: Some("svm"),
+            required_features: features,
+            required_limits: None,
+            want_sparse: false,
+            want_host_import: true,
+            want_buffer_device_address: false,
+            validation: ValidationMode::Auto,
+        };
+        match crate::vk::open(&desc) {
+            Ok(d) => {
+                let i = &d.info;
+                let info = DeviceInfo {
+                    name: i.name.clone(),
+                    driver: format!("{} {}", i.driver, i.driver_info),
+                    backend: format!("{:?}", i.backend),
+                    device_type: format!("{:?}", i.device_type),
+                };
+                let host_import = d.caps.host_import && d.raw.is_some();
+                return Ok((d.adapter, d.device, d.queue, info, d.raw, host_import));
+            }
+            Err(VkError::NoAdapter(m)) => return Err(SvmError::NoAdapter(m)),
+            Err(e) => last = Some(e),
+        }
+    }
+    tracing::warn!("svm: opening the device through ash failed ({last:?}); using a plain wgpu device");
+    let (a, d, q, i) = create_device(host_mapped_pool)?;
+    Ok((a, d, q, i, None, false))
 }

@@ -37,6 +37,21 @@ mod advice {
     pub const PREFER_HOST: u8 = 2;
     /// Evict these pages only when nothing else can go.
     pub const PREFER_DEVICE: u8 = 4;
+    /// AccessedBy: the device uses the host copy in place (never migrates).
+    pub const COHERENT: u8 = 8;
+}
+
+/// A range of host memory the device reads and writes in place (the seed's
+/// DEVICE_PUBLIC, UVM's AccessedBy): its pages never migrate; their PTEs say
+/// COHERENT and the prelude reaches them through the coherent window.
+struct Coherent {
+    /// First page and end page of the range.
+    first: u32,
+    end: u32,
+    /// The bind group with the imported buffer as the coherent window (the
+    /// import lives as long as the buffer it is bound through).
+    bind_group: wgpu::BindGroup,
+    _import: crate::vk::HostImport,
 }
 
 impl State {
@@ -141,13 +156,17 @@ struct State {
     /// End (page) of the span the last CPU fault brought back: a fault
     /// there is the next step of a sequential stream.
     last_fault_end: Option<u32>,
+    /// The range advised `AccessedBy`, imported for in-place device access.
+    coherent: Option<Coherent>,
 }
 
+// Field order is drop order: the state (which owns the coherent import of
+// part of the arena) and the device go before the arena's mappings.
 pub(crate) struct Inner {
     id: u64,
-    arena: Arena,
-    gpu: Gpu,
     state: Mutex<State>,
+    gpu: Gpu,
+    arena: Arena,
     stats: Counters,
     chunk: usize,
     prefetch: bool,
@@ -210,6 +229,7 @@ impl Svm {
             advice: vec![0; pages as usize],
             epoch: 0,
             last_fault_end: None,
+            coherent: None,
         };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -239,6 +259,11 @@ impl Svm {
     /// Arena size in bytes.
     pub fn arena_size(&self) -> usize {
         self.inner.arena.len()
+    }
+    /// Whether [`Advice::AccessedBy`] (in-place access to host memory) is
+    /// available on this device.
+    pub fn coherent_mode_available(&self) -> bool {
+        self.inner.gpu.host_import
     }
     /// Whether the device pool is CPU-mapped memory (unified-memory
     /// adapters; see [`SvmDescriptor::host_mapped_pool`]).
@@ -339,6 +364,9 @@ impl Svm {
         let st = &mut *st;
         let first = page_of(start);
         let pages = first as usize..(first + page_of(len)) as usize;
+        if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < pages.end && pages.start < c.end as usize) {
+            self.inner.drop_coherent(st);
+        }
         if st.dup[pages.clone()].iter().any(|&d| d) {
             // Kept read-only copies are write-protected on the CPU side.
             arena.write_unprotect(start, len).map_err(|e| FreeError::Os(e.to_string()))?;
@@ -433,10 +461,11 @@ impl Svm {
             Advice::UnsetPreferredLocation => {
                 st.advice[a..b].iter_mut().for_each(|x| *x &= !(advice::PREFER_HOST | advice::PREFER_DEVICE))
             }
-            Advice::AccessedBy => {
-                return Err(AdviseError::Unsupported(
-                    "AccessedBy needs the coherent mapping mode (host memory imported into Vulkan), not in this build",
-                ))
+            Advice::AccessedBy => inner.make_coherent(st, a as u32, b as u32)?,
+            Advice::UnsetAccessedBy => {
+                if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < b && a < c.end as usize) {
+                    inner.drop_coherent(st);
+                }
             }
         }
         Ok(())
@@ -586,6 +615,62 @@ impl Svm {
 }
 
 impl Inner {
+    /// Import pages `[a, b)` of the host copy for in-place device access.
+    #[allow(unsafe_code, reason = "the one host import of the arena; its safety argument is inline")]
+    fn make_coherent(&self, st: &mut State, a: u32, b: u32) -> Result<(), AdviseError> {
+        let gpu = &self.gpu;
+        let Some(raw) = gpu.raw.clone().filter(|_| gpu.host_import) else {
+            return Err(AdviseError::Unsupported("AccessedBy needs VK_EXT_external_memory_host, which this device lacks"));
+        };
+        if st.coherent.is_some() {
+            return Err(AdviseError::Unsupported(
+                "one AccessedBy range at a time (the prelude has one coherent window); unset the other first",
+            ));
+        }
+        let len = (b - a) as usize * PAGE_SIZE;
+        if len as u64 > gpu.device.limits().max_storage_buffer_binding_size {
+            return Err(AdviseError::Unsupported("AccessedBy range longer than one storage binding"));
+        }
+        // Bring the range home first: from now on only the host copy exists.
+        let mut x = a;
+        while x < b {
+            let y = (x + STAGING_PAGES).min(b);
+            self.migrate_back_span(st, x, y)?;
+            x = y;
+        }
+        for p in a..b {
+            if st.dup[p as usize] {
+                self.drop_copy(st, p)?;
+            }
+        }
+        // Every page exists and is mapped for the CPU: it never faults here.
+        let off = a as usize * PAGE_SIZE;
+        let mapped = self.arena.populate_host(off, len).and_then(|()| self.arena.restore(off, len));
+        mapped.map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("mapping the range: {e}"))))?;
+        // SAFETY: the alias view of the arena is mapped read-write for the
+        // arena's whole life, and `Inner` drops its state (which owns the
+        // import) before the arena (field order). Program threads touching
+        // the range while a kernel runs race with the kernel as they would
+        // with another CPU thread; the runtime itself only copies it under
+        // the update lock, and never for coherent pages.
+        let import = unsafe {
+            crate::vk::HostImport::new(&raw, Some("svm coherent window"), self.arena.host_ptr(a as usize * PAGE_SIZE), len, ())
+        }
+        .map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("host import: {e}"))))?;
+        let bind_group = gpu.bind_group_with(import.buffer());
+        st.advice[a as usize..b as usize].iter_mut().for_each(|x| *x |= advice::COHERENT);
+        st.coherent = Some(Coherent { first: a, end: b, bind_group, _import: import });
+        Ok(())
+    }
+
+    /// End in-place access: the range migrates normally again.
+    fn drop_coherent(&self, st: &mut State) {
+        if let Some(c) = st.coherent.take() {
+            st.advice[c.first as usize..c.end as usize].iter_mut().for_each(|x| *x &= !advice::COHERENT);
+            st.table.update_range(c.first..c.end, |_, p| if p.is_allocated() { Pte::ALLOCATED } else { p });
+        }
+    }
+
     /// Pages `[a, b)` covering `[addr, addr + len)`, if all are allocated.
     fn page_range(&self, st: &State, addr: usize, len: usize) -> Option<(u32, u32)> {
         let off = addr.wrapping_sub(self.arena.base());
@@ -638,8 +723,8 @@ impl Inner {
         temporary: &mut Vec<(u32, u32)>,
         report: &mut LaunchReport,
     ) -> Result<u64, LaunchError> {
-        let needed: usize =
-            ranges.iter().map(|&(a, b, _)| st.frames_of[a as usize..b as usize].iter().filter(|&&f| f == HOST).count()).sum();
+        let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
+        let needed: usize = ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
         if needed > st.frames.free_count() as usize {
             // Oversubscription: make room by evicting least-recently-used
             // pages this launch does not use.
@@ -656,7 +741,19 @@ impl Inner {
         let t0 = Instant::now();
         let (mut pages, mut batches, mut changed) = (0u64, 0u64, 0u64);
         for &(a, b, write) in ranges {
-            let host_runs: Vec<(u32, u32)> = runs(a, b, |p| st.frames_of[p as usize] == HOST).collect();
+            // Coherent pages: mapped in place, nothing moves.
+            let coherent_runs: Vec<(u32, u32)> = runs(a, b, |p| st.advice[p as usize] & advice::COHERENT != 0).collect();
+            for &(ca, cb) in &coherent_runs {
+                for p in ca..cb {
+                    let old = st.table.get(PageIndex(p));
+                    let new = Pte::coherent(write || old.is_writable());
+                    if old != new {
+                        st.table.set(PageIndex(p), new);
+                        changed += 1;
+                    }
+                }
+            }
+            let host_runs: Vec<(u32, u32)> = runs(a, b, |p| migrates(st, p as usize)).collect();
             for (ra, rb) in host_runs {
                 if write {
                     // The CPU must not change these pages while they are
@@ -690,6 +787,9 @@ impl Inner {
             }
             st.last_use[a as usize..b as usize].fill(st.epoch);
             for p in a..b {
+                if st.advice[p as usize] & advice::COHERENT != 0 {
+                    continue;
+                }
                 let f = FrameIndex::new(st.frames_of[p as usize]).expect("resident page has a frame");
                 let old = st.table.get(PageIndex(p));
                 let new = Pte::resident(f, write || old.is_writable());
@@ -723,6 +823,8 @@ impl Inner {
         let pt_bytes = st.table.drain_dirty(|batch| {
             gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
         });
+        let log_faults = svm_shaders::LOG_FAULTS;
+        let fault_read_bitmap = log_faults + 1 + FAULT_CAP;
         let mut block = ArgsBlock {
             #[allow(clippy::cast_possible_truncation, reason = "address halves")]
             base: [self.arena.base() as u32, (self.arena.base() as u64 >> 32) as u32],
@@ -730,33 +832,35 @@ impl Inner {
             frames_per_segment: gpu.frames_per_segment,
             flags: if replayable { svm_shaders::flags::REPLAYABLE } else { 0 },
             fault_cap: FAULT_CAP,
-            fault_read_bitmap: 1 + FAULT_CAP,
-            fault_write_bitmap: 1 + FAULT_CAP + gpu.fault_bitmap_words,
+            fault_read_bitmap,
+            fault_write_bitmap: fault_read_bitmap + gpu.fault_bitmap_words,
+            coherent_base: st.coherent.as_ref().map_or(0, |c| c.first * PAGE_SIZE as u32),
+            pad: [0; 3],
             words: [0; MAX_ARG_WORDS as usize],
         };
         block.words[..words.len()].copy_from_slice(words);
         gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
-        enc.clear_buffer(&gpu.errors, 0, None);
-        if replayable {
-            enc.clear_buffer(&gpu.faults, 0, None);
-        }
+        // The error and fault counts, and the bitmaps, start at zero.
+        enc.clear_buffer(&gpu.log, 0, None);
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes: None });
             pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &gpu.bind_group, &[]);
+            pass.set_bind_group(0, st.coherent.as_ref().map_or(&gpu.bind_group, |c| &c.bind_group), &[]);
             let [x, y, z] = workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
-        enc.copy_buffer_to_buffer(&gpu.errors, 0, &gpu.errors_readback, 0, Gpu::error_log_bytes());
-        if replayable {
-            enc.copy_buffer_to_buffer(&gpu.faults, 0, &gpu.faults_readback, 0, u64::from(1 + FAULT_CAP) * 4);
+        enc.copy_buffer_to_buffer(&gpu.log, 0, &gpu.log_readback, 0, Gpu::log_read_bytes());
+        let mut cmds = vec![enc.finish()];
+        if st.coherent.is_some() {
+            // The kernel wrote host memory in place: make its writes visible
+            // to the CPU (a real GPU needs the barrier; lavapipe is coherent).
+            cmds.push(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?);
         }
         let t1 = Instant::now();
-        gpu.queue.submit([enc.finish()]);
-        let log: Vec<u32> =
-            gpu.read_mapped(&gpu.errors_readback, Gpu::error_log_bytes(), bytemuck::pod_collect_to_vec)?;
+        gpu.queue.submit(cmds);
+        let log: Vec<u32> = gpu.read_mapped(&gpu.log_readback, Gpu::log_read_bytes(), bytemuck::pod_collect_to_vec)?;
         let c = &self.stats;
         Counters::add(&c.kernel_ns, t1.elapsed().as_nanos() as u64);
         Counters::add(&c.pt_upload_bytes, pt_bytes);
@@ -770,14 +874,9 @@ impl Inner {
                 .collect();
             return Ok((Some(LaunchError::Kernel { faults, total }), Vec::new()));
         }
-        if !replayable {
-            return Ok((None, Vec::new()));
-        }
-        let faults = gpu.read_mapped(&gpu.faults_readback, u64::from(1 + FAULT_CAP) * 4, |b| {
-            let w: &[u32] = bytemuck::cast_slice(b);
-            let n = w[0].min(FAULT_CAP) as usize;
-            w[1..1 + n].iter().map(|&e| (e & 0x7fff_ffff, e & 0x8000_0000 != 0)).collect::<Vec<_>>()
-        })?;
+        let f = log_faults as usize;
+        let n = log[f].min(FAULT_CAP) as usize;
+        let faults = log[f + 1..f + 1 + n].iter().map(|&e| (e & 0x7fff_ffff, e & 0x8000_0000 != 0)).collect();
         Ok((None, faults))
     }
 }

@@ -25,6 +25,8 @@ pub const POOL_SEGMENTS: u32 = 4;
 pub const MAX_ARG_WORDS: u32 = 64;
 /// Error records kept per launch (`SVM_ERR_RECORDS`).
 pub const ERROR_RECORDS: u32 = 16;
+/// Word offset of the fault section in the launch log (`SVM_LOG_FAULTS`).
+pub const LOG_FAULTS: u32 = 65;
 
 /// Launch flags (`SVM_FLAG_*`).
 pub mod flags {
@@ -121,6 +123,7 @@ mod tests {
         assert_eq!(wgsl_const(&m, "SVM_PTE_VALID"), Pte::VALID);
         assert_eq!(wgsl_const(&m, "SVM_PTE_WRITE"), Pte::WRITE);
         assert_eq!(wgsl_const(&m, "SVM_PTE_ALLOC"), Pte::ALLOC);
+        assert_eq!(wgsl_const(&m, "SVM_PTE_COHERENT"), Pte::COHERENT);
         assert_eq!(wgsl_const(&m, "SVM_PTE_FRAME_SHIFT"), Pte::FRAME_SHIFT);
         assert_eq!(wgsl_const(&m, "SVM_PAGE_SHIFT"), PAGE_SHIFT);
         assert_eq!(wgsl_const(&m, "SVM_PAGE_WORDS") as usize, PAGE_SIZE / 4);
@@ -137,8 +140,12 @@ mod tests {
         assert_eq!(wgsl_const(&m, "SVM_ERR_RECORDS"), ERROR_RECORDS);
         assert_eq!(wgsl_const(&m, "SVM_MAX_ARG_WORDS"), MAX_ARG_WORDS);
         assert_eq!(wgsl_const(&m, "SVM_FLAG_REPLAYABLE"), flags::REPLAYABLE);
+        assert_eq!(wgsl_const(&m, "SVM_LOG_FAULTS"), LOG_FAULTS);
+        assert_eq!(LOG_FAULTS, 1 + ERROR_RECORDS * 4, "the fault section follows the error records");
         let pools = m.global_variables.iter().filter(|(_, g)| g.name.as_deref().is_some_and(|n| n.starts_with("svm_pool"))).count();
         assert_eq!(pools as u32, POOL_SEGMENTS);
+        let bindings = m.global_variables.iter().filter(|(_, g)| g.binding.is_some()).count();
+        assert_eq!(bindings, 8, "the prelude stays within wgpu's default 8 storage buffers per stage");
     }
 
     #[test]

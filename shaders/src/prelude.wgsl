@@ -7,11 +7,11 @@
 //   3. looks the page up in `svm_pt` (one load) and checks ALLOC / VALID /
 //      WRITE;
 //   4. reads or writes the pool frame the entry names.
-// A failed check records an error (kind + address) in `svm_err` and the
+// A failed check records an error (kind + address) in `svm_log` and the
 // access does nothing (loads yield 0): kernels never touch memory outside
 // the pool, and the launch reports the error. In a replayable launch an
 // access to an allocated but non-resident page is a *fault* instead: it is
-// recorded (deduplicated, bounded) in `svm_faults`, yields 0, and the runtime
+// recorded (deduplicated, bounded) in `svm_log`, yields 0, and the runtime
 // migrates the page and runs the kernel again.
 //
 // Bindings (group 0) are fixed; kernels add none of their own.
@@ -20,6 +20,7 @@
 const SVM_PTE_VALID: u32 = 1u;
 const SVM_PTE_WRITE: u32 = 2u;
 const SVM_PTE_ALLOC: u32 = 4u;
+const SVM_PTE_COHERENT: u32 = 8u;
 const SVM_PTE_FRAME_SHIFT: u32 = 8u;
 const SVM_PAGE_SHIFT: u32 = 12u;
 const SVM_PAGE_WORDS: u32 = 1024u;
@@ -36,7 +37,7 @@ const SVM_MAX_ARG_WORDS: u32 = 64u;
 
 // --- launch flags: must equal svm_shaders::flags (checked by a test) ---
 // Replayable launch: an access to an allocated page that is not mapped (or a
-// write to a read-only mapping) is a GPU *fault*: recorded in `svm_faults`
+// write to a read-only mapping) is a GPU *fault*: recorded in `svm_log`
 // for the runtime to migrate and replay, instead of an error.
 const SVM_FLAG_REPLAYABLE: u32 = 1u;
 
@@ -46,44 +47,57 @@ struct SvmArgs {
     frames_per_segment: u32,
     flags: u32,
     // Capacity of the fault list, and word offsets of the read and write
-    // fault bitmaps (one bit per arena page) in `svm_faults`.
+    // fault bitmaps (one bit per arena page) in `svm_log`.
     fault_cap: u32,
     fault_read_bitmap: u32,
     fault_write_bitmap: u32,
+    // Byte offset, from the arena base, of the range `svm_coherent` maps
+    // (pages with SVM_PTE_COHERENT: host memory the GPU uses in place).
+    coherent_base: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     words: array<u32, 64>,
 }
 
 @group(0) @binding(0) var<storage, read> svm_pt: array<u32>;
 @group(0) @binding(1) var<storage, read> svm_args: SvmArgs;
-// [0] = error count, then SVM_ERR_RECORDS records of 4 words
-// (kind, address low, address high, 0).
-@group(0) @binding(2) var<storage, read_write> svm_err: array<atomic<u32>>;
+// The launch log, one buffer:
+//   [0]                   error count, then SVM_ERR_RECORDS records of 4 words
+//                         (kind, address low, address high, 0);
+//   [SVM_LOG_FAULTS]      faults recorded (may exceed fault_cap), then
+//                         fault_cap entries page | (write << 31);
+//   then the read and write fault bitmaps (offsets in svm_args).
+@group(0) @binding(2) var<storage, read_write> svm_log: array<atomic<u32>>;
 @group(0) @binding(3) var<storage, read_write> svm_pool0: array<u32>;
 @group(0) @binding(4) var<storage, read_write> svm_pool1: array<u32>;
 @group(0) @binding(5) var<storage, read_write> svm_pool2: array<u32>;
 @group(0) @binding(6) var<storage, read_write> svm_pool3: array<u32>;
-// [0] = faults recorded (may exceed fault_cap), [1 .. 1 + fault_cap] = page
-// index | (write << 31), then the two bitmaps that deduplicate them.
-@group(0) @binding(7) var<storage, read_write> svm_faults: array<atomic<u32>>;
+// Host memory imported for in-place access (Advice::AccessedBy), or a
+// placeholder.
+@group(0) @binding(7) var<storage, read_write> svm_coherent: array<u32>;
+
+const SVM_LOG_FAULTS: u32 = 65u;
+const SVM_SEG_COHERENT: u32 = 4u;
 
 fn svm_record_fault(page: u32, write: bool) {
     let bitmap = select(svm_args.fault_read_bitmap, svm_args.fault_write_bitmap, write);
     let bit = 1u << (page & 31u);
-    let old = atomicOr(&svm_faults[bitmap + (page >> 5u)], bit);
+    let old = atomicOr(&svm_log[bitmap + (page >> 5u)], bit);
     if ((old & bit) == 0u) {
-        let i = atomicAdd(&svm_faults[0], 1u);
+        let i = atomicAdd(&svm_log[SVM_LOG_FAULTS], 1u);
         if (i < svm_args.fault_cap) {
-            atomicStore(&svm_faults[1u + i], page | select(0u, 0x80000000u, write));
+            atomicStore(&svm_log[SVM_LOG_FAULTS + 1u + i], page | select(0u, 0x80000000u, write));
         }
     }
 }
 
 fn svm_record_error(kind: u32, p: vec2<u32>) {
-    let i = atomicAdd(&svm_err[0], 1u);
+    let i = atomicAdd(&svm_log[0], 1u);
     if (i < SVM_ERR_RECORDS) {
-        atomicStore(&svm_err[1u + i * 4u], kind);
-        atomicStore(&svm_err[2u + i * 4u], p.x);
-        atomicStore(&svm_err[3u + i * 4u], p.y);
+        atomicStore(&svm_log[1u + i * 4u], kind);
+        atomicStore(&svm_log[2u + i * 4u], p.x);
+        atomicStore(&svm_log[3u + i * 4u], p.y);
     }
 }
 
@@ -126,6 +140,9 @@ fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
         }
         return bad;
     }
+    if ((pte & SVM_PTE_COHERENT) != 0u) {
+        return vec2<u32>(SVM_SEG_COHERENT, (off - svm_args.coherent_base) >> 2u);
+    }
     let frame = pte >> SVM_PTE_FRAME_SHIFT;
     let fps = svm_args.frames_per_segment;
     let seg = frame / fps;
@@ -139,6 +156,7 @@ fn svm_pool_read(t: vec2<u32>) -> u32 {
         case 1u: { return svm_pool1[t.y]; }
         case 2u: { return svm_pool2[t.y]; }
         case 3u: { return svm_pool3[t.y]; }
+        case 4u: { return svm_coherent[t.y]; }
         default: { return 0u; }
     }
 }
@@ -149,6 +167,7 @@ fn svm_pool_write(t: vec2<u32>, v: u32) {
         case 1u: { svm_pool1[t.y] = v; }
         case 2u: { svm_pool2[t.y] = v; }
         case 3u: { svm_pool3[t.y] = v; }
+        case 4u: { svm_coherent[t.y] = v; }
         default: { }
     }
 }
@@ -210,5 +229,5 @@ fn svm_arg_ptr(i: u32) -> vec2<u32> {
 /// this pass will be discarded (error) or replayed (fault), so loops may stop
 /// early.
 fn svm_failed() -> bool {
-    return atomicLoad(&svm_err[0]) != 0u || atomicLoad(&svm_faults[0]) != 0u;
+    return atomicLoad(&svm_log[0]) != 0u || atomicLoad(&svm_log[SVM_LOG_FAULTS]) != 0u;
 }

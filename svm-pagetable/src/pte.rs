@@ -69,6 +69,9 @@ impl Pte {
     pub const WRITE: u32 = 1 << 1;
     /// Part of a live allocation.
     pub const ALLOC: u32 = 1 << 2;
+    /// (with `VALID`) Host memory the device uses in place, through the
+    /// coherent window; the frame field is unused.
+    pub const COHERENT: u32 = 1 << 3;
     /// Position of the frame field.
     pub const FRAME_SHIFT: u32 = 8;
     /// Number of frames a PTE can name.
@@ -83,6 +86,15 @@ impl Pte {
     pub fn resident(frame: FrameIndex, writable: bool) -> Self {
         let w = if writable { Self::WRITE } else { 0 };
         Pte(Self::ALLOC | Self::VALID | w | (frame.0 << Self::FRAME_SHIFT))
+    }
+    /// A page the device accesses in place in host memory (coherent mode).
+    pub fn coherent(writable: bool) -> Self {
+        let w = if writable { Self::WRITE } else { 0 };
+        Pte(Self::ALLOC | Self::VALID | Self::COHERENT | w)
+    }
+    /// Is the page mapped coherently (host memory in place)?
+    pub fn is_coherent(self) -> bool {
+        self.0 & (Self::VALID | Self::COHERENT) == (Self::VALID | Self::COHERENT)
     }
     /// The raw bits, as the shader sees them.
     pub fn bits(self) -> u32 {
@@ -106,8 +118,7 @@ impl Pte {
     }
     /// Frame of a resident page.
     pub fn frame(self) -> Option<FrameIndex> {
-        self.is_valid()
-            .then_some(FrameIndex(self.0 >> Self::FRAME_SHIFT))
+        (self.is_valid() && !self.is_coherent()).then_some(FrameIndex(self.0 >> Self::FRAME_SHIFT))
     }
 }
 
@@ -141,6 +152,9 @@ mod tests {
         assert_eq!(r.bits(), (7 << 8) | 0b101);
         assert!(FrameIndex::new(Pte::MAX_FRAMES).is_none());
         assert!(!Pte::ALLOCATED.is_valid() && Pte::ALLOCATED.is_allocated());
+        let c = Pte::coherent(true);
+        assert!(c.is_coherent() && c.is_writable() && c.is_valid() && c.frame().is_none());
+        assert!(!Pte::resident(f, true).is_coherent());
         assert_eq!(Pte::ALLOCATED.frame(), None);
     }
 }

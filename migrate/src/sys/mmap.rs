@@ -150,6 +150,15 @@ impl Views {
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Address of byte `offset` of the alias view (for handing the host
+    /// copy to a device that imports host memory).
+    ///
+    /// # Panics
+    /// If `offset` is outside the arena.
+    pub fn alias_ptr(&self, offset: usize) -> *mut u8 {
+        self.check(offset, 0);
+        self.alias.as_ptr().wrapping_add(offset)
+    }
     /// Address of the user view (what programs dereference).
     pub fn user_base(&self) -> usize {
         self.user.as_ptr() as usize

@@ -123,11 +123,50 @@ fn prefetch_both_ways() {
     }
 }
 
+/// AccessedBy: the kernel works on the host copy in place; nothing
+/// migrates either way and the CPU never faults.
 #[test]
-fn accessed_by_is_refused_clearly() {
-    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
-    let v = svm.alloc_vec::<u32>(4).expect("v");
-    assert!(matches!(svm.advise(v.as_ptr() as *const u8, 16, Advice::AccessedBy), Err(AdviseError::Unsupported(_))));
-    let stack = [0u8; 8];
-    assert!(matches!(svm.advise(stack.as_ptr(), 8, Advice::ReadMostly), Err(AdviseError::BadRange { .. })));
+fn accessed_by_maps_host_memory_in_place() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "sum", SUM);
+        let n = 8192;
+        let src = svm.alloc_from_slice(&vec![5u32; n]).expect("src");
+        let mut out = svm.alloc_vec::<u32>(1024).expect("out");
+        let other = svm.alloc_vec::<u32>(16).expect("other");
+        let r = svm.advise(out.as_ptr() as *const u8, 4096, Advice::AccessedBy);
+        if !svm.coherent_mode_available() {
+            assert!(matches!(r, Err(AdviseError::Unsupported(_))), "{r:?}");
+            return;
+        }
+        r.expect("AccessedBy");
+        // One window at a time.
+        assert!(matches!(svm.advise(other.as_ptr() as *const u8, 64, Advice::AccessedBy), Err(AdviseError::Unsupported(_))));
+        svm.advise(src.as_ptr() as *const u8, n * 4, Advice::ReadMostly).expect("read mostly");
+        let s0 = svm.stats();
+        let args = [Arg::ptr(src.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(n as u32)];
+        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read(&src), Access::read_write(&mut out)], workgroups: [1, 1, 1] })
+            .expect("launch");
+        let s1 = svm.stats().since(&s0);
+        assert_eq!(s1.h2d_pages, 8, "{backend}: only src moved; out is used in place");
+        assert_eq!(out[0], 5 * n as u32, "{backend}");
+        let s2 = svm.stats().since(&s0);
+        assert_eq!((s2.cpu_faults, s2.d2h_pages), (0, 0), "{backend}: the result is already in host memory");
+        // The CPU's writes are seen by the next kernel with no upload.
+        out[0] = 0;
+        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read(&src), Access::read_write(&mut out)], workgroups: [1, 1, 1] })
+            .expect("launch");
+        assert_eq!(out[0], 5 * n as u32);
+        assert_eq!(svm.stats().since(&s0).h2d_pages, 8, "{backend}: src kept (ReadMostly), out in place");
+        // Unset: out migrates normally again.
+        svm.advise(out.as_ptr() as *const u8, 4096, Advice::UnsetAccessedBy).expect("unset");
+        let s3 = svm.stats();
+        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read(&src), Access::read_write(&mut out)], workgroups: [1, 1, 1] })
+            .expect("launch");
+        assert_eq!(svm.stats().since(&s3).h2d_pages, 1, "{backend}: out migrates again");
+        assert_eq!(out[0], 5 * n as u32);
+        // Bad ranges are refused.
+        let stack = [0u8; 8];
+        assert!(matches!(svm.advise(stack.as_ptr(), 8, Advice::ReadMostly), Err(AdviseError::BadRange { .. })));
+    }
 }
