@@ -112,7 +112,8 @@ enum Mode {
     Software,
     /// Vulkan sparse residency (not built yet).
     Sparse,
-    /// Host-coherent mapping (not built yet).
+    /// Host-coherent mapping: per range in the runtime (`Advice::AccessedBy`),
+    /// not a whole-demo mode yet.
     Coherent,
 }
 
@@ -203,7 +204,11 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<bool> {
     if cli.mode != Mode::Software {
         let name = cli.mode.to_possible_value().map_or_else(|| format!("{:?}", cli.mode), |v| v.get_name().to_string());
-        bail!("--mode {name} is not built yet: the runtime only has the software page table; use --mode software");
+        bail!(
+            "--mode {name} is not a whole-demo mode yet: the runtime maps everything through the software page table, \
+             with in-place host access per range (svm::Advice::AccessedBy, see the README); sparse binding exists as \
+             mechanism (svm::vk::SparseArena) but not as a mapping mode; use --mode software"
+        );
     }
     let mut desc = SvmDescriptor::default().fault_chunk(cli.chunk);
     if let Some(f) = cli.fault {
