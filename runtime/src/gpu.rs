@@ -168,11 +168,15 @@ pub(crate) struct Gpu {
     /// Set by the device-lost callback or an uncaptured error.
     pub lost: Arc<Mutex<Option<String>>>,
     _adapter: wgpu::Adapter,
+    /// Validation messages (`SVM_VALIDATION=1` with the layer installed);
+    /// declared last so that it outlives the device and reports until the end.
+    pub validation: Option<crate::vk::ValidationCapture>,
+    _instance: Option<wgpu::Instance>,
 }
 
 impl Gpu {
     pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64, host_mapped_pool: bool) -> Result<Self, SvmError> {
-        let (adapter, device, queue, info, raw, host_import) = open_device(host_mapped_pool)?;
+        let Opened { adapter, device, queue, info, raw, host_import, validation, instance } = open_device(host_mapped_pool)?;
         let limits = device.limits();
         let seg_limit = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
             / PAGE_SIZE as u64)
@@ -308,6 +312,8 @@ impl Gpu {
             staging,
             lost,
             _adapter: adapter,
+            validation,
+            _instance: instance,
         })
     }
 
@@ -434,7 +440,16 @@ fn make_bind_group(
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
 }
 
-type Opened = (wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo, Option<std::sync::Arc<crate::vk::RawDevice>>, bool);
+struct Opened {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: DeviceInfo,
+    raw: Option<std::sync::Arc<crate::vk::RawDevice>>,
+    host_import: bool,
+    validation: Option<crate::vk::ValidationCapture>,
+    instance: Option<wgpu::Instance>,
+}
 
 /// Open the runtime's device through [`crate::vk::open`] (so that host
 /// memory can be imported for the coherent mode), asking for the mappable
@@ -467,13 +482,22 @@ fn open_device(host_mapped_pool: bool) -> Result<Opened, SvmError> {
                     device_type: format!("{:?}", i.device_type),
                 };
                 let host_import = d.caps.host_import && d.raw.is_some();
-                return Ok((d.adapter, d.device, d.queue, info, d.raw, host_import));
+                return Ok(Opened {
+                    adapter: d.adapter,
+                    device: d.device,
+                    queue: d.queue,
+                    info,
+                    raw: d.raw,
+                    host_import,
+                    validation: d.validation,
+                    instance: Some(d.instance),
+                });
             }
             Err(VkError::NoAdapter(m)) => return Err(SvmError::NoAdapter(m)),
             Err(e) => last = Some(e),
         }
     }
     tracing::warn!("svm: opening the device through ash failed ({last:?}); using a plain wgpu device");
-    let (a, d, q, i) = create_device(host_mapped_pool)?;
-    Ok((a, d, q, i, None, false))
+    let (adapter, device, queue, info) = create_device(host_mapped_pool)?;
+    Ok(Opened { adapter, device, queue, info, raw: None, host_import: false, validation: None, instance: None })
 }

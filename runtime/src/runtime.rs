@@ -260,6 +260,17 @@ impl Svm {
     pub fn arena_size(&self) -> usize {
         self.inner.arena.len()
     }
+    /// Vulkan validation errors captured so far, when the runtime runs under
+    /// the validation layer (`SVM_VALIDATION=1` and the layer installed);
+    /// known false positives are filtered (see [`crate::vk::KNOWN_FALSE_POSITIVES`]).
+    /// `Ok` when there are none or nothing is captured.
+    pub fn validation_check(&self) -> Result<(), String> {
+        self.inner.gpu.validation.as_ref().map_or(Ok(()), |v| v.check())
+    }
+    /// Whether validation messages are being captured.
+    pub fn validation_active(&self) -> bool {
+        self.inner.gpu.validation.as_ref().is_some_and(|v| v.layer_present())
+    }
     /// Whether [`Advice::AccessedBy`] (in-place access to host memory) is
     /// available on this device.
     pub fn coherent_mode_available(&self) -> bool {

@@ -17,11 +17,38 @@ use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
 
 pub const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
 
+/// A runtime for one test. Under the Vulkan validation layer
+/// (`SVM_VALIDATION=1`, set by `./run test` on lavapipe) the test fails if
+/// the layer reported an error by the time the runtime is dropped.
+pub struct TestSvm(Svm);
+
+impl std::ops::Deref for TestSvm {
+    type Target = Svm;
+    fn deref(&self) -> &Svm {
+        &self.0
+    }
+}
+
+impl Drop for TestSvm {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.validation_check() {
+            if !std::thread::panicking() {
+                panic!("Vulkan validation errors:\n{e}");
+            }
+        }
+    }
+}
+
 /// A runtime on the test adapter, or `None` (skip) when there is none and
 /// the GPU is not required.
-pub fn ctx(desc: SvmDescriptor) -> Option<Svm> {
+pub fn ctx(desc: SvmDescriptor) -> Option<TestSvm> {
     match Svm::with_descriptor(&desc) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if std::env::var("SVM_VALIDATION").as_deref() == Ok("1") && std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() == Ok("1") {
+                assert!(s.validation_active(), "SVM_VALIDATION=1 but the validation layer is not capturing");
+            }
+            Some(TestSvm(s))
+        }
         Err(SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {
             eprintln!("SKIP: no adapter ({m}); set SVM_REQUIRE_GPU=1 to make this a failure");
             None
