@@ -187,6 +187,17 @@ impl Arena {
         }
     }
 
+    /// Wake threads waiting on faults in a range without changing anything
+    /// (they retry the access). Nothing to do for the mprotect backend,
+    /// whose waiters are woken by the fault service itself.
+    pub fn wake(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        match &self.guard {
+            Guard::Uffd(u) => u.wake(self.base() + offset, len).map_err(MigrateError::os("UFFDIO_WAKE")),
+            Guard::Mprotect(_) => Ok(()),
+        }
+    }
+
     /// Zero the host copy of a range and release its memory. The user view
     /// must be zapped or otherwise unused there by the caller's protocol.
     pub fn discard(&self, offset: usize, len: usize) -> Result<()> {

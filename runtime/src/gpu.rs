@@ -198,8 +198,14 @@ impl Gpu {
         let lost = Arc::new(Mutex::new(None));
         {
             let l = lost.clone();
+            // Weak: the raw device holds the wgpu device, which holds this
+            // callback.
+            let r = raw.as_ref().map(Arc::downgrade);
             device.set_device_lost_callback(move |reason, msg| {
                 *l.lock() = Some(format!("{reason:?}: {msg}"));
+                if let Some(raw) = r.as_ref().and_then(std::sync::Weak::upgrade) {
+                    raw.mark_lost();
+                }
             });
             let l = lost.clone();
             device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -343,6 +349,9 @@ impl Gpu {
             .map_err(|e| {
                 let m = e.to_string();
                 *self.lost.lock() = Some(m.clone());
+                if let Some(raw) = &self.raw {
+                    raw.mark_lost();
+                }
                 DeviceError::Lost(m)
             })?;
         self.check_lost()

@@ -144,6 +144,10 @@ struct State {
     /// Pages whose PTE was made valid for the last launch (reset before the
     /// next one).
     mapped: Vec<(u32, u32)>,
+    /// The working set of the running launch or prefetch: never evicted to
+    /// make room for it. Empty between operations (a finished launch's pages
+    /// are ordinary LRU candidates).
+    pinned: Vec<(u32, u32)>,
     /// Per arena page: the device holds a read-only duplicate for the
     /// running launch (dropped at its end); the CPU copy stays current.
     dup: Vec<bool>,
@@ -224,6 +228,7 @@ impl Svm {
             table: PageTable::new(pages),
             frames: FrameAllocator::new(gpu.total_frames),
             mapped: Vec::new(),
+            pinned: Vec::new(),
             dup: vec![false; pages as usize],
             last_use: vec![0; pages as usize],
             advice: vec![0; pages as usize],
@@ -301,6 +306,9 @@ impl Svm {
     #[doc(hidden)]
     pub fn destroy_device_for_testing(&self) {
         let _st = self.inner.state.lock();
+        if let Some(raw) = &self.inner.gpu.raw {
+            raw.mark_lost();
+        }
         self.inner.gpu.device.destroy();
         let mut lost = self.inner.gpu.lost.lock();
         if lost.is_none() {
@@ -553,17 +561,19 @@ impl Svm {
             }
             decl.push((first, last, a.mode == AccessMode::ReadWrite));
         }
-        let mut decl = merge_ranges(decl);
-        if opts.replayable {
-            // Pages the device already owns are mapped as they are.
+        let decl = merge_ranges(decl);
+        // A replayable launch also sees what is already resident: pages the
+        // device owns (read-write) and kept read-only copies, mapped as they
+        // are, without pinning them (eviction may still take them; the
+        // kernel then faults them back).
+        let resident = if opts.replayable {
             let n = st.table.len();
-            let owned: Vec<(u32, u32)> = runs(0, n, |p| st.owned(p)).collect();
-            decl.extend(owned.into_iter().map(|(a, b)| (a, b, true)));
-            // Kept read-only copies (ReadMostly) are mapped read-only.
-            let kept: Vec<(u32, u32)> = runs(0, n, |p| st.dup[p as usize]).collect();
-            decl.extend(kept.into_iter().map(|(a, b)| (a, b, false)));
-            decl = merge_ranges(decl);
-        }
+            let mut r: Vec<(u32, u32, bool)> = runs(0, n, |p| st.owned(p)).map(|(a, b)| (a, b, true)).collect();
+            r.extend(runs(0, n, |p| st.dup[p as usize]).map(|(a, b)| (a, b, false)));
+            r
+        } else {
+            Vec::new()
+        };
 
         st.epoch = st.epoch.wrapping_add(1);
         // 2. Unmap the previous launch's pages, migrate and map this one's.
@@ -573,7 +583,8 @@ impl Svm {
         let mut report = LaunchReport::default();
         let mut temporary: Vec<(u32, u32)> = Vec::new();
         let result = (|| {
-            inner.map_ranges(st, &decl, &mut temporary, &mut report)?;
+            inner.map_ranges(st, &resident, &mut temporary, &mut report, false)?;
+            inner.map_ranges(st, &decl, &mut temporary, &mut report, true)?;
             loop {
                 let (errors, faults) = inner.run_pass(st, kernel, &words, desc.workgroups, opts.replayable)?;
                 if let Some(e) = errors {
@@ -600,7 +611,7 @@ impl Svm {
                     .collect();
                 want.sort_unstable();
                 want.dedup();
-                let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report)?;
+                let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report, true)?;
                 if changed == 0 {
                     return Err(LaunchError::NoProgress { pages: addrs() });
                 }
@@ -608,6 +619,7 @@ impl Svm {
             }
         })();
 
+        st.pinned.clear();
         // 3. Read-only copies are dropped, except ReadMostly ones.
         let mut post = inner.settle_copies(st, temporary);
         // PreferredLocation(Host): written pages go straight back. Only the
@@ -706,7 +718,9 @@ impl Inner {
                 );
                 let mut temporary = Vec::new();
                 let mut report = LaunchReport::default();
-                self.map_ranges(st, &ranges, &mut temporary, &mut report)?;
+                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true);
+                st.pinned.clear();
+                mapped?;
                 self.settle_copies(st, temporary)?;
                 Ok(report.migrated_pages)
             }
@@ -726,13 +740,16 @@ impl Inner {
     /// Make `ranges` device-resident and map them: host pages are copied to
     /// new frames (read ranges as read-only duplicates recorded in
     /// `temporary`; write ranges after zapping the CPU mapping, as
-    /// device-owned pages). Returns how many PTEs changed.
+    /// device-owned pages). With `pin`, the ranges join the running
+    /// operation's working set, which eviction never takes. Returns how many
+    /// PTEs changed.
     fn map_ranges(
         &self,
         st: &mut State,
         ranges: &[(u32, u32, bool)],
         temporary: &mut Vec<(u32, u32)>,
         report: &mut LaunchReport,
+        pin: bool,
     ) -> Result<u64, LaunchError> {
         let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
         let needed: usize = ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
@@ -810,6 +827,9 @@ impl Inner {
                 }
             }
             st.mapped.push((a, b));
+            if pin {
+                st.pinned.push((a, b));
+            }
         }
         let c = &self.stats;
         Counters::add(&c.h2d_pages, pages);
@@ -1112,7 +1132,7 @@ impl Inner {
         for &(a, b, _) in protect {
             protected[a as usize..b as usize].fill(true);
         }
-        for &(a, b) in &st.mapped {
+        for &(a, b) in &st.pinned {
             protected[a as usize..b as usize].fill(true);
         }
         // Candidates: device-owned pages and kept read-only copies this
@@ -1222,6 +1242,13 @@ impl FaultHandler for Inner {
         let mut st = self.state.lock();
         Counters::add(&self.stats.cpu_faults, 1);
         if !st.table.get(PageIndex(page)).is_allocated() {
+            if self.arena.backend() == FaultBackendKind::Uffd {
+                // Freed pages are PROT_NONE: a real access to one raises
+                // SIGSEGV, never a userfault. This message is stale: its
+                // thread was woken by an earlier resolution of the same page
+                // (before the page was freed). Wake again, change nothing.
+                return self.arena.wake(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()));
+            }
             return Err(FaultFatal(format!(
                 "CPU access to managed address {addr:#x}, which is not allocated (never allocated, or freed)"
             )));
@@ -1241,9 +1268,14 @@ impl FaultHandler for Inner {
             FaultFatal(format!("page {addr:#x} is owned by the device and cannot be brought back: {e}"))
         })?;
         if !device_owned {
-            // A host page that simply is not mapped yet (or a fault that raced
-            // with another on the same page): map it.
-            self.arena.restore(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()))?;
+            // A host page that simply is not mapped yet, or a stale message
+            // (a fault that raced with another on the same page, possibly
+            // freed and reallocated since, hence maybe a hole): give it a
+            // page-cache page and map it.
+            self.arena
+                .populate_host(fault.offset, PAGE_SIZE)
+                .and_then(|()| self.arena.restore(fault.offset, PAGE_SIZE))
+                .map_err(|e| FaultFatal(e.to_string()))?;
         }
         Ok(())
     }

@@ -44,6 +44,9 @@ pub struct RawDevice {
     host_memory: Option<ash::ext::external_memory_host::Device>,
     caps: VkCaps,
     timeline: Mutex<Timeline>,
+    /// Set when the device is known lost: its timeline will never advance,
+    /// so `Drop` must not wait for it.
+    lost: core::sync::atomic::AtomicBool,
     // Declared last: dropped after the semaphore is destroyed in `Drop`.
     wgpu_queue: wgpu::Queue,
     wgpu_device: wgpu::Device,
@@ -124,6 +127,7 @@ impl RawDevice {
             host_memory,
             caps,
             timeline: Mutex::new(Timeline { raw: semaphore, value: 0 }),
+            lost: core::sync::atomic::AtomicBool::new(false),
             wgpu_queue: queue.clone(),
             wgpu_device: device.clone(),
         }))
@@ -294,12 +298,26 @@ impl RawDevice {
     }
 }
 
+impl RawDevice {
+    /// Record that the device is lost (destroyed, reset): dropping this
+    /// then skips the final wait on a timeline that will never advance, and
+    /// leaks the semaphore instead.
+    pub fn mark_lost(&self) {
+        self.lost.store(true, core::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Drop for RawDevice {
     fn drop(&mut self) {
         // A flush consumes any staged wait and signals after every earlier
         // submission (including user submissions that consumed a wait on our
         // semaphore); once the host sees it, nothing references the semaphore.
-        let done = self.wait_idle();
+        // A healthy device gets there at once; a lost one never does.
+        let done = if self.lost.load(core::sync::atomic::Ordering::Acquire) {
+            Err(VkError::Unsupported("device lost: not waiting for its timeline"))
+        } else {
+            self.flush().and_then(|p| self.wait(p, Duration::from_secs(5)))
+        };
         let raw = self.timeline.get_mut().raw;
         match done {
             // SAFETY: no queued or staged operation references `raw` any more

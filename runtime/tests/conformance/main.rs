@@ -42,7 +42,7 @@
 //! | `compound` | `svm-pagetable` `large_entries_fault_as_units_and_split`, `large_entries_survive_whole_migration` | huge entries reported with one order |
 //! | `hmm2.double_map` | `mirrors::double_map_two_mirrors` | both read, one migrates, the other still reads right |
 //! | `exclusive`, `exclusive_mprotect`, `exclusive_cow` | not applicable | device atomics on managed memory: the prelude has none (`svm_err`/`svm_faults` atomics are runtime-internal) and the protocol has no exclusive-entry state; the nearest behaviour (device write ownership revoked by a CPU access) is `hmm::anon_write` + `basics::cpu_write_after_kernel_keeps_device_data` (gpu) |
-//! | `hmm_gup_test` | `hmm::syscall_on_device_pages` | adapted: no GUP in userspace; the kernel-side access is a `write(2)` / `read(2)` system call on device-owned managed memory |
+//! | `hmm_gup_test` | `hmm::syscall_on_device_pages_uffd`, `hmm::syscall_on_device_pages_mprotect` (EFAULT under mprotect, documented; works after `prefetch(Host)`) | adapted: no GUP in userspace; the kernel-side access is a `write(2)` / `read(2)` system call on device-owned managed memory |
 //! | `hmm_cow_in_device` | `bad_input::fork_child_cannot_read_stale_data` (gpu) | |
 //! | `migrate_anon_huge_empty` | `hmm::huge_empty` | untouched 2 MiB migrated, device and CPU read zeros |
 //! | `migrate_anon_huge_zero` | `hmm::huge_zero` | CPU-read (zero) 2 MiB migrated |
@@ -150,7 +150,7 @@ pub fn wg(n: usize) -> [u32; 3] {
 /// and return its output. Used where the expected outcome is a crash.
 pub fn in_child(test: &str, role: &str) -> std::process::Output {
     let o = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--nocapture", "--test-threads=1", "--include-ignored"])
         .env("SVM_TEST_CHILD", role)
         .output()
         .expect("spawn child");
