@@ -73,8 +73,11 @@ pub fn benches(c: &mut Criterion) {
                     if next == PAGES {
                         let args = [Arg::ptr(v.as_ptr()), Arg::U32(PAGES as u32), Arg::U32(0)];
                         let access = [Access::read_write(&mut v)];
-                        svm.launch(&k, &LaunchDescriptor { args: &args, access: &access, workgroups: touch_workgroups(PAGES) })
-                            .expect("launch");
+                        svm.launch(
+                            &k,
+                            &LaunchDescriptor { args: &args, access: &access, workgroups: touch_workgroups(PAGES) },
+                        )
+                        .expect("launch");
                         next = 0;
                     }
                     let t = Instant::now();

@@ -28,7 +28,8 @@ const MIB: usize = 1 << 20;
 const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
 /// (fault chunk, tree prefetcher on): every chunk size alone, then the
 /// runtime's prefetching policy (the default) from 4 KiB and 64 KiB chunks.
-const CONFIGS: [(usize, bool); 5] = [(4 << 10, false), (64 << 10, false), (2 << 20, false), (4 << 10, true), (64 << 10, true)];
+const CONFIGS: [(usize, bool); 5] =
+    [(4 << 10, false), (64 << 10, false), (2 << 20, false), (4 << 10, true), (64 << 10, true)];
 
 struct Opts {
     quick: bool,
@@ -179,7 +180,8 @@ fn launch_touch(svm: &Svm, k: &Kernel, v: &mut ManagedVec<u8>, tag: u32) {
     let pages = v.len() / PAGE;
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(u32::try_from(pages).expect("pages fit u32")), Arg::U32(tag)];
     let access = [Access::read_write(v)];
-    svm.launch(k, &LaunchDescriptor { args: &args, access: &access, workgroups: touch_workgroups(pages) }).expect("launch");
+    svm.launch(k, &LaunchDescriptor { args: &args, access: &access, workgroups: touch_workgroups(pages) })
+        .expect("launch");
 }
 
 fn p90(v: &mut [f64]) -> f64 {
@@ -399,7 +401,14 @@ fn sweep(o: &Opts, backend: FaultBackendKind, arena: usize) -> Option<Sweep> {
         launch_touch(&svm, &k, &mut v, i as u32);
         cyc.push(secs(t.elapsed()));
     }
-    Some(Sweep { backend, arena, create_s, resident_s: median(&mut res), after_cpu_write_s: median(&mut cyc), pt_bytes })
+    Some(Sweep {
+        backend,
+        arena,
+        create_s,
+        resident_s: median(&mut res),
+        after_cpu_write_s: median(&mut cyc),
+        pt_bytes,
+    })
 }
 
 fn main() {
@@ -459,7 +468,8 @@ fn main() {
     println!("{md}");
     std::fs::create_dir_all(&o.out).expect("create results dir");
     std::fs::write(o.out.join("migration.md"), &md).expect("write migration.md");
-    std::fs::write(o.out.join("migration.csv"), report_csv(&o, &base, &mech, &configs, &sweeps)).expect("write migration.csv");
+    std::fs::write(o.out.join("migration.csv"), report_csv(&o, &base, &mech, &configs, &sweeps))
+        .expect("write migration.csv");
     if let Err(e) = plot(&o, &base, &configs, &o.out.join("migration.svg")) {
         eprintln!("plot failed: {e}");
     }
@@ -495,7 +505,12 @@ fn report_md(
     let _ = writeln!(m, "Explicit baselines ({}):\n", size_name(o.size));
     let _ = writeln!(m, "| copy | ms | GB/s |\n|---|---:|---:|");
     let _ = writeln!(m, "| memcpy (host → host, machine limit) | {} | {:.2} |", ms(b.memcpy_s), gb(b.memcpy_s));
-    let _ = writeln!(m, "| `queue.write_buffer` + submit + wait | {} | {:.2} |", ms(b.write_buffer_s), gb(b.write_buffer_s));
+    let _ = writeln!(
+        m,
+        "| `queue.write_buffer` + submit + wait | {} | {:.2} |",
+        ms(b.write_buffer_s),
+        gb(b.write_buffer_s)
+    );
     let _ = writeln!(
         m,
         "| readback: copy to MAP_READ staging + map_async + memcpy out | {} | {:.2} |\n",
@@ -549,7 +564,11 @@ fn report_md(
             (c.d2h_s - c.d2h_stats_s) / c.faults.max(1) as f64 * 1e6
         );
     }
-    let _ = writeln!(m, "\nRaw mechanism on {} (svm_migrate::Arena, no device; zap of pages mapped in the user view):\n", size_name(o.size));
+    let _ = writeln!(
+        m,
+        "\nRaw mechanism on {} (svm_migrate::Arena, no device; zap of pages mapped in the user view):\n",
+        size_name(o.size)
+    );
     let _ = writeln!(m, "| backend | zap ms | restore ms |\n|---|---:|---:|");
     for x in mech {
         let _ = writeln!(m, "| {} | {} | {} |", x.backend, ms(x.zap_s), ms(x.restore_s));
@@ -635,13 +654,23 @@ fn plot(o: &Opts, b: &Baselines, cfgs: &[Config], path: &std::path::Path) -> Res
     let gb = |s: f64| o.size as f64 / s * 1e-9;
     let labels: Vec<String> = cfgs
         .iter()
-        .map(|c| format!("{} {}", if c.backend == FaultBackendKind::Uffd { "uffd" } else { "mprot" }, config_name(c.chunk, c.prefetch)))
+        .map(|c| {
+            format!(
+                "{} {}",
+                if c.backend == FaultBackendKind::Uffd { "uffd" } else { "mprot" },
+                config_name(c.chunk, c.prefetch)
+            )
+        })
         .collect();
     let n = cfgs.len() as u32;
     let root = SVGBackend::new(path, (1950, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
-        &format!("svm migration, {} ({} reps, medians) — bars: runtime; lines: explicit wgpu copies", size_name(o.size), o.reps),
+        &format!(
+            "svm migration, {} ({} reps, medians) — bars: runtime; lines: explicit wgpu copies",
+            size_name(o.size),
+            o.reps
+        ),
         ("sans-serif", 18),
     )?;
     let panels = root.split_evenly((1, 3));
@@ -691,7 +720,10 @@ fn plot(o: &Opts, b: &Baselines, cfgs: &[Config], path: &std::path::Path) -> Res
             .draw()?;
         chart.draw_series(vals.iter().zip(cfgs).enumerate().map(|(k, (v, c))| {
             let k = k as u32;
-            let mut r = Rectangle::new([(SegmentValue::Exact(k), 0.0), (SegmentValue::Exact(k + 1), *v)], colors(c).mix(0.7).filled());
+            let mut r = Rectangle::new(
+                [(SegmentValue::Exact(k), 0.0), (SegmentValue::Exact(k + 1), *v)],
+                colors(c).mix(0.7).filled(),
+            );
             r.set_margin(0, 0, 6, 6);
             r
         }))?;
@@ -709,7 +741,10 @@ fn plot(o: &Opts, b: &Baselines, cfgs: &[Config], path: &std::path::Path) -> Res
             chart
                 .draw_series(raw.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(k, v)| {
                     let k = k as u32;
-                    PathElement::new(vec![(SegmentValue::Exact(k), *v), (SegmentValue::Exact(k + 1), *v)], RED.stroke_width(3))
+                    PathElement::new(
+                        vec![(SegmentValue::Exact(k), *v), (SegmentValue::Exact(k + 1), *v)],
+                        RED.stroke_width(3),
+                    )
                 }))?
                 .label("raw mechanism, same backend & chunk")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(3)));
@@ -738,7 +773,8 @@ fn git_describe() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let Some(rev) = run(&["rev-parse", "--short", "HEAD"]) else { return "unknown (no git)".into() };
-    let dirty = run(&["status", "--porcelain", "--", "runtime", "migrate", "shaders", "svm-pagetable"]).unwrap_or_default();
+    let dirty =
+        run(&["status", "--porcelain", "--", "runtime", "migrate", "shaders", "svm-pagetable"]).unwrap_or_default();
     if dirty.is_empty() {
         format!("commit {rev}")
     } else {

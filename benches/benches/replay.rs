@@ -36,7 +36,11 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 3 } else { 7 };
     let k = svm
-        .create_kernel(&svm::KernelDescriptor { label: "list", source: svm::shaders::kernels::LIST, entry_point: "main" })
+        .create_kernel(&svm::KernelDescriptor {
+            label: "list",
+            source: svm::shaders::kernels::LIST,
+            entry_point: "main",
+        })
         .expect("kernel");
     let mut table = String::new();
     table.push_str(&format!(
@@ -47,7 +51,8 @@ fn main() {
     ));
     table.push_str("| nodes | node stride | lists | declared ms | faults + replay ms | ratio | replays | GPU-faulted pages |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     // (nodes, stride bytes): dense nodes, and one node per page (adversarial).
-    let cases: &[(usize, usize)] = if quick { &[(1 << 18, 16), (4096, 4096)] } else { &[(1 << 20, 16), (1 << 18, 64), (8192, 4096)] };
+    let cases: &[(usize, usize)] =
+        if quick { &[(1 << 18, 16), (4096, 4096)] } else { &[(1 << 20, 16), (1 << 18, 64), (8192, 4096)] };
     for &(n, stride) in cases {
         let lists = 4096usize.min(n / 4);
         let mut store = svm.alloc_vec::<u8>(n * stride).expect("nodes");
@@ -79,18 +84,25 @@ fn main() {
         for _ in 0..reps {
             fill(&mut store, &mut heads);
             let t = Instant::now();
-            svm.launch(&k, &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&store), Access::read(&heads), Access::read_write(&mut out)],
-                workgroups: wg,
-            })
+            svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&store), Access::read(&heads), Access::read_write(&mut out)],
+                    workgroups: wg,
+                },
+            )
             .expect("declared launch");
             declared.push(t.elapsed().as_secs_f64() * 1e3);
             let reference = out.to_vec();
             fill(&mut store, &mut heads);
             let t = Instant::now();
             last = svm
-                .launch_with(&k, &LaunchDescriptor { args: &args, access: &[], workgroups: wg }, &LaunchOptions::replayable().max_replays(1 << 14))
+                .launch_with(
+                    &k,
+                    &LaunchDescriptor { args: &args, access: &[], workgroups: wg },
+                    &LaunchOptions::replayable().max_replays(1 << 14),
+                )
                 .expect("replayable launch");
             faulting.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(out.to_vec(), reference, "replayed results differ from the declared launch");
@@ -107,7 +119,15 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
     let path = if quick { dir.join("quick/replay.md") } else { dir.join("replay.md") };
     let _ = std::fs::create_dir_all(path.parent().expect("parent"));
-    let cmd = if quick { "cargo bench -p svm-benches --bench replay -- --quick" } else { "cargo bench -p svm-benches --bench replay" };
-    std::fs::write(&path, format!("# Pointer chasing: GPU faults + replay vs declared working set\n\nCommand: `{cmd}`\n\n{table}")).expect("write results");
+    let cmd = if quick {
+        "cargo bench -p svm-benches --bench replay -- --quick"
+    } else {
+        "cargo bench -p svm-benches --bench replay"
+    };
+    std::fs::write(
+        &path,
+        format!("# Pointer chasing: GPU faults + replay vs declared working set\n\nCommand: `{cmd}`\n\n{table}"),
+    )
+    .expect("write results");
     println!("wrote {}", path.display());
 }

@@ -75,7 +75,11 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let upload_ms = since_ms(t);
     let wm = warm_up(&ctx.svm, &managed.kernel, &[NULL, NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)])?;
     let we = ex.warm_up(&ex_graph.pipeline, &[1, 2, 3, 4, 5], &[0, 0])?;
-    println!("[BFS] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms", ms(wm), ms(we));
+    println!(
+        "[BFS] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
+        ms(wm),
+        ms(we)
+    );
     println!("[BFS] explicit: graph upload (CSR, {} MiB): {upload_ms:.1} ms", ((g.cols.len() + g.n + 1) * 4) >> 20);
 
     let mut failures = Vec::new();
@@ -132,7 +136,6 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     })
 }
 
-
 /// The graph in managed memory: per-vertex records holding CPU pointers
 /// into one neighbour pool, the lists placed in random vertex order.
 struct Managed {
@@ -157,7 +160,8 @@ impl Managed {
         for (i, &v) in order.iter().enumerate() {
             let nb = g.neighbours(v);
             adj[pos..pos + nb.len()].copy_from_slice(nb);
-            verts[v] = VertexRec { adj: if nb.is_empty() { 0 } else { adj.addr_of(pos) }, degree: nb.len() as u32, pad: 0 };
+            verts[v] =
+                VertexRec { adj: if nb.is_empty() { 0 } else { adj.addr_of(pos) }, degree: nb.len() as u32, pad: 0 };
             pos += nb.len();
             if i % 4096 == 4095 {
                 pb.inc(4096);
@@ -206,17 +210,20 @@ impl Managed {
                 Arg::U32(n as u32),
                 Arg::U32(cur),
             ];
-            svm.launch(kernel, &LaunchDescriptor {
-                args: &args,
-                access: &[
-                    Access::read(verts),
-                    Access::read(adj),
-                    Access::read_write(level),
-                    Access::read_write(parent),
-                    Access::read_write(changed),
-                ],
-                workgroups: [grid(n, 256), 1, 1],
-            })?;
+            svm.launch(
+                kernel,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[
+                        Access::read(verts),
+                        Access::read(adj),
+                        Access::read_write(level),
+                        Access::read_write(parent),
+                        Access::read_write(changed),
+                    ],
+                    workgroups: [grid(n, 256), 1, 1],
+                },
+            )?;
             if changed[0] == 0 {
                 break;
             }
@@ -278,7 +285,12 @@ impl ExplicitGraph {
             cur += 1;
         }
         let elapsed = since_ms(t);
-        Ok(Tree { level: ex.read(&self.level, self.n)?, parent: ex.read(&self.parent, self.n)?, levels: cur + 1, ms: elapsed })
+        Ok(Tree {
+            level: ex.read(&self.level, self.n)?,
+            parent: ex.read(&self.parent, self.n)?,
+            levels: cur + 1,
+            ms: elapsed,
+        })
     }
 }
 

@@ -68,9 +68,10 @@ impl Explicit {
     /// Compile a compute pipeline (layout from the shader).
     pub fn pipeline(&self, label: &str, source: &str, entry_point: &str) -> Result<wgpu::ComputePipeline> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
         let p = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
             layout: None,
@@ -128,18 +129,34 @@ impl Explicit {
     }
 
     /// Bind `buffers` to bindings 0, 1, … of group 0 and dispatch; waits.
-    pub fn dispatch(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) -> Result<()> {
+    pub fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         let at: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, &b)| (i as u32, b)).collect();
         self.dispatch_at(pipeline, &at, workgroups)
     }
 
     /// Bind `(binding, buffer)` pairs of group 0 (the pipeline's layout
     /// holds only the bindings its entry point uses) and dispatch; waits.
-    pub fn dispatch_at(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)], workgroups: [u32; 3]) -> Result<()> {
+    pub fn dispatch_at(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry<'_>> =
-            buffers.iter().map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect();
-        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .collect();
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
@@ -155,7 +172,12 @@ impl Explicit {
     /// Dispatch once on dummy buffers with `params` at binding 0 (chosen so
     /// that the kernel touches nothing): keeps the driver's first-dispatch
     /// compilation out of the timings.
-    pub fn warm_up(&self, pipeline: &wgpu::ComputePipeline, bindings: &[u32], params: &[u32]) -> Result<std::time::Duration> {
+    pub fn warm_up(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        bindings: &[u32],
+        params: &[u32],
+    ) -> Result<std::time::Duration> {
         let t = Instant::now();
         let p = self.buffer("warm-up params", params);
         let dummies: Vec<wgpu::Buffer> = bindings.iter().map(|_| self.empty("warm-up", 16)).collect();

@@ -43,13 +43,21 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             heads[l] = base.wrapping_add(slot) as u64;
         }
     }
-    let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(u32::try_from(lists)?), Arg::U32(u32::try_from(n)?)];
+    let args = [
+        Arg::ptr(heads.as_ptr()),
+        Arg::ptr(out.as_ptr()),
+        Arg::U32(u32::try_from(lists)?),
+        Arg::U32(u32::try_from(n)?),
+    ];
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
-        workgroups: [u32::try_from(lists.div_ceil(64))?, 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
+            workgroups: [u32::try_from(lists.div_ceil(64))?, 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     println!("[List] launch (migrate in + walk): {:.1} ms", ms(launch));
     let t = Instant::now();

@@ -55,8 +55,18 @@ enum Demo {
 }
 
 impl Demo {
-    const EVERY: [Demo; 10] =
-        [Demo::Vadd, Demo::Saxpy, Demo::List, Demo::Tree, Demo::Bfs, Demo::Spmv, Demo::Conv2d, Demo::Gemm, Demo::Atax, Demo::Bicg];
+    const EVERY: [Demo; 10] = [
+        Demo::Vadd,
+        Demo::Saxpy,
+        Demo::List,
+        Demo::Tree,
+        Demo::Bfs,
+        Demo::Spmv,
+        Demo::Conv2d,
+        Demo::Gemm,
+        Demo::Atax,
+        Demo::Bicg,
+    ];
 
     fn expand(self) -> Vec<Demo> {
         match self {
@@ -187,7 +197,8 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             let no_adapter = e.chain().any(|c| {
-                c.downcast_ref::<NoAdapter>().is_some() || matches!(c.downcast_ref::<SvmError>(), Some(SvmError::NoAdapter(_)))
+                c.downcast_ref::<NoAdapter>().is_some()
+                    || matches!(c.downcast_ref::<SvmError>(), Some(SvmError::NoAdapter(_)))
             });
             eprintln!("svm-demos: {e:#}");
             if no_adapter {

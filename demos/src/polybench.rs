@@ -30,7 +30,13 @@ fn check(what: &str, managed: &[f32], explicit: &[f32], want: &[f32], exact: boo
     let bad: Vec<usize> = (0..want.len()).filter(|&i| (managed[i] - want[i]).abs() > 1e-5 * scale).collect();
     if !bad.is_empty() {
         let i = bad[0];
-        bail!("{what}: {} of {} differ from the CPU beyond 1e-5 relative, e.g. [{i}] {} vs {}", bad.len(), want.len(), managed[i], want[i]);
+        bail!(
+            "{what}: {} of {} differ from the CPU beyond 1e-5 relative, e.g. [{i}] {} vs {}",
+            bad.len(),
+            want.len(),
+            managed[i],
+            want[i]
+        );
     }
     Ok(())
 }
@@ -86,11 +92,14 @@ pub fn conv2d(ctx: &Ctx) -> Result<Outcome> {
     args.extend(c.iter().map(|&v| Arg::F32(v)));
     let inner = (n - 2) * (n - 2);
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&m_a), Access::read_write(&mut m_b)],
-        workgroups: [grid(inner, 256), 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&m_a), Access::read_write(&mut m_b)],
+            workgroups: [grid(inner, 256), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     let t = Instant::now();
     let b_managed = m_b.to_vec();
@@ -155,13 +164,23 @@ pub fn gemm(ctx: &Ctx) -> Result<Outcome> {
     let m_a = svm.alloc_from_slice(&a)?;
     let m_b = svm.alloc_from_slice(&b)?;
     let mut m_c = svm.alloc_from_slice(&c0)?;
-    let args = [Arg::ptr(m_a.as_ptr()), Arg::ptr(m_b.as_ptr()), Arg::ptr(m_c.as_ptr()), Arg::U32(nu), Arg::F32(alpha), Arg::F32(beta)];
+    let args = [
+        Arg::ptr(m_a.as_ptr()),
+        Arg::ptr(m_b.as_ptr()),
+        Arg::ptr(m_c.as_ptr()),
+        Arg::U32(nu),
+        Arg::F32(alpha),
+        Arg::F32(beta),
+    ];
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&m_a), Access::read(&m_b), Access::read_write(&mut m_c)],
-        workgroups: [wg, wg, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&m_a), Access::read(&m_b), Access::read_write(&mut m_c)],
+            workgroups: [wg, wg, 1],
+        },
+    )?;
     let launch = t.elapsed();
     let t = Instant::now();
     let c_managed = m_c.to_vec();
@@ -224,19 +243,31 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
     let m_x = svm.alloc_from_slice(&x)?;
     let mut m_tmp = svm.alloc_vec::<f32>(m)?;
     let mut m_y = svm.alloc_vec::<f32>(n)?;
-    let args =
-        [Arg::ptr(m_a.as_ptr()), Arg::ptr(m_x.as_ptr()), Arg::ptr(m_tmp.as_ptr()), Arg::ptr(m_y.as_ptr()), Arg::U32(mu), Arg::U32(nu)];
+    let args = [
+        Arg::ptr(m_a.as_ptr()),
+        Arg::ptr(m_x.as_ptr()),
+        Arg::ptr(m_tmp.as_ptr()),
+        Arg::ptr(m_y.as_ptr()),
+        Arg::U32(mu),
+        Arg::U32(nu),
+    ];
     let t = Instant::now();
-    svm.launch(&k_ax, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&m_a), Access::read(&m_x), Access::read_write(&mut m_tmp)],
-        workgroups: [grid(m, 256), 1, 1],
-    })?;
-    svm.launch(&k_aty, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&m_a), Access::read(&m_tmp), Access::read_write(&mut m_y)],
-        workgroups: [grid(n, 256), 1, 1],
-    })?;
+    svm.launch(
+        &k_ax,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&m_a), Access::read(&m_x), Access::read_write(&mut m_tmp)],
+            workgroups: [grid(m, 256), 1, 1],
+        },
+    )?;
+    svm.launch(
+        &k_aty,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&m_a), Access::read(&m_tmp), Access::read_write(&mut m_y)],
+            workgroups: [grid(n, 256), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     let t = Instant::now();
     let y_managed = m_y.to_vec();
@@ -317,17 +348,20 @@ pub fn bicg(ctx: &Ctx) -> Result<Outcome> {
         Arg::U32(nu),
     ];
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[
-            Access::read(&m_a),
-            Access::read(&m_r),
-            Access::read(&m_p),
-            Access::read_write(&mut m_s),
-            Access::read_write(&mut m_q),
-        ],
-        workgroups: [grid(m.max(n), 256), 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[
+                Access::read(&m_a),
+                Access::read(&m_r),
+                Access::read(&m_p),
+                Access::read_write(&mut m_s),
+                Access::read_write(&mut m_q),
+            ],
+            workgroups: [grid(m.max(n), 256), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     let t = Instant::now();
     let s_managed = m_s.to_vec();

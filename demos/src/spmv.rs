@@ -48,7 +48,11 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let pipeline = ex.pipeline("spmv", explicit::wgsl::SPMV, "main")?;
     let wm = warm_up(svm, &k, &[NULL, NULL, NULL, NULL, NULL, Arg::U32(0)])?;
     let we = ex.warm_up(&pipeline, &[1, 2, 3, 4, 5], &[0])?;
-    println!("[SpMV] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms", ms(wm), ms(we));
+    println!(
+        "[SpMV] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
+        ms(wm),
+        ms(we)
+    );
     let m_rowptr = svm.alloc_from_slice(&rowptr)?;
     let m_cols = svm.alloc_from_slice(if cols.is_empty() { &[0u32][..] } else { &cols })?;
     let m_vals = svm.alloc_from_slice(if vals.is_empty() { &[0f32][..] } else { &vals })?;
@@ -63,23 +67,30 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         Arg::U32(u32::try_from(rows)?),
     ];
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[
-            Access::read(&m_rowptr),
-            Access::read(&m_cols),
-            Access::read(&m_vals),
-            Access::read(&m_x),
-            Access::read_write(&mut m_y),
-        ],
-        workgroups: [grid(rows, 256), 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[
+                Access::read(&m_rowptr),
+                Access::read(&m_cols),
+                Access::read(&m_vals),
+                Access::read(&m_x),
+                Access::read_write(&mut m_y),
+            ],
+            workgroups: [grid(rows, 256), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     let t = Instant::now();
     let y_managed = m_y.to_vec();
     let back = t.elapsed();
     let managed_ms = ms(launch + back);
-    println!("[SpMV] managed: {managed_ms:.1} ms (launch incl. migration {:.1} ms, read y back by fault {:.1} ms)", ms(launch), ms(back));
+    println!(
+        "[SpMV] managed: {managed_ms:.1} ms (launch incl. migration {:.1} ms, read y back by fault {:.1} ms)",
+        ms(launch),
+        ms(back)
+    );
 
     // Explicit copies.
     let mut tm = Timing::default();

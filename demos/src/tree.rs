@@ -53,7 +53,9 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let svm = &ctx.svm;
     let n = ctx.size.unwrap_or(1 << 20).max(1);
     let nq = n;
-    println!("[Tree] binary search tree of {n} keys (24-byte nodes, raw pointers), inserted in random order; {nq} lookups");
+    println!(
+        "[Tree] binary search tree of {n} keys (24-byte nodes, raw pointers), inserted in random order; {nq} lookups"
+    );
     let k = kernel(svm, "tree", svm::shaders::kernels::TREE, "main")?;
     let w = warm_up(svm, &k, &[NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)])?;
     println!("[Tree] first dispatch (driver compile, untimed below): {:.1} ms", ms(w));
@@ -121,11 +123,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     // SAFETY: read-only access; the CPU writes no node during the launch.
     let nodes = unsafe { Access::raw(pool.ptr.as_ptr(), pool.len, AccessMode::Read) };
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[nodes, Access::read(&queries), Access::read_write(&mut out)],
-        workgroups: [grid(nq, 64), 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[nodes, Access::read(&queries), Access::read_write(&mut out)],
+            workgroups: [grid(nq, 64), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     println!("[Tree] launch (migrate in + {nq} lookups): {:.1} ms", ms(launch));
     let t = Instant::now();

@@ -26,11 +26,14 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
     println!("[Vadd] CPU fill: {:.1} ms", ms(t.elapsed()));
     let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(u32::try_from(n)?)];
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
-        workgroups: [grid(n, 256).min(4096), 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+            workgroups: [grid(n, 256).min(4096), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     println!("[Vadd] launch (migrate in + kernel): {:.1} ms", ms(launch));
     let t = Instant::now();
@@ -64,15 +67,19 @@ pub fn saxpy(ctx: &Ctx) -> Result<Outcome> {
         x[i] = (i % 1000) as f32;
         y[i] = (i % 777) as f32 - 100.0;
     }
-    let want: Vec<f32> = if ctx.check { x.iter().zip(y.iter()).map(|(&x, &y)| alpha * x + y).collect() } else { Vec::new() };
+    let want: Vec<f32> =
+        if ctx.check { x.iter().zip(y.iter()).map(|(&x, &y)| alpha * x + y).collect() } else { Vec::new() };
     println!("[Saxpy] CPU fill and reference: {:.1} ms", ms(t.elapsed()));
     let args = [Arg::ptr(x.as_ptr()), Arg::ptr(y.as_ptr()), Arg::F32(alpha), Arg::U32(u32::try_from(n)?)];
     let t = Instant::now();
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&x), Access::read_write(&mut y)],
-        workgroups: [grid(n, 256).min(4096), 1, 1],
-    })?;
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&x), Access::read_write(&mut y)],
+            workgroups: [grid(n, 256).min(4096), 1, 1],
+        },
+    )?;
     let launch = t.elapsed();
     println!("[Saxpy] launch (migrate in + kernel): {:.1} ms", ms(launch));
     let t = Instant::now();

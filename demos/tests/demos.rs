@@ -21,7 +21,11 @@ fn demos(args: &[&str]) -> Option<String> {
         eprintln!("SKIP: no adapter ({}); set SVM_REQUIRE_GPU=1 to make this a failure", stderr.trim());
         return None;
     }
-    assert!(out.status.success(), "svm-demos {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "svm-demos {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
     Some(stdout)
 }
 
@@ -92,7 +96,10 @@ fn check_can_be_skipped() {
 fn unbuilt_modes_are_refused() {
     // Refused before any device is opened: needs no adapter.
     for mode in ["sparse", "coherent"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_svm-demos")).args(["vadd", "--mode", mode]).output().expect("spawn svm-demos");
+        let out = Command::new(env!("CARGO_BIN_EXE_svm-demos"))
+            .args(["vadd", "--mode", mode])
+            .output()
+            .expect("spawn svm-demos");
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not built yet"), "{mode}: {err}");

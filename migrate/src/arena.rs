@@ -49,26 +49,20 @@ impl Arena {
                     backend: "uffd",
                     why: format!("userfaultfd with MINOR_SHMEM: {e}"),
                 })?;
-                uffd.register_minor(views.user_base(), len).map_err(|e| {
-                    MigrateError::Unsupported {
-                        backend: "uffd",
-                        why: format!("UFFDIO_REGISTER (MINOR) of the arena: {e}"),
-                    }
+                uffd.register_minor(views.user_base(), len).map_err(|e| MigrateError::Unsupported {
+                    backend: "uffd",
+                    why: format!("UFFDIO_REGISTER (MINOR) of the arena: {e}"),
                 })?;
                 Guard::Uffd(uffd)
             }
-            FaultBackendKind::Mprotect => Guard::Mprotect(
-                SegvRegistration::new(views.user_base(), len).map_err(|e| match e {
-                    RegisterError::TooManyArenas => MigrateError::Unsupported {
-                        backend: "mprotect",
-                        why: "too many arenas in this process".into(),
-                    },
-                    RegisterError::Os(e) => MigrateError::Os {
-                        op: "sigaction(SIGSEGV)",
-                        source: e,
-                    },
-                })?,
-            ),
+            FaultBackendKind::Mprotect => {
+                Guard::Mprotect(SegvRegistration::new(views.user_base(), len).map_err(|e| match e {
+                    RegisterError::TooManyArenas => {
+                        MigrateError::Unsupported { backend: "mprotect", why: "too many arenas in this process".into() }
+                    }
+                    RegisterError::Os(e) => MigrateError::Os { op: "sigaction(SIGSEGV)", source: e },
+                })?)
+            }
         };
         let arena = Self { views, guard };
         // Nothing is allocated yet: every page is inaccessible.
@@ -118,10 +112,7 @@ impl Arena {
 
     fn check_aligned(offset: usize, len: usize) {
         let page = svm_page_size();
-        assert!(
-            offset.is_multiple_of(page) && len.is_multiple_of(page),
-            "unaligned arena range {offset:#x}+{len:#x}"
-        );
+        assert!(offset.is_multiple_of(page) && len.is_multiple_of(page), "unaligned arena range {offset:#x}+{len:#x}");
     }
 
     /// Make `[offset, offset + len)` inaccessible to program threads; their
@@ -132,17 +123,12 @@ impl Arena {
             Guard::Uffd(_) => {
                 // Holes would come back as missing (zero-fill) faults that the
                 // MINOR registration never sees: give them a page first.
-                self.views
-                    .populate(offset, len)
-                    .map_err(MigrateError::os("madvise(POPULATE_WRITE)"))?;
-                self.views
-                    .user_dontneed(offset, len)
-                    .map_err(MigrateError::os("madvise(DONTNEED)"))
+                self.views.populate(offset, len).map_err(MigrateError::os("madvise(POPULATE_WRITE)"))?;
+                self.views.user_dontneed(offset, len).map_err(MigrateError::os("madvise(DONTNEED)"))
             }
-            Guard::Mprotect(_) => self
-                .views
-                .user_protect(offset, len, false, false)
-                .map_err(MigrateError::os("mprotect(NONE)")),
+            Guard::Mprotect(_) => {
+                self.views.user_protect(offset, len, false, false).map_err(MigrateError::os("mprotect(NONE)"))
+            }
         }
     }
 
@@ -180,10 +166,9 @@ impl Arena {
                     Err((e, _)) => Err(MigrateError::Os { op: "UFFDIO_CONTINUE", source: e }),
                 }
             }
-            Guard::Mprotect(_) => self
-                .views
-                .user_protect(offset, len, true, !readonly)
-                .map_err(MigrateError::os("mprotect")),
+            Guard::Mprotect(_) => {
+                self.views.user_protect(offset, len, true, !readonly).map_err(MigrateError::os("mprotect"))
+            }
         }
     }
 
@@ -202,15 +187,11 @@ impl Arena {
     /// must be zapped or otherwise unused there by the caller's protocol.
     pub fn discard(&self, offset: usize, len: usize) -> Result<()> {
         Self::check_aligned(offset, len);
-        self.views
-            .punch_hole(offset, len)
-            .map_err(MigrateError::os("fallocate(PUNCH_HOLE)"))
+        self.views.punch_hole(offset, len).map_err(MigrateError::os("fallocate(PUNCH_HOLE)"))
     }
 
     pub(crate) fn protect_none(&self, offset: usize, len: usize) -> Result<()> {
-        self.views
-            .user_protect(offset, len, false, false)
-            .map_err(MigrateError::os("mprotect(NONE)"))
+        self.views.user_protect(offset, len, false, false).map_err(MigrateError::os("mprotect(NONE)"))
     }
 
     /// Write-protect a range of the user view: reads proceed, a write
@@ -220,9 +201,9 @@ impl Arena {
     pub fn write_protect(&self, offset: usize, len: usize) -> Result<()> {
         Self::check_aligned(offset, len);
         match &self.guard {
-            Guard::Uffd(u) if u.has_wp() => u
-                .write_protect(self.base() + offset, len, true)
-                .map_err(MigrateError::os("UFFDIO_WRITEPROTECT")),
+            Guard::Uffd(u) if u.has_wp() => {
+                u.write_protect(self.base() + offset, len, true).map_err(MigrateError::os("UFFDIO_WRITEPROTECT"))
+            }
             Guard::Uffd(_) => Err(MigrateError::Unsupported {
                 backend: "uffd",
                 why: "this kernel has no userfaultfd write-protect on shmem".into(),
@@ -237,9 +218,9 @@ impl Arena {
     pub fn write_unprotect(&self, offset: usize, len: usize) -> Result<()> {
         Self::check_aligned(offset, len);
         match &self.guard {
-            Guard::Uffd(u) => u
-                .write_protect(self.base() + offset, len, false)
-                .map_err(MigrateError::os("UFFDIO_WRITEPROTECT(off)")),
+            Guard::Uffd(u) => {
+                u.write_protect(self.base() + offset, len, false).map_err(MigrateError::os("UFFDIO_WRITEPROTECT(off)"))
+            }
             Guard::Mprotect(_) => {
                 self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
             }

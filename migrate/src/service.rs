@@ -78,33 +78,22 @@ impl FaultService {
                 let thread = std::thread::Builder::new()
                     .name("svm-fault-uffd".into())
                     .spawn(move || uffd_loop(&*handler, &ev2))
-                    .map_err(|_| MigrateError::Os {
-                        op: "spawn fault thread",
-                        source: rustix::io::Errno::AGAIN,
-                    })?;
-                Ok(Self {
-                    stop: Stop::Eventfd(ev),
-                    thread: Some(thread),
-                })
+                    .map_err(|_| MigrateError::Os { op: "spawn fault thread", source: rustix::io::Errno::AGAIN })?;
+                Ok(Self { stop: Stop::Eventfd(ev), thread: Some(thread) })
             }
             Guard::Mprotect(_) => {
                 let h2 = handler.clone();
-                let thread = std::thread::Builder::new()
-                    .name("svm-fault-segv".into())
-                    .spawn(move || segv_loop(&*h2))
-                    .map_err(|_| MigrateError::Os {
-                        op: "spawn fault thread",
-                        source: rustix::io::Errno::AGAIN,
-                    })?;
+                let thread =
+                    std::thread::Builder::new()
+                        .name("svm-fault-segv".into())
+                        .spawn(move || segv_loop(&*h2))
+                        .map_err(|_| MigrateError::Os { op: "spawn fault thread", source: rustix::io::Errno::AGAIN })?;
                 let stopper: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
                     if let Guard::Mprotect(r) = &handler.arena().guard {
                         r.wake_service();
                     }
                 });
-                Ok(Self {
-                    stop: Stop::Pipe(stopper),
-                    thread: Some(thread),
-                })
+                Ok(Self { stop: Stop::Pipe(stopper), thread: Some(thread) })
             }
         }
     }
@@ -126,9 +115,7 @@ impl Drop for FaultService {
 
 fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
     let arena = handler.arena();
-    let Guard::Uffd(uffd) = &arena.guard else {
-        unreachable!("uffd loop on a non-uffd arena")
-    };
+    let Guard::Uffd(uffd) = &arena.guard else { unreachable!("uffd loop on a non-uffd arena") };
     let mut faults: Vec<PageFault> = Vec::with_capacity(64);
     loop {
         let ufd = uffd.as_fd();
@@ -203,17 +190,12 @@ fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd,
 
 fn segv_loop<H: FaultHandler>(handler: &H) {
     let arena = handler.arena();
-    let Guard::Mprotect(reg) = &arena.guard else {
-        unreachable!("segv loop on a non-mprotect arena")
-    };
+    let Guard::Mprotect(reg) = &arena.guard else { unreachable!("segv loop on a non-mprotect arena") };
     while let Some(req) = reg.next_request() {
         let (addr, write) = (req.addr(), req.write());
         let page = crate::arena::svm_page_size();
         let offset = (addr - arena.base()) & !(page - 1);
-        let state = match serve_one(handler, CpuFault {
-            offset,
-            write: write.then_some(true),
-        }) {
+        let state = match serve_one(handler, CpuFault { offset, write: write.then_some(true) }) {
             Ok(()) => RESOLVED,
             Err(FaultFatal(msg)) => {
                 eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");

@@ -27,11 +27,7 @@ fn segv_foreign_fault_is_not_swallowed() {
     }
     let exe = std::env::current_exe().expect("exe");
     let st = Command::new(exe)
-        .args([
-            "--exact",
-            "segv_foreign_fault_is_not_swallowed",
-            "--nocapture",
-        ])
+        .args(["--exact", "segv_foreign_fault_is_not_swallowed", "--nocapture"])
         .env("SVM_CHILD_FOREIGN", "1")
         .status()
         .expect("spawn child");

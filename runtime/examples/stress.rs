@@ -76,7 +76,11 @@ fn main() {
             }
         }
         if svm.live_allocations() != 0 || svm.device_resident_pages() != 0 {
-            println!("stress: {backend}: leftovers: {} allocations, {} device pages", svm.live_allocations(), svm.device_resident_pages());
+            println!(
+                "stress: {backend}: leftovers: {} allocations, {} device pages",
+                svm.live_allocations(),
+                svm.device_resident_pages()
+            );
             failed = true;
         }
     }

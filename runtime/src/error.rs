@@ -23,7 +23,9 @@ pub enum DeviceError {
 #[non_exhaustive]
 pub enum SvmError {
     /// No adapter matched (`WGPU_ADAPTER_NAME`, `WGPU_BACKEND`).
-    #[error("no GPU adapter found ({0}); on Debian/Ubuntu install mesa-vulkan-drivers for the lavapipe software driver")]
+    #[error(
+        "no GPU adapter found ({0}); on Debian/Ubuntu install mesa-vulkan-drivers for the lavapipe software driver"
+    )]
     NoAdapter(String),
     /// The adapter refused the device.
     #[error("request_device failed: {0}")]

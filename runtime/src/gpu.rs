@@ -42,9 +42,7 @@ pub fn create_wgpu_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue,
     create_device(false)
 }
 
-fn create_device(
-    host_mapped_pool: bool,
-) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
+fn create_device(host_mapped_pool: bool) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if wgpu::Backends::from_env().is_none() {
         desc.backends = wgpu::Backends::VULKAN;
@@ -175,12 +173,17 @@ pub(crate) struct Gpu {
 }
 
 impl Gpu {
-    pub fn new(arena_pages: u32, pool_bytes: u64, staging_bytes: u64, host_mapped_pool: bool) -> Result<Self, SvmError> {
-        let Opened { adapter, device, queue, info, raw, host_import, validation, instance } = open_device(host_mapped_pool)?;
+    pub fn new(
+        arena_pages: u32,
+        pool_bytes: u64,
+        staging_bytes: u64,
+        host_mapped_pool: bool,
+    ) -> Result<Self, SvmError> {
+        let Opened { adapter, device, queue, info, raw, host_import, validation, instance } =
+            open_device(host_mapped_pool)?;
         let limits = device.limits();
-        let seg_limit = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
-            / PAGE_SIZE as u64)
-            * PAGE_SIZE as u64;
+        let seg_limit =
+            (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let pool_bytes = pool_bytes.next_multiple_of(PAGE_SIZE as u64);
         let nseg = pool_bytes.div_ceil(seg_limit);
         if nseg > u64::from(POOL_SEGMENTS) {
@@ -189,8 +192,10 @@ impl Gpu {
             )));
         }
         let seg_bytes = pool_bytes.div_ceil(nseg).next_multiple_of(PAGE_SIZE as u64);
-        let frames_per_segment = u32::try_from(seg_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
-        let total_frames = u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
+        let frames_per_segment =
+            u32::try_from(seg_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
+        let total_frames =
+            u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
         if total_frames >= svm_pagetable::Pte::MAX_FRAMES {
             return Err(SvmError::Config(format!("pool of {total_frames} pages exceeds the PTE's frame field")));
         }
@@ -219,11 +224,8 @@ impl Gpu {
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let unified = matches!(adapter.get_info().device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu);
         let mapped_pool = unified && device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
-        let pool_usage = if mapped_pool {
-            storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE
-        } else {
-            storage
-        };
+        let pool_usage =
+            if mapped_pool { storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE } else { storage };
         let mut segments = Vec::new();
         let mut left = pool_bytes;
         for i in 0..POOL_SEGMENTS {
@@ -287,9 +289,9 @@ impl Gpu {
         let mut entries = vec![entry(0, true), entry(1, true), entry(2, false)];
         entries.extend((0..POOL_SEGMENTS).map(|i| entry(3 + i, false)));
         entries.push(entry(COHERENT_BINDING, false));
-        let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
-        let bind_group =
-            make_bind_group(&device, &bgl, &page_table, &args, &log, &segments, &coherent_placeholder);
+        let bgl =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
+        let bind_group = make_bind_group(&device, &bgl, &page_table, &args, &log, &segments, &coherent_placeholder);
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("svm"),
             bind_group_layouts: &[Some(&bgl)],
@@ -344,16 +346,14 @@ impl Gpu {
 
     /// Submit and wait for everything queued so far.
     pub fn wait(&self) -> Result<(), DeviceError> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| {
-                let m = e.to_string();
-                *self.lost.lock() = Some(m.clone());
-                if let Some(raw) = &self.raw {
-                    raw.mark_lost();
-                }
-                DeviceError::Lost(m)
-            })?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| {
+            let m = e.to_string();
+            *self.lost.lock() = Some(m.clone());
+            if let Some(raw) = &self.raw {
+                raw.mark_lost();
+            }
+            DeviceError::Lost(m)
+        })?;
         self.check_lost()
     }
 
@@ -386,9 +386,8 @@ impl Gpu {
         let slice = buf.slice(offset..offset + len);
         self.map(&slice, wgpu::MapMode::Read)?;
         let r = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
+            let view =
+                slice.get_mapped_range().map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
             f(&view)
         };
         buf.unmap();
@@ -444,7 +443,12 @@ fn make_bind_group(
         wgpu::BindGroupEntry { binding: 1, resource: args.as_entire_binding() },
         wgpu::BindGroupEntry { binding: 2, resource: log.as_entire_binding() },
     ];
-    e.extend(segments.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }));
+    e.extend(
+        segments
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }),
+    );
     e.push(wgpu::BindGroupEntry { binding: COHERENT_BINDING, resource: coherent.as_entire_binding() });
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
 }

@@ -85,11 +85,21 @@ pub struct Access<'a> {
 impl<'a> Access<'a> {
     /// The kernel may read `v`.
     pub fn read<T: bytemuck::Pod>(v: &'a ManagedVec<T>) -> Self {
-        Self { addr: v.as_ptr() as usize, len: core::mem::size_of_val(&**v), mode: AccessMode::Read, _borrow: PhantomData }
+        Self {
+            addr: v.as_ptr() as usize,
+            len: core::mem::size_of_val(&**v),
+            mode: AccessMode::Read,
+            _borrow: PhantomData,
+        }
     }
     /// The kernel may read and write `v`.
     pub fn read_write<T: bytemuck::Pod>(v: &'a mut ManagedVec<T>) -> Self {
-        Self { addr: v.as_ptr() as usize, len: core::mem::size_of_val(&**v), mode: AccessMode::ReadWrite, _borrow: PhantomData }
+        Self {
+            addr: v.as_ptr() as usize,
+            len: core::mem::size_of_val(&**v),
+            mode: AccessMode::ReadWrite,
+            _borrow: PhantomData,
+        }
     }
     /// A raw range of managed memory (for data reached through raw pointers).
     ///

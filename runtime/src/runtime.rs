@@ -97,7 +97,14 @@ pub struct SvmDescriptor {
 
 impl Default for SvmDescriptor {
     fn default() -> Self {
-        Self { arena_size: 1 << 30, pool_size: 512 << 20, fault_backend: None, fault_chunk: 64 << 10, fault_prefetch: true, host_mapped_pool: true }
+        Self {
+            arena_size: 1 << 30,
+            pool_size: 512 << 20,
+            fault_backend: None,
+            fault_chunk: 64 << 10,
+            fault_prefetch: true,
+            host_mapped_pool: true,
+        }
     }
 }
 
@@ -405,10 +412,9 @@ impl Svm {
 
     /// Allocate a zeroed managed array of `len` elements.
     pub fn alloc_vec<T: bytemuck::Pod>(&self, len: usize) -> Result<ManagedVec<T>, AllocError> {
-        let bytes = len.checked_mul(core::mem::size_of::<T>()).ok_or(AllocError::TooLarge {
-            requested: usize::MAX,
-            arena: self.inner.arena.len(),
-        })?;
+        let bytes = len
+            .checked_mul(core::mem::size_of::<T>())
+            .ok_or(AllocError::TooLarge { requested: usize::MAX, arena: self.inner.arena.len() })?;
         let p = self.alloc(bytes.max(1))?;
         Ok(ManagedVec::from_raw(self.clone(), p, len))
     }
@@ -426,10 +432,8 @@ impl Svm {
         gpu.check_lost()?;
         let src = svm_shaders::with_prelude(desc.source);
         // Validate with naga first: a clear message instead of a device error.
-        let module = naga::front::wgsl::parse_str(&src).map_err(|e| KernelError::Compile {
-            label: desc.label.into(),
-            message: e.emit_to_string(&src),
-        })?;
+        let module = naga::front::wgsl::parse_str(&src)
+            .map_err(|e| KernelError::Compile { label: desc.label.into(), message: e.emit_to_string(&src) })?;
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
             .validate(&module)
             .map_err(|e| KernelError::Compile { label: desc.label.into(), message: e.emit_to_string(&src) })?;
@@ -457,9 +461,8 @@ impl Svm {
         let inner = &*self.inner;
         let mut guard = inner.state.lock();
         let st = &mut *guard;
-        let (a, b) = inner
-            .page_range(st, addr as usize, len)
-            .ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
+        let (a, b) =
+            inner.page_range(st, addr as usize, len).ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
         let (a, b) = (a as usize, b as usize);
         match advice {
             Advice::ReadMostly => st.advice[a..b].iter_mut().for_each(|x| *x |= advice::READ_MOSTLY),
@@ -471,12 +474,12 @@ impl Svm {
                     }
                 }
             }
-            Advice::PreferredLocation(Location::Host) => st.advice[a..b]
-                .iter_mut()
-                .for_each(|x| *x = (*x & !advice::PREFER_DEVICE) | advice::PREFER_HOST),
-            Advice::PreferredLocation(Location::Device) => st.advice[a..b]
-                .iter_mut()
-                .for_each(|x| *x = (*x & !advice::PREFER_HOST) | advice::PREFER_DEVICE),
+            Advice::PreferredLocation(Location::Host) => {
+                st.advice[a..b].iter_mut().for_each(|x| *x = (*x & !advice::PREFER_DEVICE) | advice::PREFER_HOST)
+            }
+            Advice::PreferredLocation(Location::Device) => {
+                st.advice[a..b].iter_mut().for_each(|x| *x = (*x & !advice::PREFER_HOST) | advice::PREFER_DEVICE)
+            }
             Advice::UnsetPreferredLocation => {
                 st.advice[a..b].iter_mut().for_each(|x| *x &= !(advice::PREFER_HOST | advice::PREFER_DEVICE))
             }
@@ -594,7 +597,8 @@ impl Svm {
                     return Ok(());
                 }
                 report.gpu_fault_pages += faults.len() as u64;
-                let addrs = || faults.iter().map(|&(p, _)| (inner.arena.base() + p as usize * PAGE_SIZE) as u64).collect();
+                let addrs =
+                    || faults.iter().map(|&(p, _)| (inner.arena.base() + p as usize * PAGE_SIZE) as u64).collect();
                 if report.replays >= opts.max_replays {
                     return Err(LaunchError::ReplayLimit { replays: report.replays, pending: addrs() });
                 }
@@ -603,7 +607,8 @@ impl Svm {
                 let mut want: Vec<(u32, u32, bool)> = faults
                     .iter()
                     .map(|&(p, write)| {
-                        let (s, l) = st.ranges.containing(p as usize * PAGE_SIZE).expect("faulting pages are allocated");
+                        let (s, l) =
+                            st.ranges.containing(p as usize * PAGE_SIZE).expect("faulting pages are allocated");
                         let a = (p / chunk_pages * chunk_pages).max(page_of(s));
                         let b = (p / chunk_pages * chunk_pages + chunk_pages).min(page_of(s + l));
                         (a, b, write)
@@ -643,7 +648,9 @@ impl Inner {
     fn make_coherent(&self, st: &mut State, a: u32, b: u32) -> Result<(), AdviseError> {
         let gpu = &self.gpu;
         let Some(raw) = gpu.raw.clone().filter(|_| gpu.host_import) else {
-            return Err(AdviseError::Unsupported("AccessedBy needs VK_EXT_external_memory_host, which this device lacks"));
+            return Err(AdviseError::Unsupported(
+                "AccessedBy needs VK_EXT_external_memory_host, which this device lacks",
+            ));
         };
         if st.coherent.is_some() {
             return Err(AdviseError::Unsupported(
@@ -677,7 +684,13 @@ impl Inner {
         // with another CPU thread; the runtime itself only copies it under
         // the update lock, and never for coherent pages.
         let import = unsafe {
-            crate::vk::HostImport::new(&raw, Some("svm coherent window"), self.arena.host_ptr(a as usize * PAGE_SIZE), len, ())
+            crate::vk::HostImport::new(
+                &raw,
+                Some("svm coherent window"),
+                self.arena.host_ptr(a as usize * PAGE_SIZE),
+                len,
+                (),
+            )
         }
         .map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("host import: {e}"))))?;
         let bind_group = gpu.bind_group_with(import.buffer());
@@ -713,7 +726,9 @@ impl Inner {
                 let ranges: Vec<(u32, u32, bool)> = merge_ranges(
                     runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY != 0)
                         .map(|(x, y)| (x, y, false))
-                        .chain(runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY == 0).map(|(x, y)| (x, y, true)))
+                        .chain(
+                            runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY == 0).map(|(x, y)| (x, y, true)),
+                        )
                         .collect(),
                 );
                 let mut temporary = Vec::new();
@@ -752,7 +767,8 @@ impl Inner {
         pin: bool,
     ) -> Result<u64, LaunchError> {
         let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
-        let needed: usize = ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
+        let needed: usize =
+            ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
         if needed > st.frames.free_count() as usize {
             // Oversubscription: make room by evicting least-recently-used
             // pages this launch does not use.
@@ -770,7 +786,8 @@ impl Inner {
         let (mut pages, mut batches, mut changed) = (0u64, 0u64, 0u64);
         for &(a, b, write) in ranges {
             // Coherent pages: mapped in place, nothing moves.
-            let coherent_runs: Vec<(u32, u32)> = runs(a, b, |p| st.advice[p as usize] & advice::COHERENT != 0).collect();
+            let coherent_runs: Vec<(u32, u32)> =
+                runs(a, b, |p| st.advice[p as usize] & advice::COHERENT != 0).collect();
             for &(ca, cb) in &coherent_runs {
                 for p in ca..cb {
                     let old = st.table.get(PageIndex(p));
@@ -875,8 +892,10 @@ impl Inner {
         // The error and fault counts, and the bitmaps, start at zero.
         enc.clear_buffer(&gpu.log, 0, None);
         {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&kernel.label),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, st.coherent.as_ref().map_or(&gpu.bind_group, |c| &c.bind_group), &[]);
             let [x, y, z] = workgroups;
@@ -989,10 +1008,9 @@ impl Inner {
         }
         for seg in 0..gpu.segments.len() {
             let mine: Vec<_> = pieces.iter().filter(|x| x.1 == seg).collect();
-            let (Some(lo), Some(hi)) = (
-                mine.iter().map(|x| x.2).min(),
-                mine.iter().map(|x| x.2 + u64::from(x.3) * PAGE_SIZE as u64).max(),
-            ) else {
+            let (Some(lo), Some(hi)) =
+                (mine.iter().map(|x| x.2).min(), mine.iter().map(|x| x.2 + u64::from(x.3) * PAGE_SIZE as u64).max())
+            else {
                 continue;
             };
             gpu.read_mapped_range(&gpu.segments[seg], lo, hi - lo, |bytes| {
@@ -1338,11 +1356,10 @@ mod tests {
 
     #[test]
     fn merge_splits_and_joins() {
-        assert_eq!(merge_ranges(vec![(0, 4, false), (2, 6, true), (6, 8, true), (10, 12, false)]), vec![
-            (0, 2, false),
-            (2, 8, true),
-            (10, 12, false)
-        ]);
+        assert_eq!(
+            merge_ranges(vec![(0, 4, false), (2, 6, true), (6, 8, true), (10, 12, false)]),
+            vec![(0, 2, false), (2, 8, true), (10, 12, false)]
+        );
         assert_eq!(merge_ranges(vec![(0, 4, false), (0, 4, false)]), vec![(0, 4, false)]);
     }
 

@@ -16,7 +16,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use svm::vk::{self, BlockId, DeviceDescriptor, ValidationMode, HostImport, HostImportError, OpenDevice, RawDevice, SparseArena, SparseArenaDescriptor, SparseError, VkError};
+use svm::vk::{
+    self, BlockId, DeviceDescriptor, HostImport, HostImportError, OpenDevice, RawDevice, SparseArena,
+    SparseArenaDescriptor, SparseError, ValidationMode, VkError,
+};
 use wgpu::util::DeviceExt as _;
 
 // ---------------------------------------------------------------------------
@@ -108,7 +111,14 @@ impl Kernel {
 
     /// Encode one dispatch over `bytes` bytes at `offset` of `buf`
     /// (`data[i] = data[i] * mul + add + i * step`).
-    fn encode(&self, device: &wgpu::Device, buf: &wgpu::Buffer, offset: u64, bytes: u64, [mul, add, step]: [u32; 3]) -> wgpu::CommandBuffer {
+    fn encode(
+        &self,
+        device: &wgpu::Device,
+        buf: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+        [mul, add, step]: [u32; 3],
+    ) -> wgpu::CommandBuffer {
         let count = u32::try_from(bytes / 4).expect("window too large");
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: None,
@@ -121,7 +131,11 @@ impl Kernel {
             entries: &[
                 wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: buf, offset, size: wgpu::BufferSize::new(bytes) }),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: buf,
+                        offset,
+                        size: wgpu::BufferSize::new(bytes),
+                    }),
                 },
                 wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
             ],
@@ -137,7 +151,14 @@ impl Kernel {
     }
 
     /// Fill a page with `tag << 20 | word index`.
-    fn fill(&self, device: &wgpu::Device, buf: &wgpu::Buffer, page: u32, page_size: u64, tag: u32) -> wgpu::CommandBuffer {
+    fn fill(
+        &self,
+        device: &wgpu::Device,
+        buf: &wgpu::Buffer,
+        page: u32,
+        page_size: u64,
+        tag: u32,
+    ) -> wgpu::CommandBuffer {
         self.encode(device, buf, u64::from(page) * page_size, page_size, [0, tag << 20, 1])
     }
 }
@@ -236,7 +257,8 @@ fn device_fallback_without_extras() {
     assert!(matches!(e, SparseError::Unsupported), "{e}");
     // SAFETY: never reached with a real import (refused before any use of
     // the pointer).
-    let e = unsafe { HostImport::new(&raw, None, core::ptr::null_mut(), 4096, ()) }.expect_err("import must be refused");
+    let e =
+        unsafe { HostImport::new(&raw, None, core::ptr::null_mut(), 4096, ()) }.expect_err("import must be refused");
     assert!(matches!(e, HostImportError::Unsupported), "{e}");
     finish(&d);
 }
@@ -247,8 +269,11 @@ fn device_fallback_without_extras() {
 #[test]
 fn sparse_bind_write_read_rebind_unbind() {
     let Some((d, raw)) = sparse_device() else { return };
-    let mut arena = SparseArena::new(&raw, &SparseArenaDescriptor { size: 16 << 20, pool_blocks: 8, chunk_blocks: 4, ..Default::default() })
-        .expect("arena");
+    let mut arena = SparseArena::new(
+        &raw,
+        &SparseArenaDescriptor { size: 16 << 20, pool_blocks: 8, chunk_blocks: 4, ..Default::default() },
+    )
+    .expect("arena");
     let ps = arena.page_size();
     let words = (ps / 4) as usize;
     assert_eq!(arena.size(), (16u64 << 20).div_ceil(ps) * ps);
@@ -269,7 +294,11 @@ fn sparse_bind_write_read_rebind_unbind() {
         k.fill(&d.device, &buf, 9, ps, 4),
     ]);
     for (page, tag) in [(0u32, 1u32), (1, 2), (5, 3), (9, 4)] {
-        assert_page(&readback(&d.device, &d.queue, &buf, u64::from(page) * ps, ps), tag, &format!("page {page} after fill"));
+        assert_page(
+            &readback(&d.device, &d.queue, &buf, u64::from(page) * ps, ps),
+            tag,
+            &format!("page {page} after fill"),
+        );
     }
     // A dispatch over a window spanning bound pages 0..2 (x2 + 1).
     d.queue.submit([k.encode(&d.device, &buf, 0, 2 * ps, [2, 1, 0])]);
@@ -294,7 +323,10 @@ fn sparse_bind_write_read_rebind_unbind() {
     unsafe { arena.bind(&[(7, c)]) }.expect("bind c elsewhere");
     assert_page(&readback(&d.device, &d.queue, &buf, 7 * ps, ps), 3, "block c moved to page 7");
     if d.caps.residency_non_resident_strict {
-        assert!(readback(&d.device, &d.queue, &buf, 5 * ps, ps).iter().all(|&w| w == 0), "strict residency: unbound reads 0");
+        assert!(
+            readback(&d.device, &d.queue, &buf, 5 * ps, ps).iter().all(|&w| w == 0),
+            "strict residency: unbound reads 0"
+        );
     } else {
         eprintln!("note: residencyNonResidentStrict=false: unbound page contents are undefined, not checked");
     }
@@ -309,8 +341,11 @@ fn sparse_bind_write_read_rebind_unbind() {
 #[test]
 fn sparse_binds_are_ordered_against_submits() {
     let Some((d, raw)) = sparse_device() else { return };
-    let mut arena =
-        SparseArena::new(&raw, &SparseArenaDescriptor { size: 8 << 20, pool_blocks: 2, chunk_blocks: 2, ..Default::default() }).expect("arena");
+    let mut arena = SparseArena::new(
+        &raw,
+        &SparseArenaDescriptor { size: 8 << 20, pool_blocks: 2, chunk_blocks: 2, ..Default::default() },
+    )
+    .expect("arena");
     let ps = arena.page_size();
     let k = Kernel::new(&d.device);
     let buf = arena.buffer().clone();
@@ -341,8 +376,16 @@ fn sparse_binds_are_ordered_against_submits() {
         d.queue.submit([enc.finish()]);
     }
     for r in 0..ROUNDS {
-        assert_page(&read_staging(&d.device, &staging, u64::from(2 * r) * ps, ps), 2, &format!("round {r}: page 0 after rebind to b"));
-        assert_page(&read_staging(&d.device, &staging, u64::from(2 * r + 1) * ps, ps), 100 + r, &format!("round {r}: page 0 back on a"));
+        assert_page(
+            &read_staging(&d.device, &staging, u64::from(2 * r) * ps, ps),
+            2,
+            &format!("round {r}: page 0 after rebind to b"),
+        );
+        assert_page(
+            &read_staging(&d.device, &staging, u64::from(2 * r + 1) * ps, ps),
+            100 + r,
+            &format!("round {r}: page 0 back on a"),
+        );
     }
     // `queue.write_buffer` before a bind lands before it (the bind's flush
     // submission carries wgpu's pending writes): it goes to a, not b.
@@ -362,8 +405,11 @@ fn sparse_binds_are_ordered_against_submits() {
 #[test]
 fn sparse_bind_errors() {
     let Some((d, raw)) = sparse_device() else { return };
-    let mut arena =
-        SparseArena::new(&raw, &SparseArenaDescriptor { size: 1 << 20, pool_blocks: 2, chunk_blocks: 2, ..Default::default() }).expect("arena");
+    let mut arena = SparseArena::new(
+        &raw,
+        &SparseArenaDescriptor { size: 1 << 20, pool_blocks: 2, chunk_blocks: 2, ..Default::default() },
+    )
+    .expect("arena");
     let pages = arena.pages();
     let a = arena.alloc_block().unwrap();
     // SAFETY: this test is the only user of the queue; the calls below are
@@ -380,7 +426,10 @@ fn sparse_bind_errors() {
     assert!(matches!(arena.free_block(BlockId(1)), Err(SparseError::BadBlock(_))));
     let _b = arena.alloc_block().unwrap();
     assert_eq!(arena.alloc_block(), None, "pool of 2 exhausted");
-    let too_big = SparseArena::new(&raw, &SparseArenaDescriptor { size: d.caps.sparse_address_space_size + 1, pool_blocks: 1, ..Default::default() });
+    let too_big = SparseArena::new(
+        &raw,
+        &SparseArenaDescriptor { size: d.caps.sparse_address_space_size + 1, pool_blocks: 1, ..Default::default() },
+    );
     assert!(matches!(too_big, Err(SparseError::TooLarge { .. })));
     drop(arena);
     finish(&d);
@@ -395,12 +444,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn sparse_bind_throughput() {
     // Without the validation layer (debug builds load it by default; it
     // costs ~50 us per bind range on lavapipe), unless SVM_VALIDATION asks.
-    let mode = if std::env::var("SVM_VALIDATION").is_ok_and(|v| v == "1") { ValidationMode::On } else { ValidationMode::Off };
-    let Some((d, raw)) = sparse_device_with(&DeviceDescriptor { validation: mode, ..Default::default() }) else { return };
+    let mode =
+        if std::env::var("SVM_VALIDATION").is_ok_and(|v| v == "1") { ValidationMode::On } else { ValidationMode::Off };
+    let Some((d, raw)) = sparse_device_with(&DeviceDescriptor { validation: mode, ..Default::default() }) else {
+        return;
+    };
     const N: u32 = 512;
-    let mut arena =
-        SparseArena::new(&raw, &SparseArenaDescriptor { size: u64::from(N) * d.caps.sparse_block_size, pool_blocks: N, chunk_blocks: 256, ..Default::default() })
-            .expect("arena");
+    let mut arena = SparseArena::new(
+        &raw,
+        &SparseArenaDescriptor {
+            size: u64::from(N) * d.caps.sparse_block_size,
+            pool_blocks: N,
+            chunk_blocks: 256,
+            ..Default::default()
+        },
+    )
+    .expect("arena");
     let blocks: Vec<BlockId> = (0..N).map(|_| arena.alloc_block().unwrap()).collect();
     // Scattered: page i -> block (i * 97) mod N, so no two binds merge.
     let scattered: Vec<(u32, BlockId)> = (0..N).map(|i| (i, blocks[((i * 97) % N) as usize])).collect();
@@ -462,7 +521,11 @@ fn sparse_bind_throughput() {
     // The batch still works after all that: page 0..64 bound to blocks 0..64.
     let k = Kernel::new(&d.device);
     d.queue.submit([k.fill(&d.device, arena.buffer(), 3, d.caps.sparse_block_size, 9)]);
-    assert_page(&readback(&d.device, &d.queue, arena.buffer(), 3 * d.caps.sparse_block_size, d.caps.sparse_block_size), 9, "page 3");
+    assert_page(
+        &readback(&d.device, &d.queue, arena.buffer(), 3 * d.caps.sparse_block_size, d.caps.sparse_block_size),
+        9,
+        "page 3",
+    );
     drop(arena);
     finish(&d);
 }
@@ -480,7 +543,14 @@ impl Mmap {
     fn new(len: usize) -> Self {
         // SAFETY: a fresh anonymous mapping; no existing memory is touched.
         let p = unsafe {
-            libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED, "mmap");
         Self { addr: p as usize, len }
@@ -518,13 +588,19 @@ fn host_import_gpu_writes_visible_without_copy() {
     let align = d.caps.min_imported_host_pointer_alignment as usize;
     if align > 1 {
         // SAFETY: refused before the pointer is used.
-        let e = unsafe { HostImport::new(&raw, None, (addr + align / 2) as *mut u8, align, ()) }.expect_err("misaligned");
+        let e =
+            unsafe { HostImport::new(&raw, None, (addr + align / 2) as *mut u8, align, ()) }.expect_err("misaligned");
         assert!(matches!(e, HostImportError::Misaligned { what: "pointer", .. }), "{e}");
     }
     // SAFETY: the mapping is ours, stays mapped while `map` (the owner) lives,
     // and the CPU touches it below only after waiting for the GPU.
     let import = unsafe { HostImport::new(&raw, Some("host import"), addr as *mut u8, len, map) }.expect("import");
-    eprintln!("imported {} bytes as memory type {} (coherent: {})", import.len(), import.memory_type_index(), import.is_coherent());
+    eprintln!(
+        "imported {} bytes as memory type {} (coherent: {})",
+        import.len(),
+        import.memory_type_index(),
+        import.is_coherent()
+    );
     let k = Kernel::new(&d.device);
     let barrier = || vk::host_read_barrier(&d.device).expect("barrier");
 
@@ -584,15 +660,21 @@ fn validation_capture_catches_errors_and_sparse_host_flows_are_clean() {
         }
     }
     let caught = v.errors();
-    assert!(caught.iter().any(|m| m.id_name.contains("VUID-VkBufferCreateInfo-size")), "capture missed the error: {caught:?}");
+    assert!(
+        caught.iter().any(|m| m.id_name.contains("VUID-VkBufferCreateInfo-size")),
+        "capture missed the error: {caught:?}"
+    );
     eprintln!("self-test caught: {}", caught[0]);
     v.clear();
 
     // The sparse and host-import flows under validation.
     let k = Kernel::new(&d.device);
     if d.caps.sparse {
-        let mut arena =
-            SparseArena::new(&raw, &SparseArenaDescriptor { size: 4 << 20, pool_blocks: 4, chunk_blocks: 2, ..Default::default() }).expect("arena");
+        let mut arena = SparseArena::new(
+            &raw,
+            &SparseArenaDescriptor { size: 4 << 20, pool_blocks: 4, chunk_blocks: 2, ..Default::default() },
+        )
+        .expect("arena");
         let ps = arena.page_size();
         let blocks: Vec<BlockId> = (0..4).map(|_| arena.alloc_block().unwrap()).collect();
         // SAFETY: this test is the only user of the queue.
@@ -612,7 +694,10 @@ fn validation_capture_catches_errors_and_sparse_host_flows_are_clean() {
         let (addr, len) = (map.addr, map.len);
         // SAFETY: as in host_import_gpu_writes_visible_without_copy.
         let import = unsafe { HostImport::new(&raw, None, addr as *mut u8, len, map) }.expect("import");
-        d.queue.submit([k.encode(&d.device, import.buffer(), 0, 1 << 20, [0, 5, 0]), vk::host_read_barrier(&d.device).expect("barrier")]);
+        d.queue.submit([
+            k.encode(&d.device, import.buffer(), 0, 1 << 20, [0, 5, 0]),
+            vk::host_read_barrier(&d.device).expect("barrier"),
+        ]);
         d.device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
         // SAFETY: the GPU is done; the mapping lives inside the import.
         assert_eq!(unsafe { *(addr as *const u32) }, 5);

@@ -142,7 +142,11 @@ mod tests {
         assert_eq!(wgsl_const(&m, "SVM_FLAG_REPLAYABLE"), flags::REPLAYABLE);
         assert_eq!(wgsl_const(&m, "SVM_LOG_FAULTS"), LOG_FAULTS);
         assert_eq!(LOG_FAULTS, 1 + ERROR_RECORDS * 4, "the fault section follows the error records");
-        let pools = m.global_variables.iter().filter(|(_, g)| g.name.as_deref().is_some_and(|n| n.starts_with("svm_pool"))).count();
+        let pools = m
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.name.as_deref().is_some_and(|n| n.starts_with("svm_pool")))
+            .count();
         assert_eq!(pools as u32, POOL_SEGMENTS);
         let bindings = m.global_variables.iter().filter(|(_, g)| g.binding.is_some()).count();
         assert_eq!(bindings, 8, "the prelude stays within wgpu's default 8 storage buffers per stage");
@@ -153,7 +157,8 @@ mod tests {
         for (name, body) in ALL_KERNELS {
             let src = with_prelude(body);
             let m = module(&src);
-            let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+            let mut v =
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
             v.validate(&m).unwrap_or_else(|e| panic!("kernel {name}: {}", e.emit_to_string(&src)));
         }
     }

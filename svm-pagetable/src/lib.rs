@@ -27,14 +27,11 @@ mod loom_tests;
 mod tests;
 
 pub use error::{Again, FaultReason, RangeError, SpaceError};
-pub use mirror::{
-    IntervalNotifier, InvalidateEvent, Mirror, MirrorId, MirrorOps, Seq, Update, UpdateGuard,
-};
+pub use mirror::{IntervalNotifier, InvalidateEvent, Mirror, MirrorId, MirrorOps, Seq, Update, UpdateGuard};
 pub use pte::{FrameIndex, PageIndex, Pte, PAGE_SHIFT, PAGE_SIZE};
 pub use range::{ChunkOrder, PageRange};
 pub use snapshot::{Encoding, RangeRequest, SnapshotEntry};
 pub use space::{
-    AddressSpace, AllocDescriptor, MigrateOutcome, MigrateTarget, Migration, MigrationId,
-    PageState, Prot,
+    AddressSpace, AllocDescriptor, MigrateOutcome, MigrateTarget, Migration, MigrationId, PageState, Prot,
 };
 pub use table::{PageTable, UploadBatch, LEAF_PTES};

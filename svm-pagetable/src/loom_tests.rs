@@ -33,10 +33,7 @@ fn seed_valid_flag_protocol() -> bool {
         listed: bool,
         valid: bool,
     }
-    let hmm_lock = Arc::new(Mutex::new(Range {
-        listed: false,
-        valid: false,
-    }));
+    let hmm_lock = Arc::new(Mutex::new(Range { listed: false, valid: false }));
     let cpu_pte = Arc::new(AtomicU32::new(OLD));
     let device = Arc::new(Mutex::new(0u32));
 
@@ -139,10 +136,7 @@ fn loom_seed_valid_flag_admits_stale_commit() {
             STALE.store(true, StdOrdering::Relaxed);
         }
     });
-    eprintln!(
-        "seed model: {} executions explored",
-        RUNS.load(StdOrdering::Relaxed)
-    );
+    eprintln!("seed model: {} executions explored", RUNS.load(StdOrdering::Relaxed));
     assert!(
         STALE.load(StdOrdering::Relaxed),
         "loom should find the interleaving where the seed commits a stale snapshot"
@@ -156,10 +150,7 @@ fn loom_seq_protocol_never_commits_stale() {
         RUNS.fetch_add(1, StdOrdering::Relaxed);
         assert!(!seq_protocol(), "stale commit");
     });
-    eprintln!(
-        "seq model: {} executions explored",
-        RUNS.load(StdOrdering::Relaxed)
-    );
+    eprintln!("seq model: {} executions explored", RUNS.load(StdOrdering::Relaxed));
 }
 
 /// A one-page device table.
@@ -186,18 +177,8 @@ fn real_protocol(cpu: fn(&Arc<AddressSpace>, PageRange)) -> usize {
         RUNS.fetch_add(1, StdOrdering::Relaxed);
         let space = AddressSpace::new(1);
         let page = PageRange::from_range(0..1).expect("ordered");
-        let mirror = space
-            .mirror_register(page, LoomOps, PageTable::new(1))
-            .expect("register");
-        space
-            .alloc(
-                page,
-                AllocDescriptor {
-                    prot: Prot::ReadWrite,
-                    max_order: ChunkOrder::Page,
-                },
-            )
-            .expect("alloc");
+        let mirror = space.mirror_register(page, LoomOps, PageTable::new(1)).expect("register");
+        space.alloc(page, AllocDescriptor { prot: Prot::ReadWrite, max_order: ChunkOrder::Page }).expect("alloc");
         space
             .migrate_begin(page, MigrateTarget::Device(mirror.id()), true)
             .expect("begin")

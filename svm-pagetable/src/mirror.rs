@@ -127,11 +127,7 @@ pub(crate) trait MirrorEntry: Send + Sync {
     fn range(&self) -> PageRange;
     /// Take the update lock, bump overlapping notifiers to odd (pushing them
     /// on `bumped`, which the caller ends), call the driver.
-    fn invalidate(
-        &self,
-        update: &Update,
-        bumped: &mut Vec<Arc<NotifierShared>>,
-    ) -> Result<(), Again>;
+    fn invalidate(&self, update: &Update, bumped: &mut Vec<Arc<NotifierShared>>) -> Result<(), Again>;
     fn release(&self);
     fn copy_to_host(&self, pages: &[(PageIndex, FrameIndex)]);
 }
@@ -153,29 +149,13 @@ pub struct Mirror<O: MirrorOps> {
 
 impl<O: MirrorOps> core::fmt::Debug for Mirror<O> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Mirror")
-            .field("id", &self.id)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("Mirror").field("id", &self.id).field("range", &self.range).finish_non_exhaustive()
     }
 }
 
 impl<O: MirrorOps> Mirror<O> {
-    pub(crate) fn new(
-        id: MirrorId,
-        range: PageRange,
-        space: Weak<AddressSpace>,
-        ops: O,
-        table: O::Table,
-    ) -> Self {
-        Self {
-            id,
-            range,
-            space,
-            ops,
-            update: Mutex::new(table),
-            notifiers: Mutex::new(Vec::new()),
-        }
+    pub(crate) fn new(id: MirrorId, range: PageRange, space: Weak<AddressSpace>, ops: O, table: O::Table) -> Self {
+        Self { id, range, space, ops, update: Mutex::new(table), notifiers: Mutex::new(Vec::new()) }
     }
 
     /// This mirror's identity.
@@ -199,18 +179,12 @@ impl<O: MirrorOps> Mirror<O> {
     /// Do not call [`AddressSpace`] methods while holding
     /// it (lock order: the address space's state lock comes first).
     pub fn update_lock(&self) -> UpdateGuard<'_, O> {
-        UpdateGuard {
-            mirror_id: self.id,
-            guard: self.update.lock(),
-        }
+        UpdateGuard { mirror_id: self.id, guard: self.update.lock() }
     }
 
     /// Non-blocking [`Self::update_lock`].
     pub fn try_update_lock(&self) -> Option<UpdateGuard<'_, O>> {
-        self.update.try_lock().map(|guard| UpdateGuard {
-            mirror_id: self.id,
-            guard,
-        })
+        self.update.try_lock().map(|guard| UpdateGuard { mirror_id: self.id, guard })
     }
 
     /// Start tracking invalidations of `range` (the kernel's
@@ -218,12 +192,8 @@ impl<O: MirrorOps> Mirror<O> {
     /// every notifier still zap, but only notifiers make a snapshot retry.
     /// Dropping the returned notifier removes it.
     pub fn notifier_insert(&self, range: PageRange) -> IntervalNotifier {
-        let shared = Arc::new(NotifierShared {
-            mirror: self.id,
-            range,
-            seq: AtomicU64::new(0),
-            space: self.space.clone(),
-        });
+        let shared =
+            Arc::new(NotifierShared { mirror: self.id, range, seq: AtomicU64::new(0), space: self.space.clone() });
         let mut list = self.notifiers.lock();
         list.retain(|w| w.strong_count() > 0);
         list.push(Arc::downgrade(&shared));
@@ -240,16 +210,8 @@ impl<O: MirrorOps> MirrorEntry for Mirror<O> {
         self.range
     }
 
-    fn invalidate(
-        &self,
-        update: &Update,
-        bumped: &mut Vec<Arc<NotifierShared>>,
-    ) -> Result<(), Again> {
-        let mut table = if update.blockable {
-            self.update.lock()
-        } else {
-            self.update.try_lock().ok_or(Again)?
-        };
+    fn invalidate(&self, update: &Update, bumped: &mut Vec<Arc<NotifierShared>>) -> Result<(), Again> {
+        let mut table = if update.blockable { self.update.lock() } else { self.update.try_lock().ok_or(Again)? };
         {
             let list = self.notifiers.lock();
             for n in list.iter().filter_map(Weak::upgrade) {
@@ -264,10 +226,7 @@ impl<O: MirrorOps> MirrorEntry for Mirror<O> {
             }
         }
         let r = self.ops.invalidate(&mut table, update);
-        debug_assert!(
-            r.is_ok() || !update.blockable,
-            "MirrorOps::invalidate returned Again while blockable"
-        );
+        debug_assert!(r.is_ok() || !update.blockable, "MirrorOps::invalidate returned Again while blockable");
         r
     }
 
@@ -298,10 +257,7 @@ impl<O: MirrorOps> UpdateGuard<'_, O> {
     /// If `notifier` belongs to another mirror (its count is not protected by
     /// this lock, so the answer would mean nothing).
     pub fn read_retry(&self, notifier: &IntervalNotifier, seq: Seq) -> bool {
-        assert_eq!(
-            notifier.shared.mirror, self.mirror_id,
-            "read_retry under the update lock of another mirror"
-        );
+        assert_eq!(notifier.shared.mirror, self.mirror_id, "read_retry under the update lock of another mirror");
         notifier.shared.seq.load(Ordering::Acquire) != seq.0
     }
 }

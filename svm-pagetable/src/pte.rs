@@ -125,12 +125,7 @@ impl Pte {
 impl core::fmt::Debug for Pte {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self.frame() {
-            Some(fr) => write!(
-                f,
-                "Pte(frame {}, {})",
-                fr.0,
-                if self.is_writable() { "rw" } else { "ro" }
-            ),
+            Some(fr) => write!(f, "Pte(frame {}, {})", fr.0, if self.is_writable() { "rw" } else { "ro" }),
             None if self.is_allocated() => f.write_str("Pte(allocated, not resident)"),
             None => f.write_str("Pte(unallocated)"),
         }

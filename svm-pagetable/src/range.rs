@@ -15,18 +15,12 @@ pub struct PageRange {
 impl PageRange {
     /// `start..end`, or `None` when `start > end`.
     pub fn new(start: PageIndex, end: PageIndex) -> Option<Self> {
-        (start.0 <= end.0).then_some(Self {
-            start: start.0,
-            end: end.0,
-        })
+        (start.0 <= end.0).then_some(Self { start: start.0, end: end.0 })
     }
 
     /// `start..start + len`, or `None` on overflow.
     pub fn with_len(start: PageIndex, len: u32) -> Option<Self> {
-        start.0.checked_add(len).map(|end| Self {
-            start: start.0,
-            end,
-        })
+        start.0.checked_add(len).map(|end| Self { start: start.0, end })
     }
 
     /// From a raw `Range<u32>`, or `None` when `start > end`.
@@ -100,8 +94,7 @@ pub enum ChunkOrder {
 
 impl ChunkOrder {
     /// Every order, largest first (the order in which faults try them).
-    pub const LARGEST_FIRST: [ChunkOrder; 3] =
-        [ChunkOrder::Chunk2M, ChunkOrder::Chunk64K, ChunkOrder::Page];
+    pub const LARGEST_FIRST: [ChunkOrder; 3] = [ChunkOrder::Chunk2M, ChunkOrder::Chunk64K, ChunkOrder::Page];
 
     /// `log2` of the number of pages.
     pub fn log2(self) -> u32 {
@@ -118,10 +111,7 @@ impl ChunkOrder {
     /// The aligned chunk of this order that holds `page`.
     pub fn chunk_of(self, page: PageIndex) -> PageRange {
         let start = page.0 & !(self.pages() - 1);
-        PageRange {
-            start,
-            end: start.saturating_add(self.pages()),
-        }
+        PageRange { start, end: start.saturating_add(self.pages()) }
     }
     /// From `log2`, for the three supported sizes.
     pub fn from_log2(log2: u32) -> Option<Self> {
@@ -146,10 +136,7 @@ mod tests {
         assert_eq!(a.intersect(b), PageRange::from_range(8..10));
         assert!(!a.overlaps(PageRange::from_range(10..12).expect("ordered")));
         assert!(PageRange::new(PageIndex(5), PageIndex(4)).is_none());
-        assert_eq!(
-            ChunkOrder::Chunk2M.chunk_of(PageIndex(1000)).as_range(),
-            512..1024
-        );
+        assert_eq!(ChunkOrder::Chunk2M.chunk_of(PageIndex(1000)).as_range(), 512..1024);
         assert_eq!(ChunkOrder::Chunk64K.bytes(), 65536);
     }
 }

@@ -86,26 +86,16 @@ impl Encoding {
         }
         if v & self.valid != 0 {
             let pfn = u32::try_from((v & !self.flag_mask()) >> self.pfn_shift).unwrap_or(u32::MAX);
-            let order = self
-                .order_shift
-                .and_then(|s| ChunkOrder::from_log2(((v >> s) & 0x1f) as u32))
-                .unwrap_or_default();
+            let order =
+                self.order_shift.and_then(|s| ChunkOrder::from_log2(((v >> s) & 0x1f) as u32)).unwrap_or_default();
             let write = v & self.write != 0;
             if v & self.device_private != 0 {
                 if let Some(frame) = FrameIndex::new(pfn) {
-                    return SnapshotEntry::Device {
-                        frame,
-                        write,
-                        order,
-                    };
+                    return SnapshotEntry::Device { frame, write, order };
                 }
                 return SnapshotEntry::Error;
             }
-            return SnapshotEntry::Host {
-                page: PageIndex(pfn),
-                write,
-                order,
-            };
+            return SnapshotEntry::Host { page: PageIndex(pfn), write, order };
         }
         if self.device_private_other != 0 && v & self.device_private_other != 0 {
             return SnapshotEntry::OtherDevice;
@@ -159,9 +149,7 @@ impl SnapshotEntry {
     pub fn to_pte(self) -> Pte {
         match self {
             SnapshotEntry::Device { frame, write, .. } => Pte::resident(frame, write),
-            SnapshotEntry::Host { .. } | SnapshotEntry::OtherDevice | SnapshotEntry::NotPresent => {
-                Pte::ALLOCATED
-            }
+            SnapshotEntry::Host { .. } | SnapshotEntry::OtherDevice | SnapshotEntry::NotPresent => Pte::ALLOCATED,
             SnapshotEntry::Error | SnapshotEntry::Special => Pte::EMPTY,
         }
     }
@@ -188,14 +176,7 @@ pub struct RangeRequest<'a> {
 impl<'a> RangeRequest<'a> {
     /// A request with the default encoding and no fault asked for.
     pub fn new(mirror: MirrorId, range: PageRange, pfns: &'a mut [u64]) -> Self {
-        Self {
-            mirror,
-            range,
-            encoding: Encoding::DEFAULT,
-            default_flags: 0,
-            pfn_flags_mask: 0,
-            pfns,
-        }
+        Self { mirror, range, encoding: Encoding::DEFAULT, default_flags: 0, pfn_flags_mask: 0, pfns }
     }
     /// Use `encoding`.
     pub fn with_encoding(mut self, encoding: Encoding) -> Self {
@@ -224,19 +205,11 @@ enum Walk {
     InFlight,
 }
 
-fn encode_state(
-    enc: &Encoding,
-    me: MirrorId,
-    page: u32,
-    state: PageState,
-    order: ChunkOrder,
-) -> u64 {
+fn encode_state(enc: &Encoding, me: MirrorId, page: u32, state: PageState, order: ChunkOrder) -> u64 {
     match state {
         PageState::Unallocated => enc.error,
         PageState::Special => enc.special,
-        PageState::Empty { prot } | PageState::Migrating { prot, .. } if prot.readable() => {
-            enc.none
-        }
+        PageState::Empty { prot } | PageState::Migrating { prot, .. } if prot.readable() => enc.none,
         PageState::Host { prot, writable } if prot.readable() => {
             enc.valid
                 | if writable { enc.write } else { 0 }
@@ -276,11 +249,7 @@ fn walk(st: &mut HostState, req: &mut RangeRequest<'_>, fault: bool) -> Walk {
         let chunk = page.order.pages();
         if chunk > 1 && !fault && p & (chunk - 1) == 0 && i + chunk <= n {
             let base = encode_state(&enc, me, p, page.state, page.order);
-            let step = if base & enc.valid != 0 {
-                1u64 << enc.pfn_shift
-            } else {
-                0
-            };
+            let step = if base & enc.valid != 0 { 1u64 << enc.pfn_shift } else { 0 };
             let mut v = base;
             for out in &mut req.pfns[i as usize..(i + chunk) as usize] {
                 *out = v;
@@ -306,9 +275,7 @@ fn walk(st: &mut HostState, req: &mut RangeRequest<'_>, fault: bool) -> Walk {
                 }
                 match page.state {
                     PageState::Empty { .. } => st.populate(p, want_write),
-                    PageState::Host {
-                        writable: false, ..
-                    } if want_write => st.upgrade_write(p),
+                    PageState::Host { writable: false, .. } if want_write => st.upgrade_write(p),
                     PageState::Device { owner, .. } if owner != me => take_back.push(p),
                     PageState::Migrating { .. } => in_flight = true,
                     _ => {}
@@ -331,16 +298,10 @@ fn walk(st: &mut HostState, req: &mut RangeRequest<'_>, fault: bool) -> Walk {
 impl AddressSpace {
     fn range_check(&self, req: &RangeRequest<'_>) -> Result<(), RangeError> {
         if req.range.end().0 > self.pages() {
-            return Err(RangeError::OutOfRange {
-                range: req.range,
-                limit: self.range(),
-            });
+            return Err(RangeError::OutOfRange { range: req.range, limit: self.range() });
         }
         if req.pfns.len() != req.range.len() as usize {
-            return Err(RangeError::LengthMismatch {
-                pages: req.range.len(),
-                entries: req.pfns.len(),
-            });
+            return Err(RangeError::LengthMismatch { pages: req.range.len(), entries: req.pfns.len() });
         }
         Ok(())
     }
@@ -357,11 +318,7 @@ impl AddressSpace {
     /// `LengthMismatch`, `Released`.
     ///
     /// [`UpdateGuard::read_retry`]: crate::UpdateGuard::read_retry
-    pub fn range_snapshot(
-        &self,
-        req: &mut RangeRequest<'_>,
-        blockable: bool,
-    ) -> Result<(), RangeError> {
+    pub fn range_snapshot(&self, req: &mut RangeRequest<'_>, blockable: bool) -> Result<(), RangeError> {
         self.range_check(req)?;
         let mut st = self.lock_state(blockable).ok_or(RangeError::Busy)?;
         if st.released {
@@ -382,11 +339,7 @@ impl AddressSpace {
     /// `Fault` for a requested page that cannot be faulted (its entry is set
     /// to `error`, the entries after it to `none`); `Busy` when `!blockable`
     /// and it would have to wait; `OutOfRange`, `LengthMismatch`, `Released`.
-    pub fn range_fault(
-        self: &Arc<Self>,
-        req: &mut RangeRequest<'_>,
-        blockable: bool,
-    ) -> Result<(), RangeError> {
+    pub fn range_fault(self: &Arc<Self>, req: &mut RangeRequest<'_>, blockable: bool) -> Result<(), RangeError> {
         self.range_check(req)?;
         loop {
             let mut st = self.lock_state(blockable).ok_or(RangeError::Busy)?;
@@ -398,13 +351,8 @@ impl AddressSpace {
                 Walk::Fault(i, reason) => {
                     req.pfns[i as usize] = req.encoding.error;
                     let none = req.encoding.none;
-                    req.pfns[i as usize + 1..]
-                        .iter_mut()
-                        .for_each(|v| *v = none);
-                    return Err(RangeError::Fault {
-                        page: PageIndex(req.range.start().0 + i),
-                        reason,
-                    });
+                    req.pfns[i as usize + 1..].iter_mut().for_each(|v| *v = none);
+                    return Err(RangeError::Fault { page: PageIndex(req.range.start().0 + i), reason });
                 }
                 Walk::InFlight => {
                     if !blockable {
@@ -414,13 +362,9 @@ impl AddressSpace {
                 }
                 Walk::TakeBack(pages) => {
                     drop(st);
-                    match self
-                        .take_back(req.range, blockable, |p| pages.binary_search(&p.0).is_ok())
-                    {
+                    match self.take_back(req.range, blockable, |p| pages.binary_search(&p.0).is_ok()) {
                         Ok(()) => {}
-                        Err(crate::error::SpaceError::Released) => {
-                            return Err(RangeError::Released)
-                        }
+                        Err(crate::error::SpaceError::Released) => return Err(RangeError::Released),
                         Err(_) => return Err(RangeError::Busy),
                     }
                 }

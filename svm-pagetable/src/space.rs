@@ -24,9 +24,7 @@ use std::sync::{Arc, Weak};
 
 use crate::error::{Again, FaultReason, Result, SpaceError};
 use crate::loom::{AtomicU32, Condvar, Mutex, MutexGuard, Ordering, RwLock};
-use crate::mirror::{
-    InvalidateEvent, Mirror, MirrorEntry, MirrorId, MirrorOps, NotifierShared, Update,
-};
+use crate::mirror::{InvalidateEvent, Mirror, MirrorEntry, MirrorId, MirrorOps, NotifierShared, Update};
 use crate::pte::{FrameIndex, PageIndex};
 use crate::range::{ChunkOrder, PageRange};
 
@@ -118,15 +116,8 @@ impl PageState {
     fn with_prot(self, new: Prot) -> Self {
         match self {
             PageState::Empty { .. } => PageState::Empty { prot: new },
-            PageState::Host { writable, .. } => PageState::Host {
-                prot: new,
-                writable: writable && new.writable(),
-            },
-            PageState::Device { owner, frame, .. } => PageState::Device {
-                prot: new,
-                owner,
-                frame,
-            },
+            PageState::Host { writable, .. } => PageState::Host { prot: new, writable: writable && new.writable() },
+            PageState::Device { owner, frame, .. } => PageState::Device { prot: new, owner, frame },
             PageState::Migrating { id, .. } => PageState::Migrating { prot: new, id },
             s @ (PageState::Unallocated | PageState::Special) => s,
         }
@@ -157,10 +148,7 @@ pub struct AllocDescriptor {
 
 impl Default for AllocDescriptor {
     fn default() -> Self {
-        Self {
-            prot: Prot::ReadWrite,
-            max_order: ChunkOrder::Chunk2M,
-        }
+        Self { prot: Prot::ReadWrite, max_order: ChunkOrder::Chunk2M }
     }
 }
 
@@ -181,11 +169,7 @@ pub(crate) struct HostState {
 
 impl HostState {
     fn alloc_of(&self, page: u32) -> Option<(u32, Alloc)> {
-        self.allocs
-            .range(..=page)
-            .next_back()
-            .filter(|(_, a)| a.end > page)
-            .map(|(s, a)| (*s, *a))
+        self.allocs.range(..=page).next_back().filter(|(_, a)| a.end > page).map(|(s, a)| (*s, *a))
     }
 
     /// Split any large entry that straddles a boundary of `range`, so that
@@ -232,10 +216,7 @@ impl HostState {
             let span = &mut self.pages[chunk.start().0 as usize..chunk.end().0 as usize];
             if span.iter().all(|p| p.state == PageState::Empty { prot }) {
                 for p in span {
-                    *p = Page {
-                        state: PageState::Host { prot, writable },
-                        order,
-                    };
+                    *p = Page { state: PageState::Host { prot, writable }, order };
                 }
                 return;
             }
@@ -248,10 +229,7 @@ impl HostState {
         let chunk = self.pages[page as usize].order.chunk_of(PageIndex(page));
         for p in &mut self.pages[chunk.start().0 as usize..chunk.end().0 as usize] {
             if let PageState::Host { prot, .. } = p.state {
-                p.state = PageState::Host {
-                    prot,
-                    writable: true,
-                };
+                p.state = PageState::Host { prot, writable: true };
             }
         }
     }
@@ -267,29 +245,19 @@ impl HostState {
                 continue;
             }
             if p & (n - 1) != 0 || p + n > self.pages.len() {
-                return Err(format!(
-                    "page {p}: misaligned chunk of order {:?}",
-                    page.order
-                ));
+                return Err(format!("page {p}: misaligned chunk of order {:?}", page.order));
             }
             for (i, q) in (0u32..).zip(&self.pages[p..p + n]) {
                 let same = match (page.state, q.state) {
                     (PageState::Host { .. }, PageState::Host { .. }) => page.state == q.state,
                     (
                         PageState::Device { prot, owner, frame },
-                        PageState::Device {
-                            prot: p2,
-                            owner: o2,
-                            frame: f2,
-                        },
+                        PageState::Device { prot: p2, owner: o2, frame: f2 },
                     ) => prot == p2 && owner == o2 && f2.get() == frame.get() + i,
                     _ => false,
                 };
                 if !same || q.order != page.order {
-                    return Err(format!(
-                        "page {}: breaks the chunk at {p}: {q:?} vs {page:?}",
-                        p + i as usize
-                    ));
+                    return Err(format!("page {}: breaks the chunk at {p}: {q:?} vs {page:?}", p + i as usize));
                 }
             }
             p += n;
@@ -367,20 +335,13 @@ impl Migration {
     /// # Errors
     /// [`SpaceError::BadOutcome`] for a `Device` outcome of a migration to the
     /// host (every page is then restored); [`SpaceError::Released`].
-    pub fn finalize(
-        mut self,
-        mut outcome: impl FnMut(PageIndex, PageState) -> MigrateOutcome,
-    ) -> Result<()> {
-        let outcomes: Vec<MigrateOutcome> =
-            self.pages.iter().map(|(p, s, _)| outcome(*p, *s)).collect();
+    pub fn finalize(mut self, mut outcome: impl FnMut(PageIndex, PageState) -> MigrateOutcome) -> Result<()> {
+        let outcomes: Vec<MigrateOutcome> = self.pages.iter().map(|(p, s, _)| outcome(*p, *s)).collect();
         let owner = match self.target {
             MigrateTarget::Device(m) => Some(m),
             MigrateTarget::Host => None,
         };
-        if let Some(i) = outcomes
-            .iter()
-            .position(|o| matches!(o, MigrateOutcome::Device(_)) && owner.is_none())
-        {
+        if let Some(i) = outcomes.iter().position(|o| matches!(o, MigrateOutcome::Device(_)) && owner.is_none()) {
             return Err(SpaceError::BadOutcome(self.pages[i].0));
         }
         let Some(space) = self.space.upgrade() else {
@@ -389,13 +350,8 @@ impl Migration {
         let pages = core::mem::take(&mut self.pages);
         space.migration_end(self.id, &pages, |i, prot| match (outcomes[i], owner) {
             (MigrateOutcome::Restore, _) => None,
-            (MigrateOutcome::Host, _) => Some(PageState::Host {
-                prot,
-                writable: prot.writable(),
-            }),
-            (MigrateOutcome::Device(frame), Some(owner)) => {
-                Some(PageState::Device { prot, owner, frame })
-            }
+            (MigrateOutcome::Host, _) => Some(PageState::Host { prot, writable: prot.writable() }),
+            (MigrateOutcome::Device(frame), Some(owner)) => Some(PageState::Device { prot, owner, frame }),
             (MigrateOutcome::Device(_), None) => None,
         });
         Ok(())
@@ -430,9 +386,7 @@ pub struct AddressSpace {
 
 impl core::fmt::Debug for AddressSpace {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("AddressSpace")
-            .field("pages", &self.pages)
-            .finish_non_exhaustive()
+        f.debug_struct("AddressSpace").field("pages", &self.pages).finish_non_exhaustive()
     }
 }
 
@@ -448,10 +402,7 @@ impl AddressSpace {
                 released: false,
             }),
             migrated: Condvar::new(),
-            mirrors: RwLock::new(MirrorList {
-                released: false,
-                list: Vec::new(),
-            }),
+            mirrors: RwLock::new(MirrorList { released: false, list: Vec::new() }),
             next_mirror: AtomicU32::new(0),
         })
     }
@@ -468,10 +419,7 @@ impl AddressSpace {
 
     pub(crate) fn check_range(&self, range: PageRange) -> Result<()> {
         if range.end().0 > self.pages {
-            return Err(SpaceError::OutOfRange {
-                range,
-                pages: self.pages,
-            });
+            return Err(SpaceError::OutOfRange { range, pages: self.pages });
         }
         Ok(())
     }
@@ -484,10 +432,7 @@ impl AddressSpace {
         }
     }
 
-    pub(crate) fn wait_migration<'a>(
-        &self,
-        g: MutexGuard<'a, HostState>,
-    ) -> MutexGuard<'a, HostState> {
+    pub(crate) fn wait_migration<'a>(&self, g: MutexGuard<'a, HostState>) -> MutexGuard<'a, HostState> {
         self.migrated.wait(g)
     }
 
@@ -562,10 +507,7 @@ impl AddressSpace {
             .filter(|p| matches!(p.state, PageState::Device { owner, .. } if owner == mirror.id()))
             .count();
         if owned > 0 {
-            return Err(SpaceError::OwnsPages {
-                mirror: mirror.id(),
-                pages: u32::try_from(owned).unwrap_or(u32::MAX),
-            });
+            return Err(SpaceError::OwnsPages { mirror: mirror.id(), pages: u32::try_from(owned).unwrap_or(u32::MAX) });
         }
         let mut list = self.mirrors.write();
         let before = list.list.len();
@@ -581,12 +523,7 @@ impl AddressSpace {
     }
 
     fn mirror_entry(&self, id: MirrorId) -> Option<Arc<dyn MirrorEntry>> {
-        self.mirrors
-            .read()
-            .list
-            .iter()
-            .find(|m| m.id() == id)
-            .cloned()
+        self.mirrors.read().list.iter().find(|m| m.id() == id).cloned()
     }
 
     // ------------------------------------------------------------ the change
@@ -628,11 +565,7 @@ impl AddressSpace {
         let list = self.mirrors.read();
         for m in &list.list {
             if let Some(clipped) = m.range().intersect(range) {
-                let update = Update {
-                    range: clipped,
-                    event,
-                    blockable,
-                };
+                let update = Update { range: clipped, event, blockable };
                 m.invalidate(&update, bumped)?;
             }
         }
@@ -648,12 +581,7 @@ impl AddressSpace {
     /// # Errors
     /// [`SpaceError::Again`] when `!blockable` and a mirror's update lock (or
     /// the state lock) is held; [`SpaceError::OutOfRange`]; [`SpaceError::Released`].
-    pub fn invalidate(
-        &self,
-        range: PageRange,
-        event: InvalidateEvent,
-        blockable: bool,
-    ) -> Result<()> {
+    pub fn invalidate(&self, range: PageRange, event: InvalidateEvent, blockable: bool) -> Result<()> {
         self.change(range, event, blockable, |_| ())
     }
 
@@ -683,28 +611,16 @@ impl AddressSpace {
         if st.released {
             return Err(SpaceError::Released);
         }
-        if let Some(p) = range
-            .iter()
-            .find(|p| st.pages[p.0 as usize].state != PageState::Unallocated)
-        {
+        if let Some(p) = range.iter().find(|p| st.pages[p.0 as usize].state != PageState::Unallocated) {
             return Err(SpaceError::Overlap(p));
         }
         if range.is_empty() {
             return Ok(());
         }
         for p in &mut st.pages[range.start().0 as usize..range.end().0 as usize] {
-            *p = Page {
-                state,
-                order: ChunkOrder::Page,
-            };
+            *p = Page { state, order: ChunkOrder::Page };
         }
-        st.allocs.insert(
-            range.start().0,
-            Alloc {
-                end: range.end().0,
-                max_order,
-            },
-        );
+        st.allocs.insert(range.start().0, Alloc { end: range.end().0, max_order });
         Ok(())
     }
 
@@ -725,12 +641,8 @@ impl AddressSpace {
             }
             // Trim the allocation tree like munmap trims VMAs.
             let (s, e) = (range.start().0, range.end().0);
-            let hit: Vec<(u32, Alloc)> = st
-                .allocs
-                .range(..e)
-                .filter(|(_, a)| a.end > s)
-                .map(|(k, a)| (*k, *a))
-                .collect();
+            let hit: Vec<(u32, Alloc)> =
+                st.allocs.range(..e).filter(|(_, a)| a.end > s).map(|(k, a)| (*k, *a)).collect();
             for (k, a) in hit {
                 st.allocs.remove(&k);
                 if k < s {
@@ -792,13 +704,10 @@ impl AddressSpace {
             keep(p)
                 && match (s, target) {
                     (PageState::Device { prot, .. }, MigrateTarget::Host) => prot.readable(),
-                    (
-                        PageState::Empty { prot } | PageState::Host { prot, .. },
-                        MigrateTarget::Device(_),
-                    ) => prot.readable(),
-                    (PageState::Device { prot, owner, .. }, MigrateTarget::Device(m)) => {
-                        owner != m && prot.readable()
+                    (PageState::Empty { prot } | PageState::Host { prot, .. }, MigrateTarget::Device(_)) => {
+                        prot.readable()
                     }
+                    (PageState::Device { prot, owner, .. }, MigrateTarget::Device(m)) => owner != m && prot.readable(),
                     _ => false,
                 }
         };
@@ -809,10 +718,7 @@ impl AddressSpace {
             if st.released {
                 return Err(SpaceError::Released);
             }
-            if !range
-                .iter()
-                .any(|p| selected(p, st.pages[p.0 as usize].state))
-            {
+            if !range.iter().any(|p| selected(p, st.pages[p.0 as usize].state)) {
                 return Ok(Migration {
                     id: MigrationId(u32::MAX),
                     target,
@@ -830,20 +736,12 @@ impl AddressSpace {
                 if selected(p, page.state) {
                     pages.push((p, page.state, page.order));
                     let prot = page.state.prot().unwrap_or_default();
-                    *page = Page {
-                        state: PageState::Migrating { prot, id },
-                        order: ChunkOrder::Page,
-                    };
+                    *page = Page { state: PageState::Migrating { prot, id }, order: ChunkOrder::Page };
                 }
             }
             (id, pages)
         })?;
-        Ok(Migration {
-            id: pages.0,
-            target,
-            space: Arc::downgrade(self),
-            pages: pages.1,
-        })
+        Ok(Migration { id: pages.0, target, space: Arc::downgrade(self), pages: pages.1 })
     }
 
     /// The end of a migration: set each page still held by `id` to what
@@ -864,9 +762,7 @@ impl AddressSpace {
             let whole = n > 1
                 && p.0 & (order.pages() - 1) == 0
                 && i + n <= pages.len()
-                && (0u32..)
-                    .zip(&pages[i..i + n])
-                    .all(|(k, (q, _, o))| q.0 == p.0 + k && *o == order);
+                && (0u32..).zip(&pages[i..i + n]).all(|(k, (q, _, o))| q.0 == p.0 + k && *o == order);
             let span = if whole { n } else { 1 };
             for (k, &(q, src, _)) in pages[i..i + span].iter().enumerate() {
                 let slot = &mut st.pages[q.0 as usize];
@@ -882,21 +778,14 @@ impl AddressSpace {
                 let chunk = order.chunk_of(p);
                 let s = chunk.start().0 as usize;
                 let first = st.pages[s].state;
-                let uniform =
-                    (0u32..)
-                        .zip(&st.pages[s..s + n])
-                        .all(|(k, q)| match (first, q.state) {
-                            (PageState::Host { .. }, PageState::Host { .. }) => q.state == first,
-                            (
-                                PageState::Device { prot, owner, frame },
-                                PageState::Device {
-                                    prot: p2,
-                                    owner: o2,
-                                    frame: f2,
-                                },
-                            ) => prot == p2 && owner == o2 && f2.get() == frame.get() + k,
-                            _ => false,
-                        });
+                let uniform = (0u32..).zip(&st.pages[s..s + n]).all(|(k, q)| match (first, q.state) {
+                    (PageState::Host { .. }, PageState::Host { .. }) => q.state == first,
+                    (
+                        PageState::Device { prot, owner, frame },
+                        PageState::Device { prot: p2, owner: o2, frame: f2 },
+                    ) => prot == p2 && owner == o2 && f2.get() == frame.get() + k,
+                    _ => false,
+                });
                 if uniform {
                     for q in &mut st.pages[s..s + n] {
                         q.order = order;
@@ -918,12 +807,7 @@ impl AddressSpace {
     /// # Errors
     /// [`SpaceError::Fault`] for a page the allocation does not allow;
     /// `Busy`/`Again` when `!blockable`; `OutOfRange`, `Released`.
-    pub fn cpu_fault(
-        self: &Arc<Self>,
-        range: PageRange,
-        write: bool,
-        blockable: bool,
-    ) -> Result<()> {
+    pub fn cpu_fault(self: &Arc<Self>, range: PageRange, write: bool, blockable: bool) -> Result<()> {
         self.check_range(range)?;
         loop {
             let mut st = self.lock_state(blockable).ok_or(SpaceError::Busy)?;
@@ -962,9 +846,7 @@ impl AddressSpace {
             for p in range.iter() {
                 match st.pages[p.0 as usize].state {
                     PageState::Empty { .. } => st.populate(p.0, write),
-                    PageState::Host {
-                        writable: false, ..
-                    } if write => st.upgrade_write(p.0),
+                    PageState::Host { writable: false, .. } if write => st.upgrade_write(p.0),
                     _ => {}
                 }
             }
@@ -1007,8 +889,7 @@ impl AddressSpace {
             }
             let mut bumped = Vec::new();
             // Blockable: cannot fail.
-            let _ =
-                self.invalidate_mirrors(self.range(), InvalidateEvent::Release, true, &mut bumped);
+            let _ = self.invalidate_mirrors(self.range(), InvalidateEvent::Release, true, &mut bumped);
             st.released = true;
             st.pages.iter_mut().for_each(|p| *p = Page::default());
             st.allocs.clear();

@@ -127,11 +127,7 @@ impl PageTable {
     }
 
     /// Set every entry of `pages` to the value `f` gives.
-    pub fn update_range(
-        &mut self,
-        pages: core::ops::Range<u32>,
-        mut f: impl FnMut(PageIndex, Pte) -> Pte,
-    ) {
+    pub fn update_range(&mut self, pages: core::ops::Range<u32>, mut f: impl FnMut(PageIndex, Pte) -> Pte) {
         for p in pages {
             let idx = PageIndex(p);
             let new = f(idx, self.get(idx));
@@ -157,12 +153,7 @@ impl PageTable {
         });
     }
 
-    fn for_leaves(
-        &mut self,
-        pages: PageRange,
-        skip_empty: bool,
-        mut f: impl FnMut(&mut Self, PageIndex),
-    ) {
+    fn for_leaves(&mut self, pages: PageRange, skip_empty: bool, mut f: impl FnMut(&mut Self, PageIndex)) {
         const LEAF: u32 = 1 << LEAF_PTES.trailing_zeros();
         let mut p = pages.start().0;
         let end = pages.end().0;
@@ -203,9 +194,7 @@ impl PageTable {
 
     /// Bytes the next [`Self::drain_dirty`] will hand out.
     pub fn dirty_bytes(&self) -> u64 {
-        self.batches()
-            .map(|b| core::mem::size_of_val(b.entries) as u64)
-            .sum()
+        self.batches().map(|b| core::mem::size_of_val(b.entries) as u64).sum()
     }
 
     /// Hand each run of consecutive dirty leaves to `upload`, then mark all
@@ -286,10 +275,7 @@ mod tests {
         t.set(PageIndex(7 * LEAF_PTES as u32), Pte::EMPTY);
         let mut got = Vec::new();
         let bytes = t.drain_dirty(|b| got.push((b.byte_offset, b.entries.len())));
-        assert_eq!(
-            got,
-            vec![(0, LEAF_PTES), (3 * 4 * LEAF_PTES as u64, 2 * LEAF_PTES)]
-        );
+        assert_eq!(got, vec![(0, LEAF_PTES), (3 * 4 * LEAF_PTES as u64, 2 * LEAF_PTES)]);
         assert_eq!(bytes, 3 * 4 * LEAF_PTES as u64);
     }
 
@@ -298,10 +284,7 @@ mod tests {
         let mut t = PageTable::new(300 * LEAF_PTES as u32);
         t.drain_dirty(|_| {});
         let f = FrameIndex::new(9).expect("fits");
-        t.set(
-            PageIndex(200 * LEAF_PTES as u32 + 7),
-            Pte::resident(f, true),
-        );
+        t.set(PageIndex(200 * LEAF_PTES as u32 + 7), Pte::resident(f, true));
         t.set(PageIndex(200 * LEAF_PTES as u32 + 8), Pte::ALLOCATED);
         assert_eq!(t.populated_leaves(), 1);
         t.drain_dirty(|_| {});
@@ -313,10 +296,7 @@ mod tests {
         t.drain_dirty(|_| {});
         t.set(PageIndex(299 * LEAF_PTES as u32), Pte::ALLOCATED);
         assert_eq!(t.dirty_bytes(), 4 * LEAF_PTES as u64);
-        t.fill(
-            PageRange::from_range(200 * 1024..201 * 1024).expect("ordered"),
-            Pte::EMPTY,
-        );
+        t.fill(PageRange::from_range(200 * 1024..201 * 1024).expect("ordered"), Pte::EMPTY);
         assert_eq!(t.populated_leaves(), 1);
     }
 }

@@ -21,19 +21,14 @@ impl MirrorOps for TestOps {
     fn invalidate(&self, table: &mut PageTable, update: &Update) -> Result<(), Again> {
         self.log.lock().expect("log").push(*update);
         match update.event {
-            InvalidateEvent::Unmap | InvalidateEvent::Release => {
-                table.fill(update.range, Pte::EMPTY)
-            }
+            InvalidateEvent::Unmap | InvalidateEvent::Release => table.fill(update.range, Pte::EMPTY),
             _ => table.zap(update.range),
         }
         Ok(())
     }
     fn release(&self, table: &mut PageTable) {
         *self.released.lock().expect("released") += 1;
-        table.fill(
-            PageRange::from_range(0..table.len()).expect("ordered"),
-            Pte::EMPTY,
-        );
+        table.fill(PageRange::from_range(0..table.len()).expect("ordered"), Pte::EMPTY);
     }
     fn copy_to_host(&self, pages: &[(PageIndex, FrameIndex)]) {
         self.copied.lock().expect("copied").extend_from_slice(pages);
@@ -50,9 +45,7 @@ fn frame(f: u32) -> FrameIndex {
 
 fn setup(pages: u32) -> (Arc<AddressSpace>, Arc<Mirror<TestOps>>) {
     let space = AddressSpace::new(pages);
-    let m = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(pages))
-        .expect("register");
+    let m = space.mirror_register(space.range(), TestOps::default(), PageTable::new(pages)).expect("register");
     (space, m)
 }
 
@@ -89,25 +82,14 @@ fn fault_commit(
 
 fn strip_order(e: SnapshotEntry) -> SnapshotEntry {
     match e {
-        SnapshotEntry::Host { page, write, .. } => SnapshotEntry::Host {
-            page,
-            write,
-            order: ChunkOrder::Page,
-        },
-        SnapshotEntry::Device { frame, write, .. } => SnapshotEntry::Device {
-            frame,
-            write,
-            order: ChunkOrder::Page,
-        },
+        SnapshotEntry::Host { page, write, .. } => SnapshotEntry::Host { page, write, order: ChunkOrder::Page },
+        SnapshotEntry::Device { frame, write, .. } => SnapshotEntry::Device { frame, write, order: ChunkOrder::Page },
         e => e,
     }
 }
 
 fn small() -> AllocDescriptor {
-    AllocDescriptor {
-        prot: Prot::ReadWrite,
-        max_order: ChunkOrder::Page,
-    }
+    AllocDescriptor { prot: Prot::ReadWrite, max_order: ChunkOrder::Page }
 }
 
 // ------------------------------------------------------ one test per kind
@@ -118,14 +100,7 @@ fn kind_valid_read_only() {
     space.alloc(r(0, 4), small()).expect("alloc");
     space.cpu_fault(r(1, 2), false, true).expect("read fault");
     let e = snapshot(&space, m.id(), r(1, 2));
-    assert_eq!(
-        e[0],
-        SnapshotEntry::Host {
-            page: PageIndex(1),
-            write: false,
-            order: ChunkOrder::Page
-        }
-    );
+    assert_eq!(e[0], SnapshotEntry::Host { page: PageIndex(1), write: false, order: ChunkOrder::Page });
 }
 
 #[test]
@@ -135,66 +110,38 @@ fn kind_write() {
     space.cpu_fault(r(2, 3), true, true).expect("write fault");
     assert_eq!(
         snapshot(&space, m.id(), r(2, 3))[0],
-        SnapshotEntry::Host {
-            page: PageIndex(2),
-            write: true,
-            order: ChunkOrder::Page
-        }
+        SnapshotEntry::Host { page: PageIndex(2), write: true, order: ChunkOrder::Page }
     );
     // A read-only allocation is never reported writable, even after protect.
     space.protect(r(2, 3), Prot::Read, true).expect("protect");
     assert_eq!(
         snapshot(&space, m.id(), r(2, 3))[0],
-        SnapshotEntry::Host {
-            page: PageIndex(2),
-            write: false,
-            order: ChunkOrder::Page
-        }
+        SnapshotEntry::Host { page: PageIndex(2), write: false, order: ChunkOrder::Page }
     );
 }
 
 #[test]
 fn kind_device_private_own_and_other() {
     let space = AddressSpace::new(16);
-    let a = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(16))
-        .expect("a");
-    let b = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(16))
-        .expect("b");
+    let a = space.mirror_register(space.range(), TestOps::default(), PageTable::new(16)).expect("a");
+    let b = space.mirror_register(space.range(), TestOps::default(), PageTable::new(16)).expect("b");
     space.alloc(r(0, 4), small()).expect("alloc");
-    let mig = space
-        .migrate_begin(r(0, 2), MigrateTarget::Device(a.id()), true)
-        .expect("begin");
+    let mig = space.migrate_begin(r(0, 2), MigrateTarget::Device(a.id()), true).expect("begin");
     assert_eq!(mig.len(), 2);
-    mig.finalize(|p, _| MigrateOutcome::Device(frame(10 + p.0)))
-        .expect("finalize");
+    mig.finalize(|p, _| MigrateOutcome::Device(frame(10 + p.0))).expect("finalize");
     let own = snapshot(&space, a.id(), r(0, 2));
-    assert_eq!(
-        own[1],
-        SnapshotEntry::Device {
-            frame: frame(11),
-            write: true,
-            order: ChunkOrder::Page
-        }
-    );
+    assert_eq!(own[1], SnapshotEntry::Device { frame: frame(11), write: true, order: ChunkOrder::Page });
     let other = snapshot(&space, b.id(), r(0, 2));
     assert_eq!(other, vec![SnapshotEntry::OtherDevice; 2]);
     // With device_private_other = 0 it is plain NONE, like the modern kernel.
-    let enc = Encoding {
-        device_private_other: 0,
-        ..Encoding::DEFAULT
-    };
+    let enc = Encoding { device_private_other: 0, ..Encoding::DEFAULT };
     let mut pfns = vec![0; 2];
     let mut req = RangeRequest::new(b.id(), r(0, 2), &mut pfns).with_encoding(enc);
     space.range_snapshot(&mut req, true).expect("snapshot");
     assert_eq!(req.entry(0), SnapshotEntry::NotPresent);
     // Migration to a's pool invalidated b with a's id as owner.
     let log = b.ops().log.lock().expect("log").clone();
-    assert_eq!(
-        log.last().map(|u| u.event),
-        Some(InvalidateEvent::Migrate { owner: a.id() })
-    );
+    assert_eq!(log.last().map(|u| u.event), Some(InvalidateEvent::Migrate { owner: a.id() }));
 }
 
 #[test]
@@ -202,26 +149,12 @@ fn kind_none_empty_and_in_flight() {
     let (space, m) = setup(16);
     space.alloc(r(0, 4), small()).expect("alloc");
     space.cpu_fault(r(3, 4), true, true).expect("fault");
-    assert_eq!(
-        snapshot(&space, m.id(), r(0, 1))[0],
-        SnapshotEntry::NotPresent
-    );
-    let mig = space
-        .migrate_begin(r(3, 4), MigrateTarget::Device(m.id()), true)
-        .expect("begin");
-    assert!(matches!(
-        space.page(PageIndex(3)),
-        Some((PageState::Migrating { .. }, _))
-    ));
-    assert_eq!(
-        snapshot(&space, m.id(), r(3, 4))[0],
-        SnapshotEntry::NotPresent
-    );
+    assert_eq!(snapshot(&space, m.id(), r(0, 1))[0], SnapshotEntry::NotPresent);
+    let mig = space.migrate_begin(r(3, 4), MigrateTarget::Device(m.id()), true).expect("begin");
+    assert!(matches!(space.page(PageIndex(3)), Some((PageState::Migrating { .. }, _))));
+    assert_eq!(snapshot(&space, m.id(), r(3, 4))[0], SnapshotEntry::NotPresent);
     drop(mig); // restores
-    assert!(matches!(
-        snapshot(&space, m.id(), r(3, 4))[0],
-        SnapshotEntry::Host { write: true, .. }
-    ));
+    assert!(matches!(snapshot(&space, m.id(), r(3, 4))[0], SnapshotEntry::Host { write: true, .. }));
 }
 
 #[test]
@@ -242,23 +175,14 @@ fn kind_error_unallocated_freed_no_access() {
     let enc = Encoding::DEFAULT;
     let mut req = RangeRequest::new(m.id(), r(4, 8), &mut pfns).with_request(enc.valid, 0);
     let err = space.range_fault(&mut req, true).expect_err("no access");
-    assert_eq!(
-        err,
-        RangeError::Fault {
-            page: PageIndex(5),
-            reason: FaultReason::NoAccess
-        }
-    );
+    assert_eq!(err, RangeError::Fault { page: PageIndex(5), reason: FaultReason::NoAccess });
     assert_eq!(req.entry(1), SnapshotEntry::Error);
     assert_eq!(req.entry(2), SnapshotEntry::NotPresent);
     let mut pfns = vec![0; 1];
     let mut req = RangeRequest::new(m.id(), r(9, 10), &mut pfns).with_request(enc.valid, 0);
     assert_eq!(
         space.range_fault(&mut req, true),
-        Err(RangeError::Fault {
-            page: PageIndex(9),
-            reason: FaultReason::Unallocated
-        })
+        Err(RangeError::Fault { page: PageIndex(9), reason: FaultReason::Unallocated })
     );
 }
 
@@ -266,19 +190,12 @@ fn kind_error_unallocated_freed_no_access() {
 fn kind_special() {
     let (space, m) = setup(16);
     space.alloc_special(r(4, 6)).expect("special");
-    assert_eq!(
-        snapshot(&space, m.id(), r(4, 6)),
-        vec![SnapshotEntry::Special; 2]
-    );
+    assert_eq!(snapshot(&space, m.id(), r(4, 6)), vec![SnapshotEntry::Special; 2]);
     let mut pfns = vec![0; 2];
-    let mut req =
-        RangeRequest::new(m.id(), r(4, 6), &mut pfns).with_request(Encoding::DEFAULT.valid, 0);
+    let mut req = RangeRequest::new(m.id(), r(4, 6), &mut pfns).with_request(Encoding::DEFAULT.valid, 0);
     assert_eq!(
         space.range_fault(&mut req, true),
-        Err(RangeError::Fault {
-            page: PageIndex(4),
-            reason: FaultReason::Special
-        })
+        Err(RangeError::Fault { page: PageIndex(4), reason: FaultReason::Special })
     );
 }
 
@@ -293,9 +210,7 @@ fn fault_default_plus_mask_requests() {
     let mut pfns = vec![0, enc.write, 0, enc.write];
     let mut req = RangeRequest::new(m.id(), r(0, 4), &mut pfns).with_request(enc.valid, enc.write);
     space.range_fault(&mut req, true).expect("fault");
-    let w: Vec<bool> = (0..4)
-        .map(|i| matches!(req.entry(i), SnapshotEntry::Host { write: true, .. }))
-        .collect();
+    let w: Vec<bool> = (0..4).map(|i| matches!(req.entry(i), SnapshotEntry::Host { write: true, .. })).collect();
     assert_eq!(w, vec![false, true, false, true]);
     // A write request on a read-only allocation is a fault error.
     space.protect(r(0, 1), Prot::Read, true).expect("protect");
@@ -303,10 +218,7 @@ fn fault_default_plus_mask_requests() {
     let mut req = RangeRequest::new(m.id(), r(0, 1), &mut pfns).with_request(enc.write, 0);
     assert_eq!(
         space.range_fault(&mut req, true),
-        Err(RangeError::Fault {
-            page: PageIndex(0),
-            reason: FaultReason::ReadOnly
-        })
+        Err(RangeError::Fault { page: PageIndex(0), reason: FaultReason::ReadOnly })
     );
 }
 
@@ -327,9 +239,7 @@ fn fault_custom_encoding_like_the_seed() {
     let (space, m) = setup(16);
     space.alloc(r(0, 8), small()).expect("alloc");
     let mut pfns = vec![0; 3];
-    let mut req = RangeRequest::new(m.id(), r(5, 8), &mut pfns)
-        .with_encoding(enc)
-        .with_request(1, 0);
+    let mut req = RangeRequest::new(m.id(), r(5, 8), &mut pfns).with_encoding(enc).with_request(1, 0);
     space.range_fault(&mut req, true).expect("fault");
     assert_eq!(pfns, vec![(5 << 8) | 1, (6 << 8) | 1, (7 << 8) | 1]);
 }
@@ -337,12 +247,8 @@ fn fault_custom_encoding_like_the_seed() {
 #[test]
 fn fault_takes_back_other_mirrors_pages() {
     let space = AddressSpace::new(16);
-    let a = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(16))
-        .expect("a");
-    let b = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(16))
-        .expect("b");
+    let a = space.mirror_register(space.range(), TestOps::default(), PageTable::new(16)).expect("a");
+    let b = space.mirror_register(space.range(), TestOps::default(), PageTable::new(16)).expect("b");
     space.alloc(r(0, 4), small()).expect("alloc");
     space
         .migrate_begin(r(0, 4), MigrateTarget::Device(a.id()), true)
@@ -353,15 +259,9 @@ fn fault_takes_back_other_mirrors_pages() {
     assert!(a.update_lock().get(PageIndex(1)).is_valid());
     // b asks for page 1: a copies it back and loses its mapping.
     fault_commit(&space, &b, r(1, 2), false).expect("b faults");
-    assert_eq!(
-        a.ops().copied.lock().expect("copied").as_slice(),
-        &[(PageIndex(1), frame(1))]
-    );
+    assert_eq!(a.ops().copied.lock().expect("copied").as_slice(), &[(PageIndex(1), frame(1))]);
     assert!(!a.update_lock().get(PageIndex(1)).is_valid());
-    assert!(
-        a.update_lock().get(PageIndex(2)).is_valid(),
-        "only the page asked for moved"
-    );
+    assert!(a.update_lock().get(PageIndex(2)).is_valid(), "only the page asked for moved");
     assert!(a
         .ops()
         .log
@@ -369,10 +269,7 @@ fn fault_takes_back_other_mirrors_pages() {
         .expect("log")
         .iter()
         .any(|u| u.event == InvalidateEvent::CpuAccess && u.range.contains(PageIndex(1))));
-    assert!(matches!(
-        space.page(PageIndex(1)),
-        Some((PageState::Host { .. }, _))
-    ));
+    assert!(matches!(space.page(PageIndex(1)), Some((PageState::Host { .. }, _))));
     // The CPU takes the rest back.
     space.cpu_fault(r(0, 4), false, true).expect("cpu");
     assert_eq!(a.ops().copied.lock().expect("copied").len(), 4);
@@ -384,9 +281,7 @@ fn fault_takes_back_other_mirrors_pages() {
 fn non_blocking_fault_is_busy_and_blocking_waits() {
     let (space, m) = setup(16);
     space.alloc(r(0, 4), small()).expect("alloc");
-    let mig = space
-        .migrate_begin(r(0, 4), MigrateTarget::Device(m.id()), true)
-        .expect("begin");
+    let mig = space.migrate_begin(r(0, 4), MigrateTarget::Device(m.id()), true).expect("begin");
     let enc = Encoding::DEFAULT;
     let mut pfns = vec![0; 4];
     let mut req = RangeRequest::new(m.id(), r(0, 4), &mut pfns).with_request(enc.valid, 0);
@@ -395,22 +290,13 @@ fn non_blocking_fault_is_busy_and_blocking_waits() {
     let id = m.id();
     let waiter = std::thread::spawn(move || {
         let mut pfns = vec![0; 4];
-        let mut req =
-            RangeRequest::new(id, r(0, 4), &mut pfns).with_request(Encoding::DEFAULT.valid, 0);
+        let mut req = RangeRequest::new(id, r(0, 4), &mut pfns).with_request(Encoding::DEFAULT.valid, 0);
         s2.range_fault(&mut req, true).map(|()| req.entry(0))
     });
     std::thread::sleep(std::time::Duration::from_millis(20));
-    mig.finalize(|p, _| MigrateOutcome::Device(frame(p.0)))
-        .expect("finalize");
+    mig.finalize(|p, _| MigrateOutcome::Device(frame(p.0))).expect("finalize");
     let e = waiter.join().expect("thread").expect("fault");
-    assert_eq!(
-        e,
-        SnapshotEntry::Device {
-            frame: frame(0),
-            write: true,
-            order: ChunkOrder::Page
-        }
-    );
+    assert_eq!(e, SnapshotEntry::Device { frame: frame(0), write: true, order: ChunkOrder::Page });
 }
 
 // ------------------------------------------------- invalidation protocol
@@ -418,33 +304,21 @@ fn non_blocking_fault_is_busy_and_blocking_waits() {
 #[test]
 fn invalidate_reaches_overlapping_mirrors_only_with_event() {
     let space = AddressSpace::new(64);
-    let a = space
-        .mirror_register(r(0, 32), TestOps::default(), PageTable::new(64))
-        .expect("a");
-    let b = space
-        .mirror_register(r(32, 64), TestOps::default(), PageTable::new(64))
-        .expect("b");
+    let a = space.mirror_register(r(0, 32), TestOps::default(), PageTable::new(64)).expect("a");
+    let b = space.mirror_register(r(32, 64), TestOps::default(), PageTable::new(64)).expect("b");
     space.alloc(r(0, 64), small()).expect("alloc");
-    space
-        .invalidate(r(30, 40), InvalidateEvent::Clear, true)
-        .expect("inv");
+    space.invalidate(r(30, 40), InvalidateEvent::Clear, true).expect("inv");
     space.protect(r(10, 12), Prot::Read, true).expect("protect");
     space.free(r(40, 41), true).expect("free");
     let la = a.ops().log.lock().expect("log").clone();
     let lb = b.ops().log.lock().expect("log").clone();
     assert_eq!(
         la.iter().map(|u| (u.range, u.event)).collect::<Vec<_>>(),
-        vec![
-            (r(30, 32), InvalidateEvent::Clear),
-            (r(10, 12), InvalidateEvent::Protect)
-        ]
+        vec![(r(30, 32), InvalidateEvent::Clear), (r(10, 12), InvalidateEvent::Protect)]
     );
     assert_eq!(
         lb.iter().map(|u| (u.range, u.event)).collect::<Vec<_>>(),
-        vec![
-            (r(32, 40), InvalidateEvent::Clear),
-            (r(40, 41), InvalidateEvent::Unmap)
-        ]
+        vec![(r(32, 40), InvalidateEvent::Clear), (r(40, 41), InvalidateEvent::Unmap)]
     );
 }
 
@@ -458,28 +332,14 @@ fn non_blockable_invalidate_returns_again_while_update_lock_held() {
     {
         let guard = m.update_lock();
         assert_eq!(space.free(r(0, 2), false), Err(SpaceError::Again(Again)));
-        assert_eq!(
-            space.invalidate(r(0, 2), InvalidateEvent::Clear, false),
-            Err(SpaceError::Again(Again))
-        );
+        assert_eq!(space.invalidate(r(0, 2), InvalidateEvent::Clear, false), Err(SpaceError::Again(Again)));
         // Nothing changed on the host side.
-        assert!(matches!(
-            space.page(PageIndex(0)),
-            Some((PageState::Host { .. }, _))
-        ));
+        assert!(matches!(space.page(PageIndex(0)), Some((PageState::Host { .. }, _))));
         // The mirror was never entered: its count did not move.
         assert!(!guard.read_retry(&n, seq));
     }
-    space
-        .free(r(0, 2), false)
-        .expect("free when the lock is free");
-    assert!(m
-        .ops()
-        .log
-        .lock()
-        .expect("log")
-        .iter()
-        .any(|u| !u.blockable));
+    space.free(r(0, 2), false).expect("free when the lock is free");
+    assert!(m.ops().log.lock().expect("log").iter().any(|u| !u.blockable));
 }
 
 #[test]
@@ -490,13 +350,9 @@ fn read_retry_sees_invalidation_between_snapshot_and_commit() {
     let far = m.notifier_insert(r(8, 10));
     let seq = n.read_begin();
     let seq_far = far.read_begin();
-    space
-        .cpu_fault(r(0, 1), true, true)
-        .expect("populating needs no invalidation");
+    space.cpu_fault(r(0, 1), true, true).expect("populating needs no invalidation");
     assert!(!m.update_lock().read_retry(&n, seq));
-    space
-        .invalidate(r(1, 2), InvalidateEvent::Clear, true)
-        .expect("inv");
+    space.invalidate(r(1, 2), InvalidateEvent::Clear, true).expect("inv");
     let g = m.update_lock();
     assert!(g.read_retry(&n, seq));
     assert!(!g.read_retry(&far, seq_far), "other ranges are unaffected");
@@ -509,12 +365,8 @@ fn read_retry_sees_invalidation_between_snapshot_and_commit() {
 #[should_panic(expected = "another mirror")]
 fn read_retry_checks_the_lock_belongs_to_the_notifier() {
     let space = AddressSpace::new(8);
-    let a = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(8))
-        .expect("a");
-    let b = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(8))
-        .expect("b");
+    let a = space.mirror_register(space.range(), TestOps::default(), PageTable::new(8)).expect("a");
+    let b = space.mirror_register(space.range(), TestOps::default(), PageTable::new(8)).expect("b");
     let n = a.notifier_insert(r(0, 8));
     let seq = n.read_begin();
     let _ = b.update_lock().read_retry(&n, seq);
@@ -523,45 +375,25 @@ fn read_retry_checks_the_lock_belongs_to_the_notifier() {
 #[test]
 fn release_and_unregister() {
     let space = AddressSpace::new(16);
-    let a = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(16))
-        .expect("a");
-    let b = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(16))
-        .expect("b");
+    let a = space.mirror_register(space.range(), TestOps::default(), PageTable::new(16)).expect("a");
+    let b = space.mirror_register(space.range(), TestOps::default(), PageTable::new(16)).expect("b");
     space.alloc(r(0, 4), small()).expect("alloc");
     space
         .migrate_begin(r(0, 1), MigrateTarget::Device(a.id()), true)
         .expect("begin")
         .finalize(|_, _| MigrateOutcome::Device(frame(0)))
         .expect("finalize");
-    assert_eq!(
-        space.mirror_unregister(&a),
-        Err(SpaceError::OwnsPages {
-            mirror: a.id(),
-            pages: 1
-        })
-    );
+    assert_eq!(space.mirror_unregister(&a), Err(SpaceError::OwnsPages { mirror: a.id(), pages: 1 }));
     space.mirror_unregister(&b).expect("b leaves");
-    assert_eq!(
-        space.mirror_unregister(&b),
-        Err(SpaceError::NotRegistered(b.id()))
-    );
+    assert_eq!(space.mirror_unregister(&b), Err(SpaceError::NotRegistered(b.id())));
     let calls = b.ops().log.lock().expect("log").len();
     space.free(r(0, 4), true).expect("free");
-    assert_eq!(
-        b.ops().log.lock().expect("log").len(),
-        calls,
-        "no callback after unregister"
-    );
+    assert_eq!(b.ops().log.lock().expect("log").len(), calls, "no callback after unregister");
     space.release();
     space.release();
     assert_eq!(*a.ops().released.lock().expect("r"), 1);
     assert_eq!(*b.ops().released.lock().expect("r"), 0);
-    assert_eq!(
-        a.ops().log.lock().expect("log").last().map(|u| u.event),
-        Some(InvalidateEvent::Release)
-    );
+    assert_eq!(a.ops().log.lock().expect("log").last().map(|u| u.event), Some(InvalidateEvent::Release));
     assert!(space.is_released());
     assert_eq!(space.alloc(r(0, 1), small()), Err(SpaceError::Released));
     assert!(matches!(
@@ -573,9 +405,7 @@ fn release_and_unregister() {
 #[test]
 fn dropping_the_space_releases_mirrors() {
     let space = AddressSpace::new(4);
-    let a = space
-        .mirror_register(space.range(), TestOps::default(), PageTable::new(4))
-        .expect("a");
+    let a = space.mirror_register(space.range(), TestOps::default(), PageTable::new(4)).expect("a");
     drop(space);
     assert_eq!(*a.ops().released.lock().expect("r"), 1);
 }
@@ -585,115 +415,62 @@ fn dropping_the_space_releases_mirrors() {
 #[test]
 fn large_entries_fault_as_units_and_split() {
     let (space, m) = setup(2048);
-    space
-        .alloc(r(0, 1024 + 48), AllocDescriptor::default())
-        .expect("alloc");
+    space.alloc(r(0, 1024 + 48), AllocDescriptor::default()).expect("alloc");
     // One fault in the first 2 MiB populates all of it.
     space.cpu_fault(r(7, 8), true, true).expect("fault");
-    assert_eq!(
-        space.page(PageIndex(511)).map(|p| p.1),
-        Some(ChunkOrder::Chunk2M)
-    );
+    assert_eq!(space.page(PageIndex(511)).map(|p| p.1), Some(ChunkOrder::Chunk2M));
     // The tail of the allocation only fits 64 KiB chunks.
-    space
-        .cpu_fault(r(1024 + 20, 1024 + 21), false, true)
-        .expect("fault");
-    assert_eq!(
-        space.page(PageIndex(1024 + 16)).map(|p| p.1),
-        Some(ChunkOrder::Chunk64K)
-    );
-    assert_eq!(
-        space.page(PageIndex(1024)).map(|p| p.0),
-        Some(PageState::Empty {
-            prot: Prot::ReadWrite
-        })
-    );
+    space.cpu_fault(r(1024 + 20, 1024 + 21), false, true).expect("fault");
+    assert_eq!(space.page(PageIndex(1024 + 16)).map(|p| p.1), Some(ChunkOrder::Chunk64K));
+    assert_eq!(space.page(PageIndex(1024)).map(|p| p.0), Some(PageState::Empty { prot: Prot::ReadWrite }));
     let e = snapshot(&space, m.id(), r(0, 512));
-    assert!(e.iter().enumerate().all(|(i, e)| *e
-        == SnapshotEntry::Host {
-            page: PageIndex(i as u32),
-            write: true,
-            order: ChunkOrder::Chunk2M
-        }));
+    assert!(
+        e.iter()
+            .enumerate()
+            .all(|(i, e)| *e
+                == SnapshotEntry::Host { page: PageIndex(i as u32), write: true, order: ChunkOrder::Chunk2M })
+    );
     space.check_invariants().expect("uniform");
     // Free a piece of the middle: the chunk splits, the rest stays mapped.
     space.free(r(100, 101), true).expect("free");
     space.check_invariants().expect("split cleanly");
     let e = snapshot(&space, m.id(), r(99, 102));
-    assert_eq!(
-        e[0],
-        SnapshotEntry::Host {
-            page: PageIndex(99),
-            write: true,
-            order: ChunkOrder::Page
-        }
-    );
+    assert_eq!(e[0], SnapshotEntry::Host { page: PageIndex(99), write: true, order: ChunkOrder::Page });
     assert_eq!(e[1], SnapshotEntry::Error);
     // Partial invalidation splits too.
     space.cpu_fault(r(512, 513), true, true).expect("fault");
-    assert_eq!(
-        space.page(PageIndex(600)).map(|p| p.1),
-        Some(ChunkOrder::Chunk2M)
-    );
-    space
-        .invalidate(r(600, 601), InvalidateEvent::Clear, true)
-        .expect("inv");
-    assert_eq!(
-        space.page(PageIndex(512)).map(|p| p.1),
-        Some(ChunkOrder::Page)
-    );
+    assert_eq!(space.page(PageIndex(600)).map(|p| p.1), Some(ChunkOrder::Chunk2M));
+    space.invalidate(r(600, 601), InvalidateEvent::Clear, true).expect("inv");
+    assert_eq!(space.page(PageIndex(512)).map(|p| p.1), Some(ChunkOrder::Page));
     space.check_invariants().expect("split cleanly");
 }
 
 #[test]
 fn large_entries_survive_whole_migration() {
     let (space, m) = setup(1024);
-    space
-        .alloc(r(0, 1024), AllocDescriptor::default())
-        .expect("alloc");
+    space.alloc(r(0, 1024), AllocDescriptor::default()).expect("alloc");
     space.cpu_fault(r(0, 1024), true, true).expect("fault");
     space
         .migrate_begin(r(512, 1024), MigrateTarget::Device(m.id()), true)
         .expect("begin")
         .finalize(|p, _| MigrateOutcome::Device(frame(p.0 - 512 + 4096)))
         .expect("finalize");
-    assert_eq!(
-        space.page(PageIndex(700)).map(|p| p.1),
-        Some(ChunkOrder::Chunk2M)
-    );
+    assert_eq!(space.page(PageIndex(700)).map(|p| p.1), Some(ChunkOrder::Chunk2M));
     space.check_invariants().expect("uniform");
     let e = snapshot(&space, m.id(), r(512, 1024));
-    assert_eq!(
-        e[10],
-        SnapshotEntry::Device {
-            frame: frame(4106),
-            write: true,
-            order: ChunkOrder::Chunk2M
-        }
-    );
+    assert_eq!(e[10], SnapshotEntry::Device { frame: frame(4106), write: true, order: ChunkOrder::Chunk2M });
     // Non-consecutive frames: split.
     space
         .migrate_begin(r(0, 512), MigrateTarget::Device(m.id()), true)
         .expect("begin")
         .finalize(|p, _| MigrateOutcome::Device(frame(1000 - p.0)))
         .expect("finalize");
-    assert_eq!(
-        space.page(PageIndex(7)).map(|p| p.1),
-        Some(ChunkOrder::Page)
-    );
+    assert_eq!(space.page(PageIndex(7)).map(|p| p.1), Some(ChunkOrder::Page));
     space.check_invariants().expect("uniform");
     // Migration to the host with a device frame is refused, pages restored.
-    let mig = space
-        .migrate_begin(r(0, 2), MigrateTarget::Host, true)
-        .expect("begin");
-    assert_eq!(
-        mig.finalize(|_, _| MigrateOutcome::Device(frame(1))),
-        Err(SpaceError::BadOutcome(PageIndex(0)))
-    );
-    assert!(matches!(
-        space.page(PageIndex(0)),
-        Some((PageState::Device { .. }, _))
-    ));
+    let mig = space.migrate_begin(r(0, 2), MigrateTarget::Host, true).expect("begin");
+    assert_eq!(mig.finalize(|_, _| MigrateOutcome::Device(frame(1))), Err(SpaceError::BadOutcome(PageIndex(0))));
+    assert!(matches!(space.page(PageIndex(0)), Some((PageState::Device { .. }, _))));
 }
 
 // ------------------------------------------------ proptest against a model
@@ -728,8 +505,7 @@ struct Model {
 
 impl Model {
     fn populate(&mut self, p: u32, write: bool) {
-        let Some((&s, &(e, max))) = self.allocs.range(..=p).next_back().filter(|(_, a)| a.0 > p)
-        else {
+        let Some((&s, &(e, max))) = self.allocs.range(..=p).next_back().filter(|(_, a)| a.0 > p) else {
             return;
         };
         let Some(M::Empty(prot)) = self.pages.get(&p).copied() else {
@@ -743,8 +519,7 @@ impl Model {
             }
             if (cs..cs + n).all(|q| self.pages.get(&q) == Some(&M::Empty(prot))) {
                 for q in cs..cs + n {
-                    self.pages
-                        .insert(q, M::Host(prot, write && prot.writable()));
+                    self.pages.insert(q, M::Host(prot, write && prot.writable()));
                 }
                 return;
             }
@@ -757,16 +532,10 @@ impl Model {
             Some(M::Special) => SnapshotEntry::Special,
             Some(m) if m.prot() == Some(Prot::None) => SnapshotEntry::Error,
             Some(M::Empty(_)) => SnapshotEntry::NotPresent,
-            Some(M::Host(_, w)) => SnapshotEntry::Host {
-                page: PageIndex(p),
-                write: *w,
-                order: ChunkOrder::Page,
-            },
-            Some(M::Device(prot, o, f)) if *o == me => SnapshotEntry::Device {
-                frame: frame(*f),
-                write: prot.writable(),
-                order: ChunkOrder::Page,
-            },
+            Some(M::Host(_, w)) => SnapshotEntry::Host { page: PageIndex(p), write: *w, order: ChunkOrder::Page },
+            Some(M::Device(prot, o, f)) if *o == me => {
+                SnapshotEntry::Device { frame: frame(*f), write: prot.writable(), order: ChunkOrder::Page }
+            }
             Some(M::Device(..)) => SnapshotEntry::OtherDevice,
         }
     }
@@ -798,14 +567,7 @@ enum Op {
 
 fn span() -> impl Strategy<Value = (u32, u32)> {
     // Biased towards a few anchors so that operations overlap each other.
-    let anchor = prop_oneof![
-        Just(0u32),
-        Just(16),
-        Just(500),
-        Just(512),
-        Just(1024),
-        0..PAGES
-    ];
+    let anchor = prop_oneof![Just(0u32), Just(16), Just(500), Just(512), Just(1024), 0..PAGES];
     prop_oneof![
         4 => (anchor.clone(), 0..8u32, 1..24u32).prop_map(|(a, o, n)| (a + o, n)),
         2 => (anchor, prop_oneof![Just(16u32), Just(64), Just(512), 1..600u32]).prop_map(|(a, n)| (a, n)),
@@ -819,11 +581,7 @@ fn prot() -> impl Strategy<Value = Prot> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let order = prop_oneof![
-        Just(ChunkOrder::Page),
-        Just(ChunkOrder::Chunk64K),
-        Just(ChunkOrder::Chunk2M)
-    ];
+    let order = prop_oneof![Just(ChunkOrder::Page), Just(ChunkOrder::Chunk64K), Just(ChunkOrder::Chunk2M)];
     prop_oneof![
         3 => (span(), prot(), order).prop_map(|((s, e), p, o)| Op::Alloc(s, e, p, o)),
         1 => span().prop_map(|(s, e)| Op::AllocSpecial(s, e)),
@@ -841,11 +599,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
     let space = AddressSpace::new(PAGES);
     let mirrors: Vec<_> = (0..MIRRORS)
-        .map(|_| {
-            space
-                .mirror_register(space.range(), TestOps::default(), PageTable::new(PAGES))
-                .expect("register")
-        })
+        .map(|_| space.mirror_register(space.range(), TestOps::default(), PageTable::new(PAGES)).expect("register"))
         .collect();
     let idx = |id: MirrorId| mirrors.iter().position(|m| m.id() == id).expect("known");
     let mut model = Model::default();
@@ -854,13 +608,7 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
     for op in core::iter::once(&first).chain(ops) {
         match *op {
             Op::Alloc(s, e, prot, order) => {
-                let res = space.alloc(
-                    r(s, e),
-                    AllocDescriptor {
-                        prot,
-                        max_order: order,
-                    },
-                );
+                let res = space.alloc(r(s, e), AllocDescriptor { prot, max_order: order });
                 if (s..e).any(|p| model.pages.contains_key(&p)) {
                     prop_assert!(matches!(res, Err(SpaceError::Overlap(_))));
                 } else {
@@ -888,12 +636,7 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
                 (s..e).for_each(|p| {
                     model.pages.remove(&p);
                 });
-                let hit: Vec<_> = model
-                    .allocs
-                    .range(..e)
-                    .filter(|(_, a)| a.0 > s)
-                    .map(|(k, a)| (*k, *a))
-                    .collect();
+                let hit: Vec<_> = model.allocs.range(..e).filter(|(_, a)| a.0 > s).map(|(k, a)| (*k, *a)).collect();
                 for (k, a) in hit {
                     model.allocs.remove(&k);
                     if k < s {
@@ -917,19 +660,11 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Op::Invalidate(s, e) => space
-                .invalidate(r(s, e), InvalidateEvent::Clear, true)
-                .expect("inv"),
+            Op::Invalidate(s, e) => space.invalidate(r(s, e), InvalidateEvent::Clear, true).expect("inv"),
             Op::CpuFault(s, e, write) => {
                 let res = space.cpu_fault(r(s, e), write, true);
                 match (s..e).find_map(|p| model.fault_reason(p, write).map(|why| (p, why))) {
-                    Some((p, reason)) => prop_assert_eq!(
-                        res,
-                        Err(SpaceError::Fault {
-                            page: PageIndex(p),
-                            reason
-                        })
-                    ),
+                    Some((p, reason)) => prop_assert_eq!(res, Err(SpaceError::Fault { page: PageIndex(p), reason })),
                     None => {
                         prop_assert_eq!(res, Ok(()));
                         for p in s..e {
@@ -955,9 +690,7 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::ToDevice(s, e, m, k) => {
                 let target = mirrors[m].id();
-                let mig = space
-                    .migrate_begin(r(s, e), MigrateTarget::Device(target), true)
-                    .expect("begin");
+                let mig = space.migrate_begin(r(s, e), MigrateTarget::Device(target), true).expect("begin");
                 let base = model.next_frame;
                 let mut moved = Vec::new();
                 mig.finalize(|p, src| {
@@ -983,16 +716,16 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::ToHost(s, e) => {
-                let mig = space
-                    .migrate_begin(r(s, e), MigrateTarget::Host, true)
-                    .expect("begin");
+                let mig = space.migrate_begin(r(s, e), MigrateTarget::Host, true).expect("begin");
                 let mut moved = Vec::new();
                 mig.finalize(|p, _| {
                     moved.push(p.0);
                     MigrateOutcome::Host
                 })
                 .expect("finalize");
-                let expected: Vec<u32> = (s..e).filter(|p| matches!(model.pages.get(p), Some(M::Device(prot, ..)) if prot.readable())).collect();
+                let expected: Vec<u32> = (s..e)
+                    .filter(|p| matches!(model.pages.get(p), Some(M::Device(prot, ..)) if prot.readable()))
+                    .collect();
                 prop_assert_eq!(&moved, &expected);
                 for p in moved {
                     let prot = model.pages[&p].prot().expect("allocated");
@@ -1002,20 +735,13 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Snapshot(s, e, m) => {
                 let got = snapshot(&space, mirrors[m].id(), r(s, e));
                 for (i, g) in got.into_iter().enumerate() {
-                    prop_assert_eq!(
-                        strip_order(g),
-                        model.expect(s + i as u32, m),
-                        "page {}",
-                        s + i as u32
-                    );
+                    prop_assert_eq!(strip_order(g), model.expect(s + i as u32, m), "page {}", s + i as u32);
                 }
             }
             Op::Fault(s, e, m, write) => {
                 // range_fault upgrades whole chunks in its first walk, before a
                 // take-back may split them: the model needs the orders from before.
-                let orders: Vec<ChunkOrder> = (s..e)
-                    .map(|p| space.page(PageIndex(p)).expect("in space").1)
-                    .collect();
+                let orders: Vec<ChunkOrder> = (s..e).map(|p| space.page(PageIndex(p)).expect("in space").1).collect();
                 let res = fault_commit(&space, &mirrors[m], r(s, e), write);
                 let fail = (s..e).find_map(|p| model.fault_reason(p, write).map(|why| (p, why)));
                 // Pages before a failure are populated/upgraded; take-backs happen only on success.
@@ -1033,13 +759,7 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 }
                 match fail {
-                    Some((p, reason)) => prop_assert_eq!(
-                        res,
-                        Err(RangeError::Fault {
-                            page: PageIndex(p),
-                            reason
-                        })
-                    ),
+                    Some((p, reason)) => prop_assert_eq!(res, Err(RangeError::Fault { page: PageIndex(p), reason })),
                     None => {
                         prop_assert_eq!(res, Ok(()));
                         for p in s..e {
@@ -1061,15 +781,10 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
                 None => PageState::Unallocated,
                 Some(M::Special) => PageState::Special,
                 Some(M::Empty(prot)) => PageState::Empty { prot: *prot },
-                Some(M::Host(prot, w)) => PageState::Host {
-                    prot: *prot,
-                    writable: *w,
-                },
-                Some(M::Device(prot, o, f)) => PageState::Device {
-                    prot: *prot,
-                    owner: mirrors[*o].id(),
-                    frame: frame(*f),
-                },
+                Some(M::Host(prot, w)) => PageState::Host { prot: *prot, writable: *w },
+                Some(M::Device(prot, o, f)) => {
+                    PageState::Device { prot: *prot, owner: mirrors[*o].id(), frame: frame(*f) }
+                }
             };
             prop_assert_eq!(state, want, "page {} after {:?}", p, op);
         }

@@ -52,10 +52,7 @@ impl Views {
     /// Create a memfd of `len` bytes (a multiple of [`VIEW_ALIGN`]) and map it
     /// twice: a 2 MiB aligned user view and an alias view.
     pub fn new(len: usize) -> rustix::io::Result<Self> {
-        assert!(
-            len > 0 && len.is_multiple_of(VIEW_ALIGN),
-            "arena length must be a positive multiple of 2 MiB"
-        );
+        assert!(len > 0 && len.is_multiple_of(VIEW_ALIGN), "arena length must be a positive multiple of 2 MiB");
         let memfd = rustix::fs::memfd_create("svm-arena", MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&memfd, len as u64)?;
 
@@ -187,11 +184,7 @@ impl Views {
         // threads may write these bytes concurrently only through the user
         // view, which the runtime's protocol forbids for pages it migrates.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.alias.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            );
+            core::ptr::copy_nonoverlapping(self.alias.as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
         }
     }
 
@@ -205,11 +198,7 @@ impl Views {
         // user view (the runtime migrates back only pages the device owns), so
         // no program thread can observe a half-written page.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.alias.as_ptr().add(offset),
-                src.len(),
-            );
+            core::ptr::copy_nonoverlapping(src.as_ptr(), self.alias.as_ptr().add(offset), src.len());
         }
     }
 
@@ -247,13 +236,7 @@ impl Views {
         // SAFETY: inside the user view (checked). On a MAP_SHARED mapping
         // DONTNEED only removes PTEs; the page cache keeps the bytes, so no
         // data is lost, and a later access faults them back in.
-        unsafe {
-            rustix::mm::madvise(
-                self.user.as_ptr().add(offset).cast(),
-                len,
-                Advice::LinuxDontNeed,
-            )
-        }
+        unsafe { rustix::mm::madvise(self.user.as_ptr().add(offset).cast(), len, Advice::LinuxDontNeed) }
     }
 
     /// Make sure every page of a range exists in the page cache
@@ -264,23 +247,11 @@ impl Views {
         self.check(offset, len);
         // SAFETY: inside the alias view (checked); populating only allocates
         // and maps pages, it does not change their contents.
-        unsafe {
-            rustix::mm::madvise(
-                self.alias.as_ptr().add(offset).cast(),
-                len,
-                Advice::LinuxPopulateWrite,
-            )
-        }
+        unsafe { rustix::mm::madvise(self.alias.as_ptr().add(offset).cast(), len, Advice::LinuxPopulateWrite) }
     }
 
     /// Change the protection of a range of the user view.
-    pub fn user_protect(
-        &self,
-        offset: usize,
-        len: usize,
-        readable: bool,
-        writable: bool,
-    ) -> rustix::io::Result<()> {
+    pub fn user_protect(&self, offset: usize, len: usize, readable: bool, writable: bool) -> rustix::io::Result<()> {
         self.check(offset, len);
         let mut f = MprotectFlags::empty();
         if readable {

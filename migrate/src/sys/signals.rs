@@ -63,16 +63,9 @@ struct Slot {
     pid: AtomicI32,
 }
 
-#[allow(
-    clippy::declare_interior_mutable_const,
-    reason = "array initialiser only"
-)]
-const EMPTY_SLOT: Slot = Slot {
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    fd: AtomicI32::new(-1),
-    pid: AtomicI32::new(0),
-};
+#[allow(clippy::declare_interior_mutable_const, reason = "array initialiser only")]
+const EMPTY_SLOT: Slot =
+    Slot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), fd: AtomicI32::new(-1), pid: AtomicI32::new(0) };
 static SLOTS: [Slot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 
 struct Installed {
@@ -81,10 +74,7 @@ struct Installed {
 }
 // SAFETY: `libc::sigaction` is plain data (a handler address, flags, a mask).
 unsafe impl Send for Installed {}
-static INSTALLED: Mutex<Installed> = Mutex::new(Installed {
-    count: 0,
-    previous: None,
-});
+static INSTALLED: Mutex<Installed> = Mutex::new(Installed { count: 0, previous: None });
 /// Copy of the previous action, readable from the handler without a lock.
 static PREV_HANDLER: AtomicUsize = AtomicUsize::new(0);
 static PREV_FLAGS: AtomicI32 = AtomicI32::new(0);
@@ -111,13 +101,9 @@ impl SegvRegistration {
     /// Route SIGSEGVs inside `[start, start + len)` to this registration's
     /// pipe, installing the process handler if it is the first.
     pub fn new(start: usize, len: usize) -> Result<Self, RegisterError> {
-        let (read, write) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(RegisterError::Os)?;
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(RegisterError::Os)?;
         let mut inst = INSTALLED.lock();
-        let slot = SLOTS
-            .iter()
-            .position(|s| s.len.load(Ordering::Acquire) == 0)
-            .ok_or(RegisterError::TooManyArenas)?;
+        let slot = SLOTS.iter().position(|s| s.len.load(Ordering::Acquire) == 0).ok_or(RegisterError::TooManyArenas)?;
         if inst.count == 0 {
             inst.previous = Some(install().map_err(RegisterError::Os)?);
         }
@@ -144,9 +130,7 @@ impl SegvRegistration {
             }
         }
         let p = usize::from_ne_bytes(buf);
-        (p != 0).then(|| PendingFault {
-            req: p as *const Request,
-        })
+        (p != 0).then(|| PendingFault { req: p as *const Request })
     }
 
     /// Make the service thread's [`Self::next_request`] return `None`.
@@ -228,9 +212,7 @@ fn install() -> Result<libc::sigaction, rustix::io::Errno> {
         let mut prev: libc::sigaction = core::mem::zeroed();
         if libc::sigaction(libc::SIGSEGV, &sa, &mut prev) != 0 {
             return Err(rustix::io::Errno::from_raw_os_error(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EINVAL),
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL),
             ));
         }
         PREV_HANDLER.store(prev.sa_sigaction, Ordering::Release);
@@ -291,11 +273,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             break;
         }
         let fd = s.fd.load(Ordering::Relaxed);
-        let req = Request {
-            addr,
-            write: fault_is_write(ctx),
-            state: AtomicU32::new(PENDING),
-        };
+        let req = Request { addr, write: fault_is_write(ctx), state: AtomicU32::new(PENDING) };
         let p = (&req as *const Request as usize).to_ne_bytes();
         loop {
             // SAFETY: writing 8 bytes from a live stack buffer to a pipe fd;

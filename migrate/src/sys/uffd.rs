@@ -122,11 +122,7 @@ fn ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> Result<(), Errno> {
     // valid exclusive reference for the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
     if r < 0 {
-        Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
+        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)))
     } else {
         Ok(())
     }
@@ -206,10 +202,7 @@ impl Uffd {
 
     /// Undo [`Self::register_minor`].
     pub fn unregister(&self, start: usize, len: usize) -> Result<(), Errno> {
-        let mut r = Range {
-            start: start as u64,
-            len: len as u64,
-        };
+        let mut r = Range { start: start as u64, len: len as u64 };
         ioctl(&self.fd, UFFDIO_UNREGISTER, &mut r)
     }
 
@@ -234,10 +227,7 @@ impl Uffd {
     /// Wake threads waiting on faults in a range without mapping anything
     /// (they retry the access).
     pub fn wake(&self, start: usize, len: usize) -> Result<(), Errno> {
-        let mut r = Range {
-            start: start as u64,
-            len: len as u64,
-        };
+        let mut r = Range { start: start as u64, len: len as u64 };
         ioctl(&self.fd, UFFDIO_WAKE, &mut r)
     }
 
@@ -249,19 +239,9 @@ impl Uffd {
         loop {
             // SAFETY: `msgs` is a writable buffer of exactly the given length
             // in bytes; the kernel writes whole `uffd_msg` structures.
-            let r = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    msgs.as_mut_ptr().cast(),
-                    core::mem::size_of_val(&msgs),
-                )
-            };
+            let r = unsafe { libc::read(self.fd.as_raw_fd(), msgs.as_mut_ptr().cast(), core::mem::size_of_val(&msgs)) };
             if r < 0 {
-                let e = Errno::from_raw_os_error(
-                    std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO),
-                );
+                let e = Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
                 if e == Errno::AGAIN {
                     return Ok(n);
                 }
@@ -270,10 +250,7 @@ impl Uffd {
             let count = r as usize / core::mem::size_of::<Msg>();
             for m in &msgs[..count] {
                 if m.event == EVENT_PAGEFAULT {
-                    out.push(PageFault {
-                        address: m.a1,
-                        flags: m.a0,
-                    });
+                    out.push(PageFault { address: m.a1, flags: m.a0 });
                     n += 1;
                 }
             }

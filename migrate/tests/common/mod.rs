@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use svm_migrate::{
-    Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, MigrateError,
-};
+use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, MigrateError};
 
 /// A toy "device": pages it owns have their true contents here; the host
 /// copy is stale until a fault brings them back.
@@ -36,9 +34,7 @@ impl FaultHandler for Toy {
                 self.arena.write_host(off, &bytes);
             }
         }
-        self.arena
-            .restore(start, self.chunk)
-            .map_err(|e| FaultFatal(e.to_string()))
+        self.arena.restore(start, self.chunk).map_err(|e| FaultFatal(e.to_string()))
     }
 }
 
@@ -57,9 +53,7 @@ pub fn toy(kind: FaultBackendKind, chunk: usize) -> Option<Arc<Toy>> {
             chunk,
             fail: Mutex::new(BTreeSet::new()),
         })),
-        Err(e @ MigrateError::Unsupported { .. })
-            if std::env::var("SVM_REQUIRE_FAULTS").as_deref() != Ok("1") =>
-        {
+        Err(e @ MigrateError::Unsupported { .. }) if std::env::var("SVM_REQUIRE_FAULTS").as_deref() != Ok("1") => {
             eprintln!("SKIP: {kind} fault backend unavailable here: {e}");
             None
         }
@@ -77,10 +71,7 @@ pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
     // Host copy: zeros. Device: a pattern. Then zap the user view.
     for p in 0..pages {
         t.arena.write_host(p * 4096, &[0u8; 4096]);
-        t.device.lock().insert(
-            p * 4096,
-            vec![(p as u8).wrapping_mul(3).wrapping_add(1); 4096],
-        );
+        t.device.lock().insert(p * 4096, vec![(p as u8).wrapping_mul(3).wrapping_add(1); 4096]);
     }
     t.arena.zap(0, pages * 4096).expect("zap");
     // Read through the user view: each byte must be the device's.
@@ -88,19 +79,11 @@ pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
         for i in [0usize, 17, 4095] {
             // SAFETY: inside the arena's user view, which stays mapped.
             let v = unsafe { core::ptr::read_volatile((base + p * 4096 + i) as *const u8) };
-            assert_eq!(
-                v,
-                (p as u8).wrapping_mul(3).wrapping_add(1),
-                "page {p} byte {i}"
-            );
+            assert_eq!(v, (p as u8).wrapping_mul(3).wrapping_add(1), "page {p} byte {i}");
         }
     }
     let expected_faults = pages * 4096 / chunk;
-    assert_eq!(
-        t.faults.load(Ordering::Relaxed),
-        expected_faults,
-        "one fault per chunk"
-    );
+    assert_eq!(t.faults.load(Ordering::Relaxed), expected_faults, "one fault per chunk");
     assert!(t.device.lock().is_empty(), "every page came back");
 
     // A write to a zapped page faults first, then lands in the host copy.
@@ -110,10 +93,7 @@ pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
     unsafe { core::ptr::write_volatile((base + 8) as *mut u8, 42) };
     let mut b = [0u8; 16];
     t.arena.read_host(0, &mut b);
-    assert_eq!(
-        b[7], 9,
-        "the fault brought the device data back before the write"
-    );
+    assert_eq!(b[7], 9, "the fault brought the device data back before the write");
     assert_eq!(b[8], 42, "the write went to the host copy");
     drop(svc);
 }
@@ -134,8 +114,7 @@ pub fn concurrent(kind: FaultBackendKind) {
                 for k in 0..pages {
                     let p = (k * 7 + th * 13) % pages;
                     // SAFETY: inside the user view.
-                    let v =
-                        unsafe { core::ptr::read_volatile((base + p * 4096 + th) as *const u8) };
+                    let v = unsafe { core::ptr::read_volatile((base + p * 4096 + th) as *const u8) };
                     assert_eq!(v, p as u8);
                 }
             });
@@ -143,10 +122,7 @@ pub fn concurrent(kind: FaultBackendKind) {
     });
     assert!(t.device.lock().is_empty());
     let f = t.faults.load(Ordering::Relaxed);
-    assert!(
-        (pages..=4 * pages).contains(&f),
-        "{f} faults for {pages} pages"
-    );
+    assert!((pages..=4 * pages).contains(&f), "{f} faults for {pages} pages");
 }
 
 /// A handler for write-protect tests: counts write faults and unprotects.

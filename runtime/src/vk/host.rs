@@ -79,9 +79,8 @@ pub enum HostImportError {
 }
 
 /// wgpu usage of imported buffers.
-pub const WGPU_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub const WGPU_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// An imported host range, usable as a wgpu storage buffer.
 pub struct HostImport {
@@ -160,16 +159,24 @@ impl HostImport {
         let req = unsafe { d.get_buffer_memory_requirements(buffer) };
         let bits = props.memory_type_bits & req.memory_type_bits;
         let coherent_flags = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
-        let Some(type_index) = raw.find_memory_type(bits, vk::MemoryPropertyFlags::empty(), coherent_flags).filter(|_| req.size <= len as u64)
+        let Some(type_index) = raw
+            .find_memory_type(bits, vk::MemoryPropertyFlags::empty(), coherent_flags)
+            .filter(|_| req.size <= len as u64)
         else {
             // SAFETY: unused, created above.
             unsafe { d.destroy_buffer(buffer, None) };
-            return Err(HostImportError::NoMemoryType { host_bits: props.memory_type_bits, buffer_bits: req.memory_type_bits });
+            return Err(HostImportError::NoMemoryType {
+                host_bits: props.memory_type_bits,
+                buffer_bits: req.memory_type_bits,
+            });
         };
         let coherent = raw.memory_type_flags(type_index).contains(coherent_flags);
 
         let mut import = vk::ImportMemoryHostPointerInfoEXT::default().handle_type(handle).host_pointer(ptr.cast());
-        let ai = vk::MemoryAllocateInfo::default().allocation_size(len as u64).memory_type_index(type_index).push_next(&mut import);
+        let ai = vk::MemoryAllocateInfo::default()
+            .allocation_size(len as u64)
+            .memory_type_index(type_index)
+            .push_next(&mut import);
         // SAFETY: pointer and size are aligned (checked), the type is one
         // the pointer allows (`props`), the range is valid host memory (the
         // caller's contract).
@@ -260,7 +267,8 @@ impl HostImport {
 /// wgpu encoding in one encoder; barriers apply across command-buffer
 /// boundaries within the queue's submission order.
 pub fn host_read_barrier(device: &wgpu::Device) -> Result<wgpu::CommandBuffer, VkError> {
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm host-read barrier") });
+    let mut encoder =
+        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm host-read barrier") });
     let d = {
         // SAFETY: only the ash device is cloned out of the guard.
         let hal = unsafe { device.as_hal::<Vulkan>() }.ok_or(VkError::NotVulkan("device"))?;

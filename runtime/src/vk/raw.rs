@@ -101,22 +101,25 @@ impl RawDevice {
         // SAFETY: `physical` is the device's physical device, from the same
         // instance.
         let (memory_properties, props) = unsafe {
-            (instance.get_physical_device_memory_properties(physical), instance.get_physical_device_properties(physical))
+            (
+                instance.get_physical_device_memory_properties(physical),
+                instance.get_physical_device_properties(physical),
+            )
         };
         if props.api_version < vk::API_VERSION_1_2 {
             // vkWaitSemaphores / timeline semaphores are core in 1.2; ash's
             // core 1.2 entry points are not loaded below that.
             return Err(VkError::Unsupported("Vulkan 1.2 (timeline semaphores)"));
         }
-        let host_memory = caps
-            .host_import
-            .then(|| ash::ext::external_memory_host::Device::new(&instance, &raw_device));
-        let mut ty = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
+        let host_memory = caps.host_import.then(|| ash::ext::external_memory_host::Device::new(&instance, &raw_device));
+        let mut ty =
+            vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut ty);
         // SAFETY: valid create info; the device is alive (we hold `device`).
         // wgpu-hal enables `timelineSemaphore` on 1.2+ devices that have it
         // (it uses timeline semaphores for its own fences).
-        let semaphore = unsafe { raw_device.create_semaphore(&info, None) }.map_err(VkError::vk("vkCreateSemaphore"))?;
+        let semaphore =
+            unsafe { raw_device.create_semaphore(&info, None) }.map_err(VkError::vk("vkCreateSemaphore"))?;
         Ok(Arc::new(Self {
             instance,
             device: raw_device,
@@ -191,7 +194,10 @@ impl RawDevice {
     }
 
     pub(crate) fn memory_type_flags(&self, index: u32) -> vk::MemoryPropertyFlags {
-        self.memory_properties.memory_types_as_slice().get(index as usize).map_or(vk::MemoryPropertyFlags::empty(), |t| t.property_flags)
+        self.memory_properties
+            .memory_types_as_slice()
+            .get(index as usize)
+            .map_or(vk::MemoryPropertyFlags::empty(), |t| t.property_flags)
     }
 
     /// Stage a signal of `value + 1` on wgpu-hal's queue and make an empty
@@ -268,7 +274,11 @@ impl RawDevice {
     ///   `memory` is null or live memory of a type the buffer allows, and
     ///   offsets/sizes are multiples of the sparse block size within the
     ///   buffer and the memory (the VUIDs of `VkSparseMemoryBind`).
-    pub(crate) unsafe fn bind_sparse(&self, buffer: vk::Buffer, binds: &[vk::SparseMemoryBind]) -> Result<TimelinePoint> {
+    pub(crate) unsafe fn bind_sparse(
+        &self,
+        buffer: vk::Buffer,
+        binds: &[vk::SparseMemoryBind],
+    ) -> Result<TimelinePoint> {
         let mut t = self.timeline.lock();
         let before = self.flush_locked(&mut t)?;
         let after = before + 1;
@@ -276,8 +286,9 @@ impl RawDevice {
         let semaphores = [t.raw];
         let wait_values = [before];
         let signal_values = [after];
-        let mut timeline_info =
-            vk::TimelineSemaphoreSubmitInfo::default().wait_semaphore_values(&wait_values).signal_semaphore_values(&signal_values);
+        let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
+            .wait_semaphore_values(&wait_values)
+            .signal_semaphore_values(&signal_values);
         let info = vk::BindSparseInfo::default()
             .wait_semaphores(&semaphores)
             .buffer_binds(&buffer_binds)

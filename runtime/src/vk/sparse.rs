@@ -69,9 +69,8 @@ pub(crate) const VK_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw
 );
 
 /// wgpu usage of the arena buffer.
-pub const WGPU_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub const WGPU_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// A block of the arena's memory pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,8 +222,11 @@ impl SparseArena {
         // SAFETY: `vk_buffer` is live.
         let req = unsafe { d.get_buffer_memory_requirements(vk_buffer) };
         debug_assert_eq!(req.alignment, page_size, "sparse block size differs between buffers");
-        let Some(type_index) = raw.find_memory_type(req.memory_type_bits, vk::MemoryPropertyFlags::empty(), vk::MemoryPropertyFlags::DEVICE_LOCAL)
-        else {
+        let Some(type_index) = raw.find_memory_type(
+            req.memory_type_bits,
+            vk::MemoryPropertyFlags::empty(),
+            vk::MemoryPropertyFlags::DEVICE_LOCAL,
+        ) else {
             cleanup(&[]);
             return Err(SparseError::NoMemoryType(req.memory_type_bits));
         };
@@ -233,7 +235,9 @@ impl SparseArena {
         let mut left = desc.pool_blocks;
         while left > 0 {
             let n = left.min(desc.chunk_blocks);
-            let ai = vk::MemoryAllocateInfo::default().allocation_size(u64::from(n) * page_size).memory_type_index(type_index);
+            let ai = vk::MemoryAllocateInfo::default()
+                .allocation_size(u64::from(n) * page_size)
+                .memory_type_index(type_index);
             // SAFETY: valid allocate info with a type the buffer allows.
             match unsafe { d.allocate_memory(&ai, None) } {
                 Ok(m) => chunks.push(m),
@@ -374,7 +378,13 @@ impl SparseArena {
 
     /// Append a bind, merging it into the previous one when both resource
     /// and memory ranges continue it.
-    fn push_bind(binds: &mut Vec<vk::SparseMemoryBind>, offset: u64, size: u64, memory: vk::DeviceMemory, memory_offset: u64) {
+    fn push_bind(
+        binds: &mut Vec<vk::SparseMemoryBind>,
+        offset: u64,
+        size: u64,
+        memory: vk::DeviceMemory,
+        memory_offset: u64,
+    ) {
         if let Some(last) = binds.last_mut() {
             if last.resource_offset + last.size == offset
                 && last.memory == memory
@@ -384,7 +394,13 @@ impl SparseArena {
                 return;
             }
         }
-        binds.push(vk::SparseMemoryBind::default().resource_offset(offset).size(size).memory(memory).memory_offset(memory_offset));
+        binds.push(
+            vk::SparseMemoryBind::default()
+                .resource_offset(offset)
+                .size(size)
+                .memory(memory)
+                .memory_offset(memory_offset),
+        );
     }
 
     /// Bind each `(page, block)` in one `vkQueueBindSparse`, after all work
@@ -400,7 +416,8 @@ impl SparseArena {
     /// synchronisation of `VkQueue`; wgpu offers no lock to take).
     pub unsafe fn bind(&mut self, pages: &[(u32, BlockId)]) -> Result<TimelinePoint, SparseError> {
         self.check_pages(pages.iter().map(|&(p, _)| p))?;
-        if let Some(&(_, b)) = pages.iter().find(|&&(_, b)| !self.allocated.get(b.0 as usize).copied().unwrap_or(false)) {
+        if let Some(&(_, b)) = pages.iter().find(|&&(_, b)| !self.allocated.get(b.0 as usize).copied().unwrap_or(false))
+        {
             return Err(SparseError::BadBlock(b));
         }
         if pages.is_empty() {

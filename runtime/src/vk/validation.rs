@@ -152,7 +152,12 @@ unsafe extern "system" fn callback(
     // SAFETY: the strings are NUL-terminated or null, valid for the call.
     let (name, text) = unsafe { (cd.message_id_name_as_c_str(), cd.message_as_c_str()) };
     let to_string = |s: Option<&CStr>| s.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let msg = ValidationMessage { severity, id_number: cd.message_id_number, id_name: to_string(name), message: to_string(text) };
+    let msg = ValidationMessage {
+        severity,
+        id_number: cd.message_id_number,
+        id_name: to_string(name),
+        message: to_string(text),
+    };
     // Never unwind into the driver; a poisoned sink still takes messages.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         sink.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(msg);
@@ -174,13 +179,14 @@ impl ValidationCapture {
         let entry = shared.entry();
         // SAFETY: plain global query.
         let layers = unsafe { entry.enumerate_instance_layer_properties() }.unwrap_or_default();
-        let layer_present = layers
-            .iter()
-            .any(|l| l.layer_name_as_c_str().is_ok_and(|n| n == c"VK_LAYER_KHRONOS_validation"));
+        let layer_present =
+            layers.iter().any(|l| l.layer_name_as_c_str().is_ok_and(|n| n == c"VK_LAYER_KHRONOS_validation"));
         let loader = ash::ext::debug_utils::Instance::new(entry, shared.raw_instance());
         let sink = Box::new(Sink { messages: Mutex::new(Vec::new()) });
         let info = vk::DebugUtilsMessengerCreateInfoEXT::default()
-            .message_severity(vk::DebugUtilsMessageSeverityFlagsEXT::WARNING | vk::DebugUtilsMessageSeverityFlagsEXT::ERROR)
+            .message_severity(
+                vk::DebugUtilsMessageSeverityFlagsEXT::WARNING | vk::DebugUtilsMessageSeverityFlagsEXT::ERROR,
+            )
             .message_type(
                 vk::DebugUtilsMessageTypeFlagsEXT::GENERAL
                     | vk::DebugUtilsMessageTypeFlagsEXT::VALIDATION

@@ -73,7 +73,10 @@ fn launch_input_errors() {
     let r = svm.launch(&ka, &LaunchDescriptor { args: &ptrs, access: &[], workgroups: [1, 1, 1] });
     assert!(matches!(r, Err(LaunchError::TooManyArgs { words: 66, .. })), "{r:?}");
     // Dispatch beyond the device limit.
-    let r = svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [u32::MAX, 1, 1] });
+    let r = svm.launch(
+        &ka,
+        &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [u32::MAX, 1, 1] },
+    );
     assert!(matches!(r, Err(LaunchError::BadDispatch { .. })), "{r:?}");
     // Declared ranges: overflowing length, straddling the allocation's end,
     // starting before the arena.
@@ -88,7 +91,10 @@ fn launch_input_errors() {
     // SAFETY: as above.
     let access = [unsafe { Access::raw(p, 0, AccessMode::ReadWrite) }];
     let r = svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] });
-    assert!(matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults[0].kind == KernelFaultKind::NotDeclared), "{r:?}");
+    assert!(
+        matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults[0].kind == KernelFaultKind::NotDeclared),
+        "{r:?}"
+    );
     assert!(v.iter().all(|&x| x == 4), "nothing changed");
     assert_eq!(svm.stats().launches, 1, "only the kernel that ran counts");
     // Kernels that do not compile: syntax, missing entry point, own bindings,
@@ -96,8 +102,12 @@ fn launch_input_errors() {
     for (label, src, entry) in [
         ("syntax", "@compute @workgroup_size(1) fn main() { let x = ; }", "main"),
         ("entry", "@compute @workgroup_size(1) fn main() {}", "other"),
-        ("binding", "@group(0) @binding(9) var<storage, read_write> mine: array<u32>;
-            @compute @workgroup_size(1) fn main() { mine[0] = 1u; }", "main"),
+        (
+            "binding",
+            "@group(0) @binding(9) var<storage, read_write> mine: array<u32>;
+            @compute @workgroup_size(1) fn main() { mine[0] = 1u; }",
+            "main",
+        ),
         ("atomic", "@compute @workgroup_size(1) fn main() { atomicAdd(svm_arg_ptr(0u), 1u); }", "main"),
     ] {
         match svm.create_kernel(&svm::KernelDescriptor { label, source: src, entry_point: entry }) {
@@ -218,7 +228,10 @@ fn free_waits_for_running_kernel() {
         // only around its end (the lock is released inside `launch`, a
         // moment before it returns: 50 ms of scheduling slack).
         let slack = Duration::from_millis(50);
-        assert!(free_start + 2 * slack < launch_end, "{backend}: free was called while the kernel ran ({iters} iterations)");
+        assert!(
+            free_start + 2 * slack < launch_end,
+            "{backend}: free was called while the kernel ran ({iters} iterations)"
+        );
         assert!(free_end + slack >= launch_end, "{backend}: free returned before the kernel finished");
         assert_eq!(out[0], want, "{backend}: the kernel read the live data");
         assert_eq!(svm.live_allocations(), 1);
@@ -252,8 +265,15 @@ fn device_lost_mid_run() {
         fill(&mut d, 1, 500).expect("d");
         assert!(d.iter().enumerate().all(|(i, &x)| x == i as u32 + 500));
         let args = [Arg::ptr(d.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(n as u32)];
-        svm.launch(&kc, &LaunchDescriptor { args: &args, access: &[Access::read(&d), Access::read_write(&mut c)], workgroups: wg(n) })
-            .expect("last launch");
+        svm.launch(
+            &kc,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read(&d), Access::read_write(&mut c)],
+                workgroups: wg(n),
+            },
+        )
+        .expect("last launch");
         svm.prefetch(e.as_ptr().cast(), n * 4, Location::Device).wait().expect("prefetch");
         f.iter_mut().enumerate().for_each(|(i, x)| *x = i as u32 ^ 0xffff);
         assert!(svm.lost_ranges().is_empty(), "{backend}: nothing lost while the device works");
@@ -319,8 +339,11 @@ fn device_lost_cpu_access_crashes() {
         let kf = kernel(&svm, "fill", k::FILL);
         let mut v = svm.alloc_vec::<u32>(4 * PAGE_WORDS).expect("v");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(v.len() as u32), Arg::U32(1), Arg::U32(0)];
-        svm.launch(&kf, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [4, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &kf,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [4, 1, 1] },
+        )
+        .expect("launch");
         svm.destroy_device_for_testing();
         println!("CHILD lost page {:#x}", v.as_ptr() as usize);
         let x = v[0]; // must not return

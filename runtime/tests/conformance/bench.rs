@@ -28,7 +28,10 @@ fn thp_migration() {
             .fault_backend(backend)
             .fault_chunk(2 << 20);
         let Some(svm) = ctx(desc) else { return };
-        println!("{backend} on {}: size, sys->dev (prefetch), dev->sys (prefetch), dev->sys (CPU faults), GB/s", svm.device_info().name);
+        println!(
+            "{backend} on {}: size, sys->dev (prefetch), dev->sys (prefetch), dev->sys (CPU faults), GB/s",
+            svm.device_info().name
+        );
         let mut bytes = 512 << 10;
         while bytes <= max_mb << 20 {
             let n = bytes / 4;

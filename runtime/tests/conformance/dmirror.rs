@@ -61,8 +61,12 @@ pub fn new_space(pages: u32) -> (Arc<AddressSpace>, HostMem) {
 
 impl Dev {
     pub fn new(space: &Arc<AddressSpace>, host: &HostMem) -> Self {
-        let ops =
-            DevOps { host: host.clone(), pool: Mutex::new(Vec::new()), log: Mutex::default(), copied_back: Mutex::default() };
+        let ops = DevOps {
+            host: host.clone(),
+            pool: Mutex::new(Vec::new()),
+            log: Mutex::default(),
+            copied_back: Mutex::default(),
+        };
         let mirror = space.mirror_register(space.range(), ops, PageTable::new(space.pages())).expect("register");
         Self { space: space.clone(), mirror }
     }
@@ -174,7 +178,12 @@ pub fn cpu_read(space: &Arc<AddressSpace>, host: &HostMem, range: PageRange) -> 
 }
 
 /// The CPU writes `data` over `range`.
-pub fn cpu_write(space: &Arc<AddressSpace>, host: &HostMem, range: PageRange, data: &[PageData]) -> Result<(), SpaceError> {
+pub fn cpu_write(
+    space: &Arc<AddressSpace>,
+    host: &HostMem,
+    range: PageRange,
+    data: &[PageData],
+) -> Result<(), SpaceError> {
     space.cpu_fault(range, true, true)?;
     let mut h = host.lock().expect("host");
     for (p, d) in range.iter().zip(data) {

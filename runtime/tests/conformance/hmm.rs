@@ -16,8 +16,11 @@ fn launch_fill(svm: &Svm, kf: &svm::Kernel, v: &mut ManagedVec<u32>, mul: u32, a
 fn launch_copy(svm: &Svm, kc: &svm::Kernel, src: &ManagedVec<u32>, dst: &mut ManagedVec<u32>) {
     let n = src.len().min(dst.len());
     let args = [Arg::ptr(src.as_ptr()), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32)];
-    svm.launch(kc, &LaunchDescriptor { args: &args, access: &[Access::read(src), Access::read_write(dst)], workgroups: wg(n) })
-        .expect("launch");
+    svm.launch(
+        kc,
+        &LaunchDescriptor { args: &args, access: &[Access::read(src), Access::read_write(dst)], workgroups: wg(n) },
+    )
+    .expect("launch");
 }
 
 fn pages_of(words: usize) -> u64 {
@@ -37,7 +40,8 @@ fn open_close() {
                 let args = [Arg::ptr(p), Arg::U32(4 * PAGE_WORDS as u32), Arg::U32(1), Arg::U32(0)];
                 // SAFETY: no reference into the allocation exists.
                 let access = [unsafe { Access::raw(p, 4 * 4096, AccessMode::ReadWrite) }];
-                svm.launch(&kf, &LaunchDescriptor { args: &args, access: &access, workgroups: [4, 1, 1] }).expect("launch");
+                svm.launch(&kf, &LaunchDescriptor { args: &args, access: &access, workgroups: [4, 1, 1] })
+                    .expect("launch");
                 assert_eq!(svm.device_resident_pages(), 4);
                 // Never freed: the runtime tears down with a live allocation.
             }
@@ -82,7 +86,8 @@ fn anon_read_prot() {
         let src = freed.as_ptr();
         drop(freed);
         let args = [Arg::ptr(src), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32)];
-        let r = svm.launch(&kc, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut dst)], workgroups: wg(n) });
+        let r = svm
+            .launch(&kc, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut dst)], workgroups: wg(n) });
         match r {
             Err(LaunchError::Kernel { faults, total }) => {
                 assert_eq!(total as usize, n, "{backend}: every load refused once");
@@ -387,8 +392,7 @@ fn anon_teardown() {
                 });
                 let args = [Arg::Ptr(a as u64), Arg::ptr(out.as_ptr()), Arg::U32(2 * n as u32)];
                 // SAFETY: no Rust reference into a or b exists.
-                let access =
-                    [unsafe { Access::raw(a as *const u8, 2 * n * 4, mode) }, Access::read_write(&mut out)];
+                let access = [unsafe { Access::raw(a as *const u8, 2 * n * 4, mode) }, Access::read_write(&mut out)];
                 svm.launch(&kc, &LaunchDescriptor { args: &args, access: &access, workgroups: wg(2 * n) })
             });
             match r {

@@ -29,16 +29,20 @@ fn snapshot_two_mirrors() {
     assert_eq!(d1.migrate_to(r(6, 7), &all).expect("d1"), 1);
 
     let host_entry = |p: u32, write: bool| SnapshotEntry::Host { page: PageIndex(p), write, order: ChunkOrder::Page };
-    let own = |f: u32| SnapshotEntry::Device { frame: FrameIndex::new(f).expect("f"), write: true, order: ChunkOrder::Page };
-    assert_eq!(d0.snapshot(r(0, 7)), vec![
-        SnapshotEntry::Error,
-        SnapshotEntry::NotPresent,
-        host_entry(2, false),
-        host_entry(3, true),
-        host_entry(4, false),
-        own(0),
-        SnapshotEntry::OtherDevice,
-    ]);
+    let own =
+        |f: u32| SnapshotEntry::Device { frame: FrameIndex::new(f).expect("f"), write: true, order: ChunkOrder::Page };
+    assert_eq!(
+        d0.snapshot(r(0, 7)),
+        vec![
+            SnapshotEntry::Error,
+            SnapshotEntry::NotPresent,
+            host_entry(2, false),
+            host_entry(3, true),
+            host_entry(4, false),
+            own(0),
+            SnapshotEntry::OtherDevice,
+        ]
+    );
     let s1 = d1.snapshot(r(0, 7));
     assert_eq!((s1[5], s1[6]), (SnapshotEntry::OtherDevice, own(0)));
     // A snapshot faults nothing: device pages stayed where they were.
@@ -77,7 +81,10 @@ fn double_map_two_mirrors() {
     assert!((0..n).all(|p| matches!(space.page(PageIndex(p)), Some((PageState::Host { .. }, _)))));
     // Writes are refused on a read-only range.
     let e = d0.write(r(0, 1), &[[0; W]]).expect_err("read-only");
-    assert!(matches!(e, svm_pagetable::RangeError::Fault { reason: svm_pagetable::FaultReason::ReadOnly, .. }), "{e:?}");
+    assert!(
+        matches!(e, svm_pagetable::RangeError::Fault { reason: svm_pagetable::FaultReason::ReadOnly, .. }),
+        "{e:?}"
+    );
     assert_eq!(cpu_read(&space, &host, r(0, n)).expect("cpu"), data);
 }
 

@@ -257,7 +257,8 @@ impl Worker<'_> {
         }
         let b = self.rng.below(self.bufs.len());
         let len = self.bufs[b].v.len();
-        let dice = if kernels_mostly { [5, 10, 70, 80, 84, 88, 90, 91, 100] } else { [25, 50, 62, 68, 71, 77, 82, 85, 100] };
+        let dice =
+            if kernels_mostly { [5, 10, 70, 80, 84, 88, 90, 91, 100] } else { [25, 50, 62, 68, 71, 77, 82, 85, 100] };
         let r = self.rng.below(100);
         if r < dice[0] {
             // CPU write of a random range.
@@ -282,11 +283,10 @@ impl Worker<'_> {
             self.note(format!("launch affine buf {b} ({len} words)"));
             let buf = &mut self.bufs[b];
             let args = [Arg::ptr(buf.v.as_ptr()), Arg::U32(len as u32), Arg::U32(mul), Arg::U32(add)];
-            let res = self.svm.launch(self.affine, &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read_write(&mut buf.v)],
-                workgroups: wg(len),
-            });
+            let res = self.svm.launch(
+                self.affine,
+                &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut buf.v)], workgroups: wg(len) },
+            );
             match res {
                 Ok(()) => buf.model.iter_mut().for_each(|x| *x = x.wrapping_mul(mul).wrapping_add(add)),
                 Err(e) => self.error(format!("launch affine: {e}")),
@@ -308,11 +308,14 @@ impl Worker<'_> {
             };
             let n = src.v.len().min(dst.v.len());
             let args = [Arg::ptr(src.v.as_ptr()), Arg::ptr(dst.v.as_ptr()), Arg::U32(n as u32), Arg::U32(mul)];
-            let res = self.svm.launch(self.add_src, &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&src.v), Access::read_write(&mut dst.v)],
-                workgroups: wg(n),
-            });
+            let res = self.svm.launch(
+                self.add_src,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&src.v), Access::read_write(&mut dst.v)],
+                    workgroups: wg(n),
+                },
+            );
             match res {
                 Ok(()) => {
                     for i in 0..n {
@@ -347,11 +350,14 @@ impl Worker<'_> {
                 Err(svm::LaunchError::PoolExhausted { .. }) => {
                     self.local.known_replay_pool_exhausted += 1;
                     self.svm
-                        .launch(self.fill, &LaunchDescriptor {
-                            args: &args,
-                            access: &[Access::read_write(&mut buf.v)],
-                            workgroups: wg(len),
-                        })
+                        .launch(
+                            self.fill,
+                            &LaunchDescriptor {
+                                args: &args,
+                                access: &[Access::read_write(&mut buf.v)],
+                                workgroups: wg(len),
+                            },
+                        )
                         .map(|()| Default::default())
                 }
                 other => other,
@@ -440,7 +446,16 @@ impl Worker<'_> {
 }
 
 #[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
-fn run_worker(svm: &Svm, affine: &Kernel, fill: &Kernel, add_src: &Kernel, shared: &Shared, cfg: &Config, id: usize, kernels_mostly: bool) {
+fn run_worker(
+    svm: &Svm,
+    affine: &Kernel,
+    fill: &Kernel,
+    add_src: &Kernel,
+    shared: &Shared,
+    cfg: &Config,
+    id: usize,
+    kernels_mostly: bool,
+) {
     let mut w = Worker {
         id,
         svm,
@@ -502,10 +517,8 @@ pub fn run(svm: &Svm, cfg: &Config) -> Report {
         .create_kernel(&KernelDescriptor { label: "stress add_src", source: ADD_SRC, entry_point: "main" })
         .expect("kernel");
     let threads = cfg.workers + cfg.kernel_workers;
-    let shared = Shared {
-        current: (0..threads).map(|_| Mutex::new(String::from("starting"))).collect(),
-        ..Shared::default()
-    };
+    let shared =
+        Shared { current: (0..threads).map(|_| Mutex::new(String::from("starting"))).collect(), ..Shared::default() };
     let t0 = Instant::now();
     std::thread::scope(|s| {
         let shared = &shared;

@@ -51,8 +51,15 @@ fn kernel_pointer_errors() {
         assert!(v.iter().all(|&x| x == 7), "{backend}");
         assert!(other.iter().all(|&x| x == 5), "{backend}");
         // And a good launch still works afterwards.
-        svm.launch(&k, &LaunchDescriptor { args: &[Arg::Ptr(v.addr_of(2))], access: &[Access::read_write(&mut v)], workgroups: [1, 1, 1] })
-            .expect("good launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::Ptr(v.addr_of(2))],
+                access: &[Access::read_write(&mut v)],
+                workgroups: [1, 1, 1],
+            },
+        )
+        .expect("good launch");
         assert_eq!(v[2], 8);
     }
 }
@@ -71,7 +78,8 @@ fn declared_ranges_must_be_allocated() {
     let foreign = [0u8; 64];
     // SAFETY: as above; a stack buffer is not managed memory.
     let access = [unsafe { Access::raw(foreign.as_ptr(), 64, svm::AccessMode::Read) }];
-    let r = svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(foreign.as_ptr())], access: &access, workgroups: [1, 1, 1] });
+    let r = svm
+        .launch(&k, &LaunchDescriptor { args: &[Arg::ptr(foreign.as_ptr())], access: &access, workgroups: [1, 1, 1] });
     assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{r:?}");
 }
 
@@ -108,11 +116,14 @@ fn reused_memory_is_zeroed() {
         );
         let mut a = svm.alloc_from_slice(&[0xabcd_u32; 1024]).expect("a");
         let mut b = svm.alloc_vec::<u32>(1024).expect("b");
-        svm.launch(&k, &LaunchDescriptor {
-            args: &[Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr())],
-            access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
-            workgroups: [16, 1, 1],
-        })
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr())],
+                access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
+                workgroups: [16, 1, 1],
+            },
+        )
         .expect("launch");
         // Free both while their pages are on the device; reallocate.
         drop(a);
@@ -120,11 +131,14 @@ fn reused_memory_is_zeroed() {
         let fresh = svm.alloc_vec::<u32>(2048).expect("fresh");
         assert!(fresh.iter().all(|&x| x == 0), "{backend}: CPU sees old data");
         let mut out = svm.alloc_vec::<u32>(1024).expect("out");
-        svm.launch(&k, &LaunchDescriptor {
-            args: &[Arg::ptr(fresh.as_ptr()), Arg::ptr(out.as_ptr())],
-            access: &[Access::read(&fresh), Access::read_write(&mut out)],
-            workgroups: [16, 1, 1],
-        })
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::ptr(fresh.as_ptr()), Arg::ptr(out.as_ptr())],
+                access: &[Access::read(&fresh), Access::read_write(&mut out)],
+                workgroups: [16, 1, 1],
+            },
+        )
         .expect("launch");
         assert!(out.iter().all(|&x| x == 0), "{backend}: GPU sees old data");
     }
@@ -137,7 +151,14 @@ fn pool_exhausted_is_an_error_and_loses_nothing() {
         let Some(svm) = ctx(small(backend).pool_size(1 << 20)) else { return };
         let k = kernel(&svm, "poke", POKE);
         let mut big = svm.alloc_from_slice(&vec![3u32; 1 << 19]).expect("2 MiB");
-        let r = svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(big.as_ptr())], access: &[Access::read_write(&mut big)], workgroups: [1, 1, 1] });
+        let r = svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::ptr(big.as_ptr())],
+                access: &[Access::read_write(&mut big)],
+                workgroups: [1, 1, 1],
+            },
+        );
         assert!(matches!(r, Err(LaunchError::PoolExhausted { needed: 512, total: 256, .. })), "{r:?}");
         assert!(big.iter().all(|&x| x == 3));
         assert_eq!(svm.stats().h2d_pages, 0);
@@ -152,8 +173,15 @@ fn fork_child_cannot_read_stale_data() {
         let Some(svm) = ctx(small(backend)) else { return };
         let k = kernel(&svm, "poke", POKE);
         let mut v = svm.alloc_from_slice(&[41u32; 16]).expect("v");
-        svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(v.as_ptr())], access: &[Access::read_write(&mut v)], workgroups: [1, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::ptr(v.as_ptr())],
+                access: &[Access::read_write(&mut v)],
+                workgroups: [1, 1, 1],
+            },
+        )
+        .expect("launch");
         let p = v.as_ptr();
         // SAFETY: fork in a test; the child only reads one address and exits.
         let pid = unsafe { libc::fork() };
@@ -167,7 +195,10 @@ fn fork_child_cannot_read_stale_data() {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV, "{backend}: child status {status:#x}");
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+            "{backend}: child status {status:#x}"
+        );
         // The parent still reads the right value.
         assert_eq!(v[0], 42);
     }

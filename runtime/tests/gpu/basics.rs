@@ -28,11 +28,14 @@ fn vadd_case_desc(backend: svm::FaultBackendKind, n: usize, chunk: usize, desc: 
     }
     let before = svm.stats();
     let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(n as u32)];
-    svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
-        workgroups: [64, 1, 1],
-    })
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+            workgroups: [64, 1, 1],
+        },
+    )
     .expect("launch");
     let s = svm.stats().since(&before);
     let pages = (n * 4).div_ceil(4096) as u64;
@@ -53,7 +56,11 @@ fn vadd_case_desc(backend: svm::FaultBackendKind, n: usize, chunk: usize, desc: 
     if prefetch {
         // Sequential reads: the tree prefetcher fetches whole 2 MiB regions
         // after a few faults each.
-        assert!(s.cpu_faults < pages.div_ceil(chunk_pages) / 2, "{} faults for {pages} pages with prefetch", s.cpu_faults);
+        assert!(
+            s.cpu_faults < pages.div_ceil(chunk_pages) / 2,
+            "{} faults for {pages} pages with prefetch",
+            s.cpu_faults
+        );
     } else {
         assert!(s.cpu_faults >= pages.div_ceil(chunk_pages), "{} faults for {pages} pages", s.cpu_faults);
         assert!(
@@ -119,8 +126,11 @@ fn cpu_write_after_kernel_keeps_device_data() {
         let n = 4096usize;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] },
+        )
+        .expect("launch");
         v[5] = 12345; // write fault first
         for (i, &x) in v.iter().enumerate() {
             let want = if i == 5 { 12345 } else { i as u32 * 7 + 1 };
@@ -146,11 +156,14 @@ fn repeated_round_trips() {
         let mut v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
         for round in 0..10u32 {
             let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
-            svm.launch(&k, &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read_write(&mut v)],
-                workgroups: [(n as u32).div_ceil(64), 1, 1],
-            })
+            svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read_write(&mut v)],
+                    workgroups: [(n as u32).div_ceil(64), 1, 1],
+                },
+            )
             .expect("launch");
             // Touch half of it on the CPU: the other half stays on the device.
             let probe = (round as usize * 977) % (n / 2);
@@ -167,7 +180,11 @@ fn repeated_round_trips() {
 fn page_table_upload_is_incremental() {
     for backend in BACKENDS {
         let Some(svm) = ctx(small(backend)) else { return };
-        let k = kernel(&svm, "noop", "@compute @workgroup_size(1) fn main() { let p = svm_arg_ptr(0u); svm_store_u32(p, 1u); }");
+        let k = kernel(
+            &svm,
+            "noop",
+            "@compute @workgroup_size(1) fn main() { let p = svm_arg_ptr(0u); svm_store_u32(p, 1u); }",
+        );
         let mut v = svm.alloc_vec::<u32>(16).expect("v");
         let args = [Arg::ptr(v.as_ptr())];
         let launch = |v: &mut svm::ManagedVec<u32>| {
@@ -201,8 +218,11 @@ fn concurrent_cpu_faults() {
         let n = 1 << 18;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [n as u32 / 64, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [n as u32 / 64, 1, 1] },
+        )
+        .expect("launch");
         let v = &v;
         std::thread::scope(|s| {
             for t in 0..4usize {
@@ -238,8 +258,11 @@ fn cpu_faults_while_kernels_run() {
         let mut x = svm.alloc_vec::<u32>(n).expect("x");
         let mut y = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("y");
         let args = [Arg::ptr(y.as_ptr()), Arg::U32(n as u32)];
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut y)], workgroups: [64, 1, 1] })
-            .expect("launch y");
+        svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut y)], workgroups: [64, 1, 1] },
+        )
+        .expect("launch y");
         let yp = y.as_mut_ptr() as usize;
         std::thread::scope(|s| {
             let svm = &svm;
@@ -248,8 +271,11 @@ fn cpu_faults_while_kernels_run() {
             s.spawn(move || {
                 for _ in 0..20 {
                     let args = [Arg::ptr(x.as_ptr()), Arg::U32(n as u32)];
-                    svm.launch(k, &LaunchDescriptor { args: &args, access: &[Access::read_write(x)], workgroups: [64, 1, 1] })
-                        .expect("launch x");
+                    svm.launch(
+                        k,
+                        &LaunchDescriptor { args: &args, access: &[Access::read_write(x)], workgroups: [64, 1, 1] },
+                    )
+                    .expect("launch x");
                 }
             });
             for t in 0..2usize {
@@ -289,11 +315,17 @@ fn teardown_and_two_runtimes() {
         let k = kernel(svm, "inc", INC);
         let mut v = svm.alloc_vec::<u32>(1 << 16).expect("v");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(1 << 16)];
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] },
+        )
+        .expect("launch");
         assert_eq!(v[100], 1);
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] },
+        )
+        .expect("launch");
         assert!(svm.device_resident_pages() > 0);
         // v is dropped (freed) with its pages on the device.
     }
@@ -304,7 +336,9 @@ fn teardown_and_two_runtimes() {
     let k = kernel(&second, "inc", INC);
     let mut w = second.alloc_vec::<u32>(64).expect("w");
     let args = [Arg::ptr(w.as_ptr()), Arg::U32(64)];
-    second.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut w)], workgroups: [1, 1, 1] }).expect("launch");
+    second
+        .launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut w)], workgroups: [1, 1, 1] })
+        .expect("launch");
     drop(first); // with nothing on the device, while `second` keeps working
     assert_eq!(w[63], 1);
     drop(w);

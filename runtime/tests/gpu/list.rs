@@ -52,11 +52,14 @@ fn list_walk_both_backends() {
         }
         let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(lists as u32), Arg::U32(n as u32)];
         let before = svm.stats();
-        svm.launch(&k, &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
-            workgroups: [(lists as u32).div_ceil(64), 1, 1],
-        })
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
+                workgroups: [(lists as u32).div_ceil(64), 1, 1],
+            },
+        )
         .expect("launch");
         assert_eq!(&out[..], &want[..], "{backend}");
         let s = svm.stats().since(&before);
@@ -72,11 +75,11 @@ fn list_through_raw_range() {
     let p = svm.alloc(3 * 16 + 8 + 4).expect("alloc").as_ptr();
     let base = p as usize as u64;
     // Three nodes at p, p+16, p+32 linked 2 -> 0 -> 1; head at p+48; out at p+56.
-    let nodes = [Node { next: base + 16, value: 10, pad: 0 }, Node { next: 0, value: 20, pad: 0 }, Node {
-        next: base,
-        value: 30,
-        pad: 0,
-    }];
+    let nodes = [
+        Node { next: base + 16, value: 10, pad: 0 },
+        Node { next: 0, value: 20, pad: 0 },
+        Node { next: base, value: 30, pad: 0 },
+    ];
     // SAFETY: p is a fresh allocation of 60 bytes; the writes stay inside.
     unsafe {
         core::ptr::copy_nonoverlapping(bytemuck::cast_slice::<Node, u8>(&nodes).as_ptr(), p, 48);

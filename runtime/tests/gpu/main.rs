@@ -44,7 +44,9 @@ impl Drop for TestSvm {
 pub fn ctx(desc: SvmDescriptor) -> Option<TestSvm> {
     match Svm::with_descriptor(&desc) {
         Ok(s) => {
-            if std::env::var("SVM_VALIDATION").as_deref() == Ok("1") && std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() == Ok("1") {
+            if std::env::var("SVM_VALIDATION").as_deref() == Ok("1")
+                && std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() == Ok("1")
+            {
                 assert!(s.validation_active(), "SVM_VALIDATION=1 but the validation layer is not capturing");
             }
             Some(TestSvm(s))

@@ -27,8 +27,11 @@ fn lru_eviction_keeps_every_byte() {
         for round in 1..=3u32 {
             for (b, v) in bufs.iter_mut().enumerate() {
                 let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(round)];
-                svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: [64, 1, 1] })
-                    .unwrap_or_else(|e| panic!("{backend} round {round} buffer {b}: {e}"));
+                svm.launch(
+                    &k,
+                    &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: [64, 1, 1] },
+                )
+                .unwrap_or_else(|e| panic!("{backend} round {round} buffer {b}: {e}"));
             }
         }
         let s = svm.stats();
@@ -48,11 +51,14 @@ fn working_set_larger_than_pool_is_refused() {
     let mut a = svm.alloc_from_slice(&vec![1u32; 1 << 18]).expect("a");
     let mut b = svm.alloc_from_slice(&vec![2u32; 1 << 18]).expect("b");
     let args = [Arg::ptr(a.as_ptr()), Arg::U32(1), Arg::U32(1)];
-    let r = svm.launch(&k, &LaunchDescriptor {
-        args: &args,
-        access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
-        workgroups: [1, 1, 1],
-    });
+    let r = svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
+            workgroups: [1, 1, 1],
+        },
+    );
     assert!(matches!(r, Err(LaunchError::PoolExhausted { needed: 512, total: 256, .. })), "{r:?}");
     assert!(a.iter().all(|&x| x == 1) && b.iter().all(|&x| x == 2));
 }

@@ -7,7 +7,12 @@ use crate::{ctx, kernel, small, BACKENDS};
 
 /// Build `lists` linked lists over `n` node slots of `stride` bytes each, in
 /// random order. Returns (node storage, heads, expected sums).
-fn build(svm: &svm::Svm, n: usize, lists: usize, stride: usize) -> (svm::ManagedVec<u8>, svm::ManagedVec<u64>, Vec<u32>) {
+fn build(
+    svm: &svm::Svm,
+    n: usize,
+    lists: usize,
+    stride: usize,
+) -> (svm::ManagedVec<u8>, svm::ManagedVec<u64>, Vec<u32>) {
     let mut store = svm.alloc_vec::<u8>(n * stride).expect("nodes");
     let mut heads = svm.alloc_vec::<u64>(lists).expect("heads");
     let base = store.as_ptr() as u64;
@@ -38,7 +43,11 @@ fn list_without_declared_ranges() {
         let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(lists as u32), Arg::U32(1 << 20)];
         let before = svm.stats();
         let r = svm
-            .launch_with(&k, &LaunchDescriptor { args: &args, access: &[], workgroups: [2, 1, 1] }, &LaunchOptions::replayable())
+            .launch_with(
+                &k,
+                &LaunchDescriptor { args: &args, access: &[], workgroups: [2, 1, 1] },
+                &LaunchOptions::replayable(),
+            )
             .expect("replayable launch");
         assert!(r.replays >= 1 && r.gpu_fault_pages >= 1, "{backend}: {r:?}");
         assert_eq!(&out[..], &want[..], "{backend}");
@@ -87,7 +96,11 @@ fn vadd_without_declared_ranges() {
         let c = svm.alloc_vec::<f32>(n).expect("c");
         let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(n as u32)];
         let r = svm
-            .launch_with(&k, &LaunchDescriptor { args: &args, access: &[], workgroups: [256, 1, 1] }, &LaunchOptions::replayable())
+            .launch_with(
+                &k,
+                &LaunchDescriptor { args: &args, access: &[], workgroups: [256, 1, 1] },
+                &LaunchOptions::replayable(),
+            )
             .expect("launch");
         assert!(r.replays >= 1, "{r:?}");
         for i in 0..n {
