@@ -1,0 +1,86 @@
+//! Oversubscription curve (issue 7): the same sweep of kernels over working
+//! sets from 0.5x to 2x the device pool. The working set is split into 8
+//! slices; one launch increments one slice (declared read-write); the sweep
+//! visits every slice 3 times. Up to 1x the pool, the second and third
+//! sweeps find everything resident; beyond it, LRU eviction moves pages out
+//! and back on every sweep.
+//!
+//! Run: `cargo bench -p svm-benches --bench oversub` (writes
+//! `results/oversub.md`); `-- --quick` for a smaller pool.
+
+use std::time::Instant;
+
+use svm::{Access, Arg, LaunchDescriptor, Svm, SvmDescriptor};
+
+const INC: &str = "@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u);
+    for (var i = g.x; i < n; i += nw.x * 64u) { let q = svm_index(p, i, 4u); svm_store_u32(q, svm_load_u32(q) + 1u); }
+}";
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let pool: usize = if quick { 16 << 20 } else { 64 << 20 };
+    let mut table = String::from(
+        "| working set / pool | working set MiB | time per sweep ms (sweeps 2-3) | GB/s of working set | pages evicted per sweep | h2d pages per sweep |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut device = String::new();
+    for ratio in [0.5f64, 0.75, 1.0, 1.25, 1.5, 2.0] {
+        let desc = SvmDescriptor::default().arena_size(512 << 20).pool_size(pool as u64);
+        let svm = match Svm::with_descriptor(&desc) {
+            Ok(s) => s,
+            Err(svm::SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {
+                eprintln!("SKIP: no adapter ({m})");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        device = svm.device_info().to_string();
+        let k = svm
+            .create_kernel(&svm::KernelDescriptor { label: "inc", source: INC, entry_point: "main" })
+            .expect("kernel");
+        let ws = ((pool as f64 * ratio) as usize / (8 << 12)) * (8 << 12);
+        let slice_words = ws / 8 / 4;
+        let mut slices: Vec<_> = (0..8).map(|_| svm.alloc_vec::<u32>(slice_words).expect("slice")).collect();
+        let sweep = |slices: &mut Vec<svm::ManagedVec<u32>>| {
+            for s in slices.iter_mut() {
+                let args = [Arg::ptr(s.as_ptr()), Arg::U32(slice_words as u32)];
+                svm.launch(
+                    &k,
+                    &LaunchDescriptor { args: &args, access: &[Access::read_write(s)], workgroups: [256, 1, 1] },
+                )
+                .expect("launch");
+            }
+        };
+        sweep(&mut slices); // first touch: everything migrates in
+        let s0 = svm.stats();
+        let t = Instant::now();
+        sweep(&mut slices);
+        sweep(&mut slices);
+        let per_sweep = t.elapsed().as_secs_f64() / 2.0;
+        let d = svm.stats().since(&s0);
+        assert!(slices.iter().all(|s| s.iter().all(|&x| x == 3)), "wrong result at {ratio}x");
+        table.push_str(&format!(
+            "| {ratio:.2}x | {} | {:.1} | {:.2} | {} | {} |\n",
+            ws >> 20,
+            per_sweep * 1e3,
+            ws as f64 / per_sweep / 1e9,
+            d.evicted_pages / 2,
+            d.h2d_pages / 2
+        ));
+    }
+    let cmd = if quick {
+        "cargo bench -p svm-benches --bench oversub -- --quick"
+    } else {
+        "cargo bench -p svm-benches --bench oversub"
+    };
+    let out = format!(
+        "# Oversubscription curve\n\nCommand: `{cmd}`; device: {device}; pool {} MiB; 8 slices, one launch per slice, medians not taken (two sweeps averaged).\n\n{table}",
+        pool >> 20
+    );
+    println!("{out}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+    let path = if quick { dir.join("quick/oversub.md") } else { dir.join("oversub.md") };
+    let _ = std::fs::create_dir_all(path.parent().expect("parent"));
+    std::fs::write(&path, out).expect("write results");
+}
