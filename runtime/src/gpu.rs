@@ -49,35 +49,16 @@ fn create_device(host_mapped_pool: bool) -> Result<(wgpu::Adapter, wgpu::Device,
     }
     let backends = desc.backends;
     let instance = wgpu::Instance::new(desc);
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
-    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-    let adapter = match &wanted {
-        Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
-        // A real GPU before a software one (lavapipe) when both are present.
-        None => {
-            let mut a = adapters;
-            a.sort_by_key(|x| x.get_info().device_type == wgpu::DeviceType::Cpu);
-            a.into_iter().next()
-        }
-    }
-    .ok_or_else(|| {
-        SvmError::NoAdapter(match &wanted {
-            Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matches none of {names:?}"),
-            None => format!("no adapter for backends {backends:?}"),
-        })
+    let adapter = crate::vk::device::select_adapter(&instance, backends).map_err(|e| match e {
+        crate::vk::VkError::NoAdapter(m) => SvmError::NoAdapter(m),
+        other => SvmError::RequestDevice(other.to_string()),
     })?;
     let info = adapter.get_info();
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("svm"),
         required_features: if host_mapped_pool { mapped_pool_feature(&adapter) } else { wgpu::Features::empty() },
-        required_limits: wgpu::Limits {
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-            max_buffer_size: limits.max_buffer_size,
-            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage.max(8),
-            ..wgpu::Limits::default()
-        },
+        required_limits: crate::vk::device::runtime_limits(&limits),
         ..Default::default()
     }))
     .map_err(|e| SvmError::RequestDevice(e.to_string()))?;

@@ -171,7 +171,10 @@ pub fn runtime_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
     }
 }
 
-fn select_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Result<wgpu::Adapter> {
+/// The adapter the runtime uses: `WGPU_ADAPTER_NAME` (substring,
+/// case-insensitive) if set, else the first hardware adapter of `backends`,
+/// else the first software one.
+pub(crate) fn select_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Result<wgpu::Adapter> {
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
     let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
