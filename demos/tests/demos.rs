@@ -102,6 +102,6 @@ fn unbuilt_modes_are_refused() {
             .expect("spawn svm-demos");
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not built yet"), "{mode}: {err}");
+        assert!(err.contains("not a whole-demo mode yet"), "{mode}: {err}");
     }
 }
