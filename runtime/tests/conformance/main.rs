@@ -66,32 +66,9 @@ mod stress;
 #[allow(dead_code, reason = "shared with examples/stress.rs, which uses all of it")]
 mod stress_core;
 
-use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
-
-pub const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
-
-/// A runtime on the test adapter, or `None` (skip) when there is none and
-/// the GPU is not required.
-pub fn ctx(desc: SvmDescriptor) -> Option<Svm> {
-    match Svm::with_descriptor(&desc) {
-        Ok(s) => Some(s),
-        Err(SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {
-            eprintln!("SKIP: no adapter ({m}); set SVM_REQUIRE_GPU=1 to make this a failure");
-            None
-        }
-        Err(e) => panic!("runtime creation failed: {e}"),
-    }
-}
-
-/// Small arena and pool so that tests run quickly on lavapipe.
-pub fn small(backend: FaultBackendKind) -> SvmDescriptor {
-    SvmDescriptor::default().arena_size(256 << 20).pool_size(64 << 20).fault_backend(backend)
-}
-
-pub fn kernel(svm: &Svm, label: &str, body: &str) -> svm::Kernel {
-    svm.create_kernel(&svm::KernelDescriptor { label, source: body, entry_point: "main" })
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::*;
 
 pub const PAGE_WORDS: usize = 1024;
 

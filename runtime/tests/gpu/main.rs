@@ -13,61 +13,9 @@ mod list;
 mod oversub;
 mod replay;
 
-use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
-
-pub const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
-
-/// A runtime for one test. Under the Vulkan validation layer
-/// (`SVM_VALIDATION=1`, set by `./run test` on lavapipe) the test fails if
-/// the layer reported an error by the time the runtime is dropped.
-pub struct TestSvm(Svm);
-
-impl std::ops::Deref for TestSvm {
-    type Target = Svm;
-    fn deref(&self) -> &Svm {
-        &self.0
-    }
-}
-
-impl Drop for TestSvm {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.validation_check() {
-            if !std::thread::panicking() {
-                panic!("Vulkan validation errors:\n{e}");
-            }
-        }
-    }
-}
-
-/// A runtime on the test adapter, or `None` (skip) when there is none and
-/// the GPU is not required.
-pub fn ctx(desc: SvmDescriptor) -> Option<TestSvm> {
-    match Svm::with_descriptor(&desc) {
-        Ok(s) => {
-            if std::env::var("SVM_VALIDATION").as_deref() == Ok("1")
-                && std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() == Ok("1")
-            {
-                assert!(s.validation_active(), "SVM_VALIDATION=1 but the validation layer is not capturing");
-            }
-            Some(TestSvm(s))
-        }
-        Err(SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {
-            eprintln!("SKIP: no adapter ({m}); set SVM_REQUIRE_GPU=1 to make this a failure");
-            None
-        }
-        Err(e) => panic!("runtime creation failed: {e}"),
-    }
-}
-
-/// Small arena and pool so that tests run quickly on lavapipe.
-pub fn small(backend: FaultBackendKind) -> SvmDescriptor {
-    SvmDescriptor::default().arena_size(256 << 20).pool_size(64 << 20).fault_backend(backend)
-}
-
-pub fn kernel(svm: &Svm, label: &str, body: &str) -> svm::Kernel {
-    svm.create_kernel(&svm::KernelDescriptor { label, source: body, entry_point: "main" })
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::*;
 
 /// Run a test in a child process (this test binary, filtered to the full
 /// test path `test`, with `SVM_TEST_CHILD=role`), and
