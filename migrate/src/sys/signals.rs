@@ -46,10 +46,10 @@ pub const FATAL: u32 = 2;
 #[repr(C)]
 pub struct Request {
     /// Faulting address.
-    pub addr: usize,
+    pub addr: AtomicUsize,
     /// Whether the access was a write (x86-64 page-fault error code), else
     /// unknown/read.
-    pub write: bool,
+    pub write: core::sync::atomic::AtomicBool,
     /// [`PENDING`], [`RESOLVED`] or [`FATAL`].
     pub state: AtomicU32,
 }
@@ -157,11 +157,11 @@ impl PendingFault {
     }
     /// Faulting address.
     pub fn addr(&self) -> usize {
-        self.request().addr
+        self.request().addr.load(Ordering::Acquire)
     }
     /// Whether the access was known to be a write.
     pub fn write(&self) -> bool {
-        self.request().write
+        self.request().write.load(Ordering::Acquire)
     }
     /// Store `state` ([`RESOLVED`] or [`FATAL`]) and wake the thread.
     pub fn finish(self, state: u32) {
@@ -273,7 +273,16 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             break;
         }
         let fd = s.fd.load(Ordering::Relaxed);
-        let req = Request { addr, write: fault_is_write(ctx), state: AtomicU32::new(PENDING) };
+        // Atomics with release/acquire: the pipe orders the hand-over for the
+        // kernel, and these make it visible to the Rust memory model (and to
+        // ThreadSanitizer) too.
+        let req = Request {
+            addr: AtomicUsize::new(0),
+            write: core::sync::atomic::AtomicBool::new(false),
+            state: AtomicU32::new(PENDING),
+        };
+        req.addr.store(addr, Ordering::Release);
+        req.write.store(fault_is_write(ctx), Ordering::Release);
         let p = (&req as *const Request as usize).to_ne_bytes();
         loop {
             // SAFETY: writing 8 bytes from a live stack buffer to a pipe fd;
