@@ -136,7 +136,11 @@ pub(crate) struct Gpu {
     pub raw: Option<std::sync::Arc<crate::vk::RawDevice>>,
     pub host_import: bool,
     pub fault_bitmap_words: u32,
-    pub segments: Vec<wgpu::Buffer>,
+    /// The four pool bindings: buffers of the pool (software mode) or
+    /// windows of the sparse arena view (sparse mode).
+    pub segments: Vec<SegmentView>,
+    /// Sparse mode: frame = arena page, backed by sparse binding.
+    pub sparse: bool,
     pub frames_per_segment: u32,
     pub total_frames: u32,
     /// The pool segments are CPU-mappable (unified memory): migrations map
@@ -154,25 +158,33 @@ pub(crate) struct Gpu {
 }
 
 impl Gpu {
+    /// Open the device and create the runtime's buffers. With `sparse`, the
+    /// pool is a sparse buffer the size of the arena whose page `p` backs
+    /// arena page `p` (returned for the caller's state to bind and unbind).
     pub fn new(
         arena_pages: u32,
         pool_bytes: u64,
         staging_bytes: u64,
         host_mapped_pool: bool,
-    ) -> Result<Self, SvmError> {
+        sparse: bool,
+    ) -> Result<(Self, Option<crate::vk::SparseArena>), SvmError> {
         let Opened { adapter, device, queue, info, raw, host_import, validation, instance } =
-            open_device(host_mapped_pool)?;
+            open_device(host_mapped_pool && !sparse, sparse)?;
         let limits = device.limits();
         let seg_limit =
             (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let pool_bytes = pool_bytes.next_multiple_of(PAGE_SIZE as u64);
-        let nseg = pool_bytes.div_ceil(seg_limit);
+        // Software mode: the pool is cut into segments. Sparse mode: the
+        // arena's device view is cut into windows the same way.
+        let view_bytes = if sparse { u64::from(arena_pages) * PAGE_SIZE as u64 } else { pool_bytes };
+        let nseg = view_bytes.div_ceil(seg_limit);
         if nseg > u64::from(POOL_SEGMENTS) {
             return Err(SvmError::Config(format!(
-                "device pool of {pool_bytes} bytes needs {nseg} segments of at most {seg_limit} bytes; the prelude binds {POOL_SEGMENTS}"
+                "{} of {view_bytes} bytes needs {nseg} bindings of at most {seg_limit} bytes; the prelude binds {POOL_SEGMENTS}",
+                if sparse { "the sparse arena view" } else { "the device pool" }
             )));
         }
-        let seg_bytes = pool_bytes.div_ceil(nseg).next_multiple_of(PAGE_SIZE as u64);
+        let seg_bytes = view_bytes.div_ceil(nseg).next_multiple_of(PAGE_SIZE as u64);
         let frames_per_segment =
             u32::try_from(seg_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
         let total_frames =
@@ -204,20 +216,66 @@ impl Gpu {
 
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let unified = matches!(adapter.get_info().device_type, wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu);
-        let mapped_pool = unified && device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+        let mapped_pool = !sparse && unified && device.features().contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
         let pool_usage =
             if mapped_pool { storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE } else { storage };
+        let mut sparse_arena = None;
         let mut segments = Vec::new();
-        let mut left = pool_bytes;
-        for i in 0..POOL_SEGMENTS {
-            let size = if left > 0 { seg_bytes.min(left) } else { 16 };
-            left = left.saturating_sub(size);
-            segments.push(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("svm pool segment {i}")),
-                size,
-                usage: pool_usage,
-                mapped_at_creation: false,
-            }));
+        if sparse {
+            let raw = raw.as_ref().ok_or_else(|| {
+                SvmError::Config("sparse mapping mode needs the Vulkan device opened through ash".into())
+            })?;
+            if !raw.caps().sparse {
+                return Err(SvmError::Config(
+                    "sparse mapping mode needs sparseBinding + sparseResidencyBuffer, which this device lacks".into(),
+                ));
+            }
+            let arena = crate::vk::SparseArena::new(
+                raw,
+                &crate::vk::SparseArenaDescriptor {
+                    label: Some("svm sparse arena view"),
+                    size: view_bytes,
+                    pool_blocks: total_frames,
+                    chunk_blocks: 512,
+                },
+            )
+            .map_err(|e| SvmError::Config(format!("sparse arena: {e}")))?;
+            if arena.page_size() != PAGE_SIZE as u64 {
+                return Err(SvmError::Config(format!(
+                    "sparse block size {} is not the managed page size {PAGE_SIZE}",
+                    arena.page_size()
+                )));
+            }
+            let mut left = view_bytes;
+            for _ in 0..POOL_SEGMENTS {
+                if left > 0 {
+                    let size = seg_bytes.min(left);
+                    segments.push(SegmentView { buffer: arena.buffer().clone(), base: view_bytes - left, size });
+                    left -= size;
+                } else {
+                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("svm unused window"),
+                        size: 16,
+                        usage: storage,
+                        mapped_at_creation: false,
+                    });
+                    segments.push(SegmentView { buffer, base: 0, size: 16 });
+                }
+            }
+            sparse_arena = Some(arena);
+        } else {
+            let mut left = pool_bytes;
+            for i in 0..POOL_SEGMENTS {
+                let size = if left > 0 { seg_bytes.min(left) } else { 16 };
+                left = left.saturating_sub(size);
+                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("svm pool segment {i}")),
+                    size,
+                    usage: pool_usage,
+                    mapped_at_creation: false,
+                });
+                segments.push(SegmentView { buffer, base: 0, size });
+            }
         }
         let page_table = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("svm page table"),
@@ -278,7 +336,7 @@ impl Gpu {
             bind_group_layouts: &[Some(&bgl)],
             immediate_size: 0,
         });
-        Ok(Self {
+        let gpu = Self {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             device,
             queue,
@@ -295,6 +353,7 @@ impl Gpu {
             host_import,
             fault_bitmap_words,
             segments,
+            sparse,
             frames_per_segment,
             total_frames,
             mapped_pool,
@@ -303,7 +362,14 @@ impl Gpu {
             _adapter: adapter,
             validation,
             _instance: instance,
-        })
+        };
+        Ok((gpu, sparse_arena))
+    }
+
+    /// The buffer and byte offset where segment `seg` starts.
+    pub fn segment(&self, seg: usize) -> (&wgpu::Buffer, u64) {
+        let v = &self.segments[seg];
+        (&v.buffer, v.base)
     }
 
     /// Segment and byte offset of a frame.
@@ -416,7 +482,7 @@ fn make_bind_group(
     page_table: &wgpu::Buffer,
     args: &wgpu::Buffer,
     log: &wgpu::Buffer,
-    segments: &[wgpu::Buffer],
+    segments: &[SegmentView],
     coherent: &wgpu::Buffer,
 ) -> wgpu::BindGroup {
     let mut e = vec![
@@ -424,12 +490,14 @@ fn make_bind_group(
         wgpu::BindGroupEntry { binding: 1, resource: args.as_entire_binding() },
         wgpu::BindGroupEntry { binding: 2, resource: log.as_entire_binding() },
     ];
-    e.extend(
-        segments
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: 3 + i as u32, resource: b.as_entire_binding() }),
-    );
+    e.extend(segments.iter().enumerate().map(|(i, v)| wgpu::BindGroupEntry {
+        binding: 3 + i as u32,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &v.buffer,
+            offset: v.base,
+            size: wgpu::BufferSize::new(v.size),
+        }),
+    }));
     e.push(wgpu::BindGroupEntry { binding: COHERENT_BINDING, resource: coherent.as_entire_binding() });
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
 }
@@ -448,7 +516,7 @@ struct Opened {
 /// Open the runtime's device through [`crate::vk::open`] (so that host
 /// memory can be imported for the coherent mode), asking for the mappable
 /// pool feature where it helps; fall back to a plain wgpu device.
-fn open_device(host_mapped_pool: bool) -> Result<Opened, SvmError> {
+fn open_device(host_mapped_pool: bool, sparse: bool) -> Result<Opened, SvmError> {
     use crate::vk::{DeviceDescriptor, ValidationMode, VkError};
     let allowed = std::env::var(MAPPED_POOL_ENV).map_or(true, |v| v != "0");
     let mut tries = vec![wgpu::Features::empty()];
@@ -461,7 +529,7 @@ fn open_device(host_mapped_pool: bool) -> Result<Opened, SvmError> {
             label: Some("svm"),
             required_features: features,
             required_limits: None,
-            want_sparse: false,
+            want_sparse: sparse,
             want_host_import: true,
             want_buffer_device_address: false,
             validation: ValidationMode::Auto,
@@ -494,4 +562,41 @@ fn open_device(host_mapped_pool: bool) -> Result<Opened, SvmError> {
     tracing::warn!("svm: opening the device through ash failed ({last:?}); using a plain wgpu device");
     let (adapter, device, queue, info) = create_device(host_mapped_pool)?;
     Ok(Opened { adapter, device, queue, info, raw: None, host_import: false, validation: None, instance: None })
+}
+
+/// One pool binding: a buffer range.
+pub(crate) struct SegmentView {
+    pub buffer: wgpu::Buffer,
+    pub base: u64,
+    pub size: u64,
+}
+
+/// How device pages are mapped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MappingMode {
+    /// Device pages live in a pool of frames; the page table names the frame
+    /// of each page (any Vulkan device).
+    Software,
+    /// The arena's device view is a sparse buffer: arena page `p` is device
+    /// page `p`, backed by memory bound with `vkQueueBindSparse` while
+    /// resident; the page table's frame is the page itself. Needs
+    /// `sparseBinding` + `sparseResidencyBuffer`, and an arena of at most
+    /// four storage bindings.
+    Sparse,
+}
+
+/// Environment variable choosing the mapping mode (`software`, `sparse`).
+pub const MAPPING_MODE_ENV: &str = "SVM_MAPPING_MODE";
+
+impl MappingMode {
+    /// The mode named by [`MAPPING_MODE_ENV`], if set.
+    pub fn from_env() -> Result<Option<Self>, SvmError> {
+        match std::env::var(MAPPING_MODE_ENV).as_deref() {
+            Ok("software") => Ok(Some(Self::Software)),
+            Ok("sparse") => Ok(Some(Self::Sparse)),
+            Ok("") | Err(_) => Ok(None),
+            Ok(other) => Err(SvmError::Config(format!("{MAPPING_MODE_ENV}={other:?}: expected software or sparse"))),
+        }
+    }
 }

@@ -54,7 +54,7 @@ pub mod vk;
 
 pub use advise::{Advice, AdviseError, Location, Prefetch};
 pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};
-pub use gpu::{create_wgpu_device, DeviceInfo};
+pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, MAPPING_MODE_ENV};
 pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
 pub use managed::ManagedVec;
 pub use runtime::{Svm, SvmDescriptor};

@@ -23,7 +23,7 @@ use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS};
 
 use crate::advise::{Advice, AdviseError, Location, Prefetch};
 use crate::error::*;
-use crate::gpu::{ArgsBlock, DeviceInfo, Gpu, FAULT_CAP};
+use crate::gpu::{ArgsBlock, DeviceInfo, Gpu, MappingMode, FAULT_CAP};
 use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
 use crate::managed::ManagedVec;
 use crate::space::{FrameAllocator, RangeAllocator};
@@ -65,6 +65,88 @@ impl State {
 /// the GPU faults as (page, write) pairs.
 type PassOutcome = (Option<LaunchError>, Vec<(u32, bool)>);
 
+/// Where device pages get their memory.
+enum Frames {
+    /// Software mode: frames of the pool, any frame for any page.
+    Pool(FrameAllocator),
+    /// Sparse mode: page `p`'s frame is `p`; its memory is a block bound at
+    /// sparse page `p` while the page is resident.
+    Sparse(crate::vk::SparseArena),
+}
+
+impl Frames {
+    /// Frames for up to `want` pages starting at `page`, as (first frame,
+    /// count); `None` when none is free.
+    fn alloc_run(&mut self, page: u32, want: u32) -> Result<Option<(u32, u32)>, DeviceError> {
+        match self {
+            Frames::Pool(f) => Ok(f.alloc_run(want)),
+            Frames::Sparse(arena) => {
+                let mut binds = Vec::with_capacity(want as usize);
+                while (binds.len() as u32) < want {
+                    let Some(block) = arena.alloc_block() else { break };
+                    binds.push((page + binds.len() as u32, block));
+                }
+                if binds.is_empty() {
+                    return Ok(None);
+                }
+                // SAFETY: the runtime submits to the queue only under its
+                // update lock, which the caller holds: no submit runs during
+                // the bind. Pages are inside the arena view and blocks were
+                // just allocated from this arena's pool.
+                #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
+                let bound = unsafe { arena.bind(&binds) };
+                if let Err(e) = bound {
+                    for &(_, b) in &binds {
+                        let _ = arena.free_block(b);
+                    }
+                    return Err(DeviceError::Unexpected(format!("sparse bind: {e}")));
+                }
+                Ok(Some((page, binds.len() as u32)))
+            }
+        }
+    }
+
+    /// Give back the frame of a page that left the device (sparse: unbind
+    /// it; the device no longer uses it, every submit was waited for).
+    fn free(&mut self, frame: u32) {
+        match self {
+            Frames::Pool(f) => f.free(frame),
+            Frames::Sparse(arena) => {
+                let block = arena.bound(frame);
+                // SAFETY: as in `alloc_run`: under the update lock, no submit
+                // runs concurrently; the page is inside the arena view.
+                #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
+                let unbound = unsafe { arena.unbind(&[frame]) };
+                match (unbound, block) {
+                    (Ok(_), Some(b)) => {
+                        if let Err(e) = arena.free_block(b) {
+                            tracing::error!("svm: freeing sparse block of page {frame}: {e}");
+                        }
+                    }
+                    (Ok(_), None) => tracing::error!("svm: page {frame} had no sparse block"),
+                    // The block stays bound (leaked); the page's next bind
+                    // rebinds it. Only a lost device gets here.
+                    (Err(e), _) => tracing::error!("svm: sparse unbind of page {frame}: {e}"),
+                }
+            }
+        }
+    }
+
+    fn free_count(&self) -> u32 {
+        match self {
+            Frames::Pool(f) => f.free_count(),
+            Frames::Sparse(arena) => arena.free_blocks(),
+        }
+    }
+
+    fn total(&self) -> u32 {
+        match self {
+            Frames::Pool(f) => f.total(),
+            Frames::Sparse(arena) => arena.pool_blocks(),
+        }
+    }
+}
+
 /// Sentinel of [`State::frames_of`]: the page is not on the device.
 const HOST: u32 = u32::MAX;
 /// Size of the device→host staging buffer, in pages (2 MiB): the largest
@@ -93,6 +175,9 @@ pub struct SvmDescriptor {
     /// mapping it, with no staging copy and no queue round trip. Default on;
     /// `SVM_MAPPED_POOL=0` also turns it off. Discrete GPUs never use it.
     pub host_mapped_pool: bool,
+    /// How device pages are mapped; `None`: `SVM_MAPPING_MODE` if set, else
+    /// [`MappingMode::Software`].
+    pub mapping: Option<MappingMode>,
 }
 
 impl Default for SvmDescriptor {
@@ -104,6 +189,7 @@ impl Default for SvmDescriptor {
             fault_chunk: 64 << 10,
             fault_prefetch: true,
             host_mapped_pool: true,
+            mapping: None,
         }
     }
 }
@@ -129,6 +215,11 @@ impl SvmDescriptor {
         self.fault_prefetch = on;
         self
     }
+    /// Choose the mapping mode.
+    pub fn mapping(mut self, mode: MappingMode) -> Self {
+        self.mapping = Some(mode);
+        self
+    }
     /// Allow or forbid the host-mapped pool.
     pub fn host_mapped_pool(mut self, on: bool) -> Self {
         self.host_mapped_pool = on;
@@ -147,7 +238,7 @@ struct State {
     /// Per arena page: its pool frame when the device owns it, else [`HOST`].
     frames_of: Vec<u32>,
     table: PageTable,
-    frames: FrameAllocator,
+    frames: Frames,
     /// Pages whose PTE was made valid for the last launch (reset before the
     /// next one).
     mapped: Vec<(u32, u32)>,
@@ -228,12 +319,25 @@ impl Svm {
         };
         let arena = Arena::new(desc.arena_size, backend)?;
         let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
-        let gpu = Gpu::new(pages, desc.pool_size, u64::from(STAGING_PAGES) * PAGE_SIZE as u64, desc.host_mapped_pool)?;
+        let mode = match desc.mapping {
+            Some(m) => m,
+            None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
+        };
+        let (gpu, sparse) = Gpu::new(
+            pages,
+            desc.pool_size,
+            u64::from(STAGING_PAGES) * PAGE_SIZE as u64,
+            desc.host_mapped_pool,
+            mode == MappingMode::Sparse,
+        )?;
         let state = State {
             ranges: RangeAllocator::new(arena.len()),
             frames_of: vec![HOST; pages as usize],
             table: PageTable::new(pages),
-            frames: FrameAllocator::new(gpu.total_frames),
+            frames: match sparse {
+                Some(arena) => Frames::Sparse(arena),
+                None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),
+            },
             mapped: Vec::new(),
             pinned: Vec::new(),
             dup: vec![false; pages as usize],
@@ -287,6 +391,14 @@ impl Svm {
     /// available on this device.
     pub fn coherent_mode_available(&self) -> bool {
         self.inner.gpu.host_import
+    }
+    /// How device pages are mapped.
+    pub fn mapping_mode(&self) -> MappingMode {
+        if self.inner.gpu.sparse {
+            MappingMode::Sparse
+        } else {
+            MappingMode::Software
+        }
     }
     /// Whether the device pool is CPU-mapped memory (unified-memory
     /// adapters; see [`SvmDescriptor::host_mapped_pool`]).
@@ -939,7 +1051,7 @@ impl Inner {
         let mut p = a;
         let mut copies = 0;
         while p < b {
-            let (f, n) = st.frames.alloc_run(b - p).expect("pool space checked before migrating");
+            let (f, n) = st.frames.alloc_run(p, b - p)?.expect("pool space checked before migrating");
             // A frame run may straddle pool segments: one copy per segment.
             let mut done = 0;
             while done < n {
@@ -950,12 +1062,14 @@ impl Inner {
                 let len = k as usize * PAGE_SIZE;
                 if gpu.mapped_pool {
                     // Unified memory: one copy, straight into the mapped pool.
-                    gpu.write_mapped_range(&gpu.segments[seg], off, len as u64, |view| {
+                    let (buf, base) = gpu.segment(seg);
+                    gpu.write_mapped_range(buf, base + off, len as u64, |view| {
                         self.arena.with_host(host_off, len, |bytes| view.copy_from_slice(bytes));
                     })?;
                 } else {
                     self.arena.with_host(host_off, len, |bytes| {
-                        gpu.queue.write_buffer(&gpu.segments[seg], off, bytes);
+                        let (buf, base) = gpu.segment(seg);
+                        gpu.queue.write_buffer(buf, base + off, bytes);
                     });
                 }
                 copies += 1;
@@ -977,9 +1091,10 @@ impl Inner {
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm d2h") });
         for &(ra, rb) in device_runs {
             self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| {
+                let (buf, base) = gpu.segment(seg);
                 enc.copy_buffer_to_buffer(
-                    &gpu.segments[seg],
-                    off,
+                    buf,
+                    base + off,
                     &gpu.staging,
                     u64::from(p - a) * PAGE_SIZE as u64,
                     u64::from(n) * PAGE_SIZE as u64,
@@ -1013,7 +1128,8 @@ impl Inner {
             else {
                 continue;
             };
-            gpu.read_mapped_range(&gpu.segments[seg], lo, hi - lo, |bytes| {
+            // (Only the software pool is ever mapped: segment base 0.)
+            gpu.read_mapped_range(gpu.segment(seg).0, lo, hi - lo, |bytes| {
                 for &&(p, _, off, n) in &mine {
                     let at = (off - lo) as usize;
                     self.arena.write_host(p as usize * PAGE_SIZE, &bytes[at..at + n as usize * PAGE_SIZE]);

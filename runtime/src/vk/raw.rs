@@ -279,6 +279,9 @@ impl RawDevice {
         buffer: vk::Buffer,
         binds: &[vk::SparseMemoryBind],
     ) -> Result<TimelinePoint> {
+        if self.is_lost() {
+            return Err(VkError::Unsupported("the device is lost: no more sparse binds"));
+        }
         let mut t = self.timeline.lock();
         let before = self.flush_locked(&mut t)?;
         let after = before + 1;
@@ -315,6 +318,11 @@ impl RawDevice {
     /// leaks the semaphore instead.
     pub fn mark_lost(&self) {
         self.lost.store(true, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Self::mark_lost`] was called.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(core::sync::atomic::Ordering::Acquire)
     }
 }
 

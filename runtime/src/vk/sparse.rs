@@ -478,7 +478,13 @@ impl Drop for SparseArena {
         // The drop callback frees the buffer and pool once wgpu is done with
         // it, but wgpu does not know about our binds: wait for the last one.
         if let Some(p) = self.last_bind {
-            if let Err(e) = self.raw.wait(p, Duration::from_secs(60)) {
+            // A lost device never advances its timeline: do not wait.
+            let waited = if self.raw.is_lost() {
+                Err(super::VkError::Unsupported("device lost"))
+            } else {
+                self.raw.wait(p, Duration::from_secs(60))
+            };
+            if let Err(e) = waited {
                 // Leak rather than free memory a bind may still use.
                 tracing::warn!("svm vk: sparse arena leaked, last bind not finished: {e}");
                 core::mem::forget(self.buffer.take());

@@ -344,3 +344,18 @@ fn teardown_and_two_runtimes() {
     drop(w);
     drop(second);
 }
+
+/// The runtime runs in the mapping mode the environment asks for (the
+/// README's test command runs this binary once per mode).
+#[test]
+fn mapping_mode_follows_the_environment() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let want = match std::env::var("SVM_MAPPING_MODE").as_deref() {
+        Ok("sparse") => svm::MappingMode::Sparse,
+        _ => svm::MappingMode::Software,
+    };
+    assert_eq!(svm.mapping_mode(), want);
+    if want == svm::MappingMode::Sparse {
+        assert!(!svm.pool_is_host_mapped(), "sparse memory is device memory");
+    }
+}
