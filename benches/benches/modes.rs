@@ -1,0 +1,157 @@
+//! Mapping modes side by side (issue 6): the same c = a + b over 4 M floats
+//! on a plain wgpu buffer (no translation), and through the runtime in the
+//! software page-table mode, the sparse mode, and the coherent mode (the
+//! three arrays advised AccessedBy, in place in host memory). Data is
+//! resident before timing: this measures the kernels' access cost, not
+//! migration. Also the sparse bind/unbind rate seen through the runtime.
+//!
+//! Run: `cargo bench -p svm-benches --bench modes` (writes
+//! `results/modes.md`).
+
+use std::time::Instant;
+
+use svm::{Access, Advice, Arg, LaunchDescriptor, Location, MappingMode, Svm, SvmDescriptor};
+
+const N: usize = 4 << 20;
+const REPS: usize = 9;
+
+const PLAIN: &str = "@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = arrayLength(&c);
+    for (var i = gid.x; i < n; i += nwg.x * 256u) { c[i] = a[i] + b[i]; }
+}";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn plain() -> Option<f64> {
+    let (_a, device, queue, _info) = svm::create_wgpu_device().ok()?;
+    let mk = |usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: (N * 4) as u64,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let st = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let (a, b, c) = (mk(st), mk(st), mk(st));
+    let data: Vec<f32> = (0..N).map(|i| i as f32).collect();
+    queue.write_buffer(&a, 0, bytemuck::cast_slice(&data));
+    queue.write_buffer(&b, 0, bytemuck::cast_slice(&data));
+    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: None,
+        source: wgpu::ShaderSource::Wgsl(PLAIN.into()),
+    });
+    let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &m,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &p.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: a.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: b.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: c.as_entire_binding() },
+        ],
+    });
+    let run = || {
+        let mut e = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = e.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&p);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(4096, 1, 1);
+        }
+        let t = Instant::now();
+        queue.submit([e.finish()]);
+        device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    run();
+    Some(median((0..REPS).map(|_| run()).collect()))
+}
+
+/// Median launch time with everything resident, and (sparse) bind/unbind
+/// pages per second seen as prefetch to the device and back.
+fn managed(mode: MappingMode, coherent: bool) -> Result<(f64, Option<f64>), String> {
+    let svm = Svm::with_descriptor(&SvmDescriptor::default().arena_size(256 << 20).pool_size(128 << 20).mapping(mode))
+        .map_err(|e| e.to_string())?;
+    let k = svm
+        .create_kernel(&svm::KernelDescriptor {
+            label: "vadd",
+            source: svm::shaders::kernels::VADD,
+            entry_point: "main",
+        })
+        .map_err(|e| e.to_string())?;
+    // a, b, c in one allocation (one AccessedBy range for the coherent mode).
+    let mut abc = svm.alloc_vec::<f32>(3 * N).map_err(|e| e.to_string())?;
+    for i in 0..2 * N {
+        abc[i] = (i % N) as f32;
+    }
+    if coherent {
+        svm.advise(abc.as_ptr().cast(), 3 * N * 4, Advice::AccessedBy).map_err(|e| e.to_string())?;
+    }
+    let rate = if mode == MappingMode::Sparse {
+        let pages = (3 * N * 4 / 4096) as f64;
+        let t = Instant::now();
+        svm.prefetch(abc.as_ptr().cast(), 3 * N * 4, Location::Device).wait().map_err(|e| e.to_string())?;
+        svm.prefetch(abc.as_ptr().cast(), 3 * N * 4, Location::Host).wait().map_err(|e| e.to_string())?;
+        Some(2.0 * pages / t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    let base = abc.as_ptr() as u64;
+    let args =
+        [Arg::Ptr(base), Arg::Ptr(base + (N * 4) as u64), Arg::Ptr(base + (2 * N * 4) as u64), Arg::U32(N as u32)];
+    let mut run = |abc: &mut svm::ManagedVec<f32>| {
+        let t = Instant::now();
+        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(abc)], workgroups: [4096, 1, 1] })
+            .expect("launch");
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    run(&mut abc); // migrate in (or nothing, coherent)
+    let t = median((0..REPS).map(|_| run(&mut abc)).collect());
+    assert!((0..N).step_by(4099).all(|i| abc[2 * N + i] == 2.0 * i as f32), "wrong result");
+    Ok((t, rate))
+}
+
+fn main() {
+    let Some(p) = plain() else {
+        assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "no adapter");
+        eprintln!("SKIP: no adapter");
+        return;
+    };
+    let mut t = format!(
+        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS}\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | sparse bind+unbind pages/s |\n|---|---:|---:|---:|\n| plain wgpu buffers (no translation) | {p:.2} | 1.00x | |\n",
+        N >> 20
+    );
+    for (name, mode, coherent) in [
+        ("software page table", MappingMode::Software, false),
+        ("sparse binding", MappingMode::Sparse, false),
+        ("coherent (AccessedBy, host memory in place)", MappingMode::Software, true),
+    ] {
+        match managed(mode, coherent) {
+            Ok((ms, rate)) => t.push_str(&format!(
+                "| {name} | {ms:.2} | {:.2}x | {} |\n",
+                ms / p,
+                rate.map_or(String::new(), |r| format!("{r:.0}"))
+            )),
+            Err(e) => t.push_str(&format!("| {name} | unavailable: {e} | | |\n")),
+        }
+    }
+    println!("{t}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/modes.md");
+    std::fs::write(&path, t).expect("write results");
+    println!("wrote {}", path.display());
+}
