@@ -118,9 +118,10 @@ enum Fault {
 /// How managed memory reaches the device.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
-    /// Page table in a storage buffer, translated in WGSL (the only one built).
+    /// Page table in a storage buffer, frames of a pool, translated in WGSL.
     Software,
-    /// Vulkan sparse residency (not built yet).
+    /// The arena's device view is a sparse buffer (Vulkan sparse binding);
+    /// the arena is 512 MiB so that it fits four storage bindings.
     Sparse,
     /// Host-coherent mapping: per range in the runtime (`Advice::AccessedBy`),
     /// not a whole-demo mode yet.
@@ -213,15 +214,16 @@ fn main() -> ExitCode {
 
 /// Run the demos; `Ok(false)` when a check failed.
 fn run(cli: &Cli) -> Result<bool> {
-    if cli.mode != Mode::Software {
-        let name = cli.mode.to_possible_value().map_or_else(|| format!("{:?}", cli.mode), |v| v.get_name().to_string());
+    if cli.mode == Mode::Coherent {
         bail!(
-            "--mode {name} is not a whole-demo mode yet: the runtime maps everything through the software page table, \
-             with in-place host access per range (svm::Advice::AccessedBy, see the README); sparse binding exists as \
-             mechanism (svm::vk::SparseArena) but not as a mapping mode; use --mode software"
+            "--mode coherent is not a whole-demo mode yet: in-place host access is per range \
+             (svm::Advice::AccessedBy, see the README); use --mode software or --mode sparse"
         );
     }
     let mut desc = SvmDescriptor::default().fault_chunk(cli.chunk);
+    if cli.mode == Mode::Sparse {
+        desc = desc.mapping(svm::MappingMode::Sparse).arena_size(512 << 20);
+    }
     if let Some(f) = cli.fault {
         desc = desc.fault_backend(match f {
             Fault::Uffd => FaultBackendKind::Uffd,
@@ -230,9 +232,11 @@ fn run(cli: &Cli) -> Result<bool> {
     }
     let svm = Svm::with_descriptor(&desc).context("creating the svm runtime")?;
     println!(
-        "svm: device {}, fault backend {}, mode software, arena {} MiB at {:#x}, pool {} MiB, fault chunk {} KiB",
+        "svm: device {}, fault backend {}, mapping {:?}{}, arena {} MiB at {:#x}, pool {} MiB, fault chunk {} KiB",
         svm.device_info(),
         svm.fault_backend(),
+        svm.mapping_mode(),
+        if svm.pool_is_host_mapped() { " (host-mapped pool)" } else { "" },
         svm.arena_size() >> 20,
         svm.arena_base(),
         (svm.pool_pages() as usize * 4096) >> 20,
