@@ -114,7 +114,7 @@ fn managed(mode: MappingMode, coherent: bool) -> Result<(f64, Option<f64>), Stri
     let base = abc.as_ptr() as u64;
     let args =
         [Arg::Ptr(base), Arg::Ptr(base + (N * 4) as u64), Arg::Ptr(base + (2 * N * 4) as u64), Arg::U32(N as u32)];
-    let mut run = |abc: &mut svm::ManagedVec<f32>| {
+    let run = |abc: &mut svm::ManagedVec<f32>| {
         let t = Instant::now();
         svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(abc)], workgroups: [4096, 1, 1] })
             .expect("launch");
