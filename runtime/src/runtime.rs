@@ -106,27 +106,37 @@ impl Frames {
         }
     }
 
-    /// Give back the frame of a page that left the device (sparse: unbind
-    /// it; the device no longer uses it, every submit was waited for).
+    /// Give back the frame of a page that left the device.
     fn free(&mut self, frame: u32) {
+        self.free_many(&[frame]);
+    }
+
+    /// Give back the frames of pages that left the device (sparse: one
+    /// unbind for all of them; the device no longer uses them, every submit
+    /// was waited for).
+    fn free_many(&mut self, frames: &[u32]) {
         match self {
-            Frames::Pool(f) => f.free(frame),
+            Frames::Pool(f) => frames.iter().for_each(|&fr| f.free(fr)),
             Frames::Sparse(arena) => {
-                let block = arena.bound(frame);
+                if frames.is_empty() {
+                    return;
+                }
+                let blocks: Vec<_> = frames.iter().filter_map(|&fr| arena.bound(fr)).collect();
                 // SAFETY: as in `alloc_run`: under the update lock, no submit
-                // runs concurrently; the page is inside the arena view.
+                // runs concurrently; the pages are inside the arena view.
                 #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
-                let unbound = unsafe { arena.unbind(&[frame]) };
-                match (unbound, block) {
-                    (Ok(_), Some(b)) => {
-                        if let Err(e) = arena.free_block(b) {
-                            tracing::error!("svm: freeing sparse block of page {frame}: {e}");
+                let unbound = unsafe { arena.unbind(frames) };
+                match unbound {
+                    Ok(_) => {
+                        for b in blocks {
+                            if let Err(e) = arena.free_block(b) {
+                                tracing::error!("svm: freeing a sparse block: {e}");
+                            }
                         }
                     }
-                    (Ok(_), None) => tracing::error!("svm: page {frame} had no sparse block"),
-                    // The block stays bound (leaked); the page's next bind
-                    // rebinds it. Only a lost device gets here.
-                    (Err(e), _) => tracing::error!("svm: sparse unbind of page {frame}: {e}"),
+                    // The blocks stay bound (leaked). Only a lost device gets
+                    // here.
+                    Err(e) => tracing::error!("svm: sparse unbind of {} pages: {e}", frames.len()),
                 }
             }
         }
@@ -511,12 +521,11 @@ impl Svm {
         }
         st.dup[pages.clone()].fill(false);
         st.advice[pages].fill(0);
-        for p in first..first + page_of(len) {
-            let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
-            if f != HOST {
-                st.frames.free(f);
-            }
-        }
+        let freed: Vec<u32> = (first..first + page_of(len))
+            .map(|p| std::mem::replace(&mut st.frames_of[p as usize], HOST))
+            .filter(|&f| f != HOST)
+            .collect();
+        st.frames.free_many(&freed);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
         arena.release(start, len).map_err(|e| FreeError::Os(e.to_string()))
@@ -1234,15 +1243,16 @@ impl Inner {
             self.copy_back_staged(st, a, b, &device_runs)?;
         }
         let mut moved = 0u64;
+        let mut freed = Vec::with_capacity((b - a) as usize);
         for &(ra, rb) in &device_runs {
             for p in ra..rb {
-                let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
-                st.frames.free(f);
+                freed.push(std::mem::replace(&mut st.frames_of[p as usize], HOST));
                 // Keep the entry invalid: the next launch maps what it declares.
                 st.table.set(PageIndex(p), Pte::ALLOCATED);
             }
             moved += u64::from(rb - ra);
         }
+        st.frames.free_many(&freed);
         let c = &self.stats;
         Counters::add(&c.d2h_pages, moved);
         Counters::add(&c.d2h_batches, 1);
@@ -1322,13 +1332,14 @@ impl Inner {
                 keep.clear();
             }
             let kept = |p: u32| keep.iter().any(|&(ka, kb)| (ka..kb).contains(&p));
+            let mut freed = Vec::new();
             for p in a..b {
                 if st.dup[p as usize] && !kept(p) {
                     st.dup[p as usize] = false;
-                    let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
-                    st.frames.free(f);
+                    freed.push(std::mem::replace(&mut st.frames_of[p as usize], HOST));
                 }
             }
+            st.frames.free_many(&freed);
         }
         post
     }
