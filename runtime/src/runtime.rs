@@ -1450,28 +1450,34 @@ fn runs(a: u32, b: u32, pred: impl Fn(u32) -> bool) -> impl Iterator<Item = (u32
 
 /// Sort and merge page ranges; a page declared both ways is read-write.
 /// Overlapping ranges with different modes are split at their boundaries.
-fn merge_ranges(mut v: Vec<(u32, u32, bool)>) -> Vec<(u32, u32, bool)> {
-    let mut points: Vec<u32> = v.iter().flat_map(|&(a, b, _)| [a, b]).collect();
-    points.sort_unstable();
-    points.dedup();
-    v.sort_unstable();
+fn merge_ranges(v: Vec<(u32, u32, bool)>) -> Vec<(u32, u32, bool)> {
+    // Sweep over range ends: O(n log n) in the number of ranges (a replay
+    // pass can bring thousands of fault chunks).
+    let mut events: Vec<(u32, i32, i32)> = Vec::with_capacity(2 * v.len());
+    for &(a, b, w) in &v {
+        if a < b {
+            events.push((a, 1, i32::from(w)));
+            events.push((b, -1, -i32::from(w)));
+        }
+    }
+    events.sort_unstable_by_key(|e| e.0);
     let mut out: Vec<(u32, u32, bool)> = Vec::new();
-    for w in points.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        let mut covered = false;
-        let mut write = false;
-        for &(x, y, wr) in &v {
-            if x <= a && b <= y {
-                covered = true;
-                write |= wr;
+    let (mut covered, mut writers) = (0i32, 0i32);
+    let mut i = 0;
+    while i < events.len() {
+        let at = events[i].0;
+        while i < events.len() && events[i].0 == at {
+            covered += events[i].1;
+            writers += events[i].2;
+            i += 1;
+        }
+        let Some(&(next, ..)) = events.get(i) else { break };
+        if covered > 0 {
+            let write = writers > 0;
+            match out.last_mut() {
+                Some(l) if l.1 == at && l.2 == write => l.1 = next,
+                _ => out.push((at, next, write)),
             }
-        }
-        if !covered {
-            continue;
-        }
-        match out.last_mut() {
-            Some(l) if l.1 == a && l.2 == write => l.1 = b,
-            _ => out.push((a, b, write)),
         }
     }
     out
@@ -1488,6 +1494,45 @@ mod tests {
             vec![(0, 2, false), (2, 8, true), (10, 12, false)]
         );
         assert_eq!(merge_ranges(vec![(0, 4, false), (0, 4, false)]), vec![(0, 4, false)]);
+    }
+
+    /// The sweep against a per-page model, on pseudo-random inputs.
+    #[test]
+    fn merge_matches_a_per_page_model() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m) as u32
+        };
+        for _ in 0..500 {
+            let v: Vec<(u32, u32, bool)> = (0..next(8))
+                .map(|_| {
+                    let a = next(64);
+                    (a, a + next(16), next(2) == 1)
+                })
+                .collect();
+            let mut model = [None::<bool>; 96];
+            for &(a, b, w) in &v {
+                for p in a..b {
+                    model[p as usize] = Some(model[p as usize].unwrap_or(false) | w);
+                }
+            }
+            let merged = merge_ranges(v.clone());
+            let mut got = [None::<bool>; 96];
+            for w in merged.windows(2) {
+                assert!(w[0].1 < w[1].0 || w[0].2 != w[1].2, "not maximal: {merged:?}");
+            }
+            for &(a, b, w) in &merged {
+                assert!(a < b);
+                for p in a..b {
+                    assert!(got[p as usize].is_none(), "overlap: {merged:?}");
+                    got[p as usize] = Some(w);
+                }
+            }
+            assert_eq!(got, model, "{v:?} -> {merged:?}");
+        }
     }
 
     #[test]
