@@ -96,14 +96,32 @@ fn mapped_pool_feature(adapter: &wgpu::Adapter) -> wgpu::Features {
 pub(crate) struct ArgsBlock {
     pub base: [u32; 2],
     pub arena_bytes: u32,
-    pub frames_per_segment: u32,
-    pub flags: u32,
     pub fault_cap: u32,
     pub fault_read_bitmap: u32,
     pub fault_write_bitmap: u32,
     pub coherent_base: u32,
-    pub pad: [u32; 3],
+    pub pad: u32,
+    pub extents: [Extent; svm_shaders::MAX_EXTENTS as usize],
     pub words: [u32; MAX_ARG_WORDS as usize],
+}
+
+/// One extent of a launch (`SvmExtent` in the prelude): arena bytes
+/// `[start, start + len)` live at device words from `dest` on.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Extent {
+    pub start: u32,
+    pub len: u32,
+    /// Word in the pool / arena view, or [`Extent::COHERENT`] | word in the
+    /// coherent window.
+    pub dest: u32,
+    /// [`Extent::WRITE`] when writable.
+    pub flags: u32,
+}
+
+impl Extent {
+    pub const COHERENT: u32 = 0x8000_0000;
+    pub const WRITE: u32 = 1;
 }
 
 /// Capacity of the GPU fault list per pass (further faults are counted and
@@ -141,7 +159,12 @@ pub(crate) struct Gpu {
     pub segments: Vec<SegmentView>,
     /// Sparse mode: frame = arena page, backed by sparse binding.
     pub sparse: bool,
+    /// Frames per segment: a power of two, `1 << segment_page_shift`.
     pub frames_per_segment: u32,
+    pub segment_page_shift: u32,
+    /// Segments holding frames (the rest of the four bindings are
+    /// placeholders the kernels never read).
+    pub segments_used: u32,
     pub total_frames: u32,
     /// The pool segments are CPU-mappable (unified memory): migrations map
     /// them instead of going through staging buffers.
@@ -177,16 +200,20 @@ impl Gpu {
         // Software mode: the pool is cut into segments. Sparse mode: the
         // arena's device view is cut into windows the same way.
         let view_bytes = if sparse { u64::from(arena_pages) * PAGE_SIZE as u64 } else { pool_bytes };
-        let nseg = view_bytes.div_ceil(seg_limit);
+        // Segments are a power of two of pages (the prelude shifts instead
+        // of dividing), as large as a binding allows.
+        let segment_page_shift = (seg_limit / PAGE_SIZE as u64).max(1).ilog2();
+        let seg_bytes = (PAGE_SIZE as u64) << segment_page_shift;
+        let nseg = view_bytes.div_ceil(seg_bytes).max(1);
         if nseg > u64::from(POOL_SEGMENTS) {
             return Err(SvmError::Config(format!(
-                "{} of {view_bytes} bytes needs {nseg} bindings of at most {seg_limit} bytes; the prelude binds {POOL_SEGMENTS}",
+                "{} of {view_bytes} bytes needs {nseg} bindings of {seg_bytes} bytes; the prelude binds {POOL_SEGMENTS}",
                 if sparse { "the sparse arena view" } else { "the device pool" }
             )));
         }
-        let seg_bytes = view_bytes.div_ceil(nseg).next_multiple_of(PAGE_SIZE as u64);
-        let frames_per_segment =
-            u32::try_from(seg_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
+        let frames_per_segment = 1u32 << segment_page_shift;
+        #[allow(clippy::cast_possible_truncation, reason = "at most POOL_SEGMENTS, checked above")]
+        let segments_used = nseg as u32;
         let total_frames =
             u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
         if total_frames >= svm_pagetable::Pte::MAX_FRAMES {
@@ -355,6 +382,8 @@ impl Gpu {
             segments,
             sparse,
             frames_per_segment,
+            segment_page_shift,
+            segments_used,
             total_frames,
             mapped_pool,
             staging,

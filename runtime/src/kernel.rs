@@ -17,11 +17,29 @@ pub struct KernelDescriptor<'a> {
 }
 
 /// A compiled kernel, usable with the runtime that made it.
+///
+/// One source, several pipelines: the runtime specializes the prelude per
+/// launch kind ([`Variant`]) and compiles each variant the first time a
+/// launch needs it.
 #[derive(Debug)]
 pub struct Kernel {
     pub(crate) label: String,
-    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) entry_point: String,
+    /// The validated module, entry points wrapped (see
+    /// [`svm_shaders::wrap_entry_points`]).
+    pub(crate) module: wgpu::ShaderModule,
+    pub(crate) pipelines: parking_lot::Mutex<Vec<(Variant, wgpu::ComputePipeline)>>,
     pub(crate) runtime_id: u64,
+}
+
+/// How a launch specializes the prelude (its pipeline-overridable
+/// constants; the per-device ones, segments, are fixed per runtime).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Variant {
+    /// Extent slots checked per access; 0: the page-table path.
+    pub extents: u32,
+    pub replayable: bool,
+    pub coherent: bool,
 }
 
 impl Kernel {

@@ -19,12 +19,15 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService};
 use svm_pagetable::{FrameIndex, PageIndex, PageTable, Pte, PAGE_SIZE};
-use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS};
+use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS, MAX_EXTENTS};
+
+/// 4-byte words per page (the prelude's unit of access).
+const PAGE_WORDS: u32 = (PAGE_SIZE / 4) as u32;
 
 use crate::advise::{Advice, AdviseError, Location, Prefetch};
 use crate::error::*;
-use crate::gpu::{ArgsBlock, DeviceInfo, Gpu, MappingMode, FAULT_CAP};
-use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
+use crate::gpu::{ArgsBlock, DeviceInfo, Extent, Gpu, MappingMode, FAULT_CAP};
+use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport, Variant};
 use crate::managed::ManagedVec;
 use crate::space::{FrameAllocator, RangeAllocator};
 use crate::stats::{Counters, Stats};
@@ -548,33 +551,50 @@ impl Svm {
     }
 
     /// Compile a kernel (prelude + `desc.source`).
+    ///
+    /// The source is parsed and validated here (errors name the line); the
+    /// device pipelines are specialized per launch kind and built when a
+    /// launch first needs one.
     pub fn create_kernel(&self, desc: &KernelDescriptor<'_>) -> Result<Kernel, KernelError> {
         let gpu = &self.inner.gpu;
         gpu.check_lost()?;
         let src = svm_shaders::with_prelude(desc.source);
+        let compile = |message: String| KernelError::Compile { label: desc.label.into(), message };
         // Validate with naga first: a clear message instead of a device error.
-        let module = naga::front::wgsl::parse_str(&src)
-            .map_err(|e| KernelError::Compile { label: desc.label.into(), message: e.emit_to_string(&src) })?;
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .map_err(|e| KernelError::Compile { label: desc.label.into(), message: e.emit_to_string(&src) })?;
+        let mut module = naga::front::wgsl::parse_str(&src).map_err(|e| compile(e.emit_to_string(&src)))?;
+        let validate = |m: &naga::Module| {
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+                .validate(m)
+                .map(drop)
+                .map_err(Box::new)
+        };
+        validate(&module).map_err(|e| compile(e.emit_to_string(&src)))?;
+        if let Some(name) = module.global_variables.iter().find_map(|(_, g)| {
+            let name = g.name.as_deref().unwrap_or("(unnamed)");
+            (g.binding.is_some() && !svm_shaders::PRELUDE_BINDINGS.contains(&name)).then_some(name)
+        }) {
+            return Err(compile(format!("`{name}` is bound: kernels declare no bindings of their own")));
+        }
+        if !module.entry_points.iter().any(|e| e.name == desc.entry_point) {
+            return Err(compile(format!("no entry point `{}`", desc.entry_point)));
+        }
+        svm_shaders::wrap_entry_points(&mut module).map_err(|e| compile(e.to_string()))?;
+        validate(&module).map_err(|e| compile(format!("after wrapping the entry points: {e}")))?;
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let sm = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(desc.label),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(desc.label),
-            layout: Some(&gpu.layout),
-            module: &sm,
-            entry_point: Some(desc.entry_point),
-            compilation_options: Default::default(),
-            cache: None,
+            source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(KernelError::Compile { label: desc.label.into(), message: e.to_string() });
+            return Err(compile(e.to_string()));
         }
-        Ok(Kernel { label: desc.label.into(), pipeline, runtime_id: self.inner.id })
+        Ok(Kernel {
+            label: desc.label.into(),
+            entry_point: desc.entry_point.into(),
+            module,
+            pipelines: parking_lot::Mutex::new(Vec::new()),
+            runtime_id: self.inner.id,
+        })
     }
 
     /// Give advice for `[addr, addr + len)`; see [`Advice`] for the effects.
@@ -709,8 +729,13 @@ impl Svm {
         let result = (|| {
             inner.map_ranges(st, &resident, &mut temporary, &mut report, false)?;
             inner.map_ranges(st, &decl, &mut temporary, &mut report, true)?;
+            // Non-replayable launches check accesses against the mapped
+            // pages' extents when they are few; otherwise, and for
+            // replayable launches, against the page table.
+            let extents = if opts.replayable { None } else { inner.extents(st) };
             loop {
-                let (errors, faults) = inner.run_pass(st, kernel, &words, desc.workgroups, opts.replayable)?;
+                let (errors, faults) =
+                    inner.run_pass(st, kernel, &words, desc.workgroups, opts.replayable, extents.as_deref())?;
                 if let Some(e) = errors {
                     return Err(e);
                 }
@@ -977,6 +1002,95 @@ impl Inner {
         Ok(changed)
     }
 
+    /// The pipeline of `kernel` specialized for `v`, built on first use.
+    fn pipeline(&self, kernel: &Kernel, v: Variant) -> Result<wgpu::ComputePipeline, LaunchError> {
+        let mut cache = kernel.pipelines.lock();
+        if let Some((_, p)) = cache.iter().find(|(k, _)| *k == v) {
+            return Ok(p.clone());
+        }
+        let gpu = &self.gpu;
+        use svm_shaders::overrides as o;
+        let constants = [
+            (o::SEGMENTS, f64::from(gpu.segments_used)),
+            (o::SEGMENT_PAGE_SHIFT, f64::from(gpu.segment_page_shift)),
+            (o::EXTENTS, f64::from(v.extents)),
+            (o::REPLAYABLE, f64::from(u8::from(v.replayable))),
+            (o::COHERENT, f64::from(u8::from(v.coherent))),
+        ];
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let p = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&kernel.label),
+            layout: Some(&gpu.layout),
+            module: &kernel.module,
+            entry_point: Some(&kernel.entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Unexpected(format!("specializing kernel {:?} ({v:?}): {e}", kernel.label)).into());
+        }
+        tracing::debug!(kernel = %kernel.label, ?v, "pipeline built");
+        cache.push((v, p.clone()));
+        Ok(p)
+    }
+
+    /// The mapped pages as at most [`MAX_EXTENTS`] extents (runs of pages
+    /// with the same rights whose device words are consecutive), or `None`
+    /// when there are more (the kernel then uses the page table).
+    fn extents(&self, st: &State) -> Option<Vec<Extent>> {
+        let coherent_base = st.coherent.as_ref().map_or(0, |c| c.first);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut mapped = st.mapped.clone();
+        mapped.sort_unstable();
+        for (a, b) in mapped {
+            for p in a..b {
+                let pte = st.table.get(PageIndex(p));
+                debug_assert!(pte.is_valid(), "mapped page {p} has no valid entry");
+                let dest = if pte.is_coherent() {
+                    Extent::COHERENT | ((p - coherent_base) * PAGE_WORDS)
+                } else {
+                    pte.frame()?.get() * PAGE_WORDS
+                };
+                let flags = if pte.is_writable() { Extent::WRITE } else { 0 };
+                let start = p * PAGE_SIZE as u32;
+                let full = out.len() == MAX_EXTENTS as usize;
+                match out.last_mut() {
+                    Some(e) if e.start + e.len == start && e.flags == flags && e.dest + e.len / 4 == dest => {
+                        e.len += PAGE_SIZE as u32;
+                    }
+                    _ if full => return None,
+                    _ => out.push(Extent { start, len: PAGE_SIZE as u32, dest, flags }),
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Why the access at `addr` was refused, from the page table the pass
+    /// ran with (the order of the page-table path's checks).
+    fn classify(&self, st: &State, addr: u64, write: bool) -> KernelFaultKind {
+        let off = addr.wrapping_sub(self.arena.base() as u64);
+        if off >= self.arena.len() as u64 {
+            return KernelFaultKind::OutOfArena;
+        }
+        if !off.is_multiple_of(4) {
+            return KernelFaultKind::Misaligned;
+        }
+        #[allow(clippy::cast_possible_truncation, reason = "off < arena length < 4 GiB")]
+        let pte = st.table.get(PageIndex((off / PAGE_SIZE as u64) as u32));
+        if !pte.is_allocated() {
+            KernelFaultKind::Unallocated
+        } else if !pte.is_valid() {
+            KernelFaultKind::NotDeclared
+        } else if write && !pte.is_writable() {
+            KernelFaultKind::ReadOnly
+        } else {
+            // The extents were built from this table: unreachable unless the
+            // log is corrupt.
+            KernelFaultKind::Unknown(svm_shaders::err::REFUSED)
+        }
+    }
+
     /// One pass of the kernel: upload the dirty page table, arguments, clear
     /// the logs, dispatch, wait. Returns the pass's error (if any access was
     /// refused) and its faults as (page, write) pairs.
@@ -987,8 +1101,12 @@ impl Inner {
         words: &[u32],
         workgroups: [u32; 3],
         replayable: bool,
+        extents: Option<&[Extent]>,
     ) -> Result<PassOutcome, LaunchError> {
         let gpu = &self.gpu;
+        let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
+        let pipeline =
+            self.pipeline(kernel, Variant { extents: slots, replayable, coherent: st.coherent.is_some() })?;
         let pt_bytes = st.table.drain_dirty(|batch| {
             gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
         });
@@ -998,16 +1116,19 @@ impl Inner {
             #[allow(clippy::cast_possible_truncation, reason = "address halves")]
             base: [self.arena.base() as u32, (self.arena.base() as u64 >> 32) as u32],
             arena_bytes: u32::try_from(self.arena.len()).expect("arena < 4 GiB, checked at creation"),
-            frames_per_segment: gpu.frames_per_segment,
-            flags: if replayable { svm_shaders::flags::REPLAYABLE } else { 0 },
             fault_cap: FAULT_CAP,
             fault_read_bitmap,
             fault_write_bitmap: fault_read_bitmap + gpu.fault_bitmap_words,
             coherent_base: st.coherent.as_ref().map_or(0, |c| c.first * PAGE_SIZE as u32),
-            pad: [0; 3],
+            pad: 0,
+            // Unused slots: empty extents, which admit nothing.
+            extents: [Extent::default(); MAX_EXTENTS as usize],
             words: [0; MAX_ARG_WORDS as usize],
         };
         block.words[..words.len()].copy_from_slice(words);
+        if let Some(e) = extents {
+            block.extents[..e.len()].copy_from_slice(e);
+        }
         gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
         // The error and fault counts, and the bitmaps, start at zero.
@@ -1017,7 +1138,7 @@ impl Inner {
                 label: Some(&kernel.label),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&kernel.pipeline);
+            pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, st.coherent.as_ref().map_or(&gpu.bind_group, |c| &c.bind_group), &[]);
             let [x, y, z] = workgroups;
             pass.dispatch_workgroups(x, y, z);
@@ -1038,9 +1159,15 @@ impl Inner {
         let total = log[0];
         if total != 0 {
             let faults = (0..total.min(ERROR_RECORDS) as usize)
-                .map(|i| KernelFault {
-                    addr: u64::from(log[2 + i * 4]) | (u64::from(log[3 + i * 4]) << 32),
-                    kind: KernelFaultKind::from_code(log[1 + i * 4]),
+                .map(|i| {
+                    let addr = u64::from(log[2 + i * 4]) | (u64::from(log[3 + i * 4]) << 32);
+                    let kind = match log[1 + i * 4] {
+                        // The extent path only knows that no extent admitted
+                        // the access; the page table the pass ran with says why.
+                        svm_shaders::err::REFUSED => self.classify(st, addr, log[4 + i * 4] != 0),
+                        code => KernelFaultKind::from_code(code),
+                    };
+                    KernelFault { addr, kind }
                 })
                 .collect();
             return Ok((Some(LaunchError::Kernel { faults, total }), Vec::new()));

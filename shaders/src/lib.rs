@@ -7,8 +7,12 @@
 //!   typed loads and stores through managed pointers (`svm_load_f32(p)`,
 //!   `svm_store_u32(p, v)`, `svm_load_ptr(p)`, …). A managed pointer is the
 //!   CPU's 64-bit address as `vec2<u32>(low, high)`; naga cannot dereference
-//!   64-bit device addresses, so translation is WGSL arithmetic plus one
-//!   page-table load.
+//!   64-bit device addresses, so translation is WGSL arithmetic: a check
+//!   against the launch's extents, or one page-table load (see the prelude's
+//!   header and [`overrides`]).
+//! * [`wrap_entry_points`]: the module transformation the runtime applies
+//!   to every kernel so that each invocation reports its refused accesses
+//!   once, at its end, instead of branching to an atomic on every access.
 //! * [`kernels`]: the demo kernels, written against the prelude only.
 //!
 //! The PTE bits and error kinds are defined once in Rust
@@ -28,10 +32,27 @@ pub const ERROR_RECORDS: u32 = 16;
 /// Word offset of the fault section in the launch log (`SVM_LOG_FAULTS`).
 pub const LOG_FAULTS: u32 = 65;
 
-/// Launch flags (`SVM_FLAG_*`).
-pub mod flags {
-    /// Faults on non-resident pages are recorded for replay.
-    pub const REPLAYABLE: u32 = 1;
+/// The prelude's bound resources (group 0); kernels declare none of their
+/// own.
+pub const PRELUDE_BINDINGS: [&str; 8] =
+    ["svm_pt", "svm_args", "svm_log", "svm_pool0", "svm_pool1", "svm_pool2", "svm_pool3", "svm_coherent"];
+
+/// Extent slots in the launch arguments (`SVM_MAX_EXTENTS`).
+pub const MAX_EXTENTS: u32 = 8;
+
+/// Names of the prelude's pipeline-overridable constants, which the runtime
+/// sets when it specializes a kernel.
+pub mod overrides {
+    /// Pool / arena-view bindings in use (1..=4).
+    pub const SEGMENTS: &str = "SVM_SEGMENTS";
+    /// log2 of the pages per segment.
+    pub const SEGMENT_PAGE_SHIFT: &str = "SVM_SEGMENT_PAGE_SHIFT";
+    /// Extent slots checked per access (0: the page-table path).
+    pub const EXTENTS: &str = "SVM_EXTENTS";
+    /// Non-resident accesses are recorded as faults for replay.
+    pub const REPLAYABLE: &str = "SVM_REPLAYABLE";
+    /// The coherent window is bound.
+    pub const COHERENT: &str = "SVM_COHERENT";
 }
 
 /// Error kinds the prelude records (`SVM_ERR_*`).
@@ -46,6 +67,9 @@ pub mod err {
     pub const READ_ONLY: u32 = 4;
     /// Address not aligned to 4 bytes.
     pub const MISALIGNED: u32 = 5;
+    /// Refused on the extent path; the runtime finds which of the above
+    /// applies from its page table.
+    pub const REFUSED: u32 = 6;
 }
 
 /// Demo kernels (bodies only; the runtime prepends [`PRELUDE`]).
@@ -95,6 +119,61 @@ pub fn with_prelude(body: &str) -> String {
     s
 }
 
+/// Name of the prelude function every wrapped entry point calls last.
+pub const REPORT_FN: &str = "svm_report";
+
+/// Why [`wrap_entry_points`] could not transform a module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WrapError {
+    /// The module lacks the prelude's `svm_report` (not built with
+    /// [`with_prelude`]).
+    #[error("the module has no `{REPORT_FN}` function: was the prelude included?")]
+    NoReport,
+    /// An entry point that is not a compute shader.
+    #[error("entry point `{0}` is not a compute shader")]
+    NotCompute(String),
+}
+
+/// Make every compute entry point report its invocation's refused access
+/// after it returns: the entry's body moves to a plain function
+/// (`<name>_svm_body`), and the entry point becomes `body(args); svm_report();`.
+///
+/// This is what lets the prelude record errors without branching on every
+/// access (see its header): kernels return from anywhere, and the report
+/// still runs exactly once per invocation.
+pub fn wrap_entry_points(module: &mut naga::Module) -> Result<(), WrapError> {
+    use naga::{Block, Expression, Function, Span, Statement};
+    let report = module
+        .functions
+        .iter()
+        .find(|(_, f)| f.name.as_deref() == Some(REPORT_FN))
+        .map(|(h, _)| h)
+        .ok_or(WrapError::NoReport)?;
+    for ep in &mut module.entry_points {
+        if ep.stage != naga::ShaderStage::Compute {
+            return Err(WrapError::NotCompute(ep.name.clone()));
+        }
+        let mut body = core::mem::take(&mut ep.function);
+        let arguments = body.arguments.clone();
+        // Builtin bindings belong to the entry point only.
+        body.arguments.iter_mut().for_each(|a| a.binding = None);
+        body.name = Some(format!("{}_svm_body", ep.name));
+        let body = module.functions.append(body, Span::UNDEFINED);
+        let mut f = Function { name: Some(ep.name.clone()), arguments, ..Function::default() };
+        let args = (0..f.arguments.len())
+            .map(|i| f.expressions.append(Expression::FunctionArgument(i as u32), Span::UNDEFINED))
+            .collect();
+        f.body = Block::from_vec(vec![
+            Statement::Call { function: body, arguments: args, result: None },
+            Statement::Call { function: report, arguments: Vec::new(), result: None },
+            Statement::Return { value: None },
+        ]);
+        ep.function = f;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +218,17 @@ mod tests {
         assert_eq!(wgsl_const(&m, "SVM_ERR_MISALIGNED"), err::MISALIGNED);
         assert_eq!(wgsl_const(&m, "SVM_ERR_RECORDS"), ERROR_RECORDS);
         assert_eq!(wgsl_const(&m, "SVM_MAX_ARG_WORDS"), MAX_ARG_WORDS);
-        assert_eq!(wgsl_const(&m, "SVM_FLAG_REPLAYABLE"), flags::REPLAYABLE);
+        assert_eq!(wgsl_const(&m, "SVM_ERR_REFUSED"), err::REFUSED);
+        assert_eq!(wgsl_const(&m, "SVM_MAX_EXTENTS"), MAX_EXTENTS);
+        for name in [
+            overrides::SEGMENTS,
+            overrides::SEGMENT_PAGE_SHIFT,
+            overrides::EXTENTS,
+            overrides::REPLAYABLE,
+            overrides::COHERENT,
+        ] {
+            assert!(m.overrides.iter().any(|(_, o)| o.name.as_deref() == Some(name)), "prelude lacks override {name}");
+        }
         assert_eq!(wgsl_const(&m, "SVM_LOG_FAULTS"), LOG_FAULTS);
         assert_eq!(LOG_FAULTS, 1 + ERROR_RECORDS * 4, "the fault section follows the error records");
         let pools = m
@@ -148,18 +237,52 @@ mod tests {
             .filter(|(_, g)| g.name.as_deref().is_some_and(|n| n.starts_with("svm_pool")))
             .count();
         assert_eq!(pools as u32, POOL_SEGMENTS);
-        let bindings = m.global_variables.iter().filter(|(_, g)| g.binding.is_some()).count();
-        assert_eq!(bindings, 8, "the prelude stays within wgpu's default 8 storage buffers per stage");
+        let mut bindings: Vec<(u32, &str)> = m
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| Some((g.binding.as_ref()?.binding, g.name.as_deref()?)))
+            .collect();
+        bindings.sort_unstable();
+        let names: Vec<&str> = bindings.iter().map(|&(_, n)| n).collect();
+        assert_eq!(names, PRELUDE_BINDINGS, "PRELUDE_BINDINGS lists the prelude's bindings in order");
+        assert_eq!(bindings.len(), 8, "the prelude stays within wgpu's default 8 storage buffers per stage");
+    }
+
+    fn validate(m: &naga::Module) -> Result<naga::valid::ModuleInfo, String> {
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(m)
+            .map_err(|e| format!("{e:?}"))
     }
 
     #[test]
-    fn every_kernel_validates() {
+    fn every_kernel_validates_wrapped() {
         for (name, body) in ALL_KERNELS {
             let src = with_prelude(body);
-            let m = module(&src);
-            let mut v =
-                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-            v.validate(&m).unwrap_or_else(|e| panic!("kernel {name}: {}", e.emit_to_string(&src)));
+            let mut m = module(&src);
+            validate(&m).unwrap_or_else(|e| panic!("kernel {name}: {e}"));
+            let entries: Vec<String> = m.entry_points.iter().map(|e| e.name.clone()).collect();
+            wrap_entry_points(&mut m).expect("wrap");
+            validate(&m).unwrap_or_else(|e| panic!("kernel {name} wrapped: {e}"));
+            for (ep, name) in m.entry_points.iter().zip(&entries) {
+                assert_eq!(&ep.name, name);
+                // body(args); svm_report(); return
+                let calls: Vec<_> = ep
+                    .function
+                    .body
+                    .iter()
+                    .filter_map(|s| match s {
+                        naga::Statement::Call { function, .. } => m.functions[*function].name.clone(),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(calls, [format!("{name}_svm_body"), REPORT_FN.to_string()]);
+            }
         }
+    }
+
+    #[test]
+    fn wrapping_needs_the_prelude() {
+        let mut m = module("@compute @workgroup_size(1) fn main() {}");
+        assert_eq!(wrap_entry_points(&mut m), Err(WrapError::NoReport));
     }
 }

@@ -1,20 +1,47 @@
-// svm WGSL prelude: managed pointers translated through the device page table.
+// svm WGSL prelude: managed pointers translated for the device.
 //
 // A managed pointer is the 64-bit address the CPU sees, carried as
-// vec2<u32>(low, high). Every access:
-//   1. subtracts the arena base (64-bit arithmetic in u32 pairs);
-//   2. rejects addresses outside the arena, null, misaligned;
-//   3. looks the page up in `svm_pt` (one load) and checks ALLOC / VALID /
-//      WRITE;
-//   4. reads or writes the pool frame the entry names.
-// A failed check records an error (kind + address) in `svm_log` and the
-// access does nothing (loads yield 0): kernels never touch memory outside
-// the pool, and the launch reports the error. In a replayable launch an
-// access to an allocated but non-resident page is a *fault* instead: it is
-// recorded (deduplicated, bounded) in `svm_log`, yields 0, and the runtime
-// migrates the page and runs the kernel again.
+// vec2<u32>(low, high). Every access subtracts the arena base (64-bit
+// arithmetic in u32 pairs) and then takes one of two paths, chosen when the
+// runtime specializes the kernel (pipeline-overridable constants below):
+//
+// * the extent path (SVM_EXTENTS > 0): the launch's mapped pages form at
+//   most SVM_EXTENTS extents (runs of pages whose device words are
+//   contiguous: always so in sparse mode, where page p lives at word p*1024
+//   of the arena view; usually so in the software mode). The offset is
+//   compared with each extent (uniform data, no memory lookup) and the word
+//   follows by addition. An access no extent admits is refused; the runtime
+//   tells why (outside the arena, unallocated, undeclared, read-only,
+//   misaligned) from its own page table after the pass.
+// * the page-table path (SVM_EXTENTS == 0: too many extents, and every
+//   replayable launch): one load of `svm_pt[page]`, checks of ALLOC / VALID
+//   / WRITE, the frame it names. In a replayable launch an access to an
+//   allocated but unmapped page (or a write to a read-only one) is a *fault*:
+//   recorded (deduplicated, bounded) in `svm_log`; the runtime migrates the
+//   page and runs the kernel again.
+//
+// A refused access does nothing (loads yield 0): kernels never touch memory
+// outside what the launch mapped. The first refused access of each
+// invocation is kept in a private variable, without branching, and written
+// to `svm_log` once, when the invocation ends: the runtime wraps every entry
+// point (`svm_shaders::wrap_entry_points`) so that `svm_report()` runs after
+// it. Keeping atomics and branches out of the access path is what makes the
+// checks cheap on SIMD hardware (lavapipe executes a branch's body under a
+// mask whether or not any lane takes it).
 //
 // Bindings (group 0) are fixed; kernels add none of their own.
+
+// --- specialization: set by the runtime per device and per launch kind ---
+// Pool (software mode) or arena-view (sparse mode) bindings in use, 1..=4.
+override SVM_SEGMENTS: u32 = 4u;
+// log2 of the pages per segment (segments are a power of two of pages).
+override SVM_SEGMENT_PAGE_SHIFT: u32 = 15u;
+// Extent slots checked per access; 0 selects the page-table path.
+override SVM_EXTENTS: u32 = 0u;
+// Non-resident accesses are faults recorded for replay (page-table path).
+override SVM_REPLAYABLE: bool = false;
+// The coherent window (binding 7) holds host memory the kernel may use.
+override SVM_COHERENT: bool = false;
 
 // --- PTE layout: must equal svm_pagetable::Pte (checked by a test) ---
 const SVM_PTE_VALID: u32 = 1u;
@@ -31,21 +58,27 @@ const SVM_ERR_UNALLOCATED: u32 = 2u;
 const SVM_ERR_NOT_DECLARED: u32 = 3u;
 const SVM_ERR_READ_ONLY: u32 = 4u;
 const SVM_ERR_MISALIGNED: u32 = 5u;
+// Refused on the extent path: the runtime classifies it after the pass.
+const SVM_ERR_REFUSED: u32 = 6u;
 const SVM_ERR_RECORDS: u32 = 16u;
 
 const SVM_MAX_ARG_WORDS: u32 = 64u;
 
-// --- launch flags: must equal svm_shaders::flags (checked by a test) ---
-// Replayable launch: an access to an allocated page that is not mapped (or a
-// write to a read-only mapping) is a GPU *fault*: recorded in `svm_log`
-// for the runtime to migrate and replay, instead of an error.
-const SVM_FLAG_REPLAYABLE: u32 = 1u;
+const SVM_MAX_EXTENTS: u32 = 8u;
+
+// One extent: pages [start, start + len) (byte offsets from the arena base)
+// live at consecutive device words from `dest` (bit 31: in the coherent
+// window rather than the pool/arena view); `flags` bit 0: writable.
+struct SvmExtent {
+    start: u32,
+    len: u32,
+    dest: u32,
+    flags: u32,
+}
 
 struct SvmArgs {
     base: vec2<u32>,
     arena_bytes: u32,
-    frames_per_segment: u32,
-    flags: u32,
     // Capacity of the fault list, and word offsets of the read and write
     // fault bitmaps (one bit per arena page) in `svm_log`.
     fault_cap: u32,
@@ -55,16 +88,16 @@ struct SvmArgs {
     // (pages with SVM_PTE_COHERENT: host memory the GPU uses in place).
     coherent_base: u32,
     pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    extents: array<SvmExtent, 8>,
     words: array<u32, 64>,
 }
 
 @group(0) @binding(0) var<storage, read> svm_pt: array<u32>;
 @group(0) @binding(1) var<storage, read> svm_args: SvmArgs;
 // The launch log, one buffer:
-//   [0]                   error count, then SVM_ERR_RECORDS records of 4 words
-//                         (kind, address low, address high, 0);
+//   [0]                   count of invocations with a refused access, then
+//                         SVM_ERR_RECORDS records of 4 words (kind, address
+//                         low, address high, 1 for a write);
 //   [SVM_LOG_FAULTS]      faults recorded (may exceed fault_cap), then
 //                         fault_cap entries page | (write << 31);
 //   then the read and write fault bitmaps (offsets in svm_args).
@@ -79,6 +112,13 @@ struct SvmArgs {
 
 const SVM_LOG_FAULTS: u32 = 65u;
 const SVM_SEG_COHERENT: u32 = 4u;
+const SVM_SEG_NONE: u32 = 5u;
+const SVM_WORD_COHERENT: u32 = 0x80000000u;
+
+// This invocation's first refused access: kind, address low, high, write.
+var<private> svm_err: vec4<u32>;
+// This invocation recorded a GPU fault (replayable launches).
+var<private> svm_faulted: bool;
 
 fn svm_record_fault(page: u32, write: bool) {
     let bitmap = select(svm_args.fault_read_bitmap, svm_args.fault_write_bitmap, write);
@@ -92,84 +132,111 @@ fn svm_record_fault(page: u32, write: bool) {
     }
 }
 
-fn svm_record_error(kind: u32, p: vec2<u32>) {
-    let i = atomicAdd(&svm_log[0], 1u);
-    if (i < SVM_ERR_RECORDS) {
-        atomicStore(&svm_log[1u + i * 4u], kind);
-        atomicStore(&svm_log[2u + i * 4u], p.x);
-        atomicStore(&svm_log[3u + i * 4u], p.y);
+// Keep the first refused access of this invocation (no branch).
+fn svm_refuse(kind: u32, p: vec2<u32>, write: bool) {
+    svm_err = select(svm_err, vec4<u32>(kind, p, select(0u, 1u, write)), kind != 0u && svm_err.x == 0u);
+}
+
+/// Runs once after each invocation (the runtime calls it from the wrapper
+/// entry point): publishes the invocation's refused access, if any.
+fn svm_report() {
+    if (svm_err.x != 0u) {
+        let i = atomicAdd(&svm_log[0], 1u);
+        if (i < SVM_ERR_RECORDS) {
+            atomicStore(&svm_log[1u + i * 4u], svm_err.x);
+            atomicStore(&svm_log[2u + i * 4u], svm_err.y);
+            atomicStore(&svm_log[3u + i * 4u], svm_err.z);
+            atomicStore(&svm_log[4u + i * 4u], svm_err.w);
+        }
     }
 }
 
-// Location of a word: x = pool segment (or 0xffffffff when the access is
-// refused), y = word index inside the segment.
-fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
-    let bad = vec2<u32>(0xffffffffu, 0u);
+// Byte offset of p from the arena base; x: the offset's low word, y: 0 when
+// p is at or above the base and less than 4 GiB from it.
+fn svm_offset(p: vec2<u32>) -> vec2<u32> {
     let base = svm_args.base;
-    let borrow = select(0u, 1u, p.x < base.x);
-    let off = p.x - base.x;
-    let hi = p.y - base.y - borrow;
-    if (hi != 0u || off >= svm_args.arena_bytes || (p.y < base.y) || (p.y == base.y && p.x < base.x)) {
-        svm_record_error(SVM_ERR_OUT_OF_ARENA, p);
-        return bad;
-    }
-    if ((off & 3u) != 0u) {
-        svm_record_error(SVM_ERR_MISALIGNED, p);
-        return bad;
-    }
-    let page = off >> SVM_PAGE_SHIFT;
-    let pte = svm_pt[page];
-    if ((pte & SVM_PTE_ALLOC) == 0u) {
-        svm_record_error(SVM_ERR_UNALLOCATED, p);
-        return bad;
-    }
-    let replayable = (svm_args.flags & SVM_FLAG_REPLAYABLE) != 0u;
-    if ((pte & SVM_PTE_VALID) == 0u) {
-        if (replayable) {
-            svm_record_fault(page, write);
-        } else {
-            svm_record_error(SVM_ERR_NOT_DECLARED, p);
-        }
-        return bad;
-    }
-    if (write && (pte & SVM_PTE_WRITE) == 0u) {
-        if (replayable) {
-            svm_record_fault(page, true);
-        } else {
-            svm_record_error(SVM_ERR_READ_ONLY, p);
-        }
-        return bad;
-    }
-    if ((pte & SVM_PTE_COHERENT) != 0u) {
-        return vec2<u32>(SVM_SEG_COHERENT, (off - svm_args.coherent_base) >> 2u);
-    }
-    let frame = pte >> SVM_PTE_FRAME_SHIFT;
-    let fps = svm_args.frames_per_segment;
-    let seg = frame / fps;
-    let word = (frame % fps) * SVM_PAGE_WORDS + ((off & 4095u) >> 2u);
-    return vec2<u32>(seg, word);
+    return vec2<u32>(p.x - base.x, p.y - base.y - select(0u, 1u, p.x < base.x));
 }
 
-fn svm_pool_read(t: vec2<u32>) -> u32 {
-    switch (t.x) {
-        case 0u: { return svm_pool0[t.y]; }
-        case 1u: { return svm_pool1[t.y]; }
-        case 2u: { return svm_pool2[t.y]; }
-        case 3u: { return svm_pool3[t.y]; }
-        case 4u: { return svm_coherent[t.y]; }
-        default: { return 0u; }
+// Location of device word `w` (pool/arena view, or coherent window with
+// SVM_WORD_COHERENT): x = segment (SVM_SEG_NONE when refused), y = word
+// inside it.
+fn svm_locate(w: u32, ok: bool) -> vec2<u32> {
+    let in_window = w >= SVM_WORD_COHERENT;
+    let shift = SVM_SEGMENT_PAGE_SHIFT + 10u;
+    let seg = select(w >> shift, SVM_SEG_COHERENT, in_window);
+    let word = select(w & ((1u << shift) - 1u), w & ~SVM_WORD_COHERENT, in_window);
+    return vec2<u32>(select(SVM_SEG_NONE, seg, ok), word);
+}
+
+fn svm_translate_extents(p: vec2<u32>, write: bool) -> vec2<u32> {
+    let o = svm_offset(p);
+    var w = 0xffffffffu;
+    for (var k = 0u; k < SVM_EXTENTS; k++) {
+        let e = svm_args.extents[k];
+        let admitted = o.x - e.start < e.len && (!write || (e.flags & 1u) != 0u);
+        w = select(w, e.dest + ((o.x - e.start) >> 2u), admitted);
     }
+    let ok = o.y == 0u && (o.x & 3u) == 0u && w != 0xffffffffu;
+    svm_refuse(select(SVM_ERR_REFUSED, 0u, ok), p, write);
+    return svm_locate(w, ok);
+}
+
+fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
+    let o = svm_offset(p);
+    let inside = o.y == 0u && o.x < svm_args.arena_bytes;
+    let aligned = (o.x & 3u) == 0u;
+    let page = select(0u, o.x >> SVM_PAGE_SHIFT, inside);
+    let pte = svm_pt[page];
+    let allocated = (pte & SVM_PTE_ALLOC) != 0u;
+    let mapped = (pte & SVM_PTE_VALID) != 0u && (!write || (pte & SVM_PTE_WRITE) != 0u);
+    var kind = 0u;
+    kind = select(kind, SVM_ERR_READ_ONLY, write && (pte & SVM_PTE_WRITE) == 0u);
+    kind = select(kind, SVM_ERR_NOT_DECLARED, (pte & SVM_PTE_VALID) == 0u);
+    kind = select(kind, SVM_ERR_UNALLOCATED, !allocated);
+    kind = select(kind, SVM_ERR_MISALIGNED, !aligned);
+    kind = select(kind, SVM_ERR_OUT_OF_ARENA, !inside);
+    if (SVM_REPLAYABLE) {
+        // An allocated page not mapped for this access is a fault, not an
+        // error (only replayable kernels pay for this branch).
+        let fault = inside && aligned && allocated && !mapped;
+        if (fault) {
+            svm_record_fault(page, write);
+            svm_faulted = true;
+        }
+        kind = select(kind, 0u, fault);
+    }
+    svm_refuse(kind, p, write);
+    let in_window = (pte & SVM_PTE_COHERENT) != 0u;
+    let w = select((pte >> SVM_PTE_FRAME_SHIFT) * SVM_PAGE_WORDS + ((o.x & 4095u) >> 2u),
+                   SVM_WORD_COHERENT | ((o.x - svm_args.coherent_base) >> 2u), in_window);
+    return svm_locate(w, inside && aligned && mapped);
+}
+
+fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
+    if (SVM_EXTENTS > 0u) {
+        return svm_translate_extents(p, write);
+    }
+    return svm_translate_table(p, write);
+}
+
+// Segments a runtime does not use are never read: the specialization
+// constants fold these branches away.
+fn svm_pool_read(t: vec2<u32>) -> u32 {
+    if (t.x == 0u) { return svm_pool0[t.y]; }
+    if (SVM_SEGMENTS > 1u && t.x == 1u) { return svm_pool1[t.y]; }
+    if (SVM_SEGMENTS > 2u && t.x == 2u) { return svm_pool2[t.y]; }
+    if (SVM_SEGMENTS > 3u && t.x == 3u) { return svm_pool3[t.y]; }
+    if (SVM_COHERENT && t.x == SVM_SEG_COHERENT) { return svm_coherent[t.y]; }
+    return 0u;
 }
 
 fn svm_pool_write(t: vec2<u32>, v: u32) {
-    switch (t.x) {
-        case 0u: { svm_pool0[t.y] = v; }
-        case 1u: { svm_pool1[t.y] = v; }
-        case 2u: { svm_pool2[t.y] = v; }
-        case 3u: { svm_pool3[t.y] = v; }
-        case 4u: { svm_coherent[t.y] = v; }
-        default: { }
-    }
+    if (t.x == 0u) { svm_pool0[t.y] = v; }
+    else if (SVM_SEGMENTS > 1u && t.x == 1u) { svm_pool1[t.y] = v; }
+    else if (SVM_SEGMENTS > 2u && t.x == 2u) { svm_pool2[t.y] = v; }
+    else if (SVM_SEGMENTS > 3u && t.x == 3u) { svm_pool3[t.y] = v; }
+    else if (SVM_COHERENT && t.x == SVM_SEG_COHERENT) { svm_coherent[t.y] = v; }
 }
 
 // --- the kernel-facing API ---
@@ -225,9 +292,10 @@ fn svm_arg_f32(i: u32) -> f32 {
 fn svm_arg_ptr(i: u32) -> vec2<u32> {
     return vec2<u32>(svm_args.words[i], svm_args.words[i + 1u]);
 }
-/// True once any access of this pass was refused or faulted: the results of
-/// this pass will be discarded (error) or replayed (fault), so loops may stop
-/// early.
+/// True once an access of this invocation was refused or faulted, or one of
+/// an invocation already finished: the results of this pass will be
+/// discarded (error) or replayed (fault), so loops may stop early.
 fn svm_failed() -> bool {
-    return atomicLoad(&svm_log[0]) != 0u || atomicLoad(&svm_log[SVM_LOG_FAULTS]) != 0u;
+    return svm_err.x != 0u || svm_faulted || atomicLoad(&svm_log[0]) != 0u
+        || atomicLoad(&svm_log[SVM_LOG_FAULTS]) != 0u;
 }
