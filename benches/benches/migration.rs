@@ -491,7 +491,7 @@ fn report_md(
     let mut m = String::new();
     let _ = writeln!(m, "### Migration benchmarks{}\n", if o.quick { " (quick run)" } else { "" });
     let _ = writeln!(m, "- command: `{}`", o.command());
-    let _ = writeln!(m, "- source: {}", git_describe());
+    let _ = writeln!(m, "- source: {}", common::git_describe());
     let _ = writeln!(m, "- machine: {machine}");
     let _ = writeln!(m, "- runtime device: {device}");
     let _ = writeln!(m, "- baseline device: {}", b.adapter);
@@ -758,26 +758,4 @@ fn plot(o: &Opts, b: &Baselines, cfgs: &[Config], path: &std::path::Path) -> Res
     }
     root.present()?;
     Ok(())
-}
-
-/// The commit measured, and whether the runtime or mechanism had local edits.
-fn git_describe() -> String {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let Some(rev) = run(&["rev-parse", "--short", "HEAD"]) else { return "unknown (no git)".into() };
-    let dirty =
-        run(&["status", "--porcelain", "--", "runtime", "migrate", "shaders", "svm-pagetable"]).unwrap_or_default();
-    if dirty.is_empty() {
-        format!("commit {rev}")
-    } else {
-        format!("commit {rev} + uncommitted edits in runtime/migrate/shaders/svm-pagetable")
-    }
 }

@@ -133,6 +133,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         managed_ms: Some(m_ms),
         explicit_ms: Some(e_ms),
         note: format!("scale {scale}, {} roots; TEPS managed {}, explicit {}", roots.len(), si(mh), si(eh)),
+        ..Default::default()
     })
 }
 

@@ -1,113 +1,16 @@
-//! svm demos: kernels on managed memory built by the CPU, checked against a
-//! CPU reference, with migration statistics; the BFS, SpMV and PolyBench
-//! groups also run an explicit-copy variant (plain wgpu buffers) for
-//! comparison.
+//! `svm-demos`: the command line over the `svm_demos` library (the demos
+//! themselves live there).
 //!
 //! `svm-demos all` runs every demo at its default size (the README's main
 //! command); `svm-demos vadd --size 1000000 --fault mprotect` runs one.
 
-mod bfs;
-mod explicit;
-mod kronecker;
-mod list;
-mod polybench;
-mod spmv;
-mod tree;
-mod util;
-mod vadd;
-
-use std::cell::OnceCell;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
-
-use crate::explicit::{Explicit, NoAdapter};
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Demo {
-    /// c = a + b over `size` floats (default 16 M).
-    Vadd,
-    /// y = a x + y over `size` floats (default 16 M).
-    Saxpy,
-    /// Sum `size` linked-list nodes (default 1 M) scattered over the arena.
-    List,
-    /// Look up keys in a CPU-built binary search tree of `size` keys (default 1 M).
-    Tree,
-    /// Graph500-style BFS on a Kronecker graph of 2^scale vertices (default 16).
-    Bfs,
-    /// CSR sparse matrix-vector product, `size` rows (default 256 K).
-    Spmv,
-    /// PolyBench 2DCONV on a size x size image (default 2048).
-    Conv2d,
-    /// PolyBench GEMM, size x size (default 512).
-    Gemm,
-    /// PolyBench ATAX, size x size (default 2048).
-    Atax,
-    /// PolyBench BICG, size x size (default 2048).
-    Bicg,
-    /// The four PolyBench kernels.
-    Polybench,
-    /// Every demo at its default size.
-    All,
-}
-
-impl Demo {
-    const EVERY: [Demo; 10] = [
-        Demo::Vadd,
-        Demo::Saxpy,
-        Demo::List,
-        Demo::Tree,
-        Demo::Bfs,
-        Demo::Spmv,
-        Demo::Conv2d,
-        Demo::Gemm,
-        Demo::Atax,
-        Demo::Bicg,
-    ];
-
-    fn expand(self) -> Vec<Demo> {
-        match self {
-            Demo::All => Self::EVERY.to_vec(),
-            Demo::Polybench => vec![Demo::Conv2d, Demo::Gemm, Demo::Atax, Demo::Bicg],
-            d => vec![d],
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Demo::Vadd => "Vadd",
-            Demo::Saxpy => "Saxpy",
-            Demo::List => "List",
-            Demo::Tree => "Tree",
-            Demo::Bfs => "BFS",
-            Demo::Spmv => "SpMV",
-            Demo::Conv2d => "Conv2D",
-            Demo::Gemm => "GEMM",
-            Demo::Atax => "ATAX",
-            Demo::Bicg => "BICG",
-            Demo::Polybench | Demo::All => unreachable!("expanded"),
-        }
-    }
-
-    fn run(self, ctx: &Ctx) -> Result<Outcome> {
-        match self {
-            Demo::Vadd => vadd::vadd(ctx),
-            Demo::Saxpy => vadd::saxpy(ctx),
-            Demo::List => list::run(ctx),
-            Demo::Tree => tree::run(ctx),
-            Demo::Bfs => bfs::run(ctx),
-            Demo::Spmv => spmv::run(ctx),
-            Demo::Conv2d => polybench::conv2d(ctx),
-            Demo::Gemm => polybench::gemm(ctx),
-            Demo::Atax => polybench::atax(ctx),
-            Demo::Bicg => polybench::bicg(ctx),
-            Demo::Polybench | Demo::All => unreachable!("expanded"),
-        }
-    }
-}
+use svm_demos::{Ctx, Demo, NoAdapter};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Fault {
@@ -153,38 +56,6 @@ struct Cli {
     /// Managed-memory mode; only `software` is built so far.
     #[arg(long, value_enum, default_value_t = Mode::Software)]
     mode: Mode,
-}
-
-/// What every demo gets.
-pub struct Ctx {
-    pub svm: Svm,
-    pub size: Option<usize>,
-    pub scale: Option<u32>,
-    pub check: bool,
-    explicit: OnceCell<Explicit>,
-}
-
-impl Ctx {
-    /// The explicit-copy device, created on first use.
-    pub fn explicit(&self) -> Result<&Explicit> {
-        if let Some(e) = self.explicit.get() {
-            return Ok(e);
-        }
-        let e = Explicit::new()?;
-        println!("explicit-copy baseline: own wgpu device on {}", e.info);
-        Ok(self.explicit.get_or_init(|| e))
-    }
-}
-
-/// What a demo reports for the summary.
-#[derive(Clone, Debug, Default)]
-pub struct Outcome {
-    /// Managed variant: launches + migration + reading results back.
-    pub managed_ms: Option<f64>,
-    /// Explicit-copy variant: uploads + kernels + downloads.
-    pub explicit_ms: Option<f64>,
-    /// One line for the summary (TEPS, sizes, …).
-    pub note: String,
 }
 
 /// Exit code when no adapter exists (the integration test turns it into a
@@ -242,7 +113,7 @@ fn run(cli: &Cli) -> Result<bool> {
         (svm.pool_pages() as usize * 4096) >> 20,
         svm.fault_chunk() >> 10
     );
-    let ctx = Ctx { svm, size: cli.size, scale: cli.scale, check: cli.check, explicit: OnceCell::new() };
+    let ctx = Ctx::new(svm, cli.size, cli.scale, cli.check);
     let start = ctx.svm.stats();
     let t_all = Instant::now();
     let mut rows = Vec::new();

@@ -49,7 +49,7 @@ fn report(name: &str, launch: Duration, back: Duration, tm: &Timing, note: Strin
         ms(back)
     );
     println!("[{name}] explicit: {tm}");
-    Outcome { managed_ms: Some(managed_ms), explicit_ms: Some(tm.total_ms()), note }
+    Outcome { managed_ms: Some(managed_ms), explicit_ms: Some(tm.total_ms()), explicit_split: Some(*tm), note }
 }
 
 fn warm(name: &str, managed: Duration, explicit: Duration) {

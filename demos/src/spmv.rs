@@ -121,6 +121,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome {
         managed_ms: Some(managed_ms),
         explicit_ms: Some(tm.total_ms()),
+        explicit_split: Some(tm),
         note: format!("{rows} rows, {nnz} nonzeros"),
     })
 }

@@ -216,3 +216,25 @@ pub fn pin_process(cpu: Option<usize>) {
         unsafe { libc::sched_setaffinity(tid, core::mem::size_of::<libc::cpu_set_t>(), &set) };
     }
 }
+
+/// The commit measured, and whether the runtime or mechanism had local edits.
+pub fn git_describe() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(rev) = run(&["rev-parse", "--short", "HEAD"]) else { return "unknown (no git)".into() };
+    let dirty =
+        run(&["status", "--porcelain", "--", "runtime", "migrate", "shaders", "svm-pagetable"]).unwrap_or_default();
+    if dirty.is_empty() {
+        format!("commit {rev}")
+    } else {
+        format!("commit {rev} + uncommitted edits in runtime/migrate/shaders/svm-pagetable")
+    }
+}
