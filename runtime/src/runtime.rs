@@ -1016,6 +1016,7 @@ impl Inner {
             (o::EXTENTS, f64::from(v.extents)),
             (o::REPLAYABLE, f64::from(u8::from(v.replayable))),
             (o::COHERENT, f64::from(u8::from(v.coherent))),
+            (o::SPECULATIVE_READS, f64::from(u8::from(gpu.speculative_reads))),
         ];
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let p = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -1156,6 +1157,7 @@ impl Inner {
         let c = &self.stats;
         Counters::add(&c.kernel_ns, t1.elapsed().as_nanos() as u64);
         Counters::add(&c.pt_upload_bytes, pt_bytes);
+        Counters::add(if extents.is_some() { &c.extent_passes } else { &c.page_table_passes }, 1);
         let total = log[0];
         if total != 0 {
             let faults = (0..total.min(ERROR_RECORDS) as usize)

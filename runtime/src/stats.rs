@@ -61,6 +61,13 @@ counters! {
     replays,
     /// Device pages evicted to the host to make room (oversubscription).
     evicted_pages,
+    /// Kernel passes that checked accesses against the launch's extents
+    /// (the fast path: no page-table load per access).
+    extent_passes,
+    /// Kernel passes that looked every access up in the page table
+    /// (replayable launches, and launches mapping more than
+    /// `svm_shaders::MAX_EXTENTS` extents).
+    page_table_passes,
 }
 
 impl Stats {

@@ -53,6 +53,8 @@ pub mod overrides {
     pub const REPLAYABLE: &str = "SVM_REPLAYABLE";
     /// The coherent window is bound.
     pub const COHERENT: &str = "SVM_COHERENT";
+    /// Any word of a segment may be read where an access is refused.
+    pub const SPECULATIVE_READS: &str = "SVM_SPECULATIVE_READS";
 }
 
 /// Error kinds the prelude records (`SVM_ERR_*`).
@@ -226,6 +228,7 @@ mod tests {
             overrides::EXTENTS,
             overrides::REPLAYABLE,
             overrides::COHERENT,
+            overrides::SPECULATIVE_READS,
         ] {
             assert!(m.overrides.iter().any(|(_, o)| o.name.as_deref() == Some(name)), "prelude lacks override {name}");
         }

@@ -42,6 +42,10 @@ override SVM_EXTENTS: u32 = 0u;
 override SVM_REPLAYABLE: bool = false;
 // The coherent window (binding 7) holds host memory the kernel may use.
 override SVM_COHERENT: bool = false;
+// Any word of a segment may be read (and the value dropped) where an access
+// is refused: true for the software pool, and for sparse views only with
+// residencyNonResidentStrict (unbound pages are otherwise undefined).
+override SVM_SPECULATIVE_READS: bool = false;
 
 // --- PTE layout: must equal svm_pagetable::Pte (checked by a test) ---
 const SVM_PTE_VALID: u32 = 1u;
@@ -223,6 +227,11 @@ fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
 // Segments a runtime does not use are never read: the specialization
 // constants fold these branches away.
 fn svm_pool_read(t: vec2<u32>) -> u32 {
+    if (SVM_SPECULATIVE_READS && SVM_SEGMENTS == 1u && !SVM_COHERENT) {
+        // One segment: read unconditionally (no masked branch), keep the
+        // value only when the access was admitted.
+        return select(0u, svm_pool0[t.y], t.x == 0u);
+    }
     if (t.x == 0u) { return svm_pool0[t.y]; }
     if (SVM_SEGMENTS > 1u && t.x == 1u) { return svm_pool1[t.y]; }
     if (SVM_SEGMENTS > 2u && t.x == 2u) { return svm_pool2[t.y]; }

@@ -15,8 +15,9 @@ fn poke_error(svm: &svm::Svm, k: &svm::Kernel, addr: u64, access: &[Access<'_>])
         Err(LaunchError::Kernel { faults, total }) => {
             assert!(total as usize >= faults.len());
             assert!(faults.iter().all(|f| f.addr == addr), "{faults:?}");
-            // One record per refused access: a load and a store of the same
-            // address can both be refused.
+            // One record per invocation (its first refused access); the
+            // kinds of a load and a store of the same address may differ
+            // between launches of different rights.
             let mut kinds: Vec<_> = faults.into_iter().map(|f| f.kind).collect();
             kinds.dedup();
             kinds

@@ -11,6 +11,7 @@ mod bad_input;
 mod basics;
 mod list;
 mod oversub;
+mod paths;
 mod replay;
 
 #[path = "../support/mod.rs"]

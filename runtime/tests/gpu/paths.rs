@@ -1,0 +1,108 @@
+//! The two access-check paths of the prelude: launches mapping at most
+//! `svm_shaders::MAX_EXTENTS` extents check accesses against them (no
+//! page-table load); launches mapping more use the page table. Both give the
+//! same results and the same errors.
+
+use svm::{Access, Arg, KernelFaultKind, LaunchDescriptor, LaunchError, ManagedVec};
+
+use crate::{ctx, kernel, small, BACKENDS};
+
+/// `dst_k[i] = src_k[i] * 2 + 1` for `pairs` pairs; pair k's pointers in
+/// words 4k (src) and 4k + 2 (dst); `pairs` in word 20.
+const PAIRS: &str = "@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let pairs = svm_arg_u32(20u);
+    let i = gid.x;
+    if (i >= 1024u) { return; }
+    for (var k = 0u; k < pairs; k++) {
+        let src = svm_arg_ptr(4u * k);
+        let dst = svm_arg_ptr(4u * k + 2u);
+        svm_store_u32(svm_index(dst, i, 4u), svm_load_u32(svm_index(src, i, 4u)) * 2u + 1u);
+    }
+}";
+
+const N: usize = 1024;
+
+fn args(v: &[ManagedVec<u32>], pairs: u32) -> Vec<Arg> {
+    let mut a: Vec<Arg> = (0..10).map(|k| Arg::ptr(v[k].as_ptr())).collect();
+    a.push(Arg::U32(pairs));
+    a
+}
+
+/// Sources read-only, destinations writable: alternating rights, so every
+/// vector is an extent of its own.
+fn access(v: &mut [ManagedVec<u32>], pairs: usize) -> Vec<Access<'_>> {
+    v.iter_mut()
+        .take(2 * pairs)
+        .enumerate()
+        .map(|(k, x)| if k % 2 == 0 { Access::read(x) } else { Access::read_write(x) })
+        .collect()
+}
+
+#[test]
+fn extent_and_page_table_paths_agree() {
+    const { assert!(svm::shaders::MAX_EXTENTS < 10, "the test maps 10 extents to overflow the table") };
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "pairs", PAIRS);
+        let mut v: Vec<ManagedVec<u32>> =
+            (0..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000; N]).expect("alloc")).collect();
+        for (pairs, path) in [(2u32, "extents"), (5, "page table")] {
+            let a = args(&v, pairs);
+            let s0 = svm.stats();
+            svm.launch(
+                &k,
+                &LaunchDescriptor { args: &a, access: &access(&mut v, pairs as usize), workgroups: [16, 1, 1] },
+            )
+            .unwrap_or_else(|e| panic!("{backend} {path}: {e}"));
+            let s = svm.stats().since(&s0);
+            let used = if path == "extents" { s.extent_passes } else { s.page_table_passes };
+            assert_eq!((used, s.extent_passes + s.page_table_passes), (1, 1), "{backend}: {path} path: {s:?}");
+            for p in 0..pairs as usize {
+                let want = (2 * p as u32 * 1000) * 2 + 1;
+                assert!(v[2 * p + 1].iter().all(|&x| x == want), "{backend} {path}: pair {p}");
+            }
+        }
+        // The same undeclared destination, refused on both paths with the
+        // same diagnosis: with 4 + 1 ranges (extents) and 8 + 1 (page
+        // table). The destination of the last pair is not declared.
+        for (pairs, path) in [(3u32, "extents"), (5, "page table")] {
+            let undeclared = v[2 * pairs as usize - 1].as_ptr() as u64;
+            let before = v[2 * pairs as usize - 1].to_vec();
+            let a = args(&v, pairs);
+            let mut acc = access(&mut v, pairs as usize);
+            acc.pop();
+            let s0 = svm.stats();
+            let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
+            match r {
+                Err(LaunchError::Kernel { faults, total }) => {
+                    assert_eq!(total as usize, N, "{backend} {path}: one refused store per invocation");
+                    for f in &faults {
+                        assert_eq!(f.kind, KernelFaultKind::NotDeclared, "{backend} {path}: {f:?}");
+                        assert!(f.addr >= undeclared && f.addr < undeclared + 4 * N as u64, "{backend} {path}");
+                    }
+                }
+                other => panic!("{backend} {path}: expected NotDeclared, got {other:?}"),
+            }
+            let s = svm.stats().since(&s0);
+            let used = if path == "extents" { s.extent_passes } else { s.page_table_passes };
+            assert_eq!(used, 1, "{backend}: {path} path: {s:?}");
+            assert_eq!(v[2 * pairs as usize - 1].to_vec(), before, "{backend} {path}: nothing written");
+        }
+        // A store through a read-only declaration: ReadOnly on both paths.
+        for (pairs, path) in [(2u32, "extents"), (5, "page table")] {
+            let a = args(&v, pairs);
+            let dst = v[2 * pairs as usize - 1].as_ptr().cast::<u8>();
+            let mut acc = access(&mut v, pairs as usize);
+            acc.pop();
+            // SAFETY: a read-only declaration; the contract concerns writable
+            // ones only.
+            acc.push(unsafe { Access::raw(dst, 4 * N, svm::AccessMode::Read) });
+            let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
+            assert!(
+                matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults.iter().all(|f| f.kind == KernelFaultKind::ReadOnly)),
+                "{backend} {path}: {r:?}"
+            );
+        }
+    }
+}
