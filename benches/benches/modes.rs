@@ -5,12 +5,18 @@
 //! resident before timing: this measures the kernels' access cost, not
 //! migration. Also the sparse bind/unbind rate seen through the runtime.
 //!
+//! Non-replayable launches check accesses against the launch's extents (no
+//! page-table load); the "page-table path" rows launch the same kernel as
+//! replayable, which looks every access up in the page table. The sparse
+//! view is cut into windows of the device's largest storage binding (128
+//! MiB on lavapipe): the 256 MiB arena needs two, the 128 MiB arena one.
+//!
 //! Run: `cargo bench -p svm-benches --bench modes` (writes
 //! `results/modes.md`).
 
 use std::time::Instant;
 
-use svm::{Access, Advice, Arg, LaunchDescriptor, Location, MappingMode, Svm, SvmDescriptor};
+use svm::{Access, Advice, Arg, LaunchDescriptor, LaunchOptions, Location, MappingMode, Svm, SvmDescriptor};
 
 const N: usize = 4 << 20;
 const REPS: usize = 9;
@@ -84,8 +90,18 @@ fn plain() -> Option<f64> {
 
 /// Median launch time with everything resident, and (sparse) bind/unbind
 /// pages per second seen as prefetch to the device and back.
-fn managed(mode: MappingMode, coherent: bool) -> Result<(f64, Option<f64>), String> {
-    let svm = Svm::with_descriptor(&SvmDescriptor::default().arena_size(256 << 20).pool_size(128 << 20).mapping(mode))
+#[derive(Copy, Clone)]
+struct Case {
+    name: &'static str,
+    mode: MappingMode,
+    arena: usize,
+    coherent: bool,
+    replayable: bool,
+}
+
+fn managed(c: Case) -> Result<(f64, Option<f64>, svm::Stats), String> {
+    let Case { mode, coherent, replayable, .. } = c;
+    let svm = Svm::with_descriptor(&SvmDescriptor::default().arena_size(c.arena).pool_size(128 << 20).mapping(mode))
         .map_err(|e| e.to_string())?;
     let k = svm
         .create_kernel(&svm::KernelDescriptor {
@@ -116,14 +132,17 @@ fn managed(mode: MappingMode, coherent: bool) -> Result<(f64, Option<f64>), Stri
         [Arg::Ptr(base), Arg::Ptr(base + (N * 4) as u64), Arg::Ptr(base + (2 * N * 4) as u64), Arg::U32(N as u32)];
     let run = |abc: &mut svm::ManagedVec<f32>| {
         let t = Instant::now();
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(abc)], workgroups: [4096, 1, 1] })
-            .expect("launch");
+        let opts = if replayable { LaunchOptions::replayable() } else { LaunchOptions::default() };
+        let d = LaunchDescriptor { args: &args, access: &[Access::read_write(abc)], workgroups: [4096, 1, 1] };
+        svm.launch_with(&k, &d, &opts).expect("launch");
         t.elapsed().as_secs_f64() * 1e3
     };
     run(&mut abc); // migrate in (or nothing, coherent)
+    let s0 = svm.stats();
     let t = median((0..REPS).map(|_| run(&mut abc)).collect());
+    let stats = svm.stats().since(&s0);
     assert!((0..N).step_by(4099).all(|i| abc[2 * N + i] == 2.0 * i as f32), "wrong result");
-    Ok((t, rate))
+    Ok((t, rate, stats))
 }
 
 fn main() {
@@ -133,21 +152,28 @@ fn main() {
         return;
     };
     let mut t = format!(
-        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS}\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | sparse bind+unbind pages/s |\n|---|---:|---:|---:|\n| plain wgpu buffers (no translation) | {p:.2} | 1.00x | |\n",
+        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS}\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | access check | sparse bind+unbind pages/s |\n|---|---:|---:|---|---:|\n| plain wgpu buffers (no translation) | {p:.2} | 1.00x | none | |\n",
         N >> 20
     );
-    for (name, mode, coherent) in [
-        ("software page table", MappingMode::Software, false),
-        ("sparse binding", MappingMode::Sparse, false),
-        ("coherent (AccessedBy, host memory in place)", MappingMode::Software, true),
+    let case = |name, mode, arena, coherent, replayable| Case { name, mode, arena, coherent, replayable };
+    use MappingMode::{Software, Sparse};
+    for c in [
+        case("software page table", Software, 256 << 20, false, false),
+        case("software page table, page-table path (replayable launch)", Software, 256 << 20, false, true),
+        case("sparse binding, 2 windows (256 MiB arena)", Sparse, 256 << 20, false, false),
+        case("sparse binding, 1 window (128 MiB arena)", Sparse, 128 << 20, false, false),
+        case("sparse binding, page-table path (replayable launch)", Sparse, 256 << 20, false, true),
+        case("coherent (AccessedBy, host memory in place)", Software, 256 << 20, true, false),
     ] {
-        match managed(mode, coherent) {
-            Ok((ms, rate)) => t.push_str(&format!(
-                "| {name} | {ms:.2} | {:.2}x | {} |\n",
+        match managed(c) {
+            Ok((ms, rate, st)) => t.push_str(&format!(
+                "| {} | {ms:.2} | {:.2}x | {} | {} |\n",
+                c.name,
                 ms / p,
+                if st.page_table_passes > 0 { "page table" } else { "extents" },
                 rate.map_or(String::new(), |r| format!("{r:.0}"))
             )),
-            Err(e) => t.push_str(&format!("| {name} | unavailable: {e} | | |\n")),
+            Err(e) => t.push_str(&format!("| {} | unavailable: {e} | | | |\n", c.name)),
         }
     }
     println!("{t}");
