@@ -123,14 +123,16 @@ pub fn with_prelude(body: &str) -> String {
 
 /// Name of the prelude function every wrapped entry point calls last.
 pub const REPORT_FN: &str = "svm_report";
+/// Name of the prelude function every wrapped entry point calls first.
+pub const INIT_FN: &str = "svm_init";
 
 /// Why [`wrap_entry_points`] could not transform a module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WrapError {
-    /// The module lacks the prelude's `svm_report` (not built with
-    /// [`with_prelude`]).
-    #[error("the module has no `{REPORT_FN}` function: was the prelude included?")]
+    /// The module lacks the prelude's `svm_init` / `svm_report` (not built
+    /// with [`with_prelude`]).
+    #[error("the module has no `{INIT_FN}` / `{REPORT_FN}` functions: was the prelude included?")]
     NoReport,
     /// An entry point that is not a compute shader.
     #[error("entry point `{0}` is not a compute shader")]
@@ -139,19 +141,16 @@ pub enum WrapError {
 
 /// Make every compute entry point report its invocation's refused access
 /// after it returns: the entry's body moves to a plain function
-/// (`<name>_svm_body`), and the entry point becomes `body(args); svm_report();`.
+/// (`<name>_svm_body`), and the entry point becomes
+/// `svm_init(); body(args); svm_report();`.
 ///
 /// This is what lets the prelude record errors without branching on every
 /// access (see its header): kernels return from anywhere, and the report
 /// still runs exactly once per invocation.
 pub fn wrap_entry_points(module: &mut naga::Module) -> Result<(), WrapError> {
     use naga::{Block, Expression, Function, Span, Statement};
-    let report = module
-        .functions
-        .iter()
-        .find(|(_, f)| f.name.as_deref() == Some(REPORT_FN))
-        .map(|(h, _)| h)
-        .ok_or(WrapError::NoReport)?;
+    let find = |name: &str| module.functions.iter().find(|(_, f)| f.name.as_deref() == Some(name)).map(|(h, _)| h);
+    let (init, report) = find(INIT_FN).zip(find(REPORT_FN)).ok_or(WrapError::NoReport)?;
     for ep in &mut module.entry_points {
         if ep.stage != naga::ShaderStage::Compute {
             return Err(WrapError::NotCompute(ep.name.clone()));
@@ -167,6 +166,7 @@ pub fn wrap_entry_points(module: &mut naga::Module) -> Result<(), WrapError> {
             .map(|i| f.expressions.append(Expression::FunctionArgument(i as u32), Span::UNDEFINED))
             .collect();
         f.body = Block::from_vec(vec![
+            Statement::Call { function: init, arguments: Vec::new(), result: None },
             Statement::Call { function: body, arguments: args, result: None },
             Statement::Call { function: report, arguments: Vec::new(), result: None },
             Statement::Return { value: None },
@@ -278,7 +278,7 @@ mod tests {
                         _ => None,
                     })
                     .collect();
-                assert_eq!(calls, [format!("{name}_svm_body"), REPORT_FN.to_string()]);
+                assert_eq!(calls, [INIT_FN.to_string(), format!("{name}_svm_body"), REPORT_FN.to_string()]);
             }
         }
     }

@@ -21,11 +21,11 @@
 //   page and runs the kernel again.
 //
 // A refused access does nothing (loads yield 0): kernels never touch memory
-// outside what the launch mapped. The first refused access of each
-// invocation is kept in a private variable, without branching, and written
-// to `svm_log` once, when the invocation ends: the runtime wraps every entry
-// point (`svm_shaders::wrap_entry_points`) so that `svm_report()` runs after
-// it. Keeping atomics and branches out of the access path is what makes the
+// outside what the launch mapped. Each invocation keeps its last refused
+// access in private variables, without branching, and writes it to
+// `svm_log` once, when it ends: the runtime wraps every entry point
+// (`svm_shaders::wrap_entry_points`) so that `svm_init()` runs before it and
+// `svm_report()` after it. Keeping atomics and branches out of the access path is what makes the
 // checks cheap on SIMD hardware (lavapipe executes a branch's body under a
 // mask whether or not any lane takes it).
 //
@@ -119,8 +119,32 @@ const SVM_SEG_COHERENT: u32 = 4u;
 const SVM_SEG_NONE: u32 = 5u;
 const SVM_WORD_COHERENT: u32 = 0x80000000u;
 
-// This invocation's first refused access: kind, address low, high, write.
-var<private> svm_err: vec4<u32>;
+// This invocation's last refused access: its address, and its kind with
+// SVM_ERR_WRITE set for a store (0: none). Two plain selects per access, no
+// dependency on earlier values: keeping the *first* one instead (compare
+// with the stored kind) costs lavapipe 15 % of vadd's time.
+var<private> svm_err_addr: vec2<u32>;
+var<private> svm_err_code: u32;
+const SVM_ERR_WRITE: u32 = 0x80000000u;
+// The launch constants every access uses, copied once per invocation by
+// svm_init(): in private variables the compiler keeps them in registers
+// instead of reloading them from a storage buffer after every store (which
+// might alias it).
+var<private> svm_base: vec2<u32>;
+var<private> svm_arena_bytes: u32;
+var<private> svm_ext: array<SvmExtent, 8>;
+var<private> svm_coherent_base: u32;
+
+/// Runs once before each invocation (the runtime calls it from the wrapper
+/// entry point).
+fn svm_init() {
+    svm_base = svm_args.base;
+    svm_arena_bytes = svm_args.arena_bytes;
+    svm_coherent_base = svm_args.coherent_base;
+    for (var k = 0u; k < SVM_EXTENTS; k++) {
+        svm_ext[k] = svm_args.extents[k];
+    }
+}
 // This invocation recorded a GPU fault (replayable launches).
 var<private> svm_faulted: bool;
 
@@ -136,21 +160,22 @@ fn svm_record_fault(page: u32, write: bool) {
     }
 }
 
-// Keep the first refused access of this invocation (no branch).
-fn svm_refuse(kind: u32, p: vec2<u32>, write: bool) {
-    svm_err = select(svm_err, vec4<u32>(kind, p, select(0u, 1u, write)), kind != 0u && svm_err.x == 0u);
+// Keep a refused access of this invocation (no branch).
+fn svm_refuse(kind: u32, p: vec2<u32>, write: bool, refused: bool) {
+    svm_err_addr = select(svm_err_addr, p, refused);
+    svm_err_code = select(svm_err_code, kind | select(0u, SVM_ERR_WRITE, write), refused);
 }
 
 /// Runs once after each invocation (the runtime calls it from the wrapper
 /// entry point): publishes the invocation's refused access, if any.
 fn svm_report() {
-    if (svm_err.x != 0u) {
+    if (svm_err_code != 0u) {
         let i = atomicAdd(&svm_log[0], 1u);
         if (i < SVM_ERR_RECORDS) {
-            atomicStore(&svm_log[1u + i * 4u], svm_err.x);
-            atomicStore(&svm_log[2u + i * 4u], svm_err.y);
-            atomicStore(&svm_log[3u + i * 4u], svm_err.z);
-            atomicStore(&svm_log[4u + i * 4u], svm_err.w);
+            atomicStore(&svm_log[1u + i * 4u], svm_err_code & ~SVM_ERR_WRITE);
+            atomicStore(&svm_log[2u + i * 4u], svm_err_addr.x);
+            atomicStore(&svm_log[3u + i * 4u], svm_err_addr.y);
+            atomicStore(&svm_log[4u + i * 4u], svm_err_code >> 31u);
         }
     }
 }
@@ -158,7 +183,7 @@ fn svm_report() {
 // Byte offset of p from the arena base; x: the offset's low word, y: 0 when
 // p is at or above the base and less than 4 GiB from it.
 fn svm_offset(p: vec2<u32>) -> vec2<u32> {
-    let base = svm_args.base;
+    let base = svm_base;
     return vec2<u32>(p.x - base.x, p.y - base.y - select(0u, 1u, p.x < base.x));
 }
 
@@ -177,18 +202,18 @@ fn svm_translate_extents(p: vec2<u32>, write: bool) -> vec2<u32> {
     let o = svm_offset(p);
     var w = 0xffffffffu;
     for (var k = 0u; k < SVM_EXTENTS; k++) {
-        let e = svm_args.extents[k];
+        let e = svm_ext[k];
         let admitted = o.x - e.start < e.len && (!write || (e.flags & 1u) != 0u);
         w = select(w, e.dest + ((o.x - e.start) >> 2u), admitted);
     }
     let ok = o.y == 0u && (o.x & 3u) == 0u && w != 0xffffffffu;
-    svm_refuse(select(SVM_ERR_REFUSED, 0u, ok), p, write);
+    svm_refuse(SVM_ERR_REFUSED, p, write, !ok);
     return svm_locate(w, ok);
 }
 
 fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
     let o = svm_offset(p);
-    let inside = o.y == 0u && o.x < svm_args.arena_bytes;
+    let inside = o.y == 0u && o.x < svm_arena_bytes;
     let aligned = (o.x & 3u) == 0u;
     let page = select(0u, o.x >> SVM_PAGE_SHIFT, inside);
     let pte = svm_pt[page];
@@ -210,10 +235,10 @@ fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
         }
         kind = select(kind, 0u, fault);
     }
-    svm_refuse(kind, p, write);
+    svm_refuse(kind, p, write, kind != 0u);
     let in_window = (pte & SVM_PTE_COHERENT) != 0u;
     let w = select((pte >> SVM_PTE_FRAME_SHIFT) * SVM_PAGE_WORDS + ((o.x & 4095u) >> 2u),
-                   SVM_WORD_COHERENT | ((o.x - svm_args.coherent_base) >> 2u), in_window);
+                   SVM_WORD_COHERENT | ((o.x - svm_coherent_base) >> 2u), in_window);
     return svm_locate(w, inside && aligned && mapped);
 }
 
@@ -305,6 +330,6 @@ fn svm_arg_ptr(i: u32) -> vec2<u32> {
 /// an invocation already finished: the results of this pass will be
 /// discarded (error) or replayed (fault), so loops may stop early.
 fn svm_failed() -> bool {
-    return svm_err.x != 0u || svm_faulted || atomicLoad(&svm_log[0]) != 0u
+    return svm_err_code != 0u || svm_faulted || atomicLoad(&svm_log[0]) != 0u
         || atomicLoad(&svm_log[SVM_LOG_FAULTS]) != 0u;
 }
