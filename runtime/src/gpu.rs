@@ -100,7 +100,7 @@ pub(crate) struct ArgsBlock {
     pub fault_read_bitmap: u32,
     pub fault_write_bitmap: u32,
     pub coherent_base: u32,
-    pub pad: u32,
+    pub safe_word: u32,
     pub extents: [Extent; svm_shaders::MAX_EXTENTS as usize],
     pub words: [u32; MAX_ARG_WORDS as usize],
 }
@@ -165,10 +165,6 @@ pub(crate) struct Gpu {
     /// Segments holding frames (the rest of the four bindings are
     /// placeholders the kernels never read).
     pub segments_used: u32,
-    /// Kernels may read any word of a segment and drop the value (the
-    /// prelude's `SVM_SPECULATIVE_READS`): always for the pool; for a sparse
-    /// view only where unbound pages are defined (strict residency).
-    pub speculative_reads: bool,
     pub total_frames: u32,
     /// The pool segments are CPU-mappable (unified memory): migrations map
     /// them instead of going through staging buffers.
@@ -252,7 +248,6 @@ impl Gpu {
             if mapped_pool { storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE } else { storage };
         let mut sparse_arena = None;
         let mut segments = Vec::new();
-        let speculative_reads = !sparse || raw.as_ref().is_some_and(|r| r.caps().residency_non_resident_strict);
         if sparse {
             let raw = raw.as_ref().ok_or_else(|| {
                 SvmError::Config("sparse mapping mode needs the Vulkan device opened through ash".into())
@@ -389,7 +384,6 @@ impl Gpu {
             frames_per_segment,
             segment_page_shift,
             segments_used,
-            speculative_reads,
             total_frames,
             mapped_pool,
             staging,

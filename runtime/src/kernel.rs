@@ -40,6 +40,10 @@ pub(crate) struct Variant {
     pub extents: u32,
     pub replayable: bool,
     pub coherent: bool,
+    /// How loads may read before the check's outcome is known (the
+    /// prelude's `SVM_SPECULATIVE_READS`: 0 no, 1 any index, 2 refused loads
+    /// read the launch's safe word).
+    pub speculative: u32,
 }
 
 impl Kernel {

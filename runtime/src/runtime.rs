@@ -21,6 +21,26 @@ use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, F
 use svm_pagetable::{FrameIndex, PageIndex, PageTable, Pte, PAGE_SIZE};
 use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS, MAX_EXTENTS};
 
+/// How a pass's loads may read ahead of their checks (the prelude's
+/// `SVM_SPECULATIVE_READS`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Speculative {
+    No,
+    AnyIndex,
+    /// Refused loads read this word of the view instead.
+    SafeWord(u32),
+}
+
+impl Speculative {
+    fn code(self) -> u32 {
+        match self {
+            Speculative::No => 0,
+            Speculative::AnyIndex => 1,
+            Speculative::SafeWord(_) => 2,
+        }
+    }
+}
+
 /// 4-byte words per page (the prelude's unit of access).
 const PAGE_WORDS: u32 = (PAGE_SIZE / 4) as u32;
 
@@ -1016,7 +1036,7 @@ impl Inner {
             (o::EXTENTS, f64::from(v.extents)),
             (o::REPLAYABLE, f64::from(u8::from(v.replayable))),
             (o::COHERENT, f64::from(u8::from(v.coherent))),
-            (o::SPECULATIVE_READS, f64::from(u8::from(gpu.speculative_reads))),
+            (o::SPECULATIVE_READS, f64::from(v.speculative)),
         ];
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let p = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -1067,6 +1087,33 @@ impl Inner {
         Some(out)
     }
 
+    /// Whether this pass's loads may read before their check's outcome is
+    /// known: always in the software pool (every index lands in a buffer;
+    /// the bounds checks clamp it); in a sparse view of one window, by
+    /// reading a word of a page this launch mapped (bound) instead, or any
+    /// word where residency is strict (unbound pages read zero).
+    fn speculative(&self, st: &State) -> Speculative {
+        let gpu = &self.gpu;
+        if !gpu.sparse || gpu.raw.as_ref().is_some_and(|r| r.caps().residency_non_resident_strict) {
+            return Speculative::AnyIndex;
+        }
+        if gpu.segments_used != 1 {
+            return Speculative::No;
+        }
+        st.mapped
+            .iter()
+            .flat_map(|&(a, b)| a..b)
+            .find_map(|p| {
+                let pte = st.table.get(PageIndex(p));
+                if pte.is_valid() && !pte.is_coherent() {
+                    pte.frame()
+                } else {
+                    None
+                }
+            })
+            .map_or(Speculative::No, |f| Speculative::SafeWord(f.get() * PAGE_WORDS))
+    }
+
     /// Why the access at `addr` was refused, from the page table the pass
     /// ran with (the order of the page-table path's checks).
     fn classify(&self, st: &State, addr: u64, write: bool) -> KernelFaultKind {
@@ -1106,8 +1153,10 @@ impl Inner {
     ) -> Result<PassOutcome, LaunchError> {
         let gpu = &self.gpu;
         let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
-        let pipeline =
-            self.pipeline(kernel, Variant { extents: slots, replayable, coherent: st.coherent.is_some() })?;
+        let coherent = st.coherent.is_some();
+        let speculative = if coherent { Speculative::No } else { self.speculative(st) };
+        let variant = Variant { extents: slots, replayable, coherent, speculative: speculative.code() };
+        let pipeline = self.pipeline(kernel, variant)?;
         let pt_bytes = st.table.drain_dirty(|batch| {
             gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
         });
@@ -1121,7 +1170,10 @@ impl Inner {
             fault_read_bitmap,
             fault_write_bitmap: fault_read_bitmap + gpu.fault_bitmap_words,
             coherent_base: st.coherent.as_ref().map_or(0, |c| c.first * PAGE_SIZE as u32),
-            pad: 0,
+            safe_word: match speculative {
+                Speculative::SafeWord(w) => w,
+                _ => 0,
+            },
             // Unused slots: empty extents, which admit nothing.
             extents: [Extent::default(); MAX_EXTENTS as usize],
             words: [0; MAX_ARG_WORDS as usize],

@@ -42,10 +42,14 @@ override SVM_EXTENTS: u32 = 0u;
 override SVM_REPLAYABLE: bool = false;
 // The coherent window (binding 7) holds host memory the kernel may use.
 override SVM_COHERENT: bool = false;
-// Any word of a segment may be read (and the value dropped) where an access
-// is refused: true for the software pool, and for sparse views only with
-// residencyNonResidentStrict (unbound pages are otherwise undefined).
-override SVM_SPECULATIVE_READS: bool = false;
+// Loads may read before knowing whether the access was admitted, dropping
+// the value when it was not (no masked branch):
+//   0: no, each segment is read under its own branch;
+//   1: any index may be read (the software pool: every index lands in a
+//      buffer, clamped by the bounds checks);
+//   2: refused loads read `safe_word` instead, a word of a page the launch
+//      mapped, hence bound (a sparse view in one window).
+override SVM_SPECULATIVE_READS: u32 = 0u;
 
 // --- PTE layout: must equal svm_pagetable::Pte (checked by a test) ---
 const SVM_PTE_VALID: u32 = 1u;
@@ -91,7 +95,8 @@ struct SvmArgs {
     // Byte offset, from the arena base, of the range `svm_coherent` maps
     // (pages with SVM_PTE_COHERENT: host memory the GPU uses in place).
     coherent_base: u32,
-    pad0: u32,
+    // A word of the view that may always be read (SVM_SPECULATIVE_READS).
+    safe_word: u32,
     extents: array<SvmExtent, 8>,
     words: array<u32, 64>,
 }
@@ -134,6 +139,7 @@ var<private> svm_base: vec2<u32>;
 var<private> svm_arena_bytes: u32;
 var<private> svm_ext: array<SvmExtent, 8>;
 var<private> svm_coherent_base: u32;
+var<private> svm_safe_word: u32;
 
 /// Runs once before each invocation (the runtime calls it from the wrapper
 /// entry point).
@@ -141,6 +147,7 @@ fn svm_init() {
     svm_base = svm_args.base;
     svm_arena_bytes = svm_args.arena_bytes;
     svm_coherent_base = svm_args.coherent_base;
+    svm_safe_word = svm_args.safe_word;
     for (var k = 0u; k < SVM_EXTENTS; k++) {
         svm_ext[k] = svm_args.extents[k];
     }
@@ -252,10 +259,17 @@ fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
 // Segments a runtime does not use are never read: the specialization
 // constants fold these branches away.
 fn svm_pool_read(t: vec2<u32>) -> u32 {
-    if (SVM_SPECULATIVE_READS && SVM_SEGMENTS == 1u && !SVM_COHERENT) {
-        // One segment: read unconditionally (no masked branch), keep the
-        // value only when the access was admitted.
-        return select(0u, svm_pool0[t.y], t.x == 0u);
+    if (SVM_SPECULATIVE_READS != 0u && !SVM_COHERENT) {
+        // No masked branch: read every segment in use, keep the one named.
+        var y = t.y;
+        if (SVM_SPECULATIVE_READS == 2u) {
+            y = select(svm_safe_word, t.y, t.x < SVM_SEGMENTS);
+        }
+        var v = svm_pool0[y];
+        if (SVM_SEGMENTS > 1u) { v = select(v, svm_pool1[y], t.x == 1u); }
+        if (SVM_SEGMENTS > 2u) { v = select(v, svm_pool2[y], t.x == 2u); }
+        if (SVM_SEGMENTS > 3u) { v = select(v, svm_pool3[y], t.x == 3u); }
+        return select(0u, v, t.x < SVM_SEGMENTS);
     }
     if (t.x == 0u) { return svm_pool0[t.y]; }
     if (SVM_SEGMENTS > 1u && t.x == 1u) { return svm_pool1[t.y]; }
