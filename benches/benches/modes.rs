@@ -201,6 +201,13 @@ fn main() {
         case("sparse binding, 1 window (128 MiB arena)", Sparse, 128 << 20, false, false),
         case("sparse binding, page-table path (replayable launch)", Sparse, 256 << 20, false, true),
         case("coherent (AccessedBy, host memory in place)", Software, 256 << 20, true, false),
+        case(
+            "coherent mapping mode (the whole arena in place), 2 windows",
+            MappingMode::Coherent,
+            256 << 20,
+            false,
+            false,
+        ),
     ] {
         match managed(c) {
             Ok((ms, rate, st)) => t.push_str(&format!(

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
 use svm_demos::{Ctx, Demo, NoAdapter};
@@ -26,8 +26,9 @@ enum Mode {
     /// The arena's device view is a sparse buffer (Vulkan sparse binding);
     /// the arena is 512 MiB so that it fits four storage bindings.
     Sparse,
-    /// Host-coherent mapping: per range in the runtime (`Advice::AccessedBy`),
-    /// not a whole-demo mode yet.
+    /// The kernels use the CPU's pages in place (host memory imported with
+    /// VK_EXT_external_memory_host): nothing migrates; the arena is 512 MiB
+    /// so that it fits four storage bindings.
     Coherent,
 }
 
@@ -85,15 +86,11 @@ fn main() -> ExitCode {
 
 /// Run the demos; `Ok(false)` when a check failed.
 fn run(cli: &Cli) -> Result<bool> {
-    if cli.mode == Mode::Coherent {
-        bail!(
-            "--mode coherent is not a whole-demo mode yet: in-place host access is per range \
-             (svm::Advice::AccessedBy, see the README); use --mode software or --mode sparse"
-        );
-    }
     let mut desc = SvmDescriptor::default().fault_chunk(cli.chunk);
-    if cli.mode == Mode::Sparse {
-        desc = desc.mapping(svm::MappingMode::Sparse).arena_size(512 << 20);
+    match cli.mode {
+        Mode::Software => {}
+        Mode::Sparse => desc = desc.mapping(svm::MappingMode::Sparse).arena_size(512 << 20),
+        Mode::Coherent => desc = desc.mapping(svm::MappingMode::Coherent).arena_size(512 << 20),
     }
     if let Some(f) = cli.fault {
         desc = desc.fault_backend(match f {

@@ -92,36 +92,43 @@ fn check_can_be_skipped() {
     }
 }
 
+/// Every demo in the sparse and coherent mapping modes, where the device
+/// has sparse binding / host import (lavapipe from bookworm-backports has
+/// both; `SVM_REQUIRE_VK_CAPS=1` makes their absence a failure).
 #[test]
-fn whole_demo_coherent_mode_is_refused() {
-    // Refused before any device is opened: needs no adapter.
-    let out = Command::new(env!("CARGO_BIN_EXE_svm-demos"))
-        .args(["vadd", "--mode", "coherent"])
-        .output()
-        .expect("spawn svm-demos");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a whole-demo mode yet"), "{err}");
-}
-
-/// The sparse mapping mode, where the device has sparse binding (lavapipe
-/// from bookworm-backports does; `SVM_REQUIRE_VK_CAPS=1` makes its absence
-/// a failure).
-#[test]
-fn vadd_and_list_in_sparse_mode() {
-    let probe = Command::new(env!("CARGO_BIN_EXE_svm-demos"))
-        .args(["vadd", "--size", "1000", "--mode", "sparse"])
-        .output()
-        .expect("spawn svm-demos");
-    let err = String::from_utf8_lossy(&probe.stderr);
-    if !probe.status.success() && err.contains("sparse mapping mode needs") {
-        assert!(std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1"), "no sparse binding: {err}");
-        eprintln!("SKIP: no sparse binding on this device: {err}");
-        return;
-    }
-    for (demo, label) in [("vadd", "Vadd"), ("list", "List")] {
-        if let Some(out) = demo_ok(&[demo, "--size", "50000", "--mode", "sparse"], label) {
-            assert!(out.contains("mapping Sparse"), "{out}");
+fn every_demo_in_sparse_and_coherent_modes() {
+    for (mode, shown, missing) in [
+        ("sparse", "mapping Sparse", "sparse mapping mode needs"),
+        ("coherent", "mapping Coherent", "coherent mapping mode needs"),
+    ] {
+        let probe = Command::new(env!("CARGO_BIN_EXE_svm-demos"))
+            .args(["vadd", "--size", "1000", "--mode", mode])
+            .output()
+            .expect("spawn svm-demos");
+        let err = String::from_utf8_lossy(&probe.stderr);
+        if !probe.status.success() && err.contains(missing) {
+            assert!(std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1"), "no {mode} mode: {err}");
+            eprintln!("SKIP: no {mode} mode on this device: {err}");
+            continue;
+        }
+        for (demo, label, size) in [
+            ("vadd", "Vadd", "50000"),
+            ("saxpy", "Saxpy", "50000"),
+            ("list", "List", "50000"),
+            ("tree", "Tree", "20000"),
+            ("spmv", "SpMV", "5000"),
+        ] {
+            if let Some(out) = demo_ok(&[demo, "--size", size, "--mode", mode], label) {
+                assert!(out.contains(shown), "{out}");
+            }
+        }
+        if let Some(out) = demo_ok(&["bfs", "--scale", "10", "--mode", mode], "BFS") {
+            assert!(out.contains(shown), "{out}");
+        }
+        if let Some(out) = demos(&["polybench", "--size", "96", "--mode", mode]) {
+            for label in ["Conv2D", "GEMM", "ATAX", "BICG"] {
+                assert!(out.contains(&format!("[{label}] result check: OK")), "{mode} {label}:\n{out}");
+            }
         }
     }
 }

@@ -181,13 +181,15 @@ pub enum LaunchError {
         /// Limit per dimension.
         max: u32,
     },
-    /// The kernel made refused accesses; they did nothing. `faults` holds the
-    /// first ones recorded, `total` counts them all.
-    #[error("kernel made {total} refused accesses; first: {}", first_faults(.faults))]
+    /// The kernel made refused accesses; they did nothing (loads yielded 0).
+    /// Each invocation that made some reports one (its last); `faults` holds
+    /// the first reports to arrive, `total` counts the invocations.
+    #[error("{total} kernel invocations made refused accesses; first: {}", first_faults(.faults))]
     Kernel {
-        /// The first refused accesses.
+        /// One refused access per reporting invocation, the first
+        /// `svm_shaders::ERROR_RECORDS` reports.
         faults: Vec<KernelFault>,
-        /// How many there were.
+        /// Invocations that made refused accesses.
         total: u32,
     },
     /// A replayable launch still faulted after `replays` replays. The

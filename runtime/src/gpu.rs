@@ -157,8 +157,12 @@ pub(crate) struct Gpu {
     /// The four pool bindings: buffers of the pool (software mode) or
     /// windows of the sparse arena view (sparse mode).
     pub segments: Vec<SegmentView>,
-    /// Sparse mode: frame = arena page, backed by sparse binding.
-    pub sparse: bool,
+    /// How device pages are mapped. Sparse: frame = arena page, backed by
+    /// sparse binding. Coherent: frame = arena page, in `coherent_view`.
+    pub mode: MappingMode,
+    /// The coherent mode's device view of the arena (host memory imported),
+    /// kept alive for the windows in `segments`.
+    pub _coherent_view: Option<crate::vk::HostImport>,
     /// Frames per segment: a power of two, `1 << segment_page_shift`.
     pub frames_per_segment: u32,
     pub segment_page_shift: u32,
@@ -184,22 +188,38 @@ impl Gpu {
     /// Open the device and create the runtime's buffers. With `sparse`, the
     /// pool is a sparse buffer the size of the arena whose page `p` backs
     /// arena page `p` (returned for the caller's state to bind and unbind).
-    pub fn new(
+    ///
+    /// In the coherent mode the arena's device view is the host memory at
+    /// `arena_host` (`arena_pages` pages), imported: page `p` is device page
+    /// `p` and is always "resident".
+    ///
+    /// # Safety
+    ///
+    /// With [`MappingMode::Coherent`], `arena_host` is mapped readable and
+    /// writable for `arena_pages` pages for as long as the returned `Gpu`
+    /// lives, and the caller keeps the CPU from racing with kernels on it as
+    /// it would another CPU thread.
+    #[allow(unsafe_code, reason = "the coherent view's host import; contract on the caller")]
+    pub unsafe fn new(
         arena_pages: u32,
         pool_bytes: u64,
         staging_bytes: u64,
         host_mapped_pool: bool,
-        sparse: bool,
+        mode: MappingMode,
+        arena_host: *mut u8,
     ) -> Result<(Self, Option<crate::vk::SparseArena>), SvmError> {
+        let sparse = mode == MappingMode::Sparse;
+        let coherent = mode == MappingMode::Coherent;
         let Opened { adapter, device, queue, info, raw, host_import, validation, instance } =
-            open_device(host_mapped_pool && !sparse, sparse)?;
+            open_device(host_mapped_pool && mode == MappingMode::Software, sparse)?;
         let limits = device.limits();
         let seg_limit =
             (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / PAGE_SIZE as u64) * PAGE_SIZE as u64;
         let pool_bytes = pool_bytes.next_multiple_of(PAGE_SIZE as u64);
-        // Software mode: the pool is cut into segments. Sparse mode: the
-        // arena's device view is cut into windows the same way.
-        let view_bytes = if sparse { u64::from(arena_pages) * PAGE_SIZE as u64 } else { pool_bytes };
+        // Software mode: the pool is cut into segments. Sparse and coherent
+        // modes: the arena's device view is cut into windows the same way.
+        let view_bytes =
+            if mode == MappingMode::Software { pool_bytes } else { u64::from(arena_pages) * PAGE_SIZE as u64 };
         // Segments are a power of two of pages (the prelude shifts instead
         // of dividing), as large as a binding allows.
         let segment_page_shift = (seg_limit / PAGE_SIZE as u64).max(1).ilog2();
@@ -208,7 +228,7 @@ impl Gpu {
         if nseg > u64::from(POOL_SEGMENTS) {
             return Err(SvmError::Config(format!(
                 "{} of {view_bytes} bytes needs {nseg} bindings of {seg_bytes} bytes; the prelude binds {POOL_SEGMENTS}",
-                if sparse { "the sparse arena view" } else { "the device pool" }
+                if mode == MappingMode::Software { "the device pool" } else { "the arena's device view" }
             )));
         }
         let frames_per_segment = 1u32 << segment_page_shift;
@@ -247,8 +267,44 @@ impl Gpu {
         let pool_usage =
             if mapped_pool { storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE } else { storage };
         let mut sparse_arena = None;
+        let mut coherent_view = None;
         let mut segments = Vec::new();
-        if sparse {
+        // Windows of one buffer holding the whole arena view (sparse and
+        // coherent modes); placeholders past its end.
+        let windows = |buffer: &wgpu::Buffer, segments: &mut Vec<SegmentView>| {
+            let mut left = view_bytes;
+            for _ in 0..POOL_SEGMENTS {
+                if left > 0 {
+                    let size = seg_bytes.min(left);
+                    segments.push(SegmentView { buffer: buffer.clone(), base: view_bytes - left, size });
+                    left -= size;
+                } else {
+                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("svm unused window"),
+                        size: 16,
+                        usage: storage,
+                        mapped_at_creation: false,
+                    });
+                    segments.push(SegmentView { buffer, base: 0, size: 16 });
+                }
+            }
+        };
+        if coherent {
+            let raw = raw.as_ref().filter(|_| host_import).ok_or_else(|| {
+                SvmError::Config(
+                    "coherent mapping mode needs VK_EXT_external_memory_host, which this device lacks".into(),
+                )
+            })?;
+            let len = usize::try_from(view_bytes).map_err(|_| SvmError::Config("arena too large".into()))?;
+            // SAFETY: the caller keeps `arena_host..+len` mapped read-write
+            // while this `Gpu` (which owns the import) lives, and keeps the
+            // CPU from racing with kernels.
+            let import =
+                unsafe { crate::vk::HostImport::new(raw, Some("svm coherent arena view"), arena_host, len, ()) }
+                    .map_err(|e| SvmError::Config(format!("importing the arena for the coherent mode: {e}")))?;
+            windows(import.buffer(), &mut segments);
+            coherent_view = Some(import);
+        } else if sparse {
             let raw = raw.as_ref().ok_or_else(|| {
                 SvmError::Config("sparse mapping mode needs the Vulkan device opened through ash".into())
             })?;
@@ -273,22 +329,7 @@ impl Gpu {
                     arena.page_size()
                 )));
             }
-            let mut left = view_bytes;
-            for _ in 0..POOL_SEGMENTS {
-                if left > 0 {
-                    let size = seg_bytes.min(left);
-                    segments.push(SegmentView { buffer: arena.buffer().clone(), base: view_bytes - left, size });
-                    left -= size;
-                } else {
-                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("svm unused window"),
-                        size: 16,
-                        usage: storage,
-                        mapped_at_creation: false,
-                    });
-                    segments.push(SegmentView { buffer, base: 0, size: 16 });
-                }
-            }
+            windows(arena.buffer(), &mut segments);
             sparse_arena = Some(arena);
         } else {
             let mut left = pool_bytes;
@@ -380,7 +421,8 @@ impl Gpu {
             host_import,
             fault_bitmap_words,
             segments,
-            sparse,
+            mode,
+            _coherent_view: coherent_view,
             frames_per_segment,
             segment_page_shift,
             segments_used,
@@ -613,9 +655,18 @@ pub enum MappingMode {
     /// `sparseBinding` + `sparseResidencyBuffer`, and an arena of at most
     /// four storage bindings.
     Sparse,
+    /// The arena's host memory *is* the device view (imported with
+    /// `VK_EXT_external_memory_host`): nothing migrates, kernels read and
+    /// write the pages the CPU uses, in place (CUDA's ATS / HMM's
+    /// DEVICE_PUBLIC, for the whole arena). The page table still maps
+    /// exactly what a launch declares. Needs host import and an arena of at
+    /// most four storage bindings; the CPU must not touch memory a running
+    /// kernel writes.
+    Coherent,
 }
 
-/// Environment variable choosing the mapping mode (`software`, `sparse`).
+/// Environment variable choosing the mapping mode (`software`, `sparse`,
+/// `coherent`).
 pub const MAPPING_MODE_ENV: &str = "SVM_MAPPING_MODE";
 
 impl MappingMode {
@@ -624,8 +675,11 @@ impl MappingMode {
         match std::env::var(MAPPING_MODE_ENV).as_deref() {
             Ok("software") => Ok(Some(Self::Software)),
             Ok("sparse") => Ok(Some(Self::Sparse)),
+            Ok("coherent") => Ok(Some(Self::Coherent)),
             Ok("") | Err(_) => Ok(None),
-            Ok(other) => Err(SvmError::Config(format!("{MAPPING_MODE_ENV}={other:?}: expected software or sparse"))),
+            Ok(other) => {
+                Err(SvmError::Config(format!("{MAPPING_MODE_ENV}={other:?}: expected software, sparse or coherent")))
+            }
         }
     }
 }

@@ -356,13 +356,30 @@ impl Svm {
             Some(m) => m,
             None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
         };
-        let (gpu, sparse) = Gpu::new(
-            pages,
-            desc.pool_size,
-            u64::from(STAGING_PAGES) * PAGE_SIZE as u64,
-            desc.host_mapped_pool,
-            mode == MappingMode::Sparse,
-        )?;
+        if mode == MappingMode::Coherent {
+            // The device uses the host pages in place: they all exist and
+            // stay mapped for the CPU (nothing is ever zapped in this mode).
+            arena
+                .populate_host(0, arena.len())
+                .and_then(|()| arena.restore(0, arena.len()))
+                .map_err(|e| SvmError::Config(format!("mapping the arena for the coherent mode: {e}")))?;
+        }
+        // SAFETY: `arena.host_ptr(0)` is the alias view, mapped read-write
+        // for the arena's whole life; the arena outlives the `Gpu` (a local
+        // declared before it here, and a field after it in `Inner`, so
+        // dropped after it either way). Program threads racing with a
+        // kernel on managed memory race as with another CPU thread.
+        #[allow(unsafe_code, reason = "the coherent view's host import; argued above")]
+        let (gpu, sparse) = unsafe {
+            Gpu::new(
+                pages,
+                desc.pool_size,
+                u64::from(STAGING_PAGES) * PAGE_SIZE as u64,
+                desc.host_mapped_pool,
+                mode,
+                arena.host_ptr(0),
+            )
+        }?;
         let state = State {
             ranges: RangeAllocator::new(arena.len()),
             frames_of: vec![HOST; pages as usize],
@@ -427,11 +444,7 @@ impl Svm {
     }
     /// How device pages are mapped.
     pub fn mapping_mode(&self) -> MappingMode {
-        if self.inner.gpu.sparse {
-            MappingMode::Sparse
-        } else {
-            MappingMode::Software
-        }
+        self.inner.gpu.mode
     }
     /// Whether the device pool is CPU-mapped memory (unified-memory
     /// adapters; see [`SvmDescriptor::host_mapped_pool`]).
@@ -644,6 +657,8 @@ impl Svm {
             Advice::UnsetPreferredLocation => {
                 st.advice[a..b].iter_mut().for_each(|x| *x &= !(advice::PREFER_HOST | advice::PREFER_DEVICE))
             }
+            // The coherent mode already uses every page in place.
+            Advice::AccessedBy if inner.gpu.mode == MappingMode::Coherent => {}
             Advice::AccessedBy => inner.make_coherent(st, a as u32, b as u32)?,
             Advice::UnsetAccessedBy => {
                 if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < b && a < c.end as usize) {
@@ -932,6 +947,9 @@ impl Inner {
         report: &mut LaunchReport,
         pin: bool,
     ) -> Result<u64, LaunchError> {
+        if self.gpu.mode == MappingMode::Coherent {
+            return Ok(Self::map_in_place(st, ranges));
+        }
         let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
         let needed: usize =
             ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
@@ -1094,7 +1112,7 @@ impl Inner {
     /// word where residency is strict (unbound pages read zero).
     fn speculative(&self, st: &State) -> Speculative {
         let gpu = &self.gpu;
-        if !gpu.sparse || gpu.raw.as_ref().is_some_and(|r| r.caps().residency_non_resident_strict) {
+        if gpu.mode != MappingMode::Sparse || gpu.raw.as_ref().is_some_and(|r| r.caps().residency_non_resident_strict) {
             return Speculative::AnyIndex;
         }
         if gpu.segments_used != 1 {
@@ -1137,6 +1155,26 @@ impl Inner {
             // log is corrupt.
             KernelFaultKind::Unknown(svm_shaders::err::REFUSED)
         }
+    }
+
+    /// The coherent mode's `map_ranges`: every page is its own frame of the
+    /// imported arena view; mapping moves nothing and pins nothing (nothing
+    /// is ever evicted).
+    fn map_in_place(st: &mut State, ranges: &[(u32, u32, bool)]) -> u64 {
+        let mut changed = 0;
+        for &(a, b, write) in ranges {
+            for p in a..b {
+                let old = st.table.get(PageIndex(p));
+                let f = FrameIndex::new(p).expect("arena pages fit the PTE's frame field (checked at creation)");
+                let new = Pte::resident(f, write || old.is_writable());
+                if old != new {
+                    st.table.set(PageIndex(p), new);
+                    changed += 1;
+                }
+            }
+            st.mapped.push((a, b));
+        }
+        changed
     }
 
     /// One pass of the kernel: upload the dirty page table, arguments, clear
@@ -1198,7 +1236,7 @@ impl Inner {
         }
         enc.copy_buffer_to_buffer(&gpu.log, 0, &gpu.log_readback, 0, Gpu::log_read_bytes());
         let mut cmds = vec![enc.finish()];
-        if st.coherent.is_some() {
+        if st.coherent.is_some() || gpu.mode == MappingMode::Coherent {
             // The kernel wrote host memory in place: make its writes visible
             // to the CPU (a real GPU needs the barrier; lavapipe is coherent).
             cmds.push(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?);

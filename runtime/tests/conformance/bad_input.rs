@@ -25,7 +25,7 @@ use svm::{
     LaunchError, Location, SvmDescriptor, SvmError,
 };
 
-use crate::{child_role, ctx, in_child, k, kernel, small, wg, BACKENDS, PAGE_WORDS};
+use crate::{child_role, ctx, ctx_migrating, in_child, k, kernel, small, wg, BACKENDS, PAGE_WORDS};
 
 /// Bad descriptors are refused before anything is created (no GPU needed).
 #[test]
@@ -246,7 +246,7 @@ fn free_waits_for_running_kernel() {
 #[test]
 fn device_lost_mid_run() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let kc = kernel(&svm, "copy", k::COPY);
         let n = 8 * PAGE_WORDS;
@@ -335,7 +335,7 @@ fn device_lost_drop_is_prompt() {
 fn device_lost_cpu_access_crashes() {
     if let Some(role) = child_role() {
         let backend = FaultBackendKind::parse(&role).expect("role");
-        let svm = ctx(small(backend)).expect("child needs the GPU its parent had");
+        let svm = ctx_migrating(small(backend)).expect("child needs the GPU its parent had");
         let kf = kernel(&svm, "fill", k::FILL);
         let mut v = svm.alloc_vec::<u32>(4 * PAGE_WORDS).expect("v");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(v.len() as u32), Arg::U32(1), Arg::U32(0)];
@@ -350,7 +350,7 @@ fn device_lost_cpu_access_crashes() {
         println!("CHILD read {x}");
         std::process::exit(0);
     }
-    if ctx(small(BACKENDS[0])).is_none() {
+    if ctx_migrating(small(BACKENDS[0])).is_none() {
         return;
     }
     for backend in BACKENDS {
@@ -380,7 +380,7 @@ fn device_lost_cpu_access_crashes() {
 #[test]
 fn replayable_launch_evicts_under_pressure() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).pool_size(1 << 20)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).pool_size(1 << 20)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let mut big = svm.alloc_vec::<u32>((1 << 20) / 4).expect("big");
         let n = big.len();
@@ -407,7 +407,7 @@ fn replayable_launch_evicts_under_pressure() {
 #[test]
 fn prefetch_after_launch_evicts_under_pressure() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).pool_size(1 << 20)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).pool_size(1 << 20)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let mut a = svm.alloc_vec::<u32>(200 * PAGE_WORDS).expect("a");
         let n = a.len();

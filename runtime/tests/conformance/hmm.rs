@@ -4,7 +4,7 @@
 
 use svm::{Access, AccessMode, Arg, KernelFaultKind, LaunchDescriptor, LaunchError, Location, ManagedVec, Svm};
 
-use crate::{ctx, fork_and_wait, k, kernel, small, wg, BACKENDS, PAGE_WORDS};
+use crate::{ctx, ctx_migrating, fork_and_wait, k, kernel, small, wg, BACKENDS, PAGE_WORDS};
 
 fn launch_fill(svm: &Svm, kf: &svm::Kernel, v: &mut ManagedVec<u32>, mul: u32, add: u32) {
     let n = v.len();
@@ -31,7 +31,7 @@ fn pages_of(words: usize) -> u64 {
 fn open_close() {
     for backend in BACKENDS {
         for round in 0..3 {
-            let Some(svm) = ctx(small(backend)) else { return };
+            let Some(svm) = ctx_migrating(small(backend)) else { return };
             assert_eq!(svm.live_allocations(), 0);
             if round == 1 {
                 // Close with pages on the device.
@@ -53,7 +53,7 @@ fn open_close() {
 #[test]
 fn anon_read() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let kc = kernel(&svm, "copy", k::COPY);
         let n = 64 * PAGE_WORDS;
         let mut src = svm.alloc_vec::<u32>(n).expect("src");
@@ -110,7 +110,7 @@ fn anon_read_prot() {
 #[test]
 fn anon_write() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let n = 64 * PAGE_WORDS + 17;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
@@ -188,7 +188,7 @@ fn anon_write_child() {
 #[test]
 fn anon_write_huge() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).fault_chunk(2 << 20).fault_prefetch(false)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).fault_chunk(2 << 20).fault_prefetch(false)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let n = (4 << 20) / 4;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
@@ -208,7 +208,7 @@ fn anon_write_huge() {
 #[test]
 fn migrate() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let ka = kernel(&svm, "affine", k::AFFINE);
         let n = 32 * PAGE_WORDS;
         let mut v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
@@ -230,7 +230,7 @@ fn migrate() {
 #[test]
 fn migrate_fault() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).fault_prefetch(false)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).fault_prefetch(false)) else { return };
         let ka = kernel(&svm, "affine", k::AFFINE);
         let n = 64 * PAGE_WORDS;
         let mut v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
@@ -257,7 +257,7 @@ fn migrate_fault() {
 fn migrate_release() {
     for backend in BACKENDS {
         // Explicit release: everything back to the host.
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let n = 64 * PAGE_WORDS;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
@@ -273,7 +273,7 @@ fn migrate_release() {
         drop(svm);
 
         // The device evicts under pressure (pool 1 MiB).
-        let Some(svm) = ctx(small(backend).pool_size(1 << 20)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).pool_size(1 << 20)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let n = (1 << 20) / 4;
         let mut a = svm.alloc_vec::<u32>(n).expect("a");
@@ -292,7 +292,7 @@ fn migrate_release() {
 #[test]
 fn migrate_mixed() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let a = svm.alloc_from_slice(&vec![1u32; PAGE_WORDS]).expect("a");
         let hole = svm.alloc_vec::<u32>(PAGE_WORDS).expect("hole");
         let mut c = svm.alloc_from_slice(&(0..4 * PAGE_WORDS as u32).collect::<Vec<_>>()).expect("c");
@@ -307,7 +307,7 @@ fn migrate_mixed() {
         assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{backend}: {r:?}");
         assert_eq!(svm.device_resident_pages(), 0, "{backend}: nothing moved");
         // Another runtime's pages (another device) are foreign here.
-        let Some(other) = ctx(small(backend)) else { return };
+        let Some(other) = ctx_migrating(small(backend)) else { return };
         let o = other.alloc_from_slice(&[9u32; 16]).expect("o");
         let r = svm.prefetch(o.as_ptr().cast(), 64, Location::Device).wait();
         assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{backend}: {r:?}");
@@ -329,7 +329,7 @@ fn migrate_mixed() {
 #[test]
 fn migrate_multiple() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let n = 32 * PAGE_WORDS;
         let mut v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
         let s0 = svm.stats();
@@ -433,7 +433,7 @@ fn syscall_on_device_pages_uffd() {
 /// fail the same way.)
 #[test]
 fn syscall_on_device_pages_mprotect() {
-    let Some(svm) = ctx(small(svm::FaultBackendKind::Mprotect)) else { return };
+    let Some(svm) = ctx_migrating(small(svm::FaultBackendKind::Mprotect)) else { return };
     let kf = kernel(&svm, "fill", k::FILL);
     let n = 4 * PAGE_WORDS;
     let mut src = svm.alloc_vec::<u32>(n).expect("src");
@@ -458,7 +458,7 @@ fn syscall_on_device_pages_mprotect() {
 }
 
 fn syscall_case(backend: svm::FaultBackendKind) {
-    let Some(svm) = ctx(small(backend)) else { return };
+    let Some(svm) = ctx_migrating(small(backend)) else { return };
     let kf = kernel(&svm, "fill", k::FILL);
     let n = 4 * PAGE_WORDS;
     let mut src = svm.alloc_vec::<u32>(n).expect("src");
@@ -490,7 +490,7 @@ fn syscall_case(backend: svm::FaultBackendKind) {
 #[test]
 fn huge_empty() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let ka = kernel(&svm, "affine", k::AFFINE);
         let n = (2 << 20) / 4;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
@@ -506,7 +506,7 @@ fn huge_empty() {
 #[test]
 fn huge_zero() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).fault_chunk(2 << 20)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).fault_chunk(2 << 20)) else { return };
         let n = (2 << 20) / 4;
         let v = svm.alloc_vec::<u32>(n).expect("v");
         assert!(v.iter().all(|&x| x == 0));
@@ -521,7 +521,7 @@ fn huge_zero() {
 #[test]
 fn huge_free() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let n = (2 << 20) / 4;
         let v = svm.alloc_from_slice(&vec![0xabu32; n]).expect("v");
         let addr = v.as_ptr() as usize;
@@ -538,7 +538,7 @@ fn huge_free() {
 #[test]
 fn huge_fault() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).fault_chunk(2 << 20)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).fault_chunk(2 << 20)) else { return };
         let n = (2 << 20) / 4;
         let v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
         svm.prefetch(v.as_ptr().cast(), n * 4, Location::Device).wait().expect("prefetch");
@@ -555,7 +555,7 @@ fn huge_fault() {
 fn huge_fragmented_pool() {
     for backend in BACKENDS {
         // 640 frames: after the setup, 128 single free frames + 384 in a run.
-        let Some(svm) = ctx(small(backend).pool_size(640 * 4096)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).pool_size(640 * 4096)) else { return };
         let ka = kernel(&svm, "affine", k::AFFINE);
         let kf = kernel(&svm, "fill", k::FILL);
         let smalls: Vec<usize> = (0..256).map(|_| svm.alloc(4096).expect("small").as_ptr() as usize).collect();
@@ -586,7 +586,7 @@ fn huge_fragmented_pool() {
 fn migrate_partial_unmap_fault() {
     for backend in BACKENDS {
         for freed in [0usize, 1] {
-            let Some(svm) = ctx(small(backend).fault_chunk(2 << 20)) else { return };
+            let Some(svm) = ctx_migrating(small(backend).fault_chunk(2 << 20)) else { return };
             let kf = kernel(&svm, "fill", k::FILL);
             // Three adjacent allocations of 512 KiB + one of 512 KiB: one 2 MiB region.
             let n = (512 << 10) / 4;
@@ -618,7 +618,7 @@ fn migrate_partial_unmap_fault() {
 #[test]
 fn migrate_remap_fault() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let kf = kernel(&svm, "fill", k::FILL);
         let kc = kernel(&svm, "copy", k::COPY);
         let n = 32 * PAGE_WORDS;

@@ -2,7 +2,7 @@
 
 use svm::{Access, Advice, AdviseError, Arg, LaunchDescriptor, Location};
 
-use crate::{ctx, kernel, small, BACKENDS};
+use crate::{ctx, ctx_migrating, kernel, small, BACKENDS};
 
 /// out[0] = sum of src[0..n] (one thread; small n).
 const SUM: &str = "@compute @workgroup_size(1) fn main() {
@@ -25,7 +25,7 @@ fn sum(svm: &svm::Svm, k: &svm::Kernel, src: &svm::ManagedVec<u32>, out: &mut sv
 #[test]
 fn read_mostly_keeps_device_copies_until_a_cpu_write() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let k = kernel(&svm, "sum", SUM);
         let n = 16 * 1024; // 16 pages
         let mut src = svm.alloc_from_slice(&vec![1u32; n]).expect("src");
@@ -79,7 +79,7 @@ fn preferred_location_host_brings_results_back_eagerly() {
 
 #[test]
 fn preferred_location_device_is_evicted_last() {
-    let Some(svm) = ctx(small(BACKENDS[0]).pool_size(2 << 20)) else { return };
+    let Some(svm) = ctx_migrating(small(BACKENDS[0]).pool_size(2 << 20)) else { return };
     let k = kernel(
         &svm,
         "fill",
@@ -109,7 +109,7 @@ fn preferred_location_device_is_evicted_last() {
 #[test]
 fn prefetch_both_ways() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let k = kernel(&svm, "sum", SUM);
         let src = svm.alloc_from_slice(&vec![2u32; 4096]).expect("src");
         let mut out = svm.alloc_vec::<u32>(1).expect("out");
@@ -145,7 +145,7 @@ fn prefetch_both_ways() {
 #[test]
 fn accessed_by_maps_host_memory_in_place() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let k = kernel(&svm, "sum", SUM);
         let n = 8192;
         let src = svm.alloc_from_slice(&vec![5u32; n]).expect("src");

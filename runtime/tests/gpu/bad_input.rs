@@ -2,7 +2,7 @@
 
 use svm::{Access, Arg, FreeError, KernelFaultKind, LaunchDescriptor, LaunchError};
 
-use crate::{child_role, ctx, in_child, kernel, small, BACKENDS};
+use crate::{child_role, ctx, ctx_migrating, in_child, kernel, small, BACKENDS};
 
 const POKE: &str = "@compute @workgroup_size(1) fn main() {
     let p = svm_arg_ptr(0u);
@@ -149,7 +149,7 @@ fn reused_memory_is_zeroed() {
 #[test]
 fn pool_exhausted_is_an_error_and_loses_nothing() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend).pool_size(1 << 20)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).pool_size(1 << 20)) else { return };
         let k = kernel(&svm, "poke", POKE);
         let mut big = svm.alloc_from_slice(&vec![3u32; 1 << 19]).expect("2 MiB");
         let r = svm.launch(

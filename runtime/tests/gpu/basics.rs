@@ -3,7 +3,7 @@
 
 use svm::{Access, Arg, LaunchDescriptor};
 
-use crate::{ctx, kernel, small, BACKENDS};
+use crate::{ctx, ctx_migrating, kernel, small, BACKENDS};
 
 fn vadd_case(backend: svm::FaultBackendKind, n: usize, chunk: usize) {
     vadd_case_with(backend, n, chunk, false);
@@ -15,7 +15,7 @@ fn vadd_case_with(backend: svm::FaultBackendKind, n: usize, chunk: usize, prefet
 
 fn vadd_case_desc(backend: svm::FaultBackendKind, n: usize, chunk: usize, desc: svm::SvmDescriptor) {
     let prefetch = desc.fault_prefetch;
-    let Some(svm) = ctx(desc) else { return };
+    let Some(svm) = ctx_migrating(desc) else { return };
     assert_eq!(svm.fault_backend(), backend);
     let k = kernel(&svm, "vadd", svm::shaders::kernels::VADD);
     let mut a = svm.alloc_vec::<f32>(n).expect("a");
@@ -309,8 +309,8 @@ fn cpu_faults_while_kernels_run() {
 /// runtimes (one per backend) live side by side in one process.
 #[test]
 fn teardown_and_two_runtimes() {
-    let Some(first) = ctx(small(BACKENDS[0])) else { return };
-    let Some(second) = ctx(small(BACKENDS[1])) else { return };
+    let Some(first) = ctx_migrating(small(BACKENDS[0])) else { return };
+    let Some(second) = ctx_migrating(small(BACKENDS[1])) else { return };
     for svm in [&first, &second] {
         let k = kernel(svm, "inc", INC);
         let mut v = svm.alloc_vec::<u32>(1 << 16).expect("v");
@@ -352,10 +352,11 @@ fn mapping_mode_follows_the_environment() {
     let Some(svm) = ctx(small(BACKENDS[0])) else { return };
     let want = match std::env::var("SVM_MAPPING_MODE").as_deref() {
         Ok("sparse") => svm::MappingMode::Sparse,
+        Ok("coherent") => svm::MappingMode::Coherent,
         _ => svm::MappingMode::Software,
     };
     assert_eq!(svm.mapping_mode(), want);
-    if want == svm::MappingMode::Sparse {
-        assert!(!svm.pool_is_host_mapped(), "sparse memory is device memory");
+    if want != svm::MappingMode::Software {
+        assert!(!svm.pool_is_host_mapped(), "no pool: the arena's view is sparse memory or the host pages");
     }
 }

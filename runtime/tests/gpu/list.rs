@@ -3,7 +3,7 @@
 
 use svm::{Access, AccessMode, Arg, LaunchDescriptor};
 
-use crate::{ctx, kernel, small, BACKENDS};
+use crate::{ctx, ctx_migrating, kernel, small, BACKENDS};
 
 /// The node layout the `list` kernel expects (16 bytes).
 #[repr(C)]
@@ -29,7 +29,7 @@ pub fn permutation(n: usize, mut seed: u64) -> Vec<usize> {
 #[test]
 fn list_walk_both_backends() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let k = kernel(&svm, "list", svm::shaders::kernels::LIST);
         let (n, lists) = (100_000usize, 256usize);
         let mut nodes = svm.alloc_vec::<Node>(n).expect("nodes");

@@ -2,7 +2,7 @@
 
 use svm::{Access, Arg, LaunchDescriptor, LaunchError};
 
-use crate::{ctx, kernel, small, BACKENDS};
+use crate::{ctx_migrating, kernel, small, BACKENDS};
 
 const ADD: &str = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
@@ -20,7 +20,7 @@ fn lru_eviction_keeps_every_byte() {
         // Uffd with the host-mapped pool (where the adapter has one),
         // mprotect with the staging path.
         let mapped = backend == BACKENDS[0];
-        let Some(svm) = ctx(small(backend).pool_size(2 << 20).host_mapped_pool(mapped)) else { return };
+        let Some(svm) = ctx_migrating(small(backend).pool_size(2 << 20).host_mapped_pool(mapped)) else { return };
         let k = kernel(&svm, "add", ADD);
         let n = 1 << 18; // 1 MiB of u32
         let mut bufs: Vec<_> = (0..4u32).map(|b| svm.alloc_from_slice(&vec![b * 1000; n]).expect("buf")).collect();
@@ -46,7 +46,7 @@ fn lru_eviction_keeps_every_byte() {
 /// A working set that alone exceeds the pool is refused with a clear error.
 #[test]
 fn working_set_larger_than_pool_is_refused() {
-    let Some(svm) = ctx(small(BACKENDS[0]).pool_size(1 << 20)) else { return };
+    let Some(svm) = ctx_migrating(small(BACKENDS[0]).pool_size(1 << 20)) else { return };
     let k = kernel(&svm, "add", ADD);
     let mut a = svm.alloc_from_slice(&vec![1u32; 1 << 18]).expect("a");
     let mut b = svm.alloc_from_slice(&vec![2u32; 1 << 18]).expect("b");

@@ -156,3 +156,57 @@ fn refused_loads_yield_zero() {
         assert!(dst.iter().all(|&x| x == 7), "{backend}");
     }
 }
+
+/// The coherent mapping mode: kernels use the CPU's pages in place. Nothing
+/// migrates or faults, results are there for the CPU right after the
+/// launch, and the page table still refuses what the launch did not declare.
+#[test]
+fn coherent_mode_works_in_place() {
+    for backend in BACKENDS {
+        let desc = small(backend).arena_size(64 << 20).mapping(svm::MappingMode::Coherent);
+        let svm = match svm::Svm::with_descriptor(&desc) {
+            Ok(s) => s,
+            Err(e) if std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1") => {
+                eprintln!("SKIP: no coherent mode here ({e}); SVM_REQUIRE_VK_CAPS=1 makes this a failure");
+                return;
+            }
+            Err(e) => panic!("coherent mode required: {e}"),
+        };
+        assert_eq!(svm.mapping_mode(), svm::MappingMode::Coherent);
+        let k = kernel(&svm, "pairs", PAIRS);
+        let mut v: Vec<ManagedVec<u32>> =
+            (0..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000; N]).expect("alloc")).collect();
+        for pairs in [2u32, 5] {
+            let a = args(&v, pairs);
+            let s0 = svm.stats();
+            svm.launch(
+                &k,
+                &LaunchDescriptor { args: &a, access: &access(&mut v, pairs as usize), workgroups: [16, 1, 1] },
+            )
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+            for p in 0..pairs as usize {
+                let want = (2 * p as u32 * 1000) * 2 + 1;
+                assert!(v[2 * p + 1].iter().all(|&x| x == want), "{backend}: pair {p}");
+            }
+            let s = svm.stats().since(&s0);
+            assert_eq!((s.h2d_pages, s.d2h_pages, s.cpu_faults), (0, 0, 0), "{backend}: nothing moves: {s:?}");
+            assert_eq!(svm.device_resident_pages(), 0);
+        }
+        // The CPU writes, the next launch reads it, in place.
+        v[0].fill(5);
+        let a = args(&v, 1);
+        svm.launch(&k, &LaunchDescriptor { args: &a, access: &access(&mut v, 1), workgroups: [16, 1, 1] })
+            .expect("launch");
+        assert!(v[1].iter().all(|&x| x == 11), "{backend}");
+        // Undeclared: refused, nothing written.
+        let a = args(&v, 2);
+        let mut acc = access(&mut v, 2);
+        acc.pop();
+        let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
+        assert!(
+            matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults.iter().all(|f| f.kind == KernelFaultKind::NotDeclared)),
+            "{backend}: {r:?}"
+        );
+        assert!(v[3].iter().all(|&x| x == 2 * 2000 + 1), "{backend}: v[3] unchanged");
+    }
+}

@@ -3,7 +3,7 @@
 use svm::{Access, Arg, KernelFaultKind, LaunchDescriptor, LaunchError, LaunchOptions};
 
 use crate::list::{permutation, Node};
-use crate::{ctx, kernel, small, BACKENDS};
+use crate::{ctx, ctx_migrating, kernel, small, BACKENDS};
 
 /// Build `lists` linked lists over `n` node slots of `stride` bytes each, in
 /// random order. Returns (node storage, heads, expected sums).
@@ -35,7 +35,7 @@ fn build(
 #[test]
 fn list_without_declared_ranges() {
     for backend in BACKENDS {
-        let Some(svm) = ctx(small(backend)) else { return };
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
         let k = kernel(&svm, "list", svm::shaders::kernels::LIST);
         let lists = 128;
         let (store, heads, want) = build(&svm, 20_000, lists, 16);

@@ -48,6 +48,18 @@ pub fn ctx(desc: SvmDescriptor) -> Option<TestSvm> {
     }
 }
 
+/// [`ctx`] for a test of migration, which the coherent mapping mode does
+/// not do (kernels use the host pages in place; nothing moves or faults):
+/// in that mode the test does not apply, and says so.
+pub fn ctx_migrating(desc: SvmDescriptor) -> Option<TestSvm> {
+    let svm = ctx(desc)?;
+    if svm.mapping_mode() == svm::MappingMode::Coherent {
+        eprintln!("NOT APPLICABLE: this test checks migration; the coherent mapping mode migrates nothing");
+        return None;
+    }
+    Some(svm)
+}
+
 /// Small arena and pool so that tests run quickly on lavapipe.
 pub fn small(backend: FaultBackendKind) -> SvmDescriptor {
     SvmDescriptor::default().arena_size(256 << 20).pool_size(64 << 20).fault_backend(backend)
