@@ -11,6 +11,10 @@
 //! view is cut into windows of the device's largest storage binding (128
 //! MiB on lavapipe): the 256 MiB arena needs two, the 128 MiB arena one.
 //!
+//! Every configuration is set up first; the repetitions then go round all of
+//! them in turn (one launch each per round), so that a slow spell of this
+//! shared machine hits every row alike. Medians per row.
+//!
 //! Run: `cargo bench -p svm-benches --bench modes` (writes
 //! `results/modes.md`).
 
@@ -19,7 +23,7 @@ use std::time::Instant;
 use svm::{Access, Advice, Arg, LaunchDescriptor, LaunchOptions, Location, MappingMode, Svm, SvmDescriptor};
 
 const N: usize = 4 << 20;
-const REPS: usize = 9;
+const REPS: usize = 15;
 
 const PLAIN: &str = "@group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -62,9 +66,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median time of `src` over plain buffers: three of N floats (`PLAIN`), or
-/// one of 3 N (`UNCHECKED`).
-fn plain(src: &str, one_buffer: bool) -> Option<f64> {
+/// A timed configuration: one launch per call, in ms.
+type Runner = Box<dyn FnMut() -> f64>;
+
+/// `src` over plain buffers: three of N floats (`PLAIN`), or one of 3 N
+/// (`UNCHECKED`).
+fn plain(src: &str, one_buffer: bool) -> Option<Runner> {
     let (_a, device, queue, _info) = svm::create_wgpu_device().ok()?;
     let mk = |len: usize| {
         device.create_buffer(&wgpu::BufferDescriptor {
@@ -77,11 +84,8 @@ fn plain(src: &str, one_buffer: bool) -> Option<f64> {
     let bufs: Vec<wgpu::Buffer> = if one_buffer { vec![mk(3 * N)] } else { vec![mk(N), mk(N), mk(N)] };
     let data: Vec<f32> = (0..N).map(|i| i as f32).collect();
     queue.write_buffer(&bufs[0], 0, bytemuck::cast_slice(&data));
-    queue.write_buffer(
-        &bufs[usize::from(!one_buffer)],
-        if one_buffer { (N * 4) as u64 } else { 0 },
-        bytemuck::cast_slice(&data),
-    );
+    let second = if one_buffer { (0, (N * 4) as u64) } else { (1, 0) };
+    queue.write_buffer(&bufs[second.0], second.1, bytemuck::cast_slice(&data));
     let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: None,
         source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -103,7 +107,8 @@ fn plain(src: &str, one_buffer: bool) -> Option<f64> {
             .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect::<Vec<_>>(),
     });
-    let run = || {
+    let run = move || {
+        let _keep = &bufs;
         let mut e = device.create_command_encoder(&Default::default());
         {
             let mut pass = e.begin_compute_pass(&Default::default());
@@ -116,12 +121,10 @@ fn plain(src: &str, one_buffer: bool) -> Option<f64> {
         device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
         t.elapsed().as_secs_f64() * 1e3
     };
-    run();
-    Some(median((0..REPS).map(|_| run()).collect()))
+    run(); // compile, first touch
+    Some(Box::new(run))
 }
 
-/// Median launch time with everything resident, and (sparse) bind/unbind
-/// pages per second seen as prefetch to the device and back.
 #[derive(Copy, Clone)]
 struct Case {
     name: &'static str,
@@ -131,7 +134,17 @@ struct Case {
     replayable: bool,
 }
 
-fn managed(c: Case) -> Result<(f64, Option<f64>, svm::Stats), String> {
+/// One launch per call with everything resident (checked at the end by
+/// `finish`), and (sparse) the bind/unbind pages per second seen as a
+/// prefetch to the device and back.
+struct Managed {
+    run: Runner,
+    rate: Option<f64>,
+    /// The results are right; the launches' statistics.
+    finish: Box<dyn FnOnce() -> svm::Stats>,
+}
+
+fn managed(c: Case) -> Result<Managed, String> {
     let Case { mode, coherent, replayable, .. } = c;
     let svm = Svm::with_descriptor(&SvmDescriptor::default().arena_size(c.arena).pool_size(128 << 20).mapping(mode))
         .map_err(|e| e.to_string())?;
@@ -162,63 +175,94 @@ fn managed(c: Case) -> Result<(f64, Option<f64>, svm::Stats), String> {
     let base = abc.as_ptr() as u64;
     let args =
         [Arg::Ptr(base), Arg::Ptr(base + (N * 4) as u64), Arg::Ptr(base + (2 * N * 4) as u64), Arg::U32(N as u32)];
-    let run = |abc: &mut svm::ManagedVec<f32>| {
+    let svm2 = svm.clone();
+    let abc = std::rc::Rc::new(std::cell::RefCell::new(abc));
+    let abc2 = abc.clone();
+    let run = move || {
+        let mut abc = abc2.borrow_mut();
         let t = Instant::now();
         let opts = if replayable { LaunchOptions::replayable() } else { LaunchOptions::default() };
-        let d = LaunchDescriptor { args: &args, access: &[Access::read_write(abc)], workgroups: [4096, 1, 1] };
-        svm.launch_with(&k, &d, &opts).expect("launch");
+        let d = LaunchDescriptor { args: &args, access: &[Access::read_write(&mut abc)], workgroups: [4096, 1, 1] };
+        svm2.launch_with(&k, &d, &opts).expect("launch");
         t.elapsed().as_secs_f64() * 1e3
     };
-    run(&mut abc); // migrate in (or nothing, coherent)
+    run(); // migrate in (or nothing, coherent)
     let s0 = svm.stats();
-    let t = median((0..REPS).map(|_| run(&mut abc)).collect());
-    let stats = svm.stats().since(&s0);
-    assert!((0..N).step_by(4099).all(|i| abc[2 * N + i] == 2.0 * i as f32), "wrong result");
-    Ok((t, rate, stats))
+    let finish = Box::new(move || {
+        let abc = abc.borrow();
+        assert!((0..N).step_by(4099).all(|i| abc[2 * N + i] == 2.0 * i as f32), "wrong result");
+        svm.stats().since(&s0)
+    });
+    Ok(Managed { run: Box::new(run), rate, finish })
 }
 
 fn main() {
-    let Some(p) = plain(PLAIN, false) else {
+    let Some(plain_run) = plain(PLAIN, false) else {
         assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "no adapter");
         eprintln!("SKIP: no adapter");
         return;
     };
-    let mut t = format!(
-        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS}\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | access check | sparse bind+unbind pages/s |\n|---|---:|---:|---|---:|\n| plain wgpu buffers (no translation) | {p:.2} | 1.00x | none | |\n",
-        N >> 20
-    );
-    let floor = plain(UNCHECKED, true).expect("the adapter found above");
-    t.push_str(&format!(
-        "| 64-bit pointers into one plain buffer, no checks (floor of any checked mode) | {floor:.2} | {:.2}x | none | |\n",
-        floor / p
-    ));
+    let floor_run = plain(UNCHECKED, true).expect("the adapter found above");
     let case = |name, mode, arena, coherent, replayable| Case { name, mode, arena, coherent, replayable };
-    use MappingMode::{Software, Sparse};
-    for c in [
+    use MappingMode::{Coherent, Software, Sparse};
+    let cases = [
         case("software page table", Software, 256 << 20, false, false),
         case("software page table, page-table path (replayable launch)", Software, 256 << 20, false, true),
         case("sparse binding, 2 windows (256 MiB arena)", Sparse, 256 << 20, false, false),
         case("sparse binding, 1 window (128 MiB arena)", Sparse, 128 << 20, false, false),
         case("sparse binding, page-table path (replayable launch)", Sparse, 256 << 20, false, true),
-        case("coherent (AccessedBy, host memory in place)", Software, 256 << 20, true, false),
-        case(
-            "coherent mapping mode (the whole arena in place), 2 windows",
-            MappingMode::Coherent,
-            256 << 20,
-            false,
-            false,
-        ),
-    ] {
+        case("coherent range (AccessedBy, host memory in place)", Software, 256 << 20, true, false),
+        case("coherent mapping mode (the whole arena in place), 2 windows", Coherent, 256 << 20, false, false),
+    ];
+    let mut rows: Vec<(String, Option<Managed>, Result<(), String>)> = vec![
+        ("plain wgpu buffers (no translation)".into(), None, Ok(())),
+        ("64-bit pointers into one plain buffer, no checks (floor of any checked mode)".into(), None, Ok(())),
+    ];
+    let mut runners: Vec<Option<Runner>> = vec![Some(plain_run), Some(floor_run)];
+    for c in cases {
         match managed(c) {
-            Ok((ms, rate, st)) => t.push_str(&format!(
-                "| {} | {ms:.2} | {:.2}x | {} | {} |\n",
-                c.name,
-                ms / p,
-                if st.page_table_passes > 0 { "page table" } else { "extents" },
-                rate.map_or(String::new(), |r| format!("{r:.0}"))
-            )),
-            Err(e) => t.push_str(&format!("| {} | unavailable: {e} | | | |\n", c.name)),
+            Ok(mut m) => {
+                runners.push(Some(std::mem::replace(&mut m.run, Box::new(|| 0.0))));
+                rows.push((c.name.into(), Some(m), Ok(())));
+            }
+            Err(e) => {
+                runners.push(None);
+                rows.push((c.name.into(), None, Err(e)));
+            }
         }
+    }
+    // Round-robin repetitions.
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
+    for _ in 0..REPS {
+        for (r, t) in runners.iter_mut().zip(&mut times) {
+            if let Some(r) = r {
+                t.push(r());
+            }
+        }
+    }
+    drop(runners);
+    let p = median(times[0].clone());
+    let mut t = format!(
+        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS} (rows interleaved)\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | access check | sparse bind+unbind pages/s |\n|---|---:|---:|---|---:|\n",
+        N >> 20
+    );
+    for ((name, m, err), ts) in rows.into_iter().zip(times) {
+        if let Err(e) = err {
+            t.push_str(&format!("| {name} | unavailable: {e} | | | |\n"));
+            continue;
+        }
+        let ms = median(ts);
+        let (check, rate) = match m {
+            None => ("none", String::new()),
+            Some(m) => {
+                let st = (m.finish)();
+                (
+                    if st.page_table_passes > 0 { "page table" } else { "extents" },
+                    m.rate.map_or(String::new(), |r| format!("{r:.0}")),
+                )
+            }
+        };
+        t.push_str(&format!("| {name} | {ms:.2} | {:.2}x | {check} | {rate} |\n", ms / p));
     }
     println!("{t}");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/modes.md");
