@@ -42,13 +42,13 @@ override SVM_EXTENTS: u32 = 0u;
 override SVM_REPLAYABLE: bool = false;
 // The coherent window (binding 7) holds host memory the kernel may use.
 override SVM_COHERENT: bool = false;
-// Loads may read before knowing whether the access was admitted, dropping
-// the value when it was not (no masked branch):
-//   0: no, each segment is read under its own branch;
-//   1: any index may be read (the software pool: every index lands in a
-//      buffer, clamped by the bounds checks);
+// With one segment, loads may read before knowing whether the access was
+// admitted, dropping the value when it was not (no masked branch):
+//   0: no, the segment is read under a branch;
+//   1: any index may be read (the software pool, the coherent view: every
+//      index lands in the buffer, clamped by the bounds checks);
 //   2: refused loads read `safe_word` instead, a word of a page the launch
-//      mapped, hence bound (a sparse view in one window).
+//      mapped, hence bound (a sparse view).
 override SVM_SPECULATIVE_READS: u32 = 0u;
 
 // --- PTE layout: must equal svm_pagetable::Pte (checked by a test) ---
@@ -259,17 +259,13 @@ fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
 // Segments a runtime does not use are never read: the specialization
 // constants fold these branches away.
 fn svm_pool_read(t: vec2<u32>) -> u32 {
-    if (SVM_SPECULATIVE_READS != 0u && !SVM_COHERENT) {
-        // No masked branch: read every segment in use, keep the one named.
+    if (SVM_SPECULATIVE_READS != 0u && SVM_SEGMENTS == 1u && !SVM_COHERENT) {
+        // No masked branch: read, then keep the value only if admitted.
         var y = t.y;
         if (SVM_SPECULATIVE_READS == 2u) {
-            y = select(svm_safe_word, t.y, t.x < SVM_SEGMENTS);
+            y = select(svm_safe_word, t.y, t.x == 0u);
         }
-        var v = svm_pool0[y];
-        if (SVM_SEGMENTS > 1u) { v = select(v, svm_pool1[y], t.x == 1u); }
-        if (SVM_SEGMENTS > 2u) { v = select(v, svm_pool2[y], t.x == 2u); }
-        if (SVM_SEGMENTS > 3u) { v = select(v, svm_pool3[y], t.x == 3u); }
-        return select(0u, v, t.x < SVM_SEGMENTS);
+        return select(0u, svm_pool0[y], t.x == 0u);
     }
     if (t.x == 0u) { return svm_pool0[t.y]; }
     if (SVM_SEGMENTS > 1u && t.x == 1u) { return svm_pool1[t.y]; }
