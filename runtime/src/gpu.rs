@@ -140,6 +140,9 @@ pub(crate) struct Gpu {
     pub max_workgroups: u32,
     pub layout: wgpu::PipelineLayout,
     pub bind_group: wgpu::BindGroup,
+    /// With several segments: bind group `k` binds segment `k` as the first
+    /// (for launches that use only segment `k`).
+    pub first_segment_bind_groups: Vec<wgpu::BindGroup>,
     pub page_table: wgpu::Buffer,
     pub args: wgpu::Buffer,
     /// Launch log: errors, GPU faults, fault bitmaps (see the prelude).
@@ -399,6 +402,19 @@ impl Gpu {
         let bgl =
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
         let bind_group = make_bind_group(&device, &bgl, &page_table, &args, &log, &segments, &coherent_placeholder);
+        // Launches whose pages all lie in one segment bind it first and run
+        // the one-segment specialization of their kernel.
+        let first_segment_bind_groups = if segments_used > 1 {
+            (0..segments_used as usize)
+                .map(|k| {
+                    let mut v = segments.clone();
+                    v[0] = segments[k].clone();
+                    make_bind_group(&device, &bgl, &page_table, &args, &log, &v, &coherent_placeholder)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("svm"),
             bind_group_layouts: &[Some(&bgl)],
@@ -411,6 +427,7 @@ impl Gpu {
             info,
             layout,
             bind_group,
+            first_segment_bind_groups,
             page_table,
             args,
             log,
@@ -636,6 +653,7 @@ fn open_device(host_mapped_pool: bool, sparse: bool) -> Result<Opened, SvmError>
 }
 
 /// One pool binding: a buffer range.
+#[derive(Clone)]
 pub(crate) struct SegmentView {
     pub buffer: wgpu::Buffer,
     pub base: u64,

@@ -36,6 +36,8 @@ pub struct Kernel {
 /// constants; the per-device ones, segments, are fixed per runtime).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Variant {
+    /// Pool / view bindings read (`SVM_SEGMENTS`).
+    pub segments: u32,
     /// Extent slots checked per access; 0: the page-table path.
     pub extents: u32,
     pub replayable: bool,

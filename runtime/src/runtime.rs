@@ -1049,7 +1049,7 @@ impl Inner {
         let gpu = &self.gpu;
         use svm_shaders::overrides as o;
         let constants = [
-            (o::SEGMENTS, f64::from(gpu.segments_used)),
+            (o::SEGMENTS, f64::from(v.segments)),
             (o::SEGMENT_PAGE_SHIFT, f64::from(gpu.segment_page_shift)),
             (o::EXTENTS, f64::from(v.extents)),
             (o::REPLAYABLE, f64::from(u8::from(v.replayable))),
@@ -1105,22 +1105,46 @@ impl Inner {
         Some(out)
     }
 
+    /// The segment all of `extents` lie in, and its first word, if there is
+    /// one (and they are not in the coherent window).
+    fn one_segment(&self, extents: &[Extent]) -> Option<(u32, u32)> {
+        let shift = self.gpu.segment_page_shift + PAGE_WORDS.ilog2();
+        let mut seg = None;
+        for x in extents {
+            if x.dest & Extent::COHERENT != 0 || x.len == 0 {
+                return None;
+            }
+            let (a, b) = (x.dest >> shift, (x.dest + x.len / 4 - 1) >> shift);
+            if a != b || seg.is_some_and(|s| s != a) {
+                return None;
+            }
+            seg = Some(a);
+        }
+        seg.map(|s| (s, s << shift))
+    }
+
     /// Whether this pass's loads may read before their check's outcome is
-    /// known. Only with one segment (reading several segments
-    /// unconditionally costs more than the masked branches: measured, the
-    /// coherent mode's two windows 2.2x -> 1.8x plain without): then always
-    /// in the software pool and the coherent view (every index lands in a
-    /// buffer; the bounds checks clamp it), and in a sparse view by reading a
-    /// word of a page this launch mapped (bound) instead, or any word where
-    /// residency is strict (unbound pages read zero).
-    fn speculative(&self, st: &State) -> Speculative {
+    /// known. Only with one segment bound (reading several unconditionally
+    /// costs more than the masked branches: measured, the coherent mode's
+    /// two windows 2.2x -> 1.8x plain without): then always in the software
+    /// pool and the coherent view (every index lands in a buffer; the bounds
+    /// checks clamp it), and in a sparse view by reading a word of a page
+    /// this launch mapped (bound) instead, or any word where residency is
+    /// strict (unbound pages read zero). `extents` are the pass's, rebased
+    /// to the segment bound first.
+    fn speculative(&self, st: &State, segments: u32, extents: Option<&[Extent]>) -> Speculative {
         let gpu = &self.gpu;
-        if gpu.segments_used != 1 {
+        if segments != 1 {
             return Speculative::No;
         }
         if gpu.mode != MappingMode::Sparse || gpu.raw.as_ref().is_some_and(|r| r.caps().residency_non_resident_strict) {
             return Speculative::AnyIndex;
         }
+        if let Some(e) = extents {
+            // Extents map bound pages, of the segment bound first.
+            return e.first().map_or(Speculative::No, |x| Speculative::SafeWord(x.dest));
+        }
+        // One segment in all (page-table path): any mapped page will do.
         st.mapped
             .iter()
             .flat_map(|&(a, b)| a..b)
@@ -1195,9 +1219,22 @@ impl Inner {
         let gpu = &self.gpu;
         let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
         let coherent = st.coherent.is_some();
-        let speculative = if coherent { Speculative::No } else { self.speculative(st) };
-        let variant = Variant { extents: slots, replayable, coherent, speculative: speculative.code() };
+        // Extents all in one segment: bind it first, rebase the extents,
+        // and run the one-segment specialization.
+        let single = extents.filter(|_| !coherent && gpu.segments_used > 1).and_then(|e| self.one_segment(e));
+        let rebased: Option<Vec<Extent>> = single.map(|(_, base)| {
+            extents.unwrap_or_default().iter().map(|x| Extent { dest: x.dest - base, ..*x }).collect()
+        });
+        let extents = rebased.as_deref().or(extents);
+        let segments = if single.is_some() { 1 } else { gpu.segments_used };
+        let speculative = if coherent { Speculative::No } else { self.speculative(st, segments, extents) };
+        let variant = Variant { segments, extents: slots, replayable, coherent, speculative: speculative.code() };
         let pipeline = self.pipeline(kernel, variant)?;
+        let bind_group = match (&st.coherent, single) {
+            (Some(c), _) => &c.bind_group,
+            (None, Some((k, _))) => &gpu.first_segment_bind_groups[k as usize],
+            (None, None) => &gpu.bind_group,
+        };
         let pt_bytes = st.table.drain_dirty(|batch| {
             gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
         });
@@ -1233,7 +1270,7 @@ impl Inner {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, st.coherent.as_ref().map_or(&gpu.bind_group, |c| &c.bind_group), &[]);
+            pass.set_bind_group(0, bind_group, &[]);
             let [x, y, z] = workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
