@@ -39,55 +39,71 @@ fn access(v: &mut [ManagedVec<u32>], pairs: usize) -> Vec<Access<'_>> {
         .collect()
 }
 
+/// Ten one-page vectors, vector k filled with `k * 1000 + add`.
+fn vectors(svm: &svm::Svm, add: u32) -> Vec<ManagedVec<u32>> {
+    (0..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000 + add; N]).expect("alloc")).collect()
+}
+
+/// Launch `PAIRS` over the first `pairs` pairs, all declared.
+fn launch_pairs(svm: &svm::Svm, k: &svm::Kernel, v: &mut [ManagedVec<u32>], pairs: u32) -> Result<(), LaunchError> {
+    let a = args(v, pairs);
+    svm.launch(k, &LaunchDescriptor { args: &a, access: &access(v, pairs as usize), workgroups: [16, 1, 1] })
+}
+
+/// Every destination of the first `pairs` pairs holds its source * 2 + 1.
+fn check_pairs(v: &[ManagedVec<u32>], pairs: u32, add: u32, what: &str) {
+    for p in 0..pairs as usize {
+        let want = (2 * p as u32 * 1000 + add) * 2 + 1;
+        assert!(v[2 * p + 1].iter().all(|&x| x == want), "{what}: pair {p}");
+    }
+}
+
+/// Launch `PAIRS` over `pairs` pairs with the last destination undeclared:
+/// every invocation's store is refused as `NotDeclared`, at that vector,
+/// which keeps its contents.
+fn expect_undeclared(svm: &svm::Svm, k: &svm::Kernel, v: &mut [ManagedVec<u32>], pairs: u32, what: &str) {
+    let last = 2 * pairs as usize - 1;
+    let (undeclared, before) = (v[last].as_ptr() as u64, v[last].to_vec());
+    let a = args(v, pairs);
+    let mut acc = access(v, pairs as usize);
+    acc.pop();
+    match svm.launch(k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] }) {
+        Err(LaunchError::Kernel { faults, total }) => {
+            assert_eq!(total as usize, N, "{what}: one refused store per invocation");
+            for f in &faults {
+                assert_eq!(f.kind, KernelFaultKind::NotDeclared, "{what}: {f:?}");
+                assert!(f.addr >= undeclared && f.addr < undeclared + 4 * N as u64, "{what}");
+            }
+        }
+        other => panic!("{what}: expected NotDeclared, got {other:?}"),
+    }
+    assert_eq!(v[last].to_vec(), before, "{what}: nothing written");
+}
+
 #[test]
 fn extent_and_page_table_paths_agree() {
     const { assert!(svm::shaders::MAX_EXTENTS < 10, "the test maps 10 extents to overflow the table") };
     for backend in BACKENDS {
         let Some(svm) = ctx(small(backend)) else { return };
         let k = kernel(&svm, "pairs", PAIRS);
-        let mut v: Vec<ManagedVec<u32>> =
-            (0..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000; N]).expect("alloc")).collect();
+        let mut v = vectors(&svm, 0);
         for (pairs, path) in [(2u32, "extents"), (5, "page table")] {
-            let a = args(&v, pairs);
             let s0 = svm.stats();
-            svm.launch(
-                &k,
-                &LaunchDescriptor { args: &a, access: &access(&mut v, pairs as usize), workgroups: [16, 1, 1] },
-            )
-            .unwrap_or_else(|e| panic!("{backend} {path}: {e}"));
+            launch_pairs(&svm, &k, &mut v, pairs).unwrap_or_else(|e| panic!("{backend} {path}: {e}"));
             let s = svm.stats().since(&s0);
             let used = if path == "extents" { s.extent_passes } else { s.page_table_passes };
             assert_eq!((used, s.extent_passes + s.page_table_passes), (1, 1), "{backend}: {path} path: {s:?}");
-            for p in 0..pairs as usize {
-                let want = (2 * p as u32 * 1000) * 2 + 1;
-                assert!(v[2 * p + 1].iter().all(|&x| x == want), "{backend} {path}: pair {p}");
-            }
+            check_pairs(&v, pairs, 0, &format!("{backend} {path}"));
         }
         // The same undeclared destination, refused on both paths with the
         // same diagnosis: with 4 + 1 ranges (extents) and 8 + 1 (page
         // table). The destination of the last pair is not declared.
         for (pairs, path) in [(3u32, "extents"), (5, "page table")] {
-            let undeclared = v[2 * pairs as usize - 1].as_ptr() as u64;
-            let before = v[2 * pairs as usize - 1].to_vec();
-            let a = args(&v, pairs);
-            let mut acc = access(&mut v, pairs as usize);
-            acc.pop();
             let s0 = svm.stats();
-            let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
-            match r {
-                Err(LaunchError::Kernel { faults, total }) => {
-                    assert_eq!(total as usize, N, "{backend} {path}: one refused store per invocation");
-                    for f in &faults {
-                        assert_eq!(f.kind, KernelFaultKind::NotDeclared, "{backend} {path}: {f:?}");
-                        assert!(f.addr >= undeclared && f.addr < undeclared + 4 * N as u64, "{backend} {path}");
-                    }
-                }
-                other => panic!("{backend} {path}: expected NotDeclared, got {other:?}"),
-            }
+            expect_undeclared(&svm, &k, &mut v, pairs, &format!("{backend} {path}"));
             let s = svm.stats().since(&s0);
             let used = if path == "extents" { s.extent_passes } else { s.page_table_passes };
             assert_eq!(used, 1, "{backend}: {path} path: {s:?}");
-            assert_eq!(v[2 * pairs as usize - 1].to_vec(), before, "{backend} {path}: nothing written");
         }
         // A store through a read-only declaration: ReadOnly on both paths.
         for (pairs, path) in [(2u32, "extents"), (5, "page table")] {
@@ -174,40 +190,21 @@ fn coherent_mode_works_in_place() {
         };
         assert_eq!(svm.mapping_mode(), svm::MappingMode::Coherent);
         let k = kernel(&svm, "pairs", PAIRS);
-        let mut v: Vec<ManagedVec<u32>> =
-            (0..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000; N]).expect("alloc")).collect();
+        let mut v = vectors(&svm, 0);
         for pairs in [2u32, 5] {
-            let a = args(&v, pairs);
             let s0 = svm.stats();
-            svm.launch(
-                &k,
-                &LaunchDescriptor { args: &a, access: &access(&mut v, pairs as usize), workgroups: [16, 1, 1] },
-            )
-            .unwrap_or_else(|e| panic!("{backend}: {e}"));
-            for p in 0..pairs as usize {
-                let want = (2 * p as u32 * 1000) * 2 + 1;
-                assert!(v[2 * p + 1].iter().all(|&x| x == want), "{backend}: pair {p}");
-            }
+            launch_pairs(&svm, &k, &mut v, pairs).unwrap_or_else(|e| panic!("{backend}: {e}"));
+            check_pairs(&v, pairs, 0, backend.to_string().as_str());
             let s = svm.stats().since(&s0);
             assert_eq!((s.h2d_pages, s.d2h_pages, s.cpu_faults), (0, 0, 0), "{backend}: nothing moves: {s:?}");
             assert_eq!(svm.device_resident_pages(), 0);
         }
         // The CPU writes, the next launch reads it, in place.
         v[0].fill(5);
-        let a = args(&v, 1);
-        svm.launch(&k, &LaunchDescriptor { args: &a, access: &access(&mut v, 1), workgroups: [16, 1, 1] })
-            .expect("launch");
+        launch_pairs(&svm, &k, &mut v, 1).expect("launch");
         assert!(v[1].iter().all(|&x| x == 11), "{backend}");
         // Undeclared: refused, nothing written.
-        let a = args(&v, 2);
-        let mut acc = access(&mut v, 2);
-        acc.pop();
-        let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
-        assert!(
-            matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults.iter().all(|f| f.kind == KernelFaultKind::NotDeclared)),
-            "{backend}: {r:?}"
-        );
-        assert!(v[3].iter().all(|&x| x == 2 * 2000 + 1), "{backend}: v[3] unchanged");
+        expect_undeclared(&svm, &k, &mut v, 2, &backend.to_string());
     }
 }
 
@@ -229,29 +226,11 @@ fn launch_in_a_later_segment() {
             &LaunchDescriptor { args: &none, access: &[Access::read_write(&mut filler)], workgroups: [1, 1, 1] },
         )
         .expect("filler launch");
-        let mut v: Vec<ManagedVec<u32>> =
-            (0..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000 + 7; N]).expect("alloc")).collect();
-        let a = args(&v, 3);
-        svm.launch(&k, &LaunchDescriptor { args: &a, access: &access(&mut v, 3), workgroups: [16, 1, 1] })
-            .unwrap_or_else(|e| panic!("{backend}: {e}"));
-        for p in 0..3usize {
-            let want = (2 * p as u32 * 1000 + 7) * 2 + 1;
-            assert!(v[2 * p + 1].iter().all(|&x| x == want), "{backend}: pair {p}");
-        }
+        let mut v = vectors(&svm, 7);
+        launch_pairs(&svm, &k, &mut v, 3).unwrap_or_else(|e| panic!("{backend}: {e}"));
+        check_pairs(&v, 3, 7, backend.to_string().as_str());
         // Refused there too, with the right diagnosis, and nothing leaks.
-        let undeclared = v[5].as_ptr() as u64;
-        let mut acc = access(&mut v, 3);
-        acc.pop();
-        let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
-        match r {
-            Err(LaunchError::Kernel { faults, .. }) => {
-                for f in &faults {
-                    assert_eq!(f.kind, KernelFaultKind::NotDeclared, "{backend}: {f:?}");
-                    assert!(f.addr >= undeclared && f.addr < undeclared + 4 * N as u64, "{backend}");
-                }
-            }
-            other => panic!("{backend}: expected NotDeclared, got {other:?}"),
-        }
+        expect_undeclared(&svm, &k, &mut v, 3, &backend.to_string());
         drop(filler);
     }
 }
