@@ -235,25 +235,9 @@ fn plot(o: &Opts, rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::E
     let ymax = rows.iter().map(Row::ratio).fold(1.0, f64::max) * 1.15;
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("svm demos: managed time / explicit-copy time (medians of {}, lower is better)", o.reps),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d((0u32..n - 1).into_segmented(), 0f64..ymax)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc("managed / explicit")
-        .x_labels(n as usize)
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(k) => rows.get(*k as usize).map_or_else(String::new, |r| r.demo.label().into()),
-            _ => String::new(),
-        })
-        .draw()?;
+    let caption = format!("svm demos: managed time / explicit-copy time (medians of {}, lower is better)", o.reps);
+    let labels: Vec<String> = rows.iter().map(|r| r.demo.label().into()).collect();
+    let mut chart = common::bar_axes(&root, (&caption, 18), &labels, "managed / explicit", ymax)?;
     chart.draw_series(rows.iter().enumerate().map(|(k, r)| {
         let k = k as u32;
         let mut bar = Rectangle::new(

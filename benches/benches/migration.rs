@@ -701,23 +701,7 @@ fn plot(o: &Opts, b: &Baselines, cfgs: &[Config], path: &std::path::Path) -> Res
             ymax = ymax.max(raw.iter().copied().filter(|x| x.is_finite()).fold(0.0, f64::max));
         }
         let ymax = (ymax * 1.15).max(1e-6);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(*title, ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d((0u32..n - 1).into_segmented(), 0f64..ymax)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .y_desc(*unit)
-            .x_labels(n as usize)
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(k) => labels.get(*k as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .x_label_style(("sans-serif", 11))
-            .draw()?;
+        let mut chart = common::bar_axes(panel, (title, 16), &labels, unit, ymax)?;
         chart.draw_series(vals.iter().zip(cfgs).enumerate().map(|(k, (v, c))| {
             let k = k as u32;
             let mut r = Rectangle::new(

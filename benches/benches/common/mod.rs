@@ -1,10 +1,10 @@
-//! Helpers shared by the criterion root and the `migration` program: the
-//! plain-wgpu baseline device, the page-touching kernel, a trivial fault
-//! handler over the raw mechanism, medians and machine facts.
+//! Helpers shared by the bench binaries: the plain-wgpu baseline device, the
+//! page-touching kernel, a trivial fault handler over the raw mechanism,
+//! medians, machine facts, the source description and the bar-chart axes.
 //!
-//! Every item is used by at least one of the two binaries that include this
+//! Every item is used by at least one of the binaries that include this
 //! module; each binary uses only some of them.
-#![allow(dead_code, reason = "shared between two bench binaries, each using part of it")]
+#![allow(dead_code, reason = "shared between bench binaries, each using part of it")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -237,4 +237,41 @@ pub fn git_describe() -> String {
     } else {
         format!("commit {rev} + uncommitted edits in runtime/migrate/shaders/svm-pagetable")
     }
+}
+
+/// Coordinates of [`bar_axes`]: one segment per bar, f64 values.
+pub type BarCoord = plotters::prelude::Cartesian2d<
+    plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordu32>,
+    plotters::coord::types::RangedCoordf64,
+>;
+
+/// The axes of a bar chart with one segment per label and y from 0 to
+/// `ymax`, mesh drawn; the caller draws the bars and reference lines.
+pub fn bar_axes<'a, DB: plotters::prelude::DrawingBackend + 'a>(
+    area: &'a plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: (&str, u32),
+    labels: &[String],
+    y_desc: &str,
+    ymax: f64,
+) -> Result<plotters::prelude::ChartContext<'a, DB, BarCoord>, plotters::prelude::DrawingAreaErrorKind<DB::ErrorType>> {
+    use plotters::prelude::*;
+    let n = labels.len() as u32;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption.0, ("sans-serif", caption.1))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d((0u32..n - 1).into_segmented(), 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(y_desc)
+        .x_labels(labels.len())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(k) => labels.get(*k as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_label_style(("sans-serif", 11))
+        .draw()?;
+    Ok(chart)
 }
