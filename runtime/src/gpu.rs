@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use svm_pagetable::PAGE_SIZE;
-use svm_shaders::{LOG_FAULTS, MAX_ARG_WORDS, POOL_SEGMENTS};
+use svm_shaders::{Windows, COHERENT_BINDING, LOG_FAULTS, MAX_ARG_WORDS, WINDOWS_BINDING};
 
 use crate::error::{DeviceError, SvmError};
 
@@ -172,6 +172,8 @@ pub(crate) struct Gpu {
     /// Segments holding frames (the rest of the four bindings are
     /// placeholders the kernels never read).
     pub segments_used: u32,
+    /// How kernels bind the windows (the prelude variant).
+    pub windows: Windows,
     pub total_frames: u32,
     /// The pool segments are CPU-mappable (unified memory): migrations map
     /// them instead of going through staging buffers.
@@ -215,6 +217,12 @@ impl Gpu {
         let coherent = mode == MappingMode::Coherent;
         let Opened { adapter, device, queue, info, raw, host_import, validation, instance } =
             open_device(host_mapped_pool && mode == MappingMode::Software, sparse)?;
+        let windows = if device.features().contains(BINDING_ARRAY_FEATURES) && windows_allowed()? {
+            Windows::Array
+        } else {
+            Windows::Fixed
+        };
+        let window_count = windows.count();
         let limits = device.limits();
         let seg_limit =
             (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / PAGE_SIZE as u64) * PAGE_SIZE as u64;
@@ -228,14 +236,14 @@ impl Gpu {
         let segment_page_shift = (seg_limit / PAGE_SIZE as u64).max(1).ilog2();
         let seg_bytes = (PAGE_SIZE as u64) << segment_page_shift;
         let nseg = view_bytes.div_ceil(seg_bytes).max(1);
-        if nseg > u64::from(POOL_SEGMENTS) {
+        if nseg > u64::from(window_count) {
             return Err(SvmError::Config(format!(
-                "{} of {view_bytes} bytes needs {nseg} bindings of {seg_bytes} bytes; the prelude binds {POOL_SEGMENTS}",
+                "{} of {view_bytes} bytes needs {nseg} windows of {seg_bytes} bytes; the prelude binds {window_count} ({windows:?})",
                 if mode == MappingMode::Software { "the device pool" } else { "the arena's device view" }
             )));
         }
         let frames_per_segment = 1u32 << segment_page_shift;
-        #[allow(clippy::cast_possible_truncation, reason = "at most POOL_SEGMENTS, checked above")]
+        #[allow(clippy::cast_possible_truncation, reason = "at most window_count, checked above")]
         let segments_used = nseg as u32;
         let total_frames =
             u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
@@ -272,23 +280,28 @@ impl Gpu {
         let mut sparse_arena = None;
         let mut coherent_view = None;
         let mut segments = Vec::new();
+        // Bound where a window is unused.
+        let unused = SegmentView {
+            buffer: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("svm unused window"),
+                size: 16,
+                usage: storage,
+                mapped_at_creation: false,
+            }),
+            base: 0,
+            size: 16,
+        };
         // Windows of one buffer holding the whole arena view (sparse and
         // coherent modes); placeholders past its end.
-        let windows = |buffer: &wgpu::Buffer, segments: &mut Vec<SegmentView>| {
+        let view_windows = |buffer: &wgpu::Buffer, segments: &mut Vec<SegmentView>| {
             let mut left = view_bytes;
-            for _ in 0..POOL_SEGMENTS {
+            for _ in 0..window_count {
                 if left > 0 {
                     let size = seg_bytes.min(left);
                     segments.push(SegmentView { buffer: buffer.clone(), base: view_bytes - left, size });
                     left -= size;
                 } else {
-                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("svm unused window"),
-                        size: 16,
-                        usage: storage,
-                        mapped_at_creation: false,
-                    });
-                    segments.push(SegmentView { buffer, base: 0, size: 16 });
+                    segments.push(unused.clone());
                 }
             }
         };
@@ -305,7 +318,7 @@ impl Gpu {
             let import =
                 unsafe { crate::vk::HostImport::new(raw, Some("svm coherent arena view"), arena_host, len, ()) }
                     .map_err(|e| SvmError::Config(format!("importing the arena for the coherent mode: {e}")))?;
-            windows(import.buffer(), &mut segments);
+            view_windows(import.buffer(), &mut segments);
             coherent_view = Some(import);
         } else if sparse {
             let raw = raw.as_ref().ok_or_else(|| {
@@ -332,12 +345,16 @@ impl Gpu {
                     arena.page_size()
                 )));
             }
-            windows(arena.buffer(), &mut segments);
+            view_windows(arena.buffer(), &mut segments);
             sparse_arena = Some(arena);
         } else {
             let mut left = pool_bytes;
-            for i in 0..POOL_SEGMENTS {
-                let size = if left > 0 { seg_bytes.min(left) } else { 16 };
+            for i in 0..window_count {
+                if left == 0 && i > 0 {
+                    segments.push(unused.clone());
+                    continue;
+                }
+                let size = seg_bytes.min(left).max(16);
                 left = left.saturating_sub(size);
                 let buffer = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("svm pool segment {i}")),
@@ -397,11 +414,18 @@ impl Gpu {
             count: None,
         };
         let mut entries = vec![entry(0, true), entry(1, true), entry(2, false)];
-        entries.extend((0..POOL_SEGMENTS).map(|i| entry(3 + i, false)));
+        match windows {
+            Windows::Fixed => entries.extend((0..window_count).map(|i| entry(WINDOWS_BINDING + i, false))),
+            Windows::Array => entries.push(wgpu::BindGroupLayoutEntry {
+                count: core::num::NonZeroU32::new(window_count),
+                ..entry(WINDOWS_BINDING, false)
+            }),
+        }
         entries.push(entry(COHERENT_BINDING, false));
         let bgl =
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
-        let bind_group = make_bind_group(&device, &bgl, &page_table, &args, &log, &segments, &coherent_placeholder);
+        let bind_group =
+            make_bind_group(&device, &bgl, [&page_table, &args, &log], &segments, &coherent_placeholder, windows);
         // Launches whose pages all lie in one segment bind it first and run
         // the one-segment specialization of their kernel.
         let first_segment_bind_groups = if segments_used > 1 {
@@ -409,7 +433,7 @@ impl Gpu {
                 .map(|k| {
                     let mut v = segments.clone();
                     v[0] = segments[k].clone();
-                    make_bind_group(&device, &bgl, &page_table, &args, &log, &v, &coherent_placeholder)
+                    make_bind_group(&device, &bgl, [&page_table, &args, &log], &v, &coherent_placeholder, windows)
                 })
                 .collect()
         } else {
@@ -443,6 +467,7 @@ impl Gpu {
             frames_per_segment,
             segment_page_shift,
             segments_used,
+            windows,
             total_frames,
             mapped_pool,
             staging,
@@ -557,35 +582,65 @@ impl Gpu {
 
     /// The bind group with `coherent` as the coherent window.
     pub fn bind_group_with(&self, coherent: &wgpu::Buffer) -> wgpu::BindGroup {
-        make_bind_group(&self.device, &self.bgl, &self.page_table, &self.args, &self.log, &self.segments, coherent)
+        make_bind_group(
+            &self.device,
+            &self.bgl,
+            [&self.page_table, &self.args, &self.log],
+            &self.segments,
+            coherent,
+            self.windows,
+        )
     }
 }
 
-/// Binding of the coherent window (`svm_coherent`).
-const COHERENT_BINDING: u32 = 3 + POOL_SEGMENTS;
+/// The device features [`Windows::Array`] needs.
+const BINDING_ARRAY_FEATURES: wgpu::Features = wgpu::Features::BUFFER_BINDING_ARRAY
+    .union(wgpu::Features::STORAGE_RESOURCE_BINDING_ARRAY)
+    .union(wgpu::Features::SAMPLED_TEXTURE_AND_STORAGE_BUFFER_ARRAY_NON_UNIFORM_INDEXING);
 
+/// Environment variable choosing how kernels bind the windows of the pool /
+/// arena view: `array` (one binding array, where the device has them; the
+/// default) or `fixed` (four bindings).
+pub const WINDOWS_ENV: &str = "SVM_WINDOWS";
+
+fn windows_allowed() -> Result<bool, SvmError> {
+    match std::env::var(WINDOWS_ENV).as_deref() {
+        Ok("array") | Ok("") | Err(_) => Ok(true),
+        Ok("fixed") => Ok(false),
+        Ok(other) => Err(SvmError::Config(format!("{WINDOWS_ENV}={other:?}: expected array or fixed"))),
+    }
+}
+
+/// The runtime's bind group: `core` = page table, arguments, log (bindings
+/// 0-2), then the windows, then the coherent window.
 fn make_bind_group(
     device: &wgpu::Device,
     bgl: &wgpu::BindGroupLayout,
-    page_table: &wgpu::Buffer,
-    args: &wgpu::Buffer,
-    log: &wgpu::Buffer,
+    core: [&wgpu::Buffer; 3],
     segments: &[SegmentView],
     coherent: &wgpu::Buffer,
+    windows: Windows,
 ) -> wgpu::BindGroup {
-    let mut e = vec![
-        wgpu::BindGroupEntry { binding: 0, resource: page_table.as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 1, resource: args.as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 2, resource: log.as_entire_binding() },
-    ];
-    e.extend(segments.iter().enumerate().map(|(i, v)| wgpu::BindGroupEntry {
-        binding: 3 + i as u32,
-        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &v.buffer,
-            offset: v.base,
-            size: wgpu::BufferSize::new(v.size),
-        }),
-    }));
+    let mut e: Vec<wgpu::BindGroupEntry<'_>> = (0u32..)
+        .zip(core)
+        .map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+        .collect();
+    fn binding(v: &SegmentView) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding { buffer: &v.buffer, offset: v.base, size: wgpu::BufferSize::new(v.size) }
+    }
+    let array: Vec<wgpu::BufferBinding<'_>> = segments.iter().map(binding).collect();
+    match windows {
+        Windows::Fixed => e.extend(segments.iter().enumerate().map(|(i, v)| wgpu::BindGroupEntry {
+            binding: WINDOWS_BINDING + i as u32,
+            resource: wgpu::BindingResource::Buffer(binding(v)),
+        })),
+        Windows::Array => {
+            e.push(wgpu::BindGroupEntry {
+                binding: WINDOWS_BINDING,
+                resource: wgpu::BindingResource::BufferArray(&array),
+            });
+        }
+    }
     e.push(wgpu::BindGroupEntry { binding: COHERENT_BINDING, resource: coherent.as_entire_binding() });
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
 }
@@ -616,6 +671,7 @@ fn open_device(host_mapped_pool: bool, sparse: bool) -> Result<Opened, SvmError>
         let desc = DeviceDescriptor {
             label: Some("svm"),
             required_features: features,
+            optional_features: BINDING_ARRAY_FEATURES,
             required_limits: None,
             want_sparse: sparse,
             want_host_import: true,

@@ -442,6 +442,12 @@ impl Svm {
     pub fn coherent_mode_available(&self) -> bool {
         self.inner.gpu.host_import
     }
+    /// How kernels bind the windows of the pool / arena view (a binding
+    /// array where the device has them, else four bindings;
+    /// `SVM_WINDOWS=fixed` forces the latter).
+    pub fn windows(&self) -> svm_shaders::Windows {
+        self.inner.gpu.windows
+    }
     /// How device pages are mapped.
     pub fn mapping_mode(&self) -> MappingMode {
         self.inner.gpu.mode
@@ -591,12 +597,20 @@ impl Svm {
     pub fn create_kernel(&self, desc: &KernelDescriptor<'_>) -> Result<Kernel, KernelError> {
         let gpu = &self.inner.gpu;
         gpu.check_lost()?;
-        let src = svm_shaders::with_prelude(desc.source);
+        let windows = gpu.windows;
+        let src = svm_shaders::with_prelude_for(windows, desc.source);
         let compile = |message: String| KernelError::Compile { label: desc.label.into(), message };
         // Validate with naga first: a clear message instead of a device error.
         let mut module = naga::front::wgsl::parse_str(&src).map_err(|e| compile(e.emit_to_string(&src)))?;
+        let caps = match windows {
+            svm_shaders::Windows::Fixed => naga::valid::Capabilities::empty(),
+            svm_shaders::Windows::Array => {
+                naga::valid::Capabilities::STORAGE_BUFFER_BINDING_ARRAY
+                    | naga::valid::Capabilities::STORAGE_BUFFER_BINDING_ARRAY_NON_UNIFORM_INDEXING
+            }
+        };
         let validate = |m: &naga::Module| {
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .validate(m)
                 .map(drop)
                 .map_err(Box::new)
@@ -604,7 +618,7 @@ impl Svm {
         validate(&module).map_err(|e| compile(e.emit_to_string(&src)))?;
         if let Some(name) = module.global_variables.iter().find_map(|(_, g)| {
             let name = g.name.as_deref().unwrap_or("(unnamed)");
-            (g.binding.is_some() && !svm_shaders::PRELUDE_BINDINGS.contains(&name)).then_some(name)
+            (g.binding.is_some() && !windows.bindings().contains(&name)).then_some(name)
         }) {
             return Err(compile(format!("`{name}` is bound: kernels declare no bindings of their own")));
         }

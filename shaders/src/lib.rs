@@ -20,11 +20,56 @@
 //! prelude with naga and fail if the two drift.
 #![forbid(unsafe_code)]
 
-/// The WGSL prelude (see the crate docs).
-pub const PRELUDE: &str = include_str!("prelude.wgsl");
+/// The WGSL prelude (see the crate docs) with [`Windows::Fixed`], the
+/// variant every device supports.
+pub const PRELUDE: &str = concat!(include_str!("prelude.wgsl"), include_str!("windows_fixed.wgsl"));
+/// The prelude with [`Windows::Array`].
+pub const PRELUDE_ARRAY: &str =
+    concat!("enable wgpu_binding_array;\n", include_str!("prelude.wgsl"), include_str!("windows_array.wgsl"));
 
-/// Number of pool segment bindings the prelude declares (`svm_pool0..3`).
+/// How the prelude binds the windows of the pool / arena view.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Windows {
+    /// Four plain bindings, 3 to 6 (`svm_pool0..3`): any device.
+    Fixed,
+    /// One binding array of [`MAX_WINDOWS`] at binding 3 (`svm_pool`):
+    /// devices with storage-buffer binding arrays and non-uniform indexing.
+    Array,
+}
+
+impl Windows {
+    /// How many windows the prelude can address.
+    pub fn count(self) -> u32 {
+        match self {
+            Windows::Fixed => POOL_SEGMENTS,
+            Windows::Array => MAX_WINDOWS,
+        }
+    }
+    /// The prelude's source.
+    pub fn prelude(self) -> &'static str {
+        match self {
+            Windows::Fixed => PRELUDE,
+            Windows::Array => PRELUDE_ARRAY,
+        }
+    }
+    /// The prelude's bound resources (group 0), by binding; kernels declare
+    /// none of their own.
+    pub fn bindings(self) -> &'static [&'static str] {
+        match self {
+            Windows::Fixed => &PRELUDE_BINDINGS,
+            Windows::Array => &["svm_pt", "svm_args", "svm_log", "svm_pool", "svm_coherent"],
+        }
+    }
+}
+
+/// Number of pool segment bindings of [`Windows::Fixed`] (`svm_pool0..3`).
 pub const POOL_SEGMENTS: u32 = 4;
+/// Windows in the binding array of [`Windows::Array`] (`SVM_MAX_WINDOWS`).
+pub const MAX_WINDOWS: u32 = 32;
+/// Binding of the first window (or of the window array).
+pub const WINDOWS_BINDING: u32 = 3;
+/// Binding of the coherent window.
+pub const COHERENT_BINDING: u32 = 7;
 /// Launch argument words (`SVM_MAX_ARG_WORDS`).
 pub const MAX_ARG_WORDS: u32 = 64;
 /// Error records kept per launch (`SVM_ERR_RECORDS`).
@@ -32,8 +77,7 @@ pub const ERROR_RECORDS: u32 = 16;
 /// Word offset of the fault section in the launch log (`SVM_LOG_FAULTS`).
 pub const LOG_FAULTS: u32 = 65;
 
-/// The prelude's bound resources (group 0); kernels declare none of their
-/// own.
+/// The bound resources (group 0) of the prelude with [`Windows::Fixed`].
 pub const PRELUDE_BINDINGS: [&str; 8] =
     ["svm_pt", "svm_args", "svm_log", "svm_pool0", "svm_pool1", "svm_pool2", "svm_pool3", "svm_coherent"];
 
@@ -112,10 +156,16 @@ pub const ALL_KERNELS: &[(&str, &str)] = &[
     ("bicg", kernels::BICG),
 ];
 
-/// The full source of a kernel: prelude + body.
+/// The full source of a kernel: prelude ([`Windows::Fixed`]) + body.
 pub fn with_prelude(body: &str) -> String {
-    let mut s = String::with_capacity(PRELUDE.len() + body.len() + 1);
-    s.push_str(PRELUDE);
+    with_prelude_for(Windows::Fixed, body)
+}
+
+/// The full source of a kernel: the prelude for `windows` + body.
+pub fn with_prelude_for(windows: Windows, body: &str) -> String {
+    let prelude = windows.prelude();
+    let mut s = String::with_capacity(prelude.len() + body.len() + 1);
+    s.push_str(prelude);
     s.push('\n');
     s.push_str(body);
     s
@@ -240,15 +290,22 @@ mod tests {
             .filter(|(_, g)| g.name.as_deref().is_some_and(|n| n.starts_with("svm_pool")))
             .count();
         assert_eq!(pools as u32, POOL_SEGMENTS);
-        let mut bindings: Vec<(u32, &str)> = m
-            .global_variables
-            .iter()
-            .filter_map(|(_, g)| Some((g.binding.as_ref()?.binding, g.name.as_deref()?)))
-            .collect();
-        bindings.sort_unstable();
-        let names: Vec<&str> = bindings.iter().map(|&(_, n)| n).collect();
-        assert_eq!(names, PRELUDE_BINDINGS, "PRELUDE_BINDINGS lists the prelude's bindings in order");
-        assert_eq!(bindings.len(), 8, "the prelude stays within wgpu's default 8 storage buffers per stage");
+        for w in [Windows::Fixed, Windows::Array] {
+            let m = module(w.prelude());
+            let mut bindings: Vec<(u32, &str)> = m
+                .global_variables
+                .iter()
+                .filter_map(|(_, g)| Some((g.binding.as_ref()?.binding, g.name.as_deref()?)))
+                .collect();
+            bindings.sort_unstable();
+            let names: Vec<&str> = bindings.iter().map(|&(_, n)| n).collect();
+            assert_eq!(names, w.bindings(), "{w:?}: bindings() lists the prelude's bindings in order");
+            assert!(bindings.len() <= 8, "the prelude stays within wgpu's default 8 storage buffers per stage");
+            let find = |name: &str| bindings.iter().find(|&&(_, n)| n == name).map(|&(b, _)| b);
+            assert_eq!(find("svm_coherent"), Some(COHERENT_BINDING), "{w:?}");
+            assert_eq!(find(if w == Windows::Fixed { "svm_pool0" } else { "svm_pool" }), Some(WINDOWS_BINDING));
+        }
+        assert_eq!(wgsl_const(&module(PRELUDE_ARRAY), "SVM_MAX_WINDOWS"), MAX_WINDOWS);
     }
 
     fn validate(m: &naga::Module) -> Result<naga::valid::ModuleInfo, String> {
@@ -259,8 +316,8 @@ mod tests {
 
     #[test]
     fn every_kernel_validates_wrapped() {
-        for (name, body) in ALL_KERNELS {
-            let src = with_prelude(body);
+        for (name, body, w) in ALL_KERNELS.iter().flat_map(|&(n, b)| [(n, b, Windows::Fixed), (n, b, Windows::Array)]) {
+            let src = with_prelude_for(w, body);
             let mut m = module(&src);
             validate(&m).unwrap_or_else(|e| panic!("kernel {name}: {e}"));
             let entries: Vec<String> = m.entry_points.iter().map(|e| e.name.clone()).collect();

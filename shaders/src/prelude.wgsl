@@ -111,17 +111,17 @@ struct SvmArgs {
 //                         fault_cap entries page | (write << 31);
 //   then the read and write fault bitmaps (offsets in svm_args).
 @group(0) @binding(2) var<storage, read_write> svm_log: array<atomic<u32>>;
-@group(0) @binding(3) var<storage, read_write> svm_pool0: array<u32>;
-@group(0) @binding(4) var<storage, read_write> svm_pool1: array<u32>;
-@group(0) @binding(5) var<storage, read_write> svm_pool2: array<u32>;
-@group(0) @binding(6) var<storage, read_write> svm_pool3: array<u32>;
+// Binding 3 on: the windows of the pool / arena view, with
+// svm_pool_read() and svm_pool_write(): four plain bindings
+// (windows_fixed.wgsl) or one binding array (windows_array.wgsl), appended
+// to this file by `svm_shaders::prelude`.
 // Host memory imported for in-place access (Advice::AccessedBy), or a
 // placeholder.
 @group(0) @binding(7) var<storage, read_write> svm_coherent: array<u32>;
 
 const SVM_LOG_FAULTS: u32 = 65u;
-const SVM_SEG_COHERENT: u32 = 4u;
-const SVM_SEG_NONE: u32 = 5u;
+const SVM_SEG_COHERENT: u32 = 0xfffffffeu;
+const SVM_SEG_NONE: u32 = 0xffffffffu;
 const SVM_WORD_COHERENT: u32 = 0x80000000u;
 
 // This invocation's last refused access: its address, and its kind with
@@ -254,33 +254,6 @@ fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {
         return svm_translate_extents(p, write);
     }
     return svm_translate_table(p, write);
-}
-
-// Segments a runtime does not use are never read: the specialization
-// constants fold these branches away.
-fn svm_pool_read(t: vec2<u32>) -> u32 {
-    if (SVM_SPECULATIVE_READS != 0u && SVM_SEGMENTS == 1u && !SVM_COHERENT) {
-        // No masked branch: read, then keep the value only if admitted.
-        var y = t.y;
-        if (SVM_SPECULATIVE_READS == 2u) {
-            y = select(svm_safe_word, t.y, t.x == 0u);
-        }
-        return select(0u, svm_pool0[y], t.x == 0u);
-    }
-    if (t.x == 0u) { return svm_pool0[t.y]; }
-    if (SVM_SEGMENTS > 1u && t.x == 1u) { return svm_pool1[t.y]; }
-    if (SVM_SEGMENTS > 2u && t.x == 2u) { return svm_pool2[t.y]; }
-    if (SVM_SEGMENTS > 3u && t.x == 3u) { return svm_pool3[t.y]; }
-    if (SVM_COHERENT && t.x == SVM_SEG_COHERENT) { return svm_coherent[t.y]; }
-    return 0u;
-}
-
-fn svm_pool_write(t: vec2<u32>, v: u32) {
-    if (t.x == 0u) { svm_pool0[t.y] = v; }
-    else if (SVM_SEGMENTS > 1u && t.x == 1u) { svm_pool1[t.y] = v; }
-    else if (SVM_SEGMENTS > 2u && t.x == 2u) { svm_pool2[t.y] = v; }
-    else if (SVM_SEGMENTS > 3u && t.x == 3u) { svm_pool3[t.y] = v; }
-    else if (SVM_COHERENT && t.x == SVM_SEG_COHERENT) { svm_coherent[t.y] = v; }
 }
 
 // --- the kernel-facing API ---

@@ -80,6 +80,8 @@ pub struct DeviceDescriptor<'a> {
     pub label: Option<&'a str>,
     /// wgpu features (must be supported by the adapter).
     pub required_features: wgpu::Features,
+    /// wgpu features enabled where the adapter has them.
+    pub optional_features: wgpu::Features,
     /// wgpu limits; `None`: what the runtime requests in `gpu.rs` (default
     /// limits, raised to the adapter's storage-binding and buffer sizes).
     pub required_limits: Option<wgpu::Limits>,
@@ -113,6 +115,7 @@ impl Default for DeviceDescriptor<'_> {
         Self {
             label: Some("svm-vk"),
             required_features: wgpu::Features::empty(),
+            optional_features: wgpu::Features::empty(),
             required_limits: None,
             want_sparse: true,
             want_host_import: true,
@@ -167,6 +170,7 @@ pub fn runtime_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
         max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
         max_buffer_size: adapter.max_buffer_size,
         max_storage_buffers_per_shader_stage: adapter.max_storage_buffers_per_shader_stage.max(8),
+        max_binding_array_elements_per_shader_stage: adapter.max_binding_array_elements_per_shader_stage,
         ..wgpu::Limits::default()
     }
 }
@@ -253,7 +257,7 @@ pub fn open(desc: &DeviceDescriptor<'_>) -> Result<OpenDevice> {
     let limits = desc.required_limits.clone().unwrap_or_else(|| runtime_limits(&adapter.limits()));
     let wdesc = wgpu::DeviceDescriptor {
         label: desc.label,
-        required_features: desc.required_features,
+        required_features: desc.required_features | (desc.optional_features & adapter.features()),
         required_limits: limits.clone(),
         ..Default::default()
     };

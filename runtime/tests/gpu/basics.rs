@@ -356,6 +356,13 @@ fn mapping_mode_follows_the_environment() {
         _ => svm::MappingMode::Software,
     };
     assert_eq!(svm.mapping_mode(), want);
+    // Windows: a binding array where the device has them (lavapipe does),
+    // unless SVM_WINDOWS=fixed.
+    if std::env::var("SVM_WINDOWS").as_deref() == Ok("fixed") {
+        assert_eq!(svm.windows(), svm::shaders::Windows::Fixed);
+    } else if std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() == Ok("1") {
+        assert_eq!(svm.windows(), svm::shaders::Windows::Array);
+    }
     if want != svm::MappingMode::Software {
         assert!(!svm.pool_is_host_mapped(), "no pool: the arena's view is sparse memory or the host pages");
     }

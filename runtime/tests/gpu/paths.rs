@@ -205,6 +205,7 @@ fn coherent_mode_works_in_place() {
         assert!(v[1].iter().all(|&x| x == 11), "{backend}");
         // Undeclared: refused, nothing written.
         expect_undeclared(&svm, &k, &mut v, 2, &backend.to_string());
+        svm.validation_check().unwrap_or_else(|e| panic!("{backend}: validation: {e}"));
     }
 }
 
@@ -232,5 +233,44 @@ fn launch_in_a_later_segment() {
         // Refused there too, with the right diagnosis, and nothing leaks.
         expect_undeclared(&svm, &k, &mut v, 3, &backend.to_string());
         drop(filler);
+    }
+}
+
+/// An arena view of more windows than four bindings (640 MiB: five windows
+/// of lavapipe's 128 MiB), which needs the binding-array windows: launches
+/// whose vectors lie in the first and in the fifth window, on the extent and
+/// the page-table paths. With `SVM_WINDOWS=fixed` the runtime refuses the
+/// arena with a clear error instead.
+#[test]
+fn arena_view_beyond_four_windows() {
+    for mode in [svm::MappingMode::Sparse, svm::MappingMode::Coherent] {
+        let desc = small(BACKENDS[0]).arena_size(640 << 20).mapping(mode);
+        let svm = match svm::Svm::with_descriptor(&desc) {
+            Ok(s) => s,
+            Err(svm::SvmError::Config(m)) if std::env::var("SVM_WINDOWS").as_deref() == Ok("fixed") => {
+                assert!(m.contains("windows"), "{m}");
+                continue;
+            }
+            Err(e) if std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1") => {
+                eprintln!("SKIP: {mode:?} with a 640 MiB arena unavailable here ({e})");
+                continue;
+            }
+            Err(e) => panic!("{mode:?}: {e}"),
+        };
+        let k = kernel(&svm, "pairs", PAIRS);
+        let mut v = vec![svm.alloc_from_slice(&vec![7u32; N]).expect("first")];
+        let filler = svm.alloc_vec::<u8>(520 << 20).expect("filler");
+        v.extend((1..10u32).map(|k| svm.alloc_from_slice(&vec![k * 1000 + 7; N]).expect("alloc")));
+        let what = format!("{mode:?}");
+        for pairs in [2u32, 5] {
+            let s0 = svm.stats();
+            launch_pairs(&svm, &k, &mut v, pairs).unwrap_or_else(|e| panic!("{what}: {e}"));
+            check_pairs(&v, pairs, 7, &what);
+            let s = svm.stats().since(&s0);
+            assert_eq!(s.extent_passes, u64::from(pairs == 2), "{what}: {s:?}");
+        }
+        expect_undeclared(&svm, &k, &mut v, 3, &what);
+        drop(filler);
+        svm.validation_check().unwrap_or_else(|e| panic!("{what}: validation: {e}"));
     }
 }
