@@ -24,11 +24,13 @@ enum Mode {
     /// Page table in a storage buffer, frames of a pool, translated in WGSL.
     Software,
     /// The arena's device view is a sparse buffer (Vulkan sparse binding);
-    /// the arena is 512 MiB so that it fits four storage bindings.
+    /// the arena is 512 MiB so that it fits four storage bindings (devices
+    /// without binding arrays).
     Sparse,
     /// The kernels use the CPU's pages in place (host memory imported with
     /// VK_EXT_external_memory_host): nothing migrates; the arena is 512 MiB
-    /// so that it fits four storage bindings.
+    /// so that it fits four storage bindings (devices without binding
+    /// arrays).
     Coherent,
 }
 

@@ -157,8 +157,9 @@ pub(crate) struct Gpu {
     pub raw: Option<std::sync::Arc<crate::vk::RawDevice>>,
     pub host_import: bool,
     pub fault_bitmap_words: u32,
-    /// The four pool bindings: buffers of the pool (software mode) or
-    /// windows of the sparse arena view (sparse mode).
+    /// The windows (`windows.count()` of them): buffers of the pool
+    /// (software mode) or ranges of the arena view (sparse, coherent).
+    /// Index `k` is binding 3 + k (fixed) or element k of binding 3 (array).
     pub segments: Vec<SegmentView>,
     /// How device pages are mapped. Sparse: frame = arena page, backed by
     /// sparse binding. Coherent: frame = arena page, in `coherent_view`.
@@ -169,8 +170,8 @@ pub(crate) struct Gpu {
     /// Frames per segment: a power of two, `1 << segment_page_shift`.
     pub frames_per_segment: u32,
     pub segment_page_shift: u32,
-    /// Segments holding frames (the rest of the four bindings are
-    /// placeholders the kernels never read).
+    /// Segments holding frames (the other windows are placeholders the
+    /// kernels never read).
     pub segments_used: u32,
     /// How kernels bind the windows (the prelude variant).
     pub windows: Windows,
@@ -727,15 +728,16 @@ pub enum MappingMode {
     /// page `p`, backed by memory bound with `vkQueueBindSparse` while
     /// resident; the page table's frame is the page itself. Needs
     /// `sparseBinding` + `sparseResidencyBuffer`, and an arena of at most
-    /// four storage bindings.
+    /// as many storage bindings as the prelude has windows (32 with
+    /// binding arrays, else 4).
     Sparse,
     /// The arena's host memory *is* the device view (imported with
     /// `VK_EXT_external_memory_host`): nothing migrates, kernels read and
     /// write the pages the CPU uses, in place (CUDA's ATS / HMM's
     /// DEVICE_PUBLIC, for the whole arena). The page table still maps
     /// exactly what a launch declares. Needs host import and an arena of at
-    /// most four storage bindings; the CPU must not touch memory a running
-    /// kernel writes.
+    /// most as many storage bindings as the prelude has windows; the CPU
+    /// must not touch memory a running kernel writes.
     Coherent,
 }
 

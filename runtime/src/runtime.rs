@@ -192,8 +192,9 @@ const STAGING_PAGES: u32 = 512;
 pub struct SvmDescriptor {
     /// Bytes of managed address space (rounded up to 2 MiB). Default 1 GiB.
     pub arena_size: usize,
-    /// Bytes of device page pool. Default 512 MiB, at most four storage
-    /// bindings' worth.
+    /// Bytes of device page pool. Default 512 MiB, at most as many storage
+    /// bindings' worth as the prelude has windows (32 with binding arrays,
+    /// else 4).
     pub pool_size: u64,
     /// CPU fault backend; `None`: `SVM_FAULT_BACKEND` if set, else uffd.
     pub fault_backend: Option<FaultBackendKind>,
