@@ -198,6 +198,10 @@ fn svm_offset(p: vec2<u32>) -> vec2<u32> {
 // SVM_WORD_COHERENT): x = segment (SVM_SEG_NONE when refused), y = word
 // inside it.
 fn svm_locate(w: u32, ok: bool) -> vec2<u32> {
+    if (SVM_SEGMENTS == 1u && !SVM_COHERENT) {
+        // Every admitted word is in segment 0.
+        return vec2<u32>(select(SVM_SEG_NONE, 0u, ok), w);
+    }
     let in_window = w >= SVM_WORD_COHERENT;
     let shift = SVM_SEGMENT_PAGE_SHIFT + 10u;
     let seg = select(w >> shift, SVM_SEG_COHERENT, in_window);
