@@ -779,10 +779,14 @@ impl Svm {
         let result = (|| {
             inner.map_ranges(st, &resident, &mut temporary, &mut report, false)?;
             inner.map_ranges(st, &decl, &mut temporary, &mut report, true)?;
-            // Non-replayable launches check accesses against the mapped
-            // pages' extents when they are few; otherwise, and for
-            // replayable launches, against the page table.
-            let extents = if opts.replayable { None } else { inner.extents(st) };
+            // Accesses are checked against the mapped pages' extents when
+            // they are few, otherwise against the page table. A replayable
+            // launch's first pass uses the extents too when something is
+            // mapped (warm data): its refused accesses to allocated pages
+            // are its faults. Once a pass faults, the page table finds the
+            // rest in bulk (an extent pass reports one access per
+            // invocation).
+            let mut extents = if opts.replayable && st.mapped.is_empty() { None } else { inner.extents(st) };
             loop {
                 let (errors, faults) =
                     inner.run_pass(st, kernel, &words, desc.workgroups, opts.replayable, extents.as_deref())?;
@@ -792,6 +796,7 @@ impl Svm {
                 if faults.is_empty() {
                     return Ok(());
                 }
+                extents = None;
                 report.gpu_fault_pages += faults.len() as u64;
                 let addrs =
                     || faults.iter().map(|&(p, _)| (inner.arena.base() + p as usize * PAGE_SIZE) as u64).collect();
@@ -1243,7 +1248,15 @@ impl Inner {
         let extents = rebased.as_deref().or(extents);
         let segments = if single.is_some() { 1 } else { gpu.segments_used };
         let speculative = if coherent { Speculative::No } else { self.speculative(st, segments, extents) };
-        let variant = Variant { segments, extents: slots, replayable, coherent, speculative: speculative.code() };
+        // The replayable specialization only changes the page-table path.
+        let replayable_table = replayable && extents.is_none();
+        let variant = Variant {
+            segments,
+            extents: slots,
+            replayable: replayable_table,
+            coherent,
+            speculative: speculative.code(),
+        };
         let pipeline = self.pipeline(kernel, variant)?;
         let bind_group = match (&st.coherent, single) {
             (Some(c), _) => &c.bind_group,
@@ -1305,18 +1318,30 @@ impl Inner {
         Counters::add(if extents.is_some() { &c.extent_passes } else { &c.page_table_passes }, 1);
         let total = log[0];
         if total != 0 {
-            let faults = (0..total.min(ERROR_RECORDS) as usize)
+            let records: Vec<(KernelFault, bool)> = (0..total.min(ERROR_RECORDS) as usize)
                 .map(|i| {
                     let addr = u64::from(log[2 + i * 4]) | (u64::from(log[3 + i * 4]) << 32);
+                    let write = log[4 + i * 4] != 0;
                     let kind = match log[1 + i * 4] {
                         // The extent path only knows that no extent admitted
                         // the access; the page table the pass ran with says why.
-                        svm_shaders::err::REFUSED => self.classify(st, addr, log[4 + i * 4] != 0),
+                        svm_shaders::err::REFUSED => self.classify(st, addr, write),
                         code => KernelFaultKind::from_code(code),
                     };
-                    KernelFault { addr, kind }
+                    (KernelFault { addr, kind }, write)
                 })
                 .collect();
+            // A replayable extent pass: refused accesses to allocated pages
+            // are GPU faults, unless a real error is among them.
+            let is_fault = |k: KernelFaultKind| matches!(k, KernelFaultKind::NotDeclared | KernelFaultKind::ReadOnly);
+            if replayable && extents.is_some() && records.iter().all(|(f, _)| is_fault(f.kind)) {
+                let mut pages: Vec<(u32, bool)> =
+                    records.iter().map(|&(f, write)| (page_of(f.addr as usize - self.arena.base()), write)).collect();
+                pages.sort_unstable();
+                pages.dedup();
+                return Ok((None, pages));
+            }
+            let faults = records.into_iter().map(|(f, _)| f).collect();
             return Ok((Some(LaunchError::Kernel { faults, total }), Vec::new()));
         }
         let f = log_faults as usize;

@@ -3,9 +3,9 @@
 //! page-table load); launches mapping more use the page table. Both give the
 //! same results and the same errors.
 
-use svm::{Access, Arg, KernelFaultKind, LaunchDescriptor, LaunchError, ManagedVec};
+use svm::{Access, Arg, KernelFaultKind, LaunchDescriptor, LaunchError, LaunchOptions, Location, ManagedVec};
 
-use crate::{ctx, kernel, small, BACKENDS};
+use crate::{ctx, ctx_migrating, kernel, small, BACKENDS};
 
 /// `dst_k[i] = src_k[i] * 2 + 1` for `pairs` pairs; pair k's pointers in
 /// words 4k (src) and 4k + 2 (dst); `pairs` in word 20.
@@ -272,5 +272,39 @@ fn arena_view_beyond_four_windows() {
         expect_undeclared(&svm, &k, &mut v, 3, &what);
         drop(filler);
         svm.validation_check().unwrap_or_else(|e| panic!("{what}: validation: {e}"));
+    }
+}
+
+/// A replayable launch takes the extent path first when something is
+/// mapped: on resident data it completes there; when it meets unmapped
+/// pages, its refused accesses are its faults, and the page table finds the
+/// rest.
+#[test]
+fn replayable_launch_on_warm_data_takes_the_extent_path() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
+        let k = kernel(&svm, "pairs", PAIRS);
+        let mut v = vectors(&svm, 0);
+        // Destinations device-owned, sources on the host (new values).
+        launch_pairs(&svm, &k, &mut v, 2).expect("declared launch");
+        v[0].fill(5);
+        v[2].fill(6);
+        let a = args(&v, 2);
+        let desc = LaunchDescriptor { args: &a, access: &[], workgroups: [16, 1, 1] };
+        let s0 = svm.stats();
+        let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("replayable, cold sources");
+        let s = svm.stats().since(&s0);
+        assert!(v[1].iter().all(|&x| x == 11) && v[3].iter().all(|&x| x == 13), "{backend} cold");
+        assert!(r.replays >= 1 && r.gpu_fault_pages >= 1, "{backend}: {r:?}");
+        assert!(s.extent_passes >= 1 && s.page_table_passes >= 1, "{backend}: {s:?}");
+        // Everything device-owned: one extent pass, no fault.
+        for x in &v[..4] {
+            svm.prefetch(x.as_ptr().cast(), 4 * N, Location::Device).wait().expect("prefetch");
+        }
+        let s0 = svm.stats();
+        let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("replayable, warm");
+        let s = svm.stats().since(&s0);
+        assert_eq!((r.replays, s.extent_passes, s.page_table_passes), (0, 1, 0), "{backend}: {r:?} {s:?}");
+        assert!(v[1].iter().all(|&x| x == 11) && v[3].iter().all(|&x| x == 13), "{backend} warm");
     }
 }
