@@ -19,8 +19,8 @@ pub struct KernelDescriptor<'a> {
 /// A compiled kernel, usable with the runtime that made it.
 ///
 /// One source, several pipelines: the runtime specializes the prelude per
-/// launch kind ([`Variant`]) and compiles each variant the first time a
-/// launch needs it.
+/// launch kind (extent or page-table path, replayable, windows bound) and
+/// compiles each variant the first time a launch needs it.
 #[derive(Debug)]
 pub struct Kernel {
     pub(crate) label: String,
