@@ -86,6 +86,18 @@ impl Arena {
         self.discard(offset, len)
     }
 
+    /// [`Arena::release`] for memory a device imported in place (a host
+    /// import pins the pages behind the alias view): the range is made
+    /// inaccessible to the CPU and zeroed in place instead of punched, so
+    /// the next allocation of it sees zeros through the same pages the
+    /// device uses.
+    pub fn release_in_place(&self, offset: usize, len: usize) -> Result<()> {
+        Self::check_aligned(offset, len);
+        self.protect_none(offset, len)?;
+        self.views.zero_alias(offset, len);
+        Ok(())
+    }
+
     /// The fault backend guarding this arena.
     pub fn backend(&self) -> FaultBackendKind {
         match self.guard {
@@ -145,26 +157,45 @@ impl Arena {
     }
 
     fn restore_mode(&self, offset: usize, len: usize, readonly: bool) -> Result<()> {
+        /// How often a UFFDIO_CONTINUE interrupted by address-space changes
+        /// is resumed before giving up.
+        const RESTORE_RETRIES: usize = 10_000;
         Self::check_aligned(offset, len);
         match &self.guard {
             Guard::Uffd(u) => {
+                use rustix::io::Errno;
                 let start = self.base() + offset;
-                match u.continue_range_mode(start, len, readonly) {
-                    Ok(_) => Ok(()),
-                    // Some page was mapped already (its fault raced with
-                    // another): map the rest page by page.
-                    Err((rustix::io::Errno::EXIST, _)) => {
-                        let page = svm_page_size();
-                        for p in (start..start + len).step_by(page) {
-                            match u.continue_range_mode(p, page, readonly) {
-                                Ok(_) | Err((rustix::io::Errno::EXIST, _)) => {}
-                                Err((e, _)) => return Err(MigrateError::Os { op: "UFFDIO_CONTINUE", source: e }),
+                // UFFDIO_CONTINUE from `at` to the end; EAGAIN (the address
+                // space changed meanwhile) is retried from where it stopped,
+                // as the kernel asks. Returns whether some page was mapped
+                // already (EEXIST).
+                let cont = |mut at: usize, end: usize| -> Result<bool> {
+                    for _ in 0..RESTORE_RETRIES {
+                        match u.continue_range_mode(at, end - at, readonly) {
+                            Ok(_) => return Ok(false),
+                            Err((Errno::EXIST, _)) => return Ok(true),
+                            Err((Errno::AGAIN, mapped)) => {
+                                at += usize::try_from(mapped).unwrap_or(0);
+                                if at >= end {
+                                    return Ok(false);
+                                }
+                                std::thread::yield_now();
                             }
+                            Err((e, _)) => return Err(MigrateError::Os { op: "UFFDIO_CONTINUE", source: e }),
                         }
-                        u.wake(start, len).map_err(MigrateError::os("UFFDIO_WAKE"))
                     }
-                    Err((e, _)) => Err(MigrateError::Os { op: "UFFDIO_CONTINUE", source: e }),
+                    Err(MigrateError::Os { op: "UFFDIO_CONTINUE (retried)", source: Errno::AGAIN })
+                };
+                if !cont(start, start + len)? {
+                    return Ok(());
                 }
+                // Some page was mapped already (its fault raced with
+                // another): map the rest page by page.
+                let page = svm_page_size();
+                for p in (start..start + len).step_by(page) {
+                    cont(p, p + page)?;
+                }
+                u.wake(start, len).map_err(MigrateError::os("UFFDIO_WAKE"))
             }
             Guard::Mprotect(_) => {
                 self.views.user_protect(offset, len, true, !readonly).map_err(MigrateError::os("mprotect"))

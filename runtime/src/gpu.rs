@@ -248,6 +248,14 @@ impl Gpu {
         let segments_used = nseg as u32;
         let total_frames =
             u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
+        // The prelude addresses the pool / view with 31-bit word indices
+        // (bit 31 marks the coherent window): at most 2^21 pages, 8 GiB.
+        if u64::from(total_frames).max(view_bytes / PAGE_SIZE as u64) > 1 << 21 {
+            return Err(SvmError::Config(format!(
+                "a device pool or arena view of {} bytes exceeds the prelude's 8 GiB of 31-bit word indices",
+                u64::from(total_frames).max(view_bytes / PAGE_SIZE as u64) * PAGE_SIZE as u64
+            )));
+        }
         if total_frames >= svm_pagetable::Pte::MAX_FRAMES {
             return Err(SvmError::Config(format!("pool of {total_frames} pages exceeds the PTE's frame field")));
         }

@@ -358,12 +358,12 @@ impl Svm {
             None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
         };
         if mode == MappingMode::Coherent {
-            // The device uses the host pages in place: they all exist and
-            // stay mapped for the CPU (nothing is ever zapped in this mode).
+            // The device uses the host pages in place: they all exist before
+            // the import and for the arena's life (free zeroes in place;
+            // allocations map them for the CPU, nothing else ever does).
             arena
                 .populate_host(0, arena.len())
-                .and_then(|()| arena.restore(0, arena.len()))
-                .map_err(|e| SvmError::Config(format!("mapping the arena for the coherent mode: {e}")))?;
+                .map_err(|e| SvmError::Config(format!("populating the arena for the coherent mode: {e}")))?;
         }
         // SAFETY: `arena.host_ptr(0)` is the alias view, mapped read-write
         // for the arena's whole life; the arena outlives the `Gpu` (a local
@@ -527,7 +527,16 @@ impl Svm {
             .ranges
             .alloc(len, align)
             .ok_or(AllocError::ArenaExhausted { requested: bytes, largest_free: st.ranges.largest_free() })?;
-        if let Err(e) = arena.allocate(off, len) {
+        // Coherent mode: the pages exist (populated at creation); map them
+        // for the CPU now, so that first touches do not fault.
+        let mapped = arena.allocate(off, len).and_then(|()| {
+            if self.inner.gpu.mode == MappingMode::Coherent {
+                arena.restore(off, len)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = mapped {
             st.ranges.free(off);
             return Err(AllocError::Os(e.to_string()));
         }
@@ -571,7 +580,15 @@ impl Svm {
         st.frames.free_many(&freed);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
-        arena.release(start, len).map_err(|e| FreeError::Os(e.to_string()))
+        if self.inner.gpu.mode == MappingMode::Coherent {
+            // The device uses these very pages (imported once, pinned by a
+            // real driver): zero them in place; punching them out would
+            // part the CPU's memory from the device's.
+            arena.release_in_place(start, len)
+        } else {
+            arena.release(start, len)
+        }
+        .map_err(|e| FreeError::Os(e.to_string()))
     }
 
     /// Allocate a zeroed managed array of `len` elements.
@@ -1104,7 +1121,9 @@ impl Inner {
         for (a, b) in mapped {
             for p in a..b {
                 let pte = st.table.get(PageIndex(p));
-                debug_assert!(pte.is_valid(), "mapped page {p} has no valid entry");
+                // (A replayable launch maps resident pages unpinned: eviction
+                // may have taken one since; `frame()` is then `None` and the
+                // launch uses the page table.)
                 let dest = if pte.is_coherent() {
                     Extent::COHERENT | ((p - coherent_base) * PAGE_WORDS)
                 } else {

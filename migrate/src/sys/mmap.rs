@@ -202,6 +202,21 @@ impl Views {
         }
     }
 
+    /// Zero a range of the host copy in place (its pages stay: memory a
+    /// device imported keeps backing it).
+    ///
+    /// # Panics
+    /// If the range is outside the arena.
+    pub fn zero_alias(&self, offset: usize, len: usize) {
+        self.check(offset, len);
+        // SAFETY: inside the alias view (checked), always mapped read-write;
+        // the runtime zeroes only ranges being freed, whose user view is
+        // already inaccessible (no program thread can observe the writes).
+        unsafe {
+            core::ptr::write_bytes(self.alias.as_ptr().add(offset), 0, len);
+        }
+    }
+
     /// Borrow the host copy of a range for the duration of `f` (zero-copy
     /// upload source).
     ///

@@ -205,6 +205,22 @@ fn coherent_mode_works_in_place() {
         assert!(v[1].iter().all(|&x| x == 11), "{backend}");
         // Undeclared: refused, nothing written.
         expect_undeclared(&svm, &k, &mut v, 2, &backend.to_string());
+        // Freed and allocated again: zeros, for the CPU and for the device
+        // (the pages are zeroed in place: the device's import keeps them).
+        let freed = v.pop().expect("ten vectors").as_ptr();
+        v.push(svm.alloc_vec::<u32>(N).expect("again"));
+        assert_eq!(v[9].as_ptr(), freed, "{backend}: the same pages again");
+        assert!(v[9].iter().all(|&x| x == 0), "{backend}: zero-filled");
+        v[8].fill(9);
+        // Pair 4 reversed: v[9] (read) is the source, v[8] the destination.
+        let a = args(&v, 5);
+        let a = [&a[..8], &[a[9], a[8]], &a[10..]].concat();
+        let (head, tail) = v.split_at_mut(8);
+        let (v8, v9) = tail.split_at_mut(1);
+        let mut acc = access(head, 4);
+        acc.extend([Access::read(&v9[0]), Access::read_write(&mut v8[0])]);
+        svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] }).expect("launch");
+        assert!(v[8].iter().all(|&x| x == 1), "{backend}: the device read zeros (0 * 2 + 1)");
         svm.validation_check().unwrap_or_else(|e| panic!("{backend}: validation: {e}"));
     }
 }
