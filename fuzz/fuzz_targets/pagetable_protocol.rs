@@ -21,10 +21,11 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use svm_pagetable::model::{ModelPage as M, PageModel};
 use svm_pagetable::{
-    AddressSpace, Again, AllocDescriptor, ChunkOrder, Encoding, FaultReason, FrameIndex, InvalidateEvent,
-    MigrateOutcome, MigrateTarget, Mirror, MirrorOps, PageIndex, PageRange, PageState, PageTable, Prot, Pte,
-    RangeError, RangeRequest, SnapshotEntry, SpaceError, Update, LEAF_PTES,
+    AddressSpace, Again, AllocDescriptor, ChunkOrder, Encoding, FrameIndex, InvalidateEvent, MigrateOutcome,
+    MigrateTarget, Mirror, MirrorOps, PageIndex, PageRange, PageState, PageTable, Prot, Pte, RangeError, RangeRequest,
+    SnapshotEntry, SpaceError, Update, LEAF_PTES,
 };
 
 const PAGES: u32 = 1100;
@@ -134,75 +135,27 @@ enum Op {
     PtDrain,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum M {
-    Empty(Prot),
-    Host(Prot, bool),
-    Device(Prot, usize, u32),
-    Special,
+#[derive(Default)]
+struct Model {
+    core: PageModel,
+    /// The value each allocated, non-special page holds (its logical contents).
+    val: BTreeMap<u32, u32>,
 }
-impl M {
-    fn prot(self) -> Option<Prot> {
-        match self {
-            M::Empty(p) | M::Host(p, _) | M::Device(p, _, _) => Some(p),
-            M::Special => None,
-        }
+
+impl std::ops::Deref for Model {
+    type Target = PageModel;
+    fn deref(&self) -> &PageModel {
+        &self.core
     }
 }
 
-#[derive(Default)]
-struct Model {
-    pages: BTreeMap<u32, M>,
-    /// The value each allocated, non-special page holds (its logical contents).
-    val: BTreeMap<u32, u32>,
-    allocs: BTreeMap<u32, (u32, ChunkOrder)>,
+impl std::ops::DerefMut for Model {
+    fn deref_mut(&mut self) -> &mut PageModel {
+        &mut self.core
+    }
 }
 
 impl Model {
-    fn populate(&mut self, p: u32, write: bool) {
-        let Some((&s, &(e, max))) = self.allocs.range(..=p).next_back().filter(|(_, a)| a.0 > p) else { return };
-        let Some(M::Empty(prot)) = self.pages.get(&p).copied() else { return };
-        for order in ChunkOrder::LARGEST_FIRST {
-            let n = order.pages();
-            let cs = p / n * n;
-            if order > max || cs < s || cs + n > e {
-                continue;
-            }
-            if (cs..cs + n).all(|q| self.pages.get(&q) == Some(&M::Empty(prot))) {
-                for q in cs..cs + n {
-                    self.pages.insert(q, M::Host(prot, write && prot.writable()));
-                }
-                return;
-            }
-        }
-    }
-
-    fn expect(&self, p: u32, me: usize) -> SnapshotEntry {
-        match self.pages.get(&p) {
-            None => SnapshotEntry::Error,
-            Some(M::Special) => SnapshotEntry::Special,
-            Some(m) if m.prot() == Some(Prot::None) => SnapshotEntry::Error,
-            Some(M::Empty(_)) => SnapshotEntry::NotPresent,
-            Some(M::Host(_, w)) => SnapshotEntry::Host { page: PageIndex(p), write: *w, order: ChunkOrder::Page },
-            Some(M::Device(prot, o, f)) if *o == me => SnapshotEntry::Device {
-                frame: FrameIndex::new(*f).unwrap(),
-                write: prot.writable(),
-                order: ChunkOrder::Page,
-            },
-            Some(M::Device(..)) => SnapshotEntry::OtherDevice,
-        }
-    }
-
-    fn fault_reason(&self, p: u32, write: bool) -> Option<FaultReason> {
-        match self.pages.get(&p) {
-            None => Some(FaultReason::Unallocated),
-            Some(M::Special) => Some(FaultReason::Special),
-            Some(m) if m.prot() == Some(Prot::None) => Some(FaultReason::NoAccess),
-            Some(m) if write && m.prot() == Some(Prot::Read) => Some(FaultReason::ReadOnly),
-            _ => None,
-        }
-    }
-
     fn upgrade_chunk(&mut self, space: &AddressSpace, p: u32, prot: Prot, order: Option<ChunkOrder>) {
         let order = order.unwrap_or_else(|| space.page(PageIndex(p)).unwrap().1);
         for q in order.chunk_of(PageIndex(p)).iter() {
@@ -245,7 +198,11 @@ impl World {
             .iter()
             .map(|pool| {
                 space
-                    .mirror_register(space.range(), Ops { host: host.clone(), pool: pool.clone() }, PageTable::new(PAGES))
+                    .mirror_register(
+                        space.range(),
+                        Ops { host: host.clone(), pool: pool.clone() },
+                        PageTable::new(PAGES),
+                    )
                     .unwrap()
             })
             .collect();

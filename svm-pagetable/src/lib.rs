@@ -14,6 +14,8 @@
 pub mod error;
 mod loom;
 pub mod mirror;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 pub mod pte;
 pub mod range;
 pub mod snapshot;

@@ -475,79 +475,27 @@ fn large_entries_survive_whole_migration() {
 
 // ------------------------------------------------ proptest against a model
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum M {
-    Empty(Prot),
-    Host(Prot, bool),
-    Device(Prot, usize, u32),
-    Special,
-}
-
-impl M {
-    fn prot(self) -> Option<Prot> {
-        match self {
-            M::Empty(p) | M::Host(p, _) | M::Device(p, _, _) => Some(p),
-            M::Special => None,
-        }
-    }
-}
+use crate::model::{ModelPage as M, PageModel};
 
 const PAGES: u32 = 1100;
 const MIRRORS: usize = 2;
 
 #[derive(Default)]
 struct Model {
-    pages: std::collections::BTreeMap<u32, M>,
-    /// start -> (end, max_order)
-    allocs: std::collections::BTreeMap<u32, (u32, ChunkOrder)>,
+    core: PageModel,
     next_frame: u32,
 }
 
-impl Model {
-    fn populate(&mut self, p: u32, write: bool) {
-        let Some((&s, &(e, max))) = self.allocs.range(..=p).next_back().filter(|(_, a)| a.0 > p) else {
-            return;
-        };
-        let Some(M::Empty(prot)) = self.pages.get(&p).copied() else {
-            return;
-        };
-        for order in ChunkOrder::LARGEST_FIRST {
-            let n = order.pages();
-            let cs = p / n * n;
-            if order > max || cs < s || cs + n > e {
-                continue;
-            }
-            if (cs..cs + n).all(|q| self.pages.get(&q) == Some(&M::Empty(prot))) {
-                for q in cs..cs + n {
-                    self.pages.insert(q, M::Host(prot, write && prot.writable()));
-                }
-                return;
-            }
-        }
+impl core::ops::Deref for Model {
+    type Target = PageModel;
+    fn deref(&self) -> &PageModel {
+        &self.core
     }
+}
 
-    fn expect(&self, p: u32, me: usize) -> SnapshotEntry {
-        match self.pages.get(&p) {
-            None => SnapshotEntry::Error,
-            Some(M::Special) => SnapshotEntry::Special,
-            Some(m) if m.prot() == Some(Prot::None) => SnapshotEntry::Error,
-            Some(M::Empty(_)) => SnapshotEntry::NotPresent,
-            Some(M::Host(_, w)) => SnapshotEntry::Host { page: PageIndex(p), write: *w, order: ChunkOrder::Page },
-            Some(M::Device(prot, o, f)) if *o == me => {
-                SnapshotEntry::Device { frame: frame(*f), write: prot.writable(), order: ChunkOrder::Page }
-            }
-            Some(M::Device(..)) => SnapshotEntry::OtherDevice,
-        }
-    }
-
-    fn fault_reason(&self, p: u32, write: bool) -> Option<FaultReason> {
-        match self.pages.get(&p) {
-            None => Some(FaultReason::Unallocated),
-            Some(M::Special) => Some(FaultReason::Special),
-            Some(m) if m.prot() == Some(Prot::None) => Some(FaultReason::NoAccess),
-            Some(m) if write && m.prot() == Some(Prot::Read) => Some(FaultReason::ReadOnly),
-            _ => None,
-        }
+impl core::ops::DerefMut for Model {
+    fn deref_mut(&mut self) -> &mut PageModel {
+        &mut self.core
     }
 }
 
