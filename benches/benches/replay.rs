@@ -11,13 +11,7 @@ use std::time::Instant;
 
 use svm::{Access, Arg, LaunchDescriptor, LaunchOptions, Svm, SvmDescriptor};
 
-#[repr(C)]
-#[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
-struct Node {
-    next: u64,
-    value: u32,
-    pad: u32,
-}
+use svm::shaders::kernels::ListNode as Node;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -8,14 +8,7 @@ use svm::{Access, Arg, LaunchDescriptor, LaunchOptions};
 use crate::util::{kernel, ms, warm_up, Rng, NULL};
 use crate::{Ctx, Outcome};
 
-/// The `list` kernel's node (16 bytes).
-#[repr(C)]
-#[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
-struct Node {
-    next: u64,
-    value: u32,
-    pad: u32,
-}
+use svm::shaders::kernels::ListNode as Node;
 
 pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let svm = &ctx.svm;

@@ -122,8 +122,20 @@ pub mod err {
 pub mod kernels {
     /// `c[i] = a[i] + b[i]`.
     pub const VADD: &str = include_str!("kernels/vadd.wgsl");
-    /// Sum the values of CPU-built linked lists.
+    /// Sum the values of CPU-built linked lists (nodes: [`ListNode`]).
     pub const LIST: &str = include_str!("kernels/list.wgsl");
+
+    /// The node [`LIST`] walks (16 bytes, as the kernel reads it).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+    pub struct ListNode {
+        /// Managed address of the next node; 0 ends the list.
+        pub next: u64,
+        /// The value summed.
+        pub value: u32,
+        /// Padding to 16 bytes.
+        pub pad: u32,
+    }
     /// `y[i] = a * x[i] + y[i]`.
     pub const SAXPY: &str = include_str!("kernels/saxpy.wgsl");
     /// Batch lookups in a CPU-built binary search tree.

@@ -5,14 +5,7 @@ use svm::{Access, AccessMode, Arg, LaunchDescriptor};
 
 use crate::{ctx, ctx_migrating, kernel, small, BACKENDS};
 
-/// The node layout the `list` kernel expects (16 bytes).
-#[repr(C)]
-#[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Node {
-    pub next: u64,
-    pub value: u32,
-    pub pad: u32,
-}
+pub use svm::shaders::kernels::ListNode as Node;
 
 /// A pseudo-random permutation of 0..n (xorshift + Fisher-Yates).
 pub fn permutation(n: usize, mut seed: u64) -> Vec<usize> {
