@@ -12,13 +12,19 @@ const SUM: &str = "@compute @workgroup_size(1) fn main() {
     svm_store_u32(out, s);
 }";
 
-fn sum(svm: &svm::Svm, k: &svm::Kernel, src: &svm::ManagedVec<u32>, out: &mut svm::ManagedVec<u32>) -> u32 {
+/// Launch `SUM` over all of `src` (declared read) into `out` (read-write).
+fn launch_sum(svm: &svm::Svm, k: &svm::Kernel, src: &svm::ManagedVec<u32>, out: &mut svm::ManagedVec<u32>) {
     let args = [Arg::ptr(src.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(src.len() as u32)];
     svm.launch(
         k,
         &LaunchDescriptor { args: &args, access: &[Access::read(src), Access::read_write(out)], workgroups: [1, 1, 1] },
     )
     .expect("launch");
+}
+
+/// [`launch_sum`], then read the sum on the CPU.
+fn sum(svm: &svm::Svm, k: &svm::Kernel, src: &svm::ManagedVec<u32>, out: &mut svm::ManagedVec<u32>) -> u32 {
+    launch_sum(svm, k, src, out);
     out[0]
 }
 
@@ -60,16 +66,7 @@ fn preferred_location_host_brings_results_back_eagerly() {
         let src = svm.alloc_from_slice(&vec![3u32; 1000]).expect("src");
         let mut out = svm.alloc_vec::<u32>(1024).expect("out");
         svm.advise(out.as_ptr() as *const u8, 4096, Advice::PreferredLocation(Location::Host)).expect("advise");
-        let args = [Arg::ptr(src.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(1000)];
-        svm.launch(
-            &k,
-            &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&src), Access::read_write(&mut out)],
-                workgroups: [1, 1, 1],
-            },
-        )
-        .expect("launch");
+        launch_sum(&svm, &k, &src, &mut out);
         assert_eq!(svm.device_resident_pages(), 0, "{backend}");
         let s0 = svm.stats();
         assert_eq!(out[0], 3000);
@@ -116,16 +113,7 @@ fn prefetch_both_ways() {
         let moved = svm.prefetch(out.as_ptr() as *const u8, 4, Location::Device).wait().expect("prefetch");
         assert_eq!(moved, 1);
         let s0 = svm.stats();
-        let args = [Arg::ptr(src.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(4096)];
-        svm.launch(
-            &k,
-            &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&src), Access::read_write(&mut out)],
-                workgroups: [1, 1, 1],
-            },
-        )
-        .expect("launch");
+        launch_sum(&svm, &k, &src, &mut out);
         assert_eq!(svm.stats().since(&s0).h2d_pages, 4, "{backend}: only src moved at launch");
         let moved = svm.prefetch(out.as_ptr() as *const u8, 4, Location::Host).wait().expect("prefetch");
         assert_eq!(moved, 1);
@@ -164,16 +152,7 @@ fn accessed_by_maps_host_memory_in_place() {
         ));
         svm.advise(src.as_ptr() as *const u8, n * 4, Advice::ReadMostly).expect("read mostly");
         let s0 = svm.stats();
-        let args = [Arg::ptr(src.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(n as u32)];
-        svm.launch(
-            &k,
-            &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&src), Access::read_write(&mut out)],
-                workgroups: [1, 1, 1],
-            },
-        )
-        .expect("launch");
+        launch_sum(&svm, &k, &src, &mut out);
         let s1 = svm.stats().since(&s0);
         assert_eq!(s1.h2d_pages, 8, "{backend}: only src moved; out is used in place");
         assert_eq!(out[0], 5 * n as u32, "{backend}");
@@ -181,29 +160,13 @@ fn accessed_by_maps_host_memory_in_place() {
         assert_eq!((s2.cpu_faults, s2.d2h_pages), (0, 0), "{backend}: the result is already in host memory");
         // The CPU's writes are seen by the next kernel with no upload.
         out[0] = 0;
-        svm.launch(
-            &k,
-            &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&src), Access::read_write(&mut out)],
-                workgroups: [1, 1, 1],
-            },
-        )
-        .expect("launch");
+        launch_sum(&svm, &k, &src, &mut out);
         assert_eq!(out[0], 5 * n as u32);
         assert_eq!(svm.stats().since(&s0).h2d_pages, 8, "{backend}: src kept (ReadMostly), out in place");
         // Unset: out migrates normally again.
         svm.advise(out.as_ptr() as *const u8, 4096, Advice::UnsetAccessedBy).expect("unset");
         let s3 = svm.stats();
-        svm.launch(
-            &k,
-            &LaunchDescriptor {
-                args: &args,
-                access: &[Access::read(&src), Access::read_write(&mut out)],
-                workgroups: [1, 1, 1],
-            },
-        )
-        .expect("launch");
+        launch_sum(&svm, &k, &src, &mut out);
         assert_eq!(svm.stats().since(&s3).h2d_pages, 1, "{backend}: out migrates again");
         assert_eq!(out[0], 5 * n as u32);
         // Bad ranges are refused.
