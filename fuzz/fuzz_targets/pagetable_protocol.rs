@@ -41,10 +41,7 @@ struct Ops {
 impl MirrorOps for Ops {
     type Table = PageTable;
     fn invalidate(&self, table: &mut PageTable, update: &Update) -> Result<(), Again> {
-        match update.event {
-            InvalidateEvent::Unmap | InvalidateEvent::Release => table.fill(update.range, Pte::EMPTY),
-            _ => table.zap(update.range),
-        }
+        table.invalidate(update);
         Ok(())
     }
     fn copy_to_host(&self, pages: &[(PageIndex, FrameIndex)]) {

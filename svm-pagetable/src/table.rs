@@ -153,6 +153,17 @@ impl PageTable {
         });
     }
 
+    /// The usual `MirrorOps::invalidate` body for the device whose table
+    /// this is: an unmap or a release empties the entries (the pages are
+    /// gone), any other event drops residency ([`PageTable::zap`]).
+    pub fn invalidate(&mut self, update: &crate::mirror::Update) {
+        use crate::mirror::InvalidateEvent;
+        match update.event {
+            InvalidateEvent::Unmap | InvalidateEvent::Release => self.fill(update.range, Pte::EMPTY),
+            _ => self.zap(update.range),
+        }
+    }
+
     fn for_leaves(&mut self, pages: PageRange, skip_empty: bool, mut f: impl FnMut(&mut Self, PageIndex)) {
         const LEAF: u32 = 1 << LEAF_PTES.trailing_zeros();
         let mut p = pages.start().0;

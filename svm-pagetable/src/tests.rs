@@ -20,10 +20,7 @@ impl MirrorOps for TestOps {
     type Table = PageTable;
     fn invalidate(&self, table: &mut PageTable, update: &Update) -> Result<(), Again> {
         self.log.lock().expect("log").push(*update);
-        match update.event {
-            InvalidateEvent::Unmap | InvalidateEvent::Release => table.fill(update.range, Pte::EMPTY),
-            _ => table.zap(update.range),
-        }
+        table.invalidate(update);
         Ok(())
     }
     fn release(&self, table: &mut PageTable) {

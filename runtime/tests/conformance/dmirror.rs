@@ -8,9 +8,8 @@
 use std::sync::{Arc, Mutex};
 
 use svm_pagetable::{
-    AddressSpace, Again, Encoding, FrameIndex, InvalidateEvent, MigrateOutcome, MigrateTarget, Mirror, MirrorId,
-    MirrorOps, PageIndex, PageRange, PageState, PageTable, Pte, RangeError, RangeRequest, SnapshotEntry, SpaceError,
-    Update,
+    AddressSpace, Again, Encoding, FrameIndex, MigrateOutcome, MigrateTarget, Mirror, MirrorId, MirrorOps, PageIndex,
+    PageRange, PageState, PageTable, RangeError, RangeRequest, SnapshotEntry, SpaceError, Update,
 };
 
 /// Words per fake page (small: the data, not the size, is what is checked).
@@ -30,10 +29,7 @@ impl MirrorOps for DevOps {
     type Table = PageTable;
     fn invalidate(&self, table: &mut PageTable, update: &Update) -> Result<(), Again> {
         self.log.lock().expect("log").push(*update);
-        match update.event {
-            InvalidateEvent::Unmap | InvalidateEvent::Release => table.fill(update.range, Pte::EMPTY),
-            _ => table.zap(update.range),
-        }
+        table.invalidate(update);
         Ok(())
     }
     fn copy_to_host(&self, pages: &[(PageIndex, FrameIndex)]) {
