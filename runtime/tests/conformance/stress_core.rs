@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use svm::{Access, Advice, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, Location, ManagedVec, Svm};
 
 /// p[i] = p[i] * mul + add, i < n. Args: p, n, mul, add.
-const AFFINE: &str = "@compute @workgroup_size(64)
+pub const AFFINE: &str = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u); let mul = svm_arg_u32(3u); let add = svm_arg_u32(4u);
     for (var i = g.x; i < n; i += nw.x * 64u) {
@@ -33,7 +33,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
     }
 }";
 /// p[i] = i * mul + add, i < n: idempotent, so it may be replayed. Args: p, n, mul, add.
-const FILL: &str = "@compute @workgroup_size(64)
+pub const FILL: &str = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u); let mul = svm_arg_u32(3u); let add = svm_arg_u32(4u);
     for (var i = g.x; i < n; i += nw.x * 64u) { svm_store_u32(svm_index(p, i, 4u), i * mul + add); }
