@@ -75,7 +75,12 @@ pub fn benches(c: &mut Criterion) {
                         let access = [Access::read_write(&mut v)];
                         svm.launch(
                             &k,
-                            &LaunchDescriptor { args: &args, access: &access, workgroups: touch_workgroups(PAGES) },
+                            &LaunchDescriptor {
+                                args: &args,
+                                access: &access,
+                                bindings: &[],
+                                workgroups: touch_workgroups(PAGES),
+                            },
                         )
                         .expect("launch");
                         next = 0;

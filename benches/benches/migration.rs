@@ -180,8 +180,11 @@ fn launch_touch(svm: &Svm, k: &Kernel, v: &mut ManagedVec<u8>, tag: u32) {
     let pages = v.len() / PAGE;
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(u32::try_from(pages).expect("pages fit u32")), Arg::U32(tag)];
     let access = [Access::read_write(v)];
-    svm.launch(k, &LaunchDescriptor { args: &args, access: &access, workgroups: touch_workgroups(pages) })
-        .expect("launch");
+    svm.launch(
+        k,
+        &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: touch_workgroups(pages) },
+    )
+    .expect("launch");
 }
 
 fn p90(v: &mut [f64]) -> f64 {

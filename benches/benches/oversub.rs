@@ -47,7 +47,12 @@ fn main() {
                 let args = [Arg::ptr(s.as_ptr()), Arg::U32(slice_words as u32)];
                 svm.launch(
                     &k,
-                    &LaunchDescriptor { args: &args, access: &[Access::read_write(s)], workgroups: [256, 1, 1] },
+                    &LaunchDescriptor {
+                        args: &args,
+                        access: &[Access::read_write(s)],
+                        bindings: &[],
+                        workgroups: [256, 1, 1],
+                    },
                 )
                 .expect("launch");
             }

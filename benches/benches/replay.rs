@@ -83,6 +83,7 @@ fn main() {
                 &LaunchDescriptor {
                     args: &args,
                     access: &[Access::read(&store), Access::read(&heads), Access::read_write(&mut out)],
+                    bindings: &[],
                     workgroups: wg,
                 },
             )
@@ -94,7 +95,7 @@ fn main() {
             last = svm
                 .launch_with(
                     &k,
-                    &LaunchDescriptor { args: &args, access: &[], workgroups: wg },
+                    &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: wg },
                     &LaunchOptions::replayable().max_replays(1 << 14),
                 )
                 .expect("replayable launch");

@@ -222,6 +222,7 @@ impl Managed {
                         Access::read_write(parent),
                         Access::read_write(changed),
                     ],
+                    bindings: &[],
                     workgroups: [grid(n, 256), 1, 1],
                 },
             )?;

@@ -48,6 +48,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
+            bindings: &[],
             workgroups: [u32::try_from(lists.div_ceil(64))?, 1, 1],
         },
     )?;
@@ -70,7 +71,12 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let t = Instant::now();
     let report = svm.launch_with(
         &k,
-        &LaunchDescriptor { args: &args, access: &[], workgroups: [u32::try_from(lists.div_ceil(64))?, 1, 1] },
+        &LaunchDescriptor {
+            args: &args,
+            access: &[],
+            bindings: &[],
+            workgroups: [u32::try_from(lists.div_ceil(64))?, 1, 1],
+        },
         &LaunchOptions::replayable(),
     )?;
     let on_demand = t.elapsed();

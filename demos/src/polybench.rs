@@ -97,6 +97,7 @@ pub fn conv2d(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&m_a), Access::read_write(&mut m_b)],
+            bindings: &[],
             workgroups: [grid(inner, 256), 1, 1],
         },
     )?;
@@ -178,6 +179,7 @@ pub fn gemm(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&m_a), Access::read(&m_b), Access::read_write(&mut m_c)],
+            bindings: &[],
             workgroups: [wg, wg, 1],
         },
     )?;
@@ -257,6 +259,7 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&m_a), Access::read(&m_x), Access::read_write(&mut m_tmp)],
+            bindings: &[],
             workgroups: [grid(m, 256), 1, 1],
         },
     )?;
@@ -265,6 +268,7 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&m_a), Access::read(&m_tmp), Access::read_write(&mut m_y)],
+            bindings: &[],
             workgroups: [grid(n, 256), 1, 1],
         },
     )?;
@@ -359,6 +363,7 @@ pub fn bicg(ctx: &Ctx) -> Result<Outcome> {
                 Access::read_write(&mut m_s),
                 Access::read_write(&mut m_q),
             ],
+            bindings: &[],
             workgroups: [grid(m.max(n), 256), 1, 1],
         },
     )?;

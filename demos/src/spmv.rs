@@ -78,6 +78,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 Access::read(&m_x),
                 Access::read_write(&mut m_y),
             ],
+            bindings: &[],
             workgroups: [grid(rows, 256), 1, 1],
         },
     )?;

@@ -128,6 +128,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[nodes, Access::read(&queries), Access::read_write(&mut out)],
+            bindings: &[],
             workgroups: [grid(nq, 64), 1, 1],
         },
     )?;
@@ -163,7 +164,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let t = Instant::now();
     let report = svm.launch_with(
         &k,
-        &LaunchDescriptor { args: &args, access: &[], workgroups: [grid(nq, 64), 1, 1] },
+        &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [grid(nq, 64), 1, 1] },
         &LaunchOptions::replayable(),
     )?;
     let on_demand = t.elapsed();

@@ -84,7 +84,7 @@ pub fn ms(d: Duration) -> f64 {
 /// lavapipe for the prelude's translation code) stays out of the timings.
 pub fn warm_up(svm: &Svm, k: &Kernel, args: &[Arg]) -> Result<Duration> {
     let t = Instant::now();
-    svm.launch(k, &LaunchDescriptor { args, access: &[], workgroups: [1, 1, 1] })?;
+    svm.launch(k, &LaunchDescriptor { args, access: &[], bindings: &[], workgroups: [1, 1, 1] })?;
     Ok(t.elapsed())
 }
 

@@ -31,6 +31,7 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+            bindings: &[],
             workgroups: [grid(n, 256).min(4096), 1, 1],
         },
     )?;
@@ -77,6 +78,7 @@ pub fn saxpy(ctx: &Ctx) -> Result<Outcome> {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&x), Access::read_write(&mut y)],
+            bindings: &[],
             workgroups: [grid(n, 256).min(4096), 1, 1],
         },
     )?;

@@ -97,9 +97,97 @@ pub enum KernelError {
         /// The compiler's message.
         message: String,
     },
+    /// The kernel names a sealed part of the prelude (its bindings, private
+    /// state or internal functions such as `svm_pool_write`): that would
+    /// bypass the access checks. Only [`svm_shaders::PUBLIC_FUNCTIONS`] may
+    /// be called.
+    #[error("kernel {label:?} uses `{name}`, a sealed part of the prelude; kernels may call only {}", svm_shaders::PUBLIC_FUNCTIONS.join(", "))]
+    Sealed {
+        /// Kernel label.
+        label: String,
+        /// What it names.
+        name: String,
+    },
+    /// One of the kernel's own bindings cannot be served.
+    #[error("kernel {label:?}: binding `{name}` (@group({group}) @binding({binding})): {reason}")]
+    Binding {
+        /// Kernel label.
+        label: String,
+        /// The binding's WGSL name.
+        name: String,
+        /// Its group.
+        group: u32,
+        /// Its binding number.
+        binding: u32,
+        /// Why.
+        reason: String,
+    },
     /// The device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+}
+
+/// Why a launch's [`crate::Binding`] does not fit the kernel's binding.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// A managed range for a uniform binding, or a value for a storage one.
+    #[error("the kernel declares {declared}; the launch gives {given}")]
+    WrongKind {
+        /// What the kernel declares.
+        declared: &'static str,
+        /// What the launch gives.
+        given: &'static str,
+    },
+    /// `Binding::read` for a binding the kernel may write.
+    #[error("the kernel declares it read_write; bind it with Binding::read_write")]
+    NotWritable,
+    /// The range is not inside live allocations of this runtime (freed,
+    /// foreign, or outside the arena).
+    #[error("range {addr:#x}+{len:#x} is not inside live allocations of this runtime")]
+    NotAllocated {
+        /// Start of the range.
+        addr: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// Larger than one binding may be on this device.
+    #[error("{len} bytes exceed the device's {limit_name} of {limit} bytes")]
+    TooLarge {
+        /// Bytes given.
+        len: u64,
+        /// The limit.
+        limit: u64,
+        /// Its name in wgpu's limits.
+        limit_name: &'static str,
+    },
+    /// Smaller than the WGSL type (a runtime-sized array: one element).
+    #[error("{len} bytes, but the WGSL type needs at least {min}")]
+    TooSmall {
+        /// Bytes given.
+        len: u64,
+        /// The type's minimum.
+        min: u64,
+    },
+    /// Bindings are sized in multiples of 4 bytes.
+    #[error("{len} bytes is not a multiple of 4")]
+    Length {
+        /// Bytes given.
+        len: u64,
+    },
+    /// The start is not aligned as the binding needs.
+    #[error("address {addr:#x} is not aligned to {align} bytes ({why})")]
+    Misaligned {
+        /// Start of the range.
+        addr: usize,
+        /// Alignment needed.
+        align: u64,
+        /// The type's alignment or the device's offset alignment.
+        why: &'static str,
+    },
+    /// Part of the range is advised `AccessedBy` and part is not.
+    #[error("the range straddles the AccessedBy range: bind it whole inside or outside")]
+    StraddlesCoherent,
 }
 
 /// What a kernel's refused access was.
@@ -155,6 +243,36 @@ pub enum LaunchError {
         /// Its length.
         len: usize,
     },
+    /// The launch's bindings do not match the kernel's own bindings in
+    /// number.
+    #[error("kernel {kernel:?} declares {expected} bindings ({names}); the launch gives {given}")]
+    BindingCount {
+        /// Kernel label.
+        kernel: String,
+        /// Bindings the kernel declares.
+        expected: usize,
+        /// Bindings given.
+        given: usize,
+        /// Their names, in launch order.
+        names: String,
+    },
+    /// A binding cannot be bound as given; nothing was migrated or changed.
+    #[error("binding {index} `{name}` (@group({group}) @binding({binding})): {reason}")]
+    Binding {
+        /// Position in [`crate::LaunchDescriptor::bindings`].
+        index: usize,
+        /// The kernel's name for it.
+        name: String,
+        /// Its group.
+        group: u32,
+        /// Its binding number.
+        binding: u32,
+        /// Why.
+        reason: BindError,
+    },
+    /// The kernel was made by another runtime.
+    #[error("kernel {0:?} belongs to another runtime")]
+    ForeignKernel(String),
     /// More argument words than the prelude has room for.
     #[error("{words} argument words given, at most {max}")]
     TooManyArgs {

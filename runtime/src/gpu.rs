@@ -138,7 +138,6 @@ pub(crate) struct Gpu {
     pub queue: wgpu::Queue,
     pub info: DeviceInfo,
     pub max_workgroups: u32,
-    pub layout: wgpu::PipelineLayout,
     pub bind_group: wgpu::BindGroup,
     /// With several segments: bind group `k` binds segment `k` as the first
     /// (for launches that use only segment `k`).
@@ -448,17 +447,11 @@ impl Gpu {
         } else {
             Vec::new()
         };
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("svm"),
-            bind_group_layouts: &[Some(&bgl)],
-            immediate_size: 0,
-        });
         let gpu = Self {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             device,
             queue,
             info,
-            layout,
             bind_group,
             first_segment_bind_groups,
             page_table,

@@ -2,15 +2,27 @@
 
 use core::marker::PhantomData;
 
-use crate::managed::ManagedVec;
+use crate::managed::ManagedRange;
 
 /// Creation parameters of a [`Kernel`].
 #[derive(Clone, Debug)]
 pub struct KernelDescriptor<'a> {
     /// Name for errors and traces.
     pub label: &'a str,
-    /// WGSL body written against the prelude (`svm_shaders::PRELUDE` is
-    /// prepended; the kernel declares no bindings of its own).
+    /// WGSL source. Two ways to reach managed memory, mixable in one kernel:
+    ///
+    /// * **bound access**: the kernel declares its own storage (any WGSL
+    ///   type, atomics included) and uniform bindings in groups 0-2, as any
+    ///   wgpu kernel does, and each launch binds managed ranges to them
+    ///   ([`Binding`]); the GPU translates and bounds-checks;
+    /// * **pointer access**: the prelude's `svm_load_*` / `svm_store_*` /
+    ///   `svm_load_ptr` through managed pointers stored in data or passed as
+    ///   arguments, checked in software.
+    ///
+    /// A kernel that names a prelude function is compiled with the prelude
+    /// (its bindings take group [`svm_shaders::RUNTIME_GROUP`], which the
+    /// kernel may then not use, and its internals are sealed); one that does
+    /// not is compiled as it is.
     pub source: &'a str,
     /// Compute entry point.
     pub entry_point: &'a str,
@@ -30,6 +42,37 @@ pub struct Kernel {
     pub(crate) module: wgpu::ShaderModule,
     pub(crate) pipelines: parking_lot::Mutex<Vec<(Variant, wgpu::ComputePipeline)>>,
     pub(crate) runtime_id: u64,
+    /// The kernel's own bindings, in launch order (group, then binding).
+    pub(crate) bindings: Vec<KernelBinding>,
+    /// Layouts of groups 0..=2 (those the kernel uses).
+    pub(crate) group_layouts: Vec<Option<wgpu::BindGroupLayout>>,
+    /// Groups 0..=2, then the runtime's when [`Self::prelude`].
+    pub(crate) layout: wgpu::PipelineLayout,
+    /// Compiled with the prelude (pointer access): the runtime's group is
+    /// bound and the entry points are wrapped.
+    pub(crate) prelude: bool,
+}
+
+/// What a kernel's own binding expects (from its WGSL declaration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KernelBinding {
+    pub name: String,
+    pub group: u32,
+    pub binding: u32,
+    pub ty: BindingType,
+    /// Smallest range the type admits (a runtime-sized array: one element).
+    pub min_size: u64,
+    /// Alignment the range's start needs (the type's alignment).
+    pub align: u32,
+}
+
+/// The kind of a kernel's own binding.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BindingType {
+    /// `var<storage, read>` (declared read-only) or `var<storage, read_write>`.
+    Storage { read_only: bool },
+    /// `var<uniform>`.
+    Uniform,
 }
 
 /// How a launch specializes the prelude (its pipeline-overridable
@@ -48,10 +91,24 @@ pub(crate) struct Variant {
     pub speculative: u32,
 }
 
+impl Variant {
+    /// The one variant of a kernel without the prelude.
+    pub const PLAIN: Self = Self { segments: 0, extents: 0, replayable: false, coherent: false, speculative: 0 };
+}
+
 impl Kernel {
     /// The kernel's label.
     pub fn label(&self) -> &str {
         &self.label
+    }
+    /// The kernel's own bindings as `(name, group, binding)`, in the order a
+    /// launch lists them ([`LaunchDescriptor::bindings`]).
+    pub fn bindings(&self) -> impl Iterator<Item = (&str, u32, u32)> {
+        self.bindings.iter().map(|b| (b.name.as_str(), b.group, b.binding))
+    }
+    /// Whether the kernel uses the prelude (pointer access).
+    pub fn uses_prelude(&self) -> bool {
+        self.prelude
     }
 }
 
@@ -107,23 +164,15 @@ pub struct Access<'a> {
 }
 
 impl<'a> Access<'a> {
-    /// The kernel may read `v`.
-    pub fn read<T: bytemuck::Pod>(v: &'a ManagedVec<T>) -> Self {
-        Self {
-            addr: v.as_ptr() as usize,
-            len: core::mem::size_of_val(&**v),
-            mode: AccessMode::Read,
-            _borrow: PhantomData,
-        }
+    /// The kernel may read `v` (a [`crate::ManagedVec`] or a slice of one).
+    pub fn read<R: ManagedRange + ?Sized>(v: &'a R) -> Self {
+        let (addr, len) = v.byte_range();
+        Self { addr, len, mode: AccessMode::Read, _borrow: PhantomData }
     }
     /// The kernel may read and write `v`.
-    pub fn read_write<T: bytemuck::Pod>(v: &'a mut ManagedVec<T>) -> Self {
-        Self {
-            addr: v.as_ptr() as usize,
-            len: core::mem::size_of_val(&**v),
-            mode: AccessMode::ReadWrite,
-            _borrow: PhantomData,
-        }
+    pub fn read_write<R: ManagedRange + ?Sized>(v: &'a mut R) -> Self {
+        let (addr, len) = v.byte_range();
+        Self { addr, len, mode: AccessMode::ReadWrite, _borrow: PhantomData }
     }
     /// A raw range of managed memory (for data reached through raw pointers).
     ///
@@ -137,16 +186,79 @@ impl<'a> Access<'a> {
     }
 }
 
-/// A launch: kernel arguments, declared accesses, dispatch size.
+/// What a launch binds to one of the kernel's own bindings: a managed
+/// range (for `var<storage, ...>`) or a plain value (for `var<uniform>`).
+///
+/// A managed binding is also the launch's declared access to that range:
+/// read for [`Binding::read`], read and write for [`Binding::read_write`]
+/// (which borrows the owner exclusively, so no Rust reference can observe
+/// the kernel's writes). The runtime makes the range resident and binds its
+/// device memory directly: the kernel's accesses are bounds-checked by the
+/// GPU against the range (robust buffer access), with no software check.
+#[derive(Copy, Clone, Debug)]
+pub struct Binding<'a> {
+    pub(crate) target: BindTarget<'a>,
+}
+
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum BindTarget<'a> {
+    Managed { addr: usize, len: usize, mode: AccessMode },
+    Uniform(&'a [u8]),
+}
+
+impl<'a> Binding<'a> {
+    /// Bind `v` (a [`crate::ManagedVec`] or a slice of one) read-only; the
+    /// kernel declares it `var<storage, read>`.
+    pub fn read<R: ManagedRange + ?Sized>(v: &'a R) -> Self {
+        let (addr, len) = v.byte_range();
+        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::Read } }
+    }
+    /// Bind `v` read-write; the kernel declares it `var<storage, read_write>`
+    /// (or `var<storage, read>`).
+    pub fn read_write<R: ManagedRange + ?Sized>(v: &'a mut R) -> Self {
+        let (addr, len) = v.byte_range();
+        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::ReadWrite } }
+    }
+    /// Bind a plain value as a uniform buffer (`var<uniform> p: Params;`):
+    /// typed arguments read by field. `T` must have the WGSL struct's layout
+    /// (`#[repr(C)]`, fields padded as WGSL's uniform layout rules say).
+    pub fn uniform<T: bytemuck::Pod>(v: &'a T) -> Self {
+        Self { target: BindTarget::Uniform(bytemuck::bytes_of(v)) }
+    }
+    /// Bind a raw range of managed memory.
+    ///
+    /// # Safety
+    /// With [`AccessMode::ReadWrite`], no Rust reference to any byte of the
+    /// range may be alive during the launch: the kernel's writes would
+    /// change memory behind it. (Raw pointers are fine.)
+    #[allow(unsafe_code, reason = "the contract is on the caller; the body does nothing unsafe")]
+    pub unsafe fn raw(addr: *const u8, len: usize, mode: AccessMode) -> Self {
+        Self { target: BindTarget::Managed { addr: addr as usize, len, mode } }
+    }
+}
+
+/// A launch: kernel arguments, bindings, declared accesses, dispatch size.
+/// `..Default::default()` fills what a launch does not use.
 #[derive(Clone, Debug)]
 pub struct LaunchDescriptor<'a> {
-    /// Argument words, in order.
+    /// Argument words for the prelude's `svm_arg_*`, in order.
     pub args: &'a [Arg],
-    /// Every range the kernel may touch. Accesses outside them are refused
-    /// on the device and reported as [`crate::LaunchError::Kernel`].
+    /// One [`Binding`] per binding of the kernel's own, in the order of
+    /// [`Kernel::bindings`]: by group, then by binding number. Bound ranges
+    /// are declared accesses too.
+    pub bindings: &'a [Binding<'a>],
+    /// Further ranges the kernel may reach through pointers. Pointer
+    /// accesses outside the declared and bound ranges are refused on the
+    /// device and reported as [`crate::LaunchError::Kernel`].
     pub access: &'a [Access<'a>],
     /// Workgroups in x, y, z.
     pub workgroups: [u32; 3],
+}
+
+impl Default for LaunchDescriptor<'_> {
+    fn default() -> Self {
+        Self { args: &[], bindings: &[], access: &[], workgroups: [1, 1, 1] }
+    }
 }
 
 /// How a launch treats accesses outside what is resident.

@@ -7,22 +7,28 @@
 //! them and come back, by a real CPU page fault, when the CPU touches them.
 //!
 //! ```no_run
-//! use svm::{Access, Arg, KernelDescriptor, LaunchDescriptor, Svm};
+//! use svm::{Binding, KernelDescriptor, LaunchDescriptor, Svm};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let svm = Svm::new()?;
 //! let a = svm.alloc_from_slice(&[1.0f32, 2.0, 3.0])?;
 //! let b = svm.alloc_from_slice(&[10.0f32, 20.0, 30.0])?;
 //! let mut c = svm.alloc_vec::<f32>(3)?;
+//! // An ordinary wgpu kernel, its own bindings bound to managed ranges.
 //! let k = svm.create_kernel(&KernelDescriptor {
 //!     label: "vadd",
-//!     source: svm_shaders::kernels::VADD,
+//!     source: "@group(0) @binding(0) var<storage, read> a: array<f32>;
+//!              @group(0) @binding(1) var<storage, read> b: array<f32>;
+//!              @group(0) @binding(2) var<storage, read_write> c: array<f32>;
+//!              @compute @workgroup_size(64)
+//!              fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+//!                  if (g.x < arrayLength(&c)) { c[g.x] = a[g.x] + b[g.x]; }
+//!              }",
 //!     entry_point: "main",
 //! })?;
-//! let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(3)];
 //! svm.launch(&k, &LaunchDescriptor {
-//!     args: &args,
-//!     access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+//!     bindings: &[Binding::read(&a), Binding::read(&b), Binding::read_write(&mut c)],
 //!     workgroups: [1, 1, 1],
+//!     ..Default::default()
 //! })?;
 //! assert_eq!(&c[..], &[11.0, 22.0, 33.0]); // a CPU fault brings c back
 //! # Ok(()) }
@@ -36,11 +42,15 @@
 //! * [`svm_pagetable::PageTable`] is the device page table, uploaded leaf by
 //!   changed leaf before each launch; the WGSL prelude translates every
 //!   managed pointer through it and refuses what is not declared.
+//! * Bound access ([`Binding`]): a kernel's own storage bindings bound
+//!   directly to the device memory of managed ranges; the GPU bounds-checks.
 //! * CPU faults arrive through userfaultfd (default) or SIGSEGV and migrate
 //!   a chunk (64 KiB by default) back.
 #![deny(unsafe_code)]
 
 mod advise;
+mod bind;
+mod compile;
 mod error;
 mod gpu;
 mod kernel;
@@ -53,11 +63,16 @@ mod stats;
 pub mod vk;
 
 pub use advise::{Advice, AdviseError, Location, Prefetch};
-pub use error::{AllocError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError};
+pub use error::{
+    AllocError, BindError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError,
+};
 pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, MAPPING_MODE_ENV};
-pub use kernel::{Access, AccessMode, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport};
-pub use managed::ManagedVec;
+pub use kernel::{
+    Access, AccessMode, Arg, Binding, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport,
+};
+pub use managed::{ManagedRange, ManagedSlice, ManagedSliceMut, ManagedVec};
 pub use runtime::{Svm, SvmDescriptor};
 pub use stats::Stats;
 pub use svm_migrate::{FaultBackendKind, FAULT_BACKEND_ENV};
 pub use svm_shaders as shaders;
+pub use wgpu;

@@ -73,6 +73,107 @@ impl<T: bytemuck::Pod> Drop for ManagedVec<T> {
     }
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A range of managed memory a launch can bind or declare: a
+/// [`ManagedVec`], or a [`ManagedSlice`] / [`ManagedSliceMut`] of one.
+/// Sealed: only this crate's owners implement it, so the range is always
+/// one the owner holds.
+pub trait ManagedRange: sealed::Sealed {
+    /// Start address and length in bytes.
+    fn byte_range(&self) -> (usize, usize);
+}
+
+impl<T: bytemuck::Pod> sealed::Sealed for ManagedVec<T> {}
+impl<T: bytemuck::Pod> ManagedRange for ManagedVec<T> {
+    fn byte_range(&self) -> (usize, usize) {
+        (self.ptr.as_ptr() as usize, self.len * core::mem::size_of::<T>())
+    }
+}
+
+impl<T: bytemuck::Pod> ManagedVec<T> {
+    fn sub(&self, range: impl core::ops::RangeBounds<usize>) -> (NonNull<T>, usize) {
+        use core::ops::Bound;
+        let a = match range.start_bound() {
+            Bound::Included(&a) => a,
+            Bound::Excluded(&a) => a.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let b = match range.end_bound() {
+            Bound::Included(&b) => b.saturating_add(1),
+            Bound::Excluded(&b) => b,
+            Bound::Unbounded => self.len,
+        };
+        assert!(a <= b && b <= self.len, "range {a}..{b} out of a ManagedVec of {}", self.len);
+        // SAFETY: a <= len, so the offset stays inside (or one past) the
+        // allocation, and the result is non-null.
+        (unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(a)) }, b - a)
+    }
+    /// Elements `range` as a slice that launches accept wherever a whole
+    /// vector is (`Binding::read(&v.slice(10..20))`). Panics when out of
+    /// bounds, as slicing does.
+    pub fn slice(&self, range: impl core::ops::RangeBounds<usize>) -> ManagedSlice<'_, T> {
+        let (ptr, len) = self.sub(range);
+        ManagedSlice { ptr, len, _v: PhantomData }
+    }
+    /// Elements `range`, mutably (`Binding::read_write(&mut v.slice_mut(..n))`).
+    pub fn slice_mut(&mut self, range: impl core::ops::RangeBounds<usize>) -> ManagedSliceMut<'_, T> {
+        let (ptr, len) = self.sub(range);
+        ManagedSliceMut { ptr, len, _v: PhantomData }
+    }
+}
+
+/// A shared sub-range of a [`ManagedVec`] ([`ManagedVec::slice`]).
+pub struct ManagedSlice<'a, T: bytemuck::Pod> {
+    ptr: NonNull<T>,
+    len: usize,
+    _v: PhantomData<&'a [T]>,
+}
+
+/// An exclusive sub-range of a [`ManagedVec`] ([`ManagedVec::slice_mut`]).
+pub struct ManagedSliceMut<'a, T: bytemuck::Pod> {
+    ptr: NonNull<T>,
+    len: usize,
+    _v: PhantomData<&'a mut [T]>,
+}
+
+impl<T: bytemuck::Pod> sealed::Sealed for ManagedSlice<'_, T> {}
+impl<T: bytemuck::Pod> ManagedRange for ManagedSlice<'_, T> {
+    fn byte_range(&self) -> (usize, usize) {
+        (self.ptr.as_ptr() as usize, self.len * core::mem::size_of::<T>())
+    }
+}
+impl<T: bytemuck::Pod> sealed::Sealed for ManagedSliceMut<'_, T> {}
+impl<T: bytemuck::Pod> ManagedRange for ManagedSliceMut<'_, T> {
+    fn byte_range(&self) -> (usize, usize) {
+        (self.ptr.as_ptr() as usize, self.len * core::mem::size_of::<T>())
+    }
+}
+
+impl<T: bytemuck::Pod> core::ops::Deref for ManagedSlice<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: a sub-range of a live ManagedVec borrowed shared for 'a
+        // (the vector cannot be freed or written meanwhile).
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+impl<T: bytemuck::Pod> core::ops::Deref for ManagedSliceMut<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: a sub-range of a live ManagedVec borrowed exclusively.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+impl<T: bytemuck::Pod> core::ops::DerefMut for ManagedSliceMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, with unique access through `&mut self`.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
 impl<T: bytemuck::Pod + core::fmt::Debug> core::fmt::Debug for ManagedVec<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ManagedVec").field("addr", &self.ptr).field("len", &self.len).finish()

@@ -50,6 +50,8 @@ use crate::gpu::{ArgsBlock, DeviceInfo, Extent, Gpu, MappingMode, FAULT_CAP};
 use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport, Variant};
 use crate::managed::ManagedVec;
 use crate::space::{FrameAllocator, RangeAllocator};
+
+mod bindable;
 use crate::stats::{Counters, Stats};
 
 /// Bits of [`State::advice`].
@@ -411,6 +413,15 @@ impl Svm {
         Ok(Self { inner, _service: Arc::new(service) })
     }
 
+    /// The runtime's wgpu device: for the app's own buffers and pipelines,
+    /// and to read its limits (e.g. the largest binding).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.gpu.device
+    }
+    /// The runtime's wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.gpu.queue
+    }
     /// The GPU in use.
     pub fn device_info(&self) -> &DeviceInfo {
         &self.inner.gpu.info
@@ -607,59 +618,16 @@ impl Svm {
         Ok(v)
     }
 
-    /// Compile a kernel (prelude + `desc.source`).
+    /// Compile a kernel (see [`KernelDescriptor::source`] for bound and
+    /// pointer access).
     ///
-    /// The source is parsed and validated here (errors name the line); the
-    /// device pipelines are specialized per launch kind and built when a
-    /// launch first needs one.
+    /// The source is parsed and validated here (errors name the kernel's
+    /// own lines); a kernel that uses the prelude may not name its sealed
+    /// internals ([`KernelError::Sealed`]) nor use its bind group
+    /// ([`KernelError::Binding`]). The device pipelines are specialized per
+    /// launch kind and built when a launch first needs one.
     pub fn create_kernel(&self, desc: &KernelDescriptor<'_>) -> Result<Kernel, KernelError> {
-        let gpu = &self.inner.gpu;
-        gpu.check_lost()?;
-        let windows = gpu.windows;
-        let src = svm_shaders::with_prelude_for(windows, desc.source);
-        let compile = |message: String| KernelError::Compile { label: desc.label.into(), message };
-        // Validate with naga first: a clear message instead of a device error.
-        let mut module = naga::front::wgsl::parse_str(&src).map_err(|e| compile(e.emit_to_string(&src)))?;
-        let caps = match windows {
-            svm_shaders::Windows::Fixed => naga::valid::Capabilities::empty(),
-            svm_shaders::Windows::Array => {
-                naga::valid::Capabilities::STORAGE_BUFFER_BINDING_ARRAY
-                    | naga::valid::Capabilities::STORAGE_BUFFER_BINDING_ARRAY_NON_UNIFORM_INDEXING
-            }
-        };
-        let validate = |m: &naga::Module| {
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                .validate(m)
-                .map(drop)
-                .map_err(Box::new)
-        };
-        validate(&module).map_err(|e| compile(e.emit_to_string(&src)))?;
-        if let Some(name) = module.global_variables.iter().find_map(|(_, g)| {
-            let name = g.name.as_deref().unwrap_or("(unnamed)");
-            (g.binding.is_some() && !windows.bindings().contains(&name)).then_some(name)
-        }) {
-            return Err(compile(format!("`{name}` is bound: kernels declare no bindings of their own")));
-        }
-        if !module.entry_points.iter().any(|e| e.name == desc.entry_point) {
-            return Err(compile(format!("no entry point `{}`", desc.entry_point)));
-        }
-        svm_shaders::wrap_entry_points(&mut module).map_err(|e| compile(e.to_string()))?;
-        validate(&module).map_err(|e| compile(format!("after wrapping the entry points: {e}")))?;
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(desc.label),
-            source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(compile(e.to_string()));
-        }
-        Ok(Kernel {
-            label: desc.label.into(),
-            entry_point: desc.entry_point.into(),
-            module,
-            pipelines: parking_lot::Mutex::new(Vec::new()),
-            runtime_id: self.inner.id,
-        })
+        crate::compile::compile(&self.inner.gpu, self.inner.id, desc)
     }
 
     /// Give advice for `[addr, addr + len)`; see [`Advice`] for the effects.
@@ -740,9 +708,12 @@ impl Svm {
         desc: &LaunchDescriptor<'_>,
         opts: &LaunchOptions,
     ) -> Result<LaunchReport, LaunchError> {
-        assert_eq!(kernel.runtime_id, self.inner.id, "kernel {:?} belongs to another runtime", kernel.label);
         let inner = &*self.inner;
         let gpu = &inner.gpu;
+        if kernel.runtime_id != inner.id {
+            return Err(LaunchError::ForeignKernel(kernel.label.clone()));
+        }
+        let bound = crate::bind::check(kernel, desc.bindings, &gpu.device.limits())?;
         let mut words = Vec::with_capacity(MAX_ARG_WORDS as usize);
         for a in desc.args {
             a.push_words(&mut words);
@@ -757,8 +728,15 @@ impl Svm {
         let st = &mut *guard;
         gpu.check_lost()?;
 
-        // 1. Declared page ranges, validated and merged.
-        let mut decl: Vec<(u32, u32, bool)> = Vec::with_capacity(desc.access.len());
+        // 1. Declared page ranges (bound ones first), validated and merged.
+        let mut decl: Vec<(u32, u32, bool)> = Vec::with_capacity(desc.access.len() + bound.len());
+        for (i, b) in bound.iter().enumerate() {
+            let crate::bind::Checked::Managed { addr, len, write } = *b else { continue };
+            let (first, last) = inner
+                .page_range(st, addr, len)
+                .ok_or_else(|| crate::bind::error(kernel, i, BindError::NotAllocated { addr, len }))?;
+            decl.push((first, last, write));
+        }
         for a in desc.access {
             if a.len == 0 {
                 continue;
@@ -796,6 +774,8 @@ impl Svm {
         let result = (|| {
             inner.map_ranges(st, &resident, &mut temporary, &mut report, false)?;
             inner.map_ranges(st, &decl, &mut temporary, &mut report, true)?;
+            let placed = inner.place_bindings(st, kernel, &bound)?;
+            let groups = crate::bind::groups(&gpu.device, &gpu.queue, kernel, &bound, &placed);
             // Accesses are checked against the mapped pages' extents when
             // they are few, otherwise against the page table. A replayable
             // launch's first pass uses the extents too when something is
@@ -805,8 +785,15 @@ impl Svm {
             // invocation).
             let mut extents = if opts.replayable && st.mapped.is_empty() { None } else { inner.extents(st) };
             loop {
-                let (errors, faults) =
-                    inner.run_pass(st, kernel, &words, desc.workgroups, opts.replayable, extents.as_deref())?;
+                let (errors, faults) = inner.run_pass(
+                    st,
+                    kernel,
+                    &groups,
+                    &words,
+                    desc.workgroups,
+                    opts.replayable,
+                    extents.as_deref(),
+                )?;
                 if let Some(e) = errors {
                     return Err(e);
                 }
@@ -1079,6 +1066,8 @@ impl Inner {
 
     /// The pipeline of `kernel` specialized for `v`, built on first use.
     fn pipeline(&self, kernel: &Kernel, v: Variant) -> Result<wgpu::ComputePipeline, LaunchError> {
+        // Without the prelude there is nothing to specialize.
+        let v = if kernel.prelude { v } else { Variant::PLAIN };
         let mut cache = kernel.pipelines.lock();
         if let Some((_, p)) = cache.iter().find(|(k, _)| *k == v) {
             return Ok(p.clone());
@@ -1093,13 +1082,14 @@ impl Inner {
             (o::COHERENT, f64::from(u8::from(v.coherent))),
             (o::SPECULATIVE_READS, f64::from(v.speculative)),
         ];
+        let constants: &[(&str, f64)] = if kernel.prelude { &constants } else { &[] };
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let p = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&kernel.label),
-            layout: Some(&gpu.layout),
+            layout: Some(&kernel.layout),
             module: &kernel.module,
             entry_point: Some(&kernel.entry_point),
-            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -1246,10 +1236,12 @@ impl Inner {
     /// One pass of the kernel: upload the dirty page table, arguments, clear
     /// the logs, dispatch, wait. Returns the pass's error (if any access was
     /// refused) and its faults as (page, write) pairs.
+    #[allow(clippy::too_many_arguments, reason = "one pass's inputs; called from one place")]
     fn run_pass(
         &self,
         st: &mut State,
         kernel: &Kernel,
+        groups: &[Option<wgpu::BindGroup>],
         words: &[u32],
         workgroups: [u32; 3],
         replayable: bool,
@@ -1310,18 +1302,29 @@ impl Inner {
         gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
         // The error and fault counts, and the bitmaps, start at zero.
-        enc.clear_buffer(&gpu.log, 0, None);
+        if kernel.prelude {
+            enc.clear_buffer(&gpu.log, 0, None);
+        }
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(&kernel.label),
                 timestamp_writes: None,
             });
             pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
+            for (g, bg) in groups.iter().enumerate() {
+                if let Some(bg) = bg {
+                    pass.set_bind_group(g as u32, bg, &[]);
+                }
+            }
+            if kernel.prelude {
+                pass.set_bind_group(svm_shaders::RUNTIME_GROUP, bind_group, &[]);
+            }
             let [x, y, z] = workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
-        enc.copy_buffer_to_buffer(&gpu.log, 0, &gpu.log_readback, 0, Gpu::log_read_bytes());
+        if kernel.prelude {
+            enc.copy_buffer_to_buffer(&gpu.log, 0, &gpu.log_readback, 0, Gpu::log_read_bytes());
+        }
         let mut cmds = vec![enc.finish()];
         if st.coherent.is_some() || gpu.mode == MappingMode::Coherent {
             // The kernel wrote host memory in place: make its writes visible
@@ -1330,8 +1333,15 @@ impl Inner {
         }
         let t1 = Instant::now();
         gpu.queue.submit(cmds);
-        let log: Vec<u32> = gpu.read_mapped(&gpu.log_readback, Gpu::log_read_bytes(), bytemuck::pod_collect_to_vec)?;
         let c = &self.stats;
+        if !kernel.prelude {
+            // Bound access only: no log, nothing refused in software.
+            gpu.wait()?;
+            Counters::add(&c.kernel_ns, t1.elapsed().as_nanos() as u64);
+            Counters::add(&c.bound_passes, 1);
+            return Ok((None, Vec::new()));
+        }
+        let log: Vec<u32> = gpu.read_mapped(&gpu.log_readback, Gpu::log_read_bytes(), bytemuck::pod_collect_to_vec)?;
         Counters::add(&c.kernel_ns, t1.elapsed().as_nanos() as u64);
         Counters::add(&c.pt_upload_bytes, pt_bytes);
         Counters::add(if extents.is_some() { &c.extent_passes } else { &c.page_table_passes }, 1);

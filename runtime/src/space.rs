@@ -90,9 +90,11 @@ impl FrameAllocator {
     pub fn total(&self) -> u32 {
         self.total
     }
-    /// Up to `want` frames in one run (the first free run), as (start, len).
+    /// Up to `want` frames in one run, as (start, len): from the first free
+    /// run that holds all of them, else from the first free run (so that
+    /// what is migrated together lands in consecutive frames when it can).
     pub fn alloc_run(&mut self, want: u32) -> Option<(u32, u32)> {
-        let (&s, &l) = self.free.iter().next()?;
+        let (&s, &l) = self.free.iter().find(|(_, &l)| l >= want).or_else(|| self.free.iter().next())?;
         let n = l.min(want);
         self.free.remove(&s);
         if n < l {
@@ -101,6 +103,33 @@ impl FrameAllocator {
         self.free_count -= n;
         Some((s, n))
     }
+    /// Exactly `n` consecutive frames that do not cross a multiple of
+    /// `segment` (frames per pool segment), from the smallest free run that
+    /// has them; the first frame.
+    pub fn alloc_contiguous(&mut self, n: u32, segment: u32) -> Option<u32> {
+        let fits = |s: u32, l: u32| {
+            let mut x = s;
+            if x / segment != (x + n - 1) / segment {
+                x = (x / segment + 1) * segment;
+            }
+            (x + n <= s + l).then_some(x)
+        };
+        if n == 0 || n > segment {
+            return None;
+        }
+        let (s, l, x) =
+            self.free.iter().filter_map(|(&s, &l)| fits(s, l).map(|x| (s, l, x))).min_by_key(|&(_, l, _)| l)?;
+        self.free.remove(&s);
+        if x > s {
+            self.free.insert(s, x - s);
+        }
+        if x + n < s + l {
+            self.free.insert(x + n, s + l - x - n);
+        }
+        self.free_count -= n;
+        Some(x)
+    }
+
     /// Return one frame.
     pub fn free(&mut self, frame: u32) {
         let mut s = frame;
@@ -143,6 +172,22 @@ mod tests {
         a.free(z);
         assert_eq!(a.largest_free(), 1 << 20);
         assert!(a.alloc(2 << 20, 4096).is_none());
+    }
+
+    #[test]
+    fn contiguous_runs_stay_in_one_segment() {
+        let mut f = FrameAllocator::new(32);
+        // Free runs [0, 3) and [6, 32): segments of 8 frames.
+        assert_eq!(f.alloc_run(6), Some((0, 6)));
+        for i in 0..3 {
+            f.free(i);
+        }
+        assert_eq!(f.alloc_contiguous(3, 8), Some(0), "smallest run that fits");
+        assert_eq!(f.alloc_contiguous(4, 8), Some(8), "[6, 10) would cross frame 8");
+        assert_eq!(f.alloc_contiguous(9, 8), None, "larger than a segment");
+        assert_eq!(f.free_count(), 32 - 6 - 4);
+        assert_eq!(f.alloc_contiguous(2, 8), Some(6));
+        assert_eq!(f.alloc_run(4), Some((12, 4)), "a run that holds all of them");
     }
 
     #[test]

@@ -68,6 +68,12 @@ counters! {
     /// (replayable launches, and launches mapping more than
     /// `svm_shaders::MAX_EXTENTS` extents).
     page_table_passes,
+    /// Kernel passes whose managed data came only through bound ranges
+    /// (no prelude: no software check at all).
+    bound_passes,
+    /// Pages moved together on the device so that a bound range occupies
+    /// consecutive frames (software mode).
+    bind_moves,
 }
 
 impl Stats {

@@ -26,6 +26,36 @@ pub const PRELUDE: &str = concat!(include_str!("prelude.wgsl"), include_str!("wi
 /// The prelude with [`Windows::Array`].
 pub const PRELUDE_ARRAY: &str =
     concat!("enable wgpu_binding_array;\n", include_str!("prelude.wgsl"), include_str!("windows_array.wgsl"));
+/// [`PRELUDE_ARRAY`] without its `enable` directive (which
+/// [`with_prelude_for`] puts on the kernel's first line instead).
+const PRELUDE_ARRAY_BODY: &str = concat!(include_str!("prelude.wgsl"), include_str!("windows_array.wgsl"));
+
+/// The bind group the prelude's bindings use. Kernels may declare their own
+/// storage and uniform bindings in the groups below it (bound access).
+pub const RUNTIME_GROUP: u32 = 3;
+
+/// The prelude functions kernels may call: typed loads and stores through
+/// managed pointers, pointer arithmetic, launch arguments. Everything else
+/// the prelude defines (its bindings, its private state, `svm_pool_write`,
+/// `svm_translate`, ...) is sealed: `create_kernel` refuses a kernel that
+/// names it, since it would bypass the access checks.
+pub const PUBLIC_FUNCTIONS: &[&str] = &[
+    "svm_load_u32",
+    "svm_store_u32",
+    "svm_load_f32",
+    "svm_store_f32",
+    "svm_load_i32",
+    "svm_store_i32",
+    "svm_ptr_add",
+    "svm_index",
+    "svm_is_null",
+    "svm_load_ptr",
+    "svm_store_ptr",
+    "svm_arg_u32",
+    "svm_arg_f32",
+    "svm_arg_ptr",
+    "svm_failed",
+];
 
 /// How the prelude binds the windows of the pool / arena view.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -52,8 +82,7 @@ impl Windows {
             Windows::Array => PRELUDE_ARRAY,
         }
     }
-    /// The prelude's bound resources (group 0), by binding; kernels declare
-    /// none of their own.
+    /// The prelude's bound resources (group [`RUNTIME_GROUP`]), by binding.
     pub fn bindings(self) -> &'static [&'static str] {
         match self {
             Windows::Fixed => &PRELUDE_BINDINGS,
@@ -77,7 +106,7 @@ pub const ERROR_RECORDS: u32 = 16;
 /// Word offset of the fault section in the launch log (`SVM_LOG_FAULTS`).
 pub const LOG_FAULTS: u32 = 65;
 
-/// The bound resources (group 0) of the prelude with [`Windows::Fixed`].
+/// The bound resources (group [`RUNTIME_GROUP`]) of the prelude with [`Windows::Fixed`].
 pub const PRELUDE_BINDINGS: [&str; 8] =
     ["svm_pt", "svm_args", "svm_log", "svm_pool0", "svm_pool1", "svm_pool2", "svm_pool3", "svm_coherent"];
 
@@ -173,13 +202,20 @@ pub fn with_prelude(body: &str) -> String {
     with_prelude_for(Windows::Fixed, body)
 }
 
-/// The full source of a kernel: the prelude for `windows` + body.
+/// The full source of a kernel: body + the prelude for `windows`. The body
+/// comes first (WGSL declarations may appear in any order) so that compile
+/// errors name the kernel's own line numbers; the prelude's `enable`
+/// directive, where it has one, shares the body's first line.
 pub fn with_prelude_for(windows: Windows, body: &str) -> String {
-    let prelude = windows.prelude();
-    let mut s = String::with_capacity(prelude.len() + body.len() + 1);
-    s.push_str(prelude);
-    s.push('\n');
+    let (enable, prelude) = match windows {
+        Windows::Fixed => ("", PRELUDE),
+        Windows::Array => ("enable wgpu_binding_array; ", PRELUDE_ARRAY_BODY),
+    };
+    let mut s = String::with_capacity(enable.len() + prelude.len() + body.len() + 1);
+    s.push_str(enable);
     s.push_str(body);
+    s.push('\n');
+    s.push_str(prelude);
     s
 }
 
@@ -349,6 +385,34 @@ mod tests {
                     .collect();
                 assert_eq!(calls, [INIT_FN.to_string(), format!("{name}_svm_body"), REPORT_FN.to_string()]);
             }
+        }
+    }
+
+    #[test]
+    fn prelude_bindings_are_in_the_runtime_group_and_public_functions_exist() {
+        for w in [Windows::Fixed, Windows::Array] {
+            let m = module(w.prelude());
+            for (_, g) in m.global_variables.iter() {
+                if let Some(b) = &g.binding {
+                    assert_eq!(b.group, RUNTIME_GROUP, "{w:?}: {:?}", g.name);
+                }
+            }
+            for f in PUBLIC_FUNCTIONS {
+                assert!(m.functions.iter().any(|(_, x)| x.name.as_deref() == Some(*f)), "{w:?} lacks {f}");
+            }
+        }
+    }
+
+    /// The kernel's body comes first: an error on its line 2 is reported on
+    /// line 2 with either prelude.
+    #[test]
+    fn errors_name_the_kernels_own_lines() {
+        let body = "@compute @workgroup_size(1)\nfn main() { let x: u32 = undefined_thing; }\n";
+        for w in [Windows::Fixed, Windows::Array] {
+            let src = with_prelude_for(w, body);
+            let e = naga::front::wgsl::parse_str(&src).expect_err("undefined identifier");
+            let loc = e.location(&src).expect("a location");
+            assert_eq!(loc.line_number, 2, "{w:?}");
         }
     }
 

@@ -29,7 +29,9 @@
 // checks cheap on SIMD hardware (lavapipe executes a branch's body under a
 // mask whether or not any lane takes it).
 //
-// Bindings (group 0) are fixed; kernels add none of their own.
+// The runtime's bindings are group 3 (svm_shaders::RUNTIME_GROUP); a kernel
+// may declare its own storage and uniform bindings in groups 0-2 (bound
+// access: the launch binds managed ranges to them directly).
 
 // --- specialization: set by the runtime per device and per launch kind ---
 // Pool (software mode) or arena-view (sparse mode) bindings in use, 1..=4.
@@ -101,8 +103,8 @@ struct SvmArgs {
     words: array<u32, 64>,
 }
 
-@group(0) @binding(0) var<storage, read> svm_pt: array<u32>;
-@group(0) @binding(1) var<storage, read> svm_args: SvmArgs;
+@group(3) @binding(0) var<storage, read> svm_pt: array<u32>;
+@group(3) @binding(1) var<storage, read> svm_args: SvmArgs;
 // The launch log, one buffer:
 //   [0]                   count of invocations with a refused access, then
 //                         SVM_ERR_RECORDS records of 4 words (kind, address
@@ -110,14 +112,14 @@ struct SvmArgs {
 //   [SVM_LOG_FAULTS]      faults recorded (may exceed fault_cap), then
 //                         fault_cap entries page | (write << 31);
 //   then the read and write fault bitmaps (offsets in svm_args).
-@group(0) @binding(2) var<storage, read_write> svm_log: array<atomic<u32>>;
+@group(3) @binding(2) var<storage, read_write> svm_log: array<atomic<u32>>;
 // Binding 3 on: the windows of the pool / arena view, with
 // svm_pool_read() and svm_pool_write(): four plain bindings
 // (windows_fixed.wgsl) or one binding array (windows_array.wgsl), appended
 // to this file by `svm_shaders::prelude`.
 // Host memory imported for in-place access (Advice::AccessedBy), or a
 // placeholder.
-@group(0) @binding(7) var<storage, read_write> svm_coherent: array<u32>;
+@group(3) @binding(7) var<storage, read_write> svm_coherent: array<u32>;
 
 const SVM_LOG_FAULTS: u32 = 65u;
 const SVM_SEG_COHERENT: u32 = 0xfffffffeu;

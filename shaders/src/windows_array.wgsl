@@ -6,7 +6,7 @@ struct SvmWindow {
     w: array<u32>,
 }
 const SVM_MAX_WINDOWS: u32 = 32u;
-@group(0) @binding(3) var<storage, read_write> svm_pool: binding_array<SvmWindow, 32>;
+@group(3) @binding(3) var<storage, read_write> svm_pool: binding_array<SvmWindow, 32>;
 
 fn svm_pool_read(t: vec2<u32>) -> u32 {
     if (SVM_SPECULATIVE_READS != 0u && SVM_SEGMENTS == 1u && !SVM_COHERENT) {

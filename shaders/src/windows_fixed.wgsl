@@ -1,9 +1,9 @@
 
 // --- windows: four plain bindings (any device) ---
-@group(0) @binding(3) var<storage, read_write> svm_pool0: array<u32>;
-@group(0) @binding(4) var<storage, read_write> svm_pool1: array<u32>;
-@group(0) @binding(5) var<storage, read_write> svm_pool2: array<u32>;
-@group(0) @binding(6) var<storage, read_write> svm_pool3: array<u32>;
+@group(3) @binding(3) var<storage, read_write> svm_pool0: array<u32>;
+@group(3) @binding(4) var<storage, read_write> svm_pool1: array<u32>;
+@group(3) @binding(5) var<storage, read_write> svm_pool2: array<u32>;
+@group(3) @binding(6) var<storage, read_write> svm_pool3: array<u32>;
 
 // Segments a runtime does not use are never read: the specialization
 // constants fold these branches away.

@@ -75,15 +75,20 @@ fn launch_input_errors() {
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(v.len() as u32), Arg::U32(1), Arg::U32(1)];
     // Too many argument words.
     let many = vec![Arg::U32(0); 65];
-    let r = svm.launch(&ka, &LaunchDescriptor { args: &many, access: &[], workgroups: [1, 1, 1] });
+    let r = svm.launch(&ka, &LaunchDescriptor { args: &many, access: &[], bindings: &[], workgroups: [1, 1, 1] });
     assert!(matches!(r, Err(LaunchError::TooManyArgs { words: 65, max: 64 })), "{r:?}");
     let ptrs = vec![Arg::Ptr(0); 33];
-    let r = svm.launch(&ka, &LaunchDescriptor { args: &ptrs, access: &[], workgroups: [1, 1, 1] });
+    let r = svm.launch(&ka, &LaunchDescriptor { args: &ptrs, access: &[], bindings: &[], workgroups: [1, 1, 1] });
     assert!(matches!(r, Err(LaunchError::TooManyArgs { words: 66, .. })), "{r:?}");
     // Dispatch beyond the device limit.
     let r = svm.launch(
         &ka,
-        &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [u32::MAX, 1, 1] },
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read_write(&mut v)],
+            bindings: &[],
+            workgroups: [u32::MAX, 1, 1],
+        },
     );
     assert!(matches!(r, Err(LaunchError::BadDispatch { .. })), "{r:?}");
     // Declared ranges: overflowing length, straddling the allocation's end,
@@ -92,30 +97,25 @@ fn launch_input_errors() {
     for (addr, len) in [(p, usize::MAX), (p, 3 * 4096), (p.wrapping_sub(4096), 8192), (p.wrapping_add(1 << 40), 4)] {
         // SAFETY: the ranges are refused before anything is touched.
         let access = [unsafe { Access::raw(addr, len, AccessMode::ReadWrite) }];
-        let r = svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] });
+        let r =
+            svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [1, 1, 1] });
         assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{addr:?}+{len:#x}: {r:?}");
     }
     // A zero-length declared range declares nothing: the access is refused.
     // SAFETY: as above.
     let access = [unsafe { Access::raw(p, 0, AccessMode::ReadWrite) }];
-    let r = svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] });
+    let r = svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [1, 1, 1] });
     assert!(
         matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults[0].kind == KernelFaultKind::NotDeclared),
         "{r:?}"
     );
     assert!(v.iter().all(|&x| x == 4), "nothing changed");
     assert_eq!(svm.stats().launches, 1, "only the kernel that ran counts");
-    // Kernels that do not compile: syntax, missing entry point, own bindings,
-    // atomics on managed memory (there is no such API).
+    // Kernels that do not compile: syntax, missing entry point, atomics
+    // through a managed pointer (a vec2, not an atomic).
     for (label, src, entry) in [
         ("syntax", "@compute @workgroup_size(1) fn main() { let x = ; }", "main"),
         ("entry", "@compute @workgroup_size(1) fn main() {}", "other"),
-        (
-            "binding",
-            "@group(0) @binding(9) var<storage, read_write> mine: array<u32>;
-            @compute @workgroup_size(1) fn main() { mine[0] = 1u; }",
-            "main",
-        ),
         ("atomic", "@compute @workgroup_size(1) fn main() { atomicAdd(svm_arg_ptr(0u), 1u); }", "main"),
     ] {
         match svm.create_kernel(&svm::KernelDescriptor { label, source: src, entry_point: entry }) {
@@ -126,9 +126,20 @@ fn launch_input_errors() {
             other => panic!("{label}: expected a compile error, got {other:?}"),
         }
     }
+    // A binding of its own in the runtime's group, in a kernel that uses
+    // the prelude.
+    let src = "@group(3) @binding(9) var<storage, read_write> mine: array<u32>;
+        @compute @workgroup_size(1) fn main() { mine[0] = svm_arg_u32(0u); }";
+    match svm.create_kernel(&svm::KernelDescriptor { label: "binding", source: src, entry_point: "main" }) {
+        Err(KernelError::Binding { name, group: 3, binding: 9, .. }) => assert_eq!(name, "mine"),
+        other => panic!("binding: expected a binding error, got {other:?}"),
+    }
     // The runtime is unharmed.
-    svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [1, 1, 1] })
-        .expect("good launch");
+    svm.launch(
+        &ka,
+        &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: [1, 1, 1] },
+    )
+    .expect("good launch");
     assert!(v.iter().all(|&x| x == 5));
 }
 
@@ -147,7 +158,7 @@ fn two_runtimes_concurrently() {
     // A kernel of one runtime launched on the other is a caller bug: panic,
     // before anything is locked or changed.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = a.launch(&kb, &LaunchDescriptor { args: &[], access: &[], workgroups: [1, 1, 1] });
+        let _ = a.launch(&kb, &LaunchDescriptor { args: &[], access: &[], bindings: &[], workgroups: [1, 1, 1] });
     }));
     assert!(r.is_err(), "foreign kernel accepted");
     std::thread::scope(|s| {
@@ -155,19 +166,19 @@ fn two_runtimes_concurrently() {
             s.spawn(move || {
                 for round in 1..=8u32 {
                     let args = [Arg::Ptr(own as u64), Arg::U32(n as u32), Arg::U32(1), Arg::U32(1)];
-                    svm.launch(kern, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: wg(n) })
+                    svm.launch(kern, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: wg(n) })
                         .expect("own launch");
                     assert!(v.iter().all(|&x| x == base + round), "{}: round {round}", svm.fault_backend());
                     // The other runtime's pointer, in a kernel and as a declared range.
                     let args = [Arg::Ptr(foreign as u64), Arg::U32(1), Arg::U32(1), Arg::U32(1)];
-                    let r = svm.launch(kern, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [1, 1, 1] });
+                    let r = svm.launch(kern, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: [1, 1, 1] });
                     assert!(
                         matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults[0].kind == KernelFaultKind::OutOfArena),
                         "{r:?}"
                     );
                     // SAFETY: refused before use.
                     let access = [unsafe { Access::raw(foreign as *const u8, 4, AccessMode::Read) }];
-                    let r = svm.launch(kern, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] });
+                    let r = svm.launch(kern, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [1, 1, 1] });
                     assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{r:?}");
                     assert!(svm.free(foreign as *mut u8).is_err());
                 }
@@ -198,7 +209,7 @@ fn free_waits_for_running_kernel() {
             let args = [Arg::Ptr(p as u64), Arg::ptr(out.as_ptr()), Arg::U32(n as u32), Arg::U32(iters)];
             // SAFETY: no reference into p's allocation exists.
             let access = [unsafe { Access::raw(p as *const u8, n * 4, mode) }, Access::read_write(out)];
-            svm.launch(&ks, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] })
+            svm.launch(&ks, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [1, 1, 1] })
         };
         // Warm up (the first launch uploads the page table), then calibrate
         // to a kernel of ~500 ms.
@@ -266,7 +277,10 @@ fn device_lost_mid_run() {
         let mut f = svm.alloc_vec::<u32>(n).expect("f"); // written by the CPU after the last launch
         let fill = |v: &mut svm::ManagedVec<u32>, mul: u32, add: u32| {
             let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(mul), Arg::U32(add)];
-            svm.launch(&kf, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: wg(n) })
+            svm.launch(
+                &kf,
+                &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], bindings: &[], workgroups: wg(n) },
+            )
         };
         fill(&mut b, 2, 1).expect("b");
         assert!(b.iter().enumerate().all(|(i, &x)| x == 2 * i as u32 + 1));
@@ -278,6 +292,7 @@ fn device_lost_mid_run() {
             &LaunchDescriptor {
                 args: &args,
                 access: &[Access::read(&d), Access::read_write(&mut c)],
+                bindings: &[],
                 workgroups: wg(n),
             },
         )
@@ -327,8 +342,11 @@ fn device_lost_drop_is_prompt() {
     let kf = kernel(&svm, "fill", k::FILL);
     let mut v = svm.alloc_vec::<u32>(PAGE_WORDS).expect("v");
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(PAGE_WORDS as u32), Arg::U32(1), Arg::U32(0)];
-    svm.launch(&kf, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [16, 1, 1] })
-        .expect("launch");
+    svm.launch(
+        &kf,
+        &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: [16, 1, 1] },
+    )
+    .expect("launch");
     svm.destroy_device_for_testing();
     drop(v);
     drop(kf);
@@ -349,7 +367,12 @@ fn device_lost_cpu_access_crashes() {
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(v.len() as u32), Arg::U32(1), Arg::U32(0)];
         svm.launch(
             &kf,
-            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [4, 1, 1] },
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut v)],
+                bindings: &[],
+                workgroups: [4, 1, 1],
+            },
         )
         .expect("launch");
         svm.destroy_device_for_testing();
@@ -393,14 +416,22 @@ fn replayable_launch_evicts_under_pressure() {
         let mut big = svm.alloc_vec::<u32>((1 << 20) / 4).expect("big");
         let n = big.len();
         let args = [Arg::ptr(big.as_ptr()), Arg::U32(n as u32), Arg::U32(1), Arg::U32(0)];
-        svm.launch(&kf, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut big)], workgroups: wg(n) })
-            .expect("fill the pool");
+        svm.launch(
+            &kf,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut big)],
+                bindings: &[],
+                workgroups: wg(n),
+            },
+        )
+        .expect("fill the pool");
         assert_eq!(svm.device_resident_pages(), 256);
         let little = svm.alloc_vec::<u32>(PAGE_WORDS).expect("little");
         let args = [Arg::ptr(little.as_ptr()), Arg::U32(PAGE_WORDS as u32), Arg::U32(2), Arg::U32(1)];
         let r = svm.launch_with(
             &kf,
-            &LaunchDescriptor { args: &args, access: &[], workgroups: wg(PAGE_WORDS) },
+            &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: wg(PAGE_WORDS) },
             &svm::LaunchOptions::replayable(),
         );
         assert!(r.is_ok(), "{backend}: replayable launch of one page with a full pool: {r:?}");
@@ -420,8 +451,11 @@ fn prefetch_after_launch_evicts_under_pressure() {
         let mut a = svm.alloc_vec::<u32>(200 * PAGE_WORDS).expect("a");
         let n = a.len();
         let args = [Arg::ptr(a.as_ptr()), Arg::U32(n as u32), Arg::U32(1), Arg::U32(0)];
-        svm.launch(&kf, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut a)], workgroups: wg(n) })
-            .expect("a on the device");
+        svm.launch(
+            &kf,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut a)], bindings: &[], workgroups: wg(n) },
+        )
+        .expect("a on the device");
         let b = svm.alloc_from_slice(&vec![3u32; 100 * PAGE_WORDS]).expect("b");
         let r = svm.prefetch(b.as_ptr().cast(), b.len() * 4, Location::Device).wait();
         assert_eq!(r.ok(), Some(100), "{backend}: prefetch of 100 pages with 56 free and 200 evictable");

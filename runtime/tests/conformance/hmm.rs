@@ -9,8 +9,11 @@ use crate::{ctx, ctx_migrating, fork_and_wait, k, kernel, small, wg, BACKENDS, P
 fn launch_fill(svm: &Svm, kf: &svm::Kernel, v: &mut ManagedVec<u32>, mul: u32, add: u32) {
     let n = v.len();
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(mul), Arg::U32(add)];
-    svm.launch(kf, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: wg(n) })
-        .expect("launch");
+    svm.launch(
+        kf,
+        &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], bindings: &[], workgroups: wg(n) },
+    )
+    .expect("launch");
 }
 
 fn launch_copy(svm: &Svm, kc: &svm::Kernel, src: &ManagedVec<u32>, dst: &mut ManagedVec<u32>) {
@@ -18,7 +21,12 @@ fn launch_copy(svm: &Svm, kc: &svm::Kernel, src: &ManagedVec<u32>, dst: &mut Man
     let args = [Arg::ptr(src.as_ptr()), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32)];
     svm.launch(
         kc,
-        &LaunchDescriptor { args: &args, access: &[Access::read(src), Access::read_write(dst)], workgroups: wg(n) },
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(src), Access::read_write(dst)],
+            bindings: &[],
+            workgroups: wg(n),
+        },
     )
     .expect("launch");
 }
@@ -40,8 +48,11 @@ fn open_close() {
                 let args = [Arg::ptr(p), Arg::U32(4 * PAGE_WORDS as u32), Arg::U32(1), Arg::U32(0)];
                 // SAFETY: no reference into the allocation exists.
                 let access = [unsafe { Access::raw(p, 4 * 4096, AccessMode::ReadWrite) }];
-                svm.launch(&kf, &LaunchDescriptor { args: &args, access: &access, workgroups: [4, 1, 1] })
-                    .expect("launch");
+                svm.launch(
+                    &kf,
+                    &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [4, 1, 1] },
+                )
+                .expect("launch");
                 assert_eq!(svm.device_resident_pages(), 4);
                 // Never freed: the runtime tears down with a live allocation.
             }
@@ -86,8 +97,15 @@ fn anon_read_prot() {
         let src = freed.as_ptr();
         drop(freed);
         let args = [Arg::ptr(src), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32)];
-        let r = svm
-            .launch(&kc, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut dst)], workgroups: wg(n) });
+        let r = svm.launch(
+            &kc,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut dst)],
+                bindings: &[],
+                workgroups: wg(n),
+            },
+        );
         match r {
             Err(LaunchError::Kernel { faults, total }) => {
                 assert_eq!(total as usize, n, "{backend}: every load refused once");
@@ -135,7 +153,10 @@ fn anon_write_prot() {
         let n = 8 * PAGE_WORDS;
         let mut v = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("v");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(2), Arg::U32(5)];
-        let r = svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read(&v)], workgroups: wg(n) });
+        let r = svm.launch(
+            &ka,
+            &LaunchDescriptor { args: &args, access: &[Access::read(&v)], bindings: &[], workgroups: wg(n) },
+        );
         match r {
             Err(LaunchError::Kernel { faults, total }) => {
                 assert_eq!(total as usize, n, "{backend}: every store refused");
@@ -146,8 +167,11 @@ fn anon_write_prot() {
         assert_eq!(svm.device_resident_pages(), 0, "{backend}: the read copy was dropped");
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32), "{backend}: unchanged");
         // "mprotect(PROT_WRITE)": declare it writable, and the same kernel works.
-        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: wg(n) })
-            .expect("launch");
+        svm.launch(
+            &ka,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: wg(n) },
+        )
+        .expect("launch");
         for (i, &x) in v.iter().enumerate() {
             assert_eq!(x, i as u32 * 2 + 5, "{backend}: v[{i}]");
         }
@@ -217,8 +241,11 @@ fn migrate() {
         assert_eq!(svm.device_resident_pages(), 32, "{backend}");
         let s0 = svm.stats();
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(1), Arg::U32(1000)];
-        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: wg(n) })
-            .expect("launch");
+        svm.launch(
+            &ka,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: wg(n) },
+        )
+        .expect("launch");
         assert_eq!(svm.stats().since(&s0).h2d_pages, 0, "{backend}: used in place");
         for (i, &x) in v.iter().enumerate() {
             assert_eq!(x, i as u32 + 1000, "{backend}: v[{i}]");
@@ -245,8 +272,11 @@ fn migrate_fault() {
         assert_eq!(svm.prefetch(p, n * 4, Location::Device).wait().expect("prefetch"), 32, "{backend}");
         assert_eq!(svm.device_resident_pages(), 64, "{backend}");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(3), Arg::U32(0)];
-        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: wg(n) })
-            .expect("launch");
+        svm.launch(
+            &ka,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: wg(n) },
+        )
+        .expect("launch");
         for (i, &x) in v.iter().enumerate() {
             assert_eq!(x, 3 * i as u32, "{backend}: v[{i}]");
         }
@@ -319,8 +349,11 @@ fn migrate_mixed() {
         let ka = kernel(&svm, "affine", k::AFFINE);
         let n = c.len();
         let args = [Arg::ptr(c.as_ptr()), Arg::U32(n as u32), Arg::U32(1), Arg::U32(1)];
-        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut c)], workgroups: wg(n) })
-            .expect("launch");
+        svm.launch(
+            &ka,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut c)], bindings: &[], workgroups: wg(n) },
+        )
+        .expect("launch");
         assert!(c.iter().enumerate().all(|(i, &x)| x == i as u32 + 1), "{backend}");
         assert!(a.iter().all(|&x| x == 1) && o.iter().all(|&x| x == 9), "{backend}");
     }
@@ -393,7 +426,10 @@ fn anon_teardown() {
                 let args = [Arg::Ptr(a as u64), Arg::ptr(out.as_ptr()), Arg::U32(2 * n as u32)];
                 // SAFETY: no Rust reference into a or b exists.
                 let access = [unsafe { Access::raw(a as *const u8, 2 * n * 4, mode) }, Access::read_write(&mut out)];
-                svm.launch(&kc, &LaunchDescriptor { args: &args, access: &access, workgroups: wg(2 * n) })
+                svm.launch(
+                    &kc,
+                    &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: wg(2 * n) },
+                )
             });
             match r {
                 Ok(()) => {
@@ -497,8 +533,11 @@ fn huge_empty() {
         let moved = svm.prefetch(v.as_ptr().cast(), n * 4, Location::Device).wait().expect("prefetch");
         assert_eq!(moved, 512, "{backend}");
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(1), Arg::U32(5)];
-        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: wg(n) })
-            .expect("launch");
+        svm.launch(
+            &ka,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], bindings: &[], workgroups: wg(n) },
+        )
+        .expect("launch");
         assert!(v.iter().all(|&x| x == 5), "{backend}: the device read zeros");
     }
 }
@@ -563,7 +602,8 @@ fn huge_fragmented_pool() {
         let access: Vec<Access<'_>> =
             smalls.iter().map(|&p| unsafe { Access::raw(p as *const u8, 4096, AccessMode::ReadWrite) }).collect();
         let args = [Arg::Ptr(smalls[0] as u64), Arg::U32(PAGE_WORDS as u32), Arg::U32(1), Arg::U32(1)];
-        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] }).expect("setup");
+        svm.launch(&ka, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [1, 1, 1] })
+            .expect("setup");
         assert_eq!(svm.device_resident_pages(), 256);
         for &p in smalls.iter().skip(1).step_by(2) {
             svm.free(p as *mut u8).expect("free");

@@ -285,7 +285,12 @@ impl Worker<'_> {
             let args = [Arg::ptr(buf.v.as_ptr()), Arg::U32(len as u32), Arg::U32(mul), Arg::U32(add)];
             let res = self.svm.launch(
                 self.affine,
-                &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut buf.v)], workgroups: wg(len) },
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read_write(&mut buf.v)],
+                    bindings: &[],
+                    workgroups: wg(len),
+                },
             );
             match res {
                 Ok(()) => buf.model.iter_mut().for_each(|x| *x = x.wrapping_mul(mul).wrapping_add(add)),
@@ -313,6 +318,7 @@ impl Worker<'_> {
                 &LaunchDescriptor {
                     args: &args,
                     access: &[Access::read(&src.v), Access::read_write(&mut dst.v)],
+                    bindings: &[],
                     workgroups: wg(n),
                 },
             );
@@ -336,7 +342,7 @@ impl Worker<'_> {
             // is the only user and is inside it).
             let res = self.svm.launch_with(
                 self.fill,
-                &LaunchDescriptor { args: &args, access: &[], workgroups: wg(len) },
+                &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: wg(len) },
                 &LaunchOptions::replayable(),
             );
             let res = match res {
@@ -355,6 +361,7 @@ impl Worker<'_> {
                             &LaunchDescriptor {
                                 args: &args,
                                 access: &[Access::read_write(&mut buf.v)],
+                                bindings: &[],
                                 workgroups: wg(len),
                             },
                         )

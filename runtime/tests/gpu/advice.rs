@@ -17,7 +17,12 @@ fn launch_sum(svm: &svm::Svm, k: &svm::Kernel, src: &svm::ManagedVec<u32>, out: 
     let args = [Arg::ptr(src.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(src.len() as u32)];
     svm.launch(
         k,
-        &LaunchDescriptor { args: &args, access: &[Access::read(src), Access::read_write(out)], workgroups: [1, 1, 1] },
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read(src), Access::read_write(out)],
+            bindings: &[],
+            workgroups: [1, 1, 1],
+        },
     )
     .expect("launch");
 }
@@ -92,8 +97,11 @@ fn preferred_location_device_is_evicted_last() {
     svm.advise(a.as_ptr() as *const u8, n * 4, Advice::PreferredLocation(Location::Device)).expect("advise");
     for v in [&mut a, &mut b, &mut c] {
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
-        svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: [64, 1, 1] })
-            .expect("launch");
+        svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], bindings: &[], workgroups: [64, 1, 1] },
+        )
+        .expect("launch");
     }
     // c needed room: b (more recent than a, but not preferred) was evicted.
     let s0 = svm.stats();

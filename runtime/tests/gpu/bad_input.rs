@@ -11,7 +11,7 @@ const POKE: &str = "@compute @workgroup_size(1) fn main() {
 }";
 
 fn poke_error(svm: &svm::Svm, k: &svm::Kernel, addr: u64, access: &[Access<'_>]) -> Vec<KernelFaultKind> {
-    match svm.launch(k, &LaunchDescriptor { args: &[Arg::Ptr(addr)], access, workgroups: [1, 1, 1] }) {
+    match svm.launch(k, &LaunchDescriptor { args: &[Arg::Ptr(addr)], access, bindings: &[], workgroups: [1, 1, 1] }) {
         Err(LaunchError::Kernel { faults, total }) => {
             assert!(total as usize >= faults.len());
             assert!(faults.iter().all(|f| f.addr == addr), "{faults:?}");
@@ -57,6 +57,7 @@ fn kernel_pointer_errors() {
             &LaunchDescriptor {
                 args: &[Arg::Ptr(v.addr_of(2))],
                 access: &[Access::read_write(&mut v)],
+                bindings: &[],
                 workgroups: [1, 1, 1],
             },
         )
@@ -74,13 +75,21 @@ fn declared_ranges_must_be_allocated() {
     drop(v);
     // SAFETY: no references; the range is freed, which is the point.
     let access = [unsafe { Access::raw(p, 4096, svm::AccessMode::Read) }];
-    let r = svm.launch(&k, &LaunchDescriptor { args: &[Arg::ptr(p)], access: &access, workgroups: [1, 1, 1] });
+    let r = svm
+        .launch(&k, &LaunchDescriptor { args: &[Arg::ptr(p)], access: &access, bindings: &[], workgroups: [1, 1, 1] });
     assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{r:?}");
     let foreign = [0u8; 64];
     // SAFETY: as above; a stack buffer is not managed memory.
     let access = [unsafe { Access::raw(foreign.as_ptr(), 64, svm::AccessMode::Read) }];
-    let r = svm
-        .launch(&k, &LaunchDescriptor { args: &[Arg::ptr(foreign.as_ptr())], access: &access, workgroups: [1, 1, 1] });
+    let r = svm.launch(
+        &k,
+        &LaunchDescriptor {
+            args: &[Arg::ptr(foreign.as_ptr())],
+            access: &access,
+            bindings: &[],
+            workgroups: [1, 1, 1],
+        },
+    );
     assert!(matches!(r, Err(LaunchError::BadRange { .. })), "{r:?}");
 }
 
@@ -122,6 +131,7 @@ fn reused_memory_is_zeroed() {
             &LaunchDescriptor {
                 args: &[Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr())],
                 access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
+                bindings: &[],
                 workgroups: [16, 1, 1],
             },
         )
@@ -137,6 +147,7 @@ fn reused_memory_is_zeroed() {
             &LaunchDescriptor {
                 args: &[Arg::ptr(fresh.as_ptr()), Arg::ptr(out.as_ptr())],
                 access: &[Access::read(&fresh), Access::read_write(&mut out)],
+                bindings: &[],
                 workgroups: [16, 1, 1],
             },
         )
@@ -157,6 +168,7 @@ fn pool_exhausted_is_an_error_and_loses_nothing() {
             &LaunchDescriptor {
                 args: &[Arg::ptr(big.as_ptr())],
                 access: &[Access::read_write(&mut big)],
+                bindings: &[],
                 workgroups: [1, 1, 1],
             },
         );
@@ -179,6 +191,7 @@ fn fork_child_cannot_read_stale_data() {
             &LaunchDescriptor {
                 args: &[Arg::ptr(v.as_ptr())],
                 access: &[Access::read_write(&mut v)],
+                bindings: &[],
                 workgroups: [1, 1, 1],
             },
         )

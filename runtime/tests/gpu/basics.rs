@@ -33,6 +33,7 @@ fn vadd_case_desc(backend: svm::FaultBackendKind, n: usize, chunk: usize, desc: 
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+            bindings: &[],
             workgroups: [64, 1, 1],
         },
     )
@@ -128,7 +129,12 @@ fn cpu_write_after_kernel_keeps_device_data() {
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
         svm.launch(
             &k,
-            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] },
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut v)],
+                bindings: &[],
+                workgroups: [64, 1, 1],
+            },
         )
         .expect("launch");
         v[5] = 12345; // write fault first
@@ -161,6 +167,7 @@ fn repeated_round_trips() {
                 &LaunchDescriptor {
                     args: &args,
                     access: &[Access::read_write(&mut v)],
+                    bindings: &[],
                     workgroups: [(n as u32).div_ceil(64), 1, 1],
                 },
             )
@@ -188,8 +195,16 @@ fn page_table_upload_is_incremental() {
         let mut v = svm.alloc_vec::<u32>(16).expect("v");
         let args = [Arg::ptr(v.as_ptr())];
         let launch = |v: &mut svm::ManagedVec<u32>| {
-            svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: [1, 1, 1] })
-                .expect("launch");
+            svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read_write(v)],
+                    bindings: &[],
+                    workgroups: [1, 1, 1],
+                },
+            )
+            .expect("launch");
         };
         launch(&mut v);
         let first = svm.stats().pt_upload_bytes;
@@ -220,7 +235,12 @@ fn concurrent_cpu_faults() {
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32)];
         svm.launch(
             &k,
-            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [n as u32 / 64, 1, 1] },
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut v)],
+                bindings: &[],
+                workgroups: [n as u32 / 64, 1, 1],
+            },
         )
         .expect("launch");
         let v = &v;
@@ -260,7 +280,12 @@ fn cpu_faults_while_kernels_run() {
         let args = [Arg::ptr(y.as_ptr()), Arg::U32(n as u32)];
         svm.launch(
             &k,
-            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut y)], workgroups: [64, 1, 1] },
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut y)],
+                bindings: &[],
+                workgroups: [64, 1, 1],
+            },
         )
         .expect("launch y");
         let yp = y.as_mut_ptr() as usize;
@@ -273,7 +298,12 @@ fn cpu_faults_while_kernels_run() {
                     let args = [Arg::ptr(x.as_ptr()), Arg::U32(n as u32)];
                     svm.launch(
                         k,
-                        &LaunchDescriptor { args: &args, access: &[Access::read_write(x)], workgroups: [64, 1, 1] },
+                        &LaunchDescriptor {
+                            args: &args,
+                            access: &[Access::read_write(x)],
+                            bindings: &[],
+                            workgroups: [64, 1, 1],
+                        },
                     )
                     .expect("launch x");
                 }
@@ -317,13 +347,23 @@ fn teardown_and_two_runtimes() {
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(1 << 16)];
         svm.launch(
             &k,
-            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] },
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut v)],
+                bindings: &[],
+                workgroups: [64, 1, 1],
+            },
         )
         .expect("launch");
         assert_eq!(v[100], 1);
         svm.launch(
             &k,
-            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut v)], workgroups: [64, 1, 1] },
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut v)],
+                bindings: &[],
+                workgroups: [64, 1, 1],
+            },
         )
         .expect("launch");
         assert!(svm.device_resident_pages() > 0);
@@ -337,7 +377,15 @@ fn teardown_and_two_runtimes() {
     let mut w = second.alloc_vec::<u32>(64).expect("w");
     let args = [Arg::ptr(w.as_ptr()), Arg::U32(64)];
     second
-        .launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut w)], workgroups: [1, 1, 1] })
+        .launch(
+            &k,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut w)],
+                bindings: &[],
+                workgroups: [1, 1, 1],
+            },
+        )
         .expect("launch");
     drop(first); // with nothing on the device, while `second` keeps working
     assert_eq!(w[63], 1);

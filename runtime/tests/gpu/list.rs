@@ -50,6 +50,7 @@ fn list_walk_both_backends() {
             &LaunchDescriptor {
                 args: &args,
                 access: &[Access::read(&nodes), Access::read(&heads), Access::read_write(&mut out)],
+                bindings: &[],
                 workgroups: [(lists as u32).div_ceil(64), 1, 1],
             },
         )
@@ -81,7 +82,8 @@ fn list_through_raw_range() {
     let args = [Arg::Ptr(base + 48), Arg::Ptr(base + 56), Arg::U32(1), Arg::U32(10)];
     // SAFETY: no Rust reference into the range is alive.
     let access = [unsafe { Access::raw(p, 60, AccessMode::ReadWrite) }];
-    svm.launch(&k, &LaunchDescriptor { args: &args, access: &access, workgroups: [1, 1, 1] }).expect("launch");
+    svm.launch(&k, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [1, 1, 1] })
+        .expect("launch");
     // SAFETY: inside the allocation; the runtime faults it back.
     assert_eq!(unsafe { (p.add(56) as *const u32).read() }, 60);
     svm.free(p).expect("free");

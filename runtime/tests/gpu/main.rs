@@ -9,6 +9,7 @@
 mod advice;
 mod bad_input;
 mod basics;
+mod bound;
 mod list;
 mod oversub;
 mod paths;

@@ -29,7 +29,12 @@ fn lru_eviction_keeps_every_byte() {
                 let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(round)];
                 svm.launch(
                     &k,
-                    &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], workgroups: [64, 1, 1] },
+                    &LaunchDescriptor {
+                        args: &args,
+                        access: &[Access::read_write(v)],
+                        bindings: &[],
+                        workgroups: [64, 1, 1],
+                    },
                 )
                 .unwrap_or_else(|e| panic!("{backend} round {round} buffer {b}: {e}"));
             }
@@ -56,6 +61,7 @@ fn working_set_larger_than_pool_is_refused() {
         &LaunchDescriptor {
             args: &args,
             access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
+            bindings: &[],
             workgroups: [1, 1, 1],
         },
     );

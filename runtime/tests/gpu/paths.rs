@@ -47,7 +47,10 @@ fn vectors(svm: &svm::Svm, add: u32) -> Vec<ManagedVec<u32>> {
 /// Launch `PAIRS` over the first `pairs` pairs, all declared.
 fn launch_pairs(svm: &svm::Svm, k: &svm::Kernel, v: &mut [ManagedVec<u32>], pairs: u32) -> Result<(), LaunchError> {
     let a = args(v, pairs);
-    svm.launch(k, &LaunchDescriptor { args: &a, access: &access(v, pairs as usize), workgroups: [16, 1, 1] })
+    svm.launch(
+        k,
+        &LaunchDescriptor { args: &a, access: &access(v, pairs as usize), bindings: &[], workgroups: [16, 1, 1] },
+    )
 }
 
 /// Every destination of the first `pairs` pairs holds its source * 2 + 1.
@@ -67,7 +70,7 @@ fn expect_undeclared(svm: &svm::Svm, k: &svm::Kernel, v: &mut [ManagedVec<u32>],
     let a = args(v, pairs);
     let mut acc = access(v, pairs as usize);
     acc.pop();
-    match svm.launch(k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] }) {
+    match svm.launch(k, &LaunchDescriptor { args: &a, access: &acc, bindings: &[], workgroups: [16, 1, 1] }) {
         Err(LaunchError::Kernel { faults, total }) => {
             assert_eq!(total as usize, N, "{what}: one refused store per invocation");
             for f in &faults {
@@ -114,7 +117,7 @@ fn extent_and_page_table_paths_agree() {
             // SAFETY: a read-only declaration; the contract concerns writable
             // ones only.
             acc.push(unsafe { Access::raw(dst, 4 * N, svm::AccessMode::Read) });
-            let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] });
+            let r = svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, bindings: &[], workgroups: [16, 1, 1] });
             assert!(
                 matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults.iter().all(|f| f.kind == KernelFaultKind::ReadOnly)),
                 "{backend} {path}: {r:?}"
@@ -148,8 +151,10 @@ fn refused_loads_yield_zero() {
         drop(freed);
         let wg = [(n / 64) as u32, 1, 1];
         let args = [Arg::ptr(freed_ptr), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32)];
-        let r =
-            svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut dst)], workgroups: wg });
+        let r = svm.launch(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut dst)], bindings: &[], workgroups: wg },
+        );
         match r {
             Err(LaunchError::Kernel { faults, total }) => {
                 assert_eq!(total as usize, n, "{backend}");
@@ -165,6 +170,7 @@ fn refused_loads_yield_zero() {
             &LaunchDescriptor {
                 args: &args,
                 access: &[Access::read(&src), Access::read_write(&mut dst)],
+                bindings: &[],
                 workgroups: wg,
             },
         )
@@ -219,7 +225,8 @@ fn coherent_mode_works_in_place() {
         let (v8, v9) = tail.split_at_mut(1);
         let mut acc = access(head, 4);
         acc.extend([Access::read(&v9[0]), Access::read_write(&mut v8[0])]);
-        svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, workgroups: [16, 1, 1] }).expect("launch");
+        svm.launch(&k, &LaunchDescriptor { args: &a, access: &acc, bindings: &[], workgroups: [16, 1, 1] })
+            .expect("launch");
         assert!(v[8].iter().all(|&x| x == 1), "{backend}: the device read zeros (0 * 2 + 1)");
         svm.validation_check().unwrap_or_else(|e| panic!("{backend}: validation: {e}"));
     }
@@ -240,7 +247,12 @@ fn launch_in_a_later_segment() {
         let none = [Arg::Ptr(0), Arg::Ptr(0), Arg::U32(0)];
         svm.launch(
             &kc,
-            &LaunchDescriptor { args: &none, access: &[Access::read_write(&mut filler)], workgroups: [1, 1, 1] },
+            &LaunchDescriptor {
+                args: &none,
+                access: &[Access::read_write(&mut filler)],
+                bindings: &[],
+                workgroups: [1, 1, 1],
+            },
         )
         .expect("filler launch");
         let mut v = vectors(&svm, 7);
@@ -306,7 +318,7 @@ fn replayable_launch_on_warm_data_takes_the_extent_path() {
         v[0].fill(5);
         v[2].fill(6);
         let a = args(&v, 2);
-        let desc = LaunchDescriptor { args: &a, access: &[], workgroups: [16, 1, 1] };
+        let desc = LaunchDescriptor { args: &a, access: &[], bindings: &[], workgroups: [16, 1, 1] };
         let s0 = svm.stats();
         let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("replayable, cold sources");
         let s = svm.stats().since(&s0);

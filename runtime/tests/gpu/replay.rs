@@ -45,7 +45,7 @@ fn list_without_declared_ranges() {
         let r = svm
             .launch_with(
                 &k,
-                &LaunchDescriptor { args: &args, access: &[], workgroups: [2, 1, 1] },
+                &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [2, 1, 1] },
                 &LaunchOptions::replayable(),
             )
             .expect("replayable launch");
@@ -68,7 +68,7 @@ fn adversarial_one_node_per_page_makes_progress() {
     let (_store, heads, want) = build(&svm, n, lists, 4096);
     let out = svm.alloc_vec::<u32>(lists).expect("out");
     let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(lists as u32), Arg::U32(1000)];
-    let desc = LaunchDescriptor { args: &args, access: &[], workgroups: [1, 1, 1] };
+    let desc = LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [1, 1, 1] };
     let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("launch");
     // Each list has n / lists nodes, each on its own page: one pass per node,
     // plus the passes for heads and out.
@@ -98,7 +98,7 @@ fn vadd_without_declared_ranges() {
         let r = svm
             .launch_with(
                 &k,
-                &LaunchDescriptor { args: &args, access: &[], workgroups: [256, 1, 1] },
+                &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [256, 1, 1] },
                 &LaunchOptions::replayable(),
             )
             .expect("launch");
@@ -122,7 +122,10 @@ fn non_replayable_fault_is_an_error() {
     let src = svm.alloc_from_slice(&[5u32; 4]).expect("src");
     let dst = svm.alloc_from_slice(&[9u32; 4]).expect("dst");
     let args = [Arg::ptr(src.as_ptr()), Arg::ptr(dst.as_ptr())];
-    let r = svm.launch(&k, &LaunchDescriptor { args: &args, access: &[Access::read(&src)], workgroups: [1, 1, 1] });
+    let r = svm.launch(
+        &k,
+        &LaunchDescriptor { args: &args, access: &[Access::read(&src)], bindings: &[], workgroups: [1, 1, 1] },
+    );
     match r {
         Err(LaunchError::Kernel { faults, .. }) => {
             assert_eq!(faults[0].kind, KernelFaultKind::NotDeclared);
@@ -144,7 +147,7 @@ fn replayable_bad_pointers_are_errors() {
     for (addr, kind) in [(0u64, KernelFaultKind::OutOfArena), (freed_addr, KernelFaultKind::Unallocated)] {
         let r = svm.launch_with(
             &k,
-            &LaunchDescriptor { args: &[Arg::Ptr(addr)], access: &[], workgroups: [1, 1, 1] },
+            &LaunchDescriptor { args: &[Arg::Ptr(addr)], access: &[], bindings: &[], workgroups: [1, 1, 1] },
             &LaunchOptions::replayable(),
         );
         match r {
