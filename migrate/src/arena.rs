@@ -10,16 +10,29 @@ use crate::sys::uffd::Uffd;
 
 pub(crate) enum Guard {
     Uffd(Uffd),
-    Mprotect(SegvRegistration),
+    Mprotect,
 }
 
 /// A reserved, 2 MiB aligned range of virtual memory whose pages can be made
 /// inaccessible to the CPU ([`Arena::zap`]) and given back
 /// ([`Arena::restore`]) without losing their host copy, which the runtime
 /// reads and writes through [`Arena::read_host`] / [`Arena::write_host`].
+///
+/// An arena belongs to the process that created it. In a `fork` child (which
+/// has no managed memory: both views are `MADV_DONTFORK`) every method that
+/// returns a `Result` fails with [`MigrateError::NotInherited`] without a
+/// system call (the userfaultfd would act on the parent's registration),
+/// dropping does nothing, and [`Arena::read_host`] and the other host-copy
+/// accessors crash with a message, as touching the user view does.
 pub struct Arena {
-    views: Views,
+    // Drop order: the fault backend, then the registration with the
+    // SIGSEGV handler, then the mappings.
     pub(crate) guard: Guard,
+    /// Registration with the SIGSEGV handler: the mprotect backend's fault
+    /// delivery; for uffd only its crash messages (and best effort: `None`
+    /// when the handler's table is full).
+    segv: Option<SegvRegistration>,
+    views: Views,
 }
 
 impl core::fmt::Debug for Arena {
@@ -43,7 +56,8 @@ impl Arena {
         }
         let len = len.next_multiple_of(VIEW_ALIGN);
         let views = Views::new(len).map_err(MigrateError::os("mmap arena"))?;
-        let guard = match backend {
+        let alias = views.alias_ptr(0) as usize;
+        let (guard, segv) = match backend {
             FaultBackendKind::Uffd => {
                 let mut uffd = Uffd::open().map_err(|e| MigrateError::Unsupported {
                     backend: "uffd",
@@ -53,18 +67,19 @@ impl Arena {
                     backend: "uffd",
                     why: format!("UFFDIO_REGISTER (MINOR) of the arena: {e}"),
                 })?;
-                Guard::Uffd(uffd)
+                (Guard::Uffd(uffd), SegvRegistration::new(views.user_base(), len, alias, false).ok())
             }
             FaultBackendKind::Mprotect => {
-                Guard::Mprotect(SegvRegistration::new(views.user_base(), len).map_err(|e| match e {
+                let reg = SegvRegistration::new(views.user_base(), len, alias, true).map_err(|e| match e {
                     RegisterError::TooManyArenas => {
                         MigrateError::Unsupported { backend: "mprotect", why: "too many arenas in this process".into() }
                     }
                     RegisterError::Os(e) => MigrateError::Os { op: "sigaction(SIGSEGV)", source: e },
-                })?)
+                })?;
+                (Guard::Mprotect, Some(reg))
             }
         };
-        let arena = Self { views, guard };
+        let arena = Self { guard, segv, views };
         // Nothing is allocated yet: every page is inaccessible.
         arena.protect_none(0, len)?;
         Ok(arena)
@@ -73,7 +88,7 @@ impl Arena {
     /// Make a range of unallocated pages usable by programs (zero-filled on
     /// first touch).
     pub fn allocate(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
     }
 
@@ -81,7 +96,7 @@ impl Arena {
     /// released, and any CPU access faults (use after free is caught, not
     /// silently served). The device must no longer use it.
     pub fn release(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         self.protect_none(offset, len)?;
         self.discard(offset, len)
     }
@@ -92,7 +107,7 @@ impl Arena {
     /// the next allocation of it sees zeros through the same pages the
     /// device uses.
     pub fn release_in_place(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         self.protect_none(offset, len)?;
         self.views.zero_alias(offset, len);
         Ok(())
@@ -102,7 +117,7 @@ impl Arena {
     pub fn backend(&self) -> FaultBackendKind {
         match self.guard {
             Guard::Uffd(_) => FaultBackendKind::Uffd,
-            Guard::Mprotect(_) => FaultBackendKind::Mprotect,
+            Guard::Mprotect => FaultBackendKind::Mprotect,
         }
     }
     /// Address of the first byte, as programs see it.
@@ -122,6 +137,32 @@ impl Arena {
         addr.wrapping_sub(self.base()) < self.len()
     }
 
+    /// `Err(NotInherited)` in a process other than the arena's (a fork
+    /// child).
+    pub(crate) fn check_owner(&self) -> Result<()> {
+        if self.views.is_owner() {
+            Ok(())
+        } else {
+            Err(MigrateError::NotInherited {
+                owner: self.views.owner().as_raw_nonzero().get(),
+                current: rustix::process::getpid().as_raw_nonzero().get(),
+            })
+        }
+    }
+
+    /// The arena's registration with the SIGSEGV handler.
+    pub(crate) fn segv(&self) -> Option<&SegvRegistration> {
+        self.segv.as_ref()
+    }
+
+    /// The checks of every method taking a range: this process owns the
+    /// arena (else an error), and the range is page aligned (else a panic).
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        self.check_owner()?;
+        Self::check_aligned(offset, len);
+        Ok(())
+    }
+
     fn check_aligned(offset: usize, len: usize) {
         let page = svm_page_size();
         assert!(offset.is_multiple_of(page) && len.is_multiple_of(page), "unaligned arena range {offset:#x}+{len:#x}");
@@ -130,7 +171,7 @@ impl Arena {
     /// Make `[offset, offset + len)` inaccessible to program threads; their
     /// next access faults to the service. The host copy is kept.
     pub fn zap(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         match &self.guard {
             Guard::Uffd(_) => {
                 // Holes would come back as missing (zero-fill) faults that the
@@ -138,7 +179,7 @@ impl Arena {
                 self.views.populate(offset, len).map_err(MigrateError::os("madvise(POPULATE_WRITE)"))?;
                 self.views.user_dontneed(offset, len).map_err(MigrateError::os("madvise(DONTNEED)"))
             }
-            Guard::Mprotect(_) => {
+            Guard::Mprotect => {
                 self.views.user_protect(offset, len, false, false).map_err(MigrateError::os("mprotect(NONE)"))
             }
         }
@@ -160,7 +201,7 @@ impl Arena {
         /// How often a UFFDIO_CONTINUE interrupted by address-space changes
         /// is resumed before giving up.
         const RESTORE_RETRIES: usize = 10_000;
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         match &self.guard {
             Guard::Uffd(u) => {
                 use rustix::io::Errno;
@@ -197,7 +238,7 @@ impl Arena {
                 }
                 u.wake(start, len).map_err(MigrateError::os("UFFDIO_WAKE"))
             }
-            Guard::Mprotect(_) => {
+            Guard::Mprotect => {
                 self.views.user_protect(offset, len, true, !readonly).map_err(MigrateError::os("mprotect"))
             }
         }
@@ -207,17 +248,17 @@ impl Arena {
     /// (they retry the access). Nothing to do for the mprotect backend,
     /// whose waiters are woken by the fault service itself.
     pub fn wake(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         match &self.guard {
             Guard::Uffd(u) => u.wake(self.base() + offset, len).map_err(MigrateError::os("UFFDIO_WAKE")),
-            Guard::Mprotect(_) => Ok(()),
+            Guard::Mprotect => Ok(()),
         }
     }
 
     /// Zero the host copy of a range and release its memory. The user view
     /// must be zapped or otherwise unused there by the caller's protocol.
     pub fn discard(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         self.views.punch_hole(offset, len).map_err(MigrateError::os("fallocate(PUNCH_HOLE)"))
     }
 
@@ -230,7 +271,7 @@ impl Arena {
     /// Some(true)`), which must call [`Arena::write_unprotect`]. uffd: a
     /// userfaultfd write-protect (no VMA split); mprotect: `PROT_READ`.
     pub fn write_protect(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         match &self.guard {
             Guard::Uffd(u) if u.has_wp() => {
                 u.write_protect(self.base() + offset, len, true).map_err(MigrateError::os("UFFDIO_WRITEPROTECT"))
@@ -239,7 +280,7 @@ impl Arena {
                 backend: "uffd",
                 why: "this kernel has no userfaultfd write-protect on shmem".into(),
             }),
-            Guard::Mprotect(_) => {
+            Guard::Mprotect => {
                 self.views.user_protect(offset, len, true, false).map_err(MigrateError::os("mprotect(READ)"))
             }
         }
@@ -247,12 +288,12 @@ impl Arena {
 
     /// Undo [`Arena::write_protect`] and wake writers waiting there.
     pub fn write_unprotect(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         match &self.guard {
             Guard::Uffd(u) => {
                 u.write_protect(self.base() + offset, len, false).map_err(MigrateError::os("UFFDIO_WRITEPROTECT(off)"))
             }
-            Guard::Mprotect(_) => {
+            Guard::Mprotect => {
                 self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
             }
         }
@@ -262,7 +303,7 @@ impl Arena {
     pub fn has_write_protect(&self) -> bool {
         match &self.guard {
             Guard::Uffd(u) => u.has_wp(),
-            Guard::Mprotect(_) => true,
+            Guard::Mprotect => true,
         }
     }
 
@@ -270,7 +311,7 @@ impl Arena {
     /// (`MADV_POPULATE_WRITE`) before a bulk copy, instead of taking one
     /// minor fault per page during it.
     pub fn populate_host(&self, offset: usize, len: usize) -> Result<()> {
-        Self::check_aligned(offset, len);
+        self.check(offset, len)?;
         self.views.populate(offset, len).map_err(MigrateError::os("madvise(POPULATE_WRITE)"))
     }
 
@@ -296,6 +337,12 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if !self.views.is_owner() {
+            // A fork child: UFFDIO_UNREGISTER would unregister the parent's
+            // arena (the descriptor acts on the mm that opened it). The
+            // fields' drops do nothing here either but close descriptors.
+            return;
+        }
         if let Guard::Uffd(u) = &self.guard {
             let _ = u.unregister(self.views.user_base(), self.views.len());
         }

@@ -26,6 +26,17 @@ pub enum MigrateError {
         /// What is missing.
         why: String,
     },
+    /// The arena (or its fault service) belongs to another process: this one
+    /// is a `fork` child of it, and managed memory is not inherited across
+    /// `fork` (both views are `MADV_DONTFORK`; the userfaultfd and the
+    /// service's descriptors act on the parent).
+    #[error("managed memory is not inherited across fork: the arena belongs to process {owner}, this is {current}")]
+    NotInherited {
+        /// The process that created the arena.
+        owner: i32,
+        /// This process.
+        current: i32,
+    },
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -12,6 +12,22 @@
 //! [`FaultFatal`]: the service prints its message and makes the faulting
 //! access crash (uffd: the page is made `PROT_NONE` and the thread woken;
 //! mprotect: the signal handler aborts). Never a silent wrong answer.
+//!
+//! Nor a silent wait: when the service thread exits, however (stopped,
+//! a failed `poll`/`read`, a panic that escapes it), a drop guard marks the
+//! arena's service stopped: uffd makes the whole user view `PROT_NONE` and
+//! wakes every waiting thread, the mprotect backend finishes every queued
+//! request as fatal, and later faults crash with a one-line message.
+//!
+//! The fatal path takes no lock a faulting thread may hold: messages go out
+//! through [`write_stderr`] (formatted on the stack, one `write(2)`), never
+//! `eprintln!` or `tracing` (the thread may have faulted inside
+//! `eprintln!("{}", v[0])`, holding the stderr lock).
+//!
+//! A service belongs to the process that started it: in a `fork` child,
+//! dropping it does nothing (its stop signal would reach the parent's
+//! thread through the shared eventfd or pipe), and [`FaultService::start`]
+//! fails for an arena of the parent.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,7 +36,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use crate::arena::{Arena, Guard};
 use crate::error::{MigrateError, Result};
-use crate::sys::signals::{FATAL, RESOLVED};
+use crate::sys::signals::{write_stderr, FATAL, RESOLVED};
 use crate::sys::uffd::{PageFault, PF_WP, PF_WRITE};
 
 /// One CPU fault on the arena's user view.
@@ -51,6 +67,8 @@ pub trait FaultHandler: Send + Sync + 'static {
 pub struct FaultService {
     stop: Stop,
     thread: Option<JoinHandle<()>>,
+    /// Process that started the service.
+    pid: rustix::process::Pid,
 }
 
 enum Stop {
@@ -66,8 +84,15 @@ impl core::fmt::Debug for FaultService {
 
 impl FaultService {
     /// Start serving the faults of `handler.arena()`.
+    ///
+    /// # Errors
+    /// [`MigrateError::NotInherited`] in a `fork` child of the arena's
+    /// process; `Os` when the thread or its descriptors cannot be made.
     pub fn start<H: FaultHandler>(handler: Arc<H>) -> Result<Self> {
-        match &handler.arena().guard {
+        let arena = handler.arena();
+        arena.check_owner()?;
+        let pid = rustix::process::getpid();
+        match &arena.guard {
             Guard::Uffd(_) => {
                 let ev = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
                     .map_err(MigrateError::os("eventfd"))?;
@@ -75,25 +100,40 @@ impl FaultService {
                     op: "dup(eventfd)",
                     source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
                 })?;
+                let h2 = handler.clone();
+                arena.service_started();
                 let thread = std::thread::Builder::new()
                     .name("svm-fault-uffd".into())
-                    .spawn(move || uffd_loop(&*handler, &ev2))
-                    .map_err(|_| MigrateError::Os { op: "spawn fault thread", source: rustix::io::Errno::AGAIN })?;
-                Ok(Self { stop: Stop::Eventfd(ev), thread: Some(thread) })
+                    .spawn(move || {
+                        let mut exit = OnExit { arena: h2.arena(), why: Exit::Panicked };
+                        exit.why = uffd_loop(&*h2, &ev2);
+                    })
+                    .map_err(|_| {
+                        arena.service_stopped();
+                        MigrateError::Os { op: "spawn fault thread", source: rustix::io::Errno::AGAIN }
+                    })?;
+                Ok(Self { stop: Stop::Eventfd(ev), thread: Some(thread), pid })
             }
-            Guard::Mprotect(_) => {
+            Guard::Mprotect => {
                 let h2 = handler.clone();
-                let thread =
-                    std::thread::Builder::new()
-                        .name("svm-fault-segv".into())
-                        .spawn(move || segv_loop(&*h2))
-                        .map_err(|_| MigrateError::Os { op: "spawn fault thread", source: rustix::io::Errno::AGAIN })?;
+                arena.service_started();
+                let thread = std::thread::Builder::new()
+                    .name("svm-fault-segv".into())
+                    .spawn(move || {
+                        let mut exit = OnExit { arena: h2.arena(), why: Exit::Panicked };
+                        segv_loop(&*h2);
+                        exit.why = Exit::Requested;
+                    })
+                    .map_err(|_| {
+                        arena.service_stopped();
+                        MigrateError::Os { op: "spawn fault thread", source: rustix::io::Errno::AGAIN }
+                    })?;
                 let stopper: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-                    if let Guard::Mprotect(r) = &handler.arena().guard {
+                    if let Some(r) = handler.arena().segv() {
                         r.wake_service();
                     }
                 });
-                Ok(Self { stop: Stop::Pipe(stopper), thread: Some(thread) })
+                Ok(Self { stop: Stop::Pipe(stopper), thread: Some(thread), pid })
             }
         }
     }
@@ -101,6 +141,13 @@ impl FaultService {
 
 impl Drop for FaultService {
     fn drop(&mut self) {
+        if rustix::process::getpid() != self.pid {
+            // A fork child: the thread is the parent's (it does not exist
+            // here, joining it would wait forever), and the stop signal
+            // would go to it through the shared eventfd or pipe.
+            core::mem::forget(self.thread.take());
+            return;
+        }
         match &self.stop {
             Stop::Eventfd(ev) => {
                 let _ = rustix::io::write(ev, &1u64.to_ne_bytes());
@@ -113,7 +160,45 @@ impl Drop for FaultService {
     }
 }
 
-fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
+/// Why a service thread exits.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    /// [`FaultService`] was dropped.
+    Requested,
+    /// A system call failed.
+    Failed(&'static str, rustix::io::Errno),
+    /// A panic is unwinding the thread (the guard's initial value).
+    Panicked,
+}
+
+/// Runs on every exit of a service thread, unwinding included: says why
+/// unless it was asked to stop, and marks the arena's service stopped, so
+/// that no faulting thread waits for it forever.
+struct OnExit<'a> {
+    arena: &'a Arena,
+    why: Exit,
+}
+
+impl Drop for OnExit<'_> {
+    fn drop(&mut self) {
+        let base = self.arena.base();
+        match self.why {
+            Exit::Requested => {}
+            Exit::Failed(op, e) => write_stderr(format_args!(
+                "svm: the fault service of the arena at {base:#x} stopped: {op} failed (errno {}); CPU accesses to \
+                 its managed memory will crash\n",
+                e.raw_os_error()
+            )),
+            Exit::Panicked => write_stderr(format_args!(
+                "svm: the fault service of the arena at {base:#x} panicked; CPU accesses to its managed memory will \
+                 crash\n"
+            )),
+        }
+        self.arena.service_stopped();
+    }
+}
+
+fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) -> Exit {
     let arena = handler.arena();
     let Guard::Uffd(uffd) = &arena.guard else { unreachable!("uffd loop on a non-uffd arena") };
     let mut faults: Vec<PageFault> = Vec::with_capacity(64);
@@ -122,13 +207,10 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
         let mut fds = [PollFd::new(&ufd, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                tracing::error!("svm fault service: poll failed: {e}; faults will no longer be served");
-                return;
-            }
+            Err(e) => return Exit::Failed("poll", e),
         }
         if !fds[1].revents().is_empty() {
-            return;
+            return Exit::Requested;
         }
         // Serve this batch, then keep polling without sleeping for a short
         // window: a thread streaming through device-owned memory faults
@@ -139,8 +221,7 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
         loop {
             faults.clear();
             if let Err(e) = uffd.read_faults(&mut faults) {
-                tracing::error!("svm fault service: reading userfaultfd failed: {e}");
-                return;
+                return Exit::Failed("read(userfaultfd)", e);
             }
             if faults.is_empty() {
                 if idle_since.elapsed() > POLL_WINDOW {
@@ -154,7 +235,6 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) {
         }
     }
 }
-
 /// How long the uffd service keeps polling after a batch before it sleeps.
 const POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
 
@@ -179,7 +259,7 @@ fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd,
         let addr = f.address as usize;
         let fault = CpuFault { offset: addr - arena.base(), write: Some(f.flags & (PF_WRITE | PF_WP) != 0) };
         if let Err(FaultFatal(msg)) = serve_one(handler, fault) {
-            eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
+            write_stderr(format_args!("svm: fatal CPU fault at {addr:#x}: {msg}\n"));
             // Make the access crash instead of reading stale data.
             let p = crate::arena::svm_page_size();
             let _ = arena.zap_fatal(fault.offset, p);
@@ -190,7 +270,9 @@ fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd,
 
 fn segv_loop<H: FaultHandler>(handler: &H) {
     let arena = handler.arena();
-    let Guard::Mprotect(reg) = &arena.guard else { unreachable!("segv loop on a non-mprotect arena") };
+    let Some(reg) = arena.segv().filter(|_| matches!(arena.guard, Guard::Mprotect)) else {
+        unreachable!("segv loop on a non-mprotect arena")
+    };
     while let Some(req) = reg.next_request() {
         let (addr, write) = (req.addr(), req.write());
         let page = crate::arena::svm_page_size();
@@ -198,7 +280,7 @@ fn segv_loop<H: FaultHandler>(handler: &H) {
         let state = match serve_one(handler, CpuFault { offset, write: write.then_some(true) }) {
             Ok(()) => RESOLVED,
             Err(FaultFatal(msg)) => {
-                eprintln!("svm: fatal CPU fault at {addr:#x}: {msg}");
+                write_stderr(format_args!("svm: fatal CPU fault at {addr:#x}: {msg}\n"));
                 FATAL
             }
         };
@@ -211,6 +293,28 @@ impl Arena {
     /// the next access crashes (used for faults that cannot be served).
     pub(crate) fn zap_fatal(&self, offset: usize, len: usize) -> Result<()> {
         self.protect_none(offset, len)
+    }
+
+    /// A service thread serves this arena from now on.
+    fn service_started(&self) {
+        if let Some(r) = self.segv() {
+            r.service_started();
+        }
+    }
+
+    /// The arena's service thread has exited: no fault will be served any
+    /// more, so none may wait. uffd: the whole user view becomes `PROT_NONE`
+    /// and every waiting thread is woken (it retries and crashes, as a new
+    /// access does); mprotect: queued requests are finished as fatal, and
+    /// the handler aborts on new ones.
+    fn service_stopped(&self) {
+        if let Some(r) = self.segv() {
+            r.service_stopped();
+        }
+        if let Guard::Uffd(u) = &self.guard {
+            let _ = self.protect_none(0, self.len());
+            let _ = u.wake(self.base(), self.len());
+        }
     }
 }
 

@@ -38,3 +38,58 @@ fn segv_foreign_fault_is_not_swallowed() {
 fn segv_write_protect() {
     common::write_protect(Mprotect);
 }
+
+// Issue 13 ("Sound by construction"), items 12, 8, 7, 5 and 4; see
+// common/sound.rs.
+#[test]
+fn segv_user_sigsegv_reaches_previous_handler() {
+    common::sound::user_sigsegv_reaches_previous_handler(Mprotect, "segv_user_sigsegv_reaches_previous_handler");
+}
+#[test]
+fn segv_user_sigsegv_reaches_plain_handler() {
+    common::sound::user_sigsegv_reaches_plain_handler(Mprotect, "segv_user_sigsegv_reaches_plain_handler");
+}
+#[test]
+fn segv_user_sigsegv_default_action_kills() {
+    common::sound::user_sigsegv_default_action_kills(Mprotect, "segv_user_sigsegv_default_action_kills");
+}
+#[test]
+fn segv_user_sigsegv_ignored() {
+    common::sound::user_sigsegv_ignored(Mprotect, "segv_user_sigsegv_ignored");
+}
+#[test]
+fn segv_errno_survives_a_fault() {
+    common::sound::errno_survives_a_fault(Mprotect);
+}
+#[test]
+fn segv_fatal_fault_with_stderr_locked() {
+    common::sound::fatal_fault_with_stderr_locked(Mprotect, "segv_fatal_fault_with_stderr_locked");
+}
+#[test]
+fn segv_panicking_handler() {
+    common::sound::panicking_handler(Mprotect, "segv_panicking_handler");
+}
+#[test]
+fn segv_service_thread_dies() {
+    common::sound::service_thread_dies(Mprotect, "segv_service_thread_dies");
+}
+#[test]
+fn segv_fault_after_service_stopped() {
+    common::sound::fault_after_service_stopped(Mprotect, "segv_fault_after_service_stopped");
+}
+#[test]
+fn segv_forked_child_touching_managed_memory() {
+    common::sound::forked_child_touching_managed_memory(Mprotect, "segv_forked_child_touching_managed_memory");
+}
+#[test]
+fn segv_forked_child_drops_service() {
+    common::sound::forked_child_drops_service(Mprotect, "segv_forked_child_drops_service");
+}
+#[test]
+fn segv_forked_child_drops_arena() {
+    common::sound::forked_child_drops_arena(Mprotect, "segv_forked_child_drops_arena");
+}
+#[test]
+fn segv_forked_child_methods_fail() {
+    common::sound::forked_child_methods_fail(Mprotect, "segv_forked_child_methods_fail");
+}

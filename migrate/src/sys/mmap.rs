@@ -38,6 +38,8 @@ pub struct Views {
     user: NonNull<u8>,
     alias: NonNull<u8>,
     len: usize,
+    /// Process that mapped the views (see [`Views::is_owner`]).
+    pid: rustix::process::Pid,
 }
 
 // SAFETY: `Views` holds addresses of process-wide mappings, which are valid
@@ -127,6 +129,7 @@ impl Views {
             user: NonNull::new(user.cast()).expect("mmap returned null"),
             alias: NonNull::new(alias.cast()).expect("mmap returned null"),
             len,
+            pid: rustix::process::getpid(),
         };
         // A forked child must not see managed memory: it would read the host
         // copy of pages the device owns, a silent wrong answer. With
@@ -137,6 +140,17 @@ impl Views {
             rustix::mm::madvise(views.alias.as_ptr().cast(), len, Advice::LinuxDontFork)?;
         }
         Ok(views)
+    }
+
+    /// Whether this process mapped the views. In a forked child it did not:
+    /// both views are `MADV_DONTFORK`, so nothing is mapped at their
+    /// addresses there, and the memfd is the parent's.
+    pub fn is_owner(&self) -> bool {
+        rustix::process::getpid() == self.pid
+    }
+    /// The process that mapped the views.
+    pub fn owner(&self) -> rustix::process::Pid {
+        self.pid
     }
 
     /// Length of each view, in bytes.
@@ -284,6 +298,11 @@ impl Views {
 
 impl Drop for Views {
     fn drop(&mut self) {
+        if !self.is_owner() {
+            // A forked child: the views were never mapped here (and the
+            // addresses may hold the child's own mappings by now).
+            return;
+        }
         // SAFETY: both mappings are ours, created in `new`, and nothing can
         // use them once the owner is dropped (the runtime stops its fault
         // service and waits for the device first).

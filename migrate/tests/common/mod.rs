@@ -1,11 +1,14 @@
 //! Shared body of the per-backend fault tests (each backend's tests are a
 //! binary of their own: fault handlers are process-wide).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+pub mod process;
+pub mod sound;
 use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, MigrateError};
 
 /// A toy "device": pages it owns have their true contents here; the host
@@ -15,7 +18,28 @@ pub struct Toy {
     pub device: Mutex<std::collections::BTreeMap<usize, Vec<u8>>>,
     pub faults: AtomicUsize,
     pub chunk: usize,
-    pub fail: Mutex<BTreeSet<usize>>,
+    /// Pages whose faults the handler does not serve, and how it fails.
+    pub fail: Mutex<BTreeMap<usize, Fail>>,
+}
+
+/// How [`Toy`] fails a fault.
+#[derive(Clone, Copy, Debug)]
+pub enum Fail {
+    /// Returns [`FaultFatal`].
+    Fatal,
+    /// Panics (caught by the service).
+    Panic,
+    /// Panics with a payload whose drop panics too: the second panic
+    /// escapes the service's `catch_unwind` and ends its thread.
+    PanicEscapes,
+}
+
+/// A panic payload that panics when dropped.
+struct Bomb;
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the panic payload of the test handler panics on drop");
+    }
 }
 
 impl FaultHandler for Toy {
@@ -24,8 +48,12 @@ impl FaultHandler for Toy {
     }
     fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
         self.faults.fetch_add(1, Ordering::Relaxed);
-        if self.fail.lock().contains(&fault.offset) {
-            return Err(FaultFatal("test asked this page to fail".into()));
+        let fail = self.fail.lock().get(&fault.offset).copied();
+        match fail {
+            Some(Fail::Fatal) => return Err(FaultFatal("test asked this page to fail".into())),
+            Some(Fail::Panic) => panic!("test handler panics on this page"),
+            Some(Fail::PanicEscapes) => std::panic::panic_any(Bomb),
+            None => {}
         }
         let start = fault.offset / self.chunk * self.chunk;
         let mut dev = self.device.lock();
@@ -42,22 +70,42 @@ impl FaultHandler for Toy {
 /// permitted here; CI sets `SVM_REQUIRE_FAULTS=1` to turn that into a failure.
 pub fn toy(kind: FaultBackendKind, chunk: usize) -> Option<Arc<Toy>> {
     match Arena::new(8 << 20, kind) {
-        Ok(arena) => Some(Arc::new(Toy {
-            arena: {
-                arena.allocate(0, arena.len()).expect("allocate");
-                arena
-            },
-
-            device: Mutex::new(Default::default()),
-            faults: AtomicUsize::new(0),
-            chunk,
-            fail: Mutex::new(BTreeSet::new()),
-        })),
+        Ok(arena) => {
+            arena.allocate(0, arena.len()).expect("allocate");
+            Some(Toy::new(arena, chunk))
+        }
         Err(e @ MigrateError::Unsupported { .. }) if std::env::var("SVM_REQUIRE_FAULTS").as_deref() != Ok("1") => {
             eprintln!("SKIP: {kind} fault backend unavailable here: {e}");
             None
         }
         Err(e) => panic!("arena with {kind}: {e}"),
+    }
+}
+
+impl Toy {
+    /// A toy over an allocated arena.
+    pub fn new(arena: Arena, chunk: usize) -> Arc<Self> {
+        Arc::new(Toy {
+            arena,
+            device: Mutex::new(Default::default()),
+            faults: AtomicUsize::new(0),
+            chunk,
+            fail: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Give page `p` to the "device" with every byte `value`, zapping it.
+    pub fn give_to_device(&self, p: usize, value: u8) {
+        self.device.lock().insert(p * 4096, vec![value; 4096]);
+        self.arena.zap(p * 4096, 4096).expect("zap");
+    }
+
+    /// Read byte `i` of the arena through the user view.
+    pub fn read(&self, i: usize) -> u8 {
+        assert!(i < self.arena.len());
+        // SAFETY: inside the arena's user view, which stays mapped (an
+        // inaccessible page faults to the service or crashes the process).
+        unsafe { core::ptr::read_volatile((self.arena.base() + i) as *const u8) }
     }
 }
 
