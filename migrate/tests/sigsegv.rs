@@ -93,3 +93,7 @@ fn segv_forked_child_drops_arena() {
 fn segv_forked_child_methods_fail() {
     common::sound::forked_child_methods_fail(Mprotect, "segv_forked_child_methods_fail");
 }
+#[test]
+fn segv_forked_child_own_arena() {
+    common::sound::forked_child_own_arena(Mprotect, "segv_forked_child_own_arena");
+}

@@ -74,3 +74,7 @@ fn uffd_forked_child_drops_arena() {
 fn uffd_forked_child_methods_fail() {
     common::sound::forked_child_methods_fail(Uffd, "uffd_forked_child_methods_fail");
 }
+#[test]
+fn uffd_forked_child_own_arena() {
+    common::sound::forked_child_own_arena(Uffd, "uffd_forked_child_own_arena");
+}

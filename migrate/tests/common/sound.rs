@@ -352,3 +352,27 @@ pub fn forked_child_methods_fail(kind: FaultBackendKind, test: &str) {
 fn forked<T>(r: &svm_migrate::Result<T>) -> bool {
     matches!(r, Err(svm_migrate::MigrateError::NotInherited { .. }))
 }
+
+/// Items 4 and 5: a forked child can make and use an arena of its own (the
+/// handler's table, inherited, still holds the parent's arenas).
+pub fn forked_child_own_arena(kind: FaultBackendKind, test: &str) {
+    if !available(kind) {
+        return;
+    }
+    let Some(out) = isolated(test, || {
+        let t = toy(kind, 4096).expect("toy");
+        let _svc = FaultService::start(t.clone()).expect("service");
+        let child = fork_child(|| {
+            let own = toy(kind, 4096).expect("the child's toy");
+            let _svc = FaultService::start(own.clone()).expect("the child's service");
+            own.give_to_device(1, 9);
+            i32::from(own.read(4096) != 9)
+        });
+        assert_eq!(child, End::Exited(0));
+        t.give_to_device(1, 4);
+        assert_eq!(t.read(4096), 4, "the parent is served too");
+    }) else {
+        return;
+    };
+    out.expect(End::Exited(0), "");
+}
