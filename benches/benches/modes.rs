@@ -223,15 +223,12 @@ fn managed(c: Case) -> Result<Managed, String> {
             vec![Access::read_write(&mut *abc)]
         };
         let bindings: Vec<Binding<'_>> = if launch == How::Bound {
+            // a, b and c, bound read-write like the other rows' one
+            // declaration (so that they stay device-owned between launches:
+            // read-only ranges would be copied in again every launch).
             // SAFETY: no Rust reference into `abc` is used while the kernel
-            // runs (the guard is not read until after it); the three ranges
-            // are a, b and c.
-            (0..3)
-                .map(|i| {
-                    let mode = if i == 2 { AccessMode::ReadWrite } else { AccessMode::Read };
-                    unsafe { Binding::raw(p.add(i * N * 4), N * 4, mode) }
-                })
-                .collect()
+            // runs (the guard is not read until after it).
+            (0..3).map(|i| unsafe { Binding::raw(p.add(i * N * 4), N * 4, AccessMode::ReadWrite) }).collect()
         } else {
             Vec::new()
         };
