@@ -72,16 +72,17 @@ pub enum AdviseError {
 #[derive(Debug)]
 #[must_use = "a prefetch runs in the background; wait for it to know it finished"]
 pub struct Prefetch {
-    pub(crate) handle: JoinHandle<Result<u64, LaunchError>>,
+    /// The thread doing it, or why none could be started.
+    pub(crate) handle: Result<JoinHandle<Result<u64, LaunchError>>, LaunchError>,
 }
 
 impl Prefetch {
     /// Wait for the prefetch; returns the pages it moved.
     pub fn wait(self) -> Result<u64, LaunchError> {
-        self.handle.join().unwrap_or_else(|_| Err(LaunchError::Os("prefetch thread panicked".into())))
+        self.handle?.join().unwrap_or_else(|_| Err(LaunchError::Os("prefetch thread panicked".into())))
     }
     /// Whether it has finished.
     pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
+        self.handle.as_ref().map_or(true, JoinHandle::is_finished)
     }
 }

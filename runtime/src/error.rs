@@ -64,6 +64,15 @@ pub enum AllocError {
         /// Largest free range.
         largest_free: usize,
     },
+    /// The element type is aligned above a page (allocations are page
+    /// aligned).
+    #[error("alignment {align} exceeds the {max}-byte alignment of managed allocations")]
+    Alignment {
+        /// The type's alignment.
+        align: usize,
+        /// What allocations guarantee.
+        max: usize,
+    },
     /// The OS refused to change the mapping.
     #[error("arena mapping: {0}")]
     Os(String),
@@ -77,6 +86,13 @@ pub enum FreeError {
     /// interior pointer, or double free.
     #[error("{addr:#x} is not the start of a live allocation of this runtime (foreign, interior or already freed)")]
     NotAllocated {
+        /// The address passed.
+        addr: usize,
+    },
+    /// A typed owner ([`crate::ManagedVec`]) holds this allocation: it is
+    /// freed when the owner is dropped, never through the raw `free`.
+    #[error("{addr:#x} is held by a ManagedVec; drop the vector to free it")]
+    Owned {
         /// The address passed.
         addr: usize,
     },
@@ -291,8 +307,9 @@ pub enum LaunchError {
         /// Pool size in pages.
         total: usize,
     },
-    /// Dispatch size out of the device's limits.
-    #[error("workgroup count {workgroups:?} exceeds the device limit {max} per dimension")]
+    /// Dispatch size out of the device's limits, or zero (a launch that
+    /// would run nothing).
+    #[error("workgroup count {workgroups:?}: each must be between 1 and the device limit {max}")]
     BadDispatch {
         /// Requested workgroups.
         workgroups: [u32; 3],

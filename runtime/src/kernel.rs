@@ -275,11 +275,14 @@ pub struct LaunchOptions {
     pub replayable: bool,
     /// Upper bound on replays ([`crate::LaunchError::ReplayLimit`] beyond).
     pub max_replays: u32,
+    /// GPU write faults are served anywhere in the arena, not only in
+    /// ranges declared read-write ([`Self::allow_undeclared_writes`]).
+    pub(crate) undeclared_writes: bool,
 }
 
 impl Default for LaunchOptions {
     fn default() -> Self {
-        Self { replayable: false, max_replays: 256 }
+        Self { replayable: false, max_replays: 256, undeclared_writes: false }
     }
 }
 
@@ -287,6 +290,22 @@ impl LaunchOptions {
     /// Replayable, with the default bound.
     pub fn replayable() -> Self {
         Self { replayable: true, ..Self::default() }
+    }
+    /// A replayable launch may also write pages it did not declare
+    /// read-write: their write faults are served read-write (the page
+    /// becomes device-owned) instead of refused as `NotDeclared` /
+    /// `ReadOnly`. Without it, a replayable launch reads anything allocated
+    /// but writes only what it declared read-write (and the pages the
+    /// device already owns are mapped read-only unless so declared).
+    ///
+    /// # Safety
+    /// The kernel may then write any allocated byte of the arena: no Rust
+    /// reference (`&`, `&mut`, a `ManagedVec`'s deref) to any byte the
+    /// kernel writes may be alive during the launch.
+    #[allow(unsafe_code, reason = "the contract is on the caller; the body does nothing unsafe")]
+    pub unsafe fn allow_undeclared_writes(mut self) -> Self {
+        self.undeclared_writes = true;
+        self
     }
     /// Set the replay bound.
     pub fn max_replays(mut self, n: u32) -> Self {

@@ -27,7 +27,9 @@ unsafe impl<T: bytemuck::Pod> Sync for ManagedVec<T> {}
 
 impl<T: bytemuck::Pod> ManagedVec<T> {
     pub(crate) fn from_raw(svm: Svm, ptr: NonNull<u8>, len: usize) -> Self {
-        debug_assert_eq!(ptr.as_ptr() as usize % core::mem::align_of::<T>(), 0);
+        // Allocations are page aligned; `alloc_vec` refuses types aligned
+        // above a page.
+        assert_eq!(ptr.as_ptr() as usize % core::mem::align_of::<T>(), 0, "misaligned managed allocation");
         Self { svm, ptr: ptr.cast(), len, _t: PhantomData }
     }
     /// Address of the first element (a managed pointer).
@@ -65,10 +67,11 @@ impl<T: bytemuck::Pod> core::ops::DerefMut for ManagedVec<T> {
 
 impl<T: bytemuck::Pod> Drop for ManagedVec<T> {
     fn drop(&mut self) {
-        if let Err(e) = self.svm.free(self.ptr.as_ptr().cast()) {
-            // Only possible if the allocation was freed behind our back
-            // through the raw API: a caller bug, reported loudly.
-            panic!("ManagedVec drop: {e}");
+        if let Err(e) = self.svm.free_owned(self.ptr.as_ptr().cast()) {
+            // The raw `free` cannot free an owned allocation, so only an OS
+            // failure (e.g. the mapping limit) gets here: the memory stays
+            // allocated (leaked), which is safe.
+            tracing::error!("svm: ManagedVec drop could not free {:p}: {e}", self.ptr);
         }
     }
 }

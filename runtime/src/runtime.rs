@@ -296,6 +296,9 @@ struct State {
     last_fault_end: Option<u32>,
     /// The range advised `AccessedBy`, imported for in-place device access.
     coherent: Option<Coherent>,
+    /// Starts of the live allocations a typed owner ([`ManagedVec`]) holds:
+    /// the raw [`Svm::free`] refuses them (only the owner's drop frees).
+    owned: std::collections::HashSet<usize>,
 }
 
 // Field order is drop order: the state (which owns the coherent import of
@@ -399,6 +402,7 @@ impl Svm {
             epoch: 0,
             last_fault_end: None,
             coherent: None,
+            owned: std::collections::HashSet::new(),
         };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -558,9 +562,21 @@ impl Svm {
         Ok(NonNull::new((arena.base() + off) as *mut u8).expect("arena addresses are non-null"))
     }
 
-    /// Free an allocation by its start address. Device-resident pages are
-    /// dropped; the range becomes inaccessible (a later CPU access faults).
+    /// Free an allocation made by [`Self::alloc`], by its start address.
+    /// Device-resident pages are dropped; the range becomes inaccessible (a
+    /// later CPU access faults). Allocations a typed owner holds
+    /// ([`ManagedVec`]) are refused ([`FreeError::Owned`]): only dropping
+    /// the owner frees them, so no two owners can ever share memory.
     pub fn free(&self, ptr: *mut u8) -> Result<(), FreeError> {
+        self.free_impl(ptr, false)
+    }
+
+    /// The drop of a typed owner.
+    pub(crate) fn free_owned(&self, ptr: *mut u8) -> Result<(), FreeError> {
+        self.free_impl(ptr, true)
+    }
+
+    fn free_impl(&self, ptr: *mut u8, owner: bool) -> Result<(), FreeError> {
         let addr = ptr as usize;
         let arena = &self.inner.arena;
         if !arena.contains(addr) {
@@ -571,6 +587,9 @@ impl Svm {
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
         if start != off {
             return Err(FreeError::NotAllocated { addr });
+        }
+        if st.owned.contains(&start) != owner {
+            return Err(if owner { FreeError::NotAllocated { addr } } else { FreeError::Owned { addr } });
         }
         let st = &mut *st;
         let first = page_of(start);
@@ -591,6 +610,7 @@ impl Svm {
         st.frames.free_many(&freed);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
+        st.owned.remove(&start);
         if self.inner.gpu.mode == MappingMode::Coherent {
             // The device uses these very pages (imported once, pinned by a
             // real driver): zero them in place; punching them out would
@@ -602,12 +622,19 @@ impl Svm {
         .map_err(|e| FreeError::Os(e.to_string()))
     }
 
-    /// Allocate a zeroed managed array of `len` elements.
+    /// Allocate a zeroed managed array of `len` elements (page aligned:
+    /// element types aligned above a page are refused).
     pub fn alloc_vec<T: bytemuck::Pod>(&self, len: usize) -> Result<ManagedVec<T>, AllocError> {
+        if core::mem::align_of::<T>() > PAGE_SIZE {
+            return Err(AllocError::Alignment { align: core::mem::align_of::<T>(), max: PAGE_SIZE });
+        }
         let bytes = len
             .checked_mul(core::mem::size_of::<T>())
             .ok_or(AllocError::TooLarge { requested: usize::MAX, arena: self.inner.arena.len() })?;
         let p = self.alloc(bytes.max(1))?;
+        // Owned from here: the raw `free` refuses it. (Between `alloc` and
+        // this line only this thread knows the address.)
+        self.inner.state.lock().owned.insert(p.as_ptr() as usize - self.inner.arena.base());
         Ok(ManagedVec::from_raw(self.clone(), p, len))
     }
 
@@ -680,7 +707,7 @@ impl Svm {
         let handle = std::thread::Builder::new()
             .name("svm-prefetch".into())
             .spawn(move || inner.prefetch_now(addr, len, to))
-            .expect("spawning the prefetch thread");
+            .map_err(|e| LaunchError::Os(format!("spawning the prefetch thread: {e}")));
         Prefetch { handle }
     }
 
@@ -721,7 +748,7 @@ impl Svm {
         if words.len() > MAX_ARG_WORDS as usize {
             return Err(LaunchError::TooManyArgs { words: words.len(), max: MAX_ARG_WORDS as usize });
         }
-        if desc.workgroups.iter().any(|&w| w > gpu.max_workgroups) {
+        if desc.workgroups.contains(&0) || desc.workgroups.iter().any(|&w| w > gpu.max_workgroups) {
             return Err(LaunchError::BadDispatch { workgroups: desc.workgroups, max: gpu.max_workgroups });
         }
         let mut guard = inner.state.lock();
@@ -755,9 +782,12 @@ impl Svm {
         // device owns (read-write) and kept read-only copies, mapped as they
         // are, without pinning them (eviction may still take them; the
         // kernel then faults them back).
+        // Without `allow_undeclared_writes`, the owned pages are mapped
+        // read-only (a write to one not declared read-write is refused).
         let resident = if opts.replayable {
             let n = st.table.len();
-            let mut r: Vec<(u32, u32, bool)> = runs(0, n, |p| st.owned(p)).map(|(a, b)| (a, b, true)).collect();
+            let w = opts.undeclared_writes;
+            let mut r: Vec<(u32, u32, bool)> = runs(0, n, |p| st.owned(p)).map(|(a, b)| (a, b, w)).collect();
             r.extend(runs(0, n, |p| st.dup[p as usize]).map(|(a, b)| (a, b, false)));
             r
         } else {
@@ -807,18 +837,50 @@ impl Svm {
                 if report.replays >= opts.max_replays {
                     return Err(LaunchError::ReplayLimit { replays: report.replays, pending: addrs() });
                 }
-                // The chunk around each faulting page, inside its allocation.
+                // Every fault is checked against what the launch may do:
+                // reads of allocated pages, writes only inside ranges
+                // declared read-write (or anywhere allocated with
+                // `allow_undeclared_writes`). The rest are errors, whatever
+                // wrote the log.
+                let declared = |p: u32| {
+                    let i = decl.partition_point(|r| r.1 <= p);
+                    decl.get(i).filter(|r| r.0 <= p).copied()
+                };
+                let mut refused = Vec::new();
+                let mut want: Vec<(u32, u32, bool)> = Vec::with_capacity(faults.len());
+                // The chunk around each faulting page, inside its allocation
+                // and, for a write, inside its read-write declaration.
                 let chunk_pages = (inner.chunk / PAGE_SIZE) as u32;
-                let mut want: Vec<(u32, u32, bool)> = faults
-                    .iter()
-                    .map(|&(p, write)| {
-                        let (s, l) =
-                            st.ranges.containing(p as usize * PAGE_SIZE).expect("faulting pages are allocated");
-                        let a = (p / chunk_pages * chunk_pages).max(page_of(s));
-                        let b = (p / chunk_pages * chunk_pages + chunk_pages).min(page_of(s + l));
-                        (a, b, write)
-                    })
-                    .collect();
+                for &(p, write) in &faults {
+                    let addr = (inner.arena.base() + p as usize * PAGE_SIZE) as u64;
+                    let Some((s, l)) = st.ranges.containing(p as usize * PAGE_SIZE).filter(|_| p < st.table.len())
+                    else {
+                        refused.push(KernelFault { addr, kind: KernelFaultKind::Unallocated });
+                        continue;
+                    };
+                    let (mut lo, mut hi) = (page_of(s), page_of(s + l));
+                    if write && !opts.undeclared_writes {
+                        match declared(p) {
+                            Some((a, b, true)) => (lo, hi) = (lo.max(a), hi.min(b)),
+                            Some(_) => {
+                                refused.push(KernelFault { addr, kind: KernelFaultKind::ReadOnly });
+                                continue;
+                            }
+                            None => {
+                                refused.push(KernelFault { addr, kind: KernelFaultKind::NotDeclared });
+                                continue;
+                            }
+                        }
+                    }
+                    let a = (p / chunk_pages * chunk_pages).max(lo);
+                    let b = (p / chunk_pages * chunk_pages + chunk_pages).min(hi);
+                    want.push((a, b, write));
+                }
+                if !refused.is_empty() {
+                    let total = u32::try_from(refused.len()).unwrap_or(u32::MAX);
+                    refused.truncate(ERROR_RECORDS as usize);
+                    return Err(LaunchError::Kernel { faults: refused, total });
+                }
                 want.sort_unstable();
                 want.dedup();
                 let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report, true)?;
@@ -1373,9 +1435,18 @@ impl Inner {
             let faults = records.into_iter().map(|(f, _)| f).collect();
             return Ok((Some(LaunchError::Kernel { faults, total }), Vec::new()));
         }
+        // Faults count only in a replayable launch (the prelude records
+        // none otherwise; anything there was not written by it). The
+        // launch checks each one against what it may do.
+        if !replayable {
+            return Ok((None, Vec::new()));
+        }
         let f = log_faults as usize;
         let n = log[f].min(FAULT_CAP) as usize;
-        let faults = log[f + 1..f + 1 + n].iter().map(|&e| (e & 0x7fff_ffff, e & 0x8000_0000 != 0)).collect();
+        let mut faults: Vec<(u32, bool)> =
+            log[f + 1..f + 1 + n].iter().map(|&e| (e & 0x7fff_ffff, e & 0x8000_0000 != 0)).collect();
+        faults.sort_unstable();
+        faults.dedup();
         Ok((None, faults))
     }
 }

@@ -304,6 +304,47 @@ fn svm_store_ptr(p: vec2<u32>, v: vec2<u32>) {
     svm_store_u32(p, v.x);
     svm_store_u32(svm_ptr_add(p, 4u), v.y);
 }
+// Several words with one check: `p` aligned to `bytes` (8 or 16) keeps them
+// in one page, which the check of the first word admits whole (extents and
+// PTEs are page-granular). Misaligned: refused, nothing read or written.
+fn svm_translate_wide(p: vec2<u32>, write: bool, bytes: u32) -> vec2<u32> {
+    let t = svm_translate(p, write);
+    let aligned = (p.x & (bytes - 1u)) == 0u;
+    svm_refuse(SVM_ERR_MISALIGNED, p, write, !aligned);
+    return vec2<u32>(select(SVM_SEG_NONE, t.x, aligned), t.y);
+}
+fn svm_word_after(t: vec2<u32>, k: u32) -> vec2<u32> {
+    return vec2<u32>(t.x, t.y + k);
+}
+/// 16 bytes through a managed pointer aligned to 16, one check.
+fn svm_load_vec4u(p: vec2<u32>) -> vec4<u32> {
+    let t = svm_translate_wide(p, false, 16u);
+    return vec4<u32>(svm_pool_read(t), svm_pool_read(svm_word_after(t, 1u)),
+                     svm_pool_read(svm_word_after(t, 2u)), svm_pool_read(svm_word_after(t, 3u)));
+}
+fn svm_store_vec4u(p: vec2<u32>, v: vec4<u32>) {
+    let t = svm_translate_wide(p, true, 16u);
+    svm_pool_write(t, v.x);
+    svm_pool_write(svm_word_after(t, 1u), v.y);
+    svm_pool_write(svm_word_after(t, 2u), v.z);
+    svm_pool_write(svm_word_after(t, 3u), v.w);
+}
+fn svm_load_vec4f(p: vec2<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(svm_load_vec4u(p));
+}
+fn svm_store_vec4f(p: vec2<u32>, v: vec4<f32>) {
+    svm_store_vec4u(p, bitcast<vec4<u32>>(v));
+}
+/// A u64 (low, high words) through a managed pointer aligned to 8, one check.
+fn svm_load_u64(p: vec2<u32>) -> vec2<u32> {
+    let t = svm_translate_wide(p, false, 8u);
+    return vec2<u32>(svm_pool_read(t), svm_pool_read(svm_word_after(t, 1u)));
+}
+fn svm_store_u64(p: vec2<u32>, v: vec2<u32>) {
+    let t = svm_translate_wide(p, true, 8u);
+    svm_pool_write(t, v.x);
+    svm_pool_write(svm_word_after(t, 1u), v.y);
+}
 /// Launch argument words, as pushed by the host (`svm::Arg`).
 fn svm_arg_u32(i: u32) -> u32 {
     return svm_args.words[i];

@@ -399,3 +399,62 @@ fn the_prelude_is_sealed_and_its_group_reserved() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Pointer access to vec4 and u64 with one check each; a misaligned one is
+/// refused (nothing written) and reported.
+#[test]
+fn pointer_vec4_and_u64_access() {
+    const WIDE: &str = r#"
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let src = svm_arg_ptr(0u);
+    let dst = svm_arg_ptr(2u);
+    let n = svm_arg_u32(4u);
+    let skew = svm_arg_u32(5u);
+    if (g.x < n) {
+        let v = svm_load_vec4f(svm_index(src, g.x, 16u));
+        svm_store_vec4f(svm_ptr_add(svm_index(dst, g.x, 16u), skew), v * 2.0);
+        let w = svm_load_u64(svm_index(src, 2u * g.x, 8u));
+        svm_store_u64(svm_ptr_add(svm_index(dst, 2u * g.x + 1u, 8u), skew), w);
+    }
+}
+"#;
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "wide", WIDE);
+        let n = 256usize;
+        let src = svm.alloc_from_slice(&(0..4 * n).map(|i| i as f32).collect::<Vec<_>>()).expect("src");
+        let mut dst = svm.alloc_vec::<f32>(4 * n).expect("dst");
+        for skew in [0u32, 4] {
+            dst.fill(-1.0);
+            let args = [Arg::ptr(src.as_ptr()), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32), Arg::U32(skew)];
+            let r = svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&src), Access::read_write(&mut dst)],
+                    workgroups: [(n as u32).div_ceil(64), 1, 1],
+                    ..Default::default()
+                },
+            );
+            if skew == 0 {
+                r.expect("aligned");
+                for i in 0..n {
+                    // The u64 store (words 4i+2, 4i+3 from src words 4i, 4i+1)
+                    // follows the vec4 store of the same invocation.
+                    let want = [2.0 * (4 * i) as f32, 2.0 * (4 * i + 1) as f32, (4 * i) as f32, (4 * i + 1) as f32];
+                    assert_eq!(&dst[4 * i..4 * i + 4], &want, "element {i} ({backend:?})");
+                }
+            } else {
+                match r {
+                    Err(LaunchError::Kernel { faults, total }) => {
+                        assert_eq!(total, n as u32, "every invocation refused");
+                        assert!(faults.iter().all(|f| f.kind == svm::KernelFaultKind::Misaligned), "{faults:?}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert!(dst.iter().all(|&x| x == -1.0), "nothing written ({backend:?})");
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ mod list;
 mod oversub;
 mod paths;
 mod replay;
+mod soundness;
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -320,7 +320,9 @@ fn replayable_launch_on_warm_data_takes_the_extent_path() {
         let a = args(&v, 2);
         let desc = LaunchDescriptor { args: &a, access: &[], bindings: &[], workgroups: [16, 1, 1] };
         let s0 = svm.stats();
-        let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("replayable, cold sources");
+        // SAFETY: no reference into the vectors is alive during the calls.
+        let replayable = unsafe { LaunchOptions::replayable().allow_undeclared_writes() };
+        let r = svm.launch_with(&k, &desc, &replayable).expect("replayable, cold sources");
         let s = svm.stats().since(&s0);
         assert!(v[1].iter().all(|&x| x == 11) && v[3].iter().all(|&x| x == 13), "{backend} cold");
         assert!(r.replays >= 1 && r.gpu_fault_pages >= 1, "{backend}: {r:?}");
@@ -330,7 +332,7 @@ fn replayable_launch_on_warm_data_takes_the_extent_path() {
             svm.prefetch(x.as_ptr().cast(), 4 * N, Location::Device).wait().expect("prefetch");
         }
         let s0 = svm.stats();
-        let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("replayable, warm");
+        let r = svm.launch_with(&k, &desc, &replayable).expect("replayable, warm");
         let s = svm.stats().since(&s0);
         assert_eq!((r.replays, s.extent_passes, s.page_table_passes), (0, 1, 0), "{backend}: {r:?} {s:?}");
         assert!(v[1].iter().all(|&x| x == 11) && v[3].iter().all(|&x| x == 13), "{backend} warm");

@@ -46,7 +46,9 @@ fn list_without_declared_ranges() {
             .launch_with(
                 &k,
                 &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [2, 1, 1] },
-                &LaunchOptions::replayable(),
+                // SAFETY: no reference into `out` (what the kernel writes)
+                // is alive during the call.
+                &unsafe { LaunchOptions::replayable().allow_undeclared_writes() },
             )
             .expect("replayable launch");
         assert!(r.replays >= 1 && r.gpu_fault_pages >= 1, "{backend}: {r:?}");
@@ -66,17 +68,25 @@ fn adversarial_one_node_per_page_makes_progress() {
     let k = kernel(&svm, "list", svm::shaders::kernels::LIST);
     let (n, lists) = (48, 2);
     let (_store, heads, want) = build(&svm, n, lists, 4096);
-    let out = svm.alloc_vec::<u32>(lists).expect("out");
+    let mut out = svm.alloc_vec::<u32>(lists).expect("out");
     let args = [Arg::ptr(heads.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(lists as u32), Arg::U32(1000)];
-    let desc = LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [1, 1, 1] };
-    let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable()).expect("launch");
+    // The output declared (a replayable launch writes only what it declared
+    // read-write), the lists found by faults.
+    let r = svm
+        .launch_with(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut out)], ..Default::default() },
+            &LaunchOptions::replayable(),
+        )
+        .expect("launch");
     // Each list has n / lists nodes, each on its own page: one pass per node,
-    // plus the passes for heads and out.
+    // plus the pass for heads.
     assert!(r.replays as usize >= n / lists, "{r:?}");
     assert!(r.replays as usize <= n / lists + 3, "{r:?}");
     assert_eq!(&out[..], &want[..]);
 
     // With a bound below what the list needs: a clear error.
+    let desc = LaunchDescriptor { args: &args, access: &[Access::read_write(&mut out)], ..Default::default() };
     let r = svm.launch_with(&k, &desc, &LaunchOptions::replayable().max_replays(3));
     match r {
         Err(LaunchError::ReplayLimit { replays: 3, pending }) => assert!(!pending.is_empty()),
@@ -84,7 +94,9 @@ fn adversarial_one_node_per_page_makes_progress() {
     }
 }
 
-/// Write faults: a kernel that writes memory it never declared.
+/// Write faults: a kernel that writes memory it never declared. Refused
+/// (the CPU may hold references to it: `c` is borrowed shared here) unless
+/// the caller promises otherwise with `allow_undeclared_writes`.
 #[test]
 fn vadd_without_declared_ranges() {
     for backend in BACKENDS {
@@ -95,13 +107,29 @@ fn vadd_without_declared_ranges() {
         let b = svm.alloc_from_slice(&vec![0.5f32; n]).expect("b");
         let c = svm.alloc_vec::<f32>(n).expect("c");
         let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(n as u32)];
-        let r = svm
-            .launch_with(
-                &k,
-                &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [256, 1, 1] },
-                &LaunchOptions::replayable(),
-            )
-            .expect("launch");
+        let desc = LaunchDescriptor { args: &args, workgroups: [256, 1, 1], ..Default::default() };
+        let shared: &[f32] = &c;
+        match svm.launch_with(&k, &desc, &LaunchOptions::replayable()) {
+            Err(LaunchError::Kernel { faults, .. }) => {
+                assert!(faults.iter().all(|f| f.kind == KernelFaultKind::NotDeclared), "{backend}: {faults:?}");
+                assert!(faults.iter().all(|f| (f.addr as usize).wrapping_sub(c.as_ptr() as usize) < n * 4));
+            }
+            other => panic!("{backend}: undeclared writes must be refused: {other:?}"),
+        }
+        assert!(shared.iter().all(|&x| x == 0.0), "{backend}: nothing written behind a shared borrow");
+        // Declared read (a and b found by faults is fine; c declared read):
+        // the write is ReadOnly.
+        let access = [Access::read(&c)];
+        match svm.launch_with(&k, &LaunchDescriptor { access: &access, ..desc.clone() }, &LaunchOptions::replayable()) {
+            Err(LaunchError::Kernel { faults, .. }) => {
+                assert!(faults.iter().all(|f| f.kind == KernelFaultKind::ReadOnly), "{backend}: {faults:?}")
+            }
+            other => panic!("{backend}: a write to a read declaration must be refused: {other:?}"),
+        }
+        assert!(c.iter().all(|&x| x == 0.0));
+        // SAFETY: no reference into `c` is alive during the call.
+        let opts = unsafe { LaunchOptions::replayable().allow_undeclared_writes() };
+        let r = svm.launch_with(&k, &desc, &opts).expect("launch");
         assert!(r.replays >= 1, "{r:?}");
         for i in 0..n {
             assert_eq!(c[i], i as f32 + 0.5, "{backend}: c[{i}]");
