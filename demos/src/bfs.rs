@@ -1,18 +1,26 @@
-//! Graph500-style BFS on a Kronecker graph: the managed variant follows CPU
-//! pointers (per-vertex record -> neighbour array), the explicit variant
-//! runs the same level step over CSR arrays in plain wgpu buffers. Both are
-//! validated with the Graph500 rules and must agree bit for bit.
+//! Graph500-style BFS on a Kronecker graph, two demos:
+//!
+//! * `bfs`: level-synchronous bottom-up steps. The managed variant follows
+//!   CPU pointers (per-vertex record -> neighbour array, pointer access),
+//!   the explicit variant runs the same level step over CSR arrays in plain
+//!   wgpu buffers. Both are validated with the Graph500 rules and must
+//!   agree bit for bit.
+//! * `bfs-topdown`: top-down steps with an atomic frontier queue, one bound
+//!   kernel (`array<atomic<u32>>` parents and next queue) run on managed CSR
+//!   arrays and on plain buffers. Both are validated with the Graph500
+//!   rules; levels must agree bit for bit (parents depend on which frontier
+//!   vertex claims a neighbour first).
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use svm::{Access, Arg, LaunchDescriptor, ManagedVec};
+use svm::{Access, Arg, Binding, LaunchDescriptor, ManagedVec};
 
 use crate::explicit::{self, since_ms, Explicit};
 use crate::kronecker::{self, Graph};
-use crate::util::{grid, kernel, ms, progress, si, warm_up, Rng, NULL};
-use crate::{Ctx, Outcome};
+use crate::util::{grid, kernel, ms, progress, si, warm_up, warm_up_bound, Rng, NULL};
+use crate::{AccessStyle, Ctx, Outcome};
 
 const UNREACHED: u32 = u32::MAX;
 const ROOTS: usize = 4;
@@ -29,6 +37,26 @@ struct VertexRec {
     pad: u32,
 }
 
+/// The explicit bottom-up kernel's `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct BuParams {
+    n: u32,
+    cur: u32,
+    pad: [u32; 2],
+}
+
+/// `bfs_topdown_bound.wgsl`'s `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct TdParams {
+    /// Vertices in the frontier queue.
+    count: u32,
+    /// The frontier's level.
+    cur: u32,
+    pad: [u32; 2],
+}
+
 /// One BFS result.
 struct Tree {
     level: Vec<u32>,
@@ -37,14 +65,15 @@ struct Tree {
     ms: f64,
 }
 
-pub fn run(ctx: &Ctx) -> Result<Outcome> {
+/// The graph and its roots, shared by both BFS demos.
+fn setup(ctx: &Ctx, name: &str) -> Result<(u32, Graph, Vec<usize>)> {
     let scale = ctx.scale.unwrap_or(16);
     if !(1..=26).contains(&scale) {
         bail!("--scale {scale}: use 1 ..= 26");
     }
     let n = 1usize << scale;
     println!(
-        "[BFS] Kronecker graph, scale {scale} ({n} vertices, {} edges; A={} B={} C={}, edge factor {})",
+        "[{name}] Kronecker graph, scale {scale} ({n} vertices, {} edges; A={} B={} C={}, edge factor {})",
         kronecker::EDGE_FACTOR * n,
         kronecker::A,
         kronecker::B,
@@ -53,7 +82,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     );
     let t = Instant::now();
     let g = kronecker::generate(scale, SEED);
-    println!("[BFS] CPU generate + CSR: {:.1} ms, {} adjacency entries", ms(t.elapsed()), g.cols.len());
+    println!("[{name}] CPU generate + CSR: {:.1} ms, {} adjacency entries", ms(t.elapsed()), g.cols.len());
 
     let mut rng = Rng::new(0xbf5);
     let mut roots = Vec::new();
@@ -67,33 +96,84 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     if roots.is_empty() {
         bail!("the graph has no edges");
     }
+    Ok((scale, g, roots))
+}
 
+/// Level-synchronous bottom-up BFS: managed (CPU pointers, pointer access)
+/// against explicit copies (CSR).
+pub fn run(ctx: &Ctx) -> Result<Outcome> {
+    let (scale, g, roots) = setup(ctx, "BFS")?;
     let mut managed = Managed::build(ctx, &g)?;
     let ex = ctx.explicit()?;
     let t = Instant::now();
     let ex_graph = ExplicitGraph::upload(ex, &g)?;
     let upload_ms = since_ms(t);
     let wm = warm_up(&ctx.svm, &managed.kernel, &[NULL, NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)])?;
-    let we = ex.warm_up(&ex_graph.pipeline, &[1, 2, 3, 4, 5], &[0, 0])?;
+    let we = ex.warm_up(&ex_graph.pipeline, &[1, 2, 3, 4, 5], &BuParams::default())?;
     println!(
         "[BFS] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
         ms(wm),
         ms(we)
     );
     println!("[BFS] explicit: graph upload (CSR, {} MiB): {upload_ms:.1} ms", ((g.cols.len() + g.n + 1) * 4) >> 20);
+    if ctx.access == AccessStyle::Bound {
+        println!("[BFS] the managed variant follows CPU pointers (pointer access); `bfs-topdown` is the bound one");
+    }
+    compare(ctx, "BFS", scale, &g, &roots, true, |root| managed.bfs(ctx, root), |root| ex_graph.bfs(ex, root))
+}
 
+/// Top-down BFS with an atomic frontier queue, one bound kernel on managed
+/// CSR arrays and on plain buffers.
+pub fn run_topdown(ctx: &Ctx) -> Result<Outcome> {
+    let (scale, g, roots) = setup(ctx, "BFS-TD")?;
+    if ctx.access == AccessStyle::Pointer {
+        println!("[BFS-TD] --access pointer: this demo has no pointer variant (atomics need bound access)");
+    }
+    let mut managed = ManagedTd::build(ctx, &g)?;
+    let ex = ctx.explicit()?;
+    let t = Instant::now();
+    let ex_graph = ExplicitTd::upload(ex, &g)?;
+    let upload_ms = since_ms(t);
+    let wm = warm_up_bound(&ctx.svm, &managed.kernel, &TdParams::default())?;
+    let we = ex.warm_up(&ex_graph.pipeline, &[1, 2, 3, 4, 5, 6], &TdParams::default())?;
+    println!(
+        "[BFS-TD] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
+        ms(wm),
+        ms(we)
+    );
+    println!(
+        "[BFS-TD] explicit: graph upload (CSR, {} MiB): {upload_ms:.1} ms",
+        ((g.cols.len() + g.n + 1) * 4) >> 20
+    );
+    compare(ctx, "BFS-TD", scale, &g, &roots, false, |root| managed.bfs(ctx, root), |root| ex_graph.bfs(ex, root))
+}
+
+/// Run both variants from every root, validate both trees (Graph500 rules
+/// and the CPU's levels), compare their levels (and parents, where the
+/// traversal is deterministic), and report TEPS.
+#[allow(clippy::too_many_arguments, reason = "one call site per BFS demo")]
+fn compare(
+    ctx: &Ctx,
+    name: &str,
+    scale: u32,
+    g: &Graph,
+    roots: &[usize],
+    same_parents: bool,
+    mut managed: impl FnMut(usize) -> Result<Tree>,
+    mut explicit: impl FnMut(usize) -> Result<Tree>,
+) -> Result<Outcome> {
     let mut failures = Vec::new();
     let (mut m_ms, mut e_ms) = (0.0, 0.0);
     let (mut m_inv_teps, mut e_inv_teps) = (0.0, 0.0);
-    for &root in &roots {
-        let mt = managed.bfs(ctx, root)?;
-        let et = ex_graph.bfs(ex, root)?;
+    for &root in roots {
+        let mt = managed(root)?;
+        let et = explicit(root)?;
         let reached = mt.level.iter().filter(|&&l| l != UNREACHED).count();
         // Graph500: input edge tuples inside the traversed component.
         let edges = g.edges.iter().filter(|e| mt.level[e.0 as usize] != UNREACHED).count();
         let (mteps, eteps) = (edges as f64 / (mt.ms / 1e3), edges as f64 / (et.ms / 1e3));
         println!(
-            "[BFS] root {root}: {} levels, {reached} vertices, {edges} edges; managed {:.1} ms ({}TEPS), explicit {:.1} ms ({}TEPS)",
+            "[{name}] root {root}: {} levels, {reached} vertices, {edges} edges; managed {:.1} ms ({}TEPS), explicit {:.1} ms ({}TEPS)",
             mt.levels,
             mt.ms,
             si(mteps),
@@ -106,18 +186,26 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         e_inv_teps += 1.0 / eteps;
         if ctx.check {
             let t = Instant::now();
-            let reference = cpu_bfs(&g, root);
+            let reference = cpu_bfs(g, root);
             for (what, tr) in [("managed", &mt), ("explicit", &et)] {
-                if let Err(e) = validate(&g, root, tr, &reference) {
+                if let Err(e) = validate(g, root, tr, &reference) {
                     failures.push(format!("root {root}, {what}: {e:#}"));
                 }
             }
-            if let Err(e) = crate::util::same_bits("level", &mt.level, &et.level)
-                .and_then(|()| crate::util::same_bits("parent", &mt.parent, &et.parent))
-            {
+            let same = crate::util::same_bits("level", &mt.level, &et.level).and_then(|()| {
+                if same_parents {
+                    crate::util::same_bits("parent", &mt.parent, &et.parent)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = same {
                 failures.push(format!("root {root}, managed vs explicit: {e:#}"));
             }
-            println!("[BFS] root {root}: Graph500 validation of both trees + comparison: {:.1} ms", ms(t.elapsed()));
+            println!(
+                "[{name}] root {root}: Graph500 validation of both trees + comparison: {:.1} ms",
+                ms(t.elapsed())
+            );
         }
     }
     if !failures.is_empty() {
@@ -125,9 +213,15 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     }
     let k = roots.len() as f64;
     let (mh, eh) = (k / m_inv_teps, k / e_inv_teps);
-    println!("[BFS] harmonic mean TEPS over {} roots: managed {}TEPS, explicit {}TEPS", roots.len(), si(mh), si(eh));
+    println!("[{name}] harmonic mean TEPS over {} roots: managed {}TEPS, explicit {}TEPS", roots.len(), si(mh), si(eh));
     if ctx.check {
-        println!("[BFS] levels and parents of the two variants are bitwise equal");
+        if same_parents {
+            println!("[{name}] levels and parents of the two variants are bitwise equal");
+        } else {
+            println!(
+                "[{name}] levels of the two variants are bitwise equal (parents: valid BFS trees, which frontier vertex wins a claim varies)"
+            );
+        }
     }
     Ok(Outcome {
         managed_ms: Some(m_ms),
@@ -257,7 +351,7 @@ impl ExplicitGraph {
             level: ex.empty("level", g.n as u64 * 4),
             parent: ex.empty("parent", g.n as u64 * 4),
             changed: ex.empty("changed", 4),
-            params: ex.empty("params", 8),
+            params: ex.uniform("params", &BuParams::default()),
             pipeline: ex.pipeline("bfs", explicit::wgsl::BFS, "main")?,
         };
         ex.wait()?;
@@ -275,7 +369,7 @@ impl ExplicitGraph {
         let mut cur = 0u32;
         loop {
             ex.write(&self.changed, &[0u32]);
-            ex.write(&self.params, &[self.n as u32, cur]);
+            ex.write_uniform(&self.params, &BuParams { n: self.n as u32, cur, pad: [0; 2] });
             ex.dispatch(
                 &self.pipeline,
                 &[&self.params, &self.offsets, &self.cols, &self.level, &self.parent, &self.changed],
@@ -285,6 +379,152 @@ impl ExplicitGraph {
                 break;
             }
             cur += 1;
+        }
+        let elapsed = since_ms(t);
+        Ok(Tree {
+            level: ex.read(&self.level, self.n)?,
+            parent: ex.read(&self.parent, self.n)?,
+            levels: cur + 1,
+            ms: elapsed,
+        })
+    }
+}
+
+/// The top-down graph in managed memory: CSR arrays (bound), parents and
+/// levels, two frontier queues `[count, v0, v1, ...]` used in turn.
+struct ManagedTd {
+    offsets: ManagedVec<u32>,
+    cols: ManagedVec<u32>,
+    parent: ManagedVec<u32>,
+    level: ManagedVec<u32>,
+    queues: [ManagedVec<u32>; 2],
+    kernel: svm::Kernel,
+}
+
+impl ManagedTd {
+    fn build(ctx: &Ctx, g: &Graph) -> Result<Self> {
+        let svm = &ctx.svm;
+        let t = Instant::now();
+        let offsets = svm.alloc_from_slice(&g.offsets)?;
+        let cols = svm.alloc_from_slice(if g.cols.is_empty() { &[0u32][..] } else { &g.cols })?;
+        println!(
+            "[BFS-TD] managed: CSR arrays ({} MiB) written by the CPU: {:.1} ms",
+            ((g.cols.len() + g.n + 1) * 4) >> 20,
+            ms(t.elapsed())
+        );
+        // Read by every level's launch: keep the device copy.
+        svm.advise(offsets.as_ptr().cast(), core::mem::size_of_val(&offsets[..]), svm::Advice::ReadMostly)?;
+        svm.advise(cols.as_ptr().cast(), core::mem::size_of_val(&cols[..]), svm::Advice::ReadMostly)?;
+        Ok(Self {
+            offsets,
+            cols,
+            parent: svm.alloc_vec::<u32>(g.n)?,
+            level: svm.alloc_vec::<u32>(g.n)?,
+            queues: [svm.alloc_vec::<u32>(g.n + 1)?, svm.alloc_vec::<u32>(g.n + 1)?],
+            kernel: kernel(svm, "bfs topdown bound", svm::shaders::kernels::BFS_TOPDOWN_BOUND, "main")?,
+        })
+    }
+
+    /// One launch per level; the CPU zeroes the next queue's count before
+    /// it and reads the count after it (a CPU fault brings that page back).
+    fn bfs(&mut self, ctx: &Ctx, root: usize) -> Result<Tree> {
+        let svm = &ctx.svm;
+        let Self { offsets, cols, parent, level, queues, kernel } = self;
+        level.fill(UNREACHED);
+        parent.fill(UNREACHED);
+        level[root] = 0;
+        parent[root] = root as u32;
+        queues[0][0] = 1;
+        queues[0][1] = root as u32;
+        let t = Instant::now();
+        let (mut cur, mut count, mut f) = (0u32, 1u32, 0usize);
+        loop {
+            let [q0, q1] = queues;
+            let (front, next) = if f == 0 { (&*q0, q1) } else { (&*q1, q0) };
+            next[0] = 0;
+            let params = TdParams { count, cur, pad: [0; 2] };
+            svm.launch(
+                kernel,
+                &LaunchDescriptor {
+                    bindings: &[
+                        Binding::uniform(&params),
+                        Binding::read(offsets),
+                        Binding::read(cols),
+                        // Only the frontier's entries.
+                        Binding::read(&front.slice(..count as usize + 1)),
+                        Binding::read_write(parent),
+                        Binding::read_write(level),
+                        Binding::read_write(next),
+                    ],
+                    workgroups: [grid(count as usize, 256), 1, 1],
+                    ..Default::default()
+                },
+            )?;
+            count = next[0];
+            if count == 0 {
+                break;
+            }
+            cur += 1;
+            f ^= 1;
+        }
+        let elapsed = ms(t.elapsed());
+        Ok(Tree { level: level.to_vec(), parent: parent.to_vec(), levels: cur + 1, ms: elapsed })
+    }
+}
+
+/// The explicit-copy top-down graph: the same arrays in storage buffers.
+struct ExplicitTd {
+    n: usize,
+    offsets: wgpu::Buffer,
+    cols: wgpu::Buffer,
+    parent: wgpu::Buffer,
+    level: wgpu::Buffer,
+    queues: [wgpu::Buffer; 2],
+    params: wgpu::Buffer,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl ExplicitTd {
+    fn upload(ex: &Explicit, g: &Graph) -> Result<Self> {
+        let s = Self {
+            n: g.n,
+            offsets: ex.upload("offsets", &g.offsets),
+            cols: ex.upload("cols", if g.cols.is_empty() { &[0u32][..] } else { &g.cols }),
+            parent: ex.empty("parent", g.n as u64 * 4),
+            level: ex.empty("level", g.n as u64 * 4),
+            queues: [ex.empty("queue 0", (g.n as u64 + 1) * 4), ex.empty("queue 1", (g.n as u64 + 1) * 4)],
+            params: ex.uniform("params", &TdParams::default()),
+            pipeline: ex.pipeline("bfs topdown bound", svm::shaders::kernels::BFS_TOPDOWN_BOUND, "main")?,
+        };
+        ex.wait()?;
+        Ok(s)
+    }
+
+    fn bfs(&self, ex: &Explicit, root: usize) -> Result<Tree> {
+        let mut level = vec![UNREACHED; self.n];
+        let mut parent = vec![UNREACHED; self.n];
+        level[root] = 0;
+        parent[root] = root as u32;
+        let t = Instant::now();
+        ex.write(&self.level, &level);
+        ex.write(&self.parent, &parent);
+        ex.write(&self.queues[0], &[1u32, root as u32]);
+        let (mut cur, mut count, mut f) = (0u32, 1u32, 0usize);
+        loop {
+            let (front, next) = (&self.queues[f], &self.queues[f ^ 1]);
+            ex.write(next, &[0u32]);
+            ex.write_uniform(&self.params, &TdParams { count, cur, pad: [0; 2] });
+            ex.dispatch(
+                &self.pipeline,
+                &[&self.params, &self.offsets, &self.cols, front, &self.parent, &self.level, next],
+                [grid(count as usize, 256), 1, 1],
+            )?;
+            count = ex.read::<u32>(next, 1)?[0];
+            if count == 0 {
+                break;
+            }
+            cur += 1;
+            f ^= 1;
         }
         let elapsed = since_ms(t);
         Ok(Tree {

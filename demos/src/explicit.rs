@@ -1,6 +1,11 @@
 //! The explicit-copy baseline: a plain wgpu device of its own, ordinary
 //! WGSL over storage buffers, `queue.write_buffer` in and a copy to a
 //! MAP_READ staging buffer out. No managed memory, no page table.
+//!
+//! The array demos, BFS-TD and the histogram run the bound-access kernels
+//! of `svm_shaders::kernels` (`*_BOUND`) here unchanged: one kernel source,
+//! two memory models. Every kernel takes its sizes and scalars in a uniform
+//! at group 0, binding 0 ([`Explicit::uniform`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -8,18 +13,14 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use wgpu::util::DeviceExt;
 
-/// The explicit-copy kernels (ordinary WGSL with their own bindings).
+/// Explicit-only kernels: the bottom-up BFS level over CSR arrays (the
+/// managed BFS follows CPU pointers instead, which plain buffers cannot).
+/// Everything else runs the bound kernels of `svm_shaders::kernels`.
 pub mod wgsl {
     pub const BFS: &str = include_str!("wgsl/bfs.wgsl");
-    pub const SPMV: &str = include_str!("wgsl/spmv.wgsl");
-    pub const CONV2D: &str = include_str!("wgsl/conv2d.wgsl");
-    pub const GEMM: &str = include_str!("wgsl/gemm.wgsl");
-    pub const ATAX: &str = include_str!("wgsl/atax.wgsl");
-    pub const BICG: &str = include_str!("wgsl/bicg.wgsl");
-    /// Every explicit kernel with its name (validated by a unit test).
+    /// Every explicit-only kernel with its name (validated by a unit test).
     #[cfg_attr(not(test), allow(dead_code, reason = "used by the tests"))]
-    pub const ALL: &[(&str, &str)] =
-        &[("bfs", BFS), ("spmv", SPMV), ("conv2d", CONV2D), ("gemm", GEMM), ("atax", ATAX), ("bicg", BICG)];
+    pub const ALL: &[(&str, &str)] = &[("bfs", BFS)];
 }
 
 /// Marker error: no adapter matched (the caller turns it into a skip).
@@ -103,6 +104,25 @@ impl Explicit {
         })
     }
 
+    /// A uniform buffer holding `value` (padded to 16 bytes, as the kernels'
+    /// `var<uniform>` structs are), written by `queue.write_buffer`.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let bytes = bytemuck::bytes_of(value);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (bytes.len() as u64).next_multiple_of(16).max(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&b, 0, bytes);
+        b
+    }
+
+    /// Overwrite a uniform buffer made by [`Self::uniform`].
+    pub fn write_uniform<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, value: &T) {
+        self.queue.write_buffer(buf, 0, bytemuck::bytes_of(value));
+    }
+
     /// An uninitialised (zeroed) storage buffer of `bytes`.
     pub fn empty(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -169,17 +189,17 @@ impl Explicit {
         self.wait()
     }
 
-    /// Dispatch once on dummy buffers with `params` at binding 0 (chosen so
-    /// that the kernel touches nothing): keeps the driver's first-dispatch
-    /// compilation out of the timings.
-    pub fn warm_up(
+    /// Dispatch once on dummy buffers with the uniform `params` at binding
+    /// 0 (chosen so that the kernel touches nothing): keeps the driver's
+    /// first-dispatch compilation out of the timings.
+    pub fn warm_up<P: bytemuck::Pod>(
         &self,
         pipeline: &wgpu::ComputePipeline,
         bindings: &[u32],
-        params: &[u32],
+        params: &P,
     ) -> Result<std::time::Duration> {
         let t = Instant::now();
-        let p = self.buffer("warm-up params", params);
+        let p = self.uniform("warm-up params", params);
         let dummies: Vec<wgpu::Buffer> = bindings.iter().map(|_| self.empty("warm-up", 16)).collect();
         let mut at = vec![(0, &p)];
         at.extend(bindings.iter().zip(&dummies).map(|(&b, d)| (b, d)));

@@ -1,7 +1,13 @@
 //! svm demos: kernels on managed memory built by the CPU, checked against a
-//! CPU reference, with migration statistics; the BFS, SpMV and PolyBench
-//! groups also run an explicit-copy variant (plain wgpu buffers) for
-//! comparison.
+//! CPU reference, with migration statistics; the array demos (vadd, saxpy,
+//! SpMV, PolyBench), the BFS variants and the histogram also run an
+//! explicit-copy variant (plain wgpu buffers) for comparison.
+//!
+//! The array demos use bound access by default ([`AccessStyle::Bound`]):
+//! plain WGSL kernels with their own bindings, bound to managed ranges; the
+//! explicit-copy twin runs the same kernel source on plain wgpu buffers.
+//! [`AccessStyle::Pointer`] runs the managed side with the prelude's
+//! pointer kernels instead.
 //!
 //! The `svm-demos` binary is the command line over this library; the
 //! `demos` benchmark of `svm-benches` runs the same [`Demo`]s through
@@ -9,6 +15,7 @@
 
 mod bfs;
 mod explicit;
+mod histogram;
 mod kronecker;
 mod list;
 mod polybench;
@@ -35,8 +42,12 @@ pub enum Demo {
     List,
     /// Look up keys in a CPU-built binary search tree of `size` keys (default 1 M).
     Tree,
-    /// Graph500-style BFS on a Kronecker graph of 2^scale vertices (default 16).
+    /// Graph500-style BFS on a Kronecker graph of 2^scale vertices (default
+    /// 16): level-synchronous, bottom-up, following CPU pointers.
     Bfs,
+    /// The same graphs, top-down BFS with an atomic frontier queue over CSR
+    /// arrays (bound access, `array<atomic<u32>>`).
+    BfsTopdown,
     /// CSR sparse matrix-vector product, `size` rows (default 256 K).
     Spmv,
     /// PolyBench 2DCONV on a size x size image (default 2048).
@@ -47,6 +58,9 @@ pub enum Demo {
     Atax,
     /// PolyBench BICG, size x size (default 2048).
     Bicg,
+    /// Histogram of `size` u32 values (default 4 M) into 256 bins with
+    /// atomics on managed memory (bound access).
+    Histogram,
     /// The four PolyBench kernels.
     Polybench,
     /// Every demo at its default size.
@@ -54,21 +68,34 @@ pub enum Demo {
 }
 
 impl Demo {
-    const EVERY: [Demo; 10] = [
+    const EVERY: [Demo; 12] = [
         Demo::Vadd,
         Demo::Saxpy,
         Demo::List,
         Demo::Tree,
         Demo::Bfs,
+        Demo::BfsTopdown,
         Demo::Spmv,
         Demo::Conv2d,
         Demo::Gemm,
         Demo::Atax,
         Demo::Bicg,
+        Demo::Histogram,
     ];
 
-    /// The demos with an explicit-copy variant (BFS, SpMV, PolyBench).
-    pub const WITH_EXPLICIT: [Demo; 6] = [Demo::Bfs, Demo::Spmv, Demo::Conv2d, Demo::Gemm, Demo::Atax, Demo::Bicg];
+    /// The demos with an explicit-copy variant (all but List and Tree).
+    pub const WITH_EXPLICIT: [Demo; 10] = [
+        Demo::Vadd,
+        Demo::Saxpy,
+        Demo::Bfs,
+        Demo::BfsTopdown,
+        Demo::Spmv,
+        Demo::Conv2d,
+        Demo::Gemm,
+        Demo::Atax,
+        Demo::Bicg,
+        Demo::Histogram,
+    ];
 
     /// The demos a group stands for (a single demo stands for itself).
     pub fn expand(self) -> Vec<Demo> {
@@ -87,11 +114,13 @@ impl Demo {
             Demo::List => "List",
             Demo::Tree => "Tree",
             Demo::Bfs => "BFS",
+            Demo::BfsTopdown => "BFS-TD",
             Demo::Spmv => "SpMV",
             Demo::Conv2d => "Conv2D",
             Demo::Gemm => "GEMM",
             Demo::Atax => "ATAX",
             Demo::Bicg => "BICG",
+            Demo::Histogram => "Histogram",
             Demo::Polybench | Demo::All => unreachable!("expanded"),
         }
     }
@@ -105,12 +134,36 @@ impl Demo {
             Demo::List => list::run(ctx),
             Demo::Tree => tree::run(ctx),
             Demo::Bfs => bfs::run(ctx),
+            Demo::BfsTopdown => bfs::run_topdown(ctx),
             Demo::Spmv => spmv::run(ctx),
             Demo::Conv2d => polybench::conv2d(ctx),
             Demo::Gemm => polybench::gemm(ctx),
             Demo::Atax => polybench::atax(ctx),
             Demo::Bicg => polybench::bicg(ctx),
+            Demo::Histogram => histogram::run(ctx),
             Demo::Polybench | Demo::All => unreachable!("expanded"),
+        }
+    }
+}
+
+/// How the array demos' managed variant reaches managed memory.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AccessStyle {
+    /// Plain WGSL kernels with their own bindings, bound to managed ranges
+    /// (the GPU translates and bounds-checks); the explicit-copy twin runs
+    /// the same source on plain buffers.
+    #[default]
+    Bound,
+    /// The prelude's `svm_load_*` / `svm_store_*` through managed pointers
+    /// passed as arguments, checked in software.
+    Pointer,
+}
+
+impl AccessStyle {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessStyle::Bound => "bound",
+            AccessStyle::Pointer => "pointer",
         }
     }
 }
@@ -124,12 +177,21 @@ pub struct Ctx {
     pub scale: Option<u32>,
     /// Check results against the CPU reference (and managed = explicit).
     pub check: bool,
+    /// Bound or pointer kernels for the array demos (default bound). BFS-TD
+    /// and the histogram are bound only; List, Tree and BFS pointer only.
+    pub access: AccessStyle,
     explicit: OnceCell<Explicit>,
 }
 
 impl Ctx {
     pub fn new(svm: Svm, size: Option<usize>, scale: Option<u32>, check: bool) -> Self {
-        Self { svm, size, scale, check, explicit: OnceCell::new() }
+        Self { svm, size, scale, check, access: AccessStyle::Bound, explicit: OnceCell::new() }
+    }
+
+    /// The same context with `access` for the array demos.
+    pub fn with_access(mut self, access: AccessStyle) -> Self {
+        self.access = access;
+        self
     }
 
     /// The explicit-copy device, created on first use.

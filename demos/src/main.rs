@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
-use svm_demos::{Ctx, Demo, NoAdapter};
+use svm_demos::{AccessStyle, Ctx, Demo, NoAdapter};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Fault {
@@ -56,9 +56,16 @@ struct Cli {
     /// Bytes migrated back per CPU fault (4096 .. 2097152).
     #[arg(long, default_value_t = 64 << 10)]
     chunk: usize,
-    /// Managed-memory mode; only `software` is built so far.
+    /// Managed-memory mode.
     #[arg(long, value_enum, default_value_t = Mode::Software)]
     mode: Mode,
+    /// How the array demos (vadd, saxpy, SpMV, PolyBench) reach managed
+    /// memory: `bound` (plain WGSL kernels with their own bindings, the same
+    /// source as the explicit-copy twin) or `pointer` (the prelude's
+    /// managed pointers). BFS-TD and the histogram are bound only; List,
+    /// Tree and BFS pointer only.
+    #[arg(long, value_enum, default_value_t = AccessStyle::Bound)]
+    access: AccessStyle,
 }
 
 /// Exit code when no adapter exists (the integration test turns it into a
@@ -102,7 +109,7 @@ fn run(cli: &Cli) -> Result<bool> {
     }
     let svm = Svm::with_descriptor(&desc).context("creating the svm runtime")?;
     println!(
-        "svm: device {}, fault backend {}, mapping {:?}{}, arena {} MiB at {:#x}, pool {} MiB, fault chunk {} KiB",
+        "svm: device {}, fault backend {}, mapping {:?}{}, arena {} MiB at {:#x}, pool {} MiB, fault chunk {} KiB, {} access",
         svm.device_info(),
         svm.fault_backend(),
         svm.mapping_mode(),
@@ -110,9 +117,10 @@ fn run(cli: &Cli) -> Result<bool> {
         svm.arena_size() >> 20,
         svm.arena_base(),
         (svm.pool_pages() as usize * 4096) >> 20,
-        svm.fault_chunk() >> 10
+        svm.fault_chunk() >> 10,
+        cli.access.name()
     );
-    let ctx = Ctx::new(svm, cli.size, cli.scale, cli.check);
+    let ctx = Ctx::new(svm, cli.size, cli.scale, cli.check).with_access(cli.access);
     let start = ctx.svm.stats();
     let t_all = Instant::now();
     let mut rows = Vec::new();
@@ -153,11 +161,11 @@ fn run(cli: &Cli) -> Result<bool> {
     }
 
     println!("\n=== summary ({:.1} s) ===", t_all.elapsed().as_secs_f64());
-    println!("{:<8} {:<8} {:>9} {:>12} {:>12}  notes", "demo", "check", "wall", "managed", "explicit");
+    println!("{:<9} {:<8} {:>9} {:>12} {:>12}  notes", "demo", "check", "wall", "managed", "explicit");
     let fmt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"));
     for (name, status, secs, o) in &rows {
         println!(
-            "{name:<8} {status:<8} {:>9} {:>12} {:>12}  {}",
+            "{name:<9} {status:<8} {:>9} {:>12} {:>12}  {}",
             format!("{secs:.2} s"),
             fmt(o.managed_ms),
             fmt(o.explicit_ms),

@@ -1,5 +1,6 @@
 //! PolyBench-style kernels (2DCONV, GEMM, ATAX, BICG), each in a managed
-//! and an explicit-copy variant.
+//! and an explicit-copy variant of one bound kernel (the managed side runs
+//! the pointer kernel instead with `--access pointer`).
 //!
 //! Inputs follow PolyBench's formula-based initialisation but with small
 //! integers and dyadic coefficients, so every f32 result is exact whatever
@@ -12,11 +13,58 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use svm::{Access, Arg, LaunchDescriptor};
+use svm::shaders::kernels;
+use svm::{Access, Arg, Binding, LaunchDescriptor};
 
-use crate::explicit::{self, since_ms, Timing};
-use crate::util::{grid, kernel, ms, same_bits, warm_up, with_progress, NULL};
-use crate::{Ctx, Outcome};
+use crate::explicit::{since_ms, Timing};
+use crate::util::{grid, kernel, ms, same_bits, warm_up, warm_up_bound, with_progress, NULL};
+use crate::{AccessStyle, Ctx, Outcome};
+
+/// `conv2d_bound.wgsl`'s `Params`: the coefficients as `array<vec4<f32>, 3>`
+/// at offset 16 (uniform arrays have a 16-byte stride).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Conv2dParams {
+    ni: u32,
+    nj: u32,
+    pad: [u32; 2],
+    c: [f32; 12],
+}
+
+/// `gemm_bound.wgsl`'s `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmParams {
+    n: u32,
+    alpha: f32,
+    beta: f32,
+    pad: u32,
+}
+
+/// `atax_bound.wgsl`'s and `bicg_bound.wgsl`'s `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct MnParams {
+    m: u32,
+    n: u32,
+    pad: [u32; 2],
+}
+
+impl Conv2dParams {
+    fn new(ni: u32, nj: u32, coef: &[f32; 9]) -> Self {
+        let mut c = [0f32; 12];
+        c[..9].copy_from_slice(coef);
+        Self { ni, nj, pad: [0; 2], c }
+    }
+}
+
+/// The managed kernel for `ctx.access`: the bound source or the pointer one.
+fn managed_kernel(ctx: &Ctx, name: &str, bound: &str, pointer: &str, entry: &str) -> Result<svm::Kernel> {
+    match ctx.access {
+        AccessStyle::Bound => kernel(&ctx.svm, &format!("{name} bound"), bound, entry),
+        AccessStyle::Pointer => kernel(&ctx.svm, name, pointer, entry),
+    }
+}
 
 /// Largest integer an f32 holds exactly.
 const EXACT: f64 = (1u32 << 24) as f64;
@@ -41,10 +89,11 @@ fn check(what: &str, managed: &[f32], explicit: &[f32], want: &[f32], exact: boo
     Ok(())
 }
 
-fn report(name: &str, launch: Duration, back: Duration, tm: &Timing, note: String) -> Outcome {
+fn report(name: &str, access: AccessStyle, launch: Duration, back: Duration, tm: &Timing, note: String) -> Outcome {
+    let access = access.name();
     let managed_ms = ms(launch + back);
     println!(
-        "[{name}] managed: {managed_ms:.1} ms (launches incl. migration {:.1} ms, results back by CPU fault {:.1} ms)",
+        "[{name}] managed ({access} access): {managed_ms:.1} ms (launches incl. migration {:.1} ms, results back by CPU fault {:.1} ms)",
         ms(launch),
         ms(back)
     );
@@ -78,39 +127,56 @@ pub fn conv2d(ctx: &Ctx) -> Result<Outcome> {
     let exact = true; // |sum| <= 9 * 8 * 0.875, three fractional bits
     let nu = u32::try_from(n)?;
 
-    let k = kernel(svm, "conv2d", svm::shaders::kernels::CONV2D, "main")?;
+    let k = managed_kernel(ctx, "conv2d", kernels::CONV2D_BOUND, kernels::CONV2D, "main")?;
     let ex = ctx.explicit()?;
-    let pipeline = ex.pipeline("conv2d", explicit::wgsl::CONV2D, "main")?;
-    let mut zero = vec![NULL, NULL, Arg::U32(2), Arg::U32(2)];
-    zero.extend([Arg::F32(0.0); 9]);
-    let mut zero_params = vec![2u32, 2];
-    zero_params.extend([0u32; 9]);
-    warm("Conv2D", warm_up(svm, &k, &zero)?, ex.warm_up(&pipeline, &[1, 2], &zero_params)?);
+    let pipeline = ex.pipeline("conv2d bound", kernels::CONV2D_BOUND, "main")?;
+    // A 2 x 2 image has no inner cell: the warm-ups touch nothing.
+    let zero = Conv2dParams::new(2, 2, &[0.0; 9]);
+    let wm = match ctx.access {
+        AccessStyle::Bound => warm_up_bound(svm, &k, &zero)?,
+        AccessStyle::Pointer => {
+            let mut args = vec![NULL, NULL, Arg::U32(2), Arg::U32(2)];
+            args.extend([Arg::F32(0.0); 9]);
+            warm_up(svm, &k, &args)?
+        }
+    };
+    warm("Conv2D", wm, ex.warm_up(&pipeline, &[1, 2], &zero)?);
     let m_a = svm.alloc_from_slice(&a)?;
     let mut m_b = svm.alloc_vec::<f32>(n * n)?;
-    let mut args = vec![Arg::ptr(m_a.as_ptr()), Arg::ptr(m_b.as_ptr()), Arg::U32(nu), Arg::U32(nu)];
-    args.extend(c.iter().map(|&v| Arg::F32(v)));
+    let params = Conv2dParams::new(nu, nu, &c);
     let inner = (n - 2) * (n - 2);
     let t = Instant::now();
-    svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&m_a), Access::read_write(&mut m_b)],
-            bindings: &[],
-            workgroups: [grid(inner, 256), 1, 1],
-        },
-    )?;
+    match ctx.access {
+        AccessStyle::Bound => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[Binding::uniform(&params), Binding::read(&m_a), Binding::read_write(&mut m_b)],
+                workgroups: [grid(inner, 256), 1, 1],
+                ..Default::default()
+            },
+        )?,
+        AccessStyle::Pointer => {
+            let mut args = vec![Arg::ptr(m_a.as_ptr()), Arg::ptr(m_b.as_ptr()), Arg::U32(nu), Arg::U32(nu)];
+            args.extend(c.iter().map(|&v| Arg::F32(v)));
+            svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&m_a), Access::read_write(&mut m_b)],
+                    workgroups: [grid(inner, 256), 1, 1],
+                    ..Default::default()
+                },
+            )?
+        }
+    };
     let launch = t.elapsed();
     let t = Instant::now();
     let b_managed = m_b.to_vec();
     let back = t.elapsed();
 
-    let mut params = vec![nu, nu];
-    params.extend(c.iter().map(|v| v.to_bits()));
     let mut tm = Timing::default();
     let t = Instant::now();
-    let (bp, ba, bb) = (ex.upload("params", &params), ex.upload("a", &a), ex.empty("b", (n * n * 4) as u64));
+    let (bp, ba, bb) = (ex.uniform("params", &params), ex.upload("a", &a), ex.empty("b", (n * n * 4) as u64));
     ex.wait()?;
     tm.upload_ms = since_ms(t);
     let t = Instant::now();
@@ -137,7 +203,7 @@ pub fn conv2d(ctx: &Ctx) -> Result<Outcome> {
         check("b", &b_managed, &b_explicit, &want, exact)?;
     }
     checked_line(ctx, "Conv2D", exact);
-    Ok(report("Conv2D", launch, back, &tm, format!("{n} x {n}")))
+    Ok(report("Conv2D", ctx.access, launch, back, &tm, format!("{n} x {n}")))
 }
 
 /// GEMM: C = alpha A B + beta C, n x n.
@@ -154,35 +220,50 @@ pub fn gemm(ctx: &Ctx) -> Result<Outcome> {
     let nu = u32::try_from(n)?;
     let wg = u32::try_from(n.div_ceil(16))?;
 
-    let k = kernel(svm, "gemm", svm::shaders::kernels::GEMM, "main")?;
+    let k = managed_kernel(ctx, "gemm", kernels::GEMM_BOUND, kernels::GEMM, "main")?;
     let ex = ctx.explicit()?;
-    let pipeline = ex.pipeline("gemm", explicit::wgsl::GEMM, "main")?;
-    warm(
-        "GEMM",
-        warm_up(svm, &k, &[NULL, NULL, NULL, Arg::U32(0), Arg::F32(0.0), Arg::F32(0.0)])?,
-        ex.warm_up(&pipeline, &[1, 2, 3], &[0, 0, 0])?,
-    );
+    let pipeline = ex.pipeline("gemm bound", kernels::GEMM_BOUND, "main")?;
+    let wm = match ctx.access {
+        AccessStyle::Bound => warm_up_bound(svm, &k, &GemmParams::default())?,
+        AccessStyle::Pointer => warm_up(svm, &k, &[NULL, NULL, NULL, Arg::U32(0), Arg::F32(0.0), Arg::F32(0.0)])?,
+    };
+    warm("GEMM", wm, ex.warm_up(&pipeline, &[1, 2, 3], &GemmParams::default())?);
     let m_a = svm.alloc_from_slice(&a)?;
     let m_b = svm.alloc_from_slice(&b)?;
     let mut m_c = svm.alloc_from_slice(&c0)?;
-    let args = [
-        Arg::ptr(m_a.as_ptr()),
-        Arg::ptr(m_b.as_ptr()),
-        Arg::ptr(m_c.as_ptr()),
-        Arg::U32(nu),
-        Arg::F32(alpha),
-        Arg::F32(beta),
-    ];
+    let params = GemmParams { n: nu, alpha, beta, pad: 0 };
     let t = Instant::now();
-    svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&m_a), Access::read(&m_b), Access::read_write(&mut m_c)],
-            bindings: &[],
-            workgroups: [wg, wg, 1],
-        },
-    )?;
+    match ctx.access {
+        AccessStyle::Bound => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[
+                    Binding::uniform(&params),
+                    Binding::read(&m_a),
+                    Binding::read(&m_b),
+                    Binding::read_write(&mut m_c),
+                ],
+                workgroups: [wg, wg, 1],
+                ..Default::default()
+            },
+        )?,
+        AccessStyle::Pointer => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[
+                    Arg::ptr(m_a.as_ptr()),
+                    Arg::ptr(m_b.as_ptr()),
+                    Arg::ptr(m_c.as_ptr()),
+                    Arg::U32(nu),
+                    Arg::F32(alpha),
+                    Arg::F32(beta),
+                ],
+                access: &[Access::read(&m_a), Access::read(&m_b), Access::read_write(&mut m_c)],
+                workgroups: [wg, wg, 1],
+                ..Default::default()
+            },
+        )?,
+    };
     let launch = t.elapsed();
     let t = Instant::now();
     let c_managed = m_c.to_vec();
@@ -190,7 +271,7 @@ pub fn gemm(ctx: &Ctx) -> Result<Outcome> {
 
     let mut tm = Timing::default();
     let t = Instant::now();
-    let bp = ex.upload("params", &[nu, alpha.to_bits(), beta.to_bits()]);
+    let bp = ex.uniform("params", &params);
     let (ba, bb, bc) = (ex.upload("a", &a), ex.upload("b", &b), ex.upload("c", &c0));
     ex.wait()?;
     tm.upload_ms = since_ms(t);
@@ -215,7 +296,7 @@ pub fn gemm(ctx: &Ctx) -> Result<Outcome> {
         check("c", &c_managed, &c_explicit, &want, exact)?;
     }
     checked_line(ctx, "GEMM", exact);
-    Ok(report("GEMM", launch, back, &tm, format!("{n} x {n}")))
+    Ok(report("GEMM", ctx.access, launch, back, &tm, format!("{n} x {n}")))
 }
 
 /// ATAX: y = A^T (A x), A is n x n; two launches, tmp stays on the device.
@@ -230,48 +311,88 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
     let exact = 2.0 * m as f64 * n as f64 <= EXACT;
     let (mu, nu) = (u32::try_from(m)?, u32::try_from(n)?);
 
-    let k_ax = kernel(svm, "atax ax", svm::shaders::kernels::ATAX, "ax")?;
-    let k_aty = kernel(svm, "atax aty", svm::shaders::kernels::ATAX, "aty")?;
+    let k_ax = managed_kernel(ctx, "atax ax", kernels::ATAX_BOUND, kernels::ATAX, "ax")?;
+    let k_aty = managed_kernel(ctx, "atax aty", kernels::ATAX_BOUND, kernels::ATAX, "aty")?;
     let ex = ctx.explicit()?;
-    let p_ax = ex.pipeline("atax ax", explicit::wgsl::ATAX, "ax")?;
-    let p_aty = ex.pipeline("atax aty", explicit::wgsl::ATAX, "aty")?;
+    let p_ax = ex.pipeline("atax ax bound", kernels::ATAX_BOUND, "ax")?;
+    let p_aty = ex.pipeline("atax aty bound", kernels::ATAX_BOUND, "aty")?;
     let zero = [NULL, NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)];
+    let wm = match ctx.access {
+        AccessStyle::Bound => {
+            warm_up_bound(svm, &k_ax, &MnParams::default())? + warm_up_bound(svm, &k_aty, &MnParams::default())?
+        }
+        AccessStyle::Pointer => warm_up(svm, &k_ax, &zero)? + warm_up(svm, &k_aty, &zero)?,
+    };
     warm(
         "ATAX",
-        warm_up(svm, &k_ax, &zero)? + warm_up(svm, &k_aty, &zero)?,
-        ex.warm_up(&p_ax, &[1, 2, 3], &[0, 0])? + ex.warm_up(&p_aty, &[1, 3, 4], &[0, 0])?,
+        wm,
+        ex.warm_up(&p_ax, &[1, 2, 3], &MnParams::default())? + ex.warm_up(&p_aty, &[1, 3, 4], &MnParams::default())?,
     );
     let m_a = svm.alloc_from_slice(&a)?;
     let m_x = svm.alloc_from_slice(&x)?;
     let mut m_tmp = svm.alloc_vec::<f32>(m)?;
     let mut m_y = svm.alloc_vec::<f32>(n)?;
-    let args = [
-        Arg::ptr(m_a.as_ptr()),
-        Arg::ptr(m_x.as_ptr()),
-        Arg::ptr(m_tmp.as_ptr()),
-        Arg::ptr(m_y.as_ptr()),
-        Arg::U32(mu),
-        Arg::U32(nu),
-    ];
+    let params = MnParams { m: mu, n: nu, ..Default::default() };
     let t = Instant::now();
-    svm.launch(
-        &k_ax,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&m_a), Access::read(&m_x), Access::read_write(&mut m_tmp)],
-            bindings: &[],
-            workgroups: [grid(m, 256), 1, 1],
-        },
-    )?;
-    svm.launch(
-        &k_aty,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&m_a), Access::read(&m_tmp), Access::read_write(&mut m_y)],
-            bindings: &[],
-            workgroups: [grid(n, 256), 1, 1],
-        },
-    )?;
+    match ctx.access {
+        AccessStyle::Bound => {
+            // Each entry point binds only what it uses (p, a, x, tmp / p, a, tmp, y).
+            svm.launch(
+                &k_ax,
+                &LaunchDescriptor {
+                    bindings: &[
+                        Binding::uniform(&params),
+                        Binding::read(&m_a),
+                        Binding::read(&m_x),
+                        Binding::read_write(&mut m_tmp),
+                    ],
+                    workgroups: [grid(m, 256), 1, 1],
+                    ..Default::default()
+                },
+            )?;
+            svm.launch(
+                &k_aty,
+                &LaunchDescriptor {
+                    bindings: &[
+                        Binding::uniform(&params),
+                        Binding::read(&m_a),
+                        Binding::read_write(&mut m_tmp),
+                        Binding::read_write(&mut m_y),
+                    ],
+                    workgroups: [grid(n, 256), 1, 1],
+                    ..Default::default()
+                },
+            )?;
+        }
+        AccessStyle::Pointer => {
+            let args = [
+                Arg::ptr(m_a.as_ptr()),
+                Arg::ptr(m_x.as_ptr()),
+                Arg::ptr(m_tmp.as_ptr()),
+                Arg::ptr(m_y.as_ptr()),
+                Arg::U32(mu),
+                Arg::U32(nu),
+            ];
+            svm.launch(
+                &k_ax,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&m_a), Access::read(&m_x), Access::read_write(&mut m_tmp)],
+                    workgroups: [grid(m, 256), 1, 1],
+                    ..Default::default()
+                },
+            )?;
+            svm.launch(
+                &k_aty,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&m_a), Access::read(&m_tmp), Access::read_write(&mut m_y)],
+                    workgroups: [grid(n, 256), 1, 1],
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
     let launch = t.elapsed();
     let t = Instant::now();
     let y_managed = m_y.to_vec();
@@ -279,7 +400,7 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
 
     let mut tm = Timing::default();
     let t = Instant::now();
-    let bp = ex.upload("params", &[mu, nu]);
+    let bp = ex.uniform("params", &params);
     let (ba, bx) = (ex.upload("a", &a), ex.upload("x", &x));
     let (btmp, by) = (ex.empty("tmp", m as u64 * 4), ex.empty("y", n as u64 * 4));
     ex.wait()?;
@@ -314,7 +435,7 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
         check("y", &y_managed, &y_explicit, &want, exact)?;
     }
     checked_line(ctx, "ATAX", exact);
-    Ok(report("ATAX", launch, back, &tm, format!("{m} x {n}, 2 launches")))
+    Ok(report("ATAX", ctx.access, launch, back, &tm, format!("{m} x {n}, 2 launches")))
 }
 
 /// BICG: s = A^T r and q = A p, A is n x n; one launch.
@@ -329,44 +450,61 @@ pub fn bicg(ctx: &Ctx) -> Result<Outcome> {
     let exact = 4.0 * m.max(n) as f64 <= EXACT;
     let (mu, nu) = (u32::try_from(m)?, u32::try_from(n)?);
 
-    let k = kernel(svm, "bicg", svm::shaders::kernels::BICG, "main")?;
+    let k = managed_kernel(ctx, "bicg", kernels::BICG_BOUND, kernels::BICG, "main")?;
     let ex = ctx.explicit()?;
-    let pipeline = ex.pipeline("bicg", explicit::wgsl::BICG, "main")?;
-    warm(
-        "BICG",
-        warm_up(svm, &k, &[NULL, NULL, NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)])?,
-        ex.warm_up(&pipeline, &[1, 2, 3, 4, 5], &[0, 0])?,
-    );
+    let pipeline = ex.pipeline("bicg bound", kernels::BICG_BOUND, "main")?;
+    let wm = match ctx.access {
+        AccessStyle::Bound => warm_up_bound(svm, &k, &MnParams::default())?,
+        AccessStyle::Pointer => warm_up(svm, &k, &[NULL, NULL, NULL, NULL, NULL, Arg::U32(0), Arg::U32(0)])?,
+    };
+    warm("BICG", wm, ex.warm_up(&pipeline, &[1, 2, 3, 4, 5], &MnParams::default())?);
     let m_a = svm.alloc_from_slice(&a)?;
     let m_r = svm.alloc_from_slice(&r)?;
     let m_p = svm.alloc_from_slice(&p)?;
     let mut m_s = svm.alloc_vec::<f32>(n)?;
     let mut m_q = svm.alloc_vec::<f32>(m)?;
-    let args = [
-        Arg::ptr(m_a.as_ptr()),
-        Arg::ptr(m_r.as_ptr()),
-        Arg::ptr(m_p.as_ptr()),
-        Arg::ptr(m_s.as_ptr()),
-        Arg::ptr(m_q.as_ptr()),
-        Arg::U32(mu),
-        Arg::U32(nu),
-    ];
+    let params = MnParams { m: mu, n: nu, ..Default::default() };
     let t = Instant::now();
-    svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[
-                Access::read(&m_a),
-                Access::read(&m_r),
-                Access::read(&m_p),
-                Access::read_write(&mut m_s),
-                Access::read_write(&mut m_q),
-            ],
-            bindings: &[],
-            workgroups: [grid(m.max(n), 256), 1, 1],
-        },
-    )?;
+    match ctx.access {
+        AccessStyle::Bound => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[
+                    Binding::uniform(&params),
+                    Binding::read(&m_a),
+                    Binding::read(&m_r),
+                    Binding::read(&m_p),
+                    Binding::read_write(&mut m_s),
+                    Binding::read_write(&mut m_q),
+                ],
+                workgroups: [grid(m.max(n), 256), 1, 1],
+                ..Default::default()
+            },
+        )?,
+        AccessStyle::Pointer => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[
+                    Arg::ptr(m_a.as_ptr()),
+                    Arg::ptr(m_r.as_ptr()),
+                    Arg::ptr(m_p.as_ptr()),
+                    Arg::ptr(m_s.as_ptr()),
+                    Arg::ptr(m_q.as_ptr()),
+                    Arg::U32(mu),
+                    Arg::U32(nu),
+                ],
+                access: &[
+                    Access::read(&m_a),
+                    Access::read(&m_r),
+                    Access::read(&m_p),
+                    Access::read_write(&mut m_s),
+                    Access::read_write(&mut m_q),
+                ],
+                workgroups: [grid(m.max(n), 256), 1, 1],
+                ..Default::default()
+            },
+        )?,
+    };
     let launch = t.elapsed();
     let t = Instant::now();
     let s_managed = m_s.to_vec();
@@ -375,7 +513,7 @@ pub fn bicg(ctx: &Ctx) -> Result<Outcome> {
 
     let mut tm = Timing::default();
     let t = Instant::now();
-    let bpar = ex.upload("params", &[mu, nu]);
+    let bpar = ex.uniform("params", &params);
     let (ba, br, bp) = (ex.upload("a", &a), ex.upload("r", &r), ex.upload("p", &p));
     let (bs, bq) = (ex.empty("s", n as u64 * 4), ex.empty("q", m as u64 * 4));
     ex.wait()?;
@@ -411,5 +549,5 @@ pub fn bicg(ctx: &Ctx) -> Result<Outcome> {
         check("q", &q_managed, &q_explicit, &q_want, exact)?;
     }
     checked_line(ctx, "BICG", exact);
-    Ok(report("BICG", launch, back, &tm, format!("{m} x {n}")))
+    Ok(report("BICG", ctx.access, launch, back, &tm, format!("{m} x {n}")))
 }

@@ -1,13 +1,24 @@
-//! CSR sparse matrix-vector product: managed and explicit-copy variants.
+//! CSR sparse matrix-vector product: managed and explicit-copy variants of
+//! one bound kernel (or the pointer kernel on the managed side, with
+//! `--access pointer`).
 
 use std::time::Instant;
 
 use anyhow::Result;
-use svm::{Access, Arg, LaunchDescriptor};
+use svm::shaders::kernels;
+use svm::{Access, Arg, Binding, LaunchDescriptor};
 
-use crate::explicit::{self, since_ms, Timing};
-use crate::util::{grid, kernel, ms, same_bits, warm_up, Rng, NULL};
-use crate::{Ctx, Outcome};
+use crate::explicit::{since_ms, Timing};
+use crate::util::{grid, kernel, ms, same_bits, warm_up, warm_up_bound, Rng, NULL};
+use crate::{AccessStyle, Ctx, Outcome};
+
+/// `spmv_bound.wgsl`'s `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    pad: [u32; 3],
+}
 
 pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let svm = &ctx.svm;
@@ -43,11 +54,17 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     };
 
     // Managed: the CPU's arrays are what the kernel reads.
-    let k = kernel(svm, "spmv", svm::shaders::kernels::SPMV, "main")?;
+    let k = match ctx.access {
+        AccessStyle::Bound => kernel(svm, "spmv bound", kernels::SPMV_BOUND, "main")?,
+        AccessStyle::Pointer => kernel(svm, "spmv", kernels::SPMV, "main")?,
+    };
     let ex = ctx.explicit()?;
-    let pipeline = ex.pipeline("spmv", explicit::wgsl::SPMV, "main")?;
-    let wm = warm_up(svm, &k, &[NULL, NULL, NULL, NULL, NULL, Arg::U32(0)])?;
-    let we = ex.warm_up(&pipeline, &[1, 2, 3, 4, 5], &[0])?;
+    let pipeline = ex.pipeline("spmv bound", kernels::SPMV_BOUND, "main")?;
+    let wm = match ctx.access {
+        AccessStyle::Bound => warm_up_bound(svm, &k, &Params::default())?,
+        AccessStyle::Pointer => warm_up(svm, &k, &[NULL, NULL, NULL, NULL, NULL, Arg::U32(0)])?,
+    };
+    let we = ex.warm_up(&pipeline, &[1, 2, 3, 4, 5], &Params::default())?;
     println!(
         "[SpMV] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
         ms(wm),
@@ -58,37 +75,55 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let m_vals = svm.alloc_from_slice(if vals.is_empty() { &[0f32][..] } else { &vals })?;
     let m_x = svm.alloc_from_slice(&x)?;
     let mut m_y = svm.alloc_vec::<f32>(rows)?;
-    let args = [
-        Arg::ptr(m_rowptr.as_ptr()),
-        Arg::ptr(m_cols.as_ptr()),
-        Arg::ptr(m_vals.as_ptr()),
-        Arg::ptr(m_x.as_ptr()),
-        Arg::ptr(m_y.as_ptr()),
-        Arg::U32(u32::try_from(rows)?),
-    ];
+    let params = Params { rows: u32::try_from(rows)?, ..Default::default() };
     let t = Instant::now();
-    svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[
-                Access::read(&m_rowptr),
-                Access::read(&m_cols),
-                Access::read(&m_vals),
-                Access::read(&m_x),
-                Access::read_write(&mut m_y),
-            ],
-            bindings: &[],
-            workgroups: [grid(rows, 256), 1, 1],
-        },
-    )?;
+    match ctx.access {
+        AccessStyle::Bound => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[
+                    Binding::uniform(&params),
+                    Binding::read(&m_rowptr),
+                    Binding::read(&m_cols),
+                    Binding::read(&m_vals),
+                    Binding::read(&m_x),
+                    Binding::read_write(&mut m_y),
+                ],
+                workgroups: [grid(rows, 256), 1, 1],
+                ..Default::default()
+            },
+        )?,
+        AccessStyle::Pointer => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[
+                    Arg::ptr(m_rowptr.as_ptr()),
+                    Arg::ptr(m_cols.as_ptr()),
+                    Arg::ptr(m_vals.as_ptr()),
+                    Arg::ptr(m_x.as_ptr()),
+                    Arg::ptr(m_y.as_ptr()),
+                    Arg::U32(params.rows),
+                ],
+                access: &[
+                    Access::read(&m_rowptr),
+                    Access::read(&m_cols),
+                    Access::read(&m_vals),
+                    Access::read(&m_x),
+                    Access::read_write(&mut m_y),
+                ],
+                workgroups: [grid(rows, 256), 1, 1],
+                ..Default::default()
+            },
+        )?,
+    };
     let launch = t.elapsed();
     let t = Instant::now();
     let y_managed = m_y.to_vec();
     let back = t.elapsed();
     let managed_ms = ms(launch + back);
     println!(
-        "[SpMV] managed: {managed_ms:.1} ms (launch incl. migration {:.1} ms, read y back by fault {:.1} ms)",
+        "[SpMV] managed ({} access): {managed_ms:.1} ms (launch incl. migration {:.1} ms, read y back by fault {:.1} ms)",
+        ctx.access.name(),
         ms(launch),
         ms(back)
     );
@@ -96,7 +131,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     // Explicit copies.
     let mut tm = Timing::default();
     let t = Instant::now();
-    let b_params = ex.upload("params", &[u32::try_from(rows)?]);
+    let b_params = ex.uniform("params", &params);
     let b_rowptr = ex.upload("rowptr", &rowptr);
     let b_cols = ex.upload("cols", if cols.is_empty() { &[0u32][..] } else { &cols });
     let b_vals = ex.upload("vals", if vals.is_empty() { &[0f32][..] } else { &vals });

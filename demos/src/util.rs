@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use svm::{Arg, Kernel, KernelDescriptor, LaunchDescriptor, Svm};
+use svm::{Arg, Binding, Kernel, KernelDescriptor, LaunchDescriptor, ManagedVec, Svm};
 
 /// SplitMix64: small, fast and deterministic (the demos must be reproducible).
 #[derive(Clone, Debug)]
@@ -85,6 +85,20 @@ pub fn ms(d: Duration) -> f64 {
 pub fn warm_up(svm: &Svm, k: &Kernel, args: &[Arg]) -> Result<Duration> {
     let t = Instant::now();
     svm.launch(k, &LaunchDescriptor { args, access: &[], bindings: &[], workgroups: [1, 1, 1] })?;
+    Ok(t.elapsed())
+}
+
+/// [`warm_up`] for a bound kernel: one launch with the uniform `params` at
+/// its first binding (group 0, binding 0, as every bound demo kernel has
+/// it; chosen so that the kernel touches nothing) and a small managed
+/// dummy at each of the others.
+pub fn warm_up_bound<P: bytemuck::Pod>(svm: &Svm, k: &Kernel, params: &P) -> Result<Duration> {
+    let t = Instant::now();
+    let mut dummies =
+        (1..k.bindings().count()).map(|_| svm.alloc_vec::<u32>(64)).collect::<Result<Vec<ManagedVec<u32>>, _>>()?;
+    let mut bindings = vec![Binding::uniform(params)];
+    bindings.extend(dummies.iter_mut().map(|d| Binding::read_write(d)));
+    svm.launch(k, &LaunchDescriptor { bindings: &bindings, ..Default::default() })?;
     Ok(t.elapsed())
 }
 

@@ -1,20 +1,64 @@
-//! Streaming kernels over managed arrays: vadd and saxpy.
+//! Streaming kernels over managed arrays: vadd and saxpy, each also run on
+//! plain wgpu buffers (explicit copies) with the same bound kernel source.
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use svm::{Access, Arg, LaunchDescriptor};
+use anyhow::Result;
+use svm::{Access, Arg, Binding, LaunchDescriptor};
+use svm::shaders::kernels;
 
-use crate::util::{grid, kernel, ms, warm_up, NULL};
-use crate::{Ctx, Outcome};
+use crate::explicit::{since_ms, Timing};
+use crate::util::{grid, kernel, ms, same_bits, warm_up, warm_up_bound, NULL};
+use crate::{AccessStyle, Ctx, Outcome};
+
+/// `vadd_bound.wgsl`'s `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct VaddParams {
+    n: u32,
+    pad: [u32; 3],
+}
+
+/// `saxpy_bound.wgsl`'s `Params` (padded to 16 bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SaxpyParams {
+    a: f32,
+    n: u32,
+    pad: [u32; 2],
+}
+
+fn report(name: &str, access: AccessStyle, launch: f64, back: f64, tm: &Timing, note: String) -> Outcome {
+    let managed_ms = launch + back;
+    println!(
+        "[{name}] managed ({} access): {managed_ms:.1} ms (launch incl. migration {launch:.1} ms, read back by CPU fault {back:.1} ms)",
+        access.name()
+    );
+    println!("[{name}] explicit: {tm}");
+    Outcome { managed_ms: Some(managed_ms), explicit_ms: Some(tm.total_ms()), explicit_split: Some(*tm), note }
+}
 
 pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
     let svm = &ctx.svm;
     let n = ctx.size.unwrap_or(16 << 20);
-    println!("[Vadd] c = a + b over {n} floats ({} MiB per array)", (n * 4) >> 20);
-    let k = kernel(svm, "vadd", svm::shaders::kernels::VADD, "main")?;
-    let w = warm_up(svm, &k, &[NULL, NULL, NULL, Arg::U32(0)])?;
-    println!("[Vadd] first dispatch (driver compile, untimed below): {:.1} ms", ms(w));
+    let nu = u32::try_from(n)?;
+    println!("[Vadd] c = a + b over {n} floats ({} MiB per array), {} access", (n * 4) >> 20, ctx.access.name());
+    let k = match ctx.access {
+        AccessStyle::Bound => kernel(svm, "vadd bound", kernels::VADD_BOUND, "main")?,
+        AccessStyle::Pointer => kernel(svm, "vadd", kernels::VADD, "main")?,
+    };
+    let ex = ctx.explicit()?;
+    let pipeline = ex.pipeline("vadd bound", kernels::VADD_BOUND, "main")?;
+    let wm = match ctx.access {
+        AccessStyle::Bound => warm_up_bound(svm, &k, &VaddParams::default())?,
+        AccessStyle::Pointer => warm_up(svm, &k, &[NULL, NULL, NULL, Arg::U32(0)])?,
+    };
+    let we = ex.warm_up(&pipeline, &[1, 2, 3], &VaddParams::default())?;
+    println!(
+        "[Vadd] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
+        ms(wm),
+        ms(we)
+    );
     let mut a = svm.alloc_vec::<f32>(n)?;
     let mut b = svm.alloc_vec::<f32>(n)?;
     let mut c = svm.alloc_vec::<f32>(n)?;
@@ -23,43 +67,85 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
         a[i] = (i % 1000) as f32 * 0.5;
         b[i] = (i % 777) as f32 + 0.25;
     }
-    println!("[Vadd] CPU fill: {:.1} ms", ms(t.elapsed()));
-    let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(u32::try_from(n)?)];
+    println!("[Vadd] CPU fill of the managed arrays: {:.1} ms", ms(t.elapsed()));
+    // The explicit variant's inputs: ordinary host vectors (copied here,
+    // untimed, while the managed pages are still the CPU's).
+    let (a_host, b_host) = (a.to_vec(), b.to_vec());
+    let params = VaddParams { n: nu, ..Default::default() };
+    let workgroups = [grid(n, 256).min(4096), 1, 1];
     let t = Instant::now();
-    svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
-            bindings: &[],
-            workgroups: [grid(n, 256).min(4096), 1, 1],
-        },
-    )?;
-    let launch = t.elapsed();
-    println!("[Vadd] launch (migrate in + kernel): {:.1} ms", ms(launch));
+    match ctx.access {
+        AccessStyle::Bound => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[Binding::uniform(&params), Binding::read(&a), Binding::read(&b), Binding::read_write(&mut c)],
+                workgroups,
+                ..Default::default()
+            },
+        )?,
+        AccessStyle::Pointer => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::ptr(c.as_ptr()), Arg::U32(nu)],
+                access: &[Access::read(&a), Access::read(&b), Access::read_write(&mut c)],
+                workgroups,
+                ..Default::default()
+            },
+        )?,
+    };
+    let launch = since_ms(t);
     let t = Instant::now();
-    let mut bad = 0usize;
-    for i in 0..n {
-        if c[i] != a[i] + b[i] {
-            bad += 1;
-        }
+    let c_managed = c.to_vec();
+    let back = since_ms(t);
+
+    let mut tm = Timing::default();
+    let t = Instant::now();
+    let bp = ex.uniform("params", &params);
+    let (ba, bb, bc) = (ex.upload("a", &a_host), ex.upload("b", &b_host), ex.empty("c", n as u64 * 4));
+    ex.wait()?;
+    tm.upload_ms = since_ms(t);
+    let t = Instant::now();
+    ex.dispatch(&pipeline, &[&bp, &ba, &bb, &bc], workgroups)?;
+    tm.kernel_ms = since_ms(t);
+    let t = Instant::now();
+    let c_explicit: Vec<f32> = ex.read(&bc, n)?;
+    tm.download_ms = since_ms(t);
+
+    if ctx.check {
+        let want: Vec<f32> = a_host.iter().zip(&b_host).map(|(&x, &y)| x + y).collect();
+        same_bits("c (managed vs CPU)", &c_managed, &want)?;
+        same_bits("c (explicit vs CPU)", &c_explicit, &want)?;
+        println!("[Vadd] managed, explicit and CPU results bitwise equal");
     }
-    let back = t.elapsed();
-    println!("[Vadd] CPU check (migrates c back by fault): {:.1} ms", ms(back));
-    if bad != 0 {
-        bail!("{bad} of {n} elements wrong");
-    }
-    Ok(Outcome { managed_ms: Some(ms(launch + back)), note: format!("{n} floats"), ..Default::default() })
+    Ok(report("Vadd", ctx.access, launch, back, &tm, format!("{n} floats")))
 }
 
 pub fn saxpy(ctx: &Ctx) -> Result<Outcome> {
     let svm = &ctx.svm;
     let n = ctx.size.unwrap_or(16 << 20);
+    let nu = u32::try_from(n)?;
     let alpha = 2.5f32;
-    println!("[Saxpy] y = {alpha} x + y over {n} floats ({} MiB per array)", (n * 4) >> 20);
-    let k = kernel(svm, "saxpy", svm::shaders::kernels::SAXPY, "main")?;
-    let w = warm_up(svm, &k, &[NULL, NULL, Arg::F32(0.0), Arg::U32(0)])?;
-    println!("[Saxpy] first dispatch (driver compile, untimed below): {:.1} ms", ms(w));
+    println!(
+        "[Saxpy] y = {alpha} x + y over {n} floats ({} MiB per array), {} access",
+        (n * 4) >> 20,
+        ctx.access.name()
+    );
+    let k = match ctx.access {
+        AccessStyle::Bound => kernel(svm, "saxpy bound", kernels::SAXPY_BOUND, "main")?,
+        AccessStyle::Pointer => kernel(svm, "saxpy", kernels::SAXPY, "main")?,
+    };
+    let ex = ctx.explicit()?;
+    let pipeline = ex.pipeline("saxpy bound", kernels::SAXPY_BOUND, "main")?;
+    let wm = match ctx.access {
+        AccessStyle::Bound => warm_up_bound(svm, &k, &SaxpyParams::default())?,
+        AccessStyle::Pointer => warm_up(svm, &k, &[NULL, NULL, Arg::F32(0.0), Arg::U32(0)])?,
+    };
+    let we = ex.warm_up(&pipeline, &[1, 2], &SaxpyParams::default())?;
+    println!(
+        "[Saxpy] first dispatch (driver compile, untimed below): managed {:.1} ms, explicit {:.1} ms",
+        ms(wm),
+        ms(we)
+    );
     let mut x = svm.alloc_vec::<f32>(n)?;
     let mut y = svm.alloc_vec::<f32>(n)?;
     // Small integers: every result is exact, so the check is bitwise.
@@ -68,28 +154,53 @@ pub fn saxpy(ctx: &Ctx) -> Result<Outcome> {
         x[i] = (i % 1000) as f32;
         y[i] = (i % 777) as f32 - 100.0;
     }
-    let want: Vec<f32> =
-        if ctx.check { x.iter().zip(y.iter()).map(|(&x, &y)| alpha * x + y).collect() } else { Vec::new() };
-    println!("[Saxpy] CPU fill and reference: {:.1} ms", ms(t.elapsed()));
-    let args = [Arg::ptr(x.as_ptr()), Arg::ptr(y.as_ptr()), Arg::F32(alpha), Arg::U32(u32::try_from(n)?)];
+    println!("[Saxpy] CPU fill of the managed arrays: {:.1} ms", ms(t.elapsed()));
+    let (x_host, y_host) = (x.to_vec(), y.to_vec());
+    let params = SaxpyParams { a: alpha, n: nu, ..Default::default() };
+    let workgroups = [grid(n, 256).min(4096), 1, 1];
     let t = Instant::now();
-    svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read(&x), Access::read_write(&mut y)],
-            bindings: &[],
-            workgroups: [grid(n, 256).min(4096), 1, 1],
-        },
-    )?;
-    let launch = t.elapsed();
-    println!("[Saxpy] launch (migrate in + kernel): {:.1} ms", ms(launch));
+    match ctx.access {
+        AccessStyle::Bound => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[Binding::uniform(&params), Binding::read(&x), Binding::read_write(&mut y)],
+                workgroups,
+                ..Default::default()
+            },
+        )?,
+        AccessStyle::Pointer => svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[Arg::ptr(x.as_ptr()), Arg::ptr(y.as_ptr()), Arg::F32(alpha), Arg::U32(nu)],
+                access: &[Access::read(&x), Access::read_write(&mut y)],
+                workgroups,
+                ..Default::default()
+            },
+        )?,
+    };
+    let launch = since_ms(t);
     let t = Instant::now();
-    let got = y.to_vec();
-    let back = t.elapsed();
-    println!("[Saxpy] read y back (CPU faults): {:.1} ms", ms(back));
+    let y_managed = y.to_vec();
+    let back = since_ms(t);
+
+    let mut tm = Timing::default();
+    let t = Instant::now();
+    let bp = ex.uniform("params", &params);
+    let (bx, by) = (ex.upload("x", &x_host), ex.upload("y", &y_host));
+    ex.wait()?;
+    tm.upload_ms = since_ms(t);
+    let t = Instant::now();
+    ex.dispatch(&pipeline, &[&bp, &bx, &by], workgroups)?;
+    tm.kernel_ms = since_ms(t);
+    let t = Instant::now();
+    let y_explicit: Vec<f32> = ex.read(&by, n)?;
+    tm.download_ms = since_ms(t);
+
     if ctx.check {
-        crate::util::same_bits("y", &got, &want)?;
+        let want: Vec<f32> = x_host.iter().zip(&y_host).map(|(&x, &y)| alpha * x + y).collect();
+        same_bits("y (managed vs CPU)", &y_managed, &want)?;
+        same_bits("y (explicit vs CPU)", &y_explicit, &want)?;
+        println!("[Saxpy] managed, explicit and CPU results bitwise equal");
     }
-    Ok(Outcome { managed_ms: Some(ms(launch + back)), note: format!("{n} floats"), ..Default::default() })
+    Ok(report("Saxpy", ctx.access, launch, back, &tm, format!("{n} floats")))
 }

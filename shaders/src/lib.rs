@@ -55,6 +55,12 @@ pub const PUBLIC_FUNCTIONS: &[&str] = &[
     "svm_arg_f32",
     "svm_arg_ptr",
     "svm_failed",
+    "svm_load_vec4u",
+    "svm_store_vec4u",
+    "svm_load_vec4f",
+    "svm_store_vec4f",
+    "svm_load_u64",
+    "svm_store_u64",
 ];
 
 /// How the prelude binds the windows of the pool / arena view.
@@ -181,6 +187,29 @@ pub mod kernels {
     pub const ATAX: &str = include_str!("kernels/atax.wgsl");
     /// PolyBench BICG.
     pub const BICG: &str = include_str!("kernels/bicg.wgsl");
+
+    // Bound-access kernels: plain WGSL with their own bindings (a uniform
+    // `Params` at group 0 binding 0, then storage arrays), no prelude. The
+    // same source runs on managed ranges and on plain wgpu buffers.
+
+    /// `c[i] = a[i] + b[i]` (bound).
+    pub const VADD_BOUND: &str = include_str!("kernels/vadd_bound.wgsl");
+    /// `y[i] = a * x[i] + y[i]` (bound).
+    pub const SAXPY_BOUND: &str = include_str!("kernels/saxpy_bound.wgsl");
+    /// CSR sparse matrix-vector product (bound).
+    pub const SPMV_BOUND: &str = include_str!("kernels/spmv_bound.wgsl");
+    /// PolyBench 2DCONV (bound).
+    pub const CONV2D_BOUND: &str = include_str!("kernels/conv2d_bound.wgsl");
+    /// PolyBench GEMM (bound).
+    pub const GEMM_BOUND: &str = include_str!("kernels/gemm_bound.wgsl");
+    /// PolyBench ATAX (bound; entry points `ax` and `aty`).
+    pub const ATAX_BOUND: &str = include_str!("kernels/atax_bound.wgsl");
+    /// PolyBench BICG (bound).
+    pub const BICG_BOUND: &str = include_str!("kernels/bicg_bound.wgsl");
+    /// Histogram with `array<atomic<u32>>` bins (bound).
+    pub const HISTOGRAM_BOUND: &str = include_str!("kernels/histogram_bound.wgsl");
+    /// One level of a top-down BFS with an atomic frontier queue (bound).
+    pub const BFS_TOPDOWN_BOUND: &str = include_str!("kernels/bfs_topdown_bound.wgsl");
 }
 
 /// Every kernel shipped in this crate, with its name.
@@ -195,6 +224,20 @@ pub const ALL_KERNELS: &[(&str, &str)] = &[
     ("gemm", kernels::GEMM),
     ("atax", kernels::ATAX),
     ("bicg", kernels::BICG),
+];
+
+/// The bound-access kernels (no prelude functions: compiled as they are,
+/// and valid standalone WGSL), with their names.
+pub const BOUND_KERNELS: &[(&str, &str)] = &[
+    ("vadd_bound", kernels::VADD_BOUND),
+    ("saxpy_bound", kernels::SAXPY_BOUND),
+    ("spmv_bound", kernels::SPMV_BOUND),
+    ("conv2d_bound", kernels::CONV2D_BOUND),
+    ("gemm_bound", kernels::GEMM_BOUND),
+    ("atax_bound", kernels::ATAX_BOUND),
+    ("bicg_bound", kernels::BICG_BOUND),
+    ("histogram_bound", kernels::HISTOGRAM_BOUND),
+    ("bfs_topdown_bound", kernels::BFS_TOPDOWN_BOUND),
 ];
 
 /// The full source of a kernel: prelude ([`Windows::Fixed`]) + body.
@@ -413,6 +456,25 @@ mod tests {
             let e = naga::front::wgsl::parse_str(&src).expect_err("undefined identifier");
             let loc = e.location(&src).expect("a location");
             assert_eq!(loc.line_number, 2, "{w:?}");
+        }
+    }
+
+    /// Bound kernels parse and validate standalone, name no `svm_` item
+    /// (so the runtime compiles them without the prelude) and bind only
+    /// groups below the runtime's.
+    #[test]
+    fn bound_kernels_validate_standalone() {
+        for &(name, src) in BOUND_KERNELS {
+            assert!(!src.contains("svm_"), "{name} names a prelude item");
+            assert!(ALL_KERNELS.iter().all(|&(_, b)| b != src), "{name} is in ALL_KERNELS");
+            let m = module(src);
+            validate(&m).unwrap_or_else(|e| panic!("bound kernel {name}: {e}"));
+            assert!(!m.entry_points.is_empty(), "{name} has no entry point");
+            for (_, g) in m.global_variables.iter() {
+                if let Some(b) = &g.binding {
+                    assert!(b.group < RUNTIME_GROUP, "{name}: {:?} in group {}", g.name, b.group);
+                }
+            }
         }
     }
 

@@ -1,7 +1,13 @@
-// Explicit-copy BFS level (same bottom-up step as the managed kernel, over
-// CSR arrays in storage buffers). params: n, cur.
+// Explicit-copy BFS level (same bottom-up step as the managed pointer
+// kernel, over CSR arrays in storage buffers).
 const UNREACHED: u32 = 0xffffffffu;
-@group(0) @binding(0) var<storage, read> params: array<u32>;
+
+struct Params {
+    n: u32,
+    cur: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> offsets: array<u32>;
 @group(0) @binding(2) var<storage, read> cols: array<u32>;
 @group(0) @binding(3) var<storage, read_write> level: array<u32>;
@@ -10,8 +16,8 @@ const UNREACHED: u32 = 0xffffffffu;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = params[0];
-    let cur = params[1];
+    let n = params.n;
+    let cur = params.cur;
     let stride = nwg.x * 256u;
     for (var w = gid.x; w < n; w += stride) {
         if (level[w] != UNREACHED) {

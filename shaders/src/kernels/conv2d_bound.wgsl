@@ -1,13 +1,21 @@
-// Explicit-copy PolyBench 2DCONV (same order as the managed kernel).
-// params: ni, nj, then the nine coefficients as f32 bits.
-@group(0) @binding(0) var<storage, read> params: array<u32>;
+// PolyBench 2DCONV, bound access (plain WGSL, no prelude): 3x3 stencil over
+// an ni x nj row-major image; border cells are left alone. The nine
+// coefficients c11 c12 c13 c21 ... are c[k / 4][k % 4] (uniform arrays have
+// a 16-byte stride). Terms are added in the order of the CPU reference.
+struct Params {
+    ni: u32,
+    nj: u32,
+    c: array<vec4<f32>, 3>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> b: array<f32>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ni = params[0];
-    let nj = params[1];
+    let ni = p.ni;
+    let nj = p.nj;
     let inner = (ni - 2u) * (nj - 2u);
     let stride = nwg.x * 256u;
     for (var t = gid.x; t < inner; t += stride) {
@@ -16,8 +24,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         var acc = 0.0;
         for (var di = 0u; di < 3u; di += 1u) {
             for (var dj = 0u; dj < 3u; dj += 1u) {
+                let k = di * 3u + dj;
                 let v = a[(i + di - 1u) * nj + (j + dj - 1u)];
-                acc += bitcast<f32>(params[2u + di * 3u + dj]) * v;
+                acc += p.c[k / 4u][k % 4u] * v;
             }
         }
         b[i * nj + j] = acc;
