@@ -1,9 +1,14 @@
 //! Managed memory against explicit copies for every demo with an explicit
-//! variant (issue 7, "Benchmarks 5"): Graph500 BFS, CSR SpMV and the
-//! PolyBench kernels Conv2D, GEMM, ATAX and BICG, run through
-//! [`svm_demos::Demo::run`] at the demos' default sizes. Each run times both
-//! variants side by side in this process, on the same adapter, and checks
-//! them (managed = explicit = CPU reference); a failed check panics.
+//! variant (issue 7, "Benchmarks 5"; issue 12): vadd, saxpy, Graph500 BFS
+//! (bottom-up over CPU pointers, and top-down with an atomic frontier
+//! queue), CSR SpMV, the PolyBench kernels Conv2D, GEMM, ATAX and BICG, and
+//! a histogram with atomics, run through [`svm_demos::Demo::run`] at the
+//! demos' default sizes. The array demos, BFS-TD and the histogram use bound
+//! access ([`svm_demos::AccessStyle::Bound`]): the managed and the explicit
+//! variant run the same kernel source, on managed ranges and on plain wgpu
+//! buffers. Each run times both variants side by side in this process, on
+//! the same adapter, and checks them (managed = explicit = CPU reference);
+//! a failed check panics.
 //!
 //! One untimed warm-up run per demo, then medians of the timed runs. The
 //! program prints the demos' own output, then a markdown table, and writes
@@ -23,7 +28,7 @@ use std::time::Instant;
 
 use common::{gpu_required, machine, median};
 use svm::{Svm, SvmDescriptor, SvmError};
-use svm_demos::{Ctx, Demo, NoAdapter, Timing};
+use svm_demos::{AccessStyle, Ctx, Demo, NoAdapter, Timing};
 
 struct Opts {
     quick: bool,
@@ -54,7 +59,8 @@ impl Opts {
     fn size(&self, d: Demo) -> (Option<usize>, Option<u32>) {
         match (self.quick, d) {
             (false, _) => (None, None),
-            (true, Demo::Bfs) => (None, Some(14)),
+            (true, Demo::Bfs | Demo::BfsTopdown) => (None, Some(14)),
+            (true, Demo::Vadd | Demo::Saxpy | Demo::Histogram) => (Some(1 << 20), None),
             (true, Demo::Spmv) => (Some(1 << 16), None),
             (true, Demo::Gemm) => (Some(256), None),
             (true, _) => (Some(1024), None),
@@ -147,7 +153,7 @@ fn main() {
     );
     let machine = machine();
     eprintln!("machine: {machine}\nruntime: {runtime}\nruns per demo: 1 warm-up + {}", o.reps);
-    let mut ctx = Ctx::new(svm, None, None, true);
+    let mut ctx = Ctx::new(svm, None, None, true).with_access(AccessStyle::Bound);
     let mut rows = Vec::new();
     for d in Demo::WITH_EXPLICIT {
         match measure(&mut ctx, &o, d) {
@@ -182,9 +188,13 @@ fn report_md(o: &Opts, machine: &str, runtime: &str, explicit: &str, rows: &[Row
     let _ = writeln!(m, "- explicit-copy device: {explicit} (own wgpu device, same adapter)");
     let _ = writeln!(
         m,
-        "- {}; 1 warm-up run + medians of {} runs per demo, every run checked (managed = explicit = CPU reference); whole run {total:.0} s\n",
+        "- {}; 1 warm-up run + medians of {} runs per demo, every run checked (managed = explicit = CPU reference); whole run {total:.0} s",
         if o.quick { "sizes reduced (quick run)" } else { "the demos' default sizes" },
         o.reps
+    );
+    let _ = writeln!(
+        m,
+        "- access: bound (vadd, saxpy, SpMV, PolyBench, BFS-TD, histogram: one kernel source for both variants); BFS: pointer access (CPU pointers) vs its CSR twin\n"
     );
     let _ = writeln!(
         m,
@@ -216,9 +226,11 @@ fn report_md(o: &Opts, machine: &str, runtime: &str, explicit: &str, rows: &[Row
          and wait, copy to a MAP_READ buffer and map. Neither includes building the data, compiling the \
          kernels (one warm-up dispatch each) or the CPU reference. Ratios > 1: managed is slower. The phase \
          medians need not add up to the median total. BFS: sum over its 4 roots of one level-synchronous \
-         traversal each (a launch or dispatch per level, then one `changed` word read back); the explicit \
-         time leaves out the one-time upload of the CSR graph, the managed time includes the graph's \
-         migration in the first launch."
+         traversal each (a launch or dispatch per level, then one `changed` word read back); BFS-TD: the \
+         same with top-down levels (one launch or dispatch per level, then the next queue's count read \
+         back). For both, the explicit time leaves out the one-time upload of the CSR graph, the managed \
+         time includes the graph's migration in the first launch. Histogram: the managed time includes \
+         the CPU zeroing the 256 bins."
     );
     m
 }
@@ -233,7 +245,7 @@ fn plot(o: &Opts, rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::E
     }
     let n = rows.len() as u32;
     let ymax = rows.iter().map(Row::ratio).fold(1.0, f64::max) * 1.15;
-    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    let root = SVGBackend::new(path, (1300, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let caption = format!("svm demos: managed time / explicit-copy time (medians of {}, lower is better)", o.reps);
     let labels: Vec<String> = rows.iter().map(|r| r.demo.label().into()).collect();
