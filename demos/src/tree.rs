@@ -158,19 +158,26 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             bail!("{} of {nq} lookups wrong, e.g. {}", bad.len(), bad[..bad.len().min(3)].join("; "));
         }
     }
-    // The same lookups with nothing declared: GPU faults and replays.
+    // The same lookups with only the output declared (replayable launches
+    // write only ranges declared read-write): the nodes and queries come by
+    // GPU faults and replays.
     out.fill(0);
     let before = svm.stats();
     let t = Instant::now();
     let report = svm.launch_with(
         &k,
-        &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: [grid(nq, 64), 1, 1] },
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read_write(&mut out)],
+            workgroups: [grid(nq, 64), 1, 1],
+            ..Default::default()
+        },
         &LaunchOptions::replayable(),
     )?;
     let on_demand = t.elapsed();
     let s = svm.stats().since(&before);
     println!(
-        "[Tree] no declared ranges: {:.1} ms, {} GPU-faulted pages, {} replays, {} pages migrated in (declared: {:.1} ms)",
+        "[Tree] only the output declared: {:.1} ms, {} GPU-faulted pages, {} replays, {} pages migrated in (declared: {:.1} ms)",
         ms(on_demand),
         report.gpu_fault_pages,
         report.replays,
@@ -178,7 +185,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         ms(launch)
     );
     if ctx.check && out[..] != got[..] {
-        bail!("lookups differ without declared ranges");
+        bail!("lookups differ with only the output declared");
     }
     let rate = nq as f64 / launch.as_secs_f64();
     Ok(Outcome {
