@@ -595,11 +595,54 @@ impl Svm {
         let first = page_of(start);
         let pages = first as usize..(first + page_of(len)) as usize;
         if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < pages.end && pages.start < c.end as usize) {
+            // (Its pages stay intact in the host copy: if the free fails
+            // below, the range simply migrates again.)
             self.inner.drop_coherent(st);
         }
-        if st.dup[pages.clone()].iter().any(|&d| d) {
-            // Kept read-only copies are write-protected on the CPU side.
-            arena.write_unprotect(start, len).map_err(|e| FreeError::Os(e.to_string()))?;
+        // The CPU side first, the bookkeeping after: a free the OS refuses
+        // (mprotect's ENOMEM at vm.max_map_count) leaves the allocation
+        // live, readable and intact, as `FreeError` promises.
+        let dup_runs: Vec<(u32, u32)> = runs(first, first + page_of(len), |p| st.dup[p as usize]).collect();
+        // Kept read-only copies are write-protected on the CPU side; with
+        // userfaultfd the protection outlives the mapping, so it is lifted
+        // first (mprotect's PROT_NONE below replaces PROT_READ).
+        let uffd_wp = !dup_runs.is_empty() && arena.backend() == FaultBackendKind::Uffd;
+        let span = |(a, b): (u32, u32)| (a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
+        if uffd_wp {
+            for &r in &dup_runs {
+                let (o, l) = span(r);
+                arena.write_unprotect(o, l).map_err(|e| FreeError::Os(e.to_string()))?;
+            }
+        }
+        let released = if self.inner.gpu.mode == MappingMode::Coherent {
+            // The device uses these very pages (imported once, pinned by a
+            // real driver): zero them in place; punching them out would
+            // part the CPU's memory from the device's.
+            arena.release_in_place(start, len)
+        } else {
+            arena.release(start, len)
+        };
+        if let Err(e) = released {
+            // mprotect may have changed part of the range before failing:
+            // put back what each page had (best effort; a page left
+            // PROT_NONE is still served by the fault path).
+            let uffd = arena.backend() == FaultBackendKind::Uffd;
+            let restore = |pred: &dyn Fn(u32) -> bool| {
+                for r in runs(first, first + page_of(len), pred) {
+                    let (o, l) = span(r);
+                    let _ = arena.allocate(o, l);
+                }
+            };
+            if uffd {
+                restore(&|_| true);
+            } else {
+                restore(&|p| !st.owned(p));
+            }
+            for &r in &dup_runs {
+                let (o, l) = span(r);
+                let _ = arena.write_protect(o, l);
+            }
+            return Err(FreeError::Os(e.to_string()));
         }
         st.dup[pages.clone()].fill(false);
         st.advice[pages].fill(0);
@@ -611,15 +654,7 @@ impl Svm {
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
         st.owned.remove(&start);
-        if self.inner.gpu.mode == MappingMode::Coherent {
-            // The device uses these very pages (imported once, pinned by a
-            // real driver): zero them in place; punching them out would
-            // part the CPU's memory from the device's.
-            arena.release_in_place(start, len)
-        } else {
-            arena.release(start, len)
-        }
-        .map_err(|e| FreeError::Os(e.to_string()))
+        Ok(())
     }
 
     /// Allocate a zeroed managed array of `len` elements (page aligned:
@@ -1079,6 +1114,17 @@ impl Inner {
                 } else {
                     st.dup[ra as usize..rb as usize].fill(true);
                     temporary.push((ra, rb));
+                    // ReadMostly copies outlive the launch: the CPU must not
+                    // write them unseen while they are copied, so they are
+                    // write-protected before the copy (a CPU write then
+                    // waits for the update lock and drops the copy).
+                    if self.arena.has_write_protect() {
+                        for (ka, kb) in runs(ra, rb, |p| st.advice[p as usize] & advice::READ_MOSTLY != 0) {
+                            self.arena
+                                .write_protect(ka as usize * PAGE_SIZE, (kb - ka) as usize * PAGE_SIZE)
+                                .map_err(|e| LaunchError::Os(e.to_string()))?;
+                        }
+                    }
                 }
                 let _span = tracing::debug_span!("svm_h2d_batch", first_page = ra, pages = rb - ra, write).entered();
                 self.arena

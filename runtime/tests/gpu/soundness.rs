@@ -53,3 +53,95 @@ fn zero_workgroups_is_an_error() {
     assert_eq!(svm.stats().launches, 0);
     let _ = (ctx_migrating, LaunchOptions::default());
 }
+
+/// A free the OS refuses (mprotect's ENOMEM past `vm.max_map_count`, here
+/// reached by freeing every other page of 70,000) leaves the allocation
+/// live and intact; no later allocation sees a previous owner's bytes.
+#[test]
+fn failed_frees_leave_allocations_live() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend).arena_size(512 << 20)) else { return };
+        let n = 70_000usize;
+        let pages: Vec<std::ptr::NonNull<u8>> = (0..n).map(|_| svm.alloc(4096).expect("alloc")).collect();
+        for (i, p) in pages.iter().enumerate() {
+            // SAFETY: a live raw allocation of 4096 bytes; no kernel runs.
+            unsafe { p.as_ptr().cast::<u32>().write(0xdead_0000 | (i as u32 & 0xffff)) };
+        }
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        for (i, p) in pages.iter().enumerate().step_by(2) {
+            match svm.free(p.as_ptr()) {
+                Ok(()) => ok += 1,
+                Err(FreeError::Os(_)) => failed.push(i),
+                Err(e) => panic!("{backend}: {e}"),
+            }
+        }
+        assert_eq!(svm.live_allocations(), n - ok, "{backend}: live allocations agree with the frees that worked");
+        for &i in &failed {
+            // SAFETY: the free failed, so the allocation is still live.
+            let x = unsafe { pages[i].as_ptr().cast::<u32>().read() };
+            assert_eq!(x, 0xdead_0000 | (i as u32 & 0xffff), "{backend}: page {i} intact after a failed free");
+        }
+        let mut stale = 0;
+        for _ in 0..ok.min(20_000) {
+            let Ok(p) = svm.alloc(4096) else { break };
+            // SAFETY: a live raw allocation.
+            if unsafe { p.as_ptr().cast::<u32>().read() } != 0 {
+                stale += 1;
+            }
+        }
+        assert_eq!(stale, 0, "{backend}: new allocations read zero ({} frees failed)", failed.len());
+        eprintln!("{backend}: {} of {} frees refused by the OS", failed.len(), n / 2);
+    }
+}
+
+/// ReadMostly copies are write-protected before they are copied: a CPU
+/// write racing a prefetch either lands before the copy or faults and drops
+/// it, never lost from the kept copy.
+#[test]
+fn read_mostly_copies_never_miss_a_racing_write() {
+    const COPY: &str = "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+        if (g.x < svm_arg_u32(4u)) {
+            svm_store_u32(svm_index(svm_arg_ptr(2u), g.x, 4u), svm_load_u32(svm_index(svm_arg_ptr(0u), g.x, 4u)));
+        }
+    }";
+    for backend in BACKENDS {
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
+        let k = kernel(&svm, "copy", COPY);
+        let n = 256 * 1024;
+        let mut v = svm.alloc_vec::<u32>(n).expect("v");
+        let mut dst = svm.alloc_vec::<u32>(n).expect("dst");
+        svm.advise(v.as_ptr().cast(), n * 4, svm::Advice::ReadMostly).expect("advise");
+        for round in 1..=10u32 {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let p = v.as_mut_ptr() as usize;
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut x = round << 20;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for i in (0..n).step_by(997) {
+                            // SAFETY: `v` is not borrowed while this thread
+                            // runs (the main thread only prefetches it).
+                            unsafe { (p as *mut u32).add(i).write_volatile(x) };
+                            x += 1;
+                        }
+                    }
+                });
+                let _ = svm.prefetch(p as *const u8, n * 4, svm::Location::Device).wait();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let args = [Arg::ptr(v.as_ptr()), Arg::ptr(dst.as_ptr()), Arg::U32(n as u32)];
+            svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read(&v), Access::read_write(&mut dst)],
+                    workgroups: [(n as u32).div_ceil(64), 1, 1],
+                    ..Default::default()
+                },
+            )
+            .expect("launch");
+            let bad = (0..n).filter(|&i| dst[i] != v[i]).count();
+            assert_eq!(bad, 0, "{backend}: round {round}: the kept copy missed CPU writes");
+        }
+    }
+}
