@@ -93,12 +93,13 @@ pub(crate) fn compile(gpu: &Gpu, runtime_id: u64, desc: &KernelDescriptor<'_>) -
     Ok(Kernel {
         label: label.into(),
         entry_point: desc.entry_point.into(),
-        module: shader,
-        pipelines: parking_lot::Mutex::new(Vec::new()),
+        module: core::mem::ManuallyDrop::new(shader),
+        pipelines: core::mem::ManuallyDrop::new(parking_lot::Mutex::new(Vec::new())),
         runtime_id,
+        pid: std::process::id(),
         bindings,
-        group_layouts,
-        layout,
+        group_layouts: core::mem::ManuallyDrop::new(group_layouts),
+        layout: core::mem::ManuallyDrop::new(layout),
         prelude,
     })
 }

@@ -16,6 +16,15 @@ pub enum DeviceError {
     /// The driver reported an error the runtime did not expect.
     #[error("unexpected GPU error: {0}")]
     Unexpected(String),
+    /// Used in a forked child: the runtime (its GPU device, its managed
+    /// memory, its fault service) belongs to the process that created it.
+    #[error("svm runtime of process {owner} used in process {current}: managed memory and the GPU are not inherited across fork")]
+    NotInherited {
+        /// The process that created the runtime.
+        owner: u32,
+        /// This process.
+        current: u32,
+    },
 }
 
 /// Creating a runtime failed.
@@ -73,6 +82,9 @@ pub enum AllocError {
         /// What allocations guarantee.
         max: usize,
     },
+    /// Used in a forked child: managed memory is not inherited across fork.
+    #[error("managed memory is not inherited across fork: this runtime belongs to the parent process")]
+    NotInherited,
     /// The OS refused to change the mapping.
     #[error("arena mapping: {0}")]
     Os(String),
@@ -96,6 +108,9 @@ pub enum FreeError {
         /// The address passed.
         addr: usize,
     },
+    /// Used in a forked child: managed memory is not inherited across fork.
+    #[error("managed memory is not inherited across fork: this runtime belongs to the parent process")]
+    NotInherited,
     /// The OS refused to change the mapping.
     #[error("arena mapping: {0}")]
     Os(String),

@@ -39,15 +39,17 @@ pub struct Kernel {
     pub(crate) entry_point: String,
     /// The validated module, entry points wrapped (see
     /// [`svm_shaders::wrap_entry_points`]).
-    pub(crate) module: wgpu::ShaderModule,
-    pub(crate) pipelines: parking_lot::Mutex<Vec<(Variant, wgpu::ComputePipeline)>>,
+    pub(crate) module: core::mem::ManuallyDrop<wgpu::ShaderModule>,
+    pub(crate) pipelines: core::mem::ManuallyDrop<parking_lot::Mutex<Vec<(Variant, wgpu::ComputePipeline)>>>,
     pub(crate) runtime_id: u64,
+    /// The process that made it (a forked child leaks the device objects).
+    pub(crate) pid: u32,
     /// The kernel's own bindings, in launch order (group, then binding).
     pub(crate) bindings: Vec<KernelBinding>,
     /// Layouts of groups 0..=2 (those the kernel uses).
-    pub(crate) group_layouts: Vec<Option<wgpu::BindGroupLayout>>,
+    pub(crate) group_layouts: core::mem::ManuallyDrop<Vec<Option<wgpu::BindGroupLayout>>>,
     /// Groups 0..=2, then the runtime's when [`Self::prelude`].
-    pub(crate) layout: wgpu::PipelineLayout,
+    pub(crate) layout: core::mem::ManuallyDrop<wgpu::PipelineLayout>,
     /// Compiled with the prelude (pointer access): the runtime's group is
     /// bound and the entry points are wrapped.
     pub(crate) prelude: bool,
@@ -89,6 +91,24 @@ pub(crate) struct Variant {
     /// prelude's `SVM_SPECULATIVE_READS`: 0 no, 1 any index, 2 refused loads
     /// read the launch's safe word).
     pub speculative: u32,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child: the device objects are the parent's.
+            return;
+        }
+        // SAFETY: each field is dropped exactly once, here, and never used
+        // again (`self` is being dropped).
+        #[allow(unsafe_code, reason = "ManuallyDrop of device objects, so that a forked child can leak them")]
+        unsafe {
+            core::mem::ManuallyDrop::drop(&mut self.pipelines);
+            core::mem::ManuallyDrop::drop(&mut self.layout);
+            core::mem::ManuallyDrop::drop(&mut self.group_layouts);
+            core::mem::ManuallyDrop::drop(&mut self.module);
+        }
+    }
 }
 
 impl Variant {

@@ -305,8 +305,12 @@ struct State {
 // part of the arena) and the device go before the arena's mappings.
 pub(crate) struct Inner {
     id: u64,
-    state: Mutex<State>,
-    gpu: Gpu,
+    /// The process that created the runtime: in a forked child nothing of
+    /// it is usable (the GPU and the fault service stay with the parent),
+    /// every method refuses and dropping it leaks the device side.
+    pid: u32,
+    state: std::mem::ManuallyDrop<Mutex<State>>,
+    gpu: std::mem::ManuallyDrop<Gpu>,
     arena: Arena,
     stats: Counters,
     chunk: usize,
@@ -406,9 +410,10 @@ impl Svm {
         };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            pid: std::process::id(),
             arena,
-            gpu,
-            state: Mutex::new(state),
+            gpu: std::mem::ManuallyDrop::new(gpu),
+            state: std::mem::ManuallyDrop::new(Mutex::new(state)),
             stats: Counters::default(),
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,
@@ -492,6 +497,9 @@ impl Svm {
     /// those pages.
     #[doc(hidden)]
     pub fn destroy_device_for_testing(&self) {
+        if self.inner.foreign() {
+            return;
+        }
         let _st = self.inner.state.lock();
         if let Some(raw) = &self.inner.gpu.raw {
             raw.mark_lost();
@@ -506,7 +514,7 @@ impl Svm {
     /// After a device loss: the address ranges whose only copy was on the
     /// device (what was lost). Empty while the device works.
     pub fn lost_ranges(&self) -> Vec<(usize, usize)> {
-        if self.inner.gpu.check_lost().is_ok() {
+        if self.inner.foreign() || self.inner.gpu.check_lost().is_ok() {
             return Vec::new();
         }
         let st = self.inner.state.lock();
@@ -517,10 +525,16 @@ impl Svm {
 
     /// Number of live allocations.
     pub fn live_allocations(&self) -> usize {
+        if self.inner.foreign() {
+            return 0;
+        }
         self.inner.state.lock().ranges.live_count()
     }
     /// Pages the device owns now.
     pub fn device_resident_pages(&self) -> usize {
+        if self.inner.foreign() {
+            return 0;
+        }
         let st = self.inner.state.lock();
         (0..st.frames_of.len()).filter(|&p| st.owned(p as u32)).count()
     }
@@ -528,6 +542,7 @@ impl Svm {
     /// Allocate `bytes` of managed memory (zero-filled, page aligned; 2 MiB
     /// aligned from 2 MiB up).
     pub fn alloc(&self, bytes: usize) -> Result<NonNull<u8>, AllocError> {
+        self.inner.check_process().map_err(|_| AllocError::NotInherited)?;
         if bytes == 0 {
             return Err(AllocError::ZeroSize);
         }
@@ -577,6 +592,11 @@ impl Svm {
     }
 
     fn free_impl(&self, ptr: *mut u8, owner: bool) -> Result<(), FreeError> {
+        if self.inner.foreign() {
+            // An owner dropped in a forked child frees nothing (the memory
+            // is the parent's); the raw free says why.
+            return if owner { Ok(()) } else { Err(FreeError::NotInherited) };
+        }
         let addr = ptr as usize;
         let arena = &self.inner.arena;
         if !arena.contains(addr) {
@@ -689,12 +709,14 @@ impl Svm {
     /// ([`KernelError::Binding`]). The device pipelines are specialized per
     /// launch kind and built when a launch first needs one.
     pub fn create_kernel(&self, desc: &KernelDescriptor<'_>) -> Result<Kernel, KernelError> {
+        self.inner.check_process()?;
         crate::compile::compile(&self.inner.gpu, self.inner.id, desc)
     }
 
     /// Give advice for `[addr, addr + len)`; see [`Advice`] for the effects.
     pub fn advise(&self, addr: *const u8, len: usize, advice: Advice) -> Result<(), AdviseError> {
         let inner = &*self.inner;
+        inner.check_process()?;
         let mut guard = inner.state.lock();
         let st = &mut *guard;
         let (a, b) =
@@ -772,6 +794,7 @@ impl Svm {
     ) -> Result<LaunchReport, LaunchError> {
         let inner = &*self.inner;
         let gpu = &inner.gpu;
+        inner.check_process()?;
         if kernel.runtime_id != inner.id {
             return Err(LaunchError::ForeignKernel(kernel.label.clone()));
         }
@@ -944,7 +967,39 @@ impl Svm {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.foreign() {
+            // A forked child: the device and its memory belong to the
+            // parent; destroying them from here would act on shared driver
+            // state (and the state lock may have been held at the fork).
+            return;
+        }
+        // SAFETY: each field is dropped exactly once, here, and never used
+        // again (`self` is being dropped); the state (which holds device
+        // objects) goes before the device, as the field order did.
+        #[allow(unsafe_code, reason = "ManuallyDrop of the device side, so that a forked child can leak it")]
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut self.state);
+            std::mem::ManuallyDrop::drop(&mut self.gpu);
+        }
+    }
+}
+
 impl Inner {
+    /// This process did not create the runtime (a forked child).
+    pub(crate) fn foreign(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
+    /// [`DeviceError::NotInherited`] in a forked child.
+    pub(crate) fn check_process(&self) -> Result<(), DeviceError> {
+        if self.foreign() {
+            return Err(DeviceError::NotInherited { owner: self.pid, current: std::process::id() });
+        }
+        Ok(())
+    }
+
     /// Import pages `[a, b)` of the host copy for in-place device access.
     #[allow(unsafe_code, reason = "the one host import of the arena; its safety argument is inline")]
     fn make_coherent(&self, st: &mut State, a: u32, b: u32) -> Result<(), AdviseError> {
@@ -1018,6 +1073,7 @@ impl Inner {
     }
 
     fn prefetch_now(&self, addr: usize, len: usize, to: Location) -> Result<u64, LaunchError> {
+        self.check_process()?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
         self.gpu.check_lost()?;

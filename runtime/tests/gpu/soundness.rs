@@ -145,3 +145,64 @@ fn read_mostly_copies_never_miss_a_racing_write() {
         }
     }
 }
+
+/// A forked child that uses the runtime gets errors, and one that drops it
+/// (as returning normally would) changes nothing of the parent's: the
+/// parent's CPU faults are still served and its launches still run.
+#[test]
+fn a_forked_child_cannot_use_or_break_the_runtime() {
+    for backend in BACKENDS {
+        // Not `ctx`: the test's own handle is dropped in the child.
+        let desc = small(backend);
+        let svm = match svm::Svm::with_descriptor(&desc) {
+            Ok(s) => s,
+            Err(e) => {
+                assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+                return;
+            }
+        };
+        let k = kernel(&svm, "fill", "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x < svm_arg_u32(2u)) { svm_store_u32(svm_index(svm_arg_ptr(0u), g.x, 4u), g.x + svm_arg_u32(3u)); }
+        }");
+        let n = 64 * 1024;
+        let mut v = svm.alloc_vec::<u32>(n).expect("v");
+        let fill = |v: &mut svm::ManagedVec<u32>, add: u32| {
+            let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(add)];
+            svm.launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read_write(v)],
+                    workgroups: [(n as u32).div_ceil(64), 1, 1],
+                    ..Default::default()
+                },
+            )
+        };
+        fill(&mut v, 1).expect("launch");
+        // v is the device's now. The child:
+        // SAFETY: the child only calls the runtime's methods (which refuse),
+        // drops its handles and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = matches!(svm.alloc(4096), Err(AllocError::NotInherited))
+                && matches!(fill(&mut v, 2), Err(LaunchError::Device(svm::DeviceError::NotInherited { .. })))
+                && svm.create_kernel(&svm::KernelDescriptor { label: "x", source: "@compute @workgroup_size(1) fn main() {}", entry_point: "main" }).is_err()
+                && svm.live_allocations() == 0;
+            drop(v);
+            drop(k);
+            drop(svm);
+            // SAFETY: leaving the child without running the test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{backend}: child status {status:#x}");
+        // The parent's runtime is whole: CPU faults served, launches run.
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 + 1), "{backend}: faulted back after the child");
+        fill(&mut v, 5).expect("launch after the child");
+        assert_eq!(v[77], 82, "{backend}");
+        assert_eq!(svm.live_allocations(), 1);
+    }
+}
