@@ -97,7 +97,7 @@ pub fn warm_up_bound<P: bytemuck::Pod>(svm: &Svm, k: &Kernel, params: &P) -> Res
     let mut dummies =
         (1..k.bindings().count()).map(|_| svm.alloc_vec::<u32>(64)).collect::<Result<Vec<ManagedVec<u32>>, _>>()?;
     let mut bindings = vec![Binding::uniform(params)];
-    bindings.extend(dummies.iter_mut().map(|d| Binding::read_write(d)));
+    bindings.extend(dummies.iter_mut().map(Binding::read_write));
     svm.launch(k, &LaunchDescriptor { bindings: &bindings, ..Default::default() })?;
     Ok(t.elapsed())
 }

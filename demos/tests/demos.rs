@@ -86,6 +86,40 @@ fn polybench() {
 }
 
 #[test]
+fn bfs_topdown() {
+    if let Some(out) = demo_ok(&["bfs-topdown", "--scale", "10"], "BFS-TD") {
+        assert!(out.contains("TEPS"), "{out}");
+        assert!(out.contains("levels of the two variants are bitwise equal"), "{out}");
+    }
+}
+
+#[test]
+fn histogram() {
+    if let Some(out) = demo_ok(&["histogram", "--size", "100000"], "Histogram") {
+        assert!(out.contains("managed, explicit and CPU counts equal"), "{out}");
+    }
+}
+
+/// The array demos with bound access (the default) and with pointer access:
+/// both check managed = explicit = CPU.
+#[test]
+fn array_demos_bound_and_pointer() {
+    for access in ["bound", "pointer"] {
+        for (demo, label, size) in [("vadd", "Vadd", "50000"), ("saxpy", "Saxpy", "50000"), ("spmv", "SpMV", "5000")] {
+            if let Some(out) = demo_ok(&[demo, "--size", size, "--access", access], label) {
+                assert!(out.contains(&format!("[{label}] managed ({access} access)")), "{out}");
+            }
+        }
+        if let Some(out) = demos(&["polybench", "--size", "96", "--access", access]) {
+            for label in ["Conv2D", "GEMM", "ATAX", "BICG"] {
+                assert!(out.contains(&format!("[{label}] result check: OK")), "{access} {label}:\n{out}");
+                assert!(out.contains(&format!("[{label}] managed ({access} access)")), "{access} {label}:\n{out}");
+            }
+        }
+    }
+}
+
+#[test]
 fn check_can_be_skipped() {
     if let Some(out) = demos(&["gemm", "--size", "32", "--check=false"]) {
         assert!(out.contains("[GEMM] result check: SKIPPED"), "{out}");
@@ -122,7 +156,12 @@ fn every_demo_in_sparse_and_coherent_modes() {
                 assert!(out.contains(shown), "{out}");
             }
         }
-        if let Some(out) = demo_ok(&["bfs", "--scale", "10", "--mode", mode], "BFS") {
+        for (demo, label) in [("bfs", "BFS"), ("bfs-topdown", "BFS-TD")] {
+            if let Some(out) = demo_ok(&[demo, "--scale", "10", "--mode", mode], label) {
+                assert!(out.contains(shown), "{out}");
+            }
+        }
+        if let Some(out) = demo_ok(&["histogram", "--size", "100000", "--mode", mode], "Histogram") {
             assert!(out.contains(shown), "{out}");
         }
         if let Some(out) = demos(&["polybench", "--size", "96", "--mode", mode]) {
