@@ -301,6 +301,13 @@ pub enum LaunchError {
         /// Why.
         reason: BindError,
     },
+    /// A pass ran past [`crate::LaunchOptions::timeout`]; the device is now
+    /// treated as lost (see [`crate::Svm::lost_ranges`]).
+    #[error("kernel still running after {after:?}: the device is treated as lost")]
+    Timeout {
+        /// The timeout.
+        after: core::time::Duration,
+    },
     /// The kernel was made by another runtime.
     #[error("kernel {0:?} belongs to another runtime")]
     ForeignKernel(String),

@@ -519,6 +519,16 @@ impl Gpu {
         self.check_lost()
     }
 
+    /// Wait at most `after` for everything submitted: `Ok(false)` on
+    /// timeout (the device is left as it is: the caller decides).
+    pub fn wait_for(&self, after: std::time::Duration) -> Result<bool, DeviceError> {
+        match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(after) }) {
+            Ok(_) => self.check_lost().map(|()| true),
+            Err(wgpu::PollError::Timeout) => Ok(false),
+            Err(_) => self.wait().map(|()| true),
+        }
+    }
+
     /// Map a MAP_READ buffer's first `len` bytes and hand them to `f`.
     pub fn read_mapped<R>(&self, buf: &wgpu::Buffer, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, DeviceError> {
         self.read_mapped_range(buf, 0, len, f)

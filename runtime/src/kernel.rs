@@ -298,11 +298,14 @@ pub struct LaunchOptions {
     /// GPU write faults are served anywhere in the arena, not only in
     /// ranges declared read-write ([`Self::allow_undeclared_writes`]).
     pub(crate) undeclared_writes: bool,
+    /// Longest a pass may run ([`crate::LaunchError::Timeout`] beyond; the
+    /// device is then treated as lost). `None`: no limit.
+    pub timeout: Option<core::time::Duration>,
 }
 
 impl Default for LaunchOptions {
     fn default() -> Self {
-        Self { replayable: false, max_replays: 256, undeclared_writes: false }
+        Self { replayable: false, max_replays: 256, undeclared_writes: false, timeout: None }
     }
 }
 
@@ -325,6 +328,16 @@ impl LaunchOptions {
     #[allow(unsafe_code, reason = "the contract is on the caller; the body does nothing unsafe")]
     pub unsafe fn allow_undeclared_writes(mut self) -> Self {
         self.undeclared_writes = true;
+        self
+    }
+    /// Give up on a pass that runs longer than `after`: the launch returns
+    /// [`crate::LaunchError::Timeout`] and the device is treated as lost (a
+    /// kernel cannot be stopped once it runs): every later operation fails
+    /// with `DeviceError::Lost`, and [`crate::Svm::lost_ranges`] lists the
+    /// pages whose only current copy was the device's (or that the kernel
+    /// was writing in place; they are taken from the CPU).
+    pub fn timeout(mut self, after: core::time::Duration) -> Self {
+        self.timeout = Some(after);
         self
     }
     /// Set the replay bound.

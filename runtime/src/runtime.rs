@@ -90,6 +90,17 @@ impl State {
 /// the GPU faults as (page, write) pairs.
 type PassOutcome = (Option<LaunchError>, Vec<(u32, bool)>);
 
+/// The inputs of every pass of one launch.
+#[derive(Copy, Clone)]
+struct Pass<'a> {
+    kernel: &'a Kernel,
+    groups: &'a [Option<wgpu::BindGroup>],
+    words: &'a [u32],
+    workgroups: [u32; 3],
+    replayable: bool,
+    timeout: Option<std::time::Duration>,
+}
+
 /// Where device pages get their memory.
 enum Frames {
     /// Software mode: frames of the pool, any frame for any page.
@@ -296,6 +307,9 @@ struct State {
     last_fault_end: Option<u32>,
     /// The range advised `AccessedBy`, imported for in-place device access.
     coherent: Option<Coherent>,
+    /// Pages a kernel was writing in place when the device was declared
+    /// lost (a launch timeout): taken from the CPU for good.
+    lost_in_place: Vec<(u32, u32)>,
     /// Starts of the live allocations a typed owner ([`ManagedVec`]) holds:
     /// the raw [`Svm::free`] refuses them (only the owner's drop frees).
     owned: std::collections::HashSet<usize>,
@@ -407,6 +421,7 @@ impl Svm {
             last_fault_end: None,
             coherent: None,
             owned: std::collections::HashSet::new(),
+            lost_in_place: Vec::new(),
         };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -518,7 +533,10 @@ impl Svm {
             return Vec::new();
         }
         let st = self.inner.state.lock();
-        runs(0, st.table.len(), |p| st.owned(p))
+        let mut r: Vec<(u32, u32)> = runs(0, st.table.len(), |p| st.owned(p)).collect();
+        r.extend(st.lost_in_place.iter().copied());
+        r.sort_unstable();
+        r.into_iter()
             .map(|(a, b)| (self.inner.arena.base() + a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE))
             .collect()
     }
@@ -873,15 +891,21 @@ impl Svm {
             // invocation).
             let mut extents = if opts.replayable && st.mapped.is_empty() { None } else { inner.extents(st) };
             loop {
-                let (errors, faults) = inner.run_pass(
-                    st,
+                let pass = Pass {
                     kernel,
-                    &groups,
-                    &words,
-                    desc.workgroups,
-                    opts.replayable,
-                    extents.as_deref(),
-                )?;
+                    groups: &groups,
+                    words: &words,
+                    workgroups: desc.workgroups,
+                    replayable: opts.replayable,
+                    timeout: opts.timeout,
+                };
+                let (errors, faults) = match inner.run_pass(st, &pass, extents.as_deref()) {
+                    Err(LaunchError::Timeout { after }) => {
+                        inner.lose_device(st, &format!("kernel {:?} ran past its {after:?} timeout", kernel.label));
+                        return Err(LaunchError::Timeout { after });
+                    }
+                    other => other?,
+                };
                 if let Some(e) = errors {
                     return Err(e);
                 }
@@ -987,6 +1011,41 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// Treat the device as lost (a kernel that does not finish): every
+    /// later operation fails with [`DeviceError::Lost`], and pages a kernel
+    /// may still be writing in place (coherent) are taken from the CPU, so
+    /// that no Rust reference observes the runaway kernel's writes; they
+    /// are reported by [`Svm::lost_ranges`] with the device-owned pages.
+    fn lose_device(&self, st: &mut State, why: &str) {
+        {
+            let mut lost = self.gpu.lost.lock();
+            if lost.is_none() {
+                *lost = Some(why.to_string());
+            }
+        }
+        if let Some(raw) = &self.gpu.raw {
+            raw.mark_lost();
+        }
+        let in_place: Vec<(u32, u32)> = st
+            .mapped
+            .iter()
+            .flat_map(|&(a, b)| {
+                runs(a, b, |p| {
+                    let pte = st.table.get(PageIndex(p));
+                    pte.is_writable() && (pte.is_coherent() || self.gpu.mode == MappingMode::Coherent)
+                })
+                .collect::<Vec<_>>()
+            })
+            .collect();
+        for (a, b) in in_place {
+            let (o, l) = (a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
+            if let Err(e) = self.arena.zap(o, l) {
+                tracing::error!("svm: taking pages from the CPU after a device loss: {e}");
+            }
+            st.lost_in_place.push((a, b));
+        }
+    }
+
     /// This process did not create the runtime (a forked child).
     pub(crate) fn foreign(&self) -> bool {
         std::process::id() != self.pid
@@ -1400,17 +1459,13 @@ impl Inner {
     /// One pass of the kernel: upload the dirty page table, arguments, clear
     /// the logs, dispatch, wait. Returns the pass's error (if any access was
     /// refused) and its faults as (page, write) pairs.
-    #[allow(clippy::too_many_arguments, reason = "one pass's inputs; called from one place")]
     fn run_pass(
         &self,
         st: &mut State,
-        kernel: &Kernel,
-        groups: &[Option<wgpu::BindGroup>],
-        words: &[u32],
-        workgroups: [u32; 3],
-        replayable: bool,
+        pass: &Pass<'_>,
         extents: Option<&[Extent]>,
     ) -> Result<PassOutcome, LaunchError> {
+        let Pass { kernel, groups, words, workgroups, replayable, timeout } = *pass;
         let gpu = &self.gpu;
         let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
         let coherent = st.coherent.is_some();
@@ -1498,6 +1553,9 @@ impl Inner {
         let t1 = Instant::now();
         gpu.queue.submit(cmds);
         let c = &self.stats;
+        if let Some(after) = timeout {
+            gpu.wait_for(after)?.then_some(()).ok_or(LaunchError::Timeout { after })?;
+        }
         if !kernel.prelude {
             // Bound access only: no log, nothing refused in software.
             gpu.wait()?;
@@ -1887,6 +1945,11 @@ impl FaultHandler for Inner {
         let addr = self.arena.base() + fault.offset;
         let mut st = self.state.lock();
         Counters::add(&self.stats.cpu_faults, 1);
+        if st.lost_in_place.iter().any(|&(a, b)| (a..b).contains(&page)) {
+            return Err(FaultFatal(format!(
+                "page {addr:#x} was being written in place by a kernel when the device was declared lost (launch timeout)"
+            )));
+        }
         if !st.table.get(PageIndex(page)).is_allocated() {
             if self.arena.backend() == FaultBackendKind::Uffd {
                 // Freed pages are PROT_NONE: a real access to one raises

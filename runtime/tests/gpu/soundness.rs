@@ -161,9 +161,13 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
                 return;
             }
         };
-        let k = kernel(&svm, "fill", "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+        let k = kernel(
+            &svm,
+            "fill",
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
             if (g.x < svm_arg_u32(2u)) { svm_store_u32(svm_index(svm_arg_ptr(0u), g.x, 4u), g.x + svm_arg_u32(3u)); }
-        }");
+        }",
+        );
         let n = 64 * 1024;
         let mut v = svm.alloc_vec::<u32>(n).expect("v");
         let fill = |v: &mut svm::ManagedVec<u32>, add: u32| {
@@ -187,7 +191,13 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
         if pid == 0 {
             let ok = matches!(svm.alloc(4096), Err(AllocError::NotInherited))
                 && matches!(fill(&mut v, 2), Err(LaunchError::Device(svm::DeviceError::NotInherited { .. })))
-                && svm.create_kernel(&svm::KernelDescriptor { label: "x", source: "@compute @workgroup_size(1) fn main() {}", entry_point: "main" }).is_err()
+                && svm
+                    .create_kernel(&svm::KernelDescriptor {
+                        label: "x",
+                        source: "@compute @workgroup_size(1) fn main() {}",
+                        entry_point: "main",
+                    })
+                    .is_err()
                 && svm.live_allocations() == 0;
             drop(v);
             drop(k);
@@ -205,4 +215,52 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
         assert_eq!(v[77], 82, "{backend}");
         assert_eq!(svm.live_allocations(), 1);
     }
+}
+
+/// A kernel that runs past the launch's timeout: `Timeout`, the device is
+/// treated as lost (later launches fail), and the pages only the device
+/// held (or that it wrote in place) are reported.
+#[test]
+fn launch_timeout_loses_the_device() {
+    let Some(svm) = ctx(small(svm::FaultBackendKind::Uffd)) else { return };
+    let k = kernel(
+        &svm,
+        "spin",
+        "@compute @workgroup_size(1) fn main() {
+            var x = 1u;
+            for (var i = 0u; i < svm_arg_u32(2u); i++) { x = x * 1664525u + 1013904223u; }
+            svm_store_u32(svm_arg_ptr(0u), x);
+        }",
+    );
+    let mut v = svm.alloc_vec::<u32>(1024).expect("v");
+    let launch = |v: &mut svm::ManagedVec<u32>, iters: u32, opts: &LaunchOptions| {
+        let args = [Arg::ptr(v.as_ptr()), Arg::U32(iters)];
+        svm.launch_with(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], ..Default::default() },
+            opts,
+        )
+    };
+    // (The first dispatch compiles the kernel in the driver: untimed.)
+    launch(&mut v, 10, &LaunchOptions::default()).expect("warm-up");
+    let after = std::time::Duration::from_millis(500);
+    let opts = LaunchOptions::default().timeout(after);
+    launch(&mut v, 10, &opts).expect("a short kernel finishes in time");
+    match launch(&mut v, 2_000_000_000, &opts) {
+        Err(LaunchError::Timeout { after: a }) => assert_eq!(a, after),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(matches!(
+        launch(&mut v, 1, &LaunchOptions::default()),
+        Err(LaunchError::Device(svm::DeviceError::Lost(_)))
+    ));
+    let lost = svm.lost_ranges();
+    assert!(
+        lost.iter().any(|&(a, l)| (a..a + l).contains(&(v.as_ptr() as usize))),
+        "v's only current copy was the device's (or written in place): {lost:?}"
+    );
+    // (v cannot be read: its pages are lost. Leak it so that its drop does
+    // not run into the lost device's pages; the runtime's drop waits for
+    // the runaway kernel.)
+    std::mem::forget(v);
 }
