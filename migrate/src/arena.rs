@@ -299,6 +299,19 @@ impl Arena {
         }
     }
 
+    /// Whether faults the kernel takes on managed memory inside system calls
+    /// (`read(2)` into device-owned pages, ...) are served like CPU faults.
+    /// False for the mprotect backend (the kernel raises no signal for its
+    /// own accesses) and for a userfaultfd opened `UFFD_USER_MODE_ONLY`
+    /// (unprivileged, `vm.unprivileged_userfaultfd=0`): such calls fail
+    /// with `EFAULT`; `prefetch` the range to the host first.
+    pub fn syscall_faults_served(&self) -> bool {
+        match &self.guard {
+            Guard::Uffd(u) => !u.user_mode_only(),
+            Guard::Mprotect => false,
+        }
+    }
+
     /// Whether [`Arena::write_protect`] works with this backend here.
     pub fn has_write_protect(&self) -> bool {
         match &self.guard {

@@ -454,6 +454,15 @@ impl Svm {
     pub fn fault_backend(&self) -> FaultBackendKind {
         self.inner.arena.backend()
     }
+    /// Whether system calls that touch device-owned managed memory (a
+    /// `read(2)` into it, `write(2)` from it) are served like CPU faults.
+    /// True with a full userfaultfd; false with the mprotect backend and
+    /// with a userfaultfd an unprivileged process got as
+    /// `UFFD_USER_MODE_ONLY` (`vm.unprivileged_userfaultfd=0`): there such
+    /// calls fail with `EFAULT`, so `prefetch(range, Location::Host)` first.
+    pub fn syscall_faults_served(&self) -> bool {
+        self.inner.arena.syscall_faults_served()
+    }
     /// First address of the arena.
     pub fn arena_base(&self) -> usize {
         self.inner.arena.base()

@@ -114,6 +114,8 @@ pub struct PageFault {
 pub struct Uffd {
     fd: OwnedFd,
     wp: bool,
+    /// Opened with `UFFD_USER_MODE_ONLY` (the full descriptor was refused).
+    user_mode_only: bool,
 }
 
 fn ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> Result<(), Errno> {
@@ -140,9 +142,10 @@ impl Uffd {
         let fd = || {
             // SAFETY: creating the descriptor is harmless; what it allows is
             // argued in the module doc.
-            unsafe { rustix::mm::userfaultfd(base) }
+            unsafe { rustix::mm::userfaultfd(base) }.map(|fd| (fd, false)).or_else(|_| {
                 // SAFETY: as above.
-                .or_else(|_| unsafe { rustix::mm::userfaultfd(base | F::from_bits_retain(USER_MODE_ONLY)) })
+                unsafe { rustix::mm::userfaultfd(base | F::from_bits_retain(USER_MODE_ONLY)) }.map(|fd| (fd, true))
+            })
         };
         // UFFDIO_API may be called once per descriptor: ask for write-protect
         // on shmem too, and retry without it where the kernel refuses.
@@ -152,7 +155,7 @@ impl Uffd {
             | FEATURE_WP_SHMEM
             | FEATURE_WP_UNPOPULATED;
         for features in [full, FEATURE_MINOR_SHMEM] {
-            let fd = fd()?;
+            let (fd, user_mode_only) = fd()?;
             let mut api = Api { api: UFFD_API, features, ioctls: 0 };
             if ioctl(&fd, UFFDIO_API, &mut api).is_err() {
                 continue;
@@ -161,7 +164,7 @@ impl Uffd {
                 return Err(Errno::NOTSUP);
             }
             let wp_all = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_WP_SHMEM | FEATURE_WP_UNPOPULATED;
-            return Ok(Self { fd, wp: api.features & wp_all == wp_all });
+            return Ok(Self { fd, wp: api.features & wp_all == wp_all, user_mode_only });
         }
         Err(Errno::NOTSUP)
     }
@@ -186,6 +189,13 @@ impl Uffd {
             self.wp = false;
         }
         Ok(())
+    }
+
+    /// Whether the descriptor is `UFFD_USER_MODE_ONLY`: faults the kernel
+    /// takes inside system calls are not delivered (the call fails with
+    /// `EFAULT`).
+    pub fn user_mode_only(&self) -> bool {
+        self.user_mode_only
     }
 
     /// Whether write-protect faults are available.

@@ -264,3 +264,23 @@ fn launch_timeout_loses_the_device() {
     // the runaway kernel.)
     std::mem::forget(v);
 }
+
+/// Which fault mode the runtime got is visible: system calls on
+/// device-owned memory are served by a full userfaultfd only.
+#[test]
+fn the_fault_mode_is_reported() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        match backend {
+            svm::FaultBackendKind::Mprotect => assert!(!svm.syscall_faults_served()),
+            // Root here (CI installs packages): the full descriptor.
+            _ if unsafe_is_root() => assert!(svm.syscall_faults_served()),
+            _ => eprintln!("uffd, unprivileged: syscall faults served: {}", svm.syscall_faults_served()),
+        }
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
