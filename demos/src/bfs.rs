@@ -141,10 +141,7 @@ pub fn run_topdown(ctx: &Ctx) -> Result<Outcome> {
         ms(wm),
         ms(we)
     );
-    println!(
-        "[BFS-TD] explicit: graph upload (CSR, {} MiB): {upload_ms:.1} ms",
-        ((g.cols.len() + g.n + 1) * 4) >> 20
-    );
+    println!("[BFS-TD] explicit: graph upload (CSR, {} MiB): {upload_ms:.1} ms", ((g.cols.len() + g.n + 1) * 4) >> 20);
     compare(ctx, "BFS-TD", scale, &g, &roots, false, |root| managed.bfs(ctx, root), |root| ex_graph.bfs(ex, root))
 }
 
@@ -202,10 +199,7 @@ fn compare(
             if let Err(e) = same {
                 failures.push(format!("root {root}, managed vs explicit: {e:#}"));
             }
-            println!(
-                "[{name}] root {root}: Graph500 validation of both trees + comparison: {:.1} ms",
-                ms(t.elapsed())
-            );
+            println!("[{name}] root {root}: Graph500 validation of both trees + comparison: {:.1} ms", ms(t.elapsed()));
         }
     }
     if !failures.is_empty() {

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use svm::{Access, Arg, Binding, LaunchDescriptor};
 use svm::shaders::kernels;
+use svm::{Access, Arg, Binding, LaunchDescriptor};
 
 use crate::explicit::{since_ms, Timing};
 use crate::util::{grid, kernel, ms, same_bits, warm_up, warm_up_bound, NULL};
@@ -78,7 +78,12 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
         AccessStyle::Bound => svm.launch(
             &k,
             &LaunchDescriptor {
-                bindings: &[Binding::uniform(&params), Binding::read(&a), Binding::read(&b), Binding::read_write(&mut c)],
+                bindings: &[
+                    Binding::uniform(&params),
+                    Binding::read(&a),
+                    Binding::read(&b),
+                    Binding::read_write(&mut c),
+                ],
                 workgroups,
                 ..Default::default()
             },

@@ -60,7 +60,7 @@ pub(crate) fn check<'a>(
                     });
                 }
                 let device_align = u64::from(limits.min_storage_buffer_offset_alignment);
-                if addr as u64 % device_align != 0 {
+                if !(addr as u64).is_multiple_of(device_align) {
                     return err(BindError::Misaligned {
                         addr,
                         align: device_align,
@@ -77,10 +77,10 @@ pub(crate) fn check<'a>(
                 (len as u64, Checked::Managed { addr, len, write: mode == AccessMode::ReadWrite })
             }
             (BindTarget::Uniform(bytes), BindingType::Uniform) => {
-                if bytes.len() as u64 > u64::from(limits.max_uniform_buffer_binding_size) {
+                if bytes.len() as u64 > limits.max_uniform_buffer_binding_size {
                     return err(BindError::TooLarge {
                         len: bytes.len() as u64,
-                        limit: u64::from(limits.max_uniform_buffer_binding_size),
+                        limit: limits.max_uniform_buffer_binding_size,
                         limit_name: "max_uniform_buffer_binding_size",
                     });
                 }
