@@ -887,8 +887,12 @@ impl Svm {
         let mut report = LaunchReport::default();
         let mut temporary: Vec<(u32, u32)> = Vec::new();
         let result = (|| {
-            inner.map_ranges(st, &resident, &mut temporary, &mut report, false)?;
-            inner.map_ranges(st, &decl, &mut temporary, &mut report, true)?;
+            // A kernel without the prelude never reads the page table:
+            // its pages are made resident, but no PTE changes (nothing to
+            // upload; the next pointer launch maps what it declares).
+            let ptes = kernel.prelude;
+            inner.map_ranges(st, &resident, &mut temporary, &mut report, false, ptes)?;
+            inner.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes)?;
             let placed = inner.place_bindings(st, kernel, &bound)?;
             let groups = crate::bind::groups(&gpu.device, &gpu.queue, kernel, &bound, &placed);
             // Accesses are checked against the mapped pages' extents when
@@ -898,7 +902,7 @@ impl Svm {
             // are its faults. Once a pass faults, the page table finds the
             // rest in bulk (an extent pass reports one access per
             // invocation).
-            let mut extents = if opts.replayable && st.mapped.is_empty() { None } else { inner.extents(st) };
+            let mut extents = if !ptes || (opts.replayable && st.mapped.is_empty()) { None } else { inner.extents(st) };
             loop {
                 let pass = Pass {
                     kernel,
@@ -910,7 +914,8 @@ impl Svm {
                 };
                 let (errors, faults) = match inner.run_pass(st, &pass, extents.as_deref()) {
                     Err(LaunchError::Timeout { after }) => {
-                        inner.lose_device(st, &format!("kernel {:?} ran past its {after:?} timeout", kernel.label));
+                        let why = format!("kernel {:?} ran past its {after:?} timeout", kernel.label);
+                        inner.lose_device(st, &why, &decl);
                         return Err(LaunchError::Timeout { after });
                     }
                     other => other?,
@@ -974,7 +979,7 @@ impl Svm {
                 }
                 want.sort_unstable();
                 want.dedup();
-                let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report, true)?;
+                let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report, true, true)?;
                 if changed == 0 {
                     return Err(LaunchError::NoProgress { pages: addrs() });
                 }
@@ -1025,7 +1030,7 @@ impl Inner {
     /// may still be writing in place (coherent) are taken from the CPU, so
     /// that no Rust reference observes the runaway kernel's writes; they
     /// are reported by [`Svm::lost_ranges`] with the device-owned pages.
-    fn lose_device(&self, st: &mut State, why: &str) {
+    fn lose_device(&self, st: &mut State, why: &str, declared: &[(u32, u32, bool)]) {
         {
             let mut lost = self.gpu.lost.lock();
             if lost.is_none() {
@@ -1035,17 +1040,23 @@ impl Inner {
         if let Some(raw) = &self.gpu.raw {
             raw.mark_lost();
         }
-        let in_place: Vec<(u32, u32)> = st
+        // What the launch may write: its read-write declarations, and any
+        // page mapped writable (a replayable launch's).
+        let in_place_page = |p: u32| {
+            self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0
+        };
+        let mut in_place: Vec<(u32, u32)> = st
             .mapped
             .iter()
             .flat_map(|&(a, b)| {
-                runs(a, b, |p| {
-                    let pte = st.table.get(PageIndex(p));
-                    pte.is_writable() && (pte.is_coherent() || self.gpu.mode == MappingMode::Coherent)
-                })
-                .collect::<Vec<_>>()
+                runs(a, b, |p| st.table.get(PageIndex(p)).is_writable() && in_place_page(p)).collect::<Vec<_>>()
             })
             .collect();
+        for &(a, b, write) in declared {
+            if write {
+                in_place.extend(runs(a, b, in_place_page));
+            }
+        }
         for (a, b) in in_place {
             let (o, l) = (a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
             if let Err(e) = self.arena.zap(o, l) {
@@ -1159,7 +1170,7 @@ impl Inner {
                 );
                 let mut temporary = Vec::new();
                 let mut report = LaunchReport::default();
-                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true);
+                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true, true);
                 st.pinned.clear();
                 mapped?;
                 self.settle_copies(st, temporary)?;
@@ -1191,9 +1202,10 @@ impl Inner {
         temporary: &mut Vec<(u32, u32)>,
         report: &mut LaunchReport,
         pin: bool,
+        ptes: bool,
     ) -> Result<u64, LaunchError> {
         if self.gpu.mode == MappingMode::Coherent {
-            return Ok(Self::map_in_place(st, ranges));
+            return Ok(Self::map_in_place(st, ranges, ptes));
         }
         let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
         let needed: usize =
@@ -1217,7 +1229,7 @@ impl Inner {
             // Coherent pages: mapped in place, nothing moves.
             let coherent_runs: Vec<(u32, u32)> =
                 runs(a, b, |p| st.advice[p as usize] & advice::COHERENT != 0).collect();
-            for &(ca, cb) in &coherent_runs {
+            for &(ca, cb) in coherent_runs.iter().filter(|_| ptes) {
                 for p in ca..cb {
                     let old = st.table.get(PageIndex(p));
                     let new = Pte::coherent(write || old.is_writable());
@@ -1271,7 +1283,7 @@ impl Inner {
                 }
             }
             st.last_use[a as usize..b as usize].fill(st.epoch);
-            for p in a..b {
+            for p in (a..b).filter(|_| ptes) {
                 if st.advice[p as usize] & advice::COHERENT != 0 {
                     continue;
                 }
@@ -1448,10 +1460,10 @@ impl Inner {
     /// The coherent mode's `map_ranges`: every page is its own frame of the
     /// imported arena view; mapping moves nothing and pins nothing (nothing
     /// is ever evicted).
-    fn map_in_place(st: &mut State, ranges: &[(u32, u32, bool)]) -> u64 {
+    fn map_in_place(st: &mut State, ranges: &[(u32, u32, bool)], ptes: bool) -> u64 {
         let mut changed = 0;
         for &(a, b, write) in ranges {
-            for p in a..b {
+            for p in (a..b).filter(|_| ptes) {
                 let old = st.table.get(PageIndex(p));
                 let f = FrameIndex::new(p).expect("arena pages fit the PTE's frame field (checked at creation)");
                 let new = Pte::resident(f, write || old.is_writable());
@@ -1502,9 +1514,15 @@ impl Inner {
             (None, Some((k, _))) => &gpu.first_segment_bind_groups[k as usize],
             (None, None) => &gpu.bind_group,
         };
-        let pt_bytes = st.table.drain_dirty(|batch| {
-            gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
-        });
+        // (A kernel without the prelude reads neither the page table nor
+        // the arguments: both wait for the next pointer launch.)
+        let pt_bytes = if kernel.prelude {
+            st.table.drain_dirty(|batch| {
+                gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
+            })
+        } else {
+            0
+        };
         let log_faults = svm_shaders::LOG_FAULTS;
         let fault_read_bitmap = log_faults + 1 + FAULT_CAP;
         let mut block = ArgsBlock {
@@ -1527,7 +1545,9 @@ impl Inner {
         if let Some(e) = extents {
             block.extents[..e.len()].copy_from_slice(e);
         }
-        gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
+        if kernel.prelude {
+            gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
+        }
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
         // The error and fault counts, and the bitmaps, start at zero.
         if kernel.prelude {
