@@ -1,0 +1,183 @@
+//! Advice and prefetch: `Svm::advise` (ReadMostly, PreferredLocation,
+//! AccessedBy's host import) and `Svm::prefetch`.
+
+use super::*;
+
+impl Svm {
+    /// Give advice for `[addr, addr + len)`; see [`Advice`] for the effects.
+    pub fn advise(&self, addr: *const u8, len: usize, advice: Advice) -> Result<(), AdviseError> {
+        let inner = &*self.inner;
+        inner.check_process()?;
+        let mut guard = inner.state.lock();
+        let st = &mut *guard;
+        let (a, b) =
+            inner.page_range(st, addr as usize, len).ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
+        let (a, b) = (a as usize, b as usize);
+        match advice {
+            Advice::ReadMostly => st.advice[a..b].iter_mut().for_each(|x| *x |= advice::READ_MOSTLY),
+            Advice::UnsetReadMostly => {
+                st.advice[a..b].iter_mut().for_each(|x| *x &= !advice::READ_MOSTLY);
+                for p in a..b {
+                    if st.dup[p] {
+                        inner.drop_copy(st, p as u32)?;
+                    }
+                }
+            }
+            Advice::PreferredLocation(Location::Host) => {
+                st.advice[a..b].iter_mut().for_each(|x| *x = (*x & !advice::PREFER_DEVICE) | advice::PREFER_HOST)
+            }
+            Advice::PreferredLocation(Location::Device) => {
+                st.advice[a..b].iter_mut().for_each(|x| *x = (*x & !advice::PREFER_HOST) | advice::PREFER_DEVICE)
+            }
+            Advice::UnsetPreferredLocation => {
+                st.advice[a..b].iter_mut().for_each(|x| *x &= !(advice::PREFER_HOST | advice::PREFER_DEVICE))
+            }
+            // The coherent mode already uses every page in place.
+            Advice::AccessedBy if inner.gpu.mode == MappingMode::Coherent => {}
+            Advice::AccessedBy => inner.make_coherent(st, a as u32, b as u32)?,
+            Advice::UnsetAccessedBy => {
+                if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < b && a < c.end as usize) {
+                    inner.drop_coherent(st);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Start migrating `[addr, addr + len)` to `to` in the background.
+    /// To the device: pages advised ReadMostly get kept read-only copies,
+    /// the others become device-owned (the CPU faults them back). To the
+    /// host: device-owned pages come back. [`Prefetch::wait`] returns the
+    /// pages moved, or the error (`BadRange`, `PoolExhausted`, device).
+    pub fn prefetch(&self, addr: *const u8, len: usize, to: Location) -> Prefetch {
+        let inner = self.inner.clone();
+        let addr = addr as usize;
+        let handle = std::thread::Builder::new()
+            .name("svm-prefetch".into())
+            .spawn(move || inner.prefetch_now(addr, len, to))
+            .map_err(|e| LaunchError::Os(format!("spawning the prefetch thread: {e}")));
+        Prefetch { handle }
+    }
+}
+
+impl Inner {
+    /// Import pages `[a, b)` of the host copy for in-place device access.
+    #[allow(unsafe_code, reason = "the one host import of the arena; its safety argument is inline")]
+    pub(super) fn make_coherent(&self, st: &mut State, a: u32, b: u32) -> Result<(), AdviseError> {
+        let gpu = &self.gpu;
+        let Some(raw) = gpu.raw.clone().filter(|_| gpu.host_import) else {
+            return Err(AdviseError::Unsupported(
+                "AccessedBy needs VK_EXT_external_memory_host, which this device lacks",
+            ));
+        };
+        if st.coherent.is_some() {
+            return Err(AdviseError::Unsupported(
+                "one AccessedBy range at a time (the prelude has one coherent window); unset the other first",
+            ));
+        }
+        let len = (b - a) as usize * PAGE_SIZE;
+        if len as u64 > gpu.device.limits().max_storage_buffer_binding_size {
+            return Err(AdviseError::Unsupported("AccessedBy range longer than one storage binding"));
+        }
+        // Bring the range home first: from now on only the host copy exists.
+        let mut x = a;
+        while x < b {
+            let y = (x + STAGING_PAGES).min(b);
+            self.migrate_back_span(st, x, y)?;
+            x = y;
+        }
+        for p in a..b {
+            if st.dup[p as usize] {
+                self.drop_copy(st, p)?;
+            }
+        }
+        // Every page exists and is mapped for the CPU: it never faults here.
+        let off = a as usize * PAGE_SIZE;
+        let mapped = self.arena.populate_host(off, len).and_then(|()| self.arena.restore(off, len));
+        mapped.map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("mapping the range: {e}"))))?;
+        // SAFETY: the alias view of the arena is mapped read-write for the
+        // arena's whole life, and `Inner` drops its state (which owns the
+        // import) before the arena (field order). Program threads touching
+        // the range while a kernel runs race with the kernel as they would
+        // with another CPU thread; the runtime itself only copies it under
+        // the update lock, and never for coherent pages.
+        let import = unsafe {
+            crate::vk::HostImport::new(
+                &raw,
+                Some("svm coherent window"),
+                self.arena.host_ptr(a as usize * PAGE_SIZE),
+                len,
+                (),
+            )
+        }
+        .map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("host import: {e}"))))?;
+        let bind_group = gpu.bind_group_with(import.buffer());
+        st.advice[a as usize..b as usize].iter_mut().for_each(|x| *x |= advice::COHERENT);
+        st.coherent = Some(Coherent { first: a, end: b, bind_group, _import: import });
+        Ok(())
+    }
+
+    /// End in-place access: the range migrates normally again.
+    pub(super) fn drop_coherent(&self, st: &mut State) {
+        if let Some(c) = st.coherent.take() {
+            st.advice[c.first as usize..c.end as usize].iter_mut().for_each(|x| *x &= !advice::COHERENT);
+            st.table.update_range(c.first..c.end, |_, p| if p.is_allocated() { Pte::ALLOCATED } else { p });
+        }
+    }
+
+    pub(super) fn prefetch_now(&self, addr: usize, len: usize, to: Location) -> Result<u64, LaunchError> {
+        self.check_process()?;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        self.gpu.check_lost()?;
+        let (a, b) = self.page_range(st, addr, len).ok_or(LaunchError::BadRange { addr, len })?;
+        let _span = tracing::debug_span!("svm_prefetch", a, b, ?to).entered();
+        match to {
+            Location::Device => {
+                let ranges: Vec<(u32, u32, bool)> = merge_ranges(
+                    runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY != 0)
+                        .map(|(x, y)| (x, y, false))
+                        .chain(
+                            runs(a, b, |p| st.advice[p as usize] & advice::READ_MOSTLY == 0).map(|(x, y)| (x, y, true)),
+                        )
+                        .collect(),
+                );
+                let mut temporary = Vec::new();
+                let mut report = LaunchReport::default();
+                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true, true);
+                st.pinned.clear();
+                mapped?;
+                self.settle_copies(st, temporary)?;
+                Ok(report.migrated_pages)
+            }
+            Location::Host => {
+                let mut moved = 0;
+                let mut x = a;
+                while x < b {
+                    let y = (x + STAGING_PAGES).min(b);
+                    moved += self.migrate_back_span(st, x, y)?;
+                    x = y;
+                }
+                Ok(moved)
+            }
+        }
+    }
+
+    /// Move the device-owned pages advised PreferredLocation(Host) that the
+    /// current launch mapped back to the host.
+    pub(super) fn flush_preferred_host(&self, st: &mut State) -> Result<(), DeviceError> {
+        let mut todo: Vec<(u32, u32)> = Vec::new();
+        for &(a, b) in &st.mapped {
+            todo.extend(runs(a, b, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0));
+        }
+        for (a, b) in todo {
+            let mut x = a;
+            while x < b {
+                let y = (x + STAGING_PAGES).min(b);
+                self.migrate_back_span(st, x, y)?;
+                x = y;
+            }
+        }
+        Ok(())
+    }
+}

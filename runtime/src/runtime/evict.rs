@@ -1,0 +1,59 @@
+//! Eviction: making room in the device pool (LRU, `PreferredLocation(Device)`
+//! last).
+
+use super::*;
+
+impl Inner {
+    /// Free at least `want` frames by moving least-recently-used
+    /// device-owned pages back to the host (they are all dirty: only pages
+    /// a kernel could write are device-owned). Pages in `protect` or mapped
+    /// by the running launch are never chosen. Returns the pages evicted.
+    pub(super) fn evict(
+        &self,
+        st: &mut State,
+        want: usize,
+        protect: &[(u32, u32, bool)],
+    ) -> Result<usize, DeviceError> {
+        let n = st.table.len() as usize;
+        let mut protected = vec![false; n];
+        for &(a, b, _) in protect {
+            protected[a as usize..b as usize].fill(true);
+        }
+        for &(a, b) in &st.pinned {
+            protected[a as usize..b as usize].fill(true);
+        }
+        // Candidates: device-owned pages and kept read-only copies this
+        // launch does not use; PreferredLocation(Device) pages last, then
+        // least recently used first.
+        let mut cand: Vec<(bool, u32, u32)> = (0..n)
+            .filter(|&p| st.frames_of[p] != HOST && !protected[p])
+            .map(|p| (st.advice[p] & advice::PREFER_DEVICE != 0, st.last_use[p], p as u32))
+            .collect();
+        if cand.len() < want {
+            return Ok(0);
+        }
+        cand.sort_unstable();
+        let mut chosen: Vec<u32> = cand[..want].iter().map(|&(_, _, p)| p).collect();
+        chosen.sort_unstable();
+        // Clean copies are dropped without a copy.
+        let clean: Vec<u32> = chosen.iter().copied().filter(|&p| st.dup[p as usize]).collect();
+        for &p in &clean {
+            self.drop_copy(st, p)?;
+        }
+        chosen.retain(|&p| !st.dup[p as usize] && st.frames_of[p as usize] != HOST);
+        let mut evicted = clean.len();
+        let mut i = 0;
+        while i < chosen.len() {
+            let a = chosen[i];
+            let mut j = i + 1;
+            while j < chosen.len() && chosen[j] == chosen[j - 1] + 1 && chosen[j] - a < STAGING_PAGES {
+                j += 1;
+            }
+            evicted += self.migrate_back_span(st, a, chosen[j - 1] + 1)? as usize;
+            i = j;
+        }
+        Counters::add(&self.stats.evicted_pages, evicted as u64);
+        tracing::debug!(want, evicted, "evicted LRU device pages");
+        Ok(evicted)
+    }
+}

@@ -1,0 +1,59 @@
+//! The CPU-fault service: what the fault thread calls for each CPU access
+//! to a page the CPU may not use now (device-owned, kept copy, stale).
+
+use super::*;
+
+impl FaultHandler for Inner {
+    fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
+        let page = page_of(fault.offset);
+        let addr = self.arena.base() + fault.offset;
+        let mut st = self.state.lock();
+        Counters::add(&self.stats.cpu_faults, 1);
+        if st.lost_in_place.iter().any(|&(a, b)| (a..b).contains(&page)) {
+            return Err(FaultFatal(format!(
+                "page {addr:#x} was being written in place by a kernel when the device was declared lost (launch timeout)"
+            )));
+        }
+        if !st.table.get(PageIndex(page)).is_allocated() {
+            if self.arena.backend() == FaultBackendKind::Uffd {
+                // Freed pages are PROT_NONE: a real access to one raises
+                // SIGSEGV, never a userfault. This message is stale: its
+                // thread was woken by an earlier resolution of the same page
+                // (before the page was freed). Wake again, change nothing.
+                return self.arena.wake(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()));
+            }
+            return Err(FaultFatal(format!(
+                "CPU access to managed address {addr:#x}, which is not allocated (never allocated, or freed)"
+            )));
+        }
+        if st.dup[page as usize] {
+            // A kept read-only copy (ReadMostly). A write (or a fault whose
+            // kind the backend cannot tell) drops the device copy first; a
+            // read of a page with no PTE maps it, still write-protected.
+            return if fault.write != Some(false) {
+                self.drop_copy(&mut st, page).map_err(|e| FaultFatal(e.to_string()))
+            } else {
+                self.arena.restore_readonly(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()))
+            };
+        }
+        let device_owned = st.owned(page);
+        self.migrate_back(&mut st, page).map_err(|e| {
+            FaultFatal(format!("page {addr:#x} is owned by the device and cannot be brought back: {e}"))
+        })?;
+        if !device_owned {
+            // A host page that simply is not mapped yet, or a stale message
+            // (a fault that raced with another on the same page, possibly
+            // freed and reallocated since, hence maybe a hole): give it a
+            // page-cache page and map it.
+            self.arena
+                .populate_host(fault.offset, PAGE_SIZE)
+                .and_then(|()| self.arena.restore(fault.offset, PAGE_SIZE))
+                .map_err(|e| FaultFatal(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,409 @@
+//! Residency: migration both ways. Host → device when a launch (or
+//! prefetch, or replay) maps a range; device → host when the CPU faults,
+//! eviction or advice brings pages back. The copies themselves
+//! (`upload`, `copy_back_*`) and the CPU-fault span policy (`fault_span`).
+
+use super::*;
+
+impl Inner {
+    /// Make `ranges` device-resident and map them: host pages are copied to
+    /// new frames (read ranges as read-only duplicates recorded in
+    /// `temporary`; write ranges after zapping the CPU mapping, as
+    /// device-owned pages). With `pin`, the ranges join the running
+    /// operation's working set, which eviction never takes. Returns how many
+    /// PTEs changed.
+    pub(super) fn map_ranges(
+        &self,
+        st: &mut State,
+        ranges: &[(u32, u32, bool)],
+        temporary: &mut Vec<(u32, u32)>,
+        report: &mut LaunchReport,
+        pin: bool,
+        ptes: bool,
+    ) -> Result<u64, LaunchError> {
+        if self.gpu.mode == MappingMode::Coherent {
+            return Ok(Self::map_in_place(st, ranges, ptes));
+        }
+        let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
+        let needed: usize =
+            ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
+        if needed > st.frames.free_count() as usize {
+            // Oversubscription: make room by evicting least-recently-used
+            // pages this launch does not use.
+            let want = needed - st.frames.free_count() as usize;
+            self.evict(st, want, ranges)?;
+        }
+        if needed > st.frames.free_count() as usize {
+            return Err(LaunchError::PoolExhausted {
+                needed,
+                free: st.frames.free_count() as usize,
+                total: st.frames.total() as usize,
+            });
+        }
+        let t0 = Instant::now();
+        let (mut pages, mut batches, mut changed) = (0u64, 0u64, 0u64);
+        for &(a, b, write) in ranges {
+            // Coherent pages: mapped in place, nothing moves.
+            let coherent_runs: Vec<(u32, u32)> =
+                runs(a, b, |p| st.advice[p as usize] & advice::COHERENT != 0).collect();
+            for &(ca, cb) in coherent_runs.iter().filter(|_| ptes) {
+                for p in ca..cb {
+                    let old = st.table.get(PageIndex(p));
+                    let new = Pte::coherent(write || old.is_writable());
+                    if old != new {
+                        st.table.set(PageIndex(p), new);
+                        changed += 1;
+                    }
+                }
+            }
+            let host_runs: Vec<(u32, u32)> = runs(a, b, |p| migrates(st, p as usize)).collect();
+            for (ra, rb) in host_runs {
+                if write {
+                    // The CPU must not change these pages while they are
+                    // copied and while the kernel owns them.
+                    self.arena
+                        .zap(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                        .map_err(|e| LaunchError::Os(e.to_string()))?;
+                } else {
+                    st.dup[ra as usize..rb as usize].fill(true);
+                    temporary.push((ra, rb));
+                    // ReadMostly copies outlive the launch: the CPU must not
+                    // write them unseen while they are copied, so they are
+                    // write-protected before the copy (a CPU write then
+                    // waits for the update lock and drops the copy).
+                    if self.arena.has_write_protect() {
+                        for (ka, kb) in runs(ra, rb, |p| st.advice[p as usize] & advice::READ_MOSTLY != 0) {
+                            self.arena
+                                .write_protect(ka as usize * PAGE_SIZE, (kb - ka) as usize * PAGE_SIZE)
+                                .map_err(|e| LaunchError::Os(e.to_string()))?;
+                        }
+                    }
+                }
+                let _span = tracing::debug_span!("svm_h2d_batch", first_page = ra, pages = rb - ra, write).entered();
+                self.arena
+                    .populate_host(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                    .map_err(|e| LaunchError::Os(e.to_string()))?;
+                batches += self.upload(st, ra, rb)?;
+                pages += u64::from(rb - ra);
+            }
+            if write {
+                // Read-only duplicates of earlier passes become device-owned.
+                let dup_runs: Vec<(u32, u32)> = runs(a, b, |p| st.dup[p as usize]).collect();
+                for (ra, rb) in dup_runs {
+                    let (off, len) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
+                    // Kept (ReadMostly) copies are write-protected on the CPU.
+                    if self.arena.has_write_protect() {
+                        self.arena.write_unprotect(off, len).map_err(|e| LaunchError::Os(e.to_string()))?;
+                    }
+                    self.arena.zap(off, len).map_err(|e| LaunchError::Os(e.to_string()))?;
+                    st.dup[ra as usize..rb as usize].fill(false);
+                }
+            }
+            st.last_use[a as usize..b as usize].fill(st.epoch);
+            for p in (a..b).filter(|_| ptes) {
+                if st.advice[p as usize] & advice::COHERENT != 0 {
+                    continue;
+                }
+                let f = FrameIndex::new(st.frames_of[p as usize]).expect("resident page has a frame");
+                let old = st.table.get(PageIndex(p));
+                let new = Pte::resident(f, write || old.is_writable());
+                if old != new {
+                    st.table.set(PageIndex(p), new);
+                    changed += 1;
+                }
+            }
+            st.mapped.push((a, b));
+            if pin {
+                st.pinned.push((a, b));
+            }
+        }
+        let c = &self.stats;
+        Counters::add(&c.h2d_pages, pages);
+        Counters::add(&c.h2d_batches, batches);
+        Counters::add(&c.h2d_ns, t0.elapsed().as_nanos() as u64);
+        report.migrated_pages += pages;
+        Ok(changed)
+    }
+
+    /// The coherent mode's `map_ranges`: every page is its own frame of the
+    /// imported arena view; mapping moves nothing and pins nothing (nothing
+    /// is ever evicted).
+    pub(super) fn map_in_place(st: &mut State, ranges: &[(u32, u32, bool)], ptes: bool) -> u64 {
+        let mut changed = 0;
+        for &(a, b, write) in ranges {
+            for p in (a..b).filter(|_| ptes) {
+                let old = st.table.get(PageIndex(p));
+                let f = FrameIndex::new(p).expect("arena pages fit the PTE's frame field (checked at creation)");
+                let new = Pte::resident(f, write || old.is_writable());
+                if old != new {
+                    st.table.set(PageIndex(p), new);
+                    changed += 1;
+                }
+            }
+            st.mapped.push((a, b));
+        }
+        changed
+    }
+
+    /// Copy host pages `[a, b)` into newly allocated frames; returns the
+    /// number of copies queued.
+    pub(super) fn upload(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
+        let gpu = &self.gpu;
+        let mut p = a;
+        let mut copies = 0;
+        while p < b {
+            let (f, n) = st.frames.alloc_run(p, b - p)?.expect("pool space checked before migrating");
+            // A frame run may straddle pool segments: one copy per segment.
+            let mut done = 0;
+            while done < n {
+                let fr = f + done;
+                let k = (n - done).min(gpu.frames_left_in_segment(fr));
+                let (seg, off) = gpu.frame_location(fr);
+                let host_off = (p + done) as usize * PAGE_SIZE;
+                let len = k as usize * PAGE_SIZE;
+                if gpu.mapped_pool {
+                    // Unified memory: one copy, straight into the mapped pool.
+                    let (buf, base) = gpu.segment(seg);
+                    gpu.write_mapped_range(buf, base + off, len as u64, |view| {
+                        self.arena.with_host(host_off, len, |bytes| view.copy_from_slice(bytes));
+                    })?;
+                } else {
+                    self.arena.with_host(host_off, len, |bytes| {
+                        let (buf, base) = gpu.segment(seg);
+                        gpu.queue.write_buffer(buf, base + off, bytes);
+                    });
+                }
+                copies += 1;
+                done += k;
+            }
+            for i in 0..n {
+                st.frames_of[(p + i) as usize] = f + i;
+            }
+            p += n;
+        }
+        Ok(copies)
+    }
+
+    /// Copy device-owned runs back through the staging buffer: one submit
+    /// of frame-contiguous copies into the staging buffer at each page's
+    /// offset from `a`, one map, then into the host copy.
+    pub(super) fn copy_back_staged(
+        &self,
+        st: &State,
+        a: u32,
+        b: u32,
+        device_runs: &[(u32, u32)],
+    ) -> Result<(), DeviceError> {
+        let gpu = &self.gpu;
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm d2h") });
+        for &(ra, rb) in device_runs {
+            self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| {
+                let (buf, base) = gpu.segment(seg);
+                enc.copy_buffer_to_buffer(
+                    buf,
+                    base + off,
+                    &gpu.staging,
+                    u64::from(p - a) * PAGE_SIZE as u64,
+                    u64::from(n) * PAGE_SIZE as u64,
+                );
+            });
+        }
+        gpu.queue.submit([enc.finish()]);
+        let span = u64::from(b - a) * PAGE_SIZE as u64;
+        gpu.read_mapped(&gpu.staging, span, |bytes| {
+            for &(ra, rb) in device_runs {
+                let lo = (ra - a) as usize * PAGE_SIZE;
+                let hi = (rb - a) as usize * PAGE_SIZE;
+                self.arena.write_host(ra as usize * PAGE_SIZE, &bytes[lo..hi]);
+            }
+        })
+    }
+
+    /// Copy device-owned runs back by mapping the pool (unified memory):
+    /// per segment, one map of the range the pieces span, one copy each.
+    pub(super) fn copy_back_mapped(&self, st: &State, device_runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+        let gpu = &self.gpu;
+        // (page, segment, byte offset, pages) of every frame-contiguous piece.
+        let mut pieces: Vec<(u32, usize, u64, u32)> = Vec::new();
+        for &(ra, rb) in device_runs {
+            self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| pieces.push((p, seg, off, n)));
+        }
+        for seg in 0..gpu.segments.len() {
+            let mine: Vec<_> = pieces.iter().filter(|x| x.1 == seg).collect();
+            let (Some(lo), Some(hi)) =
+                (mine.iter().map(|x| x.2).min(), mine.iter().map(|x| x.2 + u64::from(x.3) * PAGE_SIZE as u64).max())
+            else {
+                continue;
+            };
+            // (Only the software pool is ever mapped: segment base 0.)
+            gpu.read_mapped_range(gpu.segment(seg).0, lo, hi - lo, |bytes| {
+                for &&(p, _, off, n) in &mine {
+                    let at = (off - lo) as usize;
+                    self.arena.write_host(p as usize * PAGE_SIZE, &bytes[at..at + n as usize * PAGE_SIZE]);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Split pages `[ra, rb)` (all device-owned) into pieces whose frames are
+    /// consecutive inside one pool segment: `f(first page, segment, byte
+    /// offset in the segment, pages)`.
+    pub(super) fn for_each_frame_piece(&self, st: &State, ra: u32, rb: u32, mut f: impl FnMut(u32, usize, u64, u32)) {
+        let gpu = &self.gpu;
+        let mut p = ra;
+        while p < rb {
+            let fr = st.frames_of[p as usize];
+            let mut n = 1;
+            while p + n < rb && st.frames_of[(p + n) as usize] == fr + n && n < gpu.frames_left_in_segment(fr) {
+                n += 1;
+            }
+            let (seg, off) = gpu.frame_location(fr);
+            f(p, seg, off, n);
+            p += n;
+        }
+    }
+
+    /// The span a CPU fault on `page` brings back: the largest aligned chunk
+    /// (2 MiB, 64 KiB, 4 KiB, at most the configured fault chunk) that lies
+    /// inside the page's allocation, as drm_gpusvm chooses; then grown like
+    /// UVM's tree prefetcher: every enclosing aligned region (up to 2 MiB)
+    /// that would be more than 51 % host-resident after this fetch is fetched
+    /// whole. Sequential reads of a 2 MiB region then take about six faults
+    /// with 64 KiB chunks instead of 32.
+    pub(super) fn fault_span(&self, st: &State, page: u32) -> (u32, u32) {
+        let (s, l) = st.ranges.containing(page as usize * PAGE_SIZE).expect("faulting page is allocated");
+        let (sa, sb) = (page_of(s), page_of(s + l));
+        let max = (self.chunk / PAGE_SIZE) as u32;
+        let (mut a, mut b) = (page, page + 1);
+        for size in [512u32, 16, 1] {
+            let ca = page / size * size;
+            if size <= max && ca >= sa && ca + size <= sb {
+                (a, b) = (ca, ca + size);
+                break;
+            }
+        }
+        // A fault right where the previous span ended is a sequential
+        // stream: take the rest of its 2 MiB region at once.
+        if self.prefetch && st.last_fault_end == Some(page) {
+            let rb = ((page / STAGING_PAGES + 1) * STAGING_PAGES).min(sb);
+            if rb > b {
+                b = rb;
+            }
+        }
+        // Every enclosing aligned region up to 2 MiB, smallest first; the
+        // span grows to each region that passes the threshold (a larger one
+        // may pass where a smaller did not: sequential access fills regions
+        // from their start).
+        let mut size = (b - a).next_power_of_two();
+        while self.prefetch && size < STAGING_PAGES {
+            size *= 2;
+            let ra = (page / size * size).max(sa);
+            let rb = (page / size * size + size).min(sb);
+            let device_outside = (ra..rb).filter(|&p| (p < a || p >= b) && st.owned(p)).count() as u32;
+            let resident_after = (rb - ra) - device_outside;
+            if resident_after * 100 > 51 * (rb - ra) {
+                (a, b) = (ra.min(a), rb.max(b));
+            }
+        }
+        (a, b)
+    }
+
+    /// Bring the device-owned pages of the span around `page` (see
+    /// [`Self::fault_span`]) back to the host copy and map them for the CPU.
+    /// Returns the pages moved.
+    pub(super) fn migrate_back(&self, st: &mut State, page: u32) -> Result<u64, DeviceError> {
+        let (a, b) = self.fault_span(st, page);
+        st.last_fault_end = Some(b);
+        self.migrate_back_span(st, a, b)
+    }
+
+    /// Move every device-owned page of `[a, b)` (at most [`STAGING_PAGES`]
+    /// pages) back to the host, in three phases: *setup* (collect the
+    /// device-owned runs), *pages* (one submit copying each frame-contiguous
+    /// piece into the staging buffer, then into the alias view), *finalize*
+    /// (free the frames, invalidate the PTEs, restore the CPU mappings). The
+    /// update lock is held throughout, so no other access sees a page in
+    /// flight: faults on it wait for the lock.
+    pub(super) fn migrate_back_span(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
+        debug_assert!(b - a <= STAGING_PAGES);
+        let gpu = &self.gpu;
+        let device_runs: Vec<(u32, u32)> = runs(a, b, |p| st.owned(p)).collect();
+        if device_runs.is_empty() {
+            return Ok(0);
+        }
+        gpu.check_lost()?;
+        let _span = tracing::debug_span!("svm_d2h_batch", first_page = a, pages = b - a).entered();
+        let t0 = Instant::now();
+        if gpu.mapped_pool {
+            self.copy_back_mapped(st, &device_runs)?;
+        } else {
+            self.copy_back_staged(st, a, b, &device_runs)?;
+        }
+        let mut moved = 0u64;
+        let mut freed = Vec::with_capacity((b - a) as usize);
+        for &(ra, rb) in &device_runs {
+            for p in ra..rb {
+                freed.push(std::mem::replace(&mut st.frames_of[p as usize], HOST));
+                // Keep the entry invalid: the next launch maps what it declares.
+                st.table.set(PageIndex(p), Pte::ALLOCATED);
+            }
+            moved += u64::from(rb - ra);
+        }
+        st.frames.free_many(&freed);
+        let c = &self.stats;
+        Counters::add(&c.d2h_pages, moved);
+        Counters::add(&c.d2h_batches, 1);
+        Counters::add(&c.d2h_ns, t0.elapsed().as_nanos() as u64);
+        for &(ra, rb) in &device_runs {
+            self.arena
+                .restore(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
+                .map_err(|e| DeviceError::Unexpected(format!("restoring CPU access: {e}")))?;
+        }
+        tracing::trace!(a, b, moved, "migrated back");
+        Ok(moved)
+    }
+
+    /// After a launch or prefetch: read-only device copies made for it are
+    /// dropped (the CPU's copy never stopped being current), except
+    /// ReadMostly ones: those stay, and the CPU side is write-protected so
+    /// that a CPU write drops them first.
+    pub(super) fn settle_copies(&self, st: &mut State, temporary: Vec<(u32, u32)>) -> Result<(), LaunchError> {
+        let mut post: Result<(), LaunchError> = Ok(());
+        for (a, b) in temporary {
+            let mut keep: Vec<(u32, u32)> =
+                runs(a, b, |p| st.dup[p as usize] && st.advice[p as usize] & advice::READ_MOSTLY != 0).collect();
+            if let Some(e) = keep.iter().find_map(|&(ka, kb)| {
+                self.arena.write_protect(ka as usize * PAGE_SIZE, (kb - ka) as usize * PAGE_SIZE).err()
+            }) {
+                // Without write protection a copy cannot be kept.
+                post = Err(LaunchError::Os(e.to_string()));
+                let _ = self.arena.write_unprotect(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
+                keep.clear();
+            }
+            let kept = |p: u32| keep.iter().any(|&(ka, kb)| (ka..kb).contains(&p));
+            let mut freed = Vec::new();
+            for p in a..b {
+                if st.dup[p as usize] && !kept(p) {
+                    st.dup[p as usize] = false;
+                    freed.push(std::mem::replace(&mut st.frames_of[p as usize], HOST));
+                }
+            }
+            st.frames.free_many(&freed);
+        }
+        post
+    }
+
+    /// Drop the kept read-only device copy of `p` (its host copy is current)
+    /// and let the CPU write it again.
+    pub(super) fn drop_copy(&self, st: &mut State, p: u32) -> Result<(), DeviceError> {
+        debug_assert!(st.dup[p as usize]);
+        st.dup[p as usize] = false;
+        let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+        st.frames.free(f);
+        st.table.set(PageIndex(p), Pte::ALLOCATED);
+        self.arena
+            .write_unprotect(p as usize * PAGE_SIZE, PAGE_SIZE)
+            .map_err(|e| DeviceError::Unexpected(format!("write-unprotect: {e}")))
+    }
+}
