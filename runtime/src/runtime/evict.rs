@@ -14,6 +14,7 @@ impl Inner {
         want: usize,
         protect: &[(u32, u32, bool)],
     ) -> Result<usize, DeviceError> {
+        let _span = tracing::debug_span!("svm_evict", want).entered();
         let n = st.table.len() as usize;
         let mut protected = vec![false; n];
         for &(a, b, _) in protect {

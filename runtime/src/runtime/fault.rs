@@ -11,6 +11,7 @@ impl FaultHandler for Inner {
     fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
         let page = page_of(fault.offset);
         let addr = self.arena.base() + fault.offset;
+        let _span = tracing::debug_span!("svm_cpu_fault", page, write = ?fault.write).entered();
         let mut st = self.state.lock();
         Counters::add(&self.stats.cpu_faults, 1);
         if st.lost_in_place.iter().any(|&(a, b)| (a..b).contains(&page)) {

@@ -70,6 +70,7 @@ impl Svm {
         if kernel.runtime_id != inner.id {
             return Err(LaunchError::ForeignKernel(kernel.label.clone()));
         }
+        let _span = tracing::info_span!("svm_launch", kernel = %kernel.label).entered();
         let bound = crate::bind::check(kernel, desc.bindings, &gpu.device.limits())?;
         let mut words = Vec::with_capacity(MAX_ARG_WORDS as usize);
         for a in desc.args {
@@ -543,6 +544,9 @@ impl Inner {
             cmds.push(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?);
         }
         let t1 = Instant::now();
+        // From submit to the log read back: the kernel (and, without
+        // timestamps, the queue's latency).
+        let _kernel_span = tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();
         gpu.queue.submit(cmds);
         let c = &self.stats;
         if let Some(after) = timeout {
