@@ -70,7 +70,7 @@ pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, MAPPING_MODE_ENV};
 pub use kernel::{
     Access, AccessMode, Arg, Binding, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport,
 };
-pub use managed::{ManagedRange, ManagedSlice, ManagedSliceMut, ManagedVec};
+pub use managed::{ManagedPtr, ManagedRange, ManagedSlice, ManagedSliceMut, ManagedVec, PtrError};
 pub use runtime::{Svm, SvmDescriptor};
 pub use stats::Stats;
 pub use svm_migrate::{FaultBackendKind, FAULT_BACKEND_ENV};

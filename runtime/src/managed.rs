@@ -76,6 +76,146 @@ impl<T: bytemuck::Pod> Drop for ManagedVec<T> {
     }
 }
 
+/// A managed pointer to a `T`, as stored in managed data and passed to
+/// kernels: the CPU's 64-bit address (`#[repr(transparent)]` over `u64`,
+/// `Pod`), which kernels see as `vec2<u32>` and follow with the prelude's
+/// `svm_load_*`. Any value is representable (null, dangling, foreign):
+/// kernels check every access, and the CPU-side [`ManagedPtr::read`] checks
+/// the address before reading.
+#[repr(transparent)]
+pub struct ManagedPtr<T> {
+    addr: u64,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ManagedPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ManagedPtr<T> {}
+impl<T> PartialEq for ManagedPtr<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.addr == o.addr
+    }
+}
+impl<T> Eq for ManagedPtr<T> {}
+impl<T> Default for ManagedPtr<T> {
+    fn default() -> Self {
+        Self::NULL
+    }
+}
+impl<T> core::fmt::Debug for ManagedPtr<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ManagedPtr({:#x})", self.addr)
+    }
+}
+// SAFETY: `#[repr(transparent)]` over a `u64` (the PhantomData is a ZST of
+// alignment 1): all-zero is a valid value (null).
+unsafe impl<T: 'static> bytemuck::Zeroable for ManagedPtr<T> {}
+// SAFETY: as above: no padding, every bit pattern is a valid `u64`, and the
+// type is `Copy + 'static`.
+unsafe impl<T: 'static> bytemuck::Pod for ManagedPtr<T> {}
+
+/// Why [`ManagedPtr::read`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PtrError {
+    /// The null pointer.
+    #[error("null managed pointer")]
+    Null,
+    /// Not inside live allocations of this runtime.
+    #[error("{addr:#x}+{len} is not inside live allocations of this runtime")]
+    NotAllocated {
+        /// The address.
+        addr: u64,
+        /// Bytes the read needs.
+        len: usize,
+    },
+    /// Not aligned for `T`.
+    #[error("{addr:#x} is not aligned to {align}")]
+    Misaligned {
+        /// The address.
+        addr: u64,
+        /// `T`'s alignment.
+        align: usize,
+    },
+}
+
+impl<T> ManagedPtr<T> {
+    /// The null pointer (what kernels test with `svm_is_null`).
+    pub const NULL: Self = Self { addr: 0, _t: PhantomData };
+    /// A pointer from an address (any value; checked when used).
+    pub const fn from_addr(addr: u64) -> Self {
+        Self { addr, _t: PhantomData }
+    }
+    /// The address.
+    pub const fn addr(self) -> u64 {
+        self.addr
+    }
+    /// Whether it is null.
+    pub const fn is_null(self) -> bool {
+        self.addr == 0
+    }
+    /// `self + count` elements (wrapping, like the kernels' arithmetic).
+    pub const fn add(self, count: usize) -> Self {
+        Self::from_addr(self.addr.wrapping_add((count * core::mem::size_of::<T>()) as u64))
+    }
+    /// A pointer to another type at the same address.
+    pub const fn cast<U>(self) -> ManagedPtr<U> {
+        ManagedPtr::from_addr(self.addr)
+    }
+}
+
+impl<T: bytemuck::Pod> ManagedPtr<T> {
+    /// The address checked: non-null, aligned for `T`, and `[addr, addr +
+    /// size_of::<T>())` inside live allocations of `svm`.
+    pub fn check(self, svm: &Svm) -> Result<(), PtrError> {
+        let (addr, len) = (self.addr, core::mem::size_of::<T>());
+        if addr == 0 {
+            return Err(PtrError::Null);
+        }
+        if addr % core::mem::align_of::<T>() as u64 != 0 {
+            return Err(PtrError::Misaligned { addr, align: core::mem::align_of::<T>() });
+        }
+        match usize::try_from(addr) {
+            Ok(a) if svm.is_allocated(a, len.max(1)) => Ok(()),
+            _ => Err(PtrError::NotAllocated { addr, len }),
+        }
+    }
+
+    /// Read the `T` it points to, after [`Self::check`]. Device-owned pages
+    /// come back by CPU fault, as any CPU access.
+    ///
+    /// # Safety
+    /// As for any raw pointer read: no other thread (nor a running kernel)
+    /// writes these bytes during the read, and the allocation is not freed
+    /// during it (the check cannot hold it for you). Reading memory that
+    /// safe code only reads — e.g. nodes reached from a `&ManagedVec` — is
+    /// fine.
+    pub unsafe fn read(self, svm: &Svm) -> Result<T, PtrError> {
+        self.check(svm)?;
+        // SAFETY: checked above: non-null, aligned, inside live allocations
+        // (mapped in the user view; the fault service serves device-owned
+        // pages); no concurrent writer by the caller's contract. `T: Pod`
+        // makes any bytes a valid `T`.
+        Ok(unsafe { core::ptr::read_volatile(self.addr as usize as *const T) })
+    }
+}
+
+impl<T> From<ManagedPtr<T>> for crate::kernel::Arg {
+    fn from(p: ManagedPtr<T>) -> Self {
+        crate::kernel::Arg::Ptr(p.addr)
+    }
+}
+
+impl<T: bytemuck::Pod> ManagedVec<T> {
+    /// A managed pointer to element `i` (`i == len` gives the end).
+    pub fn ptr_at(&self, i: usize) -> ManagedPtr<T> {
+        ManagedPtr::from_addr(self.addr_of(i))
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
 }

@@ -507,7 +507,18 @@ impl Inner {
     }
 }
 
-impl Inner {}
+impl Svm {
+    /// Whether `[addr, addr + len)` lies in live allocations of this
+    /// runtime (checked under the update lock; it may be freed right after
+    /// unless the caller owns it).
+    pub fn is_allocated(&self, addr: usize, len: usize) -> bool {
+        if self.inner.foreign() {
+            return false;
+        }
+        let st = self.inner.state.lock();
+        self.inner.page_range(&st, addr, len).is_some()
+    }
+}
 
 fn page_of(offset: usize) -> u32 {
     u32::try_from(offset / PAGE_SIZE).expect("arena offsets fit 32-bit page numbers (arena < 16 TiB)")

@@ -458,3 +458,68 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         }
     }
 }
+
+/// `ManagedPtr<T>`: pointers stored in data and passed as arguments, typed
+/// on the CPU, followed by the kernel; the CPU-side read is checked.
+#[test]
+fn managed_ptr_links_data_for_kernels_and_reads_checked() {
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Node {
+        next: svm::ManagedPtr<Node>,
+        value: u32,
+        pad: u32,
+    }
+    const SUM: &str = r#"
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(1)
+fn main() {
+    var p = svm_arg_ptr(0u);
+    var sum = 0u;
+    while (!svm_is_null(p)) {
+        sum += svm_load_u32(svm_ptr_add(p, 8u));
+        p = svm_load_ptr(p);
+    }
+    out[0] = sum;
+}
+"#;
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "sum", SUM);
+        let n = 100;
+        let mut nodes = svm.alloc_vec::<Node>(n).expect("nodes");
+        // Linked backwards through the array: next of node i is node i - 1.
+        for i in 0..n {
+            let next = if i == 0 { svm::ManagedPtr::NULL } else { nodes.ptr_at(i - 1) };
+            nodes[i] = Node { next, value: i as u32 + 1, pad: 0 };
+        }
+        let head = nodes.ptr_at(n - 1);
+        let mut out = svm.alloc_vec::<u32>(1).expect("out");
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &[head.into()],
+                bindings: &[Binding::read_write(&mut out)],
+                access: &[Access::read(&nodes)],
+                ..Default::default()
+            },
+        )
+        .expect("launch");
+        assert_eq!(out[0], (1..=n as u32).sum::<u32>(), "{backend:?}");
+        // CPU side: the same pointers, read checked.
+        // SAFETY: nothing writes the nodes meanwhile (this thread only reads).
+        let second = unsafe { head.read(&svm) }.expect("head").next;
+        assert_eq!(unsafe { second.read(&svm) }.expect("second").value, n as u32 - 1);
+        assert_eq!(unsafe { svm::ManagedPtr::<Node>::NULL.read(&svm) }.unwrap_err(), svm::PtrError::Null);
+        let skew = head.cast::<u8>().add(4).cast::<Node>();
+        assert!(matches!(skew.check(&svm), Err(svm::PtrError::Misaligned { .. })));
+        // (Checks are page-granular, like declarations: one past the end is
+        // still the allocation's page.)
+        let last = svm::ManagedPtr::<Node>::from_addr((svm.arena_base() + svm.arena_size() - 16) as u64);
+        assert!(matches!(last.check(&svm), Err(svm::PtrError::NotAllocated { .. })), "unallocated");
+        let outside = svm::ManagedPtr::<Node>::from_addr(16);
+        assert!(matches!(outside.check(&svm), Err(svm::PtrError::NotAllocated { .. })), "outside the arena");
+        drop(nodes);
+        assert!(matches!(head.check(&svm), Err(svm::PtrError::NotAllocated { .. })), "freed");
+    }
+}
