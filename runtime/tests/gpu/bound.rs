@@ -509,8 +509,12 @@ fn main() {
         // CPU side: the same pointers, read checked.
         // SAFETY: nothing writes the nodes meanwhile (this thread only reads).
         let second = unsafe { head.read(&svm) }.expect("head").next;
-        assert_eq!(unsafe { second.read(&svm) }.expect("second").value, n as u32 - 1);
-        assert_eq!(unsafe { svm::ManagedPtr::<Node>::NULL.read(&svm) }.unwrap_err(), svm::PtrError::Null);
+        // SAFETY: as above.
+        let second = unsafe { second.read(&svm) }.expect("second");
+        assert_eq!(second.value, n as u32 - 1);
+        // SAFETY: refused before any read.
+        let null = unsafe { svm::ManagedPtr::<Node>::NULL.read(&svm) };
+        assert_eq!(null.unwrap_err(), svm::PtrError::Null);
         let skew = head.cast::<u8>().add(4).cast::<Node>();
         assert!(matches!(skew.check(&svm), Err(svm::PtrError::Misaligned { .. })));
         // (Checks are page-granular, like declarations: one past the end is
