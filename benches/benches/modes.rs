@@ -25,8 +25,11 @@
 //! Run: `cargo bench -p svm-benches --bench modes` (writes
 //! `results/modes.md`).
 
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use svm::{
     Access, AccessMode, Advice, Arg, Binding, LaunchDescriptor, LaunchOptions, Location, MappingMode, Svm,
     SvmDescriptor,
@@ -70,11 +73,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         abc[word(ptr_add(c, i * 4u))] = abc[word(ptr_add(a, i * 4u))] + abc[word(ptr_add(b, i * 4u))];
     }
 }";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// A timed configuration: one launch per call, in ms.
 type Runner = Box<dyn FnMut() -> f64>;
@@ -303,17 +301,17 @@ fn main() {
         }
     }
     drop(runners);
-    let p = median(times[0].clone());
+    let p = median(&mut times[0].clone());
     let mut t = format!(
         "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS} (rows interleaved)\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | access check | sparse bind+unbind pages/s |\n|---|---:|---:|---|---:|\n",
         N >> 20
     );
-    for ((name, m, err), ts) in rows.into_iter().zip(times) {
+    for ((name, m, err), mut ts) in rows.into_iter().zip(times) {
         if let Err(e) = err {
             t.push_str(&format!("| {name} | unavailable: {e} | | | |\n"));
             continue;
         }
-        let ms = median(ts);
+        let ms = median(&mut ts);
         let (check, rate) = match m {
             None => ("none", String::new()),
             Some(m) => {

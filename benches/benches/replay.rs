@@ -7,16 +7,14 @@
 //! with every page on the host (the nodes re-written by the CPU between
 //! repetitions), the replay count and the pages faulted.
 
+mod common;
+
 use std::time::Instant;
 
+use common::median;
 use svm::{Access, Arg, LaunchDescriptor, LaunchOptions, Svm, SvmDescriptor};
 
 use svm::shaders::kernels::ListNode as Node;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let svm = match Svm::with_descriptor(&SvmDescriptor::default().arena_size(512 << 20).pool_size(256 << 20)) {
@@ -102,7 +100,7 @@ fn main() {
             faulting.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(out.to_vec(), reference, "replayed results differ from the declared launch");
         }
-        let (d, f) = (median(declared), median(faulting));
+        let (d, f) = (median(&mut declared), median(&mut faulting));
         table.push_str(&format!(
             "| {n} | {stride} B | {lists} | {d:.1} | {f:.1} | {:.2}x | {} | {} |\n",
             f / d,

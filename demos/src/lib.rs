@@ -20,6 +20,7 @@ mod kronecker;
 mod list;
 mod polybench;
 mod spmv;
+pub mod trace;
 mod tree;
 mod util;
 mod vadd;

@@ -3,7 +3,11 @@
 //!
 //! `svm-demos all` runs every demo at its default size (the README's main
 //! command); `svm-demos vadd --size 1000000 --fault mprotect` runs one.
+//! `RUST_LOG` filters the log output (stderr; default: warnings), and
+//! `--trace FILE` (or `SVM_TRACE=FILE`) writes a Chrome/Perfetto trace of
+//! the runtime's spans (see `svm_demos::trace`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -66,6 +70,13 @@ struct Cli {
     /// Tree and BFS pointer only.
     #[arg(long, value_enum, default_value_t = AccessStyle::Bound)]
     access: AccessStyle,
+    /// Write a Chrome/Perfetto trace (JSON, Trace Event format) of the
+    /// runtime's spans to FILE: launches, kernels, migrations each way, CPU
+    /// faults, evictions (default: $SVM_TRACE, if set). Open it in
+    /// ui.perfetto.dev. Log output is filtered by $RUST_LOG (default:
+    /// warnings).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 /// Exit code when no adapter exists (the integration test turns it into a
@@ -74,7 +85,23 @@ const EXIT_NO_ADAPTER: u8 = 77;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let trace = match svm_demos::trace::init(svm_demos::trace::trace_path(cli.trace.as_deref()).as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("svm-demos: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = run_main(&cli);
+    // The runtime is gone (its fault thread joined): the trace is complete.
+    if let Some(path) = trace.finish() {
+        eprintln!("svm-demos: trace written to {}", path.display());
+    }
+    code
+}
+
+fn run_main(cli: &Cli) -> ExitCode {
+    match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

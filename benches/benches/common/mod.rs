@@ -36,7 +36,9 @@ pub fn touch_workgroups(pages: usize) -> [u32; 3] {
     [u32::try_from(pages.div_ceil(64).clamp(1, 1024)).expect("small"), 1, 1]
 }
 
-/// Median of `v` (sorted in place); 0 for an empty slice.
+/// Median of `v` (sorted in place): the middle value, or the mean of the
+/// middle two for an even count; 0 for an empty slice. The one median of
+/// every bench.
 pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -201,19 +203,17 @@ pub fn machine() -> String {
 /// runs on the faulting thread's vCPU or has to be woken on an idle one
 /// (tens of µs). Pinning measures the mechanisms, not the scheduler.
 pub fn pin_process(cpu: Option<usize>) {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    use rustix::thread::{sched_setaffinity, CpuSet, Pid};
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(CpuSet::MAX_CPU);
+    let mut set = CpuSet::new();
     for c in cpu.map_or(0..n, |c| c..c + 1) {
-        // SAFETY: `c` < the number of online CPUs, far below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(c, &mut set) };
+        set.set(c);
     }
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return };
     for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; a thread that
-        // exited meanwhile only makes the call fail with ESRCH.
-        unsafe { libc::sched_setaffinity(tid, core::mem::size_of::<libc::cpu_set_t>(), &set) };
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()).and_then(Pid::from_raw) else { continue };
+        // A thread that exited meanwhile only makes the call fail (ESRCH).
+        let _ = sched_setaffinity(Some(tid), &set);
     }
 }
 
