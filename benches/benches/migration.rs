@@ -4,6 +4,14 @@
 //! chunks of 4 KiB, 64 KiB and 2 MiB, measured side by side in one run
 //! against the explicit wgpu copies and the raw fault mechanism.
 //!
+//! First, the migration *paths* side by side (issue 15): the host-mapped
+//! pool (unified memory: lavapipe's default), the staged path (the pool in
+//! memory the CPU cannot map, as on a discrete GPU: pipelined chunked
+//! copies through staging rings, with read-ahead of fault streams), and the
+//! sparse mapping mode (staged, into a sparse buffer); each under both fault
+//! backends with the default fault policy (64 KiB chunks + prefetch), runs
+//! interleaved rep by rep with the explicit baselines, medians.
+//!
 //! Not criterion: each figure needs its own setup (a runtime per backend and
 //! chunk, buffers of 256 MiB) and the result is a table of ratios. The
 //! program prints a markdown table and writes `results/migration.{md,csv,svg}`
@@ -22,7 +30,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use svm::{Access, Arg, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, ManagedVec, Svm, SvmDescriptor};
+use svm::{
+    Access, Arg, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, ManagedVec, MappingMode, Svm,
+    SvmDescriptor,
+};
 
 const MIB: usize = 1 << 20;
 const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
@@ -337,6 +348,168 @@ fn measure_config(o: &Opts, backend: FaultBackendKind, chunk: usize, prefetch: b
     })
 }
 
+/// A migration path of the side-by-side figures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    /// The pool in host-mapped memory (unified-memory adapters).
+    HostMapped,
+    /// The pool in memory the CPU does not map: staged copies.
+    Staged,
+    /// Sparse mapping mode (staged copies into a sparse buffer).
+    Sparse,
+}
+
+const PATHS: [Path; 3] = [Path::HostMapped, Path::Staged, Path::Sparse];
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::HostMapped => "host-mapped pool",
+            Path::Staged => "staged",
+            Path::Sparse => "sparse (staged)",
+        }
+    }
+    /// Bytes moved per figure: lavapipe maps every page of a sparse buffer
+    /// on its own (one VMA a page, `vm.max_map_count` 65530 in all), so the
+    /// sparse runtimes get a quarter of the size.
+    fn size(self, o: &Opts) -> usize {
+        if self == Path::Sparse {
+            o.size / 4
+        } else {
+            o.size
+        }
+    }
+    fn descriptor(self, o: &Opts, backend: FaultBackendKind) -> SvmDescriptor {
+        let size = self.size(o);
+        let d = SvmDescriptor::default()
+            .arena_size(size + 16 * MIB)
+            .pool_size((size + 8 * MIB) as u64)
+            .fault_backend(backend);
+        match self {
+            Path::HostMapped => d.mapping(MappingMode::Software),
+            Path::Staged => d.mapping(MappingMode::Software).host_mapped_pool(false),
+            Path::Sparse => d.mapping(MappingMode::Sparse).host_mapped_pool(false),
+        }
+    }
+}
+
+/// One (path, backend) runtime and its samples, seconds.
+struct PathRun {
+    path: Path,
+    backend: FaultBackendKind,
+    size: usize,
+    svm: Svm,
+    k: Kernel,
+    h2d: Vec<f64>,
+    d2h: Vec<f64>,
+    faults: u64,
+}
+
+struct PathResult {
+    path: Path,
+    backend: FaultBackendKind,
+    size: usize,
+    h2d_s: f64,
+    d2h_s: f64,
+    faults: u64,
+}
+
+/// One round of a path: migrate `size` bytes in at launch (net of a launch
+/// with the pages resident), then back by CPU faults (one read a page, in
+/// order). Returns (h2d, d2h) seconds.
+fn path_round(r: &mut PathRun, rep: usize) -> (f64, f64) {
+    let svm = &r.svm;
+    let pages = r.size / PAGE;
+    let mut v = svm.alloc_vec::<u8>(r.size).expect("alloc");
+    v.fill(0x5a);
+    let s0 = svm.stats();
+    let t = Instant::now();
+    launch_touch(svm, &r.k, &mut v, 7);
+    let migrate = secs(t.elapsed());
+    assert_eq!(svm.stats().since(&s0).h2d_pages as usize, pages, "every page migrates at launch");
+    let tag = 0x100 + rep as u32;
+    let t = Instant::now();
+    launch_touch(svm, &r.k, &mut v, tag);
+    let resident = secs(t.elapsed());
+    let s2 = svm.stats();
+    let t = Instant::now();
+    let mut bad = 0usize;
+    for p in 0..pages {
+        bad += usize::from(v[p * PAGE] != ((p as u32) ^ tag) as u8);
+    }
+    let d2h = secs(t.elapsed());
+    assert_eq!(bad, 0, "CPU read stale data after migration");
+    let d = svm.stats().since(&s2);
+    assert_eq!(d.d2h_pages as usize, pages, "every page comes back");
+    r.faults = d.cpu_faults;
+    ((migrate - resident).max(1e-9), d2h)
+}
+
+/// The paths side by side, rep by rep interleaved with the explicit
+/// baselines (so that machine noise hits all of them alike). Returns the
+/// results and the baselines' medians (write_buffer, readback) at `o.size`.
+fn paths_side_by_side(o: &Opts) -> (Vec<PathResult>, f64, f64) {
+    let mut runs = Vec::new();
+    for path in PATHS {
+        for backend in BACKENDS {
+            let desc = path.descriptor(o, backend);
+            let svm = match Svm::with_descriptor(&desc) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("SKIP path {} / {backend}: {e}", path.name());
+                    continue;
+                }
+            };
+            let k = svm
+                .create_kernel(&KernelDescriptor { label: "touch_pages", source: TOUCH_PAGES, entry_point: "main" })
+                .expect("kernel");
+            runs.push(PathRun { path, backend, size: path.size(o), svm, k, h2d: vec![], d2h: vec![], faults: 0 });
+        }
+    }
+    let g = PlainGpu::new().expect("a plain wgpu device on the same adapter");
+    use wgpu::BufferUsages as U;
+    let src: Vec<u8> = (0..o.size).map(|i| (i >> 12) as u8).collect();
+    let mut dst = vec![0u8; o.size];
+    let buf = g.buffer("baseline", o.size, U::STORAGE | U::COPY_DST | U::COPY_SRC);
+    let staging = g.buffer("baseline staging", o.size, U::MAP_READ | U::COPY_DST);
+    g.upload(&buf, &src);
+    g.readback(&buf, &staging, &mut dst);
+    // One warm-up round each, not counted.
+    for r in &mut runs {
+        path_round(r, 0);
+    }
+    let (mut wb, mut rb) = (Vec::new(), Vec::new());
+    for rep in 0..o.reps {
+        wb.push(secs(g.upload(&buf, &src)));
+        rb.push(secs(g.readback(&buf, &staging, &mut dst)));
+        for r in &mut runs {
+            let (h, d) = path_round(r, rep + 1);
+            r.h2d.push(h);
+            r.d2h.push(d);
+        }
+    }
+    assert!(dst == src, "baseline readback returned wrong bytes");
+    let results = runs
+        .into_iter()
+        .map(|mut r| PathResult {
+            path: r.path,
+            backend: r.backend,
+            size: r.size,
+            h2d_s: median(&mut r.h2d),
+            d2h_s: median(&mut r.d2h),
+            faults: r.faults,
+        })
+        .collect();
+    (results, median(&mut wb), median(&mut rb))
+}
+
+/// The side-by-side figures and the baselines measured with them.
+struct SideBySide {
+    paths: Vec<PathResult>,
+    write_buffer_s: f64,
+    readback_s: f64,
+}
+
 /// Cost of the mechanism on `size` bytes: zap and restore of the whole range.
 struct Mechanism {
     backend: FaultBackendKind,
@@ -437,6 +610,19 @@ fn main() {
         o.size as f64 / base.write_buffer_s * 1e-9,
         o.size as f64 / base.readback_s * 1e-9
     );
+    let t = Instant::now();
+    let (paths, path_wb, path_rb) = paths_side_by_side(&o);
+    for r in &paths {
+        eprintln!(
+            "path {} / {}: h2d {:.2}x write_buffer, d2h {:.2}x readback",
+            r.path.name(),
+            r.backend,
+            (r.size as f64 / r.h2d_s) / (o.size as f64 / path_wb),
+            (r.size as f64 / r.d2h_s) / (o.size as f64 / path_rb)
+        );
+    }
+    eprintln!("paths side by side: {:.1} s", secs(t.elapsed()));
+    let side = SideBySide { paths, write_buffer_s: path_wb, readback_s: path_rb };
     let mech: Vec<Mechanism> = BACKENDS.iter().filter_map(|&b| mechanism(&o, b)).collect();
     let mut configs = Vec::new();
     for &b in &BACKENDS {
@@ -467,11 +653,11 @@ fn main() {
     }
     let total = secs(started.elapsed());
 
-    let md = report_md(&o, &machine, &device, &base, &mech, &configs, &sweeps, total);
+    let md = report_md(&o, &machine, &device, &base, &side, &mech, &configs, &sweeps, total);
     println!("{md}");
     std::fs::create_dir_all(&o.out).expect("create results dir");
     std::fs::write(o.out.join("migration.md"), &md).expect("write migration.md");
-    std::fs::write(o.out.join("migration.csv"), report_csv(&o, &base, &mech, &configs, &sweeps))
+    std::fs::write(o.out.join("migration.csv"), report_csv(&o, &base, &side, &mech, &configs, &sweeps))
         .expect("write migration.csv");
     if let Err(e) = plot(&o, &base, &configs, &o.out.join("migration.svg")) {
         eprintln!("plot failed: {e}");
@@ -485,6 +671,7 @@ fn report_md(
     machine: &str,
     device: &str,
     b: &Baselines,
+    side: &SideBySide,
     mech: &[Mechanism],
     cfgs: &[Config],
     sweeps: &[Sweep],
@@ -520,7 +707,44 @@ fn report_md(
         ms(b.readback_s),
         gb(b.readback_s)
     );
-    let _ = writeln!(m, "Runtime against them (ratios > 1 are faster than the explicit path):\n");
+    let _ = writeln!(
+        m,
+        "Migration paths side by side (issue 15: default fault policy, 64 KiB chunks + prefetch; every rep runs \
+         each path and the explicit baselines in turn, medians of {}; baselines in this interleaved run: \
+         write_buffer {:.2} GB/s, readback {:.2} GB/s at {}; targets on the staged path: h2d ≥ 0.9× write_buffer, \
+         d2h ≥ 0.8× readback):\n",
+        o.reps,
+        gb(side.write_buffer_s),
+        gb(side.readback_s),
+        size_name(o.size)
+    );
+    let _ = writeln!(
+        m,
+        "| path | backend | bytes | h2d at launch GB/s | h2d / write_buffer | d2h by CPU faults GB/s | d2h / readback | faults |"
+    );
+    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in &side.paths {
+        let (h, d) = (r.size as f64 / r.h2d_s * 1e-9, r.size as f64 / r.d2h_s * 1e-9);
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {:.2} | {:.2}× | {:.2} | {:.2}× | {} |",
+            r.path.name(),
+            r.backend,
+            size_name(r.size),
+            h,
+            h / gb(side.write_buffer_s),
+            d,
+            d / gb(side.readback_s),
+            r.faults
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nThe sparse runtimes move a quarter of the bytes: lavapipe maps each page of a sparse buffer on its \
+         own (one VMA a page, `vm.max_map_count` 65530). On lavapipe the \"device\" copies are CPU copies too \
+         (its queue thread), so the staged path's pipelining overlaps two CPU copies.\n"
+    );
+    let _ = writeln!(m, "Fault chunk and prefetch configurations on the runtime's default path ({}), against the baselines above (ratios > 1 are faster than the explicit path):\n", if device.contains("Cpu") { "the host-mapped pool here" } else { "staged" });
     let _ = writeln!(
         m,
         "| backend | chunk | h2d GB/s | h2d / write_buffer | d2h GB/s | d2h / readback | d2h / memcpy | faults | µs / fault in the d2h loop | 1 fault µs, one vCPU: median / p90 | raw fault µs, one vCPU: median / p90 | fault / raw (medians) |"
@@ -602,7 +826,14 @@ fn report_md(
     m
 }
 
-fn report_csv(o: &Opts, b: &Baselines, mech: &[Mechanism], cfgs: &[Config], sweeps: &[Sweep]) -> String {
+fn report_csv(
+    o: &Opts,
+    b: &Baselines,
+    side: &SideBySide,
+    mech: &[Mechanism],
+    cfgs: &[Config],
+    sweeps: &[Sweep],
+) -> String {
     let mut s = String::from("section,backend,chunk_bytes,arena_bytes,metric,value,unit\n");
     let mut row = |sec: &str, be: &str, chunk: usize, arena: usize, metric: &str, v: f64, unit: &str| {
         let _ = writeln!(s, "{sec},{be},{chunk},{arena},{metric},{v},{unit}");
@@ -611,6 +842,23 @@ fn report_csv(o: &Opts, b: &Baselines, mech: &[Mechanism], cfgs: &[Config], swee
     row("baseline", "", 0, 0, "memcpy", bytes / b.memcpy_s * 1e-9, "GB/s");
     row("baseline", "", 0, 0, "write_buffer", bytes / b.write_buffer_s * 1e-9, "GB/s");
     row("baseline", "", 0, 0, "readback", bytes / b.readback_s * 1e-9, "GB/s");
+    row("paths", "", 0, 0, "write_buffer", bytes / side.write_buffer_s * 1e-9, "GB/s");
+    row("paths", "", 0, 0, "readback", bytes / side.readback_s * 1e-9, "GB/s");
+    for r in &side.paths {
+        let sec = match r.path {
+            Path::HostMapped => "path_host_mapped",
+            Path::Staged => "path_staged",
+            Path::Sparse => "path_sparse",
+        };
+        let (h, d) = (r.size as f64 / r.h2d_s * 1e-9, r.size as f64 / r.d2h_s * 1e-9);
+        let be = r.backend.name();
+        row(sec, be, 64 << 10, 0, "bytes", r.size as f64, "bytes");
+        row(sec, be, 64 << 10, 0, "h2d", h, "GB/s");
+        row(sec, be, 64 << 10, 0, "h2d_vs_write_buffer", h / (bytes / side.write_buffer_s * 1e-9), "ratio");
+        row(sec, be, 64 << 10, 0, "d2h", d, "GB/s");
+        row(sec, be, 64 << 10, 0, "d2h_vs_readback", d / (bytes / side.readback_s * 1e-9), "ratio");
+        row(sec, be, 64 << 10, 0, "cpu_faults", r.faults as f64, "count");
+    }
     for x in mech {
         row("mechanism", x.backend.name(), 0, 0, "zap", x.zap_s * 1e3, "ms");
         row("mechanism", x.backend.name(), 0, 0, "restore", x.restore_s * 1e3, "ms");

@@ -335,16 +335,42 @@ impl Arena {
     }
 
     /// Copy host bytes out (never faults).
-    pub fn read_host(&self, offset: usize, dst: &mut [u8]) {
-        self.views.read_alias(offset, dst)
+    ///
+    /// # Safety
+    /// No one writes `[offset, offset + dst.len())` while the copy runs:
+    /// not a program thread through the user view (the runtime zaps or
+    /// write-protects the range, or the program's borrows exclude writers),
+    /// not the device through an import of the alias view, not another
+    /// caller of these methods (the runtime holds its update lock).
+    #[allow(unsafe_code, reason = "an unsafe fn over the alias view; the contract is the caller's")]
+    pub unsafe fn read_host(&self, offset: usize, dst: &mut [u8]) {
+        // SAFETY: the caller's contract is `read_alias`'s.
+        unsafe { self.views.read_alias(offset, dst) }
     }
+
     /// Copy bytes into the host copy (never faults).
-    pub fn write_host(&self, offset: usize, src: &[u8]) {
-        self.views.write_alias(offset, src)
+    ///
+    /// # Safety
+    /// No one else reads or writes `[offset, offset + src.len())` while the
+    /// copy runs (program threads: the range is zapped from the user view or
+    /// not yet shown to them; the device: not imported there; the runtime:
+    /// under its update lock), and `src` is not memory of this arena.
+    #[allow(unsafe_code, reason = "an unsafe fn over the alias view; the contract is the caller's")]
+    pub unsafe fn write_host(&self, offset: usize, src: &[u8]) {
+        // SAFETY: the caller's contract is `write_alias`'s.
+        unsafe { self.views.write_alias(offset, src) }
     }
+
     /// Borrow the host copy of a range (never faults).
-    pub fn with_host<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-        self.views.with_alias(offset, len, f)
+    ///
+    /// # Safety
+    /// No one writes `[offset, offset + len)` while `f` runs: the `&[u8]`
+    /// asserts the bytes do not change (see [`Arena::read_host`] for who
+    /// could).
+    #[allow(unsafe_code, reason = "an unsafe fn over the alias view; the contract is the caller's")]
+    pub unsafe fn with_host<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: the caller's contract is `with_alias`'s.
+        unsafe { self.views.with_alias(offset, len, f) }
     }
 }
 

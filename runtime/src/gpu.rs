@@ -178,8 +178,10 @@ pub(crate) struct Gpu {
     /// The pool segments are CPU-mappable (unified memory): migrations map
     /// them instead of going through staging buffers.
     pub mapped_pool: bool,
-    /// MAP_READ staging for device→host migration, `staging_bytes` long.
-    pub staging: wgpu::Buffer,
+    /// Staging rings for migration when the pool is not host-mapped
+    /// (pipelined chunked copies both ways, see [`crate::staging`]); empty
+    /// with a host-mapped pool and in the coherent mode.
+    pub staging: crate::staging::Staging,
     /// Set by the device-lost callback or an uncaptured error.
     pub lost: Arc<Mutex<Option<String>>>,
     _adapter: wgpu::Adapter,
@@ -404,12 +406,8 @@ impl Gpu {
             usage: storage,
             mapped_at_creation: false,
         });
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm d2h staging"),
-            size: staging_bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // `staging_bytes`: the largest span one migration moves.
+        let staging = crate::staging::Staging::new(&device, !mapped_pool && !coherent, staging_bytes);
 
         let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
@@ -517,6 +515,16 @@ impl Gpu {
             DeviceError::Lost(m)
         })?;
         self.check_lost()
+    }
+
+    /// Wait for submission `sub` (everything submitted, with `None`) and
+    /// run the callbacks it makes ready (staging maps).
+    pub fn wait_submission(&self, sub: Option<wgpu::SubmissionIndex>) -> Result<(), DeviceError> {
+        let Some(sub) = sub else { return self.wait() };
+        match self.device.poll(wgpu::PollType::Wait { submission_index: Some(sub), timeout: None }) {
+            Ok(_) => self.check_lost(),
+            Err(_) => self.wait(),
+        }
     }
 
     /// Wait at most `after` for everything submitted: `Ok(false)` on

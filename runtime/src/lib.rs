@@ -58,6 +58,7 @@ mod kernel;
 mod managed;
 mod runtime;
 mod space;
+mod staging;
 mod stats;
 #[allow(unsafe_code, reason = "Vulkan interop below wgpu (ash, wgpu-hal); fenced in vk/, every block argued")]
 pub mod vk;

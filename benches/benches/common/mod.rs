@@ -148,7 +148,9 @@ impl RawArena {
         // Give every page a host copy, as managed data has.
         let ones = vec![1u8; 1 << 20];
         for off in (0..arena.len()).step_by(ones.len()) {
-            arena.write_host(off, &ones[..ones.len().min(arena.len() - off)]);
+            // SAFETY: the arena was just created: no fault service, no other
+            // thread, no device uses it yet; `ones` is a heap buffer.
+            unsafe { arena.write_host(off, &ones[..ones.len().min(arena.len() - off)]) };
         }
         let handler = Arc::new(RawHandler { arena, restore });
         let service = FaultService::start(handler.clone())?;

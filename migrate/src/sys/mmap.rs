@@ -191,12 +191,17 @@ impl Views {
     ///
     /// # Panics
     /// If the range is outside the arena.
-    pub fn read_alias(&self, offset: usize, dst: &mut [u8]) {
+    ///
+    /// # Safety
+    /// No thread writes `[offset, offset + dst.len())` through either view
+    /// (or a device through an import of it) while the copy runs.
+    pub unsafe fn read_alias(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
         // SAFETY: the range is inside the alias view (checked), which is
-        // always mapped read-write; `dst` is a distinct Rust buffer. Other
-        // threads may write these bytes concurrently only through the user
-        // view, which the runtime's protocol forbids for pages it migrates.
+        // always mapped read-write; `dst` is a distinct Rust buffer (a `&mut`
+        // cannot point into the views' mappings, which no safe code
+        // borrows); no writer of the source races the copy (the caller's
+        // contract).
         unsafe {
             core::ptr::copy_nonoverlapping(self.alias.as_ptr().add(offset), dst.as_mut_ptr(), dst.len());
         }
@@ -206,11 +211,16 @@ impl Views {
     ///
     /// # Panics
     /// If the range is outside the arena.
-    pub fn write_alias(&self, offset: usize, src: &[u8]) {
+    ///
+    /// # Safety
+    /// No other thread reads or writes `[offset, offset + src.len())`
+    /// through either view (or a device through an import of it) while the
+    /// copy runs, and `src` does not lie in the views' mappings.
+    pub unsafe fn write_alias(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
-        // SAFETY: as in `read_alias`; the pages written are zapped from the
-        // user view (the runtime migrates back only pages the device owns), so
-        // no program thread can observe a half-written page.
+        // SAFETY: inside the alias view (checked), always mapped read-write;
+        // `src` lies elsewhere and nobody else accesses the destination
+        // during the copy (the caller's contract).
         unsafe {
             core::ptr::copy_nonoverlapping(src.as_ptr(), self.alias.as_ptr().add(offset), src.len());
         }
@@ -236,12 +246,17 @@ impl Views {
     ///
     /// # Panics
     /// If the range is outside the arena.
-    pub fn with_alias<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+    ///
+    /// # Safety
+    /// No thread writes `[offset, offset + len)` through either view (or a
+    /// device through an import of it) while `f` runs: the `&[u8]` it gets
+    /// asserts that the bytes do not change.
+    pub unsafe fn with_alias<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
         self.check(offset, len);
         // SAFETY: inside the alias view (checked), mapped for the lifetime of
-        // `self`; the slice does not escape `f`. Concurrent writes by program
-        // threads through the user view would be a data race in the program;
-        // the runtime zaps pages a kernel may write before reading them here.
+        // `self`; the slice does not escape `f` (its lifetime is the
+        // closure's argument's); nothing writes the range while `f` runs
+        // (the caller's contract).
         let s = unsafe { core::slice::from_raw_parts(self.alias.as_ptr().add(offset), len) };
         f(s)
     }
@@ -321,16 +336,20 @@ mod tests {
     fn views_alias_the_same_memory() {
         let v = Views::new(VIEW_ALIGN).expect("views");
         assert_eq!(v.user_base() % VIEW_ALIGN, 0);
-        v.write_alias(4096, b"hello");
+        // SAFETY: one thread, nothing else maps or imports these views.
+        unsafe { v.write_alias(4096, b"hello") };
         let mut buf = [0u8; 5];
-        v.read_alias(4096, &mut buf);
+        // SAFETY: as above.
+        unsafe { v.read_alias(4096, &mut buf) };
         assert_eq!(&buf, b"hello");
         // DONTNEED on the user view keeps the page-cache copy.
         v.user_dontneed(0, VIEW_ALIGN).expect("dontneed");
-        v.read_alias(4096, &mut buf);
+        // SAFETY: as above.
+        unsafe { v.read_alias(4096, &mut buf) };
         assert_eq!(&buf, b"hello");
         v.punch_hole(0, 8192).expect("punch");
-        v.read_alias(4096, &mut buf);
+        // SAFETY: as above.
+        unsafe { v.read_alias(4096, &mut buf) };
         assert_eq!(buf, [0; 5]);
     }
 }

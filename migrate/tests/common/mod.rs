@@ -59,7 +59,11 @@ impl FaultHandler for Toy {
         let mut dev = self.device.lock();
         for off in (start..start + self.chunk).step_by(4096) {
             if let Some(bytes) = dev.remove(&off) {
-                self.arena.write_host(off, &bytes);
+                // SAFETY: the toy device owned this page, so it is zapped from
+                // the user view (no program thread can touch it until the
+                // restore below), nothing imports the arena, and the service
+                // thread is its only writer; `bytes` is a heap buffer.
+                unsafe { self.arena.write_host(off, &bytes) };
             }
         }
         self.arena.restore(start, self.chunk).map_err(|e| FaultFatal(e.to_string()))
@@ -118,7 +122,9 @@ pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
     let pages = 64usize;
     // Host copy: zeros. Device: a pattern. Then zap the user view.
     for p in 0..pages {
-        t.arena.write_host(p * 4096, &[0u8; 4096]);
+        // SAFETY: the service is idle (nothing is zapped yet, so no fault
+        // reaches it); this thread is the arena's only user.
+        unsafe { t.arena.write_host(p * 4096, &[0u8; 4096]) };
         t.device.lock().insert(p * 4096, vec![(p as u8).wrapping_mul(3).wrapping_add(1); 4096]);
     }
     t.arena.zap(0, pages * 4096).expect("zap");
@@ -140,7 +146,9 @@ pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
     // SAFETY: inside the user view.
     unsafe { core::ptr::write_volatile((base + 8) as *mut u8, 42) };
     let mut b = [0u8; 16];
-    t.arena.read_host(0, &mut b);
+    // SAFETY: the write above completed; the service thread is idle (no
+    // page is zapped) and nothing else writes the arena.
+    unsafe { t.arena.read_host(0, &mut b) };
     assert_eq!(b[7], 9, "the fault brought the device data back before the write");
     assert_eq!(b[8], 42, "the write went to the host copy");
     drop(svc);
@@ -217,7 +225,9 @@ pub fn write_protect(kind: FaultBackendKind) {
         unsafe { core::ptr::write_volatile((base + p * 4096) as *mut u8, p as u8) };
     }
     for p in 32..64 {
-        t.arena.write_host(p * 4096, &[p as u8]);
+        // SAFETY: these pages are not touched through the user view by
+        // anyone yet; this thread is the only one using the arena.
+        unsafe { t.arena.write_host(p * 4096, &[p as u8]) };
     }
     t.arena.write_protect(0, 64 * 4096).expect("wp");
     for p in 0..64 {
@@ -236,7 +246,9 @@ pub fn write_protect(kind: FaultBackendKind) {
     assert_eq!(t.writes.load(Ordering::Relaxed), 64, "one write fault per page");
     let mut b = [0u8; 3];
     for p in 0..64 {
-        t.arena.read_host(p * 4096, &mut b);
+        // SAFETY: every write above completed (the write faults were
+        // served); no thread writes the arena now.
+        unsafe { t.arena.read_host(p * 4096, &mut b) };
         assert_eq!(b, [p as u8, 0xee, 0xef]);
     }
 }

@@ -147,8 +147,21 @@ impl Inner {
 
     /// Copy host pages `[a, b)` into newly allocated frames; returns the
     /// number of copies queued.
+    ///
+    /// The caller (`map_ranges`, under the update lock) has made sure that
+    /// nothing writes these host pages during the copy: read-write ranges
+    /// are zapped from the user view first; `ReadMostly` read ranges are
+    /// write-protected first; other read ranges are borrowed shared for the
+    /// launch (`Access::read` / `Binding::read` take `&`; `Access::raw` is
+    /// `unsafe` with that contract). They are host pages (not on the device)
+    /// and not coherent (never imported).
     pub(super) fn upload(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
         let gpu = &self.gpu;
+        if !gpu.mapped_pool {
+            // A read-ahead of these pages (which left the device since, by
+            // a free) is stale.
+            self.drop_readahead(a, b);
+        }
         let mut p = a;
         let mut copies = 0;
         while p < b {
@@ -161,17 +174,28 @@ impl Inner {
                 let (seg, off) = gpu.frame_location(fr);
                 let host_off = (p + done) as usize * PAGE_SIZE;
                 let len = k as usize * PAGE_SIZE;
+                let (buf, base) = gpu.segment(seg);
                 if gpu.mapped_pool {
                     // Unified memory: one copy, straight into the mapped pool.
-                    let (buf, base) = gpu.segment(seg);
                     gpu.write_mapped_range(buf, base + off, len as u64, |view| {
-                        self.arena.with_host(host_off, len, |bytes| view.copy_from_slice(bytes));
+                        // SAFETY: no writer of these host pages during the
+                        // copy (the caller's protocol, see above); the update
+                        // lock (`st`) keeps every other runtime path off them.
+                        #[allow(unsafe_code, reason = "host-copy borrow; argued inline")]
+                        let () = unsafe { self.arena.with_host(host_off, len, |bytes| view.copy_from_slice(bytes)) };
                     })?;
                 } else {
-                    self.arena.with_host(host_off, len, |bytes| {
-                        let (buf, base) = gpu.segment(seg);
-                        gpu.queue.write_buffer(buf, base + off, bytes);
-                    });
+                    // Pipelined through the upload ring: the copy of one
+                    // chunk into a mapped staging buffer overlaps the GPU
+                    // copy of the previous ones.
+                    // SAFETY: as above: no writer of these host pages while
+                    // the borrow lasts (it ends when the last chunk is in a
+                    // staging buffer).
+                    #[allow(unsafe_code, reason = "host-copy borrow; argued inline")]
+                    let queued = unsafe {
+                        self.arena.with_host(host_off, len, |bytes| gpu.staging.upload(gpu, buf, base + off, bytes))
+                    };
+                    queued?;
                 }
                 copies += 1;
                 done += k;
@@ -184,9 +208,22 @@ impl Inner {
         Ok(copies)
     }
 
-    /// Copy device-owned runs back through the staging buffer: one submit
-    /// of frame-contiguous copies into the staging buffer at each page's
-    /// offset from `a`, one map, then into the host copy.
+    /// Discard the read-ahead in flight if it covers a page of `[a, b)`.
+    fn drop_readahead(&self, a: u32, b: u32) {
+        let staging = &self.gpu.staging;
+        if let Some(r) = staging.take_readahead() {
+            if r.first < b && a < r.end {
+                staging.discard(r.download);
+            } else {
+                staging.set_readahead(r);
+            }
+        }
+    }
+
+    /// Copy device-owned runs (inside `[a, b)`) back through the download
+    /// ring: the read-ahead of a sequential stream if it holds them all and
+    /// is still valid, else new copies, one submission per staging chunk,
+    /// each copied into the host copy while the next ones transfer.
     pub(super) fn copy_back_staged(
         &self,
         st: &State,
@@ -195,28 +232,98 @@ impl Inner {
         device_runs: &[(u32, u32)],
     ) -> Result<(), DeviceError> {
         let gpu = &self.gpu;
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm d2h") });
-        for &(ra, rb) in device_runs {
-            self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| {
-                let (buf, base) = gpu.segment(seg);
-                enc.copy_buffer_to_buffer(
-                    buf,
-                    base + off,
-                    &gpu.staging,
-                    u64::from(p - a) * PAGE_SIZE as u64,
-                    u64::from(n) * PAGE_SIZE as u64,
-                );
-            });
-        }
-        gpu.queue.submit([enc.finish()]);
-        let span = u64::from(b - a) * PAGE_SIZE as u64;
-        gpu.read_mapped(&gpu.staging, span, |bytes| {
+        let ahead = gpu.staging.take_readahead().and_then(|r| {
+            // Valid: no launch since (a kernel may have written the pages),
+            // and every page wanted is in it, on the frame it was copied
+            // from (a page that left the device and came back since went
+            // through `upload`, which dropped the read-ahead; this is the
+            // belt to those braces).
+            let valid = r.epoch == st.epoch
+                && device_runs.iter().all(|&(ra, rb)| {
+                    ra >= r.first
+                        && rb <= r.end
+                        && (ra..rb).all(|p| r.frames[(p - r.first) as usize] == st.frames_of[p as usize])
+                });
+            if valid {
+                Some(r.download)
+            } else {
+                if r.first < b && a < r.end {
+                    gpu.staging.discard(r.download);
+                } else {
+                    gpu.staging.set_readahead(r);
+                }
+                None
+            }
+        });
+        let download = match ahead {
+            Some(d) => {
+                tracing::trace!(a, b, "d2h from the read-ahead");
+                d
+            }
+            None => self.start_download(st, device_runs)?,
+        };
+        gpu.staging.finish(gpu, download, |host, bytes| {
+            // Only the device-owned pages of this span: a read-ahead may
+            // hold more (pages the host copy of which is current, or
+            // outside the span).
+            let (lo, hi) = (host, host + bytes.len());
             for &(ra, rb) in device_runs {
-                let lo = (ra - a) as usize * PAGE_SIZE;
-                let hi = (rb - a) as usize * PAGE_SIZE;
-                self.arena.write_host(ra as usize * PAGE_SIZE, &bytes[lo..hi]);
+                let (x, y) = ((ra as usize * PAGE_SIZE).max(lo), (rb as usize * PAGE_SIZE).min(hi));
+                if x < y {
+                    // SAFETY: these pages are device-owned, hence zapped from
+                    // the user view (no program thread reads or writes them
+                    // until `migrate_back_span` restores them after this
+                    // copy), not coherent (never imported), and the update
+                    // lock (`st`) keeps every other runtime path off them;
+                    // `bytes` is a mapped staging buffer, not arena memory.
+                    #[allow(unsafe_code, reason = "host-copy write; argued inline")]
+                    let () = unsafe { self.arena.write_host(x, &bytes[x - lo..y - lo]) };
+                }
             }
         })
+    }
+
+    /// Queue copies of the device-owned runs `runs` into download slots.
+    fn start_download(&self, st: &State, runs: &[(u32, u32)]) -> Result<crate::staging::Download, DeviceError> {
+        let gpu = &self.gpu;
+        let mut pieces: Vec<(&wgpu::Buffer, u64, usize, u64)> = Vec::new();
+        for &(ra, rb) in runs {
+            self.for_each_frame_piece(st, ra, rb, |p, seg, off, n| {
+                let (buf, base) = gpu.segment(seg);
+                pieces.push((buf, base + off, p as usize * PAGE_SIZE, u64::from(n) * PAGE_SIZE as u64));
+            });
+        }
+        gpu.staging.download(gpu, &pieces)
+    }
+
+    /// After a CPU fault that continued a sequential stream up to page `b`:
+    /// start copying the device-owned pages of the stream's next span (the
+    /// rest of the 2 MiB region from `b`, inside the allocation, which is
+    /// what the next fault's `fault_span` takes) so that they are in
+    /// staging memory by the time the faulting thread gets there.
+    fn read_ahead(&self, st: &State, b: u32) -> Result<(), DeviceError> {
+        let Some((s, l)) = b.checked_sub(1).and_then(|last| st.ranges.containing(last as usize * PAGE_SIZE)) else {
+            return Ok(());
+        };
+        let sb = page_of(s + l);
+        let e = ((b / STAGING_PAGES + 1) * STAGING_PAGES).min(sb);
+        if b >= e {
+            return Ok(());
+        }
+        let device_runs: Vec<(u32, u32)> = runs(b, e, |p| st.owned(p)).collect();
+        if device_runs.is_empty() {
+            return Ok(());
+        }
+        let download = self.start_download(st, &device_runs)?;
+        let frames = (b..e).map(|p| if st.owned(p) { st.frames_of[p as usize] } else { HOST }).collect();
+        self.gpu.staging.set_readahead(crate::staging::Readahead {
+            first: b,
+            end: e,
+            epoch: st.epoch,
+            frames,
+            download,
+        });
+        Ok(())
     }
 
     /// Copy device-owned runs back by mapping the pool (unified memory):
@@ -239,7 +346,15 @@ impl Inner {
             gpu.read_mapped_range(gpu.segment(seg).0, lo, hi - lo, |bytes| {
                 for &&(p, _, off, n) in &mine {
                     let at = (off - lo) as usize;
-                    self.arena.write_host(p as usize * PAGE_SIZE, &bytes[at..at + n as usize * PAGE_SIZE]);
+                    // SAFETY: device-owned pages: zapped from the user view
+                    // until `migrate_back_span` restores them after this
+                    // copy, never imported (not coherent), and the update
+                    // lock (`st`) keeps the runtime's other paths off them;
+                    // `bytes` is the mapped pool, not arena memory.
+                    #[allow(unsafe_code, reason = "host-copy write; argued inline")]
+                    let () = unsafe {
+                        self.arena.write_host(p as usize * PAGE_SIZE, &bytes[at..at + n as usize * PAGE_SIZE])
+                    };
                 }
             })?;
         }
@@ -312,10 +427,21 @@ impl Inner {
     /// Bring the device-owned pages of the span around `page` (see
     /// [`Self::fault_span`]) back to the host copy and map them for the CPU.
     /// Returns the pages moved.
+    ///
+    /// On the staged path, a fault that continues a sequential stream also
+    /// starts the copies of the stream's next span ([`Self::read_ahead`]).
     pub(super) fn migrate_back(&self, st: &mut State, page: u32) -> Result<u64, DeviceError> {
+        let sequential = st.last_fault_end == Some(page);
         let (a, b) = self.fault_span(st, page);
         st.last_fault_end = Some(b);
-        self.migrate_back_span(st, a, b)
+        let moved = self.migrate_back_span(st, a, b)?;
+        if self.prefetch && sequential && !self.gpu.mapped_pool && self.gpu.mode != MappingMode::Coherent {
+            // Only a speed-up: a failure shows again where it matters.
+            if let Err(e) = self.read_ahead(st, b) {
+                tracing::debug!("svm: read-ahead after page {page}: {e}");
+            }
+        }
+        Ok(moved)
     }
 
     /// Move every device-owned page of `[a, b)` (at most [`STAGING_PAGES`]

@@ -15,6 +15,7 @@ mod oversub;
 mod paths;
 mod replay;
 mod soundness;
+mod staged;
 
 #[path = "../support/mod.rs"]
 mod support;
