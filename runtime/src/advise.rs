@@ -86,3 +86,29 @@ impl Prefetch {
         self.handle.as_ref().map_or(true, JoinHandle::is_finished)
     }
 }
+
+/// Where the pages of a range are and what advice they carry
+/// ([`crate::Svm::range_info`], in the spirit of
+/// `cudaMemRangeGetAttribute`). Counts are in pages (page-granular: a
+/// range covers every page it touches).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RangeInfo {
+    /// Pages the range covers.
+    pub pages: u64,
+    /// Pages whose only current copy is the host's.
+    pub host: u64,
+    /// Pages the device owns (the host copy is stale until a CPU access).
+    pub device: u64,
+    /// Pages current on both (read-only device copies: `ReadMostly`).
+    pub duplicated: u64,
+    /// Pages used in place by the device (`AccessedBy`, or the coherent
+    /// mapping mode).
+    pub in_place: u64,
+    /// Pages advised `ReadMostly`.
+    pub read_mostly: u64,
+    /// Pages advised `PreferredLocation(Host)`.
+    pub preferred_host: u64,
+    /// Pages advised `PreferredLocation(Device)`.
+    pub preferred_device: u64,
+}

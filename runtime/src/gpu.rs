@@ -207,6 +207,7 @@ impl Gpu {
     /// lives, and the caller keeps the CPU from racing with kernels on it as
     /// it would another CPU thread.
     #[allow(unsafe_code, reason = "the coherent view's host import; contract on the caller")]
+    #[allow(clippy::too_many_arguments, reason = "the runtime descriptor's device-side fields; one caller")]
     pub unsafe fn new(
         arena_pages: u32,
         pool_bytes: u64,
@@ -214,12 +215,19 @@ impl Gpu {
         host_mapped_pool: bool,
         mode: MappingMode,
         arena_host: *mut u8,
+        shared: Option<&SharedDevice>,
     ) -> Result<(Self, Option<crate::vk::SparseArena>), SvmError> {
         let sparse = mode == MappingMode::Sparse;
         let coherent = mode == MappingMode::Coherent;
-        let Opened { adapter, device, queue, info, raw, host_import, validation, instance } =
-            open_device(host_mapped_pool && mode == MappingMode::Software, sparse)?;
-        let windows = if device.features().contains(BINDING_ARRAY_FEATURES) && windows_allowed()? {
+        let Opened { adapter, device, queue, info, raw, host_import, validation, instance } = match shared {
+            Some(s) => s.opened(mode)?,
+            None => open_device(host_mapped_pool && mode == MappingMode::Software, sparse)?,
+        };
+        // The prelude's bindings must fit the device's storage-buffer limit
+        // (an application's device may have wgpu's default of 8).
+        let per_stage = device.limits().max_storage_buffers_per_shader_stage;
+        let array_fits = per_stage >= 4 + MAX_WINDOWS_BINDINGS;
+        let windows = if device.features().contains(BINDING_ARRAY_FEATURES) && array_fits && windows_allowed()? {
             Windows::Array
         } else {
             Windows::Fixed
@@ -261,8 +269,16 @@ impl Gpu {
             return Err(SvmError::Config(format!("pool of {total_frames} pages exceeds the PTE's frame field")));
         }
 
+        if (windows.bindings().len() as u32) > per_stage {
+            return Err(SvmError::Config(format!(
+                "the device allows {per_stage} storage buffers per shader stage; the runtime's kernels need {}",
+                windows.bindings().len()
+            )));
+        }
         let lost = Arc::new(Mutex::new(None));
-        {
+        // A shared device keeps the application's callbacks: the runtime
+        // then learns of a loss from its own polls and submissions.
+        if shared.is_none() {
             let l = lost.clone();
             // Weak: the raw device holds the wgpu device, which holds this
             // callback.
@@ -663,6 +679,94 @@ fn make_bind_group(
     }
     e.push(wgpu::BindGroupEntry { binding: COHERENT_BINDING, resource: coherent.as_entire_binding() });
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
+}
+
+/// Storage bindings of the windows' binding array.
+const MAX_WINDOWS_BINDINGS: u32 = svm_shaders::MAX_WINDOWS;
+
+/// A device the application already has, for the runtime to use instead of
+/// opening its own ([`crate::SvmDescriptor::device`]): managed memory then
+/// lives on the application's device, and the application's own pipelines
+/// and passes can use it ([`crate::Svm::with_bindings`]).
+///
+/// * [`SharedDevice::new`] takes any wgpu device: the software mapping mode
+///   needs only storage buffers (binding arrays are used where the device
+///   has them enabled; the mapped pool where it has
+///   `MAPPABLE_PRIMARY_BUFFERS` on a unified-memory adapter).
+/// * [`SharedDevice::from_vk`] takes a device opened through
+///   [`crate::vk::open`]: the sparse and coherent modes, and `AccessedBy`,
+///   need the Vulkan features that opens (`want_sparse`, `want_host_import`).
+///
+/// The runtime installs no device-lost or uncaptured-error callback on a
+/// shared device (they are the application's).
+#[derive(Clone)]
+pub struct SharedDevice {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    raw: Option<std::sync::Arc<crate::vk::RawDevice>>,
+    host_import: bool,
+}
+
+impl core::fmt::Debug for SharedDevice {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedDevice")
+            .field("adapter", &self.adapter.get_info().name)
+            .field("vulkan", &self.raw.is_some())
+            .field("host_import", &self.host_import)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedDevice {
+    /// Any wgpu device (software mapping mode).
+    pub fn new(adapter: &wgpu::Adapter, device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
+        Self { adapter: adapter.clone(), device: device.clone(), queue: queue.clone(), raw: None, host_import: false }
+    }
+    /// A device opened through [`crate::vk::open`] (every mode its features
+    /// allow).
+    pub fn from_vk(d: &crate::vk::OpenDevice) -> Self {
+        Self {
+            adapter: d.adapter.clone(),
+            device: d.device.clone(),
+            queue: d.queue.clone(),
+            raw: d.raw.clone(),
+            host_import: d.caps.host_import && d.raw.is_some(),
+        }
+    }
+
+    fn opened(&self, mode: MappingMode) -> Result<Opened, SvmError> {
+        let need = |what: &str| {
+            SvmError::Config(format!(
+                "the {mode:?} mapping mode on a shared device needs {what}: open the device with svm::vk::open"
+            ))
+        };
+        match mode {
+            MappingMode::Sparse if !self.raw.as_ref().is_some_and(|r| r.caps().sparse) => {
+                return Err(need("sparse binding (DeviceDescriptor::want_sparse)"))
+            }
+            MappingMode::Coherent if !self.host_import => {
+                return Err(need("host import (DeviceDescriptor::want_host_import)"))
+            }
+            _ => {}
+        }
+        let i = self.adapter.get_info();
+        Ok(Opened {
+            info: DeviceInfo {
+                name: i.name.clone(),
+                driver: format!("{} {}", i.driver, i.driver_info),
+                backend: format!("{:?}", i.backend),
+                device_type: format!("{:?}", i.device_type),
+            },
+            adapter: self.adapter.clone(),
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            raw: self.raw.clone(),
+            host_import: self.host_import,
+            validation: None,
+            instance: None,
+        })
+    }
 }
 
 struct Opened {

@@ -50,6 +50,8 @@
 
 mod advise;
 mod bind;
+#[allow(unsafe_code, reason = "the Allocator impl (an unsafe trait); its contract argued inline")]
+mod collections;
 mod compile;
 mod error;
 mod gpu;
@@ -63,15 +65,16 @@ mod stats;
 #[allow(unsafe_code, reason = "Vulkan interop below wgpu (ash, wgpu-hal); fenced in vk/, every block argued")]
 pub mod vk;
 
-pub use advise::{Advice, AdviseError, Location, Prefetch};
+pub use advise::{Advice, AdviseError, Location, Prefetch, RangeInfo};
+pub use allocator_api2;
 pub use error::{
     AllocError, BindError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError,
 };
-pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, MAPPING_MODE_ENV};
+pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, SharedDevice, MAPPING_MODE_ENV};
 pub use kernel::{
     Access, AccessMode, Arg, Binding, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport,
 };
-pub use managed::{ManagedPtr, ManagedRange, ManagedSlice, ManagedSliceMut, ManagedVec, PtrError};
+pub use managed::{ManagedBox, ManagedPtr, ManagedRange, ManagedSlice, ManagedSliceMut, ManagedVec, PtrError};
 pub use runtime::{Svm, SvmDescriptor};
 pub use stats::Stats;
 pub use svm_migrate::{FaultBackendKind, FAULT_BACKEND_ENV};

@@ -216,6 +216,58 @@ impl<T: bytemuck::Pod> ManagedVec<T> {
     }
 }
 
+impl<T: bytemuck::Pod> ManagedVec<T> {
+    /// Start migrating the vector's pages to `to` ([`Svm::prefetch`]).
+    pub fn prefetch(&self, to: crate::advise::Location) -> crate::advise::Prefetch {
+        self.svm.prefetch(self.ptr.as_ptr().cast(), self.len * core::mem::size_of::<T>(), to)
+    }
+    /// Advice for the vector's pages ([`Svm::advise`]).
+    pub fn advise(&self, advice: crate::advise::Advice) -> Result<(), crate::advise::AdviseError> {
+        self.svm.advise(self.ptr.as_ptr().cast(), (self.len * core::mem::size_of::<T>()).max(1), advice)
+    }
+}
+
+/// One `T` in managed memory (a [`ManagedVec`] of one element that derefs
+/// to the element): [`Svm::alloc_box`].
+pub struct ManagedBox<T: bytemuck::Pod>(ManagedVec<T>);
+
+impl<T: bytemuck::Pod> ManagedBox<T> {
+    pub(crate) fn new(v: ManagedVec<T>) -> Self {
+        assert_eq!(v.len, 1);
+        Self(v)
+    }
+    /// Its address as a managed pointer.
+    pub fn ptr(&self) -> ManagedPtr<T> {
+        self.0.ptr_at(0)
+    }
+    /// The vector of one element it is.
+    pub fn as_vec(&self) -> &ManagedVec<T> {
+        &self.0
+    }
+}
+impl<T: bytemuck::Pod> core::ops::Deref for ManagedBox<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0[0]
+    }
+}
+impl<T: bytemuck::Pod> core::ops::DerefMut for ManagedBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0[0]
+    }
+}
+impl<T: bytemuck::Pod> sealed::Sealed for ManagedBox<T> {}
+impl<T: bytemuck::Pod> ManagedRange for ManagedBox<T> {
+    fn byte_range(&self) -> (usize, usize) {
+        self.0.byte_range()
+    }
+}
+impl<T: bytemuck::Pod + core::fmt::Debug> core::fmt::Debug for ManagedBox<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("ManagedBox").field(&**self).finish()
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
 }
@@ -227,6 +279,24 @@ mod sealed {
 pub trait ManagedRange: sealed::Sealed {
     /// Start address and length in bytes.
     fn byte_range(&self) -> (usize, usize);
+}
+
+// Collections in managed memory (their allocator is the runtime) are
+// ranges like vectors: borrowing the collection borrows its whole buffer,
+// so no other reference can sit in the pages a kernel reaches. (Plain
+// slices are not: `split_at_mut` could leave another `&mut` in the same
+// page, which page-granular declarations would let a kernel write.)
+impl<T: bytemuck::Pod> sealed::Sealed for allocator_api2::vec::Vec<T, Svm> {}
+impl<T: bytemuck::Pod> ManagedRange for allocator_api2::vec::Vec<T, Svm> {
+    fn byte_range(&self) -> (usize, usize) {
+        (self.as_ptr() as usize, core::mem::size_of_val(&self[..]))
+    }
+}
+impl<T: bytemuck::Pod> sealed::Sealed for allocator_api2::boxed::Box<T, Svm> {}
+impl<T: bytemuck::Pod> ManagedRange for allocator_api2::boxed::Box<T, Svm> {
+    fn byte_range(&self) -> (usize, usize) {
+        (&**self as *const T as usize, core::mem::size_of::<T>())
+    }
 }
 
 impl<T: bytemuck::Pod> sealed::Sealed for ManagedVec<T> {}

@@ -37,6 +37,7 @@ use crate::space::{FrameAllocator, RangeAllocator};
 // under the update lock, `Inner::state`):
 mod advise; // advice and prefetch (policy on residency)
 mod alloc; // allocation and free of arena ranges
+mod app; // managed ranges in the application's own passes
 mod bindable; // bound access: placing bound ranges (contiguity)
 mod evict; // making room in the pool (LRU)
 mod fault; // the CPU-fault service: device -> host on a CPU access
@@ -110,6 +111,8 @@ pub struct SvmDescriptor {
     /// How device pages are mapped; `None`: `SVM_MAPPING_MODE` if set, else
     /// [`MappingMode::Software`].
     pub mapping: Option<MappingMode>,
+    /// The application's device to use; `None`: the runtime opens its own.
+    pub device: Option<crate::gpu::SharedDevice>,
 }
 
 impl Default for SvmDescriptor {
@@ -122,6 +125,7 @@ impl Default for SvmDescriptor {
             fault_prefetch: true,
             host_mapped_pool: true,
             mapping: None,
+            device: None,
         }
     }
 }
@@ -155,6 +159,14 @@ impl SvmDescriptor {
     /// Allow or forbid the host-mapped pool.
     pub fn host_mapped_pool(mut self, on: bool) -> Self {
         self.host_mapped_pool = on;
+        self
+    }
+    /// Use the application's device ([`crate::SharedDevice`]) instead of
+    /// opening one: [`Svm::device`] and [`Svm::queue`] are then the
+    /// application's, and its own pipelines can use managed ranges
+    /// ([`Svm::with_bindings`]).
+    pub fn device(mut self, shared: crate::gpu::SharedDevice) -> Self {
+        self.device = Some(shared);
         self
     }
     /// Set the fault chunk.
@@ -287,6 +299,7 @@ impl Svm {
                 desc.host_mapped_pool,
                 mode,
                 arena.host_ptr(0),
+                desc.device.as_ref(),
             )
         }?;
         let state = State {

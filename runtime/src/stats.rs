@@ -74,6 +74,8 @@ counters! {
     /// Pages moved together on the device so that a bound range occupies
     /// consecutive frames (software mode).
     bind_moves,
+    /// `Svm::with_bindings` scopes (the application's own passes).
+    app_scopes,
 }
 
 impl Stats {

@@ -4,6 +4,30 @@
 use super::*;
 
 impl Svm {
+    /// Where the pages of `[addr, addr + len)` are and what advice they
+    /// carry; `BadRange` unless the range lies in live allocations.
+    pub fn range_info(&self, addr: *const u8, len: usize) -> Result<crate::advise::RangeInfo, AdviseError> {
+        let inner = &*self.inner;
+        inner.check_process()?;
+        let st = inner.state.lock();
+        let (a, b) =
+            inner.page_range(&st, addr as usize, len).ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
+        let mut r = crate::advise::RangeInfo { pages: u64::from(b - a), ..Default::default() };
+        let whole_arena_in_place = inner.gpu.mode == MappingMode::Coherent;
+        for p in a..b {
+            let (i, adv) = (p as usize, st.advice[p as usize]);
+            let count = |c: &mut u64, yes: bool| *c += u64::from(yes);
+            count(&mut r.device, st.owned(p));
+            count(&mut r.duplicated, st.dup[i]);
+            count(&mut r.host, st.frames_of[i] == HOST);
+            count(&mut r.in_place, whole_arena_in_place || adv & advice::COHERENT != 0);
+            count(&mut r.read_mostly, adv & advice::READ_MOSTLY != 0);
+            count(&mut r.preferred_host, adv & advice::PREFER_HOST != 0);
+            count(&mut r.preferred_device, adv & advice::PREFER_DEVICE != 0);
+        }
+        Ok(r)
+    }
+
     /// Give advice for `[addr, addr + len)`; see [`Advice`] for the effects.
     pub fn advise(&self, addr: *const u8, len: usize, advice: Advice) -> Result<(), AdviseError> {
         let inner = &*self.inner;

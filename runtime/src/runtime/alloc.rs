@@ -5,6 +5,15 @@
 use super::*;
 
 impl Svm {
+    /// An allocation a typed owner (a collection through
+    /// [`allocator_api2::alloc::Allocator`]) holds: the raw `free` refuses
+    /// it, only [`Self::free_owned`] frees it.
+    pub(crate) fn alloc_owned(&self, bytes: usize) -> Result<NonNull<u8>, AllocError> {
+        let p = self.alloc(bytes)?;
+        self.inner.state.lock().owned.insert(p.as_ptr() as usize - self.inner.arena.base());
+        Ok(p)
+    }
+
     /// Allocate `bytes` of managed memory (zero-filled, page aligned; 2 MiB
     /// aligned from 2 MiB up).
     pub fn alloc(&self, bytes: usize) -> Result<NonNull<u8>, AllocError> {
@@ -157,6 +166,20 @@ impl Svm {
         // this line only this thread knows the address.)
         self.inner.state.lock().owned.insert(p.as_ptr() as usize - self.inner.arena.base());
         Ok(ManagedVec::from_raw(self.clone(), p, len))
+    }
+
+    /// Allocate one `T` in managed memory, initialized to `value`.
+    pub fn alloc_box<T: bytemuck::Pod>(&self, value: T) -> Result<crate::managed::ManagedBox<T>, AllocError> {
+        Ok(crate::managed::ManagedBox::new(self.alloc_from_slice(&[value])?))
+    }
+
+    /// Allocate a managed array holding the items of `iter`.
+    pub fn alloc_from_iter<T: bytemuck::Pod>(
+        &self,
+        iter: impl IntoIterator<Item = T>,
+    ) -> Result<ManagedVec<T>, AllocError> {
+        let items: Vec<T> = iter.into_iter().collect();
+        self.alloc_from_slice(&items)
     }
 
     /// Allocate a managed array holding a copy of `data`.

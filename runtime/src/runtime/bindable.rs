@@ -12,18 +12,18 @@
 use svm_pagetable::{FrameIndex, PageIndex, Pte, PAGE_SIZE};
 
 use super::{advice, page_of, Frames, Inner, State, HOST};
-use crate::bind::{self, Checked, Placed};
+use crate::bind::{Checked, Placed};
 use crate::error::{BindError, DeviceError, LaunchError};
 use crate::gpu::MappingMode;
-use crate::kernel::Kernel;
 
 impl Inner {
     /// Place every managed binding of a launch whose pages are resident and
     /// mapped (software mode: moving them together where needed).
+    /// `error(i, why)`: the error for binding `i`.
     pub(super) fn place_bindings(
         &self,
         st: &mut State,
-        kernel: &Kernel,
+        error: &dyn Fn(usize, BindError) -> LaunchError,
         checked: &[Checked<'_>],
     ) -> Result<Vec<Option<Placed>>, LaunchError> {
         let base = self.arena.base();
@@ -37,7 +37,7 @@ impl Inner {
                 let (a, b) = pages(addr, len);
                 let n = (a..b).filter(|&p| st.advice[p as usize] & advice::COHERENT != 0).count();
                 if n != 0 && n != (b - a) as usize {
-                    return Err(bind::error(kernel, i, BindError::StraddlesCoherent));
+                    return Err(error(i, BindError::StraddlesCoherent));
                 }
             }
         }

@@ -139,7 +139,7 @@ impl Svm {
             let ptes = kernel.prelude;
             inner.map_ranges(st, &resident, &mut temporary, &mut report, false, ptes)?;
             inner.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes)?;
-            let placed = inner.place_bindings(st, kernel, &bound)?;
+            let placed = inner.place_bindings(st, &|i, why| crate::bind::error(kernel, i, why), &bound)?;
             let groups = crate::bind::groups(&gpu.device, &gpu.queue, kernel, &bound, &placed);
             // Accesses are checked against the mapped pages' extents when
             // they are few, otherwise against the page table. A replayable
@@ -546,7 +546,8 @@ impl Inner {
         let t1 = Instant::now();
         // From submit to the log read back: the kernel (and, without
         // timestamps, the queue's latency).
-        let _kernel_span = tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();
+        let _kernel_span =
+            tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();
         gpu.queue.submit(cmds);
         let c = &self.stats;
         if let Some(after) = timeout {

@@ -10,10 +10,12 @@ mod advice;
 mod bad_input;
 mod basics;
 mod bound;
+mod collections;
 mod list;
 mod oversub;
 mod paths;
 mod replay;
+mod shared;
 mod soundness;
 mod staged;
 

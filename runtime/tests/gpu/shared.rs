@@ -1,0 +1,142 @@
+//! An existing wgpu program adopts managed memory: the runtime on the
+//! application's own device, and a managed range in the application's own
+//! pipeline and pass (`Svm::with_bindings`).
+
+use svm::wgpu;
+use svm::{Binding, MappingMode, SharedDevice, Svm};
+
+use crate::{small, BACKENDS};
+
+const SHADER: &str = "@group(0) @binding(0) var<storage, read_write> v: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x < arrayLength(&v)) { v[g.x] = v[g.x] * 3u + 1u; }
+}";
+
+/// The application's pipeline, built once on its device.
+fn pipeline(device: &wgpu::Device) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("app"),
+        source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("app"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+/// The application's pass over `data` (any buffer binding).
+fn run(device: &wgpu::Device, queue: &wgpu::Queue, p: &wgpu::ComputePipeline, data: wgpu::BufferBinding<'_>, n: u32) {
+    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("app"),
+        layout: &p.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(data) }],
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(p);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(n.div_ceil(64), 1, 1);
+    }
+    queue.submit([enc.finish()]);
+}
+
+/// The plain program: its own buffer, uploaded and read back explicitly.
+fn plain(device: &wgpu::Device, queue: &wgpu::Queue, p: &wgpu::ComputePipeline, input: &[u32]) -> Vec<u32> {
+    let bytes = (input.len() * 4) as u64;
+    let buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let read = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buf, 0, bytemuck::cast_slice(input));
+    run(device, queue, p, buf.as_entire_buffer_binding(), input.len() as u32);
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&buf, 0, &read, 0, bytes);
+    queue.submit([enc.finish()]);
+    read.slice(..).map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+    let out = bytemuck::cast_slice(&read.slice(..).get_mapped_range().expect("mapped")).to_vec();
+    out
+}
+
+fn adopt(svm: &Svm, p: &wgpu::ComputePipeline, input: &[u32]) -> Vec<u32> {
+    // The changed lines: the data in managed memory, the pass inside
+    // `with_bindings`, the results read by dereference.
+    let mut v = svm.alloc_from_slice(input).expect("alloc");
+    svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+        run(svm.device(), svm.queue(), p, b[0].clone(), input.len() as u32)
+    })
+    .expect("with_bindings");
+    v.to_vec()
+}
+
+#[test]
+fn a_wgpu_program_adopts_one_managed_buffer_on_its_own_device() {
+    let input: Vec<u32> = (0..50_000).collect();
+    for backend in BACKENDS {
+        let (adapter, device, queue, _) = match svm::create_wgpu_device() {
+            Ok(d) => d,
+            Err(e) => {
+                assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+                return;
+            }
+        };
+        let p = pipeline(&device);
+        let want = plain(&device, &queue, &p, &input);
+        assert_eq!(want[7], 22);
+        // Any wgpu device: the software mode.
+        let desc = small(backend).mapping(MappingMode::Software).device(SharedDevice::new(&adapter, &device, &queue));
+        let svm = Svm::with_descriptor(&desc).expect("runtime on the app's device");
+        assert_eq!(svm.stats().app_scopes, 0);
+        assert_eq!(adopt(&svm, &p, &input), want, "{backend:?}");
+        assert_eq!(svm.stats().app_scopes, 1);
+        // Sparse needs a device opened through svm::vk.
+        let sparse = small(backend).mapping(MappingMode::Sparse).device(SharedDevice::new(&adapter, &device, &queue));
+        match Svm::with_descriptor(&sparse) {
+            Err(svm::SvmError::Config(m)) => assert!(m.contains("svm::vk::open"), "{m}"),
+            other => panic!("sparse on a plain device: {other:?}"),
+        }
+    }
+}
+
+/// A device the application opened through `svm::vk`: every mapping mode
+/// (the one this test run selects with `SVM_MAPPING_MODE`).
+#[test]
+fn a_vk_opened_device_serves_every_mode() {
+    let opened = match svm::vk::open(&svm::vk::DeviceDescriptor {
+        label: Some("app"),
+        required_features: svm::wgpu::Features::empty(),
+        optional_features: svm::wgpu::Features::empty(),
+        required_limits: None,
+        want_sparse: true,
+        want_host_import: true,
+        want_buffer_device_address: false,
+        validation: svm::vk::ValidationMode::Off,
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+            return;
+        }
+    };
+    let input: Vec<u32> = (0..20_000).map(|i| i * 7).collect();
+    let p = pipeline(&opened.device);
+    let want = plain(&opened.device, &opened.queue, &p, &input);
+    for backend in BACKENDS {
+        let svm = Svm::with_descriptor(&small(backend).device(SharedDevice::from_vk(&opened))).expect("runtime");
+        assert_eq!(adopt(&svm, &p, &input), want, "{backend:?} {:?}", svm.mapping_mode());
+    }
+}
