@@ -79,6 +79,10 @@ impl State {
     }
 }
 
+/// Launches after a refault during which eviction treats the pool as
+/// thrashing (most recently used first).
+const THRASH_WINDOW: u32 = 16;
+
 /// Sentinel of [`State::frames_of`]: the page is not on the device.
 const HOST: u32 = u32::MAX;
 /// Size of the device→host staging buffer, in pages (2 MiB): the largest
@@ -199,6 +203,12 @@ struct State {
     advice: Vec<u8>,
     /// Launches so far.
     epoch: u32,
+    /// Per arena page: evicted (written back to make room) and not needed
+    /// since; a launch that needs it again is a *refault*.
+    evicted: Vec<bool>,
+    /// The epoch of the last refault: eviction treats the pool as thrashing
+    /// for [`THRASH_WINDOW`] launches after it.
+    last_refault: Option<u32>,
     /// End (page) of the span the last CPU fault brought back: a fault
     /// there is the next step of a sequential stream.
     last_fault_end: Option<u32>,
@@ -316,6 +326,8 @@ impl Svm {
             last_use: vec![0; pages as usize],
             advice: vec![0; pages as usize],
             epoch: 0,
+            evicted: vec![false; pages as usize],
+            last_refault: None,
             last_fault_end: None,
             coherent: None,
             owned: std::collections::HashSet::new(),

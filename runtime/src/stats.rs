@@ -76,6 +76,9 @@ counters! {
     bind_moves,
     /// `Svm::with_bindings` scopes (the application's own passes).
     app_scopes,
+    /// Pages needed again by a launch after eviction wrote them back (the
+    /// pool is thrashing; eviction then keeps the longest-resident pages).
+    refaults,
 }
 
 impl Stats {

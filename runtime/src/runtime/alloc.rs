@@ -140,6 +140,7 @@ impl Svm {
             return Err(FreeError::Os(e.to_string()));
         }
         st.dup[pages.clone()].fill(false);
+        st.evicted[pages.clone()].fill(false);
         st.advice[pages].fill(0);
         let freed: Vec<u32> = (first..first + page_of(len))
             .map(|p| std::mem::replace(&mut st.frames_of[p as usize], HOST))

@@ -1,5 +1,12 @@
-//! Eviction: making room in the device pool (LRU, `PreferredLocation(Device)`
-//! last).
+//! Eviction: making room in the device pool. `PreferredLocation(Device)`
+//! pages last; otherwise least recently used first, except while the pool
+//! thrashes (pages evicted earlier are needed again, within
+//! [`THRASH_WINDOW`] launches): then most recently used first. On a working
+//! set that is swept cyclically and does not fit, LRU evicts exactly the
+//! pages the next launches need — every sweep moves the whole working set
+//! out and back — while evicting the most recent keeps the longest-resident
+//! part resident and cycles only the excess (UVM detects the same bouncing
+//! and stops migrating part of the set).
 
 use super::*;
 
@@ -26,9 +33,13 @@ impl Inner {
         // Candidates: device-owned pages and kept read-only copies this
         // launch does not use; PreferredLocation(Device) pages last, then
         // least recently used first.
+        let thrashing = st.last_refault.is_some_and(|e| st.epoch.wrapping_sub(e) <= THRASH_WINDOW);
         let mut cand: Vec<(bool, u32, u32)> = (0..n)
             .filter(|&p| st.frames_of[p] != HOST && !protected[p])
-            .map(|p| (st.advice[p] & advice::PREFER_DEVICE != 0, st.last_use[p], p as u32))
+            .map(|p| {
+                let age = if thrashing { u32::MAX - st.last_use[p] } else { st.last_use[p] };
+                (st.advice[p] & advice::PREFER_DEVICE != 0, age, p as u32)
+            })
             .collect();
         if cand.len() < want {
             return Ok(0);
@@ -42,6 +53,9 @@ impl Inner {
             self.drop_copy(st, p)?;
         }
         chosen.retain(|&p| !st.dup[p as usize] && st.frames_of[p as usize] != HOST);
+        for &p in &chosen {
+            st.evicted[p as usize] = true;
+        }
         let mut evicted = clean.len();
         let mut i = 0;
         while i < chosen.len() {
@@ -54,7 +68,7 @@ impl Inner {
             i = j;
         }
         Counters::add(&self.stats.evicted_pages, evicted as u64);
-        tracing::debug!(want, evicted, "evicted LRU device pages");
+        tracing::debug!(want, evicted, thrashing, "evicted device pages");
         Ok(evicted)
     }
 }

@@ -27,6 +27,19 @@ impl Inner {
         let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
         let needed: usize =
             ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
+        // Thrashing: pages evicted earlier are needed again. Eviction then
+        // keeps the longest-resident part of the working set and cycles the
+        // rest (see `evict`).
+        let mut refaults = 0u64;
+        for &(a, b, _) in ranges {
+            for flag in &mut st.evicted[a as usize..b as usize] {
+                refaults += u64::from(std::mem::take(flag));
+            }
+        }
+        if refaults > 0 {
+            st.last_refault = Some(st.epoch);
+            Counters::add(&self.stats.refaults, refaults);
+        }
         if needed > st.frames.free_count() as usize {
             // Oversubscription: make room by evicting least-recently-used
             // pages this launch does not use.

@@ -68,3 +68,46 @@ fn working_set_larger_than_pool_is_refused() {
     assert!(matches!(r, Err(LaunchError::PoolExhausted { needed: 512, total: 256, .. })), "{r:?}");
     assert!(a.iter().all(|&x| x == 1) && b.iter().all(|&x| x == 2));
 }
+
+/// Cyclic sweeps over more than the pool: LRU would move the whole working
+/// set out and back every sweep; once pages come back after eviction
+/// (refaults), eviction keeps the longest-resident part and cycles only the
+/// rest. Every byte stays right.
+#[test]
+fn cyclic_sweeps_do_not_cycle_the_whole_working_set() {
+    for backend in BACKENDS {
+        // Pool of 4 MiB; eight slices of 640 KiB (1.25x the pool).
+        let Some(svm) = ctx_migrating(small(backend).pool_size(4 << 20)) else { return };
+        let k = kernel(&svm, "add", ADD);
+        let n = 160 << 10; // 640 KiB of u32 per slice
+        let mut slices: Vec<_> = (0..8u32).map(|_| svm.alloc_vec::<u32>(n).expect("slice")).collect();
+        let mut sweep = |round: u32| {
+            for v in slices.iter_mut() {
+                let args = [Arg::ptr(v.as_ptr()), Arg::U32(n as u32), Arg::U32(1)];
+                let desc = LaunchDescriptor {
+                    args: &args,
+                    access: &[Access::read_write(v)],
+                    workgroups: [64, 1, 1],
+                    ..Default::default()
+                };
+                svm.launch(&k, &desc).unwrap_or_else(|e| panic!("{backend} round {round}: {e}"));
+            }
+        };
+        sweep(1);
+        sweep(2);
+        let before = svm.stats();
+        sweep(3);
+        sweep(4);
+        let s = svm.stats().since(&before);
+        let ws_pages = (8 * n * 4 / 4096) as u64;
+        assert!(s.refaults > 0, "{backend}: the sweeps refault");
+        assert!(
+            s.evicted_pages / 2 <= ws_pages / 2,
+            "{backend}: {} pages evicted per sweep of a {ws_pages}-page working set",
+            s.evicted_pages / 2
+        );
+        for (i, v) in slices.iter().enumerate() {
+            assert!(v.iter().all(|&x| x == 4), "{backend}: slice {i}");
+        }
+    }
+}
