@@ -188,12 +188,17 @@ impl Config {
 }
 
 fn launch_touch(svm: &Svm, k: &Kernel, v: &mut ManagedVec<u8>, tag: u32) {
+    launch_touch_with(svm, k, v, tag, &svm::LaunchOptions::default());
+}
+
+fn launch_touch_with(svm: &Svm, k: &Kernel, v: &mut ManagedVec<u8>, tag: u32, opts: &svm::LaunchOptions) {
     let pages = v.len() / PAGE;
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(u32::try_from(pages).expect("pages fit u32")), Arg::U32(tag)];
     let access = [Access::read_write(v)];
-    svm.launch(
+    svm.launch_with(
         k,
         &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: touch_workgroups(pages) },
+        opts,
     )
     .expect("launch");
 }
@@ -543,6 +548,11 @@ struct Sweep {
     resident_s: f64,
     after_cpu_write_s: f64,
     pt_bytes: u64,
+    /// A replayable launch on the resident set (it maps what is resident).
+    replayable_s: f64,
+    /// A launch that evicts the set (a pool-sized filler) and one that
+    /// evicts part of the filler for it, per launch.
+    evicting_s: f64,
 }
 
 const SWEEP_SET: usize = MIB;
@@ -577,6 +587,23 @@ fn sweep(o: &Opts, backend: FaultBackendKind, arena: usize) -> Option<Sweep> {
         launch_touch(&svm, &k, &mut v, i as u32);
         cyc.push(secs(t.elapsed()));
     }
+    let mut rep = vec![];
+    let replayable = svm::LaunchOptions::replayable();
+    launch_touch_with(&svm, &k, &mut v, 0, &replayable);
+    for i in 0..o.launches {
+        let t = Instant::now();
+        launch_touch_with(&svm, &k, &mut v, i as u32, &replayable);
+        rep.push(secs(t.elapsed()));
+    }
+    // Eviction: a filler the size of the pool pushes the set out and back.
+    let mut filler = svm.alloc_vec::<u8>(16 * MIB).expect("filler");
+    let mut ev = vec![];
+    for i in 0..o.launches {
+        let t = Instant::now();
+        launch_touch(&svm, &k, &mut filler, i as u32);
+        launch_touch(&svm, &k, &mut v, i as u32);
+        ev.push(secs(t.elapsed()) / 2.0);
+    }
     Some(Sweep {
         backend,
         arena,
@@ -584,6 +611,8 @@ fn sweep(o: &Opts, backend: FaultBackendKind, arena: usize) -> Option<Sweep> {
         resident_s: median(&mut res),
         after_cpu_write_s: median(&mut cyc),
         pt_bytes,
+        replayable_s: median(&mut rep),
+        evicting_s: median(&mut ev),
     })
 }
 
@@ -808,19 +837,21 @@ fn report_md(
     );
     let _ = writeln!(
         m,
-        "| backend | arena | create ms | launch, resident ms | launch after CPU wrote the set ms | page-table bytes / launch |"
+        "| backend | arena | create ms | launch, resident ms | launch after CPU wrote the set ms | page-table bytes / launch | replayable launch, resident ms | evicting launch ms (pool-sized filler and the set in turn) |"
     );
-    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|");
     for s in sweeps {
         let _ = writeln!(
             m,
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
             s.backend,
             size_name(s.arena),
             s.create_s * 1e3,
             s.resident_s * 1e3,
             s.after_cpu_write_s * 1e3,
-            s.pt_bytes
+            s.pt_bytes,
+            s.replayable_s * 1e3,
+            s.evicting_s * 1e3
         );
     }
     m
@@ -893,6 +924,8 @@ fn report_csv(
         row("sweep", be, 0, w.arena, "launch_resident", w.resident_s * 1e3, "ms");
         row("sweep", be, 0, w.arena, "launch_after_cpu_write", w.after_cpu_write_s * 1e3, "ms");
         row("sweep", be, 0, w.arena, "pt_upload_bytes", w.pt_bytes as f64, "bytes");
+        row("sweep", be, 0, w.arena, "launch_replayable_resident", w.replayable_s * 1e3, "ms");
+        row("sweep", be, 0, w.arena, "launch_evicting", w.evicting_s * 1e3, "ms");
     }
     s
 }

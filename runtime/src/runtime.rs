@@ -72,10 +72,63 @@ struct Coherent {
     _import: crate::vk::HostImport,
 }
 
+/// Pages per region of the resident index ([`State::resident_count`]).
+const REGION_PAGES: u32 = 512;
+
 impl State {
+    /// The state of a new runtime: `arena_len` bytes, `pages` pages, every
+    /// page unallocated and on the host.
+    fn new(arena_len: usize, pages: u32, frames: Frames) -> Self {
+        let n = pages as usize;
+        State {
+            ranges: RangeAllocator::new(arena_len),
+            frames_of: vec![HOST; n],
+            resident_count: vec![0; pages.div_ceil(REGION_PAGES) as usize],
+            table: PageTable::new(pages),
+            frames,
+            mapped: Vec::new(),
+            pinned: Vec::new(),
+            dup: vec![false; n],
+            last_use: vec![0; n],
+            advice: vec![0; n],
+            epoch: 0,
+            evicted: vec![false; n],
+            last_refault: None,
+            last_fault_end: None,
+            coherent: None,
+            owned: std::collections::HashSet::new(),
+            lost_in_place: Vec::new(),
+        }
+    }
+
     /// The device owns the page (its data is only there).
     fn owned(&self, p: u32) -> bool {
         self.frames_of[p as usize] != HOST && !self.dup[p as usize]
+    }
+
+    /// Give page `p` frame `f` (or [`HOST`]: none); returns the old one.
+    /// Every change of `frames_of` goes through here, so that the resident
+    /// index stays exact.
+    fn set_frame(&mut self, p: u32, f: u32) -> u32 {
+        let old = std::mem::replace(&mut self.frames_of[p as usize], f);
+        let r = (p / REGION_PAGES) as usize;
+        match (old == HOST, f == HOST) {
+            (true, false) => self.resident_count[r] += 1,
+            (false, true) => self.resident_count[r] -= 1,
+            _ => {}
+        }
+        old
+    }
+
+    /// Every page with a device frame (device-owned or a read-only copy),
+    /// ascending; the cost follows the resident set (regions of
+    /// [`REGION_PAGES`] with none are skipped), not the arena.
+    fn resident_pages(&self) -> impl Iterator<Item = u32> + '_ {
+        self.resident_count.iter().enumerate().filter(|(_, &c)| c > 0).flat_map(move |(r, _)| {
+            let a = r as u32 * REGION_PAGES;
+            let b = (a + REGION_PAGES).min(self.frames_of.len() as u32);
+            (a..b).filter(move |&p| self.frames_of[p as usize] != HOST)
+        })
     }
 }
 
@@ -184,7 +237,12 @@ impl SvmDescriptor {
 struct State {
     ranges: RangeAllocator,
     /// Per arena page: its pool frame when the device owns it, else [`HOST`].
+    /// Changed only through [`State::set_frame`].
     frames_of: Vec<u32>,
+    /// Per region of [`REGION_PAGES`] pages: how many have a frame (the
+    /// resident index: eviction and replayable launches visit only regions
+    /// with resident pages).
+    resident_count: Vec<u32>,
     table: PageTable,
     frames: Frames,
     /// Pages whose PTE was made valid for the last launch (reset before the
@@ -312,27 +370,11 @@ impl Svm {
                 desc.device.as_ref(),
             )
         }?;
-        let state = State {
-            ranges: RangeAllocator::new(arena.len()),
-            frames_of: vec![HOST; pages as usize],
-            table: PageTable::new(pages),
-            frames: match sparse {
-                Some(arena) => Frames::Sparse(arena),
-                None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),
-            },
-            mapped: Vec::new(),
-            pinned: Vec::new(),
-            dup: vec![false; pages as usize],
-            last_use: vec![0; pages as usize],
-            advice: vec![0; pages as usize],
-            epoch: 0,
-            evicted: vec![false; pages as usize],
-            last_refault: None,
-            last_fault_end: None,
-            coherent: None,
-            owned: std::collections::HashSet::new(),
-            lost_in_place: Vec::new(),
+        let frames = match sparse {
+            Some(arena) => Frames::Sparse(arena),
+            None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),
         };
+        let state = State::new(arena.len(), pages, frames);
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
@@ -651,6 +693,27 @@ mod tests {
                 }
             }
             assert_eq!(got, model, "{v:?} -> {merged:?}");
+        }
+    }
+
+    /// The resident index against the frames it summarizes, over random
+    /// frame changes (a region boundary every 512 pages).
+    #[test]
+    fn resident_index_matches_the_frames() {
+        let pages = 3 * REGION_PAGES + 17;
+        let mut st = State::new(pages as usize * PAGE_SIZE, pages, Frames::Pool(FrameAllocator::new(64)));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = (x % u64::from(pages)) as u32;
+            let f = if x >> 40 & 1 == 0 { HOST } else { step };
+            st.set_frame(p, f);
+            if step % 997 == 0 {
+                let want: Vec<u32> = (0..pages).filter(|&p| st.frames_of[p as usize] != HOST).collect();
+                assert_eq!(st.resident_pages().collect::<Vec<_>>(), want, "step {step}");
+            }
         }
     }
 

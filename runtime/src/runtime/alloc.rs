@@ -142,10 +142,8 @@ impl Svm {
         st.dup[pages.clone()].fill(false);
         st.evicted[pages.clone()].fill(false);
         st.advice[pages].fill(0);
-        let freed: Vec<u32> = (first..first + page_of(len))
-            .map(|p| std::mem::replace(&mut st.frames_of[p as usize], HOST))
-            .filter(|&f| f != HOST)
-            .collect();
+        let freed: Vec<u32> =
+            (first..first + page_of(len)).map(|p| st.set_frame(p, HOST)).filter(|&f| f != HOST).collect();
         st.frames.free_many(&freed);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);

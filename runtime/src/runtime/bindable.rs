@@ -158,7 +158,7 @@ impl Inner {
         let mut old = Vec::with_capacity(n as usize);
         for p in a..b {
             let f = start + (p - a);
-            old.push(std::mem::replace(&mut st.frames_of[p as usize], f));
+            old.push(st.set_frame(p, f));
             let pte = st.table.get(PageIndex(p));
             let frame = FrameIndex::new(f).ok_or_else(|| DeviceError::Unexpected(format!("frame {f} out of range")))?;
             st.table.set(PageIndex(p), if pte.is_valid() { Pte::resident(frame, pte.is_writable()) } else { pte });

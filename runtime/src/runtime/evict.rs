@@ -22,23 +22,32 @@ impl Inner {
         protect: &[(u32, u32, bool)],
     ) -> Result<usize, DeviceError> {
         let _span = tracing::debug_span!("svm_evict", want).entered();
-        let n = st.table.len() as usize;
-        let mut protected = vec![false; n];
-        for &(a, b, _) in protect {
-            protected[a as usize..b as usize].fill(true);
+        // The ranges eviction must not take, sorted: a binary search a page.
+        let mut fence: Vec<(u32, u32)> =
+            protect.iter().map(|&(a, b, _)| (a, b)).chain(st.pinned.iter().copied()).collect();
+        fence.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(fence.len());
+        for (a, b) in fence {
+            match merged.last_mut() {
+                Some(l) if a <= l.1 => l.1 = l.1.max(b),
+                _ => merged.push((a, b)),
+            }
         }
-        for &(a, b) in &st.pinned {
-            protected[a as usize..b as usize].fill(true);
-        }
+        let protected = |p: u32| {
+            let i = merged.partition_point(|r| r.1 <= p);
+            merged.get(i).is_some_and(|r| r.0 <= p)
+        };
         // Candidates: device-owned pages and kept read-only copies this
         // launch does not use; PreferredLocation(Device) pages last, then
         // least recently used first.
         let thrashing = st.last_refault.is_some_and(|e| st.epoch.wrapping_sub(e) <= THRASH_WINDOW);
-        let mut cand: Vec<(bool, u32, u32)> = (0..n)
-            .filter(|&p| st.frames_of[p] != HOST && !protected[p])
+        let mut cand: Vec<(bool, u32, u32)> = st
+            .resident_pages()
+            .filter(|&p| !protected(p))
             .map(|p| {
-                let age = if thrashing { u32::MAX - st.last_use[p] } else { st.last_use[p] };
-                (st.advice[p] & advice::PREFER_DEVICE != 0, age, p as u32)
+                let (i, u) = (p as usize, st.last_use[p as usize]);
+                let age = if thrashing { u32::MAX - u } else { u };
+                (st.advice[i] & advice::PREFER_DEVICE != 0, age, p)
             })
             .collect();
         if cand.len() < want {

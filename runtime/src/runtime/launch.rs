@@ -116,10 +116,17 @@ impl Svm {
         // Without `allow_undeclared_writes`, the owned pages are mapped
         // read-only (a write to one not declared read-write is refused).
         let resident = if opts.replayable {
-            let n = st.table.len();
+            // Runs of resident pages, from the resident index (cost follows
+            // what is resident, not the arena).
             let w = opts.undeclared_writes;
-            let mut r: Vec<(u32, u32, bool)> = runs(0, n, |p| st.owned(p)).map(|(a, b)| (a, b, w)).collect();
-            r.extend(runs(0, n, |p| st.dup[p as usize]).map(|(a, b)| (a, b, false)));
+            let mut r: Vec<(u32, u32, bool)> = Vec::new();
+            for p in st.resident_pages() {
+                let write = w && !st.dup[p as usize];
+                match r.last_mut() {
+                    Some(l) if l.1 == p && l.2 == write => l.1 = p + 1,
+                    _ => r.push((p, p + 1, write)),
+                }
+            }
             r
         } else {
             Vec::new()

@@ -214,7 +214,7 @@ impl Inner {
                 done += k;
             }
             for i in 0..n {
-                st.frames_of[(p + i) as usize] = f + i;
+                st.set_frame(p + i, f + i);
             }
             p += n;
         }
@@ -483,7 +483,7 @@ impl Inner {
         let mut freed = Vec::with_capacity((b - a) as usize);
         for &(ra, rb) in &device_runs {
             for p in ra..rb {
-                freed.push(std::mem::replace(&mut st.frames_of[p as usize], HOST));
+                freed.push(st.set_frame(p, HOST));
                 // Keep the entry invalid: the next launch maps what it declares.
                 st.table.set(PageIndex(p), Pte::ALLOCATED);
             }
@@ -525,7 +525,7 @@ impl Inner {
             for p in a..b {
                 if st.dup[p as usize] && !kept(p) {
                     st.dup[p as usize] = false;
-                    freed.push(std::mem::replace(&mut st.frames_of[p as usize], HOST));
+                    freed.push(st.set_frame(p, HOST));
                 }
             }
             st.frames.free_many(&freed);
@@ -538,7 +538,7 @@ impl Inner {
     pub(super) fn drop_copy(&self, st: &mut State, p: u32) -> Result<(), DeviceError> {
         debug_assert!(st.dup[p as usize]);
         st.dup[p as usize] = false;
-        let f = std::mem::replace(&mut st.frames_of[p as usize], HOST);
+        let f = st.set_frame(p, HOST);
         st.frames.free(f);
         st.table.set(PageIndex(p), Pte::ALLOCATED);
         self.arena
