@@ -361,7 +361,7 @@ impl Gpu {
                     label: Some("svm sparse arena view"),
                     size: view_bytes,
                     pool_blocks: total_frames,
-                    chunk_blocks: 512,
+                    chunk_blocks: 1 << 14,
                 },
             )
             .map_err(|e| SvmError::Config(format!("sparse arena: {e}")))?;

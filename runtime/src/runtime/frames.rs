@@ -12,34 +12,74 @@ pub(super) enum Frames {
     Sparse(crate::vk::SparseArena),
 }
 
+/// Pages of unbinds queued in sparse mode before they are sent on their own
+/// (without waiting for the next bind): bounds the pages the device keeps
+/// mapped to blocks already handed back.
+const SPARSE_UNBIND_FLUSH_PAGES: u32 = 1 << 14;
+
 impl Frames {
+    /// Sparse mode: bind blocks at every page of `runs` not bound yet (runs
+    /// of consecutive blocks, one `VkSparseMemoryBind` each) and send these
+    /// binds, with the unbinds queued since the last call, in **one**
+    /// `vkQueueBindSparse`. `alloc_run` then hands out these pages without
+    /// binding. Called once per launch (or prefetch) before its first copy.
+    /// Software mode: nothing.
+    pub(super) fn prepare(&mut self, runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+        let Frames::Sparse(arena) = self else { return Ok(()) };
+        let err = |e: crate::vk::SparseError| DeviceError::Unexpected(format!("sparse bind: {e}"));
+        'runs: for &(a, b) in runs {
+            let mut p = a;
+            while p < b {
+                if arena.bound(p).is_some() {
+                    p += 1;
+                    continue;
+                }
+                let mut e = p + 1;
+                while e < b && arena.bound(e).is_none() {
+                    e += 1;
+                }
+                while p < e {
+                    // Out of blocks: the caller's `alloc_run` reports it.
+                    let Some((block, n)) = arena.alloc_run(e - p) else { break 'runs };
+                    arena.queue_bind_run(p, block, n).map_err(err)?;
+                    p += n;
+                }
+            }
+        }
+        // SAFETY: the runtime submits to the queue only under its update
+        // lock, which the caller holds: no submit runs during the bind.
+        #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
+        let flushed = unsafe { arena.flush() };
+        flushed.map(|_| ()).map_err(err)
+    }
+
     /// Frames for up to `want` pages starting at `page`, as (first frame,
-    /// count); `None` when none is free.
+    /// count); `None` when none is free. Sparse: pages bound by `prepare`
+    /// are taken as they are; otherwise blocks are bound at once (one
+    /// `vkQueueBindSparse`, which also sends the queued unbinds).
     pub(super) fn alloc_run(&mut self, page: u32, want: u32) -> Result<Option<(u32, u32)>, DeviceError> {
         match self {
             Frames::Pool(f) => Ok(f.alloc_run(want)),
             Frames::Sparse(arena) => {
-                let mut binds = Vec::with_capacity(want as usize);
-                while (binds.len() as u32) < want {
-                    let Some(block) = arena.alloc_block() else { break };
-                    binds.push((page + binds.len() as u32, block));
+                let mut n = 0;
+                while n < want && arena.bound(page + n).is_some() {
+                    n += 1;
                 }
-                if binds.is_empty() {
-                    return Ok(None);
+                if n > 0 {
+                    return Ok(Some((page, n)));
                 }
+                let Some((block, n)) = arena.alloc_run(want) else { return Ok(None) };
+                let queued = arena.queue_bind_run(page, block, n);
                 // SAFETY: the runtime submits to the queue only under its
                 // update lock, which the caller holds: no submit runs during
                 // the bind. Pages are inside the arena view and blocks were
                 // just allocated from this arena's pool.
                 #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
-                let bound = unsafe { arena.bind(&binds) };
+                let bound = queued.and_then(|()| unsafe { arena.flush() });
                 if let Err(e) = bound {
-                    for &(_, b) in &binds {
-                        let _ = arena.free_block(b);
-                    }
                     return Err(DeviceError::Unexpected(format!("sparse bind: {e}")));
                 }
-                Ok(Some((page, binds.len() as u32)))
+                Ok(Some((page, n)))
             }
         }
     }
@@ -49,32 +89,38 @@ impl Frames {
         self.free_many(&[frame]);
     }
 
-    /// Give back the frames of pages that left the device (sparse: one
-    /// unbind for all of them; the device no longer uses them, every submit
-    /// was waited for).
+    /// Give back the frames of pages that left the device. Sparse: their
+    /// blocks return to the pool now, the unbinds are queued and sent with
+    /// the next bind (or once `SPARSE_UNBIND_FLUSH_PAGES` are queued): the
+    /// caller no longer lets a submission read these pages (their PTEs are
+    /// invalid, no binding covers them), and every reuse of a block is a
+    /// bind sent no earlier than its unbind.
     pub(super) fn free_many(&mut self, frames: &[u32]) {
         match self {
             Frames::Pool(f) => frames.iter().for_each(|&fr| f.free(fr)),
             Frames::Sparse(arena) => {
-                if frames.is_empty() {
-                    return;
-                }
-                let blocks: Vec<_> = frames.iter().filter_map(|&fr| arena.bound(fr)).collect();
-                // SAFETY: as in `alloc_run`: under the update lock, no submit
-                // runs concurrently; the pages are inside the arena view.
-                #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
-                let unbound = unsafe { arena.unbind(frames) };
-                match unbound {
-                    Ok(_) => {
-                        for b in blocks {
-                            if let Err(e) = arena.free_block(b) {
-                                tracing::error!("svm: freeing a sparse block: {e}");
-                            }
-                        }
+                let mut i = 0;
+                while i < frames.len() {
+                    let s = frames[i];
+                    let mut n = 1;
+                    while i + (n as usize) < frames.len() && frames[i + n as usize] == s + n {
+                        n += 1;
                     }
-                    // The blocks stay bound (leaked). Only a lost device gets
-                    // here.
-                    Err(e) => tracing::error!("svm: sparse unbind of {} pages: {e}", frames.len()),
+                    if let Err(e) = arena.queue_release(s, n) {
+                        tracing::error!("svm: sparse release of pages {s}..{}: {e}", s + n);
+                    }
+                    i += n as usize;
+                }
+                if arena.pending_pages() >= SPARSE_UNBIND_FLUSH_PAGES {
+                    // SAFETY: as in `alloc_run`: under the update lock, no
+                    // submit runs concurrently.
+                    #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
+                    let flushed = unsafe { arena.flush() };
+                    // Only a lost device gets here; the pages stay mapped
+                    // on a device that runs nothing more.
+                    if let Err(e) = flushed {
+                        tracing::error!("svm: sparse unbind: {e}");
+                    }
                 }
             }
         }

@@ -54,6 +54,14 @@ impl Inner {
             });
         }
         let t0 = Instant::now();
+        if self.gpu.mode == MappingMode::Sparse {
+            // Every page this call migrates gets its block bound now, in one
+            // vkQueueBindSparse with the unbinds queued since the last one;
+            // `upload` below finds them bound.
+            let host_runs: Vec<(u32, u32)> =
+                ranges.iter().flat_map(|&(a, b, _)| runs(a, b, |p| migrates(st, p as usize))).collect();
+            st.frames.prepare(&host_runs)?;
+        }
         let (mut pages, mut batches, mut changed) = (0u64, 0u64, 0u64);
         for &(a, b, write) in ranges {
             // Coherent pages: mapped in place, nothing moves.

@@ -16,16 +16,33 @@
 //! ```
 //!
 //! * Pool memory is allocated once, at creation, in a few large
-//!   `vkAllocateMemory` chunks (drivers cap the number of allocations;
-//!   4096 is common), and never freed before the buffer: freeing memory a
-//!   sparse buffer still maps is allowed only if the buffer is not used
-//!   again, which we cannot know while wgpu may hold clones.
-//! * [`SparseArena::bind`] / [`SparseArena::unbind`] take whole batches and
-//!   issue **one** `vkQueueBindSparse` per call, merging runs of contiguous
-//!   pages on contiguous blocks into one `VkSparseMemoryBind`. They are
+//!   `vkAllocateMemory` chunks (*pieces*; drivers cap the number of
+//!   allocations, 4096 is common), and never freed before the buffer:
+//!   freeing memory a sparse buffer still maps is allowed only if the buffer
+//!   is not used again, which we cannot know while wgpu may hold clones.
+//! * Blocks are handed out in **runs** ([`SparseArena::alloc_run`]):
+//!   consecutive blocks of one chunk, best fit among the free runs (kept
+//!   coalesced, by start and by length). A run of pages bound to a run of
+//!   blocks is **one** `VkSparseMemoryBind`, whatever its length (on
+//!   lavapipe also one mapping of the chunk's memory).
+//! * Binds and unbinds are *queued* ([`SparseArena::queue_bind_run`],
+//!   [`SparseArena::queue_release`], [`SparseArena::queue_unbind`]) and sent
+//!   together by [`SparseArena::flush`]: **one** `vkQueueBindSparse` for all
+//!   of them, pages in order, merging runs of contiguous pages on contiguous
+//!   blocks (and runs of unbinds) into one `VkSparseMemoryBind`. The
+//!   arena's bookkeeping ([`SparseArena::bound`], the free runs) is updated
+//!   at queue time; the device sees it at the flush. A released block goes
+//!   back to the free runs at once: it can only be bound again by a queued
+//!   bind, which reaches the device in the same `vkQueueBindSparse` as its
+//!   unbind or a later one, so no submission ever sees it at two pages. For
+//!   each page only its last queued operation is sent. [`SparseArena::bind`]
+//!   / [`SparseArena::unbind`] queue and flush in one call. Flushes are
 //!   ordered against wgpu submissions by the device timeline (see
 //!   [`crate::vk`]): no host wait is needed between a dispatch, a re-bind
-//!   and the next dispatch.
+//!   and the next dispatch. The caller flushes before the first submission
+//!   that must see a queued bind (a copy into the page, a kernel); a queued
+//!   unbind may wait as long as its page is not read (its block stays
+//!   mapped there until the flush).
 //! * A block keeps its bytes while unbound; re-binding it anywhere shows
 //!   them again (that is how a page "moves" without a copy). A freshly
 //!   allocated block holds whatever its last user left.
@@ -157,17 +174,106 @@ pub struct SparseArena {
     chunks: Vec<vk::DeviceMemory>,
     chunk_blocks: u32,
     pool_blocks: u32,
-    /// Free blocks (a stack: the last freed is reused first).
-    free: Vec<u32>,
+    /// Free blocks, as coalesced runs inside chunks.
+    free: FreeRuns,
     /// Per block: allocated?
     allocated: Vec<bool>,
-    /// Per block: pages that bind it.
+    /// Per block: pages that bind it (after the queued operations).
     bind_count: Vec<u32>,
-    /// Per page: the block bound there, or `UNBOUND`.
+    /// Per page: the block bound there after the queued operations, or
+    /// `UNBOUND`.
     page_block: Vec<u32>,
+    /// Per page: the last queued, unflushed operation (`NONE`, `BIND`,
+    /// `UNBIND`).
+    pending: Vec<u8>,
+    /// Page runs with a queued operation (may overlap; `pending` decides).
+    pending_runs: Vec<(u32, u32)>,
+    /// Pages queued since the last flush (counted with repeats).
+    pending_pages: u32,
     /// The value of the last bind this arena queued.
     last_bind: Option<TimelinePoint>,
     scratch: Vec<u32>,
+}
+
+const NONE: u8 = 0;
+const BIND: u8 = 1;
+const UNBIND: u8 = 2;
+
+/// Free blocks as maximal runs of consecutive blocks inside one chunk,
+/// indexed by start (to coalesce) and by length (best fit).
+#[derive(Debug, Default)]
+struct FreeRuns {
+    chunk_blocks: u32,
+    /// start → length.
+    by_start: std::collections::BTreeMap<u32, u32>,
+    /// (length, start).
+    by_len: std::collections::BTreeSet<(u32, u32)>,
+    total: u32,
+}
+
+impl FreeRuns {
+    fn new(pool_blocks: u32, chunk_blocks: u32) -> Self {
+        let mut f = Self { chunk_blocks, ..Self::default() };
+        let mut s = 0;
+        while s < pool_blocks {
+            let n = chunk_blocks.min(pool_blocks - s);
+            f.insert(s, n);
+            s += n;
+        }
+        f
+    }
+
+    fn insert(&mut self, start: u32, len: u32) {
+        self.by_start.insert(start, len);
+        self.by_len.insert((len, start));
+        self.total += len;
+    }
+
+    fn remove(&mut self, start: u32, len: u32) {
+        self.by_start.remove(&start);
+        self.by_len.remove(&(len, start));
+        self.total -= len;
+    }
+
+    /// Up to `want` consecutive blocks: the shortest free run that holds
+    /// them all (lowest start among equals), else the longest run.
+    fn alloc(&mut self, want: u32) -> Option<(u32, u32)> {
+        let want = want.max(1);
+        let (len, start) = match self.by_len.range((want, 0)..).next() {
+            Some(&r) => r,
+            None => *self.by_len.last()?,
+        };
+        self.remove(start, len);
+        let n = len.min(want);
+        if n < len {
+            self.insert(start + n, len - n);
+        }
+        Some((start, n))
+    }
+
+    /// Give back `[start, start + len)` (inside one chunk, not free),
+    /// merged with its free neighbours in the same chunk.
+    fn free(&mut self, mut start: u32, mut len: u32) {
+        debug_assert_eq!(start / self.chunk_blocks, (start + len - 1) / self.chunk_blocks, "run crosses a chunk");
+        if start % self.chunk_blocks != 0 {
+            if let Some((&ls, &ll)) = self.by_start.range(..start).next_back() {
+                debug_assert!(ls + ll <= start, "double free of block {start}");
+                if ls + ll == start {
+                    self.remove(ls, ll);
+                    start = ls;
+                    len += ll;
+                }
+            }
+        }
+        let end = start + len;
+        if end % self.chunk_blocks != 0 {
+            if let Some(&rl) = self.by_start.get(&end) {
+                self.remove(end, rl);
+                len += rl;
+            }
+        }
+        self.insert(start, len);
+    }
 }
 
 impl core::fmt::Debug for SparseArena {
@@ -176,7 +282,9 @@ impl core::fmt::Debug for SparseArena {
             .field("page_size", &self.page_size)
             .field("pages", &self.pages)
             .field("pool_blocks", &self.pool_blocks)
-            .field("free_blocks", &self.free.len())
+            .field("free_blocks", &self.free.total)
+            .field("free_runs", &self.free.by_start.len())
+            .field("pending_pages", &self.pending_pages)
             .finish_non_exhaustive()
     }
 }
@@ -284,10 +392,13 @@ impl SparseArena {
             chunks,
             chunk_blocks: desc.chunk_blocks,
             pool_blocks: desc.pool_blocks,
-            free: (0..desc.pool_blocks).rev().collect(),
+            free: FreeRuns::new(desc.pool_blocks, desc.chunk_blocks),
             allocated: vec![false; n],
             bind_count: vec![0; n],
             page_block: vec![UNBOUND; pages as usize],
+            pending: vec![NONE; pages as usize],
+            pending_runs: Vec::new(),
+            pending_pages: 0,
             last_bind: None,
             scratch: Vec::new(),
         })
@@ -322,7 +433,18 @@ impl SparseArena {
 
     /// Blocks not allocated.
     pub fn free_blocks(&self) -> u32 {
-        u32::try_from(self.free.len()).unwrap_or(u32::MAX)
+        self.free.total
+    }
+
+    /// Maximal runs of free blocks (1 = unfragmented, per chunk).
+    pub fn free_runs(&self) -> usize {
+        self.free.by_start.len()
+    }
+
+    /// Pages with an operation queued since the last [`flush`](Self::flush)
+    /// (counted once per queuing).
+    pub fn pending_pages(&self) -> u32 {
+        self.pending_pages
     }
 
     /// The device side.
@@ -337,9 +459,16 @@ impl SparseArena {
 
     /// Take a block from the pool (`None`: exhausted).
     pub fn alloc_block(&mut self) -> Option<BlockId> {
-        let b = self.free.pop()?;
-        self.allocated[b as usize] = true;
-        Some(BlockId(b))
+        self.alloc_run(1).map(|(b, _)| b)
+    }
+
+    /// Take up to `want` consecutive blocks of one chunk from the pool, as
+    /// (first block, count ≥ 1); `None`: exhausted. Fewer than `want` only
+    /// when no free run is that long (the longest is taken).
+    pub fn alloc_run(&mut self, want: u32) -> Option<(BlockId, u32)> {
+        let (b, n) = self.free.alloc(want)?;
+        self.allocated[b as usize..(b + n) as usize].fill(true);
+        Some((BlockId(b), n))
     }
 
     /// Give a block back; it must not be bound anywhere.
@@ -352,8 +481,172 @@ impl SparseArena {
             return Err(SparseError::BlockInUse { block, pages: self.bind_count[i] });
         }
         self.allocated[i] = false;
-        self.free.push(block.0);
+        self.free.free(block.0, 1);
         Ok(())
+    }
+
+    /// Give back allocated, unbound blocks, coalescing runs of consecutive
+    /// ones (in the order given).
+    fn free_unbound(&mut self, blocks: &[u32]) {
+        let mut i = 0;
+        while i < blocks.len() {
+            let s = blocks[i];
+            let mut n = 1;
+            while i + (n as usize) < blocks.len()
+                && blocks[i + n as usize] == s + n
+                && (s + n) % self.chunk_blocks != 0
+            {
+                n += 1;
+            }
+            for b in s..s + n {
+                debug_assert!(self.allocated[b as usize] && self.bind_count[b as usize] == 0);
+                self.allocated[b as usize] = false;
+            }
+            self.free.free(s, n);
+            i += n as usize;
+        }
+    }
+
+    fn check_run(&self, page: u32, n: u32) -> Result<(), SparseError> {
+        match page.checked_add(n) {
+            Some(end) if end <= self.pages => Ok(()),
+            _ => Err(SparseError::PageOutOfRange { page: page.saturating_add(n).saturating_sub(1), pages: self.pages }),
+        }
+    }
+
+    /// Record that `page` gets `block` (or `UNBOUND`) at the next flush.
+    fn queue_page(&mut self, page: u32, block: u32) -> Option<u32> {
+        let old = core::mem::replace(&mut self.page_block[page as usize], block);
+        if old != UNBOUND {
+            self.bind_count[old as usize] -= 1;
+        }
+        if block != UNBOUND {
+            self.bind_count[block as usize] += 1;
+        }
+        self.pending[page as usize] = if block == UNBOUND { UNBIND } else { BIND };
+        (old != UNBOUND).then_some(old)
+    }
+
+    /// Queue binding pages `page..page + n` to blocks `first..first + n`
+    /// (allocated, consecutive: one `VkSparseMemoryBind` if they lie in one
+    /// chunk). A page bound before is re-bound (its old block stays
+    /// allocated). Sent by the next [`flush`](Self::flush).
+    ///
+    /// Errors (nothing queued): a page outside the arena, a block not
+    /// allocated, a page that already has a bind queued since the last
+    /// flush (the device would see two binds of it in one batch).
+    pub fn queue_bind_run(&mut self, page: u32, first: BlockId, n: u32) -> Result<(), SparseError> {
+        self.check_run(page, n)?;
+        let blocks_ok = first.0.checked_add(n).is_some_and(|e| e <= self.pool_blocks)
+            && self.allocated[first.0 as usize..(first.0 + n) as usize].iter().all(|&a| a);
+        if !blocks_ok {
+            let bad = (first.0..first.0.saturating_add(n))
+                .find(|&b| !self.allocated.get(b as usize).copied().unwrap_or(false))
+                .unwrap_or(first.0);
+            return Err(SparseError::BadBlock(BlockId(bad)));
+        }
+        if let Some(p) = (page..page + n).find(|&p| self.pending[p as usize] == BIND) {
+            return Err(SparseError::DuplicatePage(p));
+        }
+        for i in 0..n {
+            self.queue_page(page + i, first.0 + i);
+        }
+        self.pending_runs.push((page, page + n));
+        self.pending_pages += n;
+        Ok(())
+    }
+
+    /// Queue unbinding pages `page..page + n` and give their blocks back to
+    /// the pool once no page binds them (the runtime's "this page left the
+    /// device"). Unbound pages are skipped. The blocks may be handed out at
+    /// once: they reach the device again only through a queued bind, sent
+    /// no earlier than this unbind. Until the flush the pages keep their old
+    /// blocks on the device: the caller must not let a submission read
+    /// them.
+    pub fn queue_release(&mut self, page: u32, n: u32) -> Result<(), SparseError> {
+        self.check_run(page, n)?;
+        let mut freed = core::mem::take(&mut self.scratch);
+        freed.clear();
+        for p in page..page + n {
+            if self.page_block[p as usize] == UNBOUND {
+                continue;
+            }
+            if let Some(old) = self.queue_page(p, UNBOUND) {
+                if self.bind_count[old as usize] == 0 {
+                    freed.push(old);
+                }
+            }
+        }
+        self.free_unbound(&freed);
+        self.scratch = freed;
+        self.pending_runs.push((page, page + n));
+        self.pending_pages += n;
+        Ok(())
+    }
+
+    /// Queue unbinding `pages`; their blocks stay allocated (give them back
+    /// with [`free_block`](Self::free_block) once unbound). Unbinding an
+    /// unbound page is allowed.
+    pub fn queue_unbind(&mut self, pages: &[u32]) -> Result<(), SparseError> {
+        if let Some(&p) = pages.iter().find(|&&p| p >= self.pages) {
+            return Err(SparseError::PageOutOfRange { page: p, pages: self.pages });
+        }
+        for &p in pages {
+            self.queue_page(p, UNBOUND);
+            self.pending_runs.push((p, p + 1));
+        }
+        self.pending_pages += u32::try_from(pages.len()).unwrap_or(u32::MAX);
+        Ok(())
+    }
+
+    /// Send every queued bind and unbind in **one** `vkQueueBindSparse`,
+    /// after all work submitted so far and before all work submitted later.
+    /// Returns the timeline value reached when they are done (host-wait it
+    /// with [`RawDevice::wait`] only if the CPU needs to know; GPU work is
+    /// ordered without it). Nothing queued: no call, the last point.
+    ///
+    /// On a device error the bookkeeping keeps what was queued (the device
+    /// is lost; nothing reads the arena again).
+    ///
+    /// # Safety
+    ///
+    /// No other thread may submit to this device's queue
+    /// (`wgpu::Queue::submit`) or bind during the call (Vulkan's external
+    /// synchronisation of `VkQueue`; wgpu offers no lock to take).
+    pub unsafe fn flush(&mut self) -> Result<TimelinePoint, SparseError> {
+        if self.pending_runs.is_empty() {
+            return Ok(self.raw.last_point());
+        }
+        let mut runs = core::mem::take(&mut self.pending_runs);
+        runs.sort_unstable();
+        let mut binds = Vec::with_capacity(runs.len());
+        for &(a, b) in &runs {
+            for p in a..b {
+                let op = core::mem::replace(&mut self.pending[p as usize], NONE);
+                let offset = u64::from(p) * self.page_size;
+                match op {
+                    BIND => {
+                        let (memory, memory_offset) = self.block_memory(self.page_block[p as usize]);
+                        Self::push_bind(&mut binds, offset, self.page_size, memory, memory_offset);
+                    }
+                    UNBIND => Self::push_bind(&mut binds, offset, self.page_size, vk::DeviceMemory::null(), 0),
+                    _ => {}
+                }
+            }
+        }
+        runs.clear();
+        self.pending_runs = runs;
+        self.pending_pages = 0;
+        if binds.is_empty() {
+            return Ok(self.raw.last_point());
+        }
+        // SAFETY: the caller keeps the queue to us; every page is inside the
+        // buffer (checked when queued), every block inside a live chunk of a
+        // type the buffer allows, all offsets/sizes are page multiples, and
+        // each page appears once (`pending` holds one operation a page).
+        let point = unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) }?;
+        self.last_bind = Some(point);
+        Ok(point)
     }
 
     fn check_pages(&mut self, pages: impl Iterator<Item = u32>) -> Result<(), SparseError> {
@@ -403,73 +696,46 @@ impl SparseArena {
         );
     }
 
-    /// Bind each `(page, block)` in one `vkQueueBindSparse`, after all work
-    /// queued so far and before all work queued later. A page bound before
-    /// is re-bound. Returns the timeline value reached when the binds are
-    /// done (host-wait it with [`RawDevice::wait`] only if the CPU needs to
-    /// know; GPU work is ordered without it).
+    /// Bind each `(page, block)` in one `vkQueueBindSparse` (with whatever
+    /// was queued before), after all work queued so far and before all work
+    /// queued later. A page bound before is re-bound. Returns the timeline
+    /// value reached when the binds are done (see [`flush`](Self::flush)).
     ///
     /// # Safety
     ///
-    /// No other thread may submit to this device's queue
-    /// (`wgpu::Queue::submit`) or bind during the call (Vulkan's external
-    /// synchronisation of `VkQueue`; wgpu offers no lock to take).
+    /// As for [`flush`](Self::flush).
     pub unsafe fn bind(&mut self, pages: &[(u32, BlockId)]) -> Result<TimelinePoint, SparseError> {
         self.check_pages(pages.iter().map(|&(p, _)| p))?;
         if let Some(&(_, b)) = pages.iter().find(|&&(_, b)| !self.allocated.get(b.0 as usize).copied().unwrap_or(false))
         {
             return Err(SparseError::BadBlock(b));
         }
-        if pages.is_empty() {
-            return Ok(self.raw.last_point());
+        if let Some(&(p, _)) = pages.iter().find(|&&(p, _)| self.pending[p as usize] == BIND) {
+            return Err(SparseError::DuplicatePage(p));
         }
-        let mut binds = Vec::with_capacity(pages.len());
         for &(p, b) in pages {
-            let (memory, memory_offset) = self.block_memory(b.0);
-            Self::push_bind(&mut binds, u64::from(p) * self.page_size, self.page_size, memory, memory_offset);
+            self.queue_page(p, b.0);
+            self.pending_runs.push((p, p + 1));
         }
-        // SAFETY: the caller keeps the queue to us; every page is inside the
-        // buffer, every block inside a live chunk of a type the buffer
-        // allows, all offsets/sizes are page multiples (checked above).
-        let point = unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) }?;
-        for &(p, b) in pages {
-            let old = core::mem::replace(&mut self.page_block[p as usize], b.0);
-            if old != UNBOUND {
-                self.bind_count[old as usize] -= 1;
-            }
-            self.bind_count[b.0 as usize] += 1;
-        }
-        self.last_bind = Some(point);
-        Ok(point)
+        self.pending_pages += u32::try_from(pages.len()).unwrap_or(u32::MAX);
+        // SAFETY: the caller's contract.
+        unsafe { self.flush() }
     }
 
-    /// Unbind `pages` in one `vkQueueBindSparse` (ordered like [`bind`]).
-    /// Unbinding an unbound page is allowed.
+    /// Unbind `pages` in one `vkQueueBindSparse` (ordered like [`bind`],
+    /// with whatever was queued before). Unbinding an unbound page is
+    /// allowed; the blocks stay allocated.
     ///
     /// # Safety
     ///
-    /// As for [`bind`].
+    /// As for [`flush`](Self::flush).
     ///
     /// [`bind`]: Self::bind
     pub unsafe fn unbind(&mut self, pages: &[u32]) -> Result<TimelinePoint, SparseError> {
         self.check_pages(pages.iter().copied())?;
-        if pages.is_empty() {
-            return Ok(self.raw.last_point());
-        }
-        let mut binds = Vec::with_capacity(pages.len());
-        for &p in pages {
-            Self::push_bind(&mut binds, u64::from(p) * self.page_size, self.page_size, vk::DeviceMemory::null(), 0);
-        }
-        // SAFETY: as in `bind`; null memory unbinds.
-        let point = unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) }?;
-        for &p in pages {
-            let old = core::mem::replace(&mut self.page_block[p as usize], UNBOUND);
-            if old != UNBOUND {
-                self.bind_count[old as usize] -= 1;
-            }
-        }
-        self.last_bind = Some(point);
-        Ok(point)
+        self.queue_unbind(pages)?;
+        // SAFETY: the caller's contract.
+        unsafe { self.flush() }
     }
 }
 
