@@ -29,6 +29,26 @@ pub const PRELUDE_ARRAY: &str =
 /// [`PRELUDE_ARRAY`] without its `enable` directive (which
 /// [`with_prelude_for`] puts on the kernel's first line instead).
 const PRELUDE_ARRAY_BODY: &str = concat!(include_str!("prelude.wgsl"), include_str!("windows_array.wgsl"));
+/// The prelude with atomics through managed pointers (`svm_atomic_*`),
+/// [`Windows::Fixed`]: the windows are `array<atomic<u32>>`, so every
+/// pointer access of such a kernel is an atomic load or store.
+pub const PRELUDE_ATOMIC: &str =
+    concat!(include_str!("prelude.wgsl"), include_str!("windows_fixed_atomic.wgsl"), include_str!("atomics.wgsl"));
+/// [`PRELUDE_ATOMIC`] with [`Windows::Array`].
+pub const PRELUDE_ARRAY_ATOMIC: &str = concat!(
+    "enable wgpu_binding_array;\n",
+    include_str!("prelude.wgsl"),
+    include_str!("windows_array_atomic.wgsl"),
+    include_str!("atomics.wgsl")
+);
+const PRELUDE_ARRAY_ATOMIC_BODY: &str =
+    concat!(include_str!("prelude.wgsl"), include_str!("windows_array_atomic.wgsl"), include_str!("atomics.wgsl"));
+
+/// Whether a kernel source uses atomics through managed pointers (then it
+/// is compiled with [`PRELUDE_ATOMIC`] / [`PRELUDE_ARRAY_ATOMIC`]).
+pub fn uses_pointer_atomics(body: &str) -> bool {
+    body.contains("svm_atomic_")
+}
 
 /// The bind group the prelude's bindings use. Kernels may declare their own
 /// storage and uniform bindings in the groups below it (bound access).
@@ -61,6 +81,24 @@ pub const PUBLIC_FUNCTIONS: &[&str] = &[
     "svm_store_vec4f",
     "svm_load_u64",
     "svm_store_u64",
+    "svm_atomic_add_u32",
+    "svm_atomic_sub_u32",
+    "svm_atomic_min_u32",
+    "svm_atomic_max_u32",
+    "svm_atomic_and_u32",
+    "svm_atomic_or_u32",
+    "svm_atomic_xor_u32",
+    "svm_atomic_exchange_u32",
+    "svm_atomic_compare_exchange_u32",
+    "svm_atomic_add_i32",
+    "svm_atomic_sub_i32",
+    "svm_atomic_min_i32",
+    "svm_atomic_max_i32",
+    "svm_atomic_and_i32",
+    "svm_atomic_or_i32",
+    "svm_atomic_xor_i32",
+    "svm_atomic_exchange_i32",
+    "svm_atomic_compare_exchange_i32",
 ];
 
 /// How the prelude binds the windows of the pool / arena view.
@@ -82,6 +120,14 @@ impl Windows {
         }
     }
     /// The prelude's source.
+    /// The prelude with pointer atomics.
+    pub fn prelude_atomic(self) -> &'static str {
+        match self {
+            Windows::Fixed => PRELUDE_ATOMIC,
+            Windows::Array => PRELUDE_ARRAY_ATOMIC,
+        }
+    }
+    /// The prelude's source (without pointer atomics).
     pub fn prelude(self) -> &'static str {
         match self {
             Windows::Fixed => PRELUDE,
@@ -105,6 +151,7 @@ pub const MAX_WINDOWS: u32 = 32;
 pub const WINDOWS_BINDING: u32 = 3;
 /// Binding of the coherent window.
 pub const COHERENT_BINDING: u32 = 7;
+
 /// Launch argument words (`SVM_MAX_ARG_WORDS`).
 pub const MAX_ARG_WORDS: u32 = 64;
 /// Error records kept per launch (`SVM_ERR_RECORDS`).
@@ -250,9 +297,12 @@ pub fn with_prelude(body: &str) -> String {
 /// errors name the kernel's own line numbers; the prelude's `enable`
 /// directive, where it has one, shares the body's first line.
 pub fn with_prelude_for(windows: Windows, body: &str) -> String {
-    let (enable, prelude) = match windows {
-        Windows::Fixed => ("", PRELUDE),
-        Windows::Array => ("enable wgpu_binding_array; ", PRELUDE_ARRAY_BODY),
+    let atomics = uses_pointer_atomics(body);
+    let (enable, prelude) = match (windows, atomics) {
+        (Windows::Fixed, false) => ("", PRELUDE),
+        (Windows::Fixed, true) => ("", PRELUDE_ATOMIC),
+        (Windows::Array, false) => ("enable wgpu_binding_array; ", PRELUDE_ARRAY_BODY),
+        (Windows::Array, true) => ("enable wgpu_binding_array; ", PRELUDE_ARRAY_ATOMIC_BODY),
     };
     let mut s = String::with_capacity(enable.len() + prelude.len() + body.len() + 1);
     s.push_str(enable);
@@ -434,7 +484,18 @@ mod tests {
     #[test]
     fn prelude_bindings_are_in_the_runtime_group_and_public_functions_exist() {
         for w in [Windows::Fixed, Windows::Array] {
-            let m = module(w.prelude());
+            let m = module(w.prelude_atomic());
+            // The atomic prelude binds the same resources, as atomics.
+            let names = |m: &naga::Module| {
+                let mut v: Vec<(u32, String)> = m
+                    .global_variables
+                    .iter()
+                    .filter_map(|(_, g)| Some((g.binding.as_ref()?.binding, g.name.clone()?)))
+                    .collect();
+                v.sort_unstable();
+                v
+            };
+            assert_eq!(names(&m), names(&module(w.prelude())), "{w:?}");
             for (_, g) in m.global_variables.iter() {
                 if let Some(b) = &g.binding {
                     assert_eq!(b.group, RUNTIME_GROUP, "{w:?}: {:?}", g.name);

@@ -117,9 +117,7 @@ struct SvmArgs {
 // svm_pool_read() and svm_pool_write(): four plain bindings
 // (windows_fixed.wgsl) or one binding array (windows_array.wgsl), appended
 // to this file by `svm_shaders::prelude`.
-// Host memory imported for in-place access (Advice::AccessedBy), or a
-// placeholder.
-@group(3) @binding(7) var<storage, read_write> svm_coherent: array<u32>;
+// Binding 7: the coherent window (svm_coherent), declared with the windows.
 
 const SVM_LOG_FAULTS: u32 = 65u;
 const SVM_SEG_COHERENT: u32 = 0xfffffffeu;

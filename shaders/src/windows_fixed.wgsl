@@ -32,3 +32,6 @@ fn svm_pool_write(t: vec2<u32>, v: u32) {
     else if (SVM_COHERENT && t.x == SVM_SEG_COHERENT) { svm_coherent[t.y] = v; }
 }
 
+// Host memory imported for in-place access (Advice::AccessedBy), or a
+// placeholder.
+@group(3) @binding(7) var<storage, read_write> svm_coherent: array<u32>;

@@ -527,3 +527,90 @@ fn main() {
         assert!(matches!(head.check(&svm), Err(svm::PtrError::NotAllocated { .. })), "freed");
     }
 }
+
+/// Atomics through managed pointers (issue 12 item 2): every operation on
+/// u32 and i32, checked like stores (a read-only declaration refuses them
+/// and nothing changes).
+#[test]
+fn pointer_atomics_on_u32_and_i32() {
+    const ATOMICS: &str = r#"
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let bins = svm_arg_ptr(0u);
+    let m = svm_arg_ptr(2u);
+    let n = svm_arg_u32(4u);
+    if (g.x >= n) { return; }
+    svm_atomic_add_u32(svm_index(bins, g.x % 16u, 4u), 1u);
+    svm_atomic_min_u32(svm_index(m, 0u, 4u), g.x + 5u);
+    svm_atomic_max_u32(svm_index(m, 1u, 4u), g.x);
+    svm_atomic_and_u32(svm_index(m, 2u, 4u), ~(1u << (g.x % 32u)));
+    svm_atomic_or_u32(svm_index(m, 3u, 4u), 1u << (g.x % 32u));
+    svm_atomic_xor_u32(svm_index(m, 4u, 4u), g.x);
+    let c = svm_index(m, 5u, 4u);
+    loop {
+        let old = svm_atomic_add_u32(c, 0u);
+        // (A refused access makes every compare-exchange fail: stop then.)
+        if (svm_atomic_compare_exchange_u32(c, old, old + 1u).exchanged || svm_failed()) { break; }
+    }
+    svm_atomic_min_i32(svm_index(m, 6u, 4u), -i32(g.x));
+    svm_atomic_max_i32(svm_index(m, 7u, 4u), i32(g.x) - 100);
+    svm_atomic_sub_u32(svm_index(m, 8u, 4u), 1u);
+    svm_atomic_exchange_u32(svm_index(m, 9u, 4u), 7u);
+    svm_atomic_add_i32(svm_index(m, 10u, 4u), -2);
+}
+"#;
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "atomics", ATOMICS);
+        let n = 1000u32;
+        let mut bins = svm.alloc_vec::<u32>(16).expect("bins");
+        let init = [u32::MAX, 0, u32::MAX, 0, 0, 0, 0, i32::MIN as u32, 5000, 0, 0];
+        let mut m = svm.alloc_from_slice(&init).expect("m");
+        let args = [Arg::ptr(bins.as_ptr()), Arg::ptr(m.as_ptr()), Arg::U32(n)];
+        let wg = [n.div_ceil(64), 1, 1];
+        // Declared read-only: every atomic refused, nothing changed.
+        let r = svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read(&bins), Access::read(&m)],
+                workgroups: wg,
+                ..Default::default()
+            },
+        );
+        match r {
+            Err(LaunchError::Kernel { faults, .. }) => {
+                assert!(faults.iter().all(|f| f.kind == svm::KernelFaultKind::ReadOnly), "{faults:?}")
+            }
+            other => panic!("{backend:?}: atomics on read-only ranges: {other:?}"),
+        }
+        assert!(bins.iter().all(|&b| b == 0) && m[..] == init, "{backend:?}: nothing changed");
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(&mut bins), Access::read_write(&mut m)],
+                workgroups: wg,
+                ..Default::default()
+            },
+        )
+        .expect("atomics");
+        let want_bins: Vec<u32> = (0..16).map(|b| (0..n).filter(|i| i % 16 == b).count() as u32).collect();
+        assert_eq!(&bins[..], &want_bins[..], "{backend:?}");
+        let xor = (0..n).fold(0, |a, i| a ^ i);
+        let want = [
+            5,
+            n - 1,
+            0,
+            u32::MAX,
+            xor,
+            n,
+            (-(n as i32 - 1)) as u32,
+            (n as i32 - 101) as u32,
+            5000 - n,
+            7,
+            (-2 * n as i32) as u32,
+        ];
+        assert_eq!(&m[..], &want, "{backend:?}");
+    }
+}
