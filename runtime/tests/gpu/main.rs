@@ -17,6 +17,7 @@ mod paths;
 mod replay;
 mod shared;
 mod soundness;
+mod sparse_speed;
 mod staged;
 
 #[path = "../support/mod.rs"]
