@@ -492,9 +492,7 @@ impl SparseArena {
         while i < blocks.len() {
             let s = blocks[i];
             let mut n = 1;
-            while i + (n as usize) < blocks.len()
-                && blocks[i + n as usize] == s + n
-                && (s + n) % self.chunk_blocks != 0
+            while i + (n as usize) < blocks.len() && blocks[i + n as usize] == s + n && (s + n) % self.chunk_blocks != 0
             {
                 n += 1;
             }
