@@ -139,6 +139,9 @@ impl Svm {
         }
         let mut report = LaunchReport::default();
         let mut temporary: Vec<(u32, u32)> = Vec::new();
+        // Host pages copied for read faults, write-protected on the CPU
+        // while copied and used (unprotected after the launch).
+        let mut guarded: Vec<(u32, u32)> = Vec::new();
         let result = (|| {
             // A kernel without the prelude never reads the page table:
             // its pages are made resident, but no PTE changes (nothing to
@@ -232,7 +235,29 @@ impl Svm {
                 }
                 want.sort_unstable();
                 want.dedup();
-                let changed = inner.map_ranges(st, &merge_ranges(want), &mut temporary, &mut report, true, true)?;
+                let want = merge_ranges(want);
+                // Read faults copy pages this launch did not declare: safe
+                // code elsewhere may hold a `&mut` to them. Write-protect the
+                // host pages first, so that no CPU write runs during the copy
+                // or the kernel (it waits for the launch, then drops the
+                // copy), as ReadMostly copies are.
+                if inner.arena.has_write_protect() {
+                    for &(a, b, write) in &want {
+                        if write {
+                            continue;
+                        }
+                        let fresh: Vec<(u32, u32)> = runs(a, b, |p| {
+                            st.frames_of[p as usize] == HOST && st.advice[p as usize] & advice::COHERENT == 0
+                        })
+                        .collect();
+                        for (ra, rb) in fresh {
+                            let (o, l) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
+                            inner.arena.write_protect(o, l).map_err(|e| LaunchError::Os(e.to_string()))?;
+                            guarded.push((ra, rb));
+                        }
+                    }
+                }
+                let changed = inner.map_ranges(st, &want, &mut temporary, &mut report, true, true)?;
                 if changed == 0 {
                     return Err(LaunchError::NoProgress { pages: addrs() });
                 }
@@ -243,6 +268,16 @@ impl Svm {
         st.pinned.clear();
         // 3. Read-only copies are dropped, except ReadMostly ones.
         let mut post = inner.settle_copies(st, temporary);
+        // Pages guarded for a read fault's copy are writable again unless a
+        // ReadMostly copy of them is kept.
+        for (a, b) in guarded {
+            for (ra, rb) in runs(a, b, |p| !st.dup[p as usize] && st.frames_of[p as usize] == HOST) {
+                let (o, l) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
+                if let Err(e) = inner.arena.write_unprotect(o, l) {
+                    post = post.and(Err(LaunchError::Os(e.to_string())));
+                }
+            }
+        }
         // PreferredLocation(Host): written pages go straight back. Only the
         // ranges this launch mapped can hold such pages (launch cost stays
         // proportional to the working set, not to the arena).
