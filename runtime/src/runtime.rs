@@ -371,7 +371,7 @@ impl Svm {
             )
         }?;
         let frames = match sparse {
-            Some(arena) => Frames::Sparse(arena),
+            Some(arena) => Frames::Sparse(Box::new(arena)),
             None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),
         };
         let state = State::new(arena.len(), pages, frames);

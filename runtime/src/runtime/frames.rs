@@ -8,8 +8,9 @@ pub(super) enum Frames {
     /// Software mode: frames of the pool, any frame for any page.
     Pool(FrameAllocator),
     /// Sparse mode: page `p`'s frame is `p`; its memory is a block bound at
-    /// sparse page `p` while the page is resident.
-    Sparse(crate::vk::SparseArena),
+    /// sparse page `p` while the page is resident. (Boxed: one per
+    /// runtime, and much larger than the pool's allocator.)
+    Sparse(Box<crate::vk::SparseArena>),
 }
 
 /// Pages of unbinds queued in sparse mode before they are sent on their own

@@ -255,7 +255,7 @@ impl FreeRuns {
     /// merged with its free neighbours in the same chunk.
     fn free(&mut self, mut start: u32, mut len: u32) {
         debug_assert_eq!(start / self.chunk_blocks, (start + len - 1) / self.chunk_blocks, "run crosses a chunk");
-        if start % self.chunk_blocks != 0 {
+        if !start.is_multiple_of(self.chunk_blocks) {
             if let Some((&ls, &ll)) = self.by_start.range(..start).next_back() {
                 debug_assert!(ls + ll <= start, "double free of block {start}");
                 if ls + ll == start {
@@ -266,7 +266,7 @@ impl FreeRuns {
             }
         }
         let end = start + len;
-        if end % self.chunk_blocks != 0 {
+        if !end.is_multiple_of(self.chunk_blocks) {
             if let Some(&rl) = self.by_start.get(&end) {
                 self.remove(end, rl);
                 len += rl;
@@ -492,7 +492,9 @@ impl SparseArena {
         while i < blocks.len() {
             let s = blocks[i];
             let mut n = 1;
-            while i + (n as usize) < blocks.len() && blocks[i + n as usize] == s + n && (s + n) % self.chunk_blocks != 0
+            while i + (n as usize) < blocks.len()
+                && blocks[i + n as usize] == s + n
+                && !(s + n).is_multiple_of(self.chunk_blocks)
             {
                 n += 1;
             }
