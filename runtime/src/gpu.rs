@@ -182,6 +182,8 @@ pub(crate) struct Gpu {
     /// (pipelined chunked copies both ways, see [`crate::staging`]); empty
     /// with a host-mapped pool and in the coherent mode.
     pub staging: crate::staging::Staging,
+    /// GPU timestamps of kernel passes, where the device has them.
+    pub timestamps: Option<Timestamps>,
     /// Set by the device-lost callback or an uncaptured error.
     pub lost: Arc<Mutex<Option<String>>>,
     _adapter: wgpu::Adapter,
@@ -461,6 +463,7 @@ impl Gpu {
         } else {
             Vec::new()
         };
+        let timestamps = Timestamps::new(&device, &queue);
         let gpu = Self {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             device,
@@ -487,6 +490,7 @@ impl Gpu {
             total_frames,
             mapped_pool,
             staging,
+            timestamps,
             lost,
             _adapter: adapter,
             validation,
@@ -681,6 +685,43 @@ fn make_bind_group(
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("svm"), layout: bgl, entries: &e })
 }
 
+/// A kernel pass's GPU start and end times (`TIMESTAMP_QUERY`): the time
+/// the kernel itself took, without the queue's latency.
+pub(crate) struct Timestamps {
+    pub set: wgpu::QuerySet,
+    pub resolve: wgpu::Buffer,
+    pub readback: wgpu::Buffer,
+    /// Nanoseconds per tick.
+    pub period: f32,
+}
+
+impl Timestamps {
+    fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Option<Self> {
+        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("svm kernel timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("svm kernel timestamps"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Self {
+            set,
+            resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            period: queue.get_timestamp_period(),
+        })
+    }
+}
+
 /// Storage bindings of the windows' binding array.
 const MAX_WINDOWS_BINDINGS: u32 = svm_shaders::MAX_WINDOWS;
 
@@ -795,7 +836,7 @@ fn open_device(host_mapped_pool: bool, sparse: bool) -> Result<Opened, SvmError>
         let desc = DeviceDescriptor {
             label: Some("svm"),
             required_features: features,
-            optional_features: BINDING_ARRAY_FEATURES,
+            optional_features: BINDING_ARRAY_FEATURES | wgpu::Features::TIMESTAMP_QUERY,
             required_limits: None,
             want_sparse: sparse,
             want_host_import: true,

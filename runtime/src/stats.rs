@@ -51,8 +51,13 @@ counters! {
     cpu_faults,
     /// Kernel launches.
     launches,
-    /// Time from dispatch to completion, ns.
+    /// Time from dispatch to completion, ns (the kernel and the queue's
+    /// latency).
     kernel_ns,
+    /// The kernels' own time from GPU timestamps, ns: counted only where the
+    /// device has timestamp queries and a tracing subscriber records svm's
+    /// debug spans (e.g. the demos' `--trace`); else 0.
+    kernel_gpu_ns,
     /// Page-table bytes uploaded.
     pt_upload_bytes,
     /// Distinct pages faulted by kernels (replayable launches).

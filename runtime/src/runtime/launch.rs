@@ -559,10 +559,18 @@ impl Inner {
         if kernel.prelude {
             enc.clear_buffer(&gpu.log, 0, None);
         }
+        // GPU timestamps of the pass, when something records them (a
+        // tracing subscriber taking svm's debug spans, e.g. the demos'
+        // --trace): an extra read back per pass otherwise not paid.
+        let stamps = gpu.timestamps.as_ref().filter(|_| tracing::enabled!(target: "svm", tracing::Level::DEBUG));
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(&kernel.label),
-                timestamp_writes: None,
+                timestamp_writes: stamps.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
             });
             pass.set_pipeline(&pipeline);
             for (g, bg) in groups.iter().enumerate() {
@@ -579,6 +587,10 @@ impl Inner {
         if kernel.prelude {
             enc.copy_buffer_to_buffer(&gpu.log, 0, &gpu.log_readback, 0, Gpu::log_read_bytes());
         }
+        if let Some(t) = stamps {
+            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+        }
         let mut cmds = vec![enc.finish()];
         if st.coherent.is_some() || gpu.mode == MappingMode::Coherent {
             // The kernel wrote host memory in place: make its writes visible
@@ -594,6 +606,12 @@ impl Inner {
         let c = &self.stats;
         if let Some(after) = timeout {
             gpu.wait_for(after)?.then_some(()).ok_or(LaunchError::Timeout { after })?;
+        }
+        if let Some(t) = stamps {
+            let ticks: [u64; 2] = gpu.read_mapped(&t.readback, 16, bytemuck::pod_read_unaligned)?;
+            let ns = (ticks[1].saturating_sub(ticks[0]) as f64 * f64::from(t.period)) as u64;
+            Counters::add(&c.kernel_gpu_ns, ns);
+            tracing::debug!(target: "svm", kernel = %kernel.label, gpu_ns = ns, "svm_kernel_gpu");
         }
         if !kernel.prelude {
             // Bound access only: no log, nothing refused in software.

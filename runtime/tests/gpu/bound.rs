@@ -614,3 +614,40 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         assert_eq!(&m[..], &want, "{backend:?}");
     }
 }
+
+/// With a subscriber taking svm's debug spans, kernel passes carry GPU
+/// timestamps (where the device has them): `Stats::kernel_gpu_ns`, at most
+/// the submit-to-completion time.
+#[test]
+fn gpu_timestamps_when_traced() {
+    use svm::wgpu::Features;
+    let Some(svm) = ctx(small(svm::FaultBackendKind::Uffd)) else { return };
+    let k = kernel(&svm, "vadd bound", VADD_BOUND);
+    let n = 1 << 20;
+    let a = svm.alloc_from_slice(&vec![1.0f32; n]).expect("a");
+    let b = svm.alloc_from_slice(&vec![2.0f32; n]).expect("b");
+    let mut c = svm.alloc_vec::<f32>(n).expect("c");
+    let mut launch = || {
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[Binding::read(&a), Binding::read(&b), Binding::read_write(&mut c)],
+                workgroups: [(n as u32).div_ceil(64), 1, 1],
+                ..Default::default()
+            },
+        )
+        .expect("launch")
+    };
+    launch();
+    assert_eq!(svm.stats().kernel_gpu_ns, 0, "nothing records: no timestamps taken");
+    let sub = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(std::io::sink).finish();
+    let before = svm.stats();
+    tracing::subscriber::with_default(sub, &mut launch);
+    let s = svm.stats().since(&before);
+    if svm.device().features().contains(Features::TIMESTAMP_QUERY) {
+        assert!(s.kernel_gpu_ns > 0, "{s:?}");
+        assert!(s.kernel_gpu_ns <= s.kernel_ns, "{s:?}");
+    } else {
+        eprintln!("the device has no timestamp queries: kernel_gpu_ns stays 0");
+    }
+}
