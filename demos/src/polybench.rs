@@ -150,7 +150,7 @@ pub fn conv2d(ctx: &Ctx) -> Result<Outcome> {
         AccessStyle::Bound => svm.launch(
             &k,
             &LaunchDescriptor {
-                bindings: &[Binding::uniform(&params), Binding::read(&m_a), Binding::read_write(&mut m_b)],
+                bindings: &[Binding::uniform(&params), Binding::read(&m_a), Binding::write_discard(&mut m_b)],
                 workgroups: [grid(inner, 256), 1, 1],
                 ..Default::default()
             },
@@ -344,7 +344,7 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
                         Binding::uniform(&params),
                         Binding::read(&m_a),
                         Binding::read(&m_x),
-                        Binding::read_write(&mut m_tmp),
+                        Binding::write_discard(&mut m_tmp),
                     ],
                     workgroups: [grid(m, 256), 1, 1],
                     ..Default::default()
@@ -357,7 +357,7 @@ pub fn atax(ctx: &Ctx) -> Result<Outcome> {
                         Binding::uniform(&params),
                         Binding::read(&m_a),
                         Binding::read_write(&mut m_tmp),
-                        Binding::read_write(&mut m_y),
+                        Binding::write_discard(&mut m_y),
                     ],
                     workgroups: [grid(n, 256), 1, 1],
                     ..Default::default()
@@ -474,8 +474,8 @@ pub fn bicg(ctx: &Ctx) -> Result<Outcome> {
                     Binding::read(&m_a),
                     Binding::read(&m_r),
                     Binding::read(&m_p),
-                    Binding::read_write(&mut m_s),
-                    Binding::read_write(&mut m_q),
+                    Binding::write_discard(&mut m_s),
+                    Binding::write_discard(&mut m_q),
                 ],
                 workgroups: [grid(m.max(n), 256), 1, 1],
                 ..Default::default()

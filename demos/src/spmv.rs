@@ -87,7 +87,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                     Binding::read(&m_cols),
                     Binding::read(&m_vals),
                     Binding::read(&m_x),
-                    Binding::read_write(&mut m_y),
+                    Binding::write_discard(&mut m_y),
                 ],
                 workgroups: [grid(rows, 256), 1, 1],
                 ..Default::default()

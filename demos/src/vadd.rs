@@ -93,7 +93,7 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
                     Binding::uniform(&params),
                     Binding::read(&a),
                     Binding::read(&b),
-                    Binding::read_write(&mut c),
+                    Binding::write_discard(&mut c),
                 ],
                 workgroups,
                 ..Default::default()

@@ -9,8 +9,9 @@ use crate::kernel::{AccessMode, BindTarget, Binding, BindingType, Kernel};
 /// A launch binding that fits its kernel binding.
 #[derive(Copy, Clone, Debug)]
 pub(crate) enum Checked<'a> {
-    /// A managed range; `write` when the launch may write it.
-    Managed { addr: usize, len: usize, write: bool },
+    /// A managed range; `write` when the launch may write it; `discard`
+    /// when its whole pages need not be copied in.
+    Managed { addr: usize, len: usize, write: bool, discard: bool },
     /// Bytes for a uniform buffer.
     Uniform(&'a [u8]),
 }
@@ -48,7 +49,7 @@ pub(crate) fn check<'a>(
     for (i, (b, k)) in given.iter().zip(&kernel.bindings).enumerate() {
         let err = |reason| Err(error(kernel, i, reason));
         let (len, checked) = match (b.target, k.ty) {
-            (BindTarget::Managed { addr, len, mode }, BindingType::Storage { read_only }) => {
+            (BindTarget::Managed { addr, len, mode, discard }, BindingType::Storage { read_only }) => {
                 if !read_only && mode == AccessMode::Read {
                     return err(BindError::NotWritable);
                 }
@@ -74,7 +75,7 @@ pub(crate) fn check<'a>(
                         why: "the WGSL type's alignment",
                     });
                 }
-                (len as u64, Checked::Managed { addr, len, write: mode == AccessMode::ReadWrite })
+                (len as u64, Checked::Managed { addr, len, write: mode == AccessMode::ReadWrite, discard })
             }
             (BindTarget::Uniform(bytes), BindingType::Uniform) => {
                 if bytes.len() as u64 > limits.max_uniform_buffer_binding_size {

@@ -222,7 +222,14 @@ pub struct Binding<'a> {
 
 #[derive(Copy, Clone, Debug)]
 pub(crate) enum BindTarget<'a> {
-    Managed { addr: usize, len: usize, mode: AccessMode },
+    /// `discard`: the range's whole pages need not be copied to the device
+    /// (they start zeroed there).
+    Managed {
+        addr: usize,
+        len: usize,
+        mode: AccessMode,
+        discard: bool,
+    },
     Uniform(&'a [u8]),
 }
 
@@ -231,13 +238,24 @@ impl<'a> Binding<'a> {
     /// kernel declares it `var<storage, read>`.
     pub fn read<R: ManagedRange + ?Sized>(v: &'a R) -> Self {
         let (addr, len) = v.byte_range();
-        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::Read } }
+        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::Read, discard: false } }
     }
     /// Bind `v` read-write; the kernel declares it `var<storage, read_write>`
     /// (or `var<storage, read>`).
     pub fn read_write<R: ManagedRange + ?Sized>(v: &'a mut R) -> Self {
         let (addr, len) = v.byte_range();
-        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::ReadWrite } }
+        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::ReadWrite, discard: false } }
+    }
+    /// Bind `v` read-write *for output*: its previous contents are
+    /// discarded instead of copied to the device — the pages the range
+    /// covers whole start zeroed on the device (the coherent modes use the
+    /// host pages in place and keep their bytes), so bytes the kernel does
+    /// not write read as zero or as their old value afterwards. For results
+    /// a kernel writes whole, it saves the copy in (CUDA has no such hint;
+    /// explicit-copy code simply does not upload outputs).
+    pub fn write_discard<R: ManagedRange + ?Sized>(v: &'a mut R) -> Self {
+        let (addr, len) = v.byte_range();
+        Self { target: BindTarget::Managed { addr, len, mode: AccessMode::ReadWrite, discard: true } }
     }
     /// Bind a plain value as a uniform buffer (`var<uniform> p: Params;`):
     /// typed arguments read by field. `T` must have the WGSL struct's layout
@@ -253,7 +271,7 @@ impl<'a> Binding<'a> {
     /// change memory behind it. (Raw pointers are fine.)
     #[allow(unsafe_code, reason = "the contract is on the caller; the body does nothing unsafe")]
     pub unsafe fn raw(addr: *const u8, len: usize, mode: AccessMode) -> Self {
-        Self { target: BindTarget::Managed { addr: addr as usize, len, mode } }
+        Self { target: BindTarget::Managed { addr: addr as usize, len, mode, discard: false } }
     }
 }
 

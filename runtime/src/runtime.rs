@@ -98,12 +98,19 @@ impl State {
             coherent: None,
             owned: std::collections::HashSet::new(),
             lost_in_place: Vec::new(),
+            discard: Vec::new(),
         }
     }
 
     /// The device owns the page (its data is only there).
     fn owned(&self, p: u32) -> bool {
         self.frames_of[p as usize] != HOST && !self.dup[p as usize]
+    }
+
+    /// Page `p`'s contents are discarded by the running launch.
+    fn discarded(&self, p: u32) -> bool {
+        let i = self.discard.partition_point(|r| r.1 <= p);
+        self.discard.get(i).is_some_and(|r| r.0 <= p)
     }
 
     /// Give page `p` frame `f` (or [`HOST`]: none); returns the old one.
@@ -272,6 +279,9 @@ struct State {
     last_fault_end: Option<u32>,
     /// The range advised `AccessedBy`, imported for in-place device access.
     coherent: Option<Coherent>,
+    /// Pages the running launch discards (`Binding::write_discard`): zeroed
+    /// on the device instead of copied in; empty between launches.
+    discard: Vec<(u32, u32)>,
     /// Pages a kernel was writing in place when the device was declared
     /// lost (a launch timeout): taken from the CPU for good.
     lost_in_place: Vec<(u32, u32)>,

@@ -81,6 +81,9 @@ counters! {
     bind_moves,
     /// `Svm::with_bindings` scopes (the application's own passes).
     app_scopes,
+    /// Pages zeroed on the device instead of copied in
+    /// (`Binding::write_discard`).
+    discarded_pages,
     /// Pages needed again by a launch after eviction wrote them back (the
     /// pool is thrashing; eviction then keeps the longest-resident pages).
     refaults,

@@ -43,7 +43,7 @@ impl Svm {
         let limits = gpu.device.limits();
         let mut checked = Vec::with_capacity(bindings.len());
         for (i, b) in bindings.iter().enumerate() {
-            let BindTarget::Managed { addr, len, mode } = b.target else {
+            let BindTarget::Managed { addr, len, mode, .. } = b.target else {
                 return Err(error(i, BindError::WrongKind { declared: "a managed range", given: "a uniform value" }));
             };
             let align = u64::from(limits.min_storage_buffer_offset_alignment);
@@ -66,14 +66,16 @@ impl Svm {
                     },
                 ));
             }
-            checked.push(Checked::Managed { addr, len, write: mode == crate::kernel::AccessMode::ReadWrite });
+            // (Discarding is a launch's optimization; here the contents stay.)
+            let write = mode == crate::kernel::AccessMode::ReadWrite;
+            checked.push(Checked::Managed { addr, len, write, discard: false });
         }
         let mut guard = inner.state.lock();
         let st = &mut *guard;
         gpu.check_lost()?;
         let mut decl = Vec::with_capacity(checked.len());
         for (i, c) in checked.iter().enumerate() {
-            let Checked::Managed { addr, len, write } = *c else { continue };
+            let Checked::Managed { addr, len, write, .. } = *c else { continue };
             let (a, b) =
                 inner.page_range(st, addr, len).ok_or_else(|| error(i, BindError::NotAllocated { addr, len }))?;
             decl.push((a, b, write));

@@ -88,12 +88,24 @@ impl Svm {
 
         // 1. Declared page ranges (bound ones first), validated and merged.
         let mut decl: Vec<(u32, u32, bool)> = Vec::with_capacity(desc.access.len() + bound.len());
+        let mut discard_pages: Vec<(u32, u32)> = Vec::new();
+        let mut keep_pages: Vec<(u32, u32)> = Vec::new();
         for (i, b) in bound.iter().enumerate() {
-            let crate::bind::Checked::Managed { addr, len, write } = *b else { continue };
+            let crate::bind::Checked::Managed { addr, len, write, discard } = *b else { continue };
             let (first, last) = inner
                 .page_range(st, addr, len)
                 .ok_or_else(|| crate::bind::error(kernel, i, BindError::NotAllocated { addr, len }))?;
             decl.push((first, last, write));
+            if !discard {
+                keep_pages.push((first, last));
+            } else {
+                // Only the pages the range covers whole.
+                let off = addr - inner.arena.base();
+                let (a, b) = (page_of(off.next_multiple_of(PAGE_SIZE)), page_of(off + len));
+                if a < b {
+                    discard_pages.push((a, b));
+                }
+            }
         }
         for a in desc.access {
             if a.len == 0 {
@@ -107,8 +119,14 @@ impl Svm {
                 return Err(LaunchError::BadRange { addr: a.addr, len: a.len });
             }
             decl.push((first, last, a.mode == AccessMode::ReadWrite));
+            keep_pages.push((first, last));
         }
         let decl = merge_ranges(decl);
+        // Pages whose contents the launch discards: those only
+        // `Binding::write_discard` ranges cover, whole.
+        let kept = |p: u32| keep_pages.iter().any(|&(a, b)| (a..b).contains(&p));
+        st.discard = discard_pages.iter().flat_map(|&(a, b)| runs(a, b, |p| !kept(p)).collect::<Vec<_>>()).collect();
+        st.discard.sort_unstable();
         // A replayable launch also sees what is already resident: pages the
         // device owns (read-write) and kept read-only copies, mapped as they
         // are, without pinning them (eviction may still take them; the
@@ -148,7 +166,9 @@ impl Svm {
             // upload; the next pointer launch maps what it declares).
             let ptes = kernel.prelude;
             inner.map_ranges(st, &resident, &mut temporary, &mut report, false, ptes)?;
-            inner.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes)?;
+            let mapped = inner.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes);
+            st.discard.clear();
+            mapped?;
             let placed = inner.place_bindings(st, &|i, why| crate::bind::error(kernel, i, why), &bound)?;
             let groups = crate::bind::groups(&gpu.device, &gpu.queue, kernel, &bound, &placed);
             // Accesses are checked against the mapped pages' extents when

@@ -187,16 +187,28 @@ impl Inner {
         let mut copies = 0;
         while p < b {
             let (f, n) = st.frames.alloc_run(p, b - p)?.expect("pool space checked before migrating");
-            // A frame run may straddle pool segments: one copy per segment.
+            // A frame run may straddle pool segments: one copy per segment
+            // (and per run of pages whose contents the launch discards:
+            // those frames are zeroed instead).
             let mut done = 0;
             while done < n {
                 let fr = f + done;
-                let k = (n - done).min(gpu.frames_left_in_segment(fr));
+                let mut k = (n - done).min(gpu.frames_left_in_segment(fr));
+                let discard = st.discarded(p + done);
+                k = (1..k).find(|&i| st.discarded(p + done + i) != discard).unwrap_or(k);
                 let (seg, off) = gpu.frame_location(fr);
                 let host_off = (p + done) as usize * PAGE_SIZE;
                 let len = k as usize * PAGE_SIZE;
                 let (buf, base) = gpu.segment(seg);
-                if gpu.mapped_pool {
+                if discard {
+                    // No copy: the frames may hold a previous page's bytes.
+                    let mut enc = gpu
+                        .device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm discard") });
+                    enc.clear_buffer(buf, base + off, Some(len as u64));
+                    gpu.queue.submit([enc.finish()]);
+                    Counters::add(&self.stats.discarded_pages, u64::from(k));
+                } else if gpu.mapped_pool {
                     // Unified memory: one copy, straight into the mapped pool.
                     gpu.write_mapped_range(buf, base + off, len as u64, |view| {
                         // SAFETY: no writer of these host pages during the

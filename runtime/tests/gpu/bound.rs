@@ -651,3 +651,56 @@ fn gpu_timestamps_when_traced() {
         eprintln!("the device has no timestamp queries: kernel_gpu_ns stays 0");
     }
 }
+
+/// `Binding::write_discard`: an output's old contents are not copied in
+/// (whole pages start zeroed on the device; the coherent modes keep the
+/// host bytes), and bytes outside the range — in its edge pages too — are
+/// untouched.
+#[test]
+fn write_discard_skips_the_copy_in_and_keeps_what_is_outside() {
+    const HALF: &str = r#"
+@group(0) @binding(0) var<storage, read_write> v: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x < arrayLength(&v) / 2u) { v[g.x] = g.x + 1u; }
+}
+"#;
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let k = kernel(&svm, "half", HALF);
+        let in_place = svm.mapping_mode() == svm::MappingMode::Coherent;
+        let mut v = svm.alloc_from_slice(&vec![7u32; 8192]).expect("v");
+        let (lo, hi) = (64, 5064); // bytes 256..20256: pages 0 and 4 partly
+        let before = svm.stats();
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                bindings: &[Binding::write_discard(&mut v.slice_mut(lo..hi))],
+                workgroups: [((hi - lo) as u32).div_ceil(64), 1, 1],
+                ..Default::default()
+            },
+        )
+        .expect("launch");
+        let s = svm.stats().since(&before);
+        if !in_place {
+            assert_eq!(s.discarded_pages, 3, "{backend:?}: pages 1-3 are covered whole");
+        }
+        let half = (hi - lo) / 2;
+        for (i, &x) in v.iter().enumerate() {
+            let want_written = (lo..lo + half).contains(&i);
+            if want_written {
+                assert_eq!(x, (i - lo) as u32 + 1, "{backend:?}: v[{i}] written");
+            } else if !(lo..hi).contains(&i) {
+                assert_eq!(x, 7, "{backend:?}: v[{i}] outside the range is untouched");
+            } else {
+                // Inside the range, not written: zero on a discarded page,
+                // else the old value.
+                assert!(x == 0 || x == 7, "{backend:?}: v[{i}] = {x}");
+                let page = (i * 4) / 4096;
+                if !in_place && (1..4).contains(&page) {
+                    assert_eq!(x, 0, "{backend:?}: v[{i}] on a discarded page");
+                }
+            }
+        }
+    }
+}
