@@ -246,13 +246,14 @@ impl<'a> Binding<'a> {
         let (addr, len) = v.byte_range();
         Self { target: BindTarget::Managed { addr, len, mode: AccessMode::ReadWrite, discard: false } }
     }
-    /// Bind `v` read-write *for output*: its previous contents are
-    /// discarded instead of copied to the device — the pages the range
-    /// covers whole start zeroed on the device (the coherent modes use the
-    /// host pages in place and keep their bytes), so bytes the kernel does
-    /// not write read as zero or as their old value afterwards. For results
-    /// a kernel writes whole, it saves the copy in (CUDA has no such hint;
-    /// explicit-copy code simply does not upload outputs).
+    /// Bind `v` read-write *for output*: its previous contents need not be
+    /// copied to the device — on the staged path (discrete GPUs) and in the
+    /// sparse mode the pages the range covers whole start zeroed on the
+    /// device instead; a host-mapped pool copies anyway (zeroing costs the
+    /// same there) and the coherent modes use the host pages in place. So
+    /// bytes the kernel does not write read as zero or as their old value
+    /// afterwards. For results a kernel writes whole, it saves the copy in
+    /// (explicit-copy code simply does not upload outputs).
     pub fn write_discard<R: ManagedRange + ?Sized>(v: &'a mut R) -> Self {
         let (addr, len) = v.byte_range();
         Self { target: BindTarget::Managed { addr, len, mode: AccessMode::ReadWrite, discard: true } }
