@@ -196,8 +196,9 @@ impl Inner {
                 let mut k = (n - done).min(gpu.frames_left_in_segment(fr));
                 // (With a host-mapped pool, zeroing costs what the copy does:
                 // measured, no gain; the pages are copied as usual there.)
-                let discard = !gpu.mapped_pool && st.discarded(p + done);
-                k = (1..k).find(|&i| st.discarded(p + done + i) != discard).unwrap_or(k);
+                let discarded = |q: u32| !gpu.mapped_pool && st.discarded(q);
+                let discard = discarded(p + done);
+                k = (1..k).find(|&i| discarded(p + done + i) != discard).unwrap_or(k);
                 let (seg, off) = gpu.frame_location(fr);
                 let host_off = (p + done) as usize * PAGE_SIZE;
                 let len = k as usize * PAGE_SIZE;
