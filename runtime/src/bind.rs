@@ -23,6 +23,25 @@ pub(crate) struct Placed {
     pub size: u64,
 }
 
+/// What every storage binding of a managed range needs from the device:
+/// at most `max_storage_buffer_binding_size` bytes, starting at a multiple of
+/// `min_storage_buffer_offset_alignment` (arena pages are 4 KiB aligned in
+/// every view, so the address's alignment is the binding offset's).
+pub(crate) fn check_storage_range(addr: usize, len: usize, limits: &wgpu::Limits) -> Result<(), BindError> {
+    if len as u64 > limits.max_storage_buffer_binding_size {
+        return Err(BindError::TooLarge {
+            len: len as u64,
+            limit: limits.max_storage_buffer_binding_size,
+            limit_name: "max_storage_buffer_binding_size",
+        });
+    }
+    let align = u64::from(limits.min_storage_buffer_offset_alignment);
+    if !(addr as u64).is_multiple_of(align) {
+        return Err(BindError::Misaligned { addr, align, why: "the device's min_storage_buffer_offset_alignment" });
+    }
+    Ok(())
+}
+
 /// The error for binding `index` of `kernel`.
 pub(crate) fn error(kernel: &Kernel, index: usize, reason: BindError) -> LaunchError {
     let b = &kernel.bindings[index];
@@ -53,20 +72,8 @@ pub(crate) fn check<'a>(
                 if !read_only && mode == AccessMode::Read {
                     return err(BindError::NotWritable);
                 }
-                if len as u64 > limits.max_storage_buffer_binding_size {
-                    return err(BindError::TooLarge {
-                        len: len as u64,
-                        limit: limits.max_storage_buffer_binding_size,
-                        limit_name: "max_storage_buffer_binding_size",
-                    });
-                }
-                let device_align = u64::from(limits.min_storage_buffer_offset_alignment);
-                if !(addr as u64).is_multiple_of(device_align) {
-                    return err(BindError::Misaligned {
-                        addr,
-                        align: device_align,
-                        why: "the device's min_storage_buffer_offset_alignment",
-                    });
+                if let Err(why) = check_storage_range(addr, len, limits) {
+                    return err(why);
                 }
                 if addr % k.align as usize != 0 {
                     return err(BindError::Misaligned {

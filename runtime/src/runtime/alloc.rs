@@ -9,14 +9,18 @@ impl Svm {
     /// [`allocator_api2::alloc::Allocator`]) holds: the raw `free` refuses
     /// it, only [`Self::free_owned`] frees it.
     pub(crate) fn alloc_owned(&self, bytes: usize) -> Result<NonNull<u8>, AllocError> {
-        let p = self.alloc(bytes)?;
-        self.inner.state.lock().owned.insert(p.as_ptr() as usize - self.inner.arena.base());
-        Ok(p)
+        self.alloc_impl(bytes, true)
     }
 
     /// Allocate `bytes` of managed memory (zero-filled, page aligned; 2 MiB
     /// aligned from 2 MiB up).
     pub fn alloc(&self, bytes: usize) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_impl(bytes, false)
+    }
+
+    /// `owned`: registered as a typed owner's under the same lock, so that no
+    /// raw `free` can reach it in between.
+    fn alloc_impl(&self, bytes: usize, owned: bool) -> Result<NonNull<u8>, AllocError> {
         self.inner.check_process().map_err(|_| AllocError::NotInherited)?;
         if bytes == 0 {
             return Err(AllocError::ZeroSize);
@@ -47,6 +51,9 @@ impl Svm {
         }
         let first = page_of(off);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
+        if owned {
+            st.owned.insert(off);
+        }
         drop(st);
         // SAFETY-free: an arena address is never null.
         Ok(NonNull::new((arena.base() + off) as *mut u8).expect("arena addresses are non-null"))
@@ -160,10 +167,8 @@ impl Svm {
         let bytes = len
             .checked_mul(core::mem::size_of::<T>())
             .ok_or(AllocError::TooLarge { requested: usize::MAX, arena: self.inner.arena.len() })?;
-        let p = self.alloc(bytes.max(1))?;
-        // Owned from here: the raw `free` refuses it. (Between `alloc` and
-        // this line only this thread knows the address.)
-        self.inner.state.lock().owned.insert(p.as_ptr() as usize - self.inner.arena.base());
+        // Owned from the start: the raw `free` refuses it.
+        let p = self.alloc_owned(bytes.max(1))?;
         Ok(ManagedVec::from_raw(self.clone(), p, len))
     }
 

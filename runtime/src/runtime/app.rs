@@ -46,25 +46,9 @@ impl Svm {
             let BindTarget::Managed { addr, len, mode, .. } = b.target else {
                 return Err(error(i, BindError::WrongKind { declared: "a managed range", given: "a uniform value" }));
             };
-            let align = u64::from(limits.min_storage_buffer_offset_alignment);
-            if !(addr as u64).is_multiple_of(align) {
-                return Err(error(
-                    i,
-                    BindError::Misaligned { addr, align, why: "the device's min_storage_buffer_offset_alignment" },
-                ));
-            }
+            crate::bind::check_storage_range(addr, len, &limits).map_err(|why| error(i, why))?;
             if len == 0 || len % 4 != 0 {
                 return Err(error(i, BindError::Length { len: len as u64 }));
-            }
-            if len as u64 > limits.max_storage_buffer_binding_size {
-                return Err(error(
-                    i,
-                    BindError::TooLarge {
-                        len: len as u64,
-                        limit: limits.max_storage_buffer_binding_size,
-                        limit_name: "max_storage_buffer_binding_size",
-                    },
-                ));
             }
             // (Discarding is a launch's optimization; here the contents stay.)
             let write = mode == crate::kernel::AccessMode::ReadWrite;

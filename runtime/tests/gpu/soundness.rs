@@ -51,7 +51,6 @@ fn zero_workgroups_is_an_error() {
         assert!(matches!(r, Err(LaunchError::BadDispatch { .. })), "{wg:?}: {r:?}");
     }
     assert_eq!(svm.stats().launches, 0);
-    let _ = (ctx_migrating, LaunchOptions::default());
 }
 
 /// A free the OS refuses (mprotect's ENOMEM past `vm.max_map_count`, here
