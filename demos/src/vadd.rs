@@ -37,6 +37,19 @@ struct Managed {
     copy: f64,
 }
 
+/// Read a managed result back by CPU faults, timed, and once more with its
+/// pages already on the CPU (the application's copy alone).
+fn read_back(v: &svm::ManagedVec<f32>, launch: f64) -> (Vec<f32>, Managed) {
+    let t = Instant::now();
+    let out = v.to_vec();
+    let back = since_ms(t);
+    let t = Instant::now();
+    let again = v.to_vec();
+    let copy = since_ms(t);
+    drop(again);
+    (out, Managed { launch, back, copy })
+}
+
 fn report(name: &str, access: AccessStyle, m: &Managed, tm: &Timing, note: String) -> Outcome {
     let Managed { launch, back, copy } = *m;
     let managed_ms = launch + back;
@@ -109,14 +122,7 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
             },
         )?,
     };
-    let launch = since_ms(t);
-    let t = Instant::now();
-    let c_managed = c.to_vec();
-    let back = since_ms(t);
-    let t = Instant::now();
-    let again = c.to_vec();
-    let managed = Managed { launch, back, copy: since_ms(t) };
-    drop(again);
+    let (c_managed, managed) = read_back(&c, since_ms(t));
 
     let mut tm = Timing::default();
     let t = Instant::now();
@@ -198,14 +204,7 @@ pub fn saxpy(ctx: &Ctx) -> Result<Outcome> {
             },
         )?,
     };
-    let launch = since_ms(t);
-    let t = Instant::now();
-    let y_managed = y.to_vec();
-    let back = since_ms(t);
-    let t = Instant::now();
-    let again = y.to_vec();
-    let managed = Managed { launch, back, copy: since_ms(t) };
-    drop(again);
+    let (y_managed, managed) = read_back(&y, since_ms(t));
 
     let mut tm = Timing::default();
     let t = Instant::now();
