@@ -40,7 +40,7 @@ pub(crate) const UP_CHUNK: u64 = 2 << 20;
 /// Upload slots: copies in flight while the CPU fills the next slot.
 pub(crate) const UP_SLOTS: usize = 4;
 /// Bytes of one download slot: one submission and one map per 2 MiB span
-/// (measured against 512 KiB slots, four submissions a span: staged d2h
+/// (`cargo bench -p svm-benches --bench migration`, against 512 KiB slots, four submissions a span: staged d2h
 /// 0.45-0.48x -> 0.54x of an explicit readback at 256 MiB, sparse 0.50-0.52x
 /// -> 0.59x; the read-ahead of the next span still overlaps the CPU's copy
 /// out of this one).
