@@ -1,0 +1,539 @@
+//! Concurrency (issue 14): what a CPU thread pays while a long kernel runs.
+//!
+//! A kernel of about a second (a register loop over one page of a vector A,
+//! its iteration count a launch argument calibrated at start) runs on a
+//! second thread (`std::thread::scope`); meanwhile the main thread does one
+//! operation that has nothing to do with A and times it:
+//!
+//! - **fault**: reads one element of a vector B whose pages the device owns
+//!   (a launch bound B read-write before): a CPU fault, the page's chunk
+//!   migrates back;
+//! - **alloc**: `svm.alloc(4096)`;
+//! - **free**: `svm.free(p)` of a 4 KiB allocation made before the kernel.
+//!
+//! The same operations with no kernel running are the idle figures. Every
+//! fault sample reads a page of its own 2 MiB block of B (B is one slot of
+//! 2 MiB per sample), so every read is a first, non-sequential fault on
+//! device-owned memory (the default policy: 64 KiB chunk, tree prefetcher).
+//!
+//! Every mapping mode and fault backend the machine offers, side by side:
+//! the software mode with the host-mapped pool (lavapipe's default), the
+//! software mode staged (`host_mapped_pool(false)`, as on a discrete GPU),
+//! the sparse mode, and the coherent mode (nothing migrates, so no fault
+//! figures; alloc and free still); each under userfaultfd and mprotect.
+//!
+//! The kernel runs on ONE workgroup, so on lavapipe it keeps one CPU busy
+//! and leaves the others to the timed thread and the fault service: the
+//! "during" figures measure what the runtime makes the thread wait for, not
+//! CPU contention. The operation starts [`Opts::delay`] after the launching
+//! thread calls `launch`; the "kernel left" column is the time from the
+//! operation's start to the launch's return: an operation that waits for
+//! the kernel takes about that long.
+//!
+//! Built to be extended: [`Ctx`] holds one runtime with its kernels and
+//! [`Ctx::while_kernel_runs`] runs any closure during the long kernel.
+//! Further sections (two threads launching on two queues vs one thread;
+//! many small launches back to back) would be functions over a [`Ctx`] with
+//! their own table, called from `main` next to [`cpu_ops`].
+//!
+//! ```text
+//! cargo bench -p svm-benches --bench concurrency            # ~1 s kernel, 5 rounds
+//! cargo bench -p svm-benches --bench concurrency -- --quick # ~0.5 s kernel, 2 rounds; results/quick/
+//! ```
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use common::{gpu_required, machine, median};
+use svm::{
+    Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, ManagedVec, MappingMode, Svm, SvmDescriptor,
+};
+
+const MIB: usize = 1 << 20;
+/// u32 words per 4 KiB page.
+const PAGE_WORDS: usize = 1024;
+/// Pages per 2 MiB slot of B (one fault sample per slot).
+const SLOT_PAGES: usize = 512;
+const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
+
+/// The long kernel: each of 64 invocations runs a xorshift over its own
+/// word of A `p.iters` times (registers only; one load and one store).
+const SPIN: &str = "struct P { iters: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(0) @binding(0) var<storage, read_write> a: array<u32>;
+@group(0) @binding(1) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x >= arrayLength(&a)) { return; }
+    var x = a[g.x] | 1u;
+    for (var k = 0u; k < p.iters; k++) { x ^= x << 13u; x ^= x >> 17u; x ^= x << 5u; }
+    a[g.x] = x;
+}";
+
+/// Writes `page ^ tag` into the first word of every page of B: bound
+/// read-write, every page of B becomes device-owned.
+const WRITER: &str = "struct P { tag: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(0) @binding(0) var<storage, read_write> b: array<u32>;
+@group(0) @binding(1) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let i = g.x * 1024u;
+    if (i < arrayLength(&b)) { b[i] = g.x ^ p.tag; }
+}";
+
+const TAG: u32 = 0x5a5a_0000;
+
+/// A uniform of one u32 (padded to 16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct P {
+    v: u32,
+    pad: [u32; 3],
+}
+
+struct Opts {
+    quick: bool,
+    /// Rounds; each round times every operation idle 3 times and once
+    /// during a kernel.
+    rounds: usize,
+    /// Idle samples per operation and round.
+    idle_per_round: usize,
+    /// The long kernel's target duration.
+    kernel: Duration,
+    /// From the launching thread's call to `launch` to the timed operation.
+    delay: Duration,
+    out: PathBuf,
+}
+
+impl Opts {
+    fn parse() -> Self {
+        let quick =
+            std::env::args().any(|a| a == "--quick") || std::env::var("SVM_BENCH_QUICK").is_ok_and(|v| v == "1");
+        let root = std::env::var_os("SVM_BENCH_OUT")
+            .map_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../results")), PathBuf::from);
+        Self {
+            quick,
+            rounds: if quick { 2 } else { 5 },
+            idle_per_round: 3,
+            kernel: Duration::from_millis(if quick { 500 } else { 1000 }),
+            delay: Duration::from_millis(if quick { 100 } else { 200 }),
+            out: if quick { root.join("quick") } else { root },
+        }
+    }
+
+    fn command(&self) -> &'static str {
+        if self.quick {
+            "cargo bench -p svm-benches --bench concurrency -- --quick"
+        } else {
+            "cargo bench -p svm-benches --bench concurrency"
+        }
+    }
+
+    /// 2 MiB slots of B: one per fault sample.
+    fn slots(&self) -> usize {
+        self.rounds * (self.idle_per_round + 1)
+    }
+}
+
+/// A mapping mode / migration path row.
+#[derive(Clone, Copy)]
+struct Path {
+    name: &'static str,
+    mode: MappingMode,
+    host_mapped_pool: bool,
+}
+
+const PATHS: [Path; 4] = [
+    Path { name: "software", mode: MappingMode::Software, host_mapped_pool: true },
+    Path { name: "staged", mode: MappingMode::Software, host_mapped_pool: false },
+    Path { name: "sparse", mode: MappingMode::Sparse, host_mapped_pool: true },
+    Path { name: "coherent", mode: MappingMode::Coherent, host_mapped_pool: true },
+];
+
+/// One runtime with the long kernel, its vector A and the writer of B.
+struct Ctx {
+    svm: Svm,
+    spin: Kernel,
+    writer: Kernel,
+    a: ManagedVec<u32>,
+    /// Iterations of [`SPIN`] for the target duration.
+    iters: u32,
+}
+
+/// Timing of one operation run during the long kernel.
+struct During<R> {
+    /// The operation's result.
+    value: R,
+    /// The operation, ms.
+    op_ms: f64,
+    /// From the operation's start to the launch's return, ms.
+    left_ms: f64,
+    /// The whole launch, ms.
+    kernel_ms: f64,
+}
+
+impl Ctx {
+    fn new(path: Path, backend: FaultBackendKind) -> Result<Self, svm::SvmError> {
+        let desc = SvmDescriptor::default()
+            .arena_size(256 * MIB)
+            .pool_size(128 * MIB as u64)
+            .mapping(path.mode)
+            .host_mapped_pool(path.host_mapped_pool)
+            .fault_backend(backend);
+        let svm = Svm::with_descriptor(&desc)?;
+        let kernel = |label, source| {
+            svm.create_kernel(&KernelDescriptor { label, source, entry_point: "main" }).expect("kernel compiles")
+        };
+        let spin = kernel("spin", SPIN);
+        let writer = kernel("writer", WRITER);
+        let a = svm.alloc_from_slice(&(0..64u32).collect::<Vec<_>>()).expect("A");
+        Ok(Self { svm, spin, writer, a, iters: 1 })
+    }
+
+    /// One launch of the long kernel with `iters` iterations, ms.
+    fn spin_once(svm: &Svm, spin: &Kernel, a: &mut ManagedVec<u32>, iters: u32) -> f64 {
+        let p = P { v: iters, pad: [0; 3] };
+        let t = Instant::now();
+        svm.launch(
+            spin,
+            &LaunchDescriptor {
+                bindings: &[Binding::read_write(a), Binding::uniform(&p)],
+                workgroups: [1, 1, 1],
+                ..Default::default()
+            },
+        )
+        .expect("spin launch");
+        t.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Iterations for a kernel of `target`: grow until a launch takes at
+    /// least 100 ms, then scale. Returns them and one launch's time, ms.
+    fn calibrate(&mut self, target: Duration) -> (u32, f64) {
+        Self::spin_once(&self.svm, &self.spin, &mut self.a, 1); // compile, A resident
+        let mut iters: u64 = 1 << 16;
+        loop {
+            let ms = Self::spin_once(&self.svm, &self.spin, &mut self.a, iters as u32);
+            if ms >= 100.0 || iters >= u64::from(u32::MAX) / 4 {
+                iters = ((iters as f64 * target.as_secs_f64() * 1e3 / ms) as u64).clamp(1, u64::from(u32::MAX));
+                break;
+            }
+            iters = (iters * 4).min(u64::from(u32::MAX));
+        }
+        self.iters = iters as u32;
+        (self.iters, Self::spin_once(&self.svm, &self.spin, &mut self.a, self.iters))
+    }
+
+    /// Run `op` on this thread while the long kernel runs on another,
+    /// `delay` after that thread called `launch`.
+    fn while_kernel_runs<R>(&mut self, delay: Duration, op: impl FnOnce(&Svm) -> R) -> During<R> {
+        let Self { svm, spin, a, iters, .. } = self;
+        let (svm, spin, iters) = (&*svm, &*spin, *iters);
+        let go = Barrier::new(2);
+        std::thread::scope(|s| {
+            let launcher = s.spawn(|| {
+                go.wait();
+                let t0 = Instant::now();
+                Self::spin_once(svm, spin, a, iters);
+                (t0, Instant::now())
+            });
+            go.wait();
+            std::thread::sleep(delay);
+            let t = Instant::now();
+            let value = op(svm);
+            let op_ms = t.elapsed().as_secs_f64() * 1e3;
+            let (t0, end) = launcher.join().expect("launcher thread");
+            During {
+                value,
+                op_ms,
+                left_ms: end.saturating_duration_since(t).as_secs_f64() * 1e3,
+                kernel_ms: (end - t0).as_secs_f64() * 1e3,
+            }
+        })
+    }
+
+    /// B, `slots` × 2 MiB, every page device-owned (one bound read-write
+    /// launch of [`WRITER`]).
+    fn device_owned_b(&self, slots: usize) -> ManagedVec<u32> {
+        let pages = slots * SLOT_PAGES;
+        let mut b = self.svm.alloc_vec::<u32>(pages * PAGE_WORDS).expect("B");
+        let p = P { v: TAG, pad: [0; 3] };
+        self.svm
+            .launch(
+                &self.writer,
+                &LaunchDescriptor {
+                    bindings: &[Binding::read_write(&mut b), Binding::uniform(&p)],
+                    workgroups: [u32::try_from(pages.div_ceil(64)).expect("small"), 1, 1],
+                    ..Default::default()
+                },
+            )
+            .expect("writer launch");
+        b
+    }
+}
+
+/// Read the first word of page `slot * SLOT_PAGES` of B: one CPU fault on
+/// device-owned memory. Returns the statistics' CPU faults and d2h pages
+/// over the read; checks the value.
+fn fault_read(svm: &Svm, b: &ManagedVec<u32>, slot: usize) -> (u64, u64) {
+    let page = slot * SLOT_PAGES;
+    let s0 = svm.stats();
+    let v = std::hint::black_box(b[page * PAGE_WORDS]);
+    let d = svm.stats().since(&s0);
+    assert_eq!(v, page as u32 ^ TAG, "B page {page} read back wrong");
+    (d.cpu_faults, d.d2h_pages)
+}
+
+fn ms_of(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Samples of one operation.
+#[derive(Default)]
+struct Samples {
+    idle: Vec<f64>,
+    during: Vec<f64>,
+}
+
+/// One row of the CPU-operations table.
+struct OpsRow {
+    path: Path,
+    backend: FaultBackendKind,
+    /// The pool is in host-mapped memory (the runtime's own answer).
+    host_mapped: bool,
+    /// `None` where nothing migrates (coherent mode).
+    fault: Option<Samples>,
+    alloc: Samples,
+    free: Samples,
+    /// Every during-kernel launch, ms.
+    kernel_ms: Vec<f64>,
+    /// From each during-kernel operation's start to the launch's return, ms.
+    left_ms: Vec<f64>,
+    /// Per fault read: CPU faults served, d2h pages.
+    faults: Vec<(u64, u64)>,
+}
+
+/// Section 1 and 2 for one runtime: faults on device-owned pages the
+/// kernel does not use, `alloc(4096)` and `free`, idle and during the long
+/// kernel, rounds interleaved.
+fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> OpsRow {
+    let migrates = path.mode != MappingMode::Coherent;
+    let b = migrates.then(|| ctx.device_owned_b(o.slots()));
+    let mut row = OpsRow {
+        path,
+        backend,
+        host_mapped: ctx.svm.pool_is_host_mapped(),
+        fault: migrates.then(Samples::default),
+        alloc: Samples::default(),
+        free: Samples::default(),
+        kernel_ms: Vec::new(),
+        left_ms: Vec::new(),
+        faults: Vec::new(),
+    };
+    let mut slot = 0;
+    let during = |row: &mut OpsRow, kernel_ms: f64, left_ms: f64| {
+        row.kernel_ms.push(kernel_ms);
+        row.left_ms.push(left_ms);
+    };
+    for _ in 0..o.rounds {
+        // Idle.
+        for _ in 0..o.idle_per_round {
+            if let (Some(b), Some(f)) = (&b, &mut row.fault) {
+                let mut r = (0, 0);
+                f.idle.push(ms_of(|| r = fault_read(&ctx.svm, b, slot)));
+                row.faults.push(r);
+                slot += 1;
+            }
+            let mut p = None;
+            row.alloc.idle.push(ms_of(|| p = Some(ctx.svm.alloc(4096).expect("alloc"))));
+            let p = p.expect("set").as_ptr();
+            row.free.idle.push(ms_of(|| ctx.svm.free(p).expect("free")));
+        }
+        // During the kernel: one kernel per operation.
+        if let Some(b) = &b {
+            let d = ctx.while_kernel_runs(o.delay, |svm| fault_read(svm, b, slot));
+            slot += 1;
+            row.faults.push(d.value);
+            row.fault.as_mut().expect("migrates").during.push(d.op_ms);
+            during(&mut row, d.kernel_ms, d.left_ms);
+        }
+        let mut p = None;
+        let d = ctx.while_kernel_runs(o.delay, |svm| {
+            let t = Instant::now();
+            p = Some(svm.alloc(4096).expect("alloc"));
+            t.elapsed().as_secs_f64() * 1e3
+        });
+        ctx.svm.free(p.expect("set").as_ptr()).expect("free");
+        row.alloc.during.push(d.value);
+        during(&mut row, d.kernel_ms, d.left_ms);
+
+        let p = ctx.svm.alloc(4096).expect("alloc").as_ptr();
+        let d = ctx.while_kernel_runs(o.delay, |svm| {
+            let t = Instant::now();
+            svm.free(p).expect("free");
+            t.elapsed().as_secs_f64() * 1e3
+        });
+        row.free.during.push(d.value);
+        during(&mut row, d.kernel_ms, d.left_ms);
+    }
+    row
+}
+
+/// ms with a precision fit for µs and for seconds.
+fn ms(x: f64) -> String {
+    if x < 0.1 {
+        format!("{x:.4}")
+    } else if x < 10.0 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// `during / idle`.
+fn ratio(idle: f64, during: f64) -> String {
+    let r = during / idle.max(1e-9);
+    if r >= 100.0 {
+        format!("{r:.0}×")
+    } else {
+        format!("{r:.2}×")
+    }
+}
+
+fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBackendKind)]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
+    );
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (r, (path, backend)) in rows.iter().zip(names) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} |||||||||||||", path.name);
+                continue;
+            }
+        };
+        let med = |v: &[f64]| median(&mut v.to_vec());
+        let pool = match (r.path.mode, r.host_mapped) {
+            (MappingMode::Coherent, _) => "arena in place",
+            (MappingMode::Sparse, _) => "sparse buffer",
+            (_, true) => "host-mapped",
+            (_, false) => "staged",
+        };
+        let (fi, fd, fr, kib) = match &r.fault {
+            Some(f) => {
+                let (i, d) = (med(&f.idle), med(&f.during));
+                let kib: Vec<f64> = r.faults.iter().map(|&(_, p)| p as f64 * 4.0).collect();
+                (ms(i), ms(d), ratio(i, d), format!("{:.0}", med(&kib)))
+            }
+            None => ("no faults".into(), "no faults".into(), String::new(), String::new()),
+        };
+        let (ai, ad) = (med(&r.alloc.idle), med(&r.alloc.during));
+        let (xi, xd) = (med(&r.free.idle), med(&r.free.during));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {kib} | {} | {} | {} | {} | {} | {} |",
+            r.path.name,
+            r.backend,
+            ms(med(&r.kernel_ms)),
+            ms(med(&r.left_ms)),
+            ms(ai),
+            ms(ad),
+            ratio(ai, ad),
+            ms(xi),
+            ms(xd),
+            ratio(xi, xd),
+        );
+    }
+    t
+}
+
+fn main() {
+    let o = Opts::parse();
+    let started = Instant::now();
+    let mut probe = match Ctx::new(PATHS[0], BACKENDS[0]) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!gpu_required(), "SVM_REQUIRE_GPU=1 but no runtime: {e}");
+            println!("SKIP: the concurrency bench needs a GPU adapter: {e}");
+            return;
+        }
+    };
+    let device = probe.svm.device_info().to_string();
+    let machine = machine();
+    let (iters, cal_ms) = probe.calibrate(o.kernel);
+    drop(probe);
+    eprintln!("machine: {machine}\ndevice: {device}\nlong kernel: {iters} iterations, {cal_ms:.0} ms");
+
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    for path in PATHS {
+        for backend in BACKENDS {
+            let t = Instant::now();
+            names.push((path, backend));
+            let row = Ctx::new(path, backend).map_err(|e| e.to_string()).map(|mut ctx| {
+                ctx.iters = iters;
+                // Compile, A resident.
+                Ctx::spin_once(&ctx.svm, &ctx.spin, &mut ctx.a, 1);
+                // The backend in use (not merely the one asked for).
+                let in_use = ctx.svm.fault_backend();
+                let row = cpu_ops(&o, &mut ctx, path, in_use);
+                let missed = row.faults.iter().filter(|&&(f, _)| f == 0).count();
+                assert!(row.fault.is_none() || missed == 0, "{missed} reads of device-owned pages did not fault");
+                row
+            });
+            eprintln!(
+                "{} / {backend}: {} in {:.1} s",
+                path.name,
+                if row.is_ok() { "done" } else { "unavailable" },
+                t.elapsed().as_secs_f64()
+            );
+            rows.push(row);
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "### Concurrency: a CPU thread's faults, alloc and free while a long kernel runs{}\n",
+        if o.quick { " (quick run)" } else { "" }
+    );
+    let _ = writeln!(m, "- command: `{}`", o.command());
+    let _ = writeln!(m, "- source: {}", common::git_describe());
+    let _ = writeln!(m, "- machine: {machine}");
+    let _ = writeln!(m, "- device: {device}");
+    let _ = writeln!(
+        m,
+        "- long kernel: one workgroup of 64 invocations looping {iters} times over one page of A (calibrated: {cal_ms:.0} ms); \
+         launched on a second thread; the timed operation starts {} ms after that thread calls `launch`",
+        o.delay.as_millis()
+    );
+    let _ = writeln!(
+        m,
+        "- medians of {} idle and {} during-kernel samples per operation (one kernel per during sample), rounds interleaved; \
+         arena 256 MiB, pool 128 MiB, fault chunk 64 KiB + prefetcher (defaults); whole run {total:.0} s\n",
+        o.rounds * o.idle_per_round,
+        o.rounds
+    );
+    m.push_str(&table(&rows, &names));
+    let _ = writeln!(
+        m,
+        "\nfault: one read of a word of B, whose pages a launch bound read-write before (device-owned), on a 2 MiB \
+         block of its own per sample; the kernel uses only A. alloc: `svm.alloc(4096)`; free: `svm.free` of a 4 KiB \
+         allocation made before. ratio: during / idle. kernel left at op start: from the timed operation's start to \
+         the long launch's return; an operation that waits for the kernel (the runtime's lock held across it) takes \
+         about that long. pool: where device pages live (host-mapped: migration is a CPU copy; staged: copies \
+         through the queue; sparse: bound memory blocks; arena in place: nothing migrates)."
+    );
+    println!("\n{m}");
+    std::fs::create_dir_all(&o.out).expect("create results dir");
+    std::fs::write(o.out.join("concurrency.md"), &m).expect("write concurrency.md");
+    eprintln!("wrote {}/concurrency.md in {total:.0} s", o.out.display());
+}
