@@ -93,7 +93,6 @@ pub(crate) struct Gpu {
     pub args: wgpu::Buffer,
     /// Launch log: errors, GPU faults, fault bitmaps (see the prelude).
     pub log: wgpu::Buffer,
-    pub log_readback: wgpu::Buffer,
     /// Layout of the one bind group, to rebuild it with a coherent window.
     pub bgl: wgpu::BindGroupLayout,
     /// Bound as the coherent window when no range is imported.
@@ -125,6 +124,13 @@ pub(crate) struct Gpu {
     /// The pool segments are CPU-mappable (unified memory): migrations map
     /// them instead of going through staging buffers.
     pub mapped_pool: bool,
+    /// Per segment of a host-mapped pool opened with host import: the
+    /// segment's memory, which migrations read and write with the CPU
+    /// directly (no map, so no wait for running kernels). Empty or `None`
+    /// elsewhere: the wgpu-mapped pool maps the segment per migration.
+    pub pool_host: Vec<Option<crate::vk::HostImport>>,
+    /// Launch-log read-back buffers not in use (one per launch in flight).
+    pub log_readbacks: Mutex<Vec<wgpu::Buffer>>,
     /// Staging rings for migration when the pool is not host-mapped
     /// (pipelined chunked copies both ways, see [`crate::staging`]); empty
     /// with a host-mapped pool and in the coherent mode.
@@ -255,6 +261,7 @@ impl Gpu {
         let mut sparse_arena = None;
         let mut coherent_view = None;
         let mut segments = Vec::new();
+        let mut pool_host = Vec::new();
         // Bound where a window is unused.
         let unused = SegmentView {
             buffer: device.create_buffer(&wgpu::BufferDescriptor {
@@ -326,17 +333,35 @@ impl Gpu {
             let mut left = pool_bytes;
             for i in 0..window_count {
                 if left == 0 && i > 0 {
+                    pool_host.push(None);
                     segments.push(unused.clone());
                     continue;
                 }
                 let size = seg_bytes.min(left).max(16);
                 left = left.saturating_sub(size);
-                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("svm pool segment {i}")),
-                    size,
-                    usage: pool_usage,
-                    mapped_at_creation: false,
-                });
+                let label = format!("svm pool segment {i}");
+                // Unified memory with host import: the segment is heap
+                // memory of the runtime's own, imported, so that migrations
+                // copy with the CPU at any time (a wgpu map would wait for
+                // every submission using the buffer, i.e. for running
+                // kernels that use other frames of it).
+                let imported = match raw.as_ref().filter(|_| mapped_pool && host_import) {
+                    Some(raw) => Some(
+                        crate::vk::HostImport::zeroed(raw, Some(&label), usize::try_from(size).unwrap_or(usize::MAX))
+                            .map_err(|e| SvmError::Config(format!("host-mapped pool segment {i}: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let buffer = match &imported {
+                    Some(import) => import.buffer().clone(),
+                    None => device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(&label),
+                        size,
+                        usage: pool_usage,
+                        mapped_at_creation: false,
+                    }),
+                };
+                pool_host.push(imported);
                 segments.push(SegmentView { buffer, base: 0, size });
             }
         }
@@ -357,12 +382,6 @@ impl Gpu {
             label: Some("svm launch log"),
             size: (LOG_READ_WORDS + 2 * u64::from(fault_bitmap_words)) * 4,
             usage: storage,
-            mapped_at_creation: false,
-        });
-        let log_readback = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm launch log readback"),
-            size: LOG_READ_WORDS * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let coherent_placeholder = device.create_buffer(&wgpu::BufferDescriptor {
@@ -421,7 +440,6 @@ impl Gpu {
             page_table,
             args,
             log,
-            log_readback,
             bgl,
             _coherent_placeholder: coherent_placeholder,
             raw,
@@ -436,6 +454,8 @@ impl Gpu {
             windows,
             total_frames,
             mapped_pool,
+            pool_host,
+            log_readbacks: Mutex::new(Vec::new()),
             staging,
             timestamps,
             lost,
@@ -494,19 +514,19 @@ impl Gpu {
         }
     }
 
-    /// Wait at most `after` for everything submitted: `Ok(false)` on
-    /// timeout (the device is left as it is: the caller decides).
-    pub fn wait_for(&self, after: std::time::Duration) -> Result<bool, DeviceError> {
-        match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(after) }) {
-            Ok(_) => self.check_lost().map(|()| true),
-            Err(wgpu::PollError::Timeout) => Ok(false),
-            Err(_) => self.wait().map(|()| true),
+    /// After the work a map callback waits for is complete: poll until
+    /// `fired()` (the callback runs in some thread's poll: ours, or the
+    /// completion thread's, which may be running it right now). Gives up
+    /// after 10 s (the caller reports the map as not completed).
+    pub fn settle_callback(&self, fired: impl Fn() -> bool) -> Result<(), DeviceError> {
+        let t0 = std::time::Instant::now();
+        while !fired() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            self.device.poll(wgpu::PollType::Poll).map_err(|e| DeviceError::Lost(e.to_string()))?;
+            if !fired() {
+                std::thread::yield_now();
+            }
         }
-    }
-
-    /// Map a MAP_READ buffer's first `len` bytes and hand them to `f`.
-    pub fn read_mapped<R>(&self, buf: &wgpu::Buffer, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, DeviceError> {
-        self.read_mapped_range(buf, 0, len, f)
+        Ok(())
     }
 
     fn map(&self, slice: &wgpu::BufferSlice<'_>, mode: wgpu::MapMode) -> Result<(), DeviceError> {
@@ -514,6 +534,7 @@ impl Gpu {
         let s2 = status.clone();
         slice.map_async(mode, move |r| *s2.lock() = Some(r));
         self.wait()?;
+        self.settle_callback(|| status.lock().is_some())?;
         let r = status.lock().take();
         match r {
             Some(Ok(())) => Ok(()),
@@ -560,6 +581,101 @@ impl Gpu {
         };
         buf.unmap();
         Ok(r)
+    }
+
+    /// A buffer to read one pass's launch log back into (from the free
+    /// list, or new); give it back with [`Self::give_log_readback`].
+    pub fn take_log_readback(&self) -> wgpu::Buffer {
+        self.log_readbacks.lock().pop().unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("svm launch log readback"),
+                size: LOG_READ_WORDS * 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Return a read-back buffer (unmapped) to the free list.
+    pub fn give_log_readback(&self, buf: wgpu::Buffer) {
+        self.log_readbacks.lock().push(buf);
+    }
+
+    /// Map a MAP_READ buffer whose last use is submission `sub` (already
+    /// complete, or waited for here: nothing later is) and hand its first
+    /// `len` bytes to `f`.
+    pub fn read_after<R>(
+        &self,
+        buf: &wgpu::Buffer,
+        len: u64,
+        sub: &wgpu::SubmissionIndex,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, DeviceError> {
+        let slice = buf.slice(0..len);
+        let status = Arc::new(Mutex::new(None));
+        let s2 = status.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| *s2.lock() = Some(r));
+        self.wait_submission(Some(sub.clone()))?;
+        self.settle_callback(|| status.lock().is_some())?;
+        let r = status.lock().take();
+        match r {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(DeviceError::Unexpected(format!("map_async: {e}"))),
+            None => return Err(DeviceError::Unexpected("map_async did not complete".into())),
+        }
+        let r = {
+            let view =
+                slice.get_mapped_range().map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
+            f(&view)
+        };
+        buf.unmap();
+        Ok(r)
+    }
+
+    /// Whether segment `seg` is host memory the CPU copies directly (a
+    /// host-mapped pool with host import, see [`Self::pool_host`]).
+    pub fn segment_is_host(&self, seg: usize) -> bool {
+        self.pool_host.get(seg).is_some_and(Option::is_some)
+    }
+
+    /// The bytes `[off, off + len)` of host segment `seg`, if it is one.
+    fn pool_host_range(&self, seg: usize, off: u64, len: usize) -> Option<*mut u8> {
+        let import = self.pool_host.get(seg)?.as_ref()?;
+        let off = usize::try_from(off).ok()?;
+        (off.checked_add(len)? <= import.len()).then(|| import.as_ptr().wrapping_add(off))
+    }
+
+    /// Copy `src` into host segment `seg` at byte `off`; false (nothing
+    /// done) if the segment is not host memory or the range is outside it.
+    ///
+    /// # Safety
+    /// No GPU work submitted and not yet complete reads or writes these
+    /// bytes, and no other thread accesses them during the copy (the
+    /// runtime's frames: free, or held by a page no launch in flight uses,
+    /// under the update lock).
+    #[allow(unsafe_code, reason = "CPU copy into device memory; contract on the caller")]
+    pub unsafe fn write_pool_host(&self, seg: usize, off: u64, src: &[u8]) -> bool {
+        let Some(dst) = self.pool_host_range(seg, off, src.len()) else { return false };
+        // SAFETY: in bounds of the live import (checked above); `src` is not
+        // device memory, so no overlap; nothing else touches the bytes (the
+        // caller's contract).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        true
+    }
+
+    /// Hand `[off, off + len)` of host segment `seg` to `f`; `None` if the
+    /// segment is not host memory or the range is outside it.
+    ///
+    /// # Safety
+    /// As [`Self::write_pool_host`]: nothing writes these bytes meanwhile
+    /// (the GPU work that wrote them is complete and followed by a
+    /// host-read barrier).
+    #[allow(unsafe_code, reason = "CPU read of device memory; contract on the caller")]
+    pub unsafe fn with_pool_host<R>(&self, seg: usize, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let src = self.pool_host_range(seg, off, len)?;
+        // SAFETY: in bounds of the live import; no writer during the borrow
+        // (the caller's contract).
+        Some(f(unsafe { std::slice::from_raw_parts(src, len) }))
     }
 
     /// Bytes of the launch log read back after a pass.

@@ -58,6 +58,7 @@ mod gpu;
 mod kernel;
 #[allow(unsafe_code, reason = "Deref of managed arrays into the arena's user view; each block argued")]
 mod managed;
+mod queue;
 mod runtime;
 mod space;
 mod staging;
@@ -75,6 +76,7 @@ pub use kernel::{
     Access, AccessMode, Arg, Binding, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport,
 };
 pub use managed::{ManagedBox, ManagedPtr, ManagedRange, ManagedSlice, ManagedSliceMut, ManagedVec, PtrError};
+pub use queue::{LaunchQueue, Pending};
 pub use runtime::{Svm, SvmDescriptor};
 pub use stats::Stats;
 pub use svm_migrate::{FaultBackendKind, FAULT_BACKEND_ENV};

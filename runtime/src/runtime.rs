@@ -4,10 +4,12 @@
 //!
 //! # Locking
 //! One lock, [`Inner::state`], is the *update lock* in HMM's sense: every
-//! change of residency, of the page table, of the pool, and every use of the
-//! GPU queue happens under it. Launches hold it from validation to kernel
-//! completion (launches are synchronous), so a CPU fault on a page a running
-//! kernel may write waits for that kernel. The fault service thread takes it
+//! change of residency, of the page table, of the pool, and every
+//! submission happens under it. It is not held while kernels run: a launch
+//! submits its pass under it and records the pages the pass uses (`flight`);
+//! whatever would change one of those pages (a CPU fault on it, `free`,
+//! advice, eviction, a conflicting launch) waits for that pass with the lock
+//! released, and everything else goes on. The fault service thread takes it
 //! for each fault. Nothing that holds it ever touches the arena's *user view*
 //! (only the alias view), so a thread holding it never faults on managed
 //! memory and cannot deadlock with the fault service. Statistics are atomics
@@ -41,10 +43,13 @@ mod app; // managed ranges in the application's own passes
 mod bindable; // bound access: placing bound ranges (contiguity)
 mod evict; // making room in the pool (LRU)
 mod fault; // the CPU-fault service: device -> host on a CPU access
+mod flight; // launches in flight: busy pages, waiting, retiring
 mod frames; // where device pages get their memory (pool frames / sparse blocks)
-mod launch; // launch: validate, map, dispatch, replay
+mod launch; // launch: validate, wait for conflicts, map, submit, replay
+mod pass; // one kernel pass: variant, submission, its log read back
 mod residency; // migration both ways: host -> device at launch, device -> host
 use crate::stats::{Counters, Stats};
+pub(crate) use flight::FlightShared;
 use frames::Frames;
 
 /// Bits of [`State::advice`].
@@ -99,6 +104,9 @@ impl State {
             owned: std::collections::HashSet::new(),
             lost_in_place: Vec::new(),
             discard: Vec::new(),
+            flights: Vec::new(),
+            deferred_free: Vec::new(),
+            stamps_busy: false,
         }
     }
 
@@ -285,6 +293,13 @@ struct State {
     /// Pages a kernel was writing in place when the device was declared
     /// lost (a launch timeout): taken from the CPU for good.
     lost_in_place: Vec<(u32, u32)>,
+    /// Passes submitted and not yet retired, oldest first (see `flight`).
+    flights: Vec<flight::InFlight>,
+    /// Frames a device-side move left, freed when the launch that moved
+    /// them is done (its pass takes them over).
+    deferred_free: Vec<u32>,
+    /// The GPU timestamp query set belongs to a pass in flight.
+    stamps_busy: bool,
     /// Starts of the live allocations a typed owner ([`ManagedVec`]) holds:
     /// the raw [`Svm::free`] refuses them (only the owner's drop frees).
     owned: std::collections::HashSet<usize>,
@@ -299,6 +314,10 @@ pub(crate) struct Inner {
     /// every method refuses and dropping it leaks the device side.
     pid: u32,
     state: std::mem::ManuallyDrop<Mutex<State>>,
+    /// Wakes waiters for launches in flight.
+    signals: Arc<flight::Signals>,
+    /// Waits for submissions in order and marks them done.
+    completer: flight::Completer,
     gpu: std::mem::ManuallyDrop<Gpu>,
     arena: Arena,
     stats: Counters,
@@ -385,12 +404,16 @@ impl Svm {
             None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),
         };
         let state = State::new(arena.len(), pages, frames);
+        let signals = Arc::new(flight::Signals::default());
+        let completer = flight::Completer::start(gpu.device.clone(), signals.clone())?;
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
             arena,
             gpu: std::mem::ManuallyDrop::new(gpu),
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),
+            signals,
+            completer,
             stats: Counters::default(),
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,
@@ -550,6 +573,9 @@ impl Drop for Inner {
             // state (and the state lock may have been held at the fork).
             return;
         }
+        // Launches in flight (their handles forgotten) finish first; after
+        // a device loss the completion thread gives up on them.
+        self.completer.stop(self.gpu.check_lost().is_err());
         // SAFETY: each field is dropped exactly once, here, and never used
         // again (`self` is being dropped); the state (which holds device
         // objects) goes before the device, as the field order did.

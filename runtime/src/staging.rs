@@ -99,7 +99,10 @@ impl Slot {
                         "map_async of a staging buffer failed (or none pending)".into(),
                     ));
                 }
-                _ => gpu.wait_submission(self.sub.clone())?,
+                _ => {
+                    gpu.wait_submission(self.sub.clone())?;
+                    gpu.settle_callback(|| self.flag.load(Ordering::Acquire) != PENDING)?;
+                }
             }
         }
         Err(DeviceError::Unexpected("map_async of a staging buffer did not complete".into()))

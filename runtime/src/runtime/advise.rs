@@ -33,6 +33,15 @@ impl Svm {
         let inner = &*self.inner;
         inner.check_process()?;
         let mut guard = inner.state.lock();
+        // Advice changes how pages are kept: launches in flight using them
+        // finish first (AccessedBy rebinds the one coherent window: all).
+        match inner.page_range(&guard, addr as usize, len) {
+            Some(_) if matches!(advice, Advice::AccessedBy | Advice::UnsetAccessedBy) => {
+                inner.wait_all_flights(&mut guard);
+            }
+            Some((a, b)) => inner.wait_pages(&mut guard, a, b),
+            None => {}
+        }
         let st = &mut *guard;
         let (a, b) =
             inner.page_range(st, addr as usize, len).ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
@@ -81,6 +90,13 @@ impl Svm {
             .spawn(move || inner.prefetch_now(addr, len, to))
             .map_err(|e| LaunchError::Os(format!("spawning the prefetch thread: {e}")));
         Prefetch { handle }
+    }
+}
+
+impl Svm {
+    /// [`crate::LaunchQueue::prefetch`]: now, on this thread.
+    pub(crate) fn prefetch_ordered(&self, addr: usize, len: usize, to: Location) -> Result<u64, LaunchError> {
+        self.inner.prefetch_now(addr, len, to)
     }
 }
 
@@ -152,7 +168,26 @@ impl Inner {
     pub(super) fn prefetch_now(&self, addr: usize, len: usize, to: Location) -> Result<u64, LaunchError> {
         self.check_process()?;
         let mut guard = self.state.lock();
-        let st = &mut *guard;
+        loop {
+            match self.prefetch_locked(&mut guard, addr, len, to) {
+                // Launches in flight hold frames: after them, again.
+                Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(&mut guard),
+                r => return r,
+            }
+        }
+    }
+
+    fn prefetch_locked(
+        &self,
+        guard: &mut parking_lot::MutexGuard<'_, State>,
+        addr: usize,
+        len: usize,
+        to: Location,
+    ) -> Result<u64, LaunchError> {
+        if let Some((a, b)) = self.page_range(guard, addr, len) {
+            self.wait_pages(guard, a, b);
+        }
+        let st = &mut **guard;
         self.gpu.check_lost()?;
         let (a, b) = self.page_range(st, addr, len).ok_or(LaunchError::BadRange { addr, len })?;
         let _span = tracing::debug_span!("svm_prefetch", a, b, ?to).entered();
@@ -187,11 +222,11 @@ impl Inner {
         }
     }
 
-    /// Move the device-owned pages advised PreferredLocation(Host) that the
-    /// current launch mapped back to the host.
-    pub(super) fn flush_preferred_host(&self, st: &mut State) -> Result<(), DeviceError> {
+    /// Move the device-owned pages advised PreferredLocation(Host) among the
+    /// pages a launch used (`used`) back to the host.
+    pub(super) fn flush_preferred_host(&self, st: &mut State, used: &[(u32, u32, bool)]) -> Result<(), DeviceError> {
         let mut todo: Vec<(u32, u32)> = Vec::new();
-        for &(a, b) in &st.mapped {
+        for &(a, b, _) in used {
             todo.extend(runs(a, b, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0));
         }
         for (a, b) in todo {

@@ -86,6 +86,17 @@ impl Svm {
         }
         let off = addr - arena.base();
         let mut st = self.inner.state.lock();
+        if let Some((start, len)) = st.ranges.containing(off) {
+            // A launch in flight using the range (a raw access) finishes
+            // first; other launches go on.
+            let (a, b) = (page_of(start), page_of(start + len));
+            if st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end) {
+                // Freeing drops the one coherent window.
+                self.inner.wait_all_flights(&mut st);
+            } else {
+                self.inner.wait_pages(&mut st, a, b);
+            }
+        }
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
         if start != off {
             return Err(FreeError::NotAllocated { addr });

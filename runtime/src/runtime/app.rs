@@ -55,6 +55,9 @@ impl Svm {
             checked.push(Checked::Managed { addr, len, write, discard: false });
         }
         let mut guard = inner.state.lock();
+        // The application's passes may use anything it binds in any way:
+        // they run alone (every launch in flight retired first).
+        inner.wait_all_flights(&mut guard);
         let st = &mut *guard;
         gpu.check_lost()?;
         let mut decl = Vec::with_capacity(checked.len());
@@ -91,8 +94,11 @@ impl Svm {
             Ok(r)
         })();
         st.pinned.clear();
-        let post =
-            inner.settle_copies(st, temporary).and_then(|()| inner.flush_preferred_host(st).map_err(LaunchError::from));
+        // (Everything submitted was waited for, or failed: see the helper.)
+        inner.release_deferred_now(st);
+        let post = inner
+            .settle_copies(st, temporary)
+            .and_then(|()| inner.flush_preferred_host(st, &decl).map_err(LaunchError::from));
         Counters::add(&inner.stats.app_scopes, 1);
         let r = result?;
         post.map(|()| r)

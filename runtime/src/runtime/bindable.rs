@@ -94,7 +94,7 @@ impl Inner {
     }
 
     /// Pages `[a, b)` sit in consecutive frames of one segment.
-    fn contiguous(&self, st: &State, a: u32, b: u32) -> bool {
+    pub(super) fn contiguous(&self, st: &State, a: u32, b: u32) -> bool {
         let f0 = st.frames_of[a as usize];
         f0 != HOST
             && (b - a) <= self.gpu.frames_left_in_segment(f0)
@@ -122,7 +122,9 @@ impl Inner {
             Some(s) => s,
             None => {
                 let pinned = |p: usize| st.pinned.iter().any(|&(x, y)| (x as usize..y as usize).contains(&p));
-                let others = (0..st.frames_of.len()).filter(|&p| st.frames_of[p] != HOST && !pinned(p)).count();
+                let others = (0..st.frames_of.len())
+                    .filter(|&p| st.frames_of[p] != HOST && !pinned(p) && !Self::busy(st, p as u32))
+                    .count();
                 self.evict(st, others, &[])?;
                 self.contiguous_run(st, n).ok_or(LaunchError::PoolExhausted {
                     needed: n as usize,
@@ -163,7 +165,10 @@ impl Inner {
             let frame = FrameIndex::new(f).ok_or_else(|| DeviceError::Unexpected(format!("frame {f} out of range")))?;
             st.table.set(PageIndex(p), if pte.is_valid() { Pte::resident(frame, pte.is_writable()) } else { pte });
         }
-        st.frames.free_many(&old);
+        // The copies out of the old frames are queued behind the launches in
+        // flight: the frames are free only once the launch that moved them
+        // is done (the host-mapped pool is written by the CPU at once).
+        st.deferred_free.extend(old);
         crate::stats::Counters::add(&self.stats.bind_moves, u64::from(n));
         Ok(())
     }

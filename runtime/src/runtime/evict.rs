@@ -14,7 +14,7 @@ impl Inner {
     /// Free at least `want` frames by moving least-recently-used
     /// device-owned pages back to the host (they are all dirty: only pages
     /// a kernel could write are device-owned). Pages in `protect` or mapped
-    /// by the running launch are never chosen. Returns the pages evicted.
+    /// by the running launch or by a launch in flight are never chosen. Returns the pages evicted.
     pub(super) fn evict(
         &self,
         st: &mut State,
@@ -24,7 +24,7 @@ impl Inner {
         let _span = tracing::debug_span!("svm_evict", want).entered();
         // The ranges eviction must not take, sorted: a binary search a page.
         let mut fence: Vec<(u32, u32)> =
-            protect.iter().map(|&(a, b, _)| (a, b)).chain(st.pinned.iter().copied()).collect();
+            protect.iter().map(|&(a, b, _)| (a, b)).chain(st.pinned.iter().copied()).chain(st.flights.iter().flat_map(|f| f.busy.iter().map(|&(a, b, _)| (a, b)))).collect();
         fence.sort_unstable();
         let mut merged: Vec<(u32, u32)> = Vec::with_capacity(fence.len());
         for (a, b) in fence {

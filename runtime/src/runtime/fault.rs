@@ -14,6 +14,13 @@ impl FaultHandler for Inner {
         let _span = tracing::debug_span!("svm_cpu_fault", page, write = ?fault.write).entered();
         let mut st = self.state.lock();
         Counters::add(&self.stats.cpu_faults, 1);
+        // A page a launch in flight uses: the fault waits for that launch
+        // (blockable invalidation; the update lock is released meanwhile),
+        // then is decided again. Faults on other pages are served while
+        // kernels run.
+        if Self::busy(&st, page) {
+            self.wait_pages(&mut st, page, page + 1);
+        }
         if st.lost_in_place.iter().any(|&(a, b)| (a..b).contains(&page)) {
             return Err(FaultFatal(format!(
                 "page {addr:#x} was being written in place by a kernel when the device was declared lost (launch timeout)"

@@ -212,6 +212,19 @@ impl Inner {
                     enc.clear_buffer(buf, base + off, Some(len as u64));
                     gpu.queue.submit([enc.finish()]);
                     Counters::add(&self.stats.discarded_pages, u64::from(k));
+                } else if gpu.segment_is_host(seg) {
+                    // Unified memory, pool in imported host memory: one CPU
+                    // copy, no map (nothing waits for running kernels).
+                    // SAFETY: no writer of these host pages during the copy
+                    // (the caller's protocol, see above); the frames are
+                    // newly allocated (free frames are used by no launch in
+                    // flight), and the update lock (`st`) keeps every other
+                    // runtime path off them.
+                    #[allow(unsafe_code, reason = "host-copy borrow and pool write; argued inline")]
+                    let done = unsafe {
+                        self.arena.with_host(host_off, len, |bytes| gpu.write_pool_host(seg, base + off, bytes))
+                    };
+                    debug_assert!(done, "host segment range");
                 } else if gpu.mapped_pool {
                     // Unified memory: one copy, straight into the mapped pool.
                     gpu.write_mapped_range(buf, base + off, len as u64, |view| {
@@ -347,6 +360,9 @@ impl Inner {
         if b >= e {
             return Ok(());
         }
+        if (b..e).any(|p| Self::busy(st, p)) {
+            return Ok(());
+        }
         let device_runs: Vec<(u32, u32)> = runs(b, e, |p| st.owned(p)).collect();
         if device_runs.is_empty() {
             return Ok(());
@@ -379,8 +395,7 @@ impl Inner {
             else {
                 continue;
             };
-            // (Only the software pool is ever mapped: segment base 0.)
-            gpu.read_mapped_range(gpu.segment(seg).0, lo, hi - lo, |bytes| {
+            let copy = |bytes: &[u8]| {
                 for &&(p, _, off, n) in &mine {
                     let at = (off - lo) as usize;
                     // SAFETY: device-owned pages: zapped from the user view
@@ -393,7 +408,19 @@ impl Inner {
                         self.arena.write_host(p as usize * PAGE_SIZE, &bytes[at..at + n as usize * PAGE_SIZE])
                     };
                 }
-            })?;
+            };
+            let len = usize::try_from(hi - lo).expect("segment fits the address space");
+            // SAFETY: these frames hold device-owned pages no launch in
+            // flight uses (the callers wait for those first), so no GPU work
+            // writes them; the launch that wrote them is complete and ended
+            // with a host-read barrier; the update lock keeps the runtime's
+            // other paths off them.
+            #[allow(unsafe_code, reason = "CPU read of the host-mapped pool; argued inline")]
+            let direct = unsafe { gpu.with_pool_host(seg, lo, len, copy) };
+            if direct.is_none() {
+                // (Only the software pool is ever mapped: segment base 0.)
+                gpu.read_mapped_range(gpu.segment(seg).0, lo, hi - lo, copy)?;
+            }
         }
         Ok(())
     }
@@ -469,7 +496,17 @@ impl Inner {
     /// starts the copies of the stream's next span ([`Self::read_ahead`]).
     pub(super) fn migrate_back(&self, st: &mut State, page: u32) -> Result<u64, DeviceError> {
         let sequential = st.last_fault_end == Some(page);
-        let (a, b) = self.fault_span(st, page);
+        let (mut a, mut b) = self.fault_span(st, page);
+        // Pages a launch in flight uses stay where they are: the span ends
+        // before the nearest such page on either side of `page`.
+        if !st.flights.is_empty() {
+            if let Some(q) = (a..page).rev().find(|&q| Self::busy(st, q)) {
+                a = q + 1;
+            }
+            if let Some(q) = (page + 1..b).find(|&q| Self::busy(st, q)) {
+                b = q;
+            }
+        }
         st.last_fault_end = Some(b);
         let moved = self.migrate_back_span(st, a, b)?;
         if self.prefetch && sequential && !self.gpu.mapped_pool && self.gpu.mode != MappingMode::Coherent {

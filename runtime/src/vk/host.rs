@@ -223,6 +223,25 @@ impl HostImport {
         Ok(Self { raw: raw.clone(), buffer: wbuf, addr, len, memory_type_index: type_index, coherent })
     }
 
+    /// `len` bytes of zeroed, page-aligned heap memory of its own, imported:
+    /// device memory the CPU reaches through [`Self::as_ptr`] at any time,
+    /// with no map call that waits for the GPU (the runtime's host-mapped
+    /// pool). The memory is freed after the device memory, with the buffer.
+    pub fn zeroed(raw: &Arc<RawDevice>, label: Option<&str>, len: usize) -> Result<Self, HostImportError> {
+        if len == 0 {
+            return Err(HostImportError::ZeroSize);
+        }
+        let align = usize::try_from(raw.caps().min_imported_host_pointer_alignment.max(4096)).unwrap_or(4096);
+        let len = len.next_multiple_of(align);
+        let pages = HeapPages::new(len, align).ok_or(HostImportError::ZeroSize)?;
+        let ptr = pages.ptr.as_ptr();
+        // SAFETY: `ptr..ptr + len` is a live, aligned, zeroed allocation of
+        // our own, freed only when `pages` (the owner) drops, which the
+        // import does after freeing the device memory; races on its bytes
+        // are the users' of `as_ptr` to avoid.
+        unsafe { Self::new(raw, label, ptr, len, pages) }
+    }
+
     /// The wgpu storage buffer over the host range.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
@@ -256,6 +275,33 @@ impl HostImport {
     /// The device side.
     pub fn raw(&self) -> &Arc<RawDevice> {
         &self.raw
+    }
+}
+
+/// Zeroed heap memory aligned for import, freed on drop.
+struct HeapPages {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: a plain allocation with no thread affinity; this owner only frees it.
+unsafe impl Send for HeapPages {}
+// SAFETY: as above; `&HeapPages` gives no access to the bytes.
+unsafe impl Sync for HeapPages {}
+
+impl HeapPages {
+    fn new(len: usize, align: usize) -> Option<Self> {
+        let layout = std::alloc::Layout::from_size_align(len, align).ok()?;
+        // SAFETY: `layout` has a non-zero size (callers refuse zero).
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Self { ptr, layout })
+    }
+}
+
+impl Drop for HeapPages {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
 

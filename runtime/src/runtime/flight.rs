@@ -1,0 +1,373 @@
+//! Launches in flight: what a submitted pass holds until it is *retired*
+//! (its log read, its read-only copies dropped), which pages it keeps busy,
+//! and how every other path waits for the ones it conflicts with.
+//!
+//! The update lock is not held while a kernel runs. A pass is submitted
+//! under the lock and recorded in [`State::flights`] with the pages it may
+//! touch (its *busy* ranges); the lock is released; a completion thread
+//! waits for the GPU and marks the pass done; then whoever needs it retires
+//! it under the lock. Anything that would change a busy page in a way the
+//! pass could see — a CPU fault on it, `free`, advice, prefetch, eviction,
+//! another launch that moves it — waits for that pass first (HMM's blockable
+//! invalidation: the update lock is released while waiting, and the
+//! decision is taken again after). Everything else proceeds while kernels
+//! run: CPU faults on other pages, `alloc`, `free` of other ranges, other
+//! launches (which queue behind the running one on the GPU).
+//!
+//! Frames a pass may still use are never handed out: a page keeps its frame
+//! while busy, and frames freed by a device-side move (bound ranges made
+//! contiguous) are released only when the pass that moved them retires.
+
+use std::sync::atomic::AtomicBool;
+use std::task::Waker;
+
+use parking_lot::{Condvar, MutexGuard};
+
+use super::*;
+
+/// The part of a launch in flight that its handle and the completion
+/// thread share.
+pub(crate) struct FlightShared {
+    pub(super) index: wgpu::SubmissionIndex,
+    /// The GPU finished the submission (or the device was lost: `lost`).
+    pub(super) gpu_done: AtomicBool,
+    /// Removed from [`State::flights`]; its result is in `result`.
+    pub(super) retired: AtomicBool,
+    /// The owner retires it (a synchronous launch's passes), not whoever
+    /// finds it done.
+    pub(super) driven: bool,
+    pub(super) lost: Mutex<Option<String>>,
+    pub(super) result: Mutex<Option<Result<LaunchReport, LaunchError>>>,
+    pub(super) waker: Mutex<Option<Waker>>,
+}
+
+/// A submitted pass, under the update lock until retired.
+pub(super) struct InFlight {
+    pub(super) shared: Arc<FlightShared>,
+    /// Pages the pass may touch, with whether it may write them; sorted.
+    pub(super) busy: Vec<(u32, u32, bool)>,
+    /// Every other operation waits for it (a replayable launch: it maps
+    /// what is resident and replays between passes).
+    pub(super) exclusive: bool,
+    pub(super) label: String,
+    /// The pass reads the launch log back (kernels using the prelude).
+    pub(super) readback: Option<wgpu::Buffer>,
+    /// The pass checked extents (else the page table).
+    pub(super) extents: bool,
+    pub(super) replayable: bool,
+    /// The pass writes GPU timestamps (the shared query set is its own
+    /// until retired).
+    pub(super) stamps: bool,
+    pub(super) submitted: Instant,
+    pub(super) pt_bytes: u64,
+    /// A queued launch's settling: read-only copies it made, its report,
+    /// CPU mappings of in-place pages it took away, frames to release.
+    pub(super) temporary: Vec<(u32, u32)>,
+    pub(super) report: LaunchReport,
+    pub(super) zapped_in_place: Vec<(u32, u32)>,
+    pub(super) release_frames: Vec<u32>,
+}
+
+/// Wakes waiters when a flight's GPU work completes or it retires.
+#[derive(Default)]
+pub(crate) struct Signals {
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Signals {
+    /// Block until `done()` holds (checked under the signal lock, which
+    /// every state change that can make it true takes before notifying).
+    fn wait_until(&self, done: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
+        let mut g = self.lock.lock();
+        while !done() {
+            match deadline {
+                Some(d) => {
+                    if self.cv.wait_until(&mut g, d).timed_out() {
+                        return done();
+                    }
+                }
+                None => self.cv.wait(&mut g),
+            }
+        }
+        true
+    }
+}
+
+/// The thread that waits for submissions in order and marks them done.
+pub(crate) struct Completer {
+    give_up: Arc<AtomicBool>,
+    tx: Mutex<Option<std::sync::mpsc::Sender<Arc<FlightShared>>>>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Completer {
+    pub(super) fn start(device: wgpu::Device, signals: Arc<Signals>) -> Result<Self, SvmError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<FlightShared>>();
+        let give_up = Arc::new(AtomicBool::new(false));
+        let stop = give_up.clone();
+        let handle = std::thread::Builder::new()
+            .name("svm-completion".into())
+            .spawn(move || {
+                let mut lost: Option<String> = None;
+                while let Ok(f) = rx.recv() {
+                    // In slices, so that a runtime dropped after a device
+                    // loss (a kernel that never ends) can stop this thread.
+                    while lost.is_none() {
+                        let wait = wgpu::PollType::Wait {
+                            submission_index: Some(f.index.clone()),
+                            timeout: Some(std::time::Duration::from_millis(100)),
+                        };
+                        match device.poll(wait) {
+                            Ok(_) => break,
+                            Err(wgpu::PollError::Timeout) if stop.load(Ordering::Acquire) => {
+                                lost = Some("the runtime was dropped after a device loss".into());
+                            }
+                            Err(wgpu::PollError::Timeout) => {}
+                            Err(e) => lost = Some(format!("waiting for a launch: {e}")),
+                        }
+                    }
+                    if let Some(m) = &lost {
+                        *f.lost.lock() = Some(m.clone());
+                    }
+                    {
+                        let _g = signals.lock.lock();
+                        f.gpu_done.store(true, Ordering::Release);
+                        signals.cv.notify_all();
+                    }
+                    if let Some(w) = f.waker.lock().take() {
+                        w.wake();
+                    }
+                }
+            })
+            .map_err(|e| SvmError::Config(format!("spawning the completion thread: {e}")))?;
+        Ok(Self { give_up, tx: Mutex::new(Some(tx)), handle: Mutex::new(Some(handle)) })
+    }
+
+    fn send(&self, f: Arc<FlightShared>) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(f);
+        }
+    }
+
+    /// Stop after the submissions sent so far: wait for them, or with
+    /// `give_up` (a lost device) mark them done at once.
+    pub(super) fn stop(&self, give_up: bool) {
+        self.give_up.store(give_up, Ordering::Release);
+        drop(self.tx.lock().take());
+        if let Some(h) = self.handle.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl FlightShared {
+    /// The GPU finished the pass (or the device was lost).
+    pub(crate) fn gpu_done(&self) -> bool {
+        self.gpu_done.load(Ordering::Acquire)
+    }
+
+    /// Retired: its result is ready to take.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Wake `w` when the GPU finishes the pass (or at once if it has).
+    pub(crate) fn wake_when_done(&self, w: &Waker) {
+        *self.waker.lock() = Some(w.clone());
+        if self.gpu_done() || self.is_retired() {
+            if let Some(w) = self.waker.lock().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether a waiter may go on: retired, or (for a pass anyone retires)
+    /// done on the GPU.
+    fn settled_enough(&self) -> bool {
+        self.retired.load(Ordering::Acquire) || (!self.driven && self.gpu_done.load(Ordering::Acquire))
+    }
+}
+
+impl Inner {
+    /// Record a submitted pass and hand it to the completion thread.
+    pub(super) fn track(&self, st: &mut State, mut f: InFlight) -> Arc<FlightShared> {
+        f.busy.sort_unstable();
+        let shared = f.shared.clone();
+        st.flights.push(f);
+        self.completer.send(shared.clone());
+        shared
+    }
+
+    /// A new flight's shared part.
+    pub(super) fn new_shared(index: wgpu::SubmissionIndex, driven: bool) -> Arc<FlightShared> {
+        Arc::new(FlightShared {
+            index,
+            gpu_done: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            driven,
+            lost: Mutex::new(None),
+            result: Mutex::new(None),
+            waker: Mutex::new(None),
+        })
+    }
+
+    /// Wait (update lock released meanwhile) until `f` has completed on the
+    /// GPU, or `deadline` passed (false then).
+    pub(super) fn wait_gpu(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        f: &FlightShared,
+        deadline: Option<Instant>,
+    ) -> bool {
+        MutexGuard::unlocked(guard, || self.signals.wait_until(|| f.gpu_done.load(Ordering::Acquire), deadline))
+    }
+
+    /// Remove flight `f` from the list (its owner retires it).
+    pub(super) fn take_flight(&self, st: &mut State, f: &Arc<FlightShared>) -> Option<InFlight> {
+        let i = st.flights.iter().position(|x| Arc::ptr_eq(&x.shared, f))?;
+        Some(st.flights.remove(i))
+    }
+
+    /// Mark `f` retired with `result` and wake whoever waits for it.
+    pub(super) fn finish_flight(&self, f: &FlightShared, result: Option<Result<LaunchReport, LaunchError>>) {
+        if let Some(r) = result {
+            *f.result.lock() = Some(r);
+        }
+        {
+            let _g = self.signals.lock.lock();
+            f.retired.store(true, Ordering::Release);
+            self.signals.cv.notify_all();
+        }
+        if let Some(w) = f.waker.lock().take() {
+            w.wake();
+        }
+    }
+
+    /// Retire every queued flight the GPU has finished (log read, copies
+    /// settled, result stored for its handle).
+    pub(super) fn retire_done(&self, st: &mut State) {
+        while let Some(i) =
+            st.flights.iter().position(|f| !f.shared.driven && f.shared.gpu_done.load(Ordering::Acquire))
+        {
+            let f = st.flights.remove(i);
+            let shared = f.shared.clone();
+            let result = self.retire_queued(st, f);
+            self.finish_flight(&shared, Some(result));
+        }
+    }
+
+    /// Wait (update lock released) until `f` is retired or, for a pass
+    /// anyone retires, done on the GPU; then retire what is done.
+    pub(super) fn wait_settled(&self, guard: &mut MutexGuard<'_, State>, f: &FlightShared) {
+        MutexGuard::unlocked(guard, || self.signals.wait_until(|| f.settled_enough(), None));
+        self.retire_done(guard);
+    }
+
+    /// Wait until `conflict` finds no flight in the way, retiring finished
+    /// ones and releasing the update lock while waiting (blockable).
+    pub(super) fn wait_flights(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        mut conflict: impl FnMut(&State) -> Option<Arc<FlightShared>>,
+    ) {
+        loop {
+            self.retire_done(guard);
+            let Some(f) = conflict(guard) else { return };
+            self.wait_settled(guard, &f);
+        }
+    }
+
+    /// Wait for every flight (exclusive operations).
+    pub(super) fn wait_all_flights(&self, guard: &mut MutexGuard<'_, State>) {
+        self.wait_flights(guard, |st| st.flights.first().map(|f| f.shared.clone()));
+    }
+
+    /// Wait until no flight uses a page of `[a, b)`.
+    pub(super) fn wait_pages(&self, guard: &mut MutexGuard<'_, State>, a: u32, b: u32) {
+        self.wait_flights(guard, |st| {
+            st.flights
+                .iter()
+                .find(|f| f.exclusive || f.busy.iter().any(|&(x, y, _)| x < b && a < y))
+                .map(|f| f.shared.clone())
+        });
+    }
+
+    /// Whether a flight uses page `p`.
+    pub(super) fn busy(st: &State, p: u32) -> bool {
+        st.flights.iter().any(|f| f.busy.iter().any(|&(x, y, _)| (x..y).contains(&p)))
+    }
+
+    /// The first flight a launch using `ranges` must wait for. A page in
+    /// use by a flight can be shared when the new launch leaves it as it
+    /// is: device-owned pages (read or written: the GPU runs the two in
+    /// submission order), kept read-only copies that both only read, pages
+    /// used in place (coherent) that both only read. `fixed`: pages the new
+    /// launch will not move on the device (bound ranges in the software pool
+    /// may be moved together: not shareable unless already contiguous).
+    pub(super) fn launch_conflict(
+        &self,
+        st: &State,
+        ranges: &[(u32, u32, bool)],
+        exclusive: bool,
+        fixed: &dyn Fn(u32) -> bool,
+    ) -> Option<Arc<FlightShared>> {
+        let in_place = |p: u32| self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0;
+        for f in &st.flights {
+            if exclusive || f.exclusive {
+                return Some(f.shared.clone());
+            }
+            for &(a, b, write) in ranges {
+                for &(x, y, fw) in &f.busy {
+                    let (lo, hi) = (a.max(x), b.min(y));
+                    for p in lo..hi {
+                        let adv = st.advice[p as usize];
+                        let ok = if in_place(p) {
+                            !write && !fw
+                        } else if st.owned(p) {
+                            adv & advice::PREFER_HOST == 0 && fixed(p)
+                        } else {
+                            st.dup[p as usize] && adv & advice::READ_MOSTLY != 0 && !write && !fw
+                        };
+                        if !ok {
+                            return Some(f.shared.clone());
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Retire a queued launch's pass: read its log, settle what it made.
+    fn retire_queued(&self, st: &mut State, mut f: InFlight) -> Result<LaunchReport, LaunchError> {
+        let outcome = self.read_outcome(st, &mut f);
+        let mut post = self.settle_flight(st, &mut f);
+        if post.is_ok() {
+            post = self.flush_preferred_host(st, &f.busy).map_err(LaunchError::from);
+        }
+        let c = &self.stats;
+        Counters::add(&c.launches, 1);
+        let report = f.report;
+        match outcome {
+            Ok((Some(e), _)) => Err(e),
+            // (Queued launches are not replayable: no faults to serve.)
+            Ok((None, _)) => post.map(|()| report),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What every retired pass leaves behind: its read-only copies dropped
+    /// (except ReadMostly ones), in-place pages given back to the CPU,
+    /// frames of device-side moves released.
+    pub(super) fn settle_flight(&self, st: &mut State, f: &mut InFlight) -> Result<(), LaunchError> {
+        let mut post = self.settle_copies(st, std::mem::take(&mut f.temporary));
+        for (a, b) in std::mem::take(&mut f.zapped_in_place) {
+            if let Err(e) = self.arena.restore(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE) {
+                post = post.and(Err(LaunchError::Os(e.to_string())));
+            }
+        }
+        st.frames.free_many(&std::mem::take(&mut f.release_frames));
+        post
+    }
+}

@@ -1,0 +1,458 @@
+//! One kernel pass: pick the variant (extents or page table, segments,
+//! speculative reads), submit it with its arguments and a log read-back of
+//! its own, and read what it reported once the GPU is done.
+
+use super::flight::InFlight;
+use super::*;
+
+/// What one kernel pass produced: the error of a refused access, if any, and
+/// the GPU faults as (page, write) pairs.
+pub(super) type PassOutcome = (Option<LaunchError>, Vec<(u32, bool)>);
+
+/// How a pass's loads may read ahead of their checks (the prelude's
+/// `SVM_SPECULATIVE_READS`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Speculative {
+    No,
+    AnyIndex,
+    /// Refused loads read this word of the view instead.
+    SafeWord(u32),
+}
+
+impl Speculative {
+    fn code(self) -> u32 {
+        match self {
+            Speculative::No => 0,
+            Speculative::AnyIndex => 1,
+            Speculative::SafeWord(_) => 2,
+        }
+    }
+}
+
+/// The inputs of every pass of one launch.
+#[derive(Copy, Clone)]
+pub(super) struct Pass<'a> {
+    pub(super) kernel: &'a Kernel,
+    pub(super) groups: &'a [Option<wgpu::BindGroup>],
+    pub(super) words: &'a [u32],
+    pub(super) workgroups: [u32; 3],
+    pub(super) replayable: bool,
+}
+
+
+impl Inner {
+    /// Treat the device as lost (a kernel that does not finish): every
+    /// later operation fails with [`DeviceError::Lost`], and pages a kernel
+    /// may still be writing in place (coherent) are taken from the CPU, so
+    /// that no Rust reference observes the runaway kernel's writes; they
+    /// are reported by [`Svm::lost_ranges`] with the device-owned pages.
+    pub(super) fn lose_device(&self, st: &mut State, why: &str, busy: &[(u32, u32, bool)]) {
+        {
+            let mut lost = self.gpu.lost.lock();
+            if lost.is_none() {
+                *lost = Some(why.to_string());
+            }
+        }
+        if let Some(raw) = &self.gpu.raw {
+            raw.mark_lost();
+        }
+        // What the launch may write: its ranges used for writing (its
+        // read-write declarations, and for a replayable launch what it
+        // mapped writable).
+        let in_place_page =
+            |p: u32| self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0;
+        let mut in_place: Vec<(u32, u32)> = Vec::new();
+        for &(a, b, write) in busy {
+            if write {
+                in_place.extend(runs(a, b, in_place_page));
+            }
+        }
+        for (a, b) in in_place {
+            let (o, l) = (a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
+            if let Err(e) = self.arena.zap(o, l) {
+                tracing::error!("svm: taking pages from the CPU after a device loss: {e}");
+            }
+            st.lost_in_place.push((a, b));
+        }
+    }
+
+    /// The pipeline of `kernel` specialized for `v`, built on first use.
+    fn pipeline(&self, kernel: &Kernel, v: Variant) -> Result<wgpu::ComputePipeline, LaunchError> {
+        // Without the prelude there is nothing to specialize.
+        let v = if kernel.prelude { v } else { Variant::PLAIN };
+        let mut cache = kernel.pipelines.lock();
+        if let Some((_, p)) = cache.iter().find(|(k, _)| *k == v) {
+            return Ok(p.clone());
+        }
+        let gpu = &self.gpu;
+        use svm_shaders::overrides as o;
+        let constants = [
+            (o::SEGMENTS, f64::from(v.segments)),
+            (o::SEGMENT_PAGE_SHIFT, f64::from(gpu.segment_page_shift)),
+            (o::EXTENTS, f64::from(v.extents)),
+            (o::REPLAYABLE, f64::from(u8::from(v.replayable))),
+            (o::COHERENT, f64::from(u8::from(v.coherent))),
+            (o::SPECULATIVE_READS, f64::from(v.speculative)),
+        ];
+        let constants: &[(&str, f64)] = if kernel.prelude { &constants } else { &[] };
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let p = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&kernel.label),
+            layout: Some(&kernel.layout),
+            module: &kernel.module,
+            entry_point: Some(&kernel.entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Unexpected(format!("specializing kernel {:?} ({v:?}): {e}", kernel.label)).into());
+        }
+        tracing::debug!(kernel = %kernel.label, ?v, "pipeline built");
+        cache.push((v, p.clone()));
+        Ok(p)
+    }
+
+    /// The mapped pages as at most [`MAX_EXTENTS`] extents (runs of pages
+    /// with the same rights whose device words are consecutive), or `None`
+    /// when there are more (the kernel then uses the page table).
+    pub(super) fn extents(&self, st: &State) -> Option<Vec<Extent>> {
+        let coherent_base = st.coherent.as_ref().map_or(0, |c| c.first);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut mapped = st.mapped.clone();
+        mapped.sort_unstable();
+        for (a, b) in mapped {
+            for p in a..b {
+                let pte = st.table.get(PageIndex(p));
+                // (A replayable launch maps resident pages unpinned: eviction
+                // may have taken one since; `frame()` is then `None` and the
+                // launch uses the page table.)
+                let dest = if pte.is_coherent() {
+                    Extent::COHERENT | ((p - coherent_base) * PAGE_WORDS)
+                } else {
+                    pte.frame()?.get() * PAGE_WORDS
+                };
+                let flags = if pte.is_writable() { Extent::WRITE } else { 0 };
+                let start = p * PAGE_SIZE as u32;
+                let full = out.len() == MAX_EXTENTS as usize;
+                match out.last_mut() {
+                    Some(e) if e.start + e.len == start && e.flags == flags && e.dest + e.len / 4 == dest => {
+                        e.len += PAGE_SIZE as u32;
+                    }
+                    _ if full => return None,
+                    _ => out.push(Extent { start, len: PAGE_SIZE as u32, dest, flags }),
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The segment all of `extents` lie in, and its first word, if there is
+    /// one (and they are not in the coherent window).
+    fn one_segment(&self, extents: &[Extent]) -> Option<(u32, u32)> {
+        let shift = self.gpu.segment_page_shift + PAGE_WORDS.ilog2();
+        let mut seg = None;
+        for x in extents {
+            if x.dest & Extent::COHERENT != 0 || x.len == 0 {
+                return None;
+            }
+            let (a, b) = (x.dest >> shift, (x.dest + x.len / 4 - 1) >> shift);
+            if a != b || seg.is_some_and(|s| s != a) {
+                return None;
+            }
+            seg = Some(a);
+        }
+        seg.map(|s| (s, s << shift))
+    }
+
+    /// Whether this pass's loads may read before their check's outcome is
+    /// known. Only with one segment bound (reading several unconditionally
+    /// costs more than the masked branches: measured, the coherent mode's
+    /// two windows 2.2x -> 1.8x plain without): then always in the software
+    /// pool and the coherent view (every index lands in a buffer; the bounds
+    /// checks clamp it), and in a sparse view by reading a word of a page
+    /// this launch mapped (bound) instead, or any word where residency is
+    /// strict (unbound pages read zero). `extents` are the pass's, rebased
+    /// to the segment bound first.
+    fn speculative(&self, st: &State, segments: u32, extents: Option<&[Extent]>) -> Speculative {
+        let gpu = &self.gpu;
+        if segments != 1 {
+            return Speculative::No;
+        }
+        if gpu.mode != MappingMode::Sparse || gpu.raw.as_ref().is_some_and(|r| r.caps().residency_non_resident_strict) {
+            return Speculative::AnyIndex;
+        }
+        if let Some(e) = extents {
+            // Extents map bound pages, of the segment bound first.
+            return e.first().map_or(Speculative::No, |x| Speculative::SafeWord(x.dest));
+        }
+        // One segment in all (page-table path): any mapped page will do.
+        st.mapped
+            .iter()
+            .flat_map(|&(a, b)| a..b)
+            .find_map(|p| {
+                let pte = st.table.get(PageIndex(p));
+                if pte.is_valid() && !pte.is_coherent() {
+                    pte.frame()
+                } else {
+                    None
+                }
+            })
+            .map_or(Speculative::No, |f| Speculative::SafeWord(f.get() * PAGE_WORDS))
+    }
+
+    /// Why the access at `addr` was refused, from what the pass mapped
+    /// (`busy`: its ranges and whether it may write them) and the order
+    /// of the page-table path's checks. (The page table may have changed
+    /// since: other launches map their pages while this one runs.)
+    fn classify(&self, st: &State, busy: &[(u32, u32, bool)], addr: u64, write: bool) -> KernelFaultKind {
+        let off = addr.wrapping_sub(self.arena.base() as u64);
+        if off >= self.arena.len() as u64 {
+            return KernelFaultKind::OutOfArena;
+        }
+        if !off.is_multiple_of(4) {
+            return KernelFaultKind::Misaligned;
+        }
+        #[allow(clippy::cast_possible_truncation, reason = "off < arena length < 4 GiB")]
+        let page = (off / PAGE_SIZE as u64) as u32;
+        if !st.table.get(PageIndex(page)).is_allocated() {
+            return KernelFaultKind::Unallocated;
+        }
+        let i = busy.partition_point(|r| r.1 <= page);
+        match busy.get(i).filter(|r| r.0 <= page) {
+            None => KernelFaultKind::NotDeclared,
+            Some(&(_, _, false)) if write => KernelFaultKind::ReadOnly,
+            // The extents were built from what the pass mapped:
+            // unreachable unless the log is corrupt.
+            Some(_) => KernelFaultKind::Unknown(svm_shaders::err::REFUSED),
+        }
+    }
+
+
+    /// Submit one pass of the kernel: upload the dirty page table and the
+    /// arguments, clear the log, dispatch, copy the log to a read-back
+    /// buffer of the pass's own. The pass is returned as an [`InFlight`]
+    /// using `busy` (the caller fills in its settling and tracks it).
+    /// Nothing is submitted when this fails.
+    pub(super) fn submit_pass(
+        &self,
+        st: &mut State,
+        pass: &Pass<'_>,
+        extents: Option<&[Extent]>,
+        busy: Vec<(u32, u32, bool)>,
+        driven: bool,
+        exclusive: bool,
+    ) -> Result<InFlight, LaunchError> {
+        let Pass { kernel, groups, words, workgroups, replayable } = *pass;
+        let gpu = &self.gpu;
+        let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
+        let coherent = st.coherent.is_some();
+        // Extents all in one segment: bind it first, rebase the extents,
+        // and run the one-segment specialization.
+        let single = extents.filter(|_| !coherent && gpu.segments_used > 1).and_then(|e| self.one_segment(e));
+        let rebased: Option<Vec<Extent>> = single.map(|(_, base)| {
+            extents.unwrap_or_default().iter().map(|x| Extent { dest: x.dest - base, ..*x }).collect()
+        });
+        let extents = rebased.as_deref().or(extents);
+        let segments = if single.is_some() { 1 } else { gpu.segments_used };
+        let speculative = if coherent { Speculative::No } else { self.speculative(st, segments, extents) };
+        // The replayable specialization only changes the page-table path.
+        let replayable_table = replayable && extents.is_none();
+        let variant = Variant {
+            segments,
+            extents: slots,
+            replayable: replayable_table,
+            coherent,
+            speculative: speculative.code(),
+        };
+        let pipeline = self.pipeline(kernel, variant)?;
+        let bind_group = match (&st.coherent, single) {
+            (Some(c), _) => &c.bind_group,
+            (None, Some((k, _))) => &gpu.first_segment_bind_groups[k as usize],
+            (None, None) => &gpu.bind_group,
+        };
+        // The kernel wrote host memory in place or a pool the CPU reads
+        // directly: make its writes visible to the CPU (a real GPU needs
+        // the barrier; lavapipe is coherent).
+        let barrier = if coherent || gpu.mode == MappingMode::Coherent || !gpu.pool_host.iter().all(Option::is_none) {
+            Some(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?)
+        } else {
+            None
+        };
+        // (A kernel without the prelude reads neither the page table nor
+        // the arguments: both wait for the next pointer launch.)
+        let pt_bytes = if kernel.prelude {
+            st.table.drain_dirty(|batch| {
+                gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
+            })
+        } else {
+            0
+        };
+        let log_faults = svm_shaders::LOG_FAULTS;
+        let fault_read_bitmap = log_faults + 1 + FAULT_CAP;
+        let mut block = ArgsBlock {
+            #[allow(clippy::cast_possible_truncation, reason = "address halves")]
+            base: [self.arena.base() as u32, (self.arena.base() as u64 >> 32) as u32],
+            arena_bytes: u32::try_from(self.arena.len()).expect("arena < 4 GiB, checked at creation"),
+            fault_cap: FAULT_CAP,
+            fault_read_bitmap,
+            fault_write_bitmap: fault_read_bitmap + gpu.fault_bitmap_words,
+            coherent_base: st.coherent.as_ref().map_or(0, |c| c.first * PAGE_SIZE as u32),
+            safe_word: match speculative {
+                Speculative::SafeWord(w) => w,
+                _ => 0,
+            },
+            // Unused slots: empty extents, which admit nothing.
+            extents: [Extent::default(); MAX_EXTENTS as usize],
+            words: [0; MAX_ARG_WORDS as usize],
+        };
+        block.words[..words.len()].copy_from_slice(words);
+        if let Some(e) = extents {
+            block.extents[..e.len()].copy_from_slice(e);
+        }
+        if kernel.prelude {
+            // (Queued behind the passes in flight: the write lands after
+            // them on the queue, before this pass.)
+            gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
+        }
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
+        // The error and fault counts, and the bitmaps, start at zero.
+        if kernel.prelude {
+            enc.clear_buffer(&gpu.log, 0, None);
+        }
+        // GPU timestamps of the pass, when something records them (a
+        // tracing subscriber taking svm's debug spans, e.g. the demos'
+        // --trace): an extra read back per pass otherwise not paid. One
+        // query set: a pass submitted while another holds it has none.
+        let stamps = gpu
+            .timestamps
+            .as_ref()
+            .filter(|_| !st.stamps_busy && tracing::enabled!(target: "svm", tracing::Level::DEBUG));
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&kernel.label),
+                timestamp_writes: stamps.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            pass.set_pipeline(&pipeline);
+            for (g, bg) in groups.iter().enumerate() {
+                if let Some(bg) = bg {
+                    pass.set_bind_group(g as u32, bg, &[]);
+                }
+            }
+            if kernel.prelude {
+                pass.set_bind_group(svm_shaders::RUNTIME_GROUP, bind_group, &[]);
+            }
+            let [x, y, z] = workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+        let readback = kernel.prelude.then(|| gpu.take_log_readback());
+        if let Some(rb) = &readback {
+            enc.copy_buffer_to_buffer(&gpu.log, 0, rb, 0, Gpu::log_read_bytes());
+        }
+        if let Some(t) = stamps {
+            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+            st.stamps_busy = true;
+        }
+        let mut cmds = vec![enc.finish()];
+        cmds.extend(barrier);
+        let submitted = Instant::now();
+        let index = gpu.queue.submit(cmds);
+        tracing::debug!(target: "svm", kernel = %kernel.label, bound = !kernel.prelude, "svm_kernel_submit");
+        Ok(InFlight {
+            shared: Self::new_shared(index, driven),
+            busy,
+            exclusive,
+            label: kernel.label.clone(),
+            readback,
+            extents: extents.is_some(),
+            replayable,
+            stamps: stamps.is_some(),
+            submitted,
+            pt_bytes,
+            temporary: Vec::new(),
+            report: LaunchReport::default(),
+            zapped_in_place: Vec::new(),
+            release_frames: Vec::new(),
+        })
+    }
+
+    /// What a pass the GPU finished produced: the error of a refused
+    /// access (if any) and its faults as (page, write) pairs.
+    pub(super) fn read_outcome(&self, st: &mut State, f: &mut InFlight) -> Result<PassOutcome, LaunchError> {
+        let gpu = &self.gpu;
+        let c = &self.stats;
+        let _kernel_span = tracing::debug_span!("svm_kernel", kernel = %f.label, bound = f.readback.is_none()).entered();
+        let lost = f.shared.lost.lock().clone();
+        if let Some(m) = lost {
+            if let Some(rb) = f.readback.take() {
+                drop(rb);
+            }
+            return Err(DeviceError::Lost(m).into());
+        }
+        Counters::add(&c.kernel_ns, f.submitted.elapsed().as_nanos() as u64);
+        if f.stamps {
+            st.stamps_busy = false;
+            if let Some(t) = &gpu.timestamps {
+                let ticks: [u64; 2] = gpu.read_after(&t.readback, 16, &f.shared.index, bytemuck::pod_read_unaligned)?;
+                let ns = (ticks[1].saturating_sub(ticks[0]) as f64 * f64::from(t.period)) as u64;
+                Counters::add(&c.kernel_gpu_ns, ns);
+                tracing::debug!(target: "svm", kernel = %f.label, gpu_ns = ns, "svm_kernel_gpu");
+            }
+        }
+        let Some(rb) = f.readback.take() else {
+            // Bound access only: no log, nothing refused in software.
+            Counters::add(&c.bound_passes, 1);
+            return Ok((None, Vec::new()));
+        };
+        let log = gpu.read_after(&rb, Gpu::log_read_bytes(), &f.shared.index, bytemuck::pod_collect_to_vec::<u8, u32>)?;
+        // (A buffer whose map failed is not reused.)
+        gpu.give_log_readback(rb);
+        Counters::add(&c.pt_upload_bytes, f.pt_bytes);
+        Counters::add(if f.extents { &c.extent_passes } else { &c.page_table_passes }, 1);
+        let total = log[0];
+        if total != 0 {
+            let records: Vec<(KernelFault, bool)> = (0..total.min(ERROR_RECORDS) as usize)
+                .map(|i| {
+                    let addr = u64::from(log[2 + i * 4]) | (u64::from(log[3 + i * 4]) << 32);
+                    let write = log[4 + i * 4] != 0;
+                    let kind = match log[1 + i * 4] {
+                        // The extent path only knows that no extent admitted
+                        // the access; what the pass mapped says why.
+                        svm_shaders::err::REFUSED => self.classify(st, &f.busy, addr, write),
+                        code => KernelFaultKind::from_code(code),
+                    };
+                    (KernelFault { addr, kind }, write)
+                })
+                .collect();
+            // A replayable extent pass: refused accesses to allocated pages
+            // are GPU faults, unless a real error is among them.
+            let is_fault = |k: KernelFaultKind| matches!(k, KernelFaultKind::NotDeclared | KernelFaultKind::ReadOnly);
+            if f.replayable && f.extents && records.iter().all(|(x, _)| is_fault(x.kind)) {
+                let mut pages: Vec<(u32, bool)> =
+                    records.iter().map(|&(x, write)| (page_of(x.addr as usize - self.arena.base()), write)).collect();
+                pages.sort_unstable();
+                pages.dedup();
+                return Ok((None, pages));
+            }
+            let faults = records.into_iter().map(|(x, _)| x).collect();
+            return Ok((Some(LaunchError::Kernel { faults, total }), Vec::new()));
+        }
+        // Faults count only in a replayable launch (the prelude records
+        // none otherwise; anything there was not written by it). The
+        // launch checks each one against what it may do.
+        if !f.replayable {
+            return Ok((None, Vec::new()));
+        }
+        let lf = svm_shaders::LOG_FAULTS as usize;
+        let n = log[lf].min(FAULT_CAP) as usize;
+        let mut faults: Vec<(u32, bool)> =
+            log[lf + 1..lf + 1 + n].iter().map(|&e| (e & 0x7fff_ffff, e & 0x8000_0000 != 0)).collect();
+        faults.sort_unstable();
+        faults.dedup();
+        Ok((None, faults))
+    }
+}
