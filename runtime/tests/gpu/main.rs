@@ -14,6 +14,7 @@ mod collections;
 mod list;
 mod oversub;
 mod paths;
+mod queue;
 mod replay;
 mod shared;
 mod soundness;
