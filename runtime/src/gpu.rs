@@ -129,6 +129,12 @@ pub(crate) struct Gpu {
     /// directly (no map, so no wait for running kernels). Empty or `None`
     /// elsewhere: the wgpu-mapped pool maps the segment per migration.
     pub pool_host: Vec<Option<crate::vk::HostImport>>,
+    /// Held around every `Device::poll`: wgpu-core 30 asserts when two
+    /// threads poll at once and one finds the queue empty that the other
+    /// emptied (it read the fence before). The runtime polls under its
+    /// update lock; the completion thread waits on the timeline instead, or
+    /// (without the raw device) polls under this lock too.
+    pub poll_lock: Arc<Mutex<()>>,
     /// Launch-log read-back buffers not in use (one per launch in flight).
     pub log_readbacks: Mutex<Vec<wgpu::Buffer>>,
     /// Staging rings for migration when the pool is not host-mapped
@@ -456,6 +462,7 @@ impl Gpu {
             mapped_pool,
             pool_host,
             log_readbacks: Mutex::new(Vec::new()),
+            poll_lock: Arc::new(Mutex::new(())),
             staging,
             timestamps,
             lost,
@@ -493,6 +500,7 @@ impl Gpu {
 
     /// Submit and wait for everything queued so far.
     pub fn wait(&self) -> Result<(), DeviceError> {
+        let _polling = self.poll_lock.lock();
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| {
             let m = e.to_string();
             *self.lost.lock() = Some(m.clone());
@@ -508,7 +516,11 @@ impl Gpu {
     /// run the callbacks it makes ready (staging maps).
     pub fn wait_submission(&self, sub: Option<wgpu::SubmissionIndex>) -> Result<(), DeviceError> {
         let Some(sub) = sub else { return self.wait() };
-        match self.device.poll(wgpu::PollType::Wait { submission_index: Some(sub), timeout: None }) {
+        let polled = {
+            let _polling = self.poll_lock.lock();
+            self.device.poll(wgpu::PollType::Wait { submission_index: Some(sub), timeout: None })
+        };
+        match polled {
             Ok(_) => self.check_lost(),
             Err(_) => self.wait(),
         }
@@ -521,7 +533,10 @@ impl Gpu {
     pub fn settle_callback(&self, fired: impl Fn() -> bool) -> Result<(), DeviceError> {
         let t0 = std::time::Instant::now();
         while !fired() && t0.elapsed() < std::time::Duration::from_secs(10) {
-            self.device.poll(wgpu::PollType::Poll).map_err(|e| DeviceError::Lost(e.to_string()))?;
+            {
+                let _polling = self.poll_lock.lock();
+                self.device.poll(wgpu::PollType::Poll).map_err(|e| DeviceError::Lost(e.to_string()))?;
+            }
             if !fired() {
                 std::thread::yield_now();
             }

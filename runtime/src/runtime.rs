@@ -405,7 +405,7 @@ impl Svm {
         };
         let state = State::new(arena.len(), pages, frames);
         let signals = Arc::new(flight::Signals::default());
-        let completer = flight::Completer::start(gpu.device.clone(), signals.clone())?;
+        let completer = flight::Completer::start(&gpu, signals.clone())?;
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),

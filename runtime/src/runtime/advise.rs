@@ -171,7 +171,9 @@ impl Inner {
         loop {
             match self.prefetch_locked(&mut guard, addr, len, to) {
                 // Launches in flight hold frames: after them, again.
-                Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(&mut guard),
+                Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => {
+                    self.wait_all_flights(&mut guard)
+                }
                 r => return r,
             }
         }

@@ -23,8 +23,12 @@ impl Inner {
     ) -> Result<usize, DeviceError> {
         let _span = tracing::debug_span!("svm_evict", want).entered();
         // The ranges eviction must not take, sorted: a binary search a page.
-        let mut fence: Vec<(u32, u32)> =
-            protect.iter().map(|&(a, b, _)| (a, b)).chain(st.pinned.iter().copied()).chain(st.flights.iter().flat_map(|f| f.busy.iter().map(|&(a, b, _)| (a, b)))).collect();
+        let mut fence: Vec<(u32, u32)> = protect
+            .iter()
+            .map(|&(a, b, _)| (a, b))
+            .chain(st.pinned.iter().copied())
+            .chain(st.flights.iter().flat_map(|f| f.busy.iter().map(|&(a, b, _)| (a, b))))
+            .collect();
         fence.sort_unstable();
         let mut merged: Vec<(u32, u32)> = Vec::with_capacity(fence.len());
         for (a, b) in fence {

@@ -29,6 +29,8 @@ use super::*;
 /// thread share.
 pub(crate) struct FlightShared {
     pub(super) index: wgpu::SubmissionIndex,
+    /// The timeline value the submission signals (with the raw device).
+    pub(super) point: Option<crate::vk::raw::TimelinePoint>,
     /// The GPU finished the submission (or the device was lost: `lost`).
     pub(super) gpu_done: AtomicBool,
     /// Removed from [`State::flights`]; its result is in `result`.
@@ -102,28 +104,53 @@ pub(crate) struct Completer {
 }
 
 impl Completer {
-    pub(super) fn start(device: wgpu::Device, signals: Arc<Signals>) -> Result<Self, SvmError> {
+    pub(super) fn start(gpu: &Gpu, signals: Arc<Signals>) -> Result<Self, SvmError> {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<FlightShared>>();
         let give_up = Arc::new(AtomicBool::new(false));
         let stop = give_up.clone();
+        let device = gpu.device.clone();
+        let raw = gpu.raw.clone();
+        let poll_lock = gpu.poll_lock.clone();
         let handle = std::thread::Builder::new()
             .name("svm-completion".into())
             .spawn(move || {
                 let mut lost: Option<String> = None;
+                let slice = std::time::Duration::from_millis(100);
                 while let Ok(f) = rx.recv() {
                     // In slices, so that a runtime dropped after a device
                     // loss (a kernel that never ends) can stop this thread.
                     while lost.is_none() {
-                        let wait = wgpu::PollType::Wait {
-                            submission_index: Some(f.index.clone()),
-                            timeout: Some(std::time::Duration::from_millis(100)),
+                        let done = match (&raw, f.point) {
+                            // The timeline: a host wait, no `Device::poll`.
+                            (Some(raw), Some(point)) => match raw.wait(point, slice) {
+                                Ok(()) => Ok(true),
+                                Err(crate::vk::VkError::Timeout(_)) => Ok(false),
+                                Err(e) => Err(e.to_string()),
+                            },
+                            // A plain wgpu device: short polls under the
+                            // poll lock (see `Gpu::poll_lock`).
+                            _ => {
+                                let _polling = poll_lock.lock();
+                                let wait = wgpu::PollType::Wait {
+                                    submission_index: Some(f.index.clone()),
+                                    timeout: Some(std::time::Duration::from_millis(2)),
+                                };
+                                match device.poll(wait) {
+                                    Ok(_) => Ok(true),
+                                    Err(wgpu::PollError::Timeout) => Ok(false),
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            }
                         };
-                        match device.poll(wait) {
-                            Ok(_) => break,
-                            Err(wgpu::PollError::Timeout) if stop.load(Ordering::Acquire) => {
+                        match done {
+                            Ok(true) => break,
+                            Ok(false) if raw.as_ref().is_some_and(|r| r.is_lost()) => {
+                                lost = Some("the device was lost".into());
+                            }
+                            Ok(false) if stop.load(Ordering::Acquire) => {
                                 lost = Some("the runtime was dropped after a device loss".into());
                             }
-                            Err(wgpu::PollError::Timeout) => {}
+                            Ok(false) => {}
                             Err(e) => lost = Some(format!("waiting for a launch: {e}")),
                         }
                     }
@@ -200,9 +227,14 @@ impl Inner {
     }
 
     /// A new flight's shared part.
-    pub(super) fn new_shared(index: wgpu::SubmissionIndex, driven: bool) -> Arc<FlightShared> {
+    pub(super) fn new_shared(
+        index: wgpu::SubmissionIndex,
+        point: Option<crate::vk::raw::TimelinePoint>,
+        driven: bool,
+    ) -> Arc<FlightShared> {
         Arc::new(FlightShared {
             index,
+            point,
             gpu_done: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             driven,

@@ -13,6 +13,10 @@ use super::pass::Pass;
 use super::*;
 use crate::bind::Checked;
 
+/// A launch's declared ranges (merged; page ranges with write flags) and
+/// the pages it discards.
+type Declared = (Vec<(u32, u32, bool)>, Vec<(u32, u32)>);
+
 /// A launch made resident and mapped, ready to submit.
 struct Prepared {
     /// Declared and bound ranges, merged.
@@ -148,11 +152,9 @@ impl Inner {
             Ok(())
         };
         let zapped_ok = zap();
-        let pass =
-            Pass { kernel, groups: &prep.groups, words: &words, workgroups: desc.workgroups, replayable: false };
-        let submitted = zapped_ok.and_then(|()| {
-            self.submit_pass(st, &pass, prep.extents.as_deref(), prep.busy.clone(), false, false)
-        });
+        let pass = Pass { kernel, groups: &prep.groups, words: &words, workgroups: desc.workgroups, replayable: false };
+        let submitted = zapped_ok
+            .and_then(|()| self.submit_pass(st, &pass, prep.extents.as_deref(), prep.busy.clone(), false, false));
         st.pinned.clear();
         match submitted {
             Ok(mut f) => {
@@ -184,9 +186,10 @@ impl Inner {
     /// Wait for a queued launch and take its result.
     pub(crate) fn wait_result(&self, f: &Arc<FlightShared>) -> Result<LaunchReport, LaunchError> {
         self.wait_retired(f);
-        f.result.lock().take().unwrap_or_else(|| {
-            Err(DeviceError::Unexpected("the launch's result was taken already".into()).into())
-        })
+        f.result
+            .lock()
+            .take()
+            .unwrap_or_else(|| Err(DeviceError::Unexpected("the launch's result was taken already".into()).into()))
     }
 
     /// A replayable launch, or one with a timeout: pass after pass on the
@@ -202,13 +205,13 @@ impl Inner {
         let (bound, words) = self.check_launch(kernel, desc)?;
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
-        let prep =
-            self.prepare(&mut guard, kernel, &bound, desc.access, opts.replayable, opts.undeclared_writes)?;
+        let prep = self.prepare(&mut guard, kernel, &bound, desc.access, opts.replayable, opts.undeclared_writes)?;
         let Prepared { decl, mut busy, groups, mut extents, mut temporary, mut report } = prep;
         // Host pages copied for read faults, write-protected on the CPU
         // while copied and used (unprotected after the launch).
         let mut guarded: Vec<(u32, u32)> = Vec::new();
-        let pass = Pass { kernel, groups: &groups, words: &words, workgroups: desc.workgroups, replayable: opts.replayable };
+        let pass =
+            Pass { kernel, groups: &groups, words: &words, workgroups: desc.workgroups, replayable: opts.replayable };
         let result = (|| loop {
             let st = &mut *guard;
             let mut f = self.submit_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
@@ -349,10 +352,9 @@ impl Inner {
                 if write {
                     continue;
                 }
-                let fresh: Vec<(u32, u32)> = runs(a, b, |p| {
-                    st.frames_of[p as usize] == HOST && st.advice[p as usize] & advice::COHERENT == 0
-                })
-                .collect();
+                let fresh: Vec<(u32, u32)> =
+                    runs(a, b, |p| st.frames_of[p as usize] == HOST && st.advice[p as usize] & advice::COHERENT == 0)
+                        .collect();
                 for (ra, rb) in fresh {
                     let (o, l) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
                     self.arena.write_protect(o, l).map_err(|e| LaunchError::Os(e.to_string()))?;
@@ -372,7 +374,7 @@ impl Inner {
         kernel: &Kernel,
         bound: &[Checked<'_>],
         access: &[crate::kernel::Access<'_>],
-    ) -> Result<(Vec<(u32, u32, bool)>, Vec<(u32, u32)>), LaunchError> {
+    ) -> Result<Declared, LaunchError> {
         let mut decl: Vec<(u32, u32, bool)> = Vec::with_capacity(access.len() + bound.len());
         let mut discard_pages: Vec<(u32, u32)> = Vec::new();
         let mut keep_pages: Vec<(u32, u32)> = Vec::new();

@@ -39,7 +39,6 @@ pub(super) struct Pass<'a> {
     pub(super) replayable: bool,
 }
 
-
 impl Inner {
     /// Treat the device as lost (a kernel that does not finish): every
     /// later operation fails with [`DeviceError::Lost`], and pages a kernel
@@ -227,7 +226,6 @@ impl Inner {
         }
     }
 
-
     /// Submit one pass of the kernel: upload the dirty page table and the
     /// arguments, clear the log, dispatch, copy the log to a read-back
     /// buffer of the pass's own. The pass is returned as an [`InFlight`]
@@ -360,10 +358,20 @@ impl Inner {
         let mut cmds = vec![enc.finish()];
         cmds.extend(barrier);
         let submitted = Instant::now();
-        let index = gpu.queue.submit(cmds);
+        // With the raw device, the submission signals the timeline: the
+        // completion thread waits for it there (no `Device::poll`).
+        let (index, point) = match &gpu.raw {
+            Some(raw) => {
+                let (index, point) = raw
+                    .submit_signalled(|| gpu.queue.submit(cmds))
+                    .map_err(|e| DeviceError::Unexpected(format!("submitting a pass: {e}")))?;
+                (index, Some(point))
+            }
+            None => (gpu.queue.submit(cmds), None),
+        };
         tracing::debug!(target: "svm", kernel = %kernel.label, bound = !kernel.prelude, "svm_kernel_submit");
         Ok(InFlight {
-            shared: Self::new_shared(index, driven),
+            shared: Self::new_shared(index, point, driven),
             busy,
             exclusive,
             label: kernel.label.clone(),
@@ -385,7 +393,8 @@ impl Inner {
     pub(super) fn read_outcome(&self, st: &mut State, f: &mut InFlight) -> Result<PassOutcome, LaunchError> {
         let gpu = &self.gpu;
         let c = &self.stats;
-        let _kernel_span = tracing::debug_span!("svm_kernel", kernel = %f.label, bound = f.readback.is_none()).entered();
+        let _kernel_span =
+            tracing::debug_span!("svm_kernel", kernel = %f.label, bound = f.readback.is_none()).entered();
         let lost = f.shared.lost.lock().clone();
         if let Some(m) = lost {
             if let Some(rb) = f.readback.take() {
@@ -408,7 +417,8 @@ impl Inner {
             Counters::add(&c.bound_passes, 1);
             return Ok((None, Vec::new()));
         };
-        let log = gpu.read_after(&rb, Gpu::log_read_bytes(), &f.shared.index, bytemuck::pod_collect_to_vec::<u8, u32>)?;
+        let log =
+            gpu.read_after(&rb, Gpu::log_read_bytes(), &f.shared.index, bytemuck::pod_collect_to_vec::<u8, u32>)?;
         // (A buffer whose map failed is not reused.)
         gpu.give_log_readback(rb);
         Counters::add(&c.pt_upload_bytes, f.pt_bytes);

@@ -226,6 +226,24 @@ impl RawDevice {
         self.flush_locked(&mut t).map(TimelinePoint)
     }
 
+    /// Run `submit` (one `wgpu::Queue::submit`) with a signal of the
+    /// timeline staged on it: the returned point is reached when that
+    /// submission (and everything before it) has completed. A host can then
+    /// wait for the submission with [`Self::wait`], without `Device::poll`.
+    pub fn submit_signalled<R>(&self, submit: impl FnOnce() -> R) -> Result<(R, TimelinePoint)> {
+        let mut t = self.timeline.lock();
+        let next = t.value + 1;
+        {
+            // SAFETY: as in `flush_locked`: the signal is only recorded for
+            // the next submit, which `submit` makes; the semaphore outlives it.
+            let hal = unsafe { self.wgpu_queue.as_hal::<Vulkan>() }.ok_or(VkError::NotVulkan("queue"))?;
+            hal.add_signal_semaphore(t.raw, Some(next));
+        }
+        let r = submit();
+        t.value = next;
+        Ok((r, TimelinePoint(next)))
+    }
+
     /// The last value any queued operation will signal.
     pub fn last_point(&self) -> TimelinePoint {
         TimelinePoint(self.timeline.lock().value)
