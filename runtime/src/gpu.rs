@@ -124,6 +124,11 @@ pub(crate) struct Gpu {
     /// The pool segments are CPU-mappable (unified memory): migrations map
     /// them instead of going through staging buffers.
     pub mapped_pool: bool,
+    /// Migrations copy device memory with the CPU: a host-mapped pool, or
+    /// a sparse pool in mapped host-visible memory (unified memory). Passes
+    /// then end with a host-read barrier, and nothing is cleared on the
+    /// device instead of copied.
+    pub cpu_copies: bool,
     /// Per segment of a host-mapped pool opened with host import: the
     /// segment's memory, which migrations read and write with the CPU
     /// directly (no map, so no wait for running kernels). Empty or `None`
@@ -265,6 +270,8 @@ impl Gpu {
         let pool_usage =
             if mapped_pool { storage | wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE } else { storage };
         let mut sparse_arena = None;
+        // Migrations are CPU copies of device memory (no queue operation).
+        let mut cpu_copies = mapped_pool;
         let mut coherent_view = None;
         let mut segments = Vec::new();
         let mut pool_host = Vec::new();
@@ -324,6 +331,9 @@ impl Gpu {
                     size: view_bytes,
                     pool_blocks: total_frames,
                     chunk_blocks: 1 << 14,
+                    // Unified memory: blocks the CPU copies directly, as
+                    // the software mode's host-mapped pool.
+                    host_mapped: host_mapped_pool && unified && open::mapped_pool_allowed(),
                 },
             )
             .map_err(|e| SvmError::Config(format!("sparse arena: {e}")))?;
@@ -334,6 +344,7 @@ impl Gpu {
                 )));
             }
             view_windows(arena.buffer(), &mut segments);
+            cpu_copies = arena.host_mapped();
             sparse_arena = Some(arena);
         } else {
             let mut left = pool_bytes;
@@ -397,7 +408,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         // `staging_bytes`: the largest span one migration moves.
-        let staging = crate::staging::Staging::new(&device, !mapped_pool && !coherent, staging_bytes);
+        let staging = crate::staging::Staging::new(&device, !cpu_copies && !coherent, staging_bytes);
 
         let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
@@ -460,6 +471,7 @@ impl Gpu {
             windows,
             total_frames,
             mapped_pool,
+            cpu_copies,
             pool_host,
             log_readbacks: Mutex::new(Vec::new()),
             poll_lock: Arc::new(Mutex::new(())),

@@ -176,8 +176,9 @@ pub struct SvmDescriptor {
     /// `fault_span`). Default on.
     pub fault_prefetch: bool,
     /// On unified-memory adapters (CPU drivers such as lavapipe, integrated
-    /// GPUs), keep the device pool in CPU-mappable memory and migrate by
-    /// mapping it, with no staging copy and no queue round trip. Default on;
+    /// GPUs), keep the device pool in CPU-mapped memory (the software
+    /// mode's segments, the sparse mode's blocks) and migrate by copying it
+    /// with the CPU, with no staging copy and no queue round trip. Default on;
     /// `SVM_MAPPED_POOL=0` also turns it off. Discrete GPUs never use it.
     pub host_mapped_pool: bool,
     /// How device pages are mapped; `None`: `SVM_MAPPING_MODE` if set, else
@@ -483,9 +484,11 @@ impl Svm {
         self.inner.gpu.mode
     }
     /// Whether the device pool is CPU-mapped memory (unified-memory
-    /// adapters; see [`SvmDescriptor::host_mapped_pool`]).
+    /// adapters; see [`SvmDescriptor::host_mapped_pool`]): the software
+    /// mode's pool segments, or the sparse mode's memory blocks. Migration
+    /// is then a CPU copy, with no queue operation.
     pub fn pool_is_host_mapped(&self) -> bool {
-        self.inner.gpu.mapped_pool
+        self.inner.gpu.cpu_copies
     }
     /// Device pool size in pages.
     pub fn pool_pages(&self) -> u32 {

@@ -50,7 +50,7 @@ pub(super) fn create_device(
 pub const MAPPED_POOL_ENV: &str = "SVM_MAPPED_POOL";
 
 /// Whether [`MAPPED_POOL_ENV`] allows the host-mapped pool.
-fn mapped_pool_allowed() -> bool {
+pub(super) fn mapped_pool_allowed() -> bool {
     std::env::var(MAPPED_POOL_ENV).map_or(true, |v| v != "0")
 }
 

@@ -127,6 +127,14 @@ impl Frames {
         }
     }
 
+    /// The sparse arena (sparse mode).
+    pub(super) fn sparse(&self) -> Option<&crate::vk::SparseArena> {
+        match self {
+            Frames::Sparse(arena) => Some(arena),
+            Frames::Pool(_) => None,
+        }
+    }
+
     pub(super) fn free_count(&self) -> u32 {
         match self {
             Frames::Pool(f) => f.free_count(),

@@ -59,8 +59,12 @@ impl Svm {
         desc: &LaunchDescriptor<'_>,
         opts: &LaunchOptions,
     ) -> Result<LaunchReport, LaunchError> {
+        let _span = tracing::info_span!("svm_launch", kernel = %kernel.label).entered();
         if !opts.replayable && opts.timeout.is_none() {
             let f = self.inner.launch_queued(kernel, desc, false)?;
+            // From submit to the log read back: the kernel (and the queue's
+            // latency).
+            let _kernel = tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();
             return self.inner.wait_result(&f);
         }
         self.inner.launch_driven(kernel, desc, opts)
@@ -77,6 +81,7 @@ impl Svm {
         desc: &LaunchDescriptor<'_>,
         opts: &LaunchOptions,
     ) -> Result<Result<Arc<FlightShared>, LaunchReport>, LaunchError> {
+        let _span = tracing::info_span!("svm_launch", kernel = %kernel.label).entered();
         if opts.replayable || opts.timeout.is_some() {
             return self.inner.launch_driven(kernel, desc, opts).map(Err);
         }
@@ -131,7 +136,6 @@ impl Inner {
         desc: &LaunchDescriptor<'_>,
         zap_in_place: bool,
     ) -> Result<Arc<FlightShared>, LaunchError> {
-        let _span = tracing::info_span!("svm_launch", kernel = %kernel.label).entered();
         let (bound, words) = self.check_launch(kernel, desc)?;
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
@@ -201,7 +205,6 @@ impl Inner {
         desc: &LaunchDescriptor<'_>,
         opts: &LaunchOptions,
     ) -> Result<LaunchReport, LaunchError> {
-        let _span = tracing::info_span!("svm_launch", kernel = %kernel.label).entered();
         let (bound, words) = self.check_launch(kernel, desc)?;
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
@@ -218,6 +221,8 @@ impl Inner {
             f.release_frames = std::mem::take(&mut st.deferred_free);
             let shared = self.track(st, f);
             let deadline = opts.timeout.map(|t| Instant::now() + t);
+            let kernel_span =
+                tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();
             if !self.wait_gpu(&mut guard, &shared, deadline) {
                 let st = &mut *guard;
                 let after = opts.timeout.unwrap_or_default();
@@ -231,6 +236,7 @@ impl Inner {
             let st = &mut *guard;
             let mut f = self.take_flight(st, &shared).expect("a driven pass is retired by its owner only");
             let outcome = self.read_outcome(st, &mut f);
+            drop(kernel_span);
             st.frames.free_many(&std::mem::take(&mut f.release_frames));
             self.finish_flight(&shared, None);
             let (errors, faults) = outcome?;

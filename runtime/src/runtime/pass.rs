@@ -271,7 +271,7 @@ impl Inner {
         // The kernel wrote host memory in place or a pool the CPU reads
         // directly: make its writes visible to the CPU (a real GPU needs
         // the barrier; lavapipe is coherent).
-        let barrier = if coherent || gpu.mode == MappingMode::Coherent || !gpu.pool_host.iter().all(Option::is_none) {
+        let barrier = if coherent || gpu.mode == MappingMode::Coherent || gpu.cpu_copies {
             Some(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?)
         } else {
             None
@@ -393,8 +393,6 @@ impl Inner {
     pub(super) fn read_outcome(&self, st: &mut State, f: &mut InFlight) -> Result<PassOutcome, LaunchError> {
         let gpu = &self.gpu;
         let c = &self.stats;
-        let _kernel_span =
-            tracing::debug_span!("svm_kernel", kernel = %f.label, bound = f.readback.is_none()).entered();
         let lost = f.shared.lost.lock().clone();
         if let Some(m) = lost {
             if let Some(rb) = f.readback.take() {

@@ -178,7 +178,7 @@ impl Inner {
     /// and not coherent (never imported).
     pub(super) fn upload(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
         let gpu = &self.gpu;
-        if !gpu.mapped_pool {
+        if !gpu.cpu_copies {
             // A read-ahead of these pages (which left the device since, by
             // a free) is stale.
             self.drop_readahead(a, b);
@@ -196,7 +196,7 @@ impl Inner {
                 let mut k = (n - done).min(gpu.frames_left_in_segment(fr));
                 // (With a host-mapped pool, zeroing costs what the copy does:
                 // measured, no gain; the pages are copied as usual there.)
-                let discarded = |q: u32| !gpu.mapped_pool && st.discarded(q);
+                let discarded = |q: u32| !gpu.cpu_copies && st.discarded(q);
                 let discard = discarded(p + done);
                 k = (1..k).find(|&i| discarded(p + done + i) != discard).unwrap_or(k);
                 let (seg, off) = gpu.frame_location(fr);
@@ -212,6 +212,23 @@ impl Inner {
                     enc.clear_buffer(buf, base + off, Some(len as u64));
                     gpu.queue.submit([enc.finish()]);
                     Counters::add(&self.stats.discarded_pages, u64::from(k));
+                } else if let Some(arena) = st.frames.sparse().filter(|a| a.host_mapped()) {
+                    // Sparse pool in mapped host memory (unified memory): a
+                    // CPU copy into each page's block (bound by `prepare`).
+                    // SAFETY: no writer of these host pages during the copy
+                    // (the caller's protocol, see above); the blocks were
+                    // just taken for these pages, so no GPU work in flight
+                    // uses them; the update lock keeps other paths off.
+                    #[allow(unsafe_code, reason = "host-copy borrow and block write; argued inline")]
+                    let copied = unsafe {
+                        self.arena.with_host(host_off, len, |bytes| {
+                            arena.host_runs(p + done, k, |q, dst, n| {
+                                let at = (q - (p + done)) as usize * PAGE_SIZE;
+                                std::ptr::copy_nonoverlapping(bytes[at..at + n].as_ptr(), dst, n);
+                            })
+                        })
+                    };
+                    debug_assert!(copied, "pages bound in a host-mapped sparse pool");
                 } else if gpu.segment_is_host(seg) {
                     // Unified memory, pool in imported host memory: one CPU
                     // copy, no map (nothing waits for running kernels).
@@ -509,7 +526,7 @@ impl Inner {
         }
         st.last_fault_end = Some(b);
         let moved = self.migrate_back_span(st, a, b)?;
-        if self.prefetch && sequential && !self.gpu.mapped_pool && self.gpu.mode != MappingMode::Coherent {
+        if self.prefetch && sequential && !self.gpu.cpu_copies && self.gpu.mode != MappingMode::Coherent {
             // Only a speed-up: a failure shows again where it matters.
             if let Err(e) = self.read_ahead(st, b) {
                 tracing::debug!("svm: read-ahead after page {page}: {e}");
@@ -537,6 +554,23 @@ impl Inner {
         let t0 = Instant::now();
         if gpu.mapped_pool {
             self.copy_back_mapped(st, &device_runs)?;
+        } else if let Some(arena) = st.frames.sparse().filter(|a| a.host_mapped()) {
+            for &(ra, rb) in &device_runs {
+                // SAFETY: device-owned pages no launch in flight uses (the
+                // callers wait for those first): no GPU work writes their
+                // blocks, and the launch that did ended with a host-read
+                // barrier; the pages are zapped from the user view until
+                // restored below; the update lock keeps other paths off.
+                #[allow(unsafe_code, reason = "CPU read of bound sparse blocks; argued inline")]
+                let done = unsafe {
+                    arena.host_runs(ra, rb - ra, |q, src, n| {
+                        self.arena.write_host(q as usize * PAGE_SIZE, std::slice::from_raw_parts(src, n));
+                    })
+                };
+                if !done {
+                    return Err(DeviceError::Unexpected(format!("pages {ra}..{rb} have no block bound")));
+                }
+            }
         } else {
             self.copy_back_staged(st, a, b, &device_runs)?;
         }

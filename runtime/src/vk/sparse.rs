@@ -153,11 +153,22 @@ pub struct SparseArenaDescriptor<'a> {
     pub pool_blocks: u32,
     /// Blocks per `vkAllocateMemory` chunk.
     pub chunk_blocks: u32,
+    /// Take the pool from host-visible, coherent memory and keep it mapped
+    /// (unified-memory devices): the CPU then copies pages in and out of
+    /// their blocks directly ([`SparseArena::host_runs`]), with no queue
+    /// operation. Ignored (the pool is not mapped) where no such type fits.
+    pub host_mapped: bool,
 }
 
 impl Default for SparseArenaDescriptor<'_> {
     fn default() -> Self {
-        Self { label: Some("svm sparse arena"), size: 64 << 20, pool_blocks: 256, chunk_blocks: 256 }
+        Self {
+            label: Some("svm sparse arena"),
+            size: 64 << 20,
+            pool_blocks: 256,
+            chunk_blocks: 256,
+            host_mapped: false,
+        }
     }
 }
 
@@ -172,6 +183,8 @@ pub struct SparseArena {
     page_size: u64,
     pages: u32,
     chunks: Vec<vk::DeviceMemory>,
+    /// Host addresses of the mapped chunks (a host-mapped pool), else empty.
+    chunk_host: Vec<usize>,
     chunk_blocks: u32,
     pool_blocks: u32,
     /// Free blocks, as coalesced runs inside chunks.
@@ -330,11 +343,17 @@ impl SparseArena {
         // SAFETY: `vk_buffer` is live.
         let req = unsafe { d.get_buffer_memory_requirements(vk_buffer) };
         debug_assert_eq!(req.alignment, page_size, "sparse block size differs between buffers");
-        let Some(type_index) = raw.find_memory_type(
-            req.memory_type_bits,
-            vk::MemoryPropertyFlags::empty(),
-            vk::MemoryPropertyFlags::DEVICE_LOCAL,
-        ) else {
+        let host_flags = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+        let host_type = raw
+            .find_memory_type(req.memory_type_bits, host_flags, vk::MemoryPropertyFlags::DEVICE_LOCAL)
+            .filter(|_| desc.host_mapped);
+        let Some(type_index) = host_type.or_else(|| {
+            raw.find_memory_type(
+                req.memory_type_bits,
+                vk::MemoryPropertyFlags::empty(),
+                vk::MemoryPropertyFlags::DEVICE_LOCAL,
+            )
+        }) else {
             cleanup(&[]);
             return Err(SparseError::NoMemoryType(req.memory_type_bits));
         };
@@ -357,6 +376,23 @@ impl SparseArena {
             left -= n;
         }
 
+        // Host-mapped pool: every chunk mapped once, for the arena's life
+        // (unmapped implicitly when the memory is freed).
+        let mut chunk_host = Vec::new();
+        if host_type.is_some() {
+            for &m in &chunks {
+                // SAFETY: `m` is host-visible memory of this device, not mapped
+                // yet; the whole range is mapped once and never unmapped
+                // before `vkFreeMemory` (which unmaps it).
+                match unsafe { d.map_memory(m, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) } {
+                    Ok(p) => chunk_host.push(p as usize),
+                    Err(e) => {
+                        cleanup(&chunks);
+                        return Err(VkError::Vulkan { op: "vkMapMemory(sparse pool)", result: e }.into());
+                    }
+                }
+            }
+        }
         let owned_chunks = chunks.clone();
         let dd = d.clone();
         let on_drop: wgpu_hal::DropCallback = Box::new(move || {
@@ -390,6 +426,7 @@ impl SparseArena {
             page_size,
             pages,
             chunks,
+            chunk_host,
             chunk_blocks: desc.chunk_blocks,
             pool_blocks: desc.pool_blocks,
             free: FreeRuns::new(desc.pool_blocks, desc.chunk_blocks),
@@ -450,6 +487,41 @@ impl SparseArena {
     /// The device side.
     pub fn raw(&self) -> &Arc<RawDevice> {
         &self.raw
+    }
+
+    /// Whether the pool is host-mapped ([`SparseArenaDescriptor::host_mapped`]).
+    pub fn host_mapped(&self) -> bool {
+        !self.chunk_host.is_empty()
+    }
+
+    /// Walk pages `[page, page + n)` as maximal runs whose blocks are
+    /// consecutive in one chunk: `f(first page, host address of its block,
+    /// bytes)`. False (nothing called) unless the pool is host-mapped and
+    /// every page has a block bound (after the queued operations).
+    ///
+    /// # Safety
+    /// The addresses are the blocks' memory, which the GPU reads and writes:
+    /// the caller accesses them only while no GPU work submitted and not
+    /// complete uses those pages (and the blocks stay bound meanwhile).
+    #[allow(unsafe_code, reason = "hands out device memory addresses; contract on the caller")]
+    pub unsafe fn host_runs(&self, page: u32, n: u32, mut f: impl FnMut(u32, *mut u8, usize)) -> bool {
+        if self.chunk_host.is_empty() || (page..page + n).any(|p| self.bound(p).is_none()) {
+            return false;
+        }
+        let bs = self.page_size as usize;
+        let mut p = page;
+        while p < page + n {
+            let b0 = self.page_block[p as usize];
+            let mut k = 1;
+            while p + k < page + n && self.page_block[(p + k) as usize] == b0 + k && (b0 + k) % self.chunk_blocks != 0 {
+                k += 1;
+            }
+            let chunk = (b0 / self.chunk_blocks) as usize;
+            let at = self.chunk_host[chunk] + (b0 % self.chunk_blocks) as usize * bs;
+            f(p, at as *mut u8, k as usize * bs);
+            p += k;
+        }
+        true
     }
 
     /// The block bound at `page`, if any.

@@ -411,7 +411,15 @@ fn mapping_mode_follows_the_environment() {
     } else if std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() == Ok("1") {
         assert_eq!(svm.windows(), svm::shaders::Windows::Array);
     }
-    if want != svm::MappingMode::Software {
-        assert!(!svm.pool_is_host_mapped(), "no pool: the arena's view is sparse memory or the host pages");
+    if want == svm::MappingMode::Coherent {
+        assert!(!svm.pool_is_host_mapped(), "no pool: the arena's view is the host pages");
+    }
+    // On lavapipe (unified memory) the pool is host-mapped unless
+    // SVM_MAPPED_POOL=0: the software mode's segments, the sparse mode's blocks.
+    if want != svm::MappingMode::Coherent
+        && std::env::var("SVM_ON_LAVAPIPE").as_deref() == Ok("1")
+        && std::env::var("SVM_MAPPED_POOL").as_deref() != Ok("0")
+    {
+        assert!(svm.pool_is_host_mapped(), "{want:?} on lavapipe: the pool is host-mapped");
     }
 }
