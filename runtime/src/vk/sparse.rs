@@ -513,7 +513,10 @@ impl SparseArena {
         while p < page + n {
             let b0 = self.page_block[p as usize];
             let mut k = 1;
-            while p + k < page + n && self.page_block[(p + k) as usize] == b0 + k && (b0 + k) % self.chunk_blocks != 0 {
+            while p + k < page + n
+                && self.page_block[(p + k) as usize] == b0 + k
+                && !(b0 + k).is_multiple_of(self.chunk_blocks)
+            {
                 k += 1;
             }
             let chunk = (b0 / self.chunk_blocks) as usize;
