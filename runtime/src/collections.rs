@@ -23,8 +23,10 @@ use crate::runtime::Svm;
 // SAFETY: (the Allocator contract) a returned block is valid for reads and
 // writes of its size until deallocated or until every clone of the runtime
 // is gone (the arena lives as long as the last handle: clones share one
-// `Arc`, so "any clone" frees what another allocated); blocks are page
-// aligned and never overlap (the runtime's range allocator); a block is
+// `Arc`, so "any clone" frees what another allocated); blocks are aligned
+// to the layout (page-aligned pages, or slab blocks aligned to their
+// power-of-two class, at least the layout's size and alignment) and never
+// overlap (the runtime's range and slab allocators); a block is
 // freed only through `deallocate` (the raw `Svm::free` refuses blocks held
 // this way).
 unsafe impl Allocator for Svm {
@@ -38,8 +40,12 @@ unsafe impl Allocator for Svm {
             let p = NonNull::new(layout.align() as *mut u8).ok_or(AllocError)?;
             return Ok(NonNull::slice_from_raw_parts(p, 0));
         }
-        let p = self.alloc_owned(layout.size()).map_err(|_| AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, layout.size().next_multiple_of(PAGE_SIZE)))
+        // Small blocks come from size-class slabs (a 16-byte node costs 16
+        // bytes of arena, not a page); the rest are page allocations.
+        let p = self.alloc_small_owned(layout.size(), layout.align()).map_err(|_| AllocError)?;
+        let len = crate::slab::Slabs::class_of(layout.size(), layout.align())
+            .unwrap_or_else(|| layout.size().next_multiple_of(PAGE_SIZE));
+        Ok(NonNull::slice_from_raw_parts(p, len))
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {

@@ -60,6 +60,7 @@ mod kernel;
 mod managed;
 mod queue;
 mod runtime;
+mod slab;
 mod space;
 mod staging;
 mod stats;

@@ -106,6 +106,8 @@ impl State {
             discard: Vec::new(),
             flights: Vec::new(),
             deferred_free: Vec::new(),
+            slabs: crate::slab::Slabs::default(),
+            write_bytes: Vec::new(),
             stamps_busy: false,
         }
     }
@@ -294,6 +296,14 @@ struct State {
     /// Pages a kernel was writing in place when the device was declared
     /// lost (a launch timeout): taken from the CPU for good.
     lost_in_place: Vec<(u32, u32)>,
+    /// Sub-page allocations: size-class slabs in arena pages. A slab page
+    /// is one range of `ranges`; its PTE is never writable (pointer writes
+    /// to its blocks are admitted only by byte-exact extents of what a
+    /// launch declared read-write: a neighbour block may be borrowed).
+    slabs: crate::slab::Slabs,
+    /// The preparing launch's read-write declared byte ranges (arena
+    /// offsets), for the byte-exact extents of slab pages; empty between.
+    write_bytes: Vec<(usize, usize)>,
     /// Passes submitted and not yet retired, oldest first (see `flight`).
     flights: Vec<flight::InFlight>,
     /// Frames a device-side move left, freed when the launch that moved
@@ -538,12 +548,13 @@ impl Svm {
             .collect()
     }
 
-    /// Number of live allocations.
+    /// Number of live allocations (sub-page blocks counted one each).
     pub fn live_allocations(&self) -> usize {
         if self.inner.foreign() {
             return 0;
         }
-        self.inner.state.lock().ranges.live_count()
+        let st = self.inner.state.lock();
+        st.ranges.live_count() - st.slabs.pages() + st.slabs.live()
     }
     /// Pages the device owns now.
     pub fn device_resident_pages(&self) -> usize {

@@ -222,6 +222,17 @@ fn svm_translate_extents(p: vec2<u32>, write: bool) -> vec2<u32> {
     return svm_locate(w, ok);
 }
 
+// On the page-table path the launch's extents list the byte ranges it may
+// write in pages mapped read-only (sub-page blocks); empty slots admit nothing.
+fn svm_in_write_ranges(off: u32) -> bool {
+    var ok = false;
+    for (var k = 0u; k < 8u; k++) {
+        let e = svm_args.extents[k];
+        ok = ok || ((e.flags & 1u) != 0u && off - e.start < e.len);
+    }
+    return ok;
+}
+
 fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
     let o = svm_offset(p);
     let inside = o.y == 0u && o.x < svm_arena_bytes;
@@ -229,9 +240,15 @@ fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
     let page = select(0u, o.x >> SVM_PAGE_SHIFT, inside);
     let pte = svm_pt[page];
     let allocated = (pte & SVM_PTE_ALLOC) != 0u;
-    let mapped = (pte & SVM_PTE_VALID) != 0u && (!write || (pte & SVM_PTE_WRITE) != 0u);
+    var writable = (pte & SVM_PTE_WRITE) != 0u;
+    if (write && !writable && (pte & SVM_PTE_VALID) != 0u) {
+        // A page shared by several owners' blocks (a slab) is mapped
+        // read-only; the bytes the launch may write are listed, byte-exact.
+        writable = svm_in_write_ranges(o.x);
+    }
+    let mapped = (pte & SVM_PTE_VALID) != 0u && (!write || writable);
     var kind = 0u;
-    kind = select(kind, SVM_ERR_READ_ONLY, write && (pte & SVM_PTE_WRITE) == 0u);
+    kind = select(kind, SVM_ERR_READ_ONLY, write && !writable);
     kind = select(kind, SVM_ERR_NOT_DECLARED, (pte & SVM_PTE_VALID) == 0u);
     kind = select(kind, SVM_ERR_UNALLOCATED, !allocated);
     kind = select(kind, SVM_ERR_MISALIGNED, !aligned);
@@ -305,11 +322,18 @@ fn svm_store_ptr(p: vec2<u32>, v: vec2<u32>) {
 // Several words with one check: `p` aligned to `bytes` (8 or 16) keeps them
 // in one page, which the check of the first word admits whole (extents and
 // PTEs are page-granular). Misaligned: refused, nothing read or written.
+// A write checks its last word too: extents of sub-page (slab) blocks are
+// byte-exact, and the block past the end may be another owner's.
 fn svm_translate_wide(p: vec2<u32>, write: bool, bytes: u32) -> vec2<u32> {
     let t = svm_translate(p, write);
     let aligned = (p.x & (bytes - 1u)) == 0u;
     svm_refuse(SVM_ERR_MISALIGNED, p, write, !aligned);
-    return vec2<u32>(select(SVM_SEG_NONE, t.x, aligned), t.y);
+    var ok = aligned;
+    if (write) {
+        let last = svm_translate(svm_ptr_add(p, bytes - 4u), true);
+        ok = ok && last.x != SVM_SEG_NONE;
+    }
+    return vec2<u32>(select(SVM_SEG_NONE, t.x, ok), t.y);
 }
 fn svm_word_after(t: vec2<u32>, k: u32) -> vec2<u32> {
     return vec2<u32>(t.x, t.y + k);

@@ -18,6 +18,37 @@ impl Svm {
         self.alloc_impl(bytes, false)
     }
 
+    /// A sub-page allocation for a typed owner (`ManagedBox`, the
+    /// collections' allocator): a block of a size-class slab (see
+    /// [`crate::slab`]), aligned to its class, zeroed. Larger requests and
+    /// alignments above the largest class are page allocations.
+    pub(crate) fn alloc_small_owned(&self, bytes: usize, align: usize) -> Result<NonNull<u8>, AllocError> {
+        let Some(class) = crate::slab::Slabs::class_of(bytes, align) else {
+            return self.alloc_impl(bytes, true);
+        };
+        self.inner.check_process().map_err(|_| AllocError::NotInherited)?;
+        let arena = &self.inner.arena;
+        let mut st = self.inner.state.lock();
+        let off = match st.slabs.alloc(class) {
+            Some(off) => off,
+            None => {
+                // A new slab page, taken and mapped as a page allocation.
+                let page = st
+                    .ranges
+                    .alloc(PAGE_SIZE, PAGE_SIZE)
+                    .ok_or(AllocError::ArenaExhausted { requested: bytes, largest_free: st.ranges.largest_free() })?;
+                if let Err(e) = self.inner.map_new_range(&mut st, page, PAGE_SIZE) {
+                    st.ranges.free(page);
+                    return Err(e);
+                }
+                st.slabs.add_page(page_of(page), class)
+            }
+        };
+        st.owned.insert(off);
+        drop(st);
+        Ok(NonNull::new((arena.base() + off) as *mut u8).expect("arena addresses are non-null"))
+    }
+
     /// `owned`: registered as a typed owner's under the same lock, so that no
     /// raw `free` can reach it in between.
     fn alloc_impl(&self, bytes: usize, owned: bool) -> Result<NonNull<u8>, AllocError> {
@@ -36,21 +67,10 @@ impl Svm {
             .ranges
             .alloc(len, align)
             .ok_or(AllocError::ArenaExhausted { requested: bytes, largest_free: st.ranges.largest_free() })?;
-        // Coherent mode: the pages exist (populated at creation); map them
-        // for the CPU now, so that first touches do not fault.
-        let mapped = arena.allocate(off, len).and_then(|()| {
-            if self.inner.gpu.mode == MappingMode::Coherent {
-                arena.restore(off, len)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = mapped {
+        if let Err(e) = self.inner.map_new_range(&mut st, off, len) {
             st.ranges.free(off);
-            return Err(AllocError::Os(e.to_string()));
+            return Err(e);
         }
-        let first = page_of(off);
-        st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
         if owned {
             st.owned.insert(off);
         }
@@ -98,19 +118,78 @@ impl Svm {
             }
         }
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
+        if st.slabs.is_slab(page_of(start)) {
+            return self.inner.free_small(&mut st, off, owner, addr);
+        }
         if start != off {
             return Err(FreeError::NotAllocated { addr });
         }
         if st.owned.contains(&start) != owner {
             return Err(if owner { FreeError::NotAllocated { addr } } else { FreeError::Owned { addr } });
         }
-        let st = &mut *st;
+        self.inner.release_range(&mut st, start, len, addr)
+    }
+}
+
+impl Inner {
+    /// Map the newly allocated range `[off, off + len)` for the CPU side
+    /// (coherent mode: the pages exist, populated at creation; mapped now
+    /// so that first touches do not fault) and mark its PTEs allocated.
+    fn map_new_range(&self, st: &mut State, off: usize, len: usize) -> Result<(), AllocError> {
+        let arena = &self.arena;
+        let mapped = arena.allocate(off, len).and_then(|()| {
+            if self.gpu.mode == MappingMode::Coherent {
+                arena.restore(off, len)
+            } else {
+                Ok(())
+            }
+        });
+        mapped.map_err(|e| AllocError::Os(e.to_string()))?;
+        let first = page_of(off);
+        st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
+        Ok(())
+    }
+
+    /// Free the sub-page block at `off` (a slab page's): zeroed in the host
+    /// copy (the page brought back from the device first, a kept read-only
+    /// copy dropped), then the slab's; the page goes when its last block
+    /// does.
+    fn free_small(&self, st: &mut State, off: usize, owner: bool, addr: usize) -> Result<(), FreeError> {
+        let Some((start, len)) = st.slabs.block_at(off) else { return Err(FreeError::NotAllocated { addr }) };
+        if st.owned.contains(&start) != owner {
+            return Err(if owner { FreeError::NotAllocated { addr } } else { FreeError::Owned { addr } });
+        }
+        let p = page_of(start);
+        if st.owned(p) {
+            self.migrate_back_span(st, p, p + 1).map_err(|e| FreeError::Os(e.to_string()))?;
+        } else if st.dup[p as usize] {
+            self.drop_copy(st, p).map_err(|e| FreeError::Os(e.to_string()))?;
+        }
+        // SAFETY: the block is freed by its owner (a typed owner's drop, or
+        // the raw free whose caller holds no reference to it); the page is
+        // on the host now (no device copy to go stale) and no launch in
+        // flight uses it (the caller waited); the alias view never faults.
+        #[allow(unsafe_code, reason = "zeroing a freed block in the host copy; argued inline")]
+        let () = unsafe { self.arena.write_host(start, &vec![0u8; len]) };
+        let freed = st.slabs.free(start).expect("checked live above");
+        st.owned.remove(&start);
+        if freed.emptied {
+            return self.release_range(st, p as usize * PAGE_SIZE, PAGE_SIZE, addr);
+        }
+        Ok(())
+    }
+
+    /// Free the page range `[start, start + len)` of a live allocation: the
+    /// CPU side first (a free the OS refuses leaves it live and intact),
+    /// then frames, PTEs and the range allocator.
+    fn release_range(&self, st: &mut State, start: usize, len: usize, _addr: usize) -> Result<(), FreeError> {
+        let arena = &self.arena;
         let first = page_of(start);
         let pages = first as usize..(first + page_of(len)) as usize;
         if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < pages.end && pages.start < c.end as usize) {
             // (Its pages stay intact in the host copy: if the free fails
             // below, the range simply migrates again.)
-            self.inner.drop_coherent(st);
+            self.drop_coherent(st);
         }
         // The CPU side first, the bookkeeping after: a free the OS refuses
         // (mprotect's ENOMEM at vm.max_map_count) leaves the allocation
@@ -127,7 +206,7 @@ impl Svm {
                 arena.write_unprotect(o, l).map_err(|e| FreeError::Os(e.to_string()))?;
             }
         }
-        let released = if self.inner.gpu.mode == MappingMode::Coherent {
+        let released = if self.gpu.mode == MappingMode::Coherent {
             // The device uses these very pages (imported once, pinned by a
             // real driver): zero them in place; punching them out would
             // part the CPU's memory from the device's.
@@ -168,7 +247,9 @@ impl Svm {
         st.owned.remove(&start);
         Ok(())
     }
+}
 
+impl Svm {
     /// Allocate a zeroed managed array of `len` elements (page aligned:
     /// element types aligned above a page are refused).
     pub fn alloc_vec<T: bytemuck::Pod>(&self, len: usize) -> Result<ManagedVec<T>, AllocError> {
@@ -184,8 +265,19 @@ impl Svm {
     }
 
     /// Allocate one `T` in managed memory, initialized to `value`.
+    /// A small `T` takes a block of a size-class slab (sub-page: 16 bytes
+    /// for a 16-byte node; neighbours share the page's residency, and a
+    /// small block binds only where its offset meets the device's storage
+    /// offset alignment).
     pub fn alloc_box<T: bytemuck::Pod>(&self, value: T) -> Result<crate::managed::ManagedBox<T>, AllocError> {
-        Ok(crate::managed::ManagedBox::new(self.alloc_from_slice(&[value])?))
+        if core::mem::align_of::<T>() > PAGE_SIZE {
+            return Err(AllocError::Alignment { align: core::mem::align_of::<T>(), max: PAGE_SIZE });
+        }
+        let bytes = core::mem::size_of::<T>().max(1);
+        let p = self.alloc_small_owned(bytes, core::mem::align_of::<T>())?;
+        let mut v = ManagedVec::from_raw(self.clone(), p, 1);
+        v[0] = value;
+        Ok(crate::managed::ManagedBox::new(v))
     }
 
     /// Allocate a managed array holding the items of `iter`.

@@ -26,6 +26,8 @@ struct Prepared {
     busy: Vec<(u32, u32, bool)>,
     groups: Vec<Option<wgpu::BindGroup>>,
     extents: Option<Vec<Extent>>,
+    /// Writable byte ranges in slab pages (page-table passes).
+    slab_writes: Vec<Extent>,
     temporary: Vec<(u32, u32)>,
     report: LaunchReport,
 }
@@ -156,7 +158,14 @@ impl Inner {
             Ok(())
         };
         let zapped_ok = zap();
-        let pass = Pass { kernel, groups: &prep.groups, words: &words, workgroups: desc.workgroups, replayable: false };
+        let pass = Pass {
+            kernel,
+            groups: &prep.groups,
+            words: &words,
+            workgroups: desc.workgroups,
+            replayable: false,
+            slab_writes: &prep.slab_writes,
+        };
         let submitted = zapped_ok
             .and_then(|()| self.submit_pass(st, &pass, prep.extents.as_deref(), prep.busy.clone(), false, false));
         st.pinned.clear();
@@ -209,12 +218,18 @@ impl Inner {
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
         let prep = self.prepare(&mut guard, kernel, &bound, desc.access, opts.replayable, opts.undeclared_writes)?;
-        let Prepared { decl, mut busy, groups, mut extents, mut temporary, mut report } = prep;
+        let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
         // Host pages copied for read faults, write-protected on the CPU
         // while copied and used (unprotected after the launch).
         let mut guarded: Vec<(u32, u32)> = Vec::new();
-        let pass =
-            Pass { kernel, groups: &groups, words: &words, workgroups: desc.workgroups, replayable: opts.replayable };
+        let pass = Pass {
+            kernel,
+            groups: &groups,
+            words: &words,
+            workgroups: desc.workgroups,
+            replayable: opts.replayable,
+            slab_writes: &slab_writes,
+        };
         let result = (|| loop {
             let st = &mut *guard;
             let mut f = self.submit_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
@@ -323,6 +338,11 @@ impl Inner {
                 continue;
             };
             let (mut lo, mut hi) = (page_of(s), page_of(s + l));
+            if write && st.slabs.is_slab(p) && st.table.get(PageIndex(p)).is_valid() {
+                // The bytes it may write there were admitted already.
+                refused.push(KernelFault { addr, kind: KernelFaultKind::ReadOnly });
+                continue;
+            }
             if write && !opts.undeclared_writes {
                 match declared(p) {
                     Some((a, b, true)) => (lo, hi) = (lo.max(a), hi.min(b)),
@@ -479,6 +499,21 @@ impl Inner {
         };
         let st = &mut **guard;
         st.discard = discard;
+        // Read-write declared bytes, for the byte-exact extents of slab pages.
+        let base = self.arena.base();
+        st.write_bytes = bound
+            .iter()
+            .filter_map(|c| match *c {
+                Checked::Managed { addr, len, write: true, .. } => Some((addr - base, addr - base + len)),
+                _ => None,
+            })
+            .chain(
+                access
+                    .iter()
+                    .filter(|a| a.mode == AccessMode::ReadWrite && a.len > 0)
+                    .map(|a| (a.addr - base, a.addr - base + a.len)),
+            )
+            .collect();
         // A replayable launch also sees what is already resident: pages the
         // device owns (read-write) and kept read-only copies, mapped as they
         // are, without pinning them (eviction may still take them; the
@@ -528,12 +563,14 @@ impl Inner {
             // rest in bulk (an extent pass reports one access per
             // invocation).
             let extents = if !ptes || (replayable && st.mapped.is_empty()) { None } else { self.extents(st) };
-            Ok::<_, LaunchError>((groups, extents))
+            let slab_writes = self.slab_write_extents(st).unwrap_or_default();
+            Ok::<_, LaunchError>((groups, extents, slab_writes))
         })();
+        st.write_bytes.clear();
         match made {
-            Ok((groups, extents)) => {
+            Ok((groups, extents, slab_writes)) => {
                 let busy = merge_ranges(decl.iter().chain(&resident).copied().collect());
-                Ok(Prepared { decl, busy, groups, extents, temporary, report })
+                Ok(Prepared { decl, busy, groups, extents, slab_writes, temporary, report })
             }
             Err(e) => {
                 st.pinned.clear();

@@ -37,6 +37,8 @@ pub(super) struct Pass<'a> {
     pub(super) words: &'a [u32],
     pub(super) workgroups: [u32; 3],
     pub(super) replayable: bool,
+    /// Writable byte ranges in slab pages, for page-table passes.
+    pub(super) slab_writes: &'a [Extent],
 }
 
 impl Inner {
@@ -142,6 +144,45 @@ impl Inner {
                 }
             }
         }
+        // Slab pages are mapped read-only: the bytes the launch declared
+        // read-write in them get writable extents of their own, byte-exact,
+        // over the page's.
+        for x in self.slab_write_extents(st)? {
+            if out.len() == MAX_EXTENTS as usize {
+                return None;
+            }
+            out.push(x);
+        }
+        Some(out)
+    }
+
+    /// The byte ranges (4-byte words inside the declarations) a launch
+    /// declared read-write in slab pages, as writable extents: `None` when a
+    /// mapped page has no frame (the launch then uses the page table).
+    pub(super) fn slab_write_extents(&self, st: &State) -> Option<Vec<Extent>> {
+        let coherent_base = st.coherent.as_ref().map_or(0, |c| c.first);
+        let mut out = Vec::new();
+        for &(lo, hi) in &st.write_bytes {
+            for p in page_of(lo)..page_of(hi.next_multiple_of(PAGE_SIZE)) {
+                let pte = st.table.get(PageIndex(p));
+                if !st.slabs.is_slab(p) || !pte.is_valid() {
+                    continue;
+                }
+                let page0 = p as usize * PAGE_SIZE;
+                let (x, y) = (lo.max(page0).next_multiple_of(4), hi.min(page0 + PAGE_SIZE) / 4 * 4);
+                if x >= y {
+                    continue;
+                }
+                let word = ((x - page0) / 4) as u32;
+                let dest = if pte.is_coherent() {
+                    Extent::COHERENT | ((p - coherent_base) * PAGE_WORDS + word)
+                } else {
+                    pte.frame()?.get() * PAGE_WORDS + word
+                };
+                #[allow(clippy::cast_possible_truncation, reason = "arena offsets < 4 GiB")]
+                out.push(Extent { start: x as u32, len: (y - x) as u32, dest, flags: Extent::WRITE });
+            }
+        }
         Some(out)
     }
 
@@ -220,6 +261,8 @@ impl Inner {
         match busy.get(i).filter(|r| r.0 <= page) {
             None => KernelFaultKind::NotDeclared,
             Some(&(_, _, false)) if write => KernelFaultKind::ReadOnly,
+            // A slab page is writable only in the bytes declared read-write.
+            Some(_) if write && st.slabs.is_slab(page) => KernelFaultKind::ReadOnly,
             // The extents were built from what the pass mapped:
             // unreachable unless the log is corrupt.
             Some(_) => KernelFaultKind::Unknown(svm_shaders::err::REFUSED),
@@ -240,7 +283,7 @@ impl Inner {
         driven: bool,
         exclusive: bool,
     ) -> Result<InFlight, LaunchError> {
-        let Pass { kernel, groups, words, workgroups, replayable } = *pass;
+        let Pass { kernel, groups, words, workgroups, replayable, .. } = *pass;
         let gpu = &self.gpu;
         let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
         let coherent = st.coherent.is_some();
@@ -306,6 +349,11 @@ impl Inner {
         block.words[..words.len()].copy_from_slice(words);
         if let Some(e) = extents {
             block.extents[..e.len()].copy_from_slice(e);
+        } else {
+            // The page-table path reads the slots as the byte ranges it may
+            // write in read-only (slab) pages; past the eighth, refused.
+            let n = pass.slab_writes.len().min(MAX_EXTENTS as usize);
+            block.extents[..n].copy_from_slice(&pass.slab_writes[..n]);
         }
         if kernel.prelude {
             // (Queued behind the passes in flight: the write lands after

@@ -70,7 +70,7 @@ impl Inner {
             for &(ca, cb) in coherent_runs.iter().filter(|_| ptes) {
                 for p in ca..cb {
                     let old = st.table.get(PageIndex(p));
-                    let new = Pte::coherent(write || old.is_writable());
+                    let new = Pte::coherent((write || old.is_writable()) && !st.slabs.is_slab(p));
                     if old != new {
                         st.table.set(PageIndex(p), new);
                         changed += 1;
@@ -127,7 +127,8 @@ impl Inner {
                 }
                 let f = FrameIndex::new(st.frames_of[p as usize]).expect("resident page has a frame");
                 let old = st.table.get(PageIndex(p));
-                let new = Pte::resident(f, write || old.is_writable());
+                // (Slab pages: never writable, see `State::slabs`.)
+                let new = Pte::resident(f, (write || old.is_writable()) && !st.slabs.is_slab(p));
                 if old != new {
                     st.table.set(PageIndex(p), new);
                     changed += 1;
@@ -155,7 +156,8 @@ impl Inner {
             for p in (a..b).filter(|_| ptes) {
                 let old = st.table.get(PageIndex(p));
                 let f = FrameIndex::new(p).expect("arena pages fit the PTE's frame field (checked at creation)");
-                let new = Pte::resident(f, write || old.is_writable());
+                // (Slab pages: never writable, see `State::slabs`.)
+                let new = Pte::resident(f, (write || old.is_writable()) && !st.slabs.is_slab(p));
                 if old != new {
                     st.table.set(PageIndex(p), new);
                     changed += 1;

@@ -17,6 +17,7 @@ mod paths;
 mod queue;
 mod replay;
 mod shared;
+mod small;
 mod soundness;
 mod sparse_speed;
 mod staged;
