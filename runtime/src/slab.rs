@@ -41,7 +41,11 @@ impl Slab {
         }
     }
     fn first_free(&self) -> Option<usize> {
-        (0..self.blocks()).find(|&i| !self.is_used(i))
+        let n = self.blocks();
+        self.used.iter().enumerate().find_map(|(w, &bits)| {
+            let i = w * 64 + bits.trailing_ones() as usize;
+            (bits != u64::MAX && i < n).then_some(i)
+        })
     }
 }
 
@@ -115,7 +119,7 @@ impl Slabs {
         let slab = self.pages.get(&u32::try_from(off / PAGE).ok()?)?;
         let in_page = off % PAGE;
         let len = 1usize << slab.shift;
-        (in_page % len == 0 && slab.is_used(in_page / len)).then_some((off, len))
+        (in_page.is_multiple_of(len) && slab.is_used(in_page / len)).then_some((off, len))
     }
 
     /// Free the live block at `off`. `None` (nothing changed) if there is

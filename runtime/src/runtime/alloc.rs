@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Zeros for freed blocks (the largest slab class).
+static ZEROS: [u8; crate::slab::MAX_SMALL] = [0; crate::slab::MAX_SMALL];
+
 impl Svm {
     /// An allocation a typed owner (a collection through
     /// [`allocator_api2::alloc::Allocator`]) holds: the raw `free` refuses
@@ -170,7 +173,7 @@ impl Inner {
         // on the host now (no device copy to go stale) and no launch in
         // flight uses it (the caller waited); the alias view never faults.
         #[allow(unsafe_code, reason = "zeroing a freed block in the host copy; argued inline")]
-        let () = unsafe { self.arena.write_host(start, &vec![0u8; len]) };
+        let () = unsafe { self.arena.write_host(start, &ZEROS[..len]) };
         let freed = st.slabs.free(start).expect("checked live above");
         st.owned.remove(&start);
         if freed.emptied {
