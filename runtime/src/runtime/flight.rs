@@ -111,6 +111,7 @@ impl Completer {
         let device = gpu.device.clone();
         let raw = gpu.raw.clone();
         let poll_lock = gpu.poll_lock.clone();
+        let device_lost = gpu.lost.clone();
         let handle = std::thread::Builder::new()
             .name("svm-completion".into())
             .spawn(move || {
@@ -144,8 +145,10 @@ impl Completer {
                         };
                         match done {
                             Ok(true) => break,
-                            Ok(false) if raw.as_ref().is_some_and(|r| r.is_lost()) => {
-                                lost = Some("the device was lost".into());
+                            // (A submission wgpu refused never signals:
+                            // its uncaptured error marked the device lost.)
+                            Ok(false) if raw.as_ref().is_some_and(|r| r.is_lost()) || device_lost.lock().is_some() => {
+                                lost = Some(device_lost.lock().clone().unwrap_or_else(|| "the device was lost".into()));
                             }
                             Ok(false) if stop.load(Ordering::Acquire) => {
                                 lost = Some("the runtime was dropped after a device loss".into());
