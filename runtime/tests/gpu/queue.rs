@@ -319,3 +319,37 @@ fn dropping_the_runtime_with_launches_in_flight_waits_for_them() {
     drop(spin);
     drop(svm);
 }
+
+/// A device lost while launches are in flight fails their handles with a
+/// typed error (and later launches too).
+#[test]
+fn a_lost_device_fails_every_pending_handle() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let spin = kernel(&svm, "spin", SPIN);
+    let mut a = svm.alloc_vec::<u32>(64).expect("a");
+    let mut b = svm.alloc_vec::<u32>(64).expect("b");
+    let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(500));
+    let q = svm.create_queue();
+    let u = p(iters);
+    let first_binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+    let first = q.launch(&spin, &LaunchDescriptor { bindings: &first_binds, ..Default::default() }).expect("submit 1");
+    let second_binds = [Binding::read_write(&mut b), Binding::uniform(&u)];
+    let second =
+        q.launch(&spin, &LaunchDescriptor { bindings: &second_binds, ..Default::default() }).expect("submit 2");
+    svm.destroy_device_for_testing();
+    for (i, r) in [first.wait(), second.wait()].into_iter().enumerate() {
+        match r {
+            Err(LaunchError::Device(svm::DeviceError::Lost(_))) => {}
+            // The first may have finished before the loss.
+            Ok(_) if i == 0 => {}
+            other => panic!("launch {i} after a device loss: {other:?}"),
+        }
+    }
+    let mut c = svm.alloc_vec::<u32>(64).expect("c");
+    let third_binds = [Binding::read_write(&mut c), Binding::uniform(&u)];
+    let r = q.launch(&spin, &LaunchDescriptor { bindings: &third_binds, ..Default::default() }).map(|_| ());
+    assert!(matches!(r, Err(LaunchError::Device(svm::DeviceError::Lost(_)))), "{r:?}");
+    std::mem::forget(a);
+    std::mem::forget(b);
+    std::mem::forget(c);
+}
