@@ -1,8 +1,6 @@
 //! Memory advice and explicit prefetch (UVM's `cudaMemAdvise` /
 //! `cudaMemPrefetchAsync`).
 
-use std::thread::JoinHandle;
-
 use crate::error::LaunchError;
 
 /// Where data should be.
@@ -72,18 +70,36 @@ pub enum AdviseError {
 #[derive(Debug)]
 #[must_use = "a prefetch runs in the background; wait for it to know it finished"]
 pub struct Prefetch {
-    /// The thread doing it, or why none could be started.
-    pub(crate) handle: Result<JoinHandle<Result<u64, LaunchError>>, LaunchError>,
+    /// The result, once the runtime's prefetch thread has done it; or why
+    /// it could not be queued.
+    pub(crate) done: Result<std::sync::mpsc::Receiver<Result<u64, LaunchError>>, LaunchError>,
+    /// The result, once received by `is_finished`.
+    pub(crate) got: parking_lot::Mutex<Option<Result<u64, LaunchError>>>,
 }
 
 impl Prefetch {
     /// Wait for the prefetch; returns the pages it moved.
     pub fn wait(self) -> Result<u64, LaunchError> {
-        self.handle?.join().unwrap_or_else(|_| Err(LaunchError::Os("prefetch thread panicked".into())))
+        if let Some(r) = self.got.lock().take() {
+            return r;
+        }
+        self.done?.recv().unwrap_or_else(|_| Err(LaunchError::Os("the prefetch thread ended".into())))
     }
     /// Whether it has finished.
     pub fn is_finished(&self) -> bool {
-        self.handle.as_ref().map_or(true, JoinHandle::is_finished)
+        let Ok(rx) = &self.done else { return true };
+        let mut got = self.got.lock();
+        if got.is_some() {
+            return true;
+        }
+        match rx.try_recv() {
+            Ok(r) => {
+                *got = Some(r);
+                true
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => true,
+        }
     }
 }
 

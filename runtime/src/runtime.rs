@@ -329,6 +329,8 @@ pub(crate) struct Inner {
     signals: Arc<flight::Signals>,
     /// Waits for submissions in order and marks them done.
     completer: flight::Completer,
+    /// The prefetch thread's queue.
+    prefetcher: advise::Prefetcher,
     gpu: std::mem::ManuallyDrop<Gpu>,
     arena: Arena,
     stats: Counters,
@@ -425,6 +427,7 @@ impl Svm {
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),
             signals,
             completer,
+            prefetcher: advise::Prefetcher::default(),
             stats: Counters::default(),
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,

@@ -83,13 +83,48 @@ impl Svm {
     /// host: device-owned pages come back. [`Prefetch::wait`] returns the
     /// pages moved, or the error (`BadRange`, `PoolExhausted`, device).
     pub fn prefetch(&self, addr: *const u8, len: usize, to: Location) -> Prefetch {
-        let inner = self.inner.clone();
-        let addr = addr as usize;
-        let handle = std::thread::Builder::new()
-            .name("svm-prefetch".into())
-            .spawn(move || inner.prefetch_now(addr, len, to))
-            .map_err(|e| LaunchError::Os(format!("spawning the prefetch thread: {e}")));
-        Prefetch { handle }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: PrefetchJob = (addr as usize, len, to, tx);
+        let queued = self.inner.prefetcher.queue(&self.inner, job).map(|()| rx);
+        Prefetch { done: queued, got: parking_lot::Mutex::new(None) }
+    }
+}
+
+/// A prefetch request: range, destination, where its result goes.
+type PrefetchJob = (usize, usize, Location, std::sync::mpsc::Sender<Result<u64, LaunchError>>);
+
+/// The runtime's one prefetch thread (started on first use): requests run
+/// in the order they were made, each as `LaunchQueue::prefetch` does (after
+/// the launches in flight that use its pages), instead of a thread each.
+#[derive(Default)]
+pub(super) struct Prefetcher {
+    tx: Mutex<Option<std::sync::mpsc::Sender<PrefetchJob>>>,
+}
+
+impl Prefetcher {
+    fn queue(&self, inner: &Arc<Inner>, job: PrefetchJob) -> Result<(), LaunchError> {
+        let mut tx = self.tx.lock();
+        if tx.is_none() {
+            let (t, rx) = std::sync::mpsc::channel::<PrefetchJob>();
+            // Weak: the thread must not keep the runtime alive; it ends
+            // when the runtime (holding the sender) goes.
+            let weak = Arc::downgrade(inner);
+            std::thread::Builder::new()
+                .name("svm-prefetch".into())
+                .spawn(move || {
+                    while let Ok((addr, len, to, reply)) = rx.recv() {
+                        let r = match weak.upgrade() {
+                            Some(inner) => inner.prefetch_now(addr, len, to),
+                            None => Err(LaunchError::Os("the runtime was dropped".into())),
+                        };
+                        let _ = reply.send(r);
+                    }
+                })
+                .map_err(|e| LaunchError::Os(format!("spawning the prefetch thread: {e}")))?;
+            *tx = Some(t);
+        }
+        let sender = tx.as_ref().expect("set above");
+        sender.send(job).map_err(|_| LaunchError::Os("the prefetch thread ended".into()))
     }
 }
 
