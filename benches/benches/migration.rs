@@ -362,9 +362,12 @@ enum Path {
     Staged,
     /// Sparse mapping mode (staged copies into a sparse buffer).
     Sparse,
+    /// Sparse mapping mode on unified memory: the blocks host-mapped, CPU
+    /// copies.
+    SparseHostMapped,
 }
 
-const PATHS: [Path; 3] = [Path::HostMapped, Path::Staged, Path::Sparse];
+const PATHS: [Path; 4] = [Path::HostMapped, Path::Staged, Path::Sparse, Path::SparseHostMapped];
 
 impl Path {
     fn name(self) -> &'static str {
@@ -372,13 +375,14 @@ impl Path {
             Path::HostMapped => "host-mapped pool",
             Path::Staged => "staged",
             Path::Sparse => "sparse (staged)",
+            Path::SparseHostMapped => "sparse (host-mapped blocks)",
         }
     }
     /// Bytes moved per figure: lavapipe maps every page of a sparse buffer
     /// on its own (one VMA a page, `vm.max_map_count` 65530 in all), so the
     /// sparse runtimes get a quarter of the size.
     fn size(self, o: &Opts) -> usize {
-        if self == Path::Sparse {
+        if matches!(self, Path::Sparse | Path::SparseHostMapped) {
             o.size / 4
         } else {
             o.size
@@ -394,6 +398,7 @@ impl Path {
             Path::HostMapped => d.mapping(MappingMode::Software),
             Path::Staged => d.mapping(MappingMode::Software).host_mapped_pool(false),
             Path::Sparse => d.mapping(MappingMode::Sparse).host_mapped_pool(false),
+            Path::SparseHostMapped => d.mapping(MappingMode::Sparse),
         }
     }
 }
@@ -880,6 +885,7 @@ fn report_csv(
             Path::HostMapped => "path_host_mapped",
             Path::Staged => "path_staged",
             Path::Sparse => "path_sparse",
+            Path::SparseHostMapped => "path_sparse_host_mapped",
         };
         let (h, d) = (r.size as f64 / r.h2d_s * 1e-9, r.size as f64 / r.d2h_s * 1e-9);
         let be = r.backend.name();
