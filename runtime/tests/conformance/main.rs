@@ -53,8 +53,9 @@
 //! | `migrate_remap_fault` | `hmm::migrate_remap_fault` | no remap API (the page table and alias view are keyed by address; `mremap` of the arena is outside the contract): a move is alloc + kernel copy from the device-owned source + free, then fault back |
 //! | `benchmark_thp_migration` | `bench::thp_migration` (`#[ignore]`; `--ignored --nocapture`) | sys→dev, dev→sys (prefetch) and CPU-fault GB/s, ¼ × 2 MiB … 128 × 2 MiB; criterion versions in `benches/` |
 //!
-//! Plus `stress::short_stress` (threads, kernels, allocations, a reference
-//! model; soak mode: `cargo run --release -p svm-runtime --example stress`)
+//! Plus `stress::short_stress` (threads, kernels, allocations, launch
+//! queues with held, reordered and leaked handles, a reference model; soak
+//! mode: `cargo run --release -p svm-runtime --example stress`)
 //! and `bad_input::*`.
 
 mod bad_input;

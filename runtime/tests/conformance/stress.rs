@@ -1,5 +1,8 @@
 //! Short stress run (both backends, a few seconds each); the soak version
 //! is `cargo run --release -p svm-runtime --example stress -- --minutes N`.
+//! Both run the CPU / kernel workers and the launch-queue workers of
+//! `stress_core` (concurrent launches on shared queues from several
+//! threads, handles held, waited for in any order or leaked).
 
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ fn short_stress() {
         assert_eq!(r.mismatches, 0, "{backend}: {r}");
         assert!(r.errors.is_empty(), "{backend}: {:?}", r.errors);
         assert!(r.launches > 0 && r.cpu_reads > 0 && r.frees > 0, "{backend}: {r}");
+        assert!(r.queue_launches > 0 && r.held_launches > 0 && r.leaked > 0, "{backend}: {r}");
         assert_eq!(svm.live_allocations(), 0, "{backend}");
         assert_eq!(svm.device_resident_pages(), 0, "{backend}");
     }

@@ -13,6 +13,10 @@
 //! arrays, and holds no reference into them while it does (launch is
 //! synchronous on the calling thread); no thread touches another's arrays.
 //!
+//! Queue workers (`stress_queues.rs`) do the same with launches that do not
+//! wait: on launch queues shared between them, handles held while the
+//! thread works on other data, waited for in a random order, some leaked.
+//!
 //! A watchdog thread ends the process (exit code 3, after printing each
 //! thread's current operation and the runtime's statistics) when no
 //! operation completes for `watchdog`: a deadlock is reported, not hung on.
@@ -22,6 +26,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use svm::{Access, Advice, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, Location, ManagedVec, Svm};
+
+#[path = "stress_queues.rs"]
+mod queues;
 
 /// p[i] = p[i] * mul + add, i < n. Args: p, n, mul, add.
 pub const AFFINE: &str = "@compute @workgroup_size(64)
@@ -48,6 +55,33 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
     }
 }";
 
+/// b[i] = b[i] * p.x + p.y over the bound array (a kernel of plain
+/// bindings: no prelude).
+const SCALE_BOUND: &str = "@group(0) @binding(0) var<storage, read_write> b: array<u32>;
+@group(0) @binding(1) var<uniform> p: vec4<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let n = arrayLength(&b);
+    for (var i = g.x; i < n; i += nw.x * 64u) { b[i] = b[i] * p.x + p.y; }
+}";
+/// b[i] = i * p.x + p.y over the whole bound array (bound `write_discard`).
+const FILL_BOUND: &str = "@group(0) @binding(0) var<storage, read_write> b: array<u32>;
+@group(0) @binding(1) var<uniform> p: vec4<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let n = arrayLength(&b);
+    for (var i = g.x; i < n; i += nw.x * 64u) { b[i] = i * p.x + p.y; }
+}";
+
+/// The stress's kernels.
+struct Kernels {
+    affine: Kernel,
+    fill: Kernel,
+    add_src: Kernel,
+    scale_bound: Kernel,
+    fill_bound: Kernel,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -56,6 +90,11 @@ pub struct Config {
     pub workers: usize,
     /// Workers that mostly launch kernels (on their own arrays).
     pub kernel_workers: usize,
+    /// Workers that launch on launch queues and hold, wait for in any
+    /// order or leak the handles while working on other data.
+    pub queue_workers: usize,
+    /// Launch queues the queue workers share.
+    pub queues: usize,
     pub seed: u64,
     /// No completed operation for this long = deadlock.
     pub watchdog: Duration,
@@ -69,6 +108,8 @@ impl Default for Config {
             duration: Duration::from_secs(8),
             workers: 3,
             kernel_workers: 1,
+            queue_workers: 2,
+            queues: 3,
             seed: 0x5eed,
             watchdog: Duration::from_secs(60),
             max_words: 96 * 1024,
@@ -88,6 +129,26 @@ pub struct Report {
     pub advises: u64,
     pub allocs: u64,
     pub frees: u64,
+    /// Launches submitted on launch queues (held, chained or leaked).
+    pub queue_launches: u64,
+    /// Queue batches (launches submitted, CPU work on other data, waits).
+    pub batches: u64,
+    /// Handles held while their thread worked on other data.
+    pub held_launches: u64,
+    /// Chains of launches on one array (raw declarations, several queues).
+    pub queue_chains: u64,
+    /// Batches whose handles were not waited for in submission order.
+    pub out_of_order_waits: u64,
+    /// Handles leaked (`std::mem::forget`); their data is read after.
+    pub leaked: u64,
+    /// Of those, handles whose kernel had not finished at the forget.
+    pub leaked_running: u64,
+    /// Inputs of a leaked launch written right after the forget.
+    pub leaked_input_writes: u64,
+    /// CPU operations that ended while a held kernel was still running.
+    pub overlapped_cpu_ops: u64,
+    /// `LaunchQueue::finish` calls.
+    pub finishes: u64,
     /// Bytes compared against the model.
     pub checked_bytes: u64,
     pub mismatches: u64,
@@ -96,6 +157,9 @@ pub struct Report {
     pub known_replay_pool_exhausted: u64,
     /// Prefetches refused with PoolExhausted (a known runtime bug).
     pub known_prefetch_pool_exhausted: u64,
+    /// Bound launches refused with PoolExhausted in a pool with room (a
+    /// known runtime bug; see `stress_queues::known_refusal`).
+    pub known_bind_pool_exhausted: u64,
     /// Unexpected errors (any error from a call that must succeed).
     pub errors: Vec<String>,
     pub stats: Option<svm::Stats>,
@@ -106,7 +170,7 @@ impl core::fmt::Display for Report {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         writeln!(
             f,
-            "{} ops in {:.1} s: {} CPU reads, {} CPU writes, {} launches ({} replayable), {} prefetches, {} advises, {} allocs, {} frees; {:.1} MiB checked, {} mismatches, {} errors, known bugs: {} replayable launches and {} prefetches refused for pool space",
+            "{} ops in {:.1} s: {} CPU reads, {} CPU writes, {} launches ({} replayable), {} prefetches, {} advises, {} allocs, {} frees; {:.1} MiB checked, {} mismatches, {} errors, known bugs: {} replayable launches, {} prefetches and {} bound launches refused for pool space",
             self.ops,
             self.elapsed.as_secs_f64(),
             self.cpu_reads,
@@ -121,7 +185,22 @@ impl core::fmt::Display for Report {
             self.mismatches,
             self.errors.len(),
             self.known_replay_pool_exhausted,
-            self.known_prefetch_pool_exhausted
+            self.known_prefetch_pool_exhausted,
+            self.known_bind_pool_exhausted
+        )?;
+        writeln!(
+            f,
+            "  queues: {} launches in {} batches, {} handles held while the CPU worked on other data ({} CPU ops overlapped a running kernel), {} chains, {} batches waited out of order, {} handles leaked ({} with the kernel running, {} inputs written after the forget), {} finishes",
+            self.queue_launches,
+            self.batches,
+            self.held_launches,
+            self.overlapped_cpu_ops,
+            self.queue_chains,
+            self.out_of_order_waits,
+            self.leaked,
+            self.leaked_running,
+            self.leaked_input_writes,
+            self.finishes
         )?;
         if let Some(s) = &self.stats {
             write!(f, "{s}")?;
@@ -454,23 +533,13 @@ impl Worker<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
-fn run_worker(
-    svm: &Svm,
-    affine: &Kernel,
-    fill: &Kernel,
-    add_src: &Kernel,
-    shared: &Shared,
-    cfg: &Config,
-    id: usize,
-    kernels_mostly: bool,
-) {
+fn run_worker(svm: &Svm, k: &Kernels, shared: &Shared, cfg: &Config, id: usize, kernels_mostly: bool) {
     let mut w = Worker {
         id,
         svm,
-        affine,
-        fill,
-        add_src,
+        affine: &k.affine,
+        fill: &k.fill,
+        add_src: &k.add_src,
         shared,
         rng: Rng(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id as u64 * 7919 + 1) | 1),
         bufs: Vec::new(),
@@ -496,8 +565,30 @@ fn run_worker(
     w.local.frees += w.bufs.len() as u64;
     drop(core::mem::take(&mut w.bufs));
     w.note("done".into());
+    merge(shared, &w.local);
+}
+
+fn run_queue_worker(svm: &Svm, k: &Kernels, queues: &[svm::LaunchQueue], shared: &Shared, cfg: &Config, id: usize) {
+    let mut w = queues::QueueWorker {
+        id,
+        svm,
+        k,
+        queues,
+        shared,
+        rng: Rng(cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id as u64 * 7919 + 1) | 1),
+        bufs: Vec::new(),
+        max_words: cfg.max_words,
+        local: Report::default(),
+        recent: Vec::new(),
+    };
+    queues::run_queue_worker(&mut w);
+    w.note("done".into());
+    merge(shared, &w.local);
+}
+
+/// Add a thread's counts to the shared report.
+fn merge(shared: &Shared, l: &Report) {
     let mut r = shared.report.lock().expect("report");
-    let l = &w.local;
     r.ops += l.ops;
     r.cpu_reads += l.cpu_reads;
     r.cpu_writes += l.cpu_writes;
@@ -511,27 +602,39 @@ fn run_worker(
     r.mismatches += l.mismatches;
     r.known_replay_pool_exhausted += l.known_replay_pool_exhausted;
     r.known_prefetch_pool_exhausted += l.known_prefetch_pool_exhausted;
+    r.known_bind_pool_exhausted += l.known_bind_pool_exhausted;
+    r.queue_launches += l.queue_launches;
+    r.batches += l.batches;
+    r.held_launches += l.held_launches;
+    r.queue_chains += l.queue_chains;
+    r.out_of_order_waits += l.out_of_order_waits;
+    r.leaked += l.leaked;
+    r.leaked_running += l.leaked_running;
+    r.leaked_input_writes += l.leaked_input_writes;
+    r.overlapped_cpu_ops += l.overlapped_cpu_ops;
+    r.finishes += l.finishes;
     r.errors.extend(l.errors.iter().cloned());
 }
 
 /// Run the stress on `svm` for `cfg.duration`.
 pub fn run(svm: &Svm, cfg: &Config) -> Report {
-    let affine = svm
-        .create_kernel(&KernelDescriptor { label: "stress affine", source: AFFINE, entry_point: "main" })
-        .expect("kernel");
-    let fill = svm
-        .create_kernel(&KernelDescriptor { label: "stress fill", source: FILL, entry_point: "main" })
-        .expect("kernel");
-    let add_src = svm
-        .create_kernel(&KernelDescriptor { label: "stress add_src", source: ADD_SRC, entry_point: "main" })
-        .expect("kernel");
-    let threads = cfg.workers + cfg.kernel_workers;
+    let kernel =
+        |label, source| svm.create_kernel(&KernelDescriptor { label, source, entry_point: "main" }).expect("kernel");
+    let k = Kernels {
+        affine: kernel("stress affine", AFFINE),
+        fill: kernel("stress fill", FILL),
+        add_src: kernel("stress add_src", ADD_SRC),
+        scale_bound: kernel("stress scale (bound)", SCALE_BOUND),
+        fill_bound: kernel("stress fill (bound)", FILL_BOUND),
+    };
+    let queues: Vec<svm::LaunchQueue> = (0..cfg.queues.max(1)).map(|_| svm.create_queue()).collect();
+    let threads = cfg.workers + cfg.kernel_workers + cfg.queue_workers;
     let shared =
         Shared { current: (0..threads).map(|_| Mutex::new(String::from("starting"))).collect(), ..Shared::default() };
     let t0 = Instant::now();
     std::thread::scope(|s| {
         let shared = &shared;
-        let (affine, fill, add_src) = (&affine, &fill, &add_src);
+        let (k, queues) = (&k, &queues[..]);
         // Watchdog.
         s.spawn(move || {
             let mut last = shared.ops.load(Relaxed);
@@ -560,10 +663,17 @@ pub fn run(svm: &Svm, cfg: &Config) -> Report {
             }
         });
         for id in 0..threads {
-            let kernels_mostly = id >= cfg.workers;
-            s.spawn(move || run_worker(svm, affine, fill, add_src, shared, cfg, id, kernels_mostly));
+            if id >= cfg.workers + cfg.kernel_workers {
+                s.spawn(move || run_queue_worker(svm, k, queues, shared, cfg, id));
+            } else {
+                let kernels_mostly = id >= cfg.workers;
+                s.spawn(move || run_worker(svm, k, shared, cfg, id, kernels_mostly));
+            }
         }
     });
+    for q in &queues {
+        q.finish();
+    }
     let mut r = shared.report.into_inner().expect("report");
     r.elapsed = t0.elapsed();
     r.stats = Some(svm.stats());
