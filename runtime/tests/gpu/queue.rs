@@ -352,6 +352,7 @@ fn a_lost_device_fails_every_pending_handle() {
     std::mem::forget(a);
     std::mem::forget(b);
     std::mem::forget(c);
+}
 
 /// 520 pages of data (`t`) in a 6 MiB (1536-page) software pool, made
 /// device-owned in 5 pieces of 104 pages with 200 pages of other data after
