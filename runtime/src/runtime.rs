@@ -108,6 +108,7 @@ impl State {
             deferred_free: Vec::new(),
             slabs: crate::slab::Slabs::default(),
             write_bytes: Vec::new(),
+            discarded_fresh: Vec::new(),
             stamps_busy: false,
         }
     }
@@ -304,6 +305,11 @@ struct State {
     /// The preparing launch's read-write declared byte ranges (arena
     /// offsets), for the byte-exact extents of slab pages; empty between.
     write_bytes: Vec<(usize, usize)>,
+    /// Pages the preparing launch cleared on the device instead of copying
+    /// in (`write_discard`): their data is only in the host copy until the
+    /// launch submits; a launch that fails before gives them back to the
+    /// host. Empty between launches.
+    discarded_fresh: Vec<(u32, u32)>,
     /// Passes submitted and not yet retired, oldest first (see `flight`).
     flights: Vec<flight::InFlight>,
     /// Frames a device-side move left, freed when the launch that moved

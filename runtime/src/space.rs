@@ -130,6 +130,23 @@ impl FrameAllocator {
         Some(x)
     }
 
+    /// Take the free frame `frame` back (false if it is not free).
+    pub fn take(&mut self, frame: u32) -> bool {
+        let Some((&s, &l)) = self.free.range(..=frame).next_back() else { return false };
+        if frame >= s + l {
+            return false;
+        }
+        self.free.remove(&s);
+        if frame > s {
+            self.free.insert(s, frame - s);
+        }
+        if frame + 1 < s + l {
+            self.free.insert(frame + 1, s + l - frame - 1);
+        }
+        self.free_count -= 1;
+        true
+    }
+
     /// Return one frame.
     pub fn free(&mut self, frame: u32) {
         let mut s = frame;
@@ -188,6 +205,19 @@ mod tests {
         assert_eq!(f.free_count(), 32 - 6 - 4);
         assert_eq!(f.alloc_contiguous(2, 8), Some(6));
         assert_eq!(f.alloc_run(4), Some((12, 4)), "a run that holds all of them");
+    }
+
+    #[test]
+    fn take_a_free_frame() {
+        let mut f = FrameAllocator::new(8);
+        assert!(f.take(3));
+        assert!(!f.take(3), "taken already");
+        assert!(f.take(0) && f.take(7));
+        assert_eq!(f.free_count(), 5);
+        assert_eq!(f.alloc_contiguous(4, 8), None, "no run of 4 left");
+        f.free(3);
+        assert_eq!(f.alloc_contiguous(4, 8), Some(1), "[1, 5) once 3 is back");
+        assert!(!f.take(9), "out of range");
     }
 
     #[test]

@@ -118,6 +118,8 @@ impl Inner {
                 total: gpu.frames_per_segment as usize,
             });
         }
+        // The range's frames now (every page is resident: mapped before).
+        let old: Vec<u32> = (a..b).map(|p| st.frames_of[p as usize]).collect();
         let start = match self.contiguous_run(st, n) {
             Some(s) => s,
             None => {
@@ -126,11 +128,29 @@ impl Inner {
                     .filter(|&p| st.frames_of[p] != HOST && !pinned(p) && !Self::busy(st, p as u32))
                     .count();
                 self.evict(st, others, &[])?;
-                self.contiguous_run(st, n).ok_or(LaunchError::PoolExhausted {
-                    needed: n as usize,
-                    free: st.frames.free_count() as usize,
-                    total: st.frames.total() as usize,
-                })?
+                match self.contiguous_run(st, n) {
+                    Some(s) => s,
+                    // The range's own frames are in the way: let the run
+                    // reuse them (the copies go through the scratch buffer,
+                    // old frames first). Those outside the run are taken
+                    // back until the copies ran.
+                    None => {
+                        st.frames.free_many(&old);
+                        let run = self.contiguous_run(st, n);
+                        let pool = st.frames.pool_mut().expect("software mode");
+                        for &f in &old {
+                            if run.is_none_or(|s| !(s..s + n).contains(&f)) {
+                                let retaken = pool.take(f);
+                                debug_assert!(retaken, "frame {f} freed just above");
+                            }
+                        }
+                        run.ok_or(LaunchError::PoolExhausted {
+                            needed: n as usize,
+                            free: st.frames.free_count() as usize,
+                            total: st.frames.total() as usize,
+                        })?
+                    }
+                }
             }
         };
         let _span = tracing::debug_span!("svm_bind_compact", first_page = a, pages = n).entered();
@@ -157,10 +177,9 @@ impl Inner {
         let (buf, base) = gpu.segment(seg);
         enc.copy_buffer_to_buffer(&scratch, 0, buf, base + off, bytes);
         gpu.queue.submit([enc.finish()]);
-        let mut old = Vec::with_capacity(n as usize);
         for p in a..b {
             let f = start + (p - a);
-            old.push(st.set_frame(p, f));
+            st.set_frame(p, f);
             let pte = st.table.get(PageIndex(p));
             let frame = FrameIndex::new(f).ok_or_else(|| DeviceError::Unexpected(format!("frame {f} out of range")))?;
             st.table.set(PageIndex(p), if pte.is_valid() { Pte::resident(frame, pte.is_writable()) } else { pte });
@@ -168,7 +187,8 @@ impl Inner {
         // The copies out of the old frames are queued behind the launches in
         // flight: the frames are free only once the launch that moved them
         // is done (the host-mapped pool is written by the CPU at once).
-        st.deferred_free.extend(old);
+        // (Old frames inside the new run are the run's now.)
+        st.deferred_free.extend(old.into_iter().filter(|&f| !(start..start + n).contains(&f)));
         crate::stats::Counters::add(&self.stats.bind_moves, u64::from(n));
         Ok(())
     }

@@ -135,6 +135,14 @@ impl Frames {
         }
     }
 
+    /// The software pool's allocator (for placement's moves).
+    pub(super) fn pool_mut(&mut self) -> Option<&mut FrameAllocator> {
+        match self {
+            Frames::Pool(pool) => Some(pool),
+            Frames::Sparse(_) => None,
+        }
+    }
+
     pub(super) fn free_count(&self) -> u32 {
         match self {
             Frames::Pool(f) => f.free_count(),

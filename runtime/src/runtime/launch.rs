@@ -171,6 +171,8 @@ impl Inner {
         st.pinned.clear();
         match submitted {
             Ok(mut f) => {
+                // (The pass writes the discarded pages: they are its now.)
+                st.discarded_fresh.clear();
                 f.temporary = prep.temporary;
                 f.report = prep.report;
                 f.zapped_in_place = zapped;
@@ -179,6 +181,7 @@ impl Inner {
             }
             Err(e) => {
                 let _ = self.settle_copies(st, prep.temporary);
+                self.return_discarded(st);
                 for (a, b) in zapped {
                     let _ = self.arena.restore(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
                 }
@@ -233,6 +236,7 @@ impl Inner {
         let result = (|| loop {
             let st = &mut *guard;
             let mut f = self.submit_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
+            st.discarded_fresh.clear();
             f.release_frames = std::mem::take(&mut st.deferred_free);
             let shared = self.track(st, f);
             let deadline = opts.timeout.map(|t| Instant::now() + t);
@@ -273,6 +277,9 @@ impl Inner {
 
         let st = &mut *guard;
         st.pinned.clear();
+        // (A first pass that was never submitted: its discards go back.)
+        self.return_discarded(st);
+        self.release_deferred_now(st);
         // Read-only copies are dropped, except ReadMostly ones.
         let mut post = self.settle_copies(st, temporary);
         // Pages guarded for a read fault's copy are writable again unless a
@@ -575,8 +582,29 @@ impl Inner {
             Err(e) => {
                 st.pinned.clear();
                 let _ = self.settle_copies(st, temporary);
+                self.return_discarded(st);
                 self.release_deferred_now(st);
                 Err(e)
+            }
+        }
+    }
+
+    /// A launch failed before its pass: pages it cleared on the device
+    /// instead of copying in (`write_discard`) go back to the host, whose
+    /// copy is still theirs (their frames are released after the queued
+    /// clears, with the moves').
+    fn return_discarded(&self, st: &mut State) {
+        for (a, b) in std::mem::take(&mut st.discarded_fresh) {
+            for p in a..b {
+                if !st.owned(p) {
+                    continue;
+                }
+                let f = st.set_frame(p, HOST);
+                st.deferred_free.push(f);
+                st.table.set(PageIndex(p), Pte::ALLOCATED);
+            }
+            if let Err(e) = self.arena.restore(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE) {
+                tracing::error!("svm: giving discarded pages back to the CPU: {e}");
             }
         }
     }

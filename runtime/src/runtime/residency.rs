@@ -214,6 +214,9 @@ impl Inner {
                     enc.clear_buffer(buf, base + off, Some(len as u64));
                     gpu.queue.submit([enc.finish()]);
                     Counters::add(&self.stats.discarded_pages, u64::from(k));
+                    // Only the host copy holds these pages' data now: a
+                    // launch that fails before its pass gives them back.
+                    st.discarded_fresh.push((p + done, p + done + k));
                 } else if let Some(arena) = st.frames.sparse().filter(|a| a.host_mapped()) {
                     // Sparse pool in mapped host memory (unified memory): a
                     // CPU copy into each page's block (bound by `prepare`).
