@@ -62,7 +62,9 @@ impl LaunchQueue {
     /// The handle keeps the descriptor's borrows alive, so no Rust
     /// reference can see the kernel's writes before it is done; if it is
     /// leaked instead of waited for, the pages the kernel writes stay away
-    /// from the CPU until it is (a CPU access waits for the kernel).
+    /// from the CPU until it is (a CPU access waits for the kernel), and
+    /// inputs it reads in place (coherent) are write-protected until then
+    /// (a CPU write waits for the kernel instead of changing its input).
     ///
     /// A replayable launch, or one with a timeout, runs to completion
     /// here (its passes depend on the previous ones' faults); the handle is

@@ -67,6 +67,8 @@ pub(super) struct InFlight {
     pub(super) temporary: Vec<(u32, u32)>,
     pub(super) report: LaunchReport,
     pub(super) zapped_in_place: Vec<(u32, u32)>,
+    /// In-place pages it reads, write-protected on the CPU until it retires.
+    pub(super) protected_in_place: Vec<(u32, u32)>,
     pub(super) release_frames: Vec<u32>,
 }
 
@@ -336,8 +338,8 @@ impl Inner {
     /// The first flight a launch using `ranges` must wait for. A page in
     /// use by a flight can be shared when the new launch leaves it as it
     /// is: device-owned pages (read or written: the GPU runs the two in
-    /// submission order), kept read-only copies that both only read, pages
-    /// used in place (coherent) that both only read. `fixed`: pages the new
+    /// submission order), kept read-only copies that both only read (pages
+    /// used in place, coherent, are not shared). `fixed`: pages the new
     /// launch will not move on the device (bound ranges in the software pool
     /// may be moved together: not shareable unless already contiguous).
     pub(super) fn launch_conflict(
@@ -357,8 +359,10 @@ impl Inner {
                     let (lo, hi) = (a.max(x), b.min(y));
                     for p in lo..hi {
                         let adv = st.advice[p as usize];
+                        // (In place: never shared — a queued launch's
+                        // retire gives the CPU its pages back.)
                         let ok = if in_place(p) {
-                            !write && !fw
+                            false
                         } else if st.owned(p) {
                             adv & advice::PREFER_HOST == 0 && fixed(p)
                         } else {
@@ -397,6 +401,11 @@ impl Inner {
     /// frames of device-side moves released.
     pub(super) fn settle_flight(&self, st: &mut State, f: &mut InFlight) -> Result<(), LaunchError> {
         let mut post = self.settle_copies(st, std::mem::take(&mut f.temporary));
+        for (a, b) in std::mem::take(&mut f.protected_in_place) {
+            if let Err(e) = self.arena.write_unprotect(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE) {
+                post = post.and(Err(LaunchError::Os(e.to_string())));
+            }
+        }
         for (a, b) in std::mem::take(&mut f.zapped_in_place) {
             if let Err(e) = self.arena.restore(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE) {
                 post = post.and(Err(LaunchError::Os(e.to_string())));

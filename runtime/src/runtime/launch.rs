@@ -143,16 +143,23 @@ impl Inner {
         self.gpu.check_lost()?;
         let prep = self.prepare(&mut guard, kernel, &bound, desc.access, false, false)?;
         let st = &mut *guard;
-        let mut zapped = Vec::new();
+        let (mut zapped, mut protected) = (Vec::new(), Vec::new());
         let mut zap = || -> Result<(), LaunchError> {
             for &(a, b, write) in prep.decl.iter().filter(|_| zap_in_place) {
                 let in_place =
                     |p: u32| self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0;
-                for (x, y) in runs(a, b, in_place).filter(|_| write) {
-                    self.arena
-                        .zap(x as usize * PAGE_SIZE, (y - x) as usize * PAGE_SIZE)
-                        .map_err(|e| LaunchError::Os(e.to_string()))?;
-                    zapped.push((x, y));
+                for (x, y) in runs(a, b, in_place) {
+                    let (o, l) = (x as usize * PAGE_SIZE, (y - x) as usize * PAGE_SIZE);
+                    let os = |e: svm_migrate::MigrateError| LaunchError::Os(e.to_string());
+                    if !write && self.arena.has_write_protect() {
+                        // Inputs read in place: a CPU write waits for the
+                        // kernel instead of changing what it reads.
+                        self.arena.write_protect(o, l).map_err(os)?;
+                        protected.push((x, y));
+                    } else {
+                        self.arena.zap(o, l).map_err(os)?;
+                        zapped.push((x, y));
+                    }
                 }
             }
             Ok(())
@@ -176,6 +183,7 @@ impl Inner {
                 f.temporary = prep.temporary;
                 f.report = prep.report;
                 f.zapped_in_place = zapped;
+                f.protected_in_place = protected;
                 f.release_frames = std::mem::take(&mut st.deferred_free);
                 Ok(self.track(st, f))
             }
@@ -184,6 +192,9 @@ impl Inner {
                 self.return_discarded(st);
                 for (a, b) in zapped {
                     let _ = self.arena.restore(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
+                }
+                for (a, b) in protected {
+                    let _ = self.arena.write_unprotect(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
                 }
                 self.release_deferred_now(st);
                 Err(e)

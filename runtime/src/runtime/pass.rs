@@ -432,6 +432,7 @@ impl Inner {
             temporary: Vec::new(),
             report: LaunchReport::default(),
             zapped_in_place: Vec::new(),
+            protected_in_place: Vec::new(),
             release_frames: Vec::new(),
         })
     }

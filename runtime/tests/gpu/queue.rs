@@ -530,7 +530,6 @@ fn leak_then_write_the_input(svm: &Svm, advise_src: Option<svm::Advice>, what: &
 /// Fails in the coherent mode (the kernel reads the host page in place and
 /// sees the CPU's write: 64 of 64 words computed from the new input).
 #[test]
-#[ignore = "runtime bug (coherent mode): a leaked launch's inputs can be written by safe code while it reads them"]
 fn leaked_handle_inputs_written_after_the_forget() {
     for backend in BACKENDS {
         let Some(svm) = ctx(small(backend)) else { return };
@@ -541,7 +540,6 @@ fn leaked_handle_inputs_written_after_the_forget() {
 /// The same for an input advised `AccessedBy` (used in place through the
 /// coherent window) in the migrating modes.
 #[test]
-#[ignore = "runtime bug (AccessedBy): a leaked launch's in-place inputs can be written by safe code while it reads them"]
 fn leaked_handle_accessed_by_inputs_written_after_the_forget() {
     for backend in BACKENDS {
         let Some(svm) = ctx(small(backend)) else { return };
