@@ -556,11 +556,18 @@ impl Gpu {
         Ok(())
     }
 
-    fn map(&self, slice: &wgpu::BufferSlice<'_>, mode: wgpu::MapMode) -> Result<(), DeviceError> {
+    /// Map `slice` once the work using its buffer is done: submission
+    /// `after` (everything submitted, with `None`).
+    fn map(
+        &self,
+        slice: &wgpu::BufferSlice<'_>,
+        mode: wgpu::MapMode,
+        after: Option<&wgpu::SubmissionIndex>,
+    ) -> Result<(), DeviceError> {
         let status = Arc::new(Mutex::new(None));
         let s2 = status.clone();
         slice.map_async(mode, move |r| *s2.lock() = Some(r));
-        self.wait()?;
+        self.wait_submission(after.cloned())?;
         self.settle_callback(|| status.lock().is_some())?;
         let r = status.lock().take();
         match r {
@@ -578,8 +585,21 @@ impl Gpu {
         len: u64,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, DeviceError> {
+        self.read_view(buf, offset, len, None, f)
+    }
+
+    /// Map `[offset, offset + len)` of a MAP_READ buffer after submission
+    /// `after` and hand it to `f`.
+    fn read_view<R>(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        after: Option<&wgpu::SubmissionIndex>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, DeviceError> {
         let slice = buf.slice(offset..offset + len);
-        self.map(&slice, wgpu::MapMode::Read)?;
+        self.map(&slice, wgpu::MapMode::Read, after)?;
         let r = {
             let view =
                 slice.get_mapped_range().map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
@@ -599,7 +619,7 @@ impl Gpu {
         f: impl FnOnce(&mut wgpu::BufferViewMut) -> R,
     ) -> Result<R, DeviceError> {
         let slice = buf.slice(offset..offset + len);
-        self.map(&slice, wgpu::MapMode::Write)?;
+        self.map(&slice, wgpu::MapMode::Write, None)?;
         let r = {
             let mut view = slice
                 .get_mapped_range_mut()
@@ -638,25 +658,7 @@ impl Gpu {
         sub: &wgpu::SubmissionIndex,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, DeviceError> {
-        let slice = buf.slice(0..len);
-        let status = Arc::new(Mutex::new(None));
-        let s2 = status.clone();
-        slice.map_async(wgpu::MapMode::Read, move |r| *s2.lock() = Some(r));
-        self.wait_submission(Some(sub.clone()))?;
-        self.settle_callback(|| status.lock().is_some())?;
-        let r = status.lock().take();
-        match r {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(DeviceError::Unexpected(format!("map_async: {e}"))),
-            None => return Err(DeviceError::Unexpected("map_async did not complete".into())),
-        }
-        let r = {
-            let view =
-                slice.get_mapped_range().map_err(|e| DeviceError::Unexpected(format!("get_mapped_range: {e}")))?;
-            f(&view)
-        };
-        buf.unmap();
-        Ok(r)
+        self.read_view(buf, 0, len, Some(sub), f)
     }
 
     /// Whether segment `seg` is host memory the CPU copies directly (a
