@@ -337,6 +337,10 @@ pub(crate) struct Inner {
     completer: flight::Completer,
     /// The prefetch thread's queue.
     prefetcher: advise::Prefetcher,
+    /// Taken before the update lock by launches, from encoding a pass to
+    /// its submit (done with the update lock released): passes reach the
+    /// queue in the order they were encoded.
+    launch_order: Mutex<()>,
     gpu: std::mem::ManuallyDrop<Gpu>,
     arena: Arena,
     stats: Counters,
@@ -434,6 +438,7 @@ impl Svm {
             signals,
             completer,
             prefetcher: advise::Prefetcher::default(),
+            launch_order: Mutex::new(()),
             stats: Counters::default(),
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,

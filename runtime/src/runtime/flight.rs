@@ -28,9 +28,12 @@ use super::*;
 /// The part of a launch in flight that its handle and the completion
 /// thread share.
 pub(crate) struct FlightShared {
-    pub(super) index: wgpu::SubmissionIndex,
+    /// Set once submitted (after the update lock is released: on a queue
+    /// that takes a submission only when the previous one has run, the
+    /// submit waits for the running kernel).
+    pub(super) index: std::sync::OnceLock<wgpu::SubmissionIndex>,
     /// The timeline value the submission signals (with the raw device).
-    pub(super) point: Option<crate::vk::raw::TimelinePoint>,
+    pub(super) point: std::sync::OnceLock<crate::vk::raw::TimelinePoint>,
     /// The GPU finished the submission (or the device was lost: `lost`).
     pub(super) gpu_done: AtomicBool,
     /// Removed from [`State::flights`]; its result is in `result`.
@@ -123,7 +126,7 @@ impl Completer {
                     // In slices, so that a runtime dropped after a device
                     // loss (a kernel that never ends) can stop this thread.
                     while lost.is_none() {
-                        let done = match (&raw, f.point) {
+                        let done = match (&raw, f.point.get().copied()) {
                             // The timeline: a host wait, no `Device::poll`.
                             (Some(raw), Some(point)) => match raw.wait(point, slice) {
                                 Ok(()) => Ok(true),
@@ -135,7 +138,7 @@ impl Completer {
                             _ => {
                                 let _polling = poll_lock.lock();
                                 let wait = wgpu::PollType::Wait {
-                                    submission_index: Some(f.index.clone()),
+                                    submission_index: f.index.get().cloned(),
                                     timeout: Some(std::time::Duration::from_millis(2)),
                                 };
                                 match device.poll(wait) {
@@ -194,6 +197,11 @@ impl Completer {
 }
 
 impl FlightShared {
+    /// The submission (once submitted).
+    pub(super) fn submission(&self) -> Result<&wgpu::SubmissionIndex, DeviceError> {
+        self.index.get().ok_or_else(|| DeviceError::Unexpected("a pass read back before its submission".into()))
+    }
+
     /// The GPU finished the pass (or the device was lost).
     pub(crate) fn gpu_done(&self) -> bool {
         self.gpu_done.load(Ordering::Acquire)
@@ -222,24 +230,59 @@ impl FlightShared {
 }
 
 impl Inner {
-    /// Record a submitted pass and hand it to the completion thread.
+    /// Record an encoded pass, about to be submitted ([`Self::submit_pass`]):
+    /// from now on its pages are busy.
     pub(super) fn track(&self, st: &mut State, mut f: InFlight) -> Arc<FlightShared> {
         f.busy.sort_unstable();
         let shared = f.shared.clone();
         st.flights.push(f);
-        self.completer.send(shared.clone());
         shared
     }
 
+    /// Submit a tracked pass's command buffers (with the update lock
+    /// released) and hand it to the completion thread.
+    pub(super) fn submit_pass(&self, f: &Arc<FlightShared>, cmds: Vec<wgpu::CommandBuffer>) -> Result<(), LaunchError> {
+        let gpu = &self.gpu;
+        // With the raw device, the submission signals the timeline: the
+        // completion thread waits for it there (no `Device::poll`). (The
+        // timeline's mutex also keeps sparse binds off the queue meanwhile.)
+        let index = match &gpu.raw {
+            Some(raw) => {
+                let (index, point) = raw
+                    .submit_signalled(|| gpu.queue.submit(cmds))
+                    .map_err(|e| DeviceError::Unexpected(format!("submitting a pass: {e}")))?;
+                let _ = f.point.set(point);
+                index
+            }
+            None => gpu.queue.submit(cmds),
+        };
+        let _ = f.index.set(index);
+        self.completer.send(f.clone());
+        Ok(())
+    }
+
+    /// A flight that was tracked but could not be submitted: untracked, its
+    /// settling done, its waiters woken with `e`.
+    pub(super) fn abandon(&self, st: &mut State, f: &Arc<FlightShared>, e: &LaunchError) {
+        if let Some(mut x) = self.take_flight(st, f) {
+            // (Frames of moves go after the GPU work queued before.)
+            st.deferred_free.append(&mut x.release_frames);
+            let _ = self.settle_flight(st, &mut x);
+            self.release_deferred_now(st);
+        }
+        let _ = e;
+        {
+            let _g = self.signals.lock.lock();
+            f.gpu_done.store(true, Ordering::Release);
+        }
+        self.finish_flight(f, Some(Err(DeviceError::Unexpected(format!("the pass was not submitted: {e}")).into())));
+    }
+
     /// A new flight's shared part.
-    pub(super) fn new_shared(
-        index: wgpu::SubmissionIndex,
-        point: Option<crate::vk::raw::TimelinePoint>,
-        driven: bool,
-    ) -> Arc<FlightShared> {
+    pub(super) fn new_shared(driven: bool) -> Arc<FlightShared> {
         Arc::new(FlightShared {
-            index,
-            point,
+            index: std::sync::OnceLock::new(),
+            point: std::sync::OnceLock::new(),
             gpu_done: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             driven,

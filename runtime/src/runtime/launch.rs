@@ -139,6 +139,10 @@ impl Inner {
         zap_in_place: bool,
     ) -> Result<Arc<FlightShared>, LaunchError> {
         let (bound, words) = self.check_launch(kernel, desc)?;
+        // Launches encode and submit in one order (a pass carries the page
+        // table and arguments written before its submit); the update lock
+        // is released before the submit, which may wait for the device.
+        let order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
         let prep = self.prepare(&mut guard, kernel, &bound, desc.access, false, false)?;
@@ -173,11 +177,11 @@ impl Inner {
             replayable: false,
             slab_writes: &prep.slab_writes,
         };
-        let submitted = zapped_ok
-            .and_then(|()| self.submit_pass(st, &pass, prep.extents.as_deref(), prep.busy.clone(), false, false));
+        let encoded = zapped_ok
+            .and_then(|()| self.encode_pass(st, &pass, prep.extents.as_deref(), prep.busy.clone(), false, false));
         st.pinned.clear();
-        match submitted {
-            Ok(mut f) => {
+        match encoded {
+            Ok((mut f, cmds)) => {
                 // (The pass writes the discarded pages: they are its now.)
                 st.discarded_fresh.clear();
                 f.temporary = prep.temporary;
@@ -185,7 +189,15 @@ impl Inner {
                 f.zapped_in_place = zapped;
                 f.protected_in_place = protected;
                 f.release_frames = std::mem::take(&mut st.deferred_free);
-                Ok(self.track(st, f))
+                let shared = self.track(st, f);
+                drop(guard);
+                let submitted = self.submit_pass(&shared, cmds);
+                drop(order);
+                if let Err(e) = submitted {
+                    self.abandon(&mut self.state.lock(), &shared, &e);
+                    return Err(e);
+                }
+                Ok(shared)
             }
             Err(e) => {
                 let _ = self.settle_copies(st, prep.temporary);
@@ -229,6 +241,9 @@ impl Inner {
         opts: &LaunchOptions,
     ) -> Result<LaunchReport, LaunchError> {
         let (bound, words) = self.check_launch(kernel, desc)?;
+        // (Held for the whole launch: its passes are encoded and submitted
+        // in turn; other launches wait.)
+        let _order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
         let prep = self.prepare(&mut guard, kernel, &bound, desc.access, opts.replayable, opts.undeclared_writes)?;
@@ -246,10 +261,14 @@ impl Inner {
         };
         let result = (|| loop {
             let st = &mut *guard;
-            let mut f = self.submit_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
+            let (mut f, cmds) = self.encode_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
             st.discarded_fresh.clear();
             f.release_frames = std::mem::take(&mut st.deferred_free);
             let shared = self.track(st, f);
+            if let Err(e) = MutexGuard::unlocked(&mut guard, || self.submit_pass(&shared, cmds)) {
+                self.abandon(&mut guard, &shared, &e);
+                return Err(e);
+            }
             let deadline = opts.timeout.map(|t| Instant::now() + t);
             let kernel_span =
                 tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();

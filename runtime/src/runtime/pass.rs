@@ -269,12 +269,13 @@ impl Inner {
         }
     }
 
-    /// Submit one pass of the kernel: upload the dirty page table and the
-    /// arguments, clear the log, dispatch, copy the log to a read-back
-    /// buffer of the pass's own. The pass is returned as an [`InFlight`]
-    /// using `busy` (the caller fills in its settling and tracks it).
-    /// Nothing is submitted when this fails.
-    pub(super) fn submit_pass(
+    /// Encode one pass of the kernel: upload the dirty page table and the
+    /// arguments (queued for the next submission), clear the log, dispatch,
+    /// copy the log to a read-back buffer of the pass's own. The pass is
+    /// returned as an [`InFlight`] using `busy` with its command buffers
+    /// (the caller fills in its settling, tracks it and submits it, in that
+    /// order, no other launch encoding in between: `Inner::launch_order`).
+    pub(super) fn encode_pass(
         &self,
         st: &mut State,
         pass: &Pass<'_>,
@@ -282,7 +283,7 @@ impl Inner {
         busy: Vec<(u32, u32, bool)>,
         driven: bool,
         exclusive: bool,
-    ) -> Result<InFlight, LaunchError> {
+    ) -> Result<(InFlight, Vec<wgpu::CommandBuffer>), LaunchError> {
         let Pass { kernel, groups, words, workgroups, replayable, .. } = *pass;
         let gpu = &self.gpu;
         let slots = extents.map_or(0, |e| e.len().next_power_of_two() as u32);
@@ -406,20 +407,8 @@ impl Inner {
         let mut cmds = vec![enc.finish()];
         cmds.extend(barrier);
         let submitted = Instant::now();
-        // With the raw device, the submission signals the timeline: the
-        // completion thread waits for it there (no `Device::poll`).
-        let (index, point) = match &gpu.raw {
-            Some(raw) => {
-                let (index, point) = raw
-                    .submit_signalled(|| gpu.queue.submit(cmds))
-                    .map_err(|e| DeviceError::Unexpected(format!("submitting a pass: {e}")))?;
-                (index, Some(point))
-            }
-            None => (gpu.queue.submit(cmds), None),
-        };
-        tracing::debug!(target: "svm", kernel = %kernel.label, bound = !kernel.prelude, "svm_kernel_submit");
-        Ok(InFlight {
-            shared: Self::new_shared(index, point, driven),
+        let f = InFlight {
+            shared: Self::new_shared(driven),
             busy,
             exclusive,
             label: kernel.label.clone(),
@@ -434,7 +423,8 @@ impl Inner {
             zapped_in_place: Vec::new(),
             protected_in_place: Vec::new(),
             release_frames: Vec::new(),
-        })
+        };
+        Ok((f, cmds))
     }
 
     /// What a pass the GPU finished produced: the error of a refused
@@ -453,7 +443,7 @@ impl Inner {
         if f.stamps {
             st.stamps_busy = false;
             if let Some(t) = &gpu.timestamps {
-                let ticks: [u64; 2] = gpu.read_after(&t.readback, 16, &f.shared.index, bytemuck::pod_read_unaligned)?;
+                let ticks: [u64; 2] = gpu.read_after(&t.readback, 16, f.shared.submission()?, bytemuck::pod_read_unaligned)?;
                 let ns = (ticks[1].saturating_sub(ticks[0]) as f64 * f64::from(t.period)) as u64;
                 Counters::add(&c.kernel_gpu_ns, ns);
                 tracing::debug!(target: "svm", kernel = %f.label, gpu_ns = ns, "svm_kernel_gpu");
@@ -465,7 +455,7 @@ impl Inner {
             return Ok((None, Vec::new()));
         };
         let log =
-            gpu.read_after(&rb, Gpu::log_read_bytes(), &f.shared.index, bytemuck::pod_collect_to_vec::<u8, u32>)?;
+            gpu.read_after(&rb, Gpu::log_read_bytes(), f.shared.submission()?, bytemuck::pod_collect_to_vec::<u8, u32>)?;
         // (A buffer whose map failed is not reused.)
         gpu.give_log_readback(rb);
         Counters::add(&c.pt_upload_bytes, f.pt_bytes);

@@ -626,3 +626,44 @@ fn a_write_discard_launch_failing_at_placement_keeps_the_data() {
         assert_eq!(t.to_vec(), start, "{backend:?}: the refused launch changed nothing");
     }
 }
+
+/// A second launch submitted while a long kernel runs must not hold the
+/// runtime while its submission waits for the device (lavapipe's queue
+/// takes a submission only once the previous one has run): alloc and free
+/// on another thread go on meanwhile.
+#[test]
+fn a_second_launch_waiting_to_submit_does_not_stop_the_world() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let spin = kernel(&svm, "spin", SPIN);
+    let step = kernel(&svm, "step", STEP);
+    let mut a = svm.alloc_vec::<u32>(64).expect("a");
+    let mut b = svm.alloc_vec::<u32>(64).expect("b");
+    let iters = calibrate(&svm, &spin, &mut a, Duration::from_secs(2));
+    let q = svm.create_queue();
+    let u = p(iters);
+    let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+    let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("long");
+    let one = p(1);
+    std::thread::scope(|s| {
+        let (svm2, step2, one) = (&svm, &step, &one);
+        let b = &mut b;
+        let second = s.spawn(move || {
+            let q2 = svm2.create_queue();
+            let binds = [Binding::read_write(b), Binding::uniform(one)];
+            q2.launch(step2, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("second").wait()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        for _ in 0..10 {
+            let raw = svm.alloc(4096).expect("alloc");
+            svm.free(raw.as_ptr()).expect("free");
+        }
+        let took = t.elapsed();
+        assert!(
+            !long.is_complete(),
+            "alloc/free took {took:?}: they waited for the running kernel behind a second launch's submission"
+        );
+        second.join().expect("second thread").expect("second launch");
+    });
+    long.wait().expect("long");
+}
