@@ -103,6 +103,9 @@ impl Svm {
 
 impl Inner {
     /// The checks that need no lock: kernel, bindings, arguments, dispatch.
+    /// A kernel without the prelude has one pipeline: built here, before
+    /// the update lock (a driver may compile only once the running kernel
+    /// is done, as lavapipe does).
     fn check_launch<'d>(
         &self,
         kernel: &Kernel,
@@ -112,6 +115,9 @@ impl Inner {
         self.check_process()?;
         if kernel.runtime_id != self.id {
             return Err(LaunchError::ForeignKernel(kernel.label.clone()));
+        }
+        if !kernel.prelude {
+            self.pipeline(kernel, crate::kernel::Variant::PLAIN)?;
         }
         let bound = crate::bind::check(kernel, desc.bindings, &gpu.device.limits())?;
         let mut words = Vec::with_capacity(MAX_ARG_WORDS as usize);

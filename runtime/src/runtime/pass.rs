@@ -78,7 +78,7 @@ impl Inner {
     }
 
     /// The pipeline of `kernel` specialized for `v`, built on first use.
-    fn pipeline(&self, kernel: &Kernel, v: Variant) -> Result<wgpu::ComputePipeline, LaunchError> {
+    pub(super) fn pipeline(&self, kernel: &Kernel, v: Variant) -> Result<wgpu::ComputePipeline, LaunchError> {
         // Without the prelude there is nothing to specialize.
         let v = if kernel.prelude { v } else { Variant::PLAIN };
         let mut cache = kernel.pipelines.lock();
@@ -443,7 +443,8 @@ impl Inner {
         if f.stamps {
             st.stamps_busy = false;
             if let Some(t) = &gpu.timestamps {
-                let ticks: [u64; 2] = gpu.read_after(&t.readback, 16, f.shared.submission()?, bytemuck::pod_read_unaligned)?;
+                let ticks: [u64; 2] =
+                    gpu.read_after(&t.readback, 16, f.shared.submission()?, bytemuck::pod_read_unaligned)?;
                 let ns = (ticks[1].saturating_sub(ticks[0]) as f64 * f64::from(t.period)) as u64;
                 Counters::add(&c.kernel_gpu_ns, ns);
                 tracing::debug!(target: "svm", kernel = %f.label, gpu_ns = ns, "svm_kernel_gpu");
@@ -454,8 +455,12 @@ impl Inner {
             Counters::add(&c.bound_passes, 1);
             return Ok((None, Vec::new()));
         };
-        let log =
-            gpu.read_after(&rb, Gpu::log_read_bytes(), f.shared.submission()?, bytemuck::pod_collect_to_vec::<u8, u32>)?;
+        let log = gpu.read_after(
+            &rb,
+            Gpu::log_read_bytes(),
+            f.shared.submission()?,
+            bytemuck::pod_collect_to_vec::<u8, u32>,
+        )?;
         // (A buffer whose map failed is not reused.)
         gpu.give_log_readback(rb);
         Counters::add(&c.pt_upload_bytes, f.pt_bytes);
