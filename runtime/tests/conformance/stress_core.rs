@@ -157,9 +157,6 @@ pub struct Report {
     pub known_replay_pool_exhausted: u64,
     /// Prefetches refused with PoolExhausted (a known runtime bug).
     pub known_prefetch_pool_exhausted: u64,
-    /// Bound launches refused with PoolExhausted in a pool with room (a
-    /// known runtime bug; see `stress_queues::known_refusal`).
-    pub known_bind_pool_exhausted: u64,
     /// Unexpected errors (any error from a call that must succeed).
     pub errors: Vec<String>,
     pub stats: Option<svm::Stats>,
@@ -170,7 +167,7 @@ impl core::fmt::Display for Report {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         writeln!(
             f,
-            "{} ops in {:.1} s: {} CPU reads, {} CPU writes, {} launches ({} replayable), {} prefetches, {} advises, {} allocs, {} frees; {:.1} MiB checked, {} mismatches, {} errors, known bugs: {} replayable launches, {} prefetches and {} bound launches refused for pool space",
+            "{} ops in {:.1} s: {} CPU reads, {} CPU writes, {} launches ({} replayable), {} prefetches, {} advises, {} allocs, {} frees; {:.1} MiB checked, {} mismatches, {} errors, known bugs: {} replayable launches and {} prefetches refused for pool space",
             self.ops,
             self.elapsed.as_secs_f64(),
             self.cpu_reads,
@@ -185,8 +182,7 @@ impl core::fmt::Display for Report {
             self.mismatches,
             self.errors.len(),
             self.known_replay_pool_exhausted,
-            self.known_prefetch_pool_exhausted,
-            self.known_bind_pool_exhausted
+            self.known_prefetch_pool_exhausted
         )?;
         writeln!(
             f,
@@ -602,7 +598,6 @@ fn merge(shared: &Shared, l: &Report) {
     r.mismatches += l.mismatches;
     r.known_replay_pool_exhausted += l.known_replay_pool_exhausted;
     r.known_prefetch_pool_exhausted += l.known_prefetch_pool_exhausted;
-    r.known_bind_pool_exhausted += l.known_bind_pool_exhausted;
     r.queue_launches += l.queue_launches;
     r.batches += l.batches;
     r.held_launches += l.held_launches;

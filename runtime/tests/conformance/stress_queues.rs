@@ -30,7 +30,7 @@
 //! launch refused with `PoolExhausted` in a pool with room, the data of a
 //! refused `write_discard` target lost on the staged path, and a leaked
 //! launch reading its input in place seeing later CPU writes to it. A
-//! refusal is an error again (`known_refusal` answers no).
+//! refusal is an error.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -66,22 +66,11 @@ struct Spec {
     raw: bool,
 }
 
-/// Whether a refusal for the known bugs may have lost the target's data
-/// (see `known_refusal`).
-fn data_lost(op: Op, raw: bool) -> bool {
-    // Fixed (a failed launch gives discarded pages back): never.
-    let _ = (op, raw);
-    false
-}
-
 /// What became of a launch's handle.
 #[derive(Copy, Clone, Debug, PartialEq)]
 enum Fate {
     /// Not submitted (its submit failed) or its result was an error.
     Failed,
-    /// Refused for the known bound-placement bug (see `known_refusal`):
-    /// nothing ran.
-    NotRun,
     Submitted,
     Waited,
     Dropped,
@@ -104,24 +93,6 @@ fn apply(model: &mut [u32], op: Op, mul: u32, add: u32, src: Option<&[u32]>) {
             }
         }
     }
-}
-
-/// A submission refused for a known runtime bug, counted in `r`; the
-/// kernel did not run. Known bug (`gpu::queue::bound_range_in_pieces_is_placed_when_the_pool_is_free`,
-/// ignored): in the software pool, a bound range of more than a third of
-/// the pool whose pages are resident in pieces is refused with
-/// `PoolExhausted` although the pool is otherwise free (its own frames are
-/// not reused for its placement). And a second one, where that refusal is
-/// of a `write_discard` binding (`Op::FillBound` not raw): on the staged
-/// path the host-owned pages it covers were cleared on the device before
-/// the refusal and read back as zeros
-/// (`gpu::queue::refused_write_discard_launch_keeps_the_data`, ignored); the
-/// caller then takes the target's data as its model (`data_lost`).
-fn known_refusal(op: Op, e: &svm::LaunchError, r: &mut Report) -> bool {
-    // Fixed (bound ranges placed reusing their own frames): no refusal is
-    // known any more; the counter stays in the report at 0.
-    let _ = (op, e, &mut r.known_bind_pool_exhausted);
-    false
 }
 
 /// A launch's target: borrowed (safe declarations) or raw.
@@ -416,11 +387,7 @@ impl QueueWorker<'_> {
                         pend.push(Some(h));
                     }
                     Err(e) => {
-                        if known_refusal(specs[i].op, &e, &mut self.local) {
-                            fate[i] = Fate::NotRun;
-                        } else {
-                            self.error(format!("queue launch {:?}: {e}", specs[i]));
-                        }
+                        self.error(format!("queue launch {:?}: {e}", specs[i]));
                         pend.push(None);
                     }
                 }
@@ -491,16 +458,9 @@ impl QueueWorker<'_> {
         let mut resync = vec![false; nw];
         let (w, r) = bufs.split_at_mut(nw);
         for (s, f) in specs.iter().zip(&fate) {
-            match f {
-                Fate::Failed => {
-                    resync[s.target] = true;
-                    continue;
-                }
-                Fate::NotRun => {
-                    resync[s.target] |= data_lost(s.op, s.raw);
-                    continue;
-                }
-                _ => {}
+            if *f == Fate::Failed {
+                resync[s.target] = true;
+                continue;
             }
             let src = match s.op {
                 Op::AddSrc { src } => Some(&r[src].model[..]),
@@ -678,12 +638,8 @@ impl QueueWorker<'_> {
         match res {
             Ok(running) => self.local.leaked_running += u64::from(running),
             Err(e) => {
-                if !known_refusal(op, &e, &mut self.local) {
-                    self.error(format!("leaked launch {op:?}: {e}"));
-                    b.model.copy_from_slice(&b.v);
-                } else if data_lost(op, false) {
-                    b.model.copy_from_slice(&b.v);
-                }
+                self.error(format!("leaked launch {op:?}: {e}"));
+                b.model.copy_from_slice(&b.v);
                 return;
             }
         }
