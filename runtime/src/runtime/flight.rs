@@ -270,7 +270,6 @@ impl Inner {
             let _ = self.settle_flight(st, &mut x);
             self.release_deferred_now(st);
         }
-        let _ = e;
         {
             let _g = self.signals.lock.lock();
             f.gpu_done.store(true, Ordering::Release);

@@ -17,6 +17,16 @@ use crate::bind::Checked;
 /// the pages it discards.
 type Declared = (Vec<(u32, u32, bool)>, Vec<(u32, u32)>);
 
+/// What a launch asks for, checked before the update lock.
+#[derive(Copy, Clone)]
+struct Request<'a, 'd> {
+    kernel: &'a Kernel,
+    bound: &'a [Checked<'d>],
+    access: &'a [crate::kernel::Access<'d>],
+    replayable: bool,
+    undeclared_writes: bool,
+}
+
 /// A launch made resident and mapped, ready to submit.
 struct Prepared {
     /// Declared and bound ranges, merged.
@@ -151,7 +161,8 @@ impl Inner {
         let order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
-        let prep = self.prepare(&mut guard, kernel, &bound, desc.access, false, false)?;
+        let req = Request { kernel, bound: &bound, access: desc.access, replayable: false, undeclared_writes: false };
+        let prep = self.prepare(&mut guard, &req)?;
         let st = &mut *guard;
         let (mut zapped, mut protected) = (Vec::new(), Vec::new());
         let mut zap = || -> Result<(), LaunchError> {
@@ -252,7 +263,14 @@ impl Inner {
         let _order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
-        let prep = self.prepare(&mut guard, kernel, &bound, desc.access, opts.replayable, opts.undeclared_writes)?;
+        let req = Request {
+            kernel,
+            bound: &bound,
+            access: desc.access,
+            replayable: opts.replayable,
+            undeclared_writes: opts.undeclared_writes,
+        };
+        let prep = self.prepare(&mut guard, &req)?;
         let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
         // Host pages copied for read faults, write-protected on the CPU
         // while copied and used (unprotected after the launch).
@@ -490,32 +508,17 @@ impl Inner {
     /// launch's pages resident, map and place them. On failure the state is
     /// as before (read-only copies dropped, nothing pinned). A pool too full
     /// while launches in flight hold frames waits for them and tries again.
-    fn prepare(
-        &self,
-        guard: &mut MutexGuard<'_, State>,
-        kernel: &Kernel,
-        bound: &[Checked<'_>],
-        access: &[crate::kernel::Access<'_>],
-        replayable: bool,
-        undeclared_writes: bool,
-    ) -> Result<Prepared, LaunchError> {
+    fn prepare(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
         loop {
-            match self.prepare_once(guard, kernel, bound, access, replayable, undeclared_writes) {
+            match self.prepare_once(guard, req) {
                 Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(guard),
                 r => return r,
             }
         }
     }
 
-    fn prepare_once(
-        &self,
-        guard: &mut MutexGuard<'_, State>,
-        kernel: &Kernel,
-        bound: &[Checked<'_>],
-        access: &[crate::kernel::Access<'_>],
-        replayable: bool,
-        undeclared_writes: bool,
-    ) -> Result<Prepared, LaunchError> {
+    fn prepare_once(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
+        let Request { kernel, bound, access, replayable, undeclared_writes } = *req;
         let gpu = &self.gpu;
         let (decl, discard) = loop {
             self.retire_done(guard);

@@ -601,8 +601,14 @@ fn leaked_handle_accessed_by_output_waits_for_the_kernel() {
 fn a_write_discard_launch_failing_at_placement_keeps_the_data() {
     for backend in BACKENDS {
         let Some(svm) = ctx(small(backend).host_mapped_pool(false)) else { return };
-        if svm.mapping_mode() == svm::MappingMode::Coherent || !svm.coherent_mode_available() {
-            eprintln!("NOT APPLICABLE: discarding clears only on migrating paths with AccessedBy");
+        if svm.mapping_mode() == svm::MappingMode::Coherent {
+            eprintln!("NOT APPLICABLE: the coherent mode discards nothing (pages used in place)");
+            return;
+        }
+        if !svm.coherent_mode_available() {
+            // (Host import is what AccessedBy needs; CI's lavapipe has it.)
+            assert!(std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1"), "host import missing");
+            eprintln!("SKIP: no host import on this device (AccessedBy)");
             return;
         }
         let step = kernel(&svm, "step", STEP);

@@ -111,24 +111,20 @@ fn a_kernel_cannot_write_a_neighbour_block() {
             "{backend:?}: replayable store to the neighbour: {r:?}"
         );
         assert_eq!(*theirs, [2; 4], "{backend:?}: the neighbour is untouched");
-        // From 8 bytes into `mine` (16 bytes): a vec4 store would reach 8
-        // bytes into `theirs` — misaligned for vec4 anyway; from its start
-        // it fits. An 8-byte block's store from its last word spills:
-        let a = svm.alloc_box([3u32; 2]).expect("a");
-        let b = svm.alloc_box([4u32; 2]).expect("b");
-        let mut a = a;
-        if b.ptr().addr() == a.ptr().addr() + 16 {
-            let spill = [Arg::ptr(a.ptr().addr() as *const u32)];
-            // `a` is 8 bytes in a 16-byte block: bytes 8..16 are the block's
-            // slack, 16.. are `b`'s; a vec4 from `a` covers 0..16, inside.
-            svm.launch(
-                &store4,
-                &LaunchDescriptor { args: &spill, access: &[Access::read_write(&mut a)], ..Default::default() },
-            )
-            .map(|_| ())
-            .unwrap_or_else(|e| assert!(matches!(e, LaunchError::Kernel { .. }), "{e}"));
-            assert_eq!(*b, [4; 2], "{backend:?}: the next block is untouched");
-        }
+        // A 16-byte store from the start of an 8-byte box: its first word is
+        // declared, its last is not (the block's slack, where a neighbour
+        // could be in a tighter class): refused whole, nothing written.
+        let mut a = svm.alloc_box([3u32; 2]).expect("a");
+        let spill = [Arg::ptr(a.ptr().addr() as *const u32)];
+        let r = svm.launch(
+            &store4,
+            &LaunchDescriptor { args: &spill, access: &[Access::read_write(&mut a)], ..Default::default() },
+        );
+        assert!(
+            matches!(&r, Err(LaunchError::Kernel { faults, .. }) if faults[0].kind == KernelFaultKind::ReadOnly),
+            "{backend:?}: a vec4 store past the declared bytes: {r:?}"
+        );
+        assert_eq!(*a, [3; 2], "{backend:?}: the refused wide store wrote nothing");
         drop(theirs);
     }
 }
