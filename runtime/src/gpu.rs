@@ -14,6 +14,8 @@ use svm_shaders::{Windows, COHERENT_BINDING, LOG_FAULTS, MAX_ARG_WORDS, WINDOWS_
 use crate::error::{DeviceError, SvmError};
 
 mod open;
+mod tables;
+pub(crate) use tables::Tables;
 pub(crate) use open::Timestamps;
 pub use open::{create_wgpu_device, SharedDevice};
 use open::{open_device, Opened};
@@ -42,18 +44,23 @@ impl core::fmt::Display for DeviceInfo {
 #[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ArgsBlock {
     pub base: [u32; 2],
-    pub arena_bytes: u32,
+    pub arena_pages: u32,
+    pub table_pages: u32,
     pub fault_cap: u32,
     pub fault_read_bitmap: u32,
     pub fault_write_bitmap: u32,
-    pub coherent_base: u32,
+    pub coherent_page: u32,
     pub safe_word: u32,
     pub extents: [Extent; svm_shaders::MAX_EXTENTS as usize],
     pub words: [u32; MAX_ARG_WORDS as usize],
+    /// The prelude's struct is 8-aligned (its `vec2<u32>` base).
+    pub _pad: u32,
 }
 
 /// One extent of a launch (`SvmExtent` in the prelude): arena bytes
-/// `[start, start + len)` live at device words from `dest` on.
+/// `[bank << 32 | start, + len)` live at device words from `dest` on. The
+/// bank (the offset's high word) is in `flags` above bit 8: a pass's extents
+/// share one, which the prelude adds to the base.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Extent {
@@ -69,6 +76,22 @@ pub(crate) struct Extent {
 impl Extent {
     pub const COHERENT: u32 = 0x8000_0000;
     pub const WRITE: u32 = 1;
+    const BANK_SHIFT: u32 = 8;
+
+    /// Arena bytes `[offset, offset + len)` (inside one 4 GiB bank) at
+    /// device word `dest`, writable or not. `None` past the banks the flags
+    /// can name (2^24 x 4 GiB).
+    pub fn new(offset: u64, len: u32, dest: u32, write: bool) -> Option<Self> {
+        let bank = u32::try_from(offset >> 32).ok().filter(|b| *b < 1 << (32 - Self::BANK_SHIFT))?;
+        #[allow(clippy::cast_possible_truncation, reason = "the low word")]
+        let start = offset as u32;
+        Some(Self { start, len, dest, flags: (bank << Self::BANK_SHIFT) | if write { Self::WRITE } else { 0 } })
+    }
+
+    /// The 4 GiB bank of the arena `start` is in.
+    pub fn bank(&self) -> u32 {
+        self.flags >> Self::BANK_SHIFT
+    }
 }
 
 /// Capacity of the GPU fault list per pass (further faults are counted and
@@ -85,23 +108,16 @@ pub(crate) struct Gpu {
     pub queue: wgpu::Queue,
     pub info: DeviceInfo,
     pub max_workgroups: u32,
-    pub bind_group: wgpu::BindGroup,
-    /// With several segments: bind group `k` binds segment `k` as the first
-    /// (for launches that use only segment `k`).
-    pub first_segment_bind_groups: Vec<wgpu::BindGroup>,
-    pub page_table: wgpu::Buffer,
+    /// The launch arguments (bound with the [`Tables`]).
     pub args: wgpu::Buffer,
-    /// Launch log: errors, GPU faults, fault bitmaps (see the prelude).
-    pub log: wgpu::Buffer,
-    /// Layout of the one bind group, to rebuild it with a coherent window.
+    /// Layout of the runtime's bind group ([`Tables`]).
     pub bgl: wgpu::BindGroupLayout,
     /// Bound as the coherent window when no range is imported.
-    pub _coherent_placeholder: wgpu::Buffer,
+    pub coherent_placeholder: wgpu::Buffer,
     /// The raw Vulkan device, when opened through [`crate::vk`] (host
     /// import available for the coherent mode).
     pub raw: Option<std::sync::Arc<crate::vk::RawDevice>>,
     pub host_import: bool,
-    pub fault_bitmap_words: u32,
     /// The windows (`windows.count()` of them): buffers of the pool
     /// (software mode) or ranges of the arena view (sparse, coherent).
     /// Index `k` is binding 3 + k (fixed) or element k of binding 3 (array).
@@ -382,22 +398,9 @@ impl Gpu {
                 segments.push(SegmentView { buffer, base: 0, size });
             }
         }
-        let page_table = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm page table"),
-            size: u64::from(arena_pages) * 4,
-            usage: storage,
-            mapped_at_creation: false,
-        });
         let args = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("svm args"),
             size: core::mem::size_of::<ArgsBlock>() as u64,
-            usage: storage,
-            mapped_at_creation: false,
-        });
-        let fault_bitmap_words = arena_pages.div_ceil(32);
-        let log = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("svm launch log"),
-            size: (LOG_READ_WORDS + 2 * u64::from(fault_bitmap_words)) * 4,
             usage: storage,
             mapped_at_creation: false,
         });
@@ -431,37 +434,17 @@ impl Gpu {
         entries.push(entry(COHERENT_BINDING, false));
         let bgl =
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
-        let bind_group =
-            make_bind_group(&device, &bgl, [&page_table, &args, &log], &segments, &coherent_placeholder, windows);
-        // Launches whose pages all lie in one segment bind it first and run
-        // the one-segment specialization of their kernel.
-        let first_segment_bind_groups = if segments_used > 1 {
-            (0..segments_used as usize)
-                .map(|k| {
-                    let mut v = segments.clone();
-                    v[0] = segments[k].clone();
-                    make_bind_group(&device, &bgl, [&page_table, &args, &log], &v, &coherent_placeholder, windows)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         let timestamps = Timestamps::new(&device, &queue);
         let gpu = Self {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             device,
             queue,
             info,
-            bind_group,
-            first_segment_bind_groups,
-            page_table,
             args,
-            log,
             bgl,
-            _coherent_placeholder: coherent_placeholder,
+            coherent_placeholder,
             raw,
             host_import,
-            fault_bitmap_words,
             segments,
             mode,
             _coherent_view: coherent_view,
@@ -711,18 +694,6 @@ impl Gpu {
     pub fn log_read_bytes() -> u64 {
         LOG_READ_WORDS * 4
     }
-
-    /// The bind group with `coherent` as the coherent window.
-    pub fn bind_group_with(&self, coherent: &wgpu::Buffer) -> wgpu::BindGroup {
-        make_bind_group(
-            &self.device,
-            &self.bgl,
-            [&self.page_table, &self.args, &self.log],
-            &self.segments,
-            coherent,
-            self.windows,
-        )
-    }
 }
 
 /// The device features [`Windows::Array`] needs.
@@ -745,7 +716,7 @@ fn windows_allowed() -> Result<bool, SvmError> {
 
 /// The runtime's bind group: `core` = page table, arguments, log (bindings
 /// 0-2), then the windows, then the coherent window.
-fn make_bind_group(
+pub(crate) fn make_bind_group(
     device: &wgpu::Device,
     bgl: &wgpu::BindGroupLayout,
     core: [&wgpu::Buffer; 3],

@@ -33,7 +33,7 @@ use crate::error::*;
 use crate::gpu::{ArgsBlock, DeviceInfo, Extent, Gpu, MappingMode, FAULT_CAP};
 use crate::kernel::{AccessMode, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, LaunchReport, Variant};
 use crate::managed::ManagedVec;
-use crate::space::{FrameAllocator, RangeAllocator};
+use crate::space::{FrameAllocator, FrameMap, RangeAllocator};
 
 // The runtime's work, one module per step of the data flow (all of it
 // under the update lock, `Inner::state`):
@@ -83,13 +83,22 @@ const REGION_PAGES: u32 = 512;
 impl State {
     /// The state of a new runtime: `arena_len` bytes, `pages` pages, every
     /// page unallocated and on the host.
+    ///
+    /// The per-page vectors cover the whole arena but start as zero bits
+    /// (the OS commits their memory as pages are used, not for a large
+    /// reservation); the device tables cover what is allocated (`top`).
     fn new(arena_len: usize, pages: u32, frames: Frames) -> Self {
         let n = pages as usize;
+        let mut table = PageTable::new(pages);
+        // The device's table starts zeroed (all EMPTY) like this one.
+        table.mark_clean();
         State {
             ranges: RangeAllocator::new(arena_len),
-            frames_of: vec![HOST; n],
+            frames_of: FrameMap::new(n),
+            top: 0,
+            tables: None,
             resident_count: vec![0; pages.div_ceil(REGION_PAGES) as usize],
-            table: PageTable::new(pages),
+            table,
             frames,
             mapped: Vec::new(),
             pinned: Vec::new(),
@@ -115,7 +124,7 @@ impl State {
 
     /// The device owns the page (its data is only there).
     fn owned(&self, p: u32) -> bool {
-        self.frames_of[p as usize] != HOST && !self.dup[p as usize]
+        self.frames_of.get(p as usize) != HOST && !self.dup[p as usize]
     }
 
     /// Page `p`'s contents are discarded by the running launch.
@@ -128,7 +137,7 @@ impl State {
     /// Every change of `frames_of` goes through here, so that the resident
     /// index stays exact.
     fn set_frame(&mut self, p: u32, f: u32) -> u32 {
-        let old = std::mem::replace(&mut self.frames_of[p as usize], f);
+        let old = self.frames_of.replace(p as usize, f);
         let r = (p / REGION_PAGES) as usize;
         match (old == HOST, f == HOST) {
             (true, false) => self.resident_count[r] += 1,
@@ -142,10 +151,11 @@ impl State {
     /// ascending; the cost follows the resident set (regions of
     /// [`REGION_PAGES`] with none are skipped), not the arena.
     fn resident_pages(&self) -> impl Iterator<Item = u32> + '_ {
-        self.resident_count.iter().enumerate().filter(|(_, &c)| c > 0).flat_map(move |(r, _)| {
+        let regions = self.top.div_ceil(REGION_PAGES) as usize;
+        self.resident_count[..regions].iter().enumerate().filter(|(_, &c)| c > 0).flat_map(move |(r, _)| {
             let a = r as u32 * REGION_PAGES;
-            let b = (a + REGION_PAGES).min(self.frames_of.len() as u32);
-            (a..b).filter(move |&p| self.frames_of[p as usize] != HOST)
+            let b = (a + REGION_PAGES).min(self.top);
+            (a..b).filter(move |&p| self.frames_of.get(p as usize) != HOST)
         })
     }
 }
@@ -155,7 +165,7 @@ impl State {
 const THRASH_WINDOW: u32 = 16;
 
 /// Sentinel of [`State::frames_of`]: the page is not on the device.
-const HOST: u32 = u32::MAX;
+const HOST: u32 = FrameMap::HOST;
 /// Size of the device→host staging buffer, in pages (2 MiB): the largest
 /// span one CPU fault, prefetch or eviction batch moves.
 const STAGING_PAGES: u32 = 512;
@@ -164,7 +174,14 @@ const STAGING_PAGES: u32 = 512;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SvmDescriptor {
-    /// Bytes of managed address space (rounded up to 2 MiB). Default 1 GiB.
+    /// Bytes of managed address space (rounded up to 2 MiB), at most 1 TiB.
+    /// Reserved, not committed: memory is used as allocations touch it,
+    /// and the runtime's per-page state and device tables grow with what is
+    /// allocated. Default [`Self::DEFAULT_ARENA_SIZE`] (64 GiB) in the
+    /// software mode; the sparse and coherent modes give the whole arena a
+    /// device view at creation and so take [`Self::DEFAULT_VIEW_ARENA_SIZE`]
+    /// (1 GiB) when this is left at the default (set more explicitly, up to
+    /// the device's sparse address space / what it can import).
     pub arena_size: usize,
     /// Bytes of device page pool. Default 512 MiB, at most as many storage
     /// bindings' worth as the prelude has windows (32 with binding arrays,
@@ -194,7 +211,7 @@ pub struct SvmDescriptor {
 impl Default for SvmDescriptor {
     fn default() -> Self {
         Self {
-            arena_size: 1 << 30,
+            arena_size: Self::DEFAULT_ARENA_SIZE,
             pool_size: 512 << 20,
             fault_backend: None,
             fault_chunk: 64 << 10,
@@ -207,6 +224,18 @@ impl Default for SvmDescriptor {
 }
 
 impl SvmDescriptor {
+    /// The default arena reservation (64 GiB).
+    pub const DEFAULT_ARENA_SIZE: usize = 64 << 30;
+    /// The sparse and coherent modes' arena when `arena_size` is left at
+    /// the default (1 GiB).
+    pub const DEFAULT_VIEW_ARENA_SIZE: usize = 1 << 30;
+    /// The largest arena of the sparse and coherent modes (8 GiB; in
+    /// practice also the device's sparse address space, or what it can
+    /// import).
+    pub const MAX_VIEW_ARENA_SIZE: usize = 8 << 30;
+    /// The largest arena (1 TiB).
+    pub const MAX_ARENA_SIZE: usize = 1 << 40;
+
     /// Set the arena size.
     pub fn arena_size(mut self, bytes: usize) -> Self {
         self.arena_size = bytes;
@@ -257,7 +286,14 @@ struct State {
     ranges: RangeAllocator,
     /// Per arena page: its pool frame when the device owns it, else [`HOST`].
     /// Changed only through [`State::set_frame`].
-    frames_of: Vec<u32>,
+    frames_of: FrameMap,
+    /// End (page) of the highest allocation ever made: the allocated
+    /// high-water mark. No page above it was ever allocated; scans of the
+    /// arena stop here, and the device tables cover at least this.
+    top: u32,
+    /// The device's page table and launch log, covering `top` or more
+    /// pages once made (see [`Inner::tables`]).
+    tables: Option<crate::gpu::Tables>,
     /// Per region of [`REGION_PAGES`] pages: how many have a frame (the
     /// resident index: eviction and replayable launches visit only regions
     /// with resident pages).
@@ -381,22 +417,37 @@ impl Svm {
                 desc.fault_chunk
             )));
         }
-        if desc.arena_size == 0 || desc.arena_size > (4 << 30) - (2 << 20) {
+        if desc.arena_size == 0 || desc.arena_size > SvmDescriptor::MAX_ARENA_SIZE {
             return Err(SvmError::Config(format!(
-                "arena_size {} must be between 1 byte and 4 GiB - 2 MiB (32-bit page offsets in the prelude)",
-                desc.arena_size
+                "arena_size {} must be between 1 byte and {} bytes (1 TiB)",
+                desc.arena_size,
+                SvmDescriptor::MAX_ARENA_SIZE
             )));
         }
         let backend = match desc.fault_backend {
             Some(k) => k,
             None => FaultBackendKind::from_env()?.unwrap_or(FaultBackendKind::Uffd),
         };
-        let arena = Arena::new(desc.arena_size, backend)?;
-        let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
         let mode = match desc.mapping {
             Some(m) => m,
             None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
         };
+        // The sparse and coherent modes give their whole arena a device view
+        // at creation (a sparse buffer, an import of populated memory): by
+        // default they take 1 GiB, not the software mode's reservation.
+        let arena_size = if desc.arena_size == SvmDescriptor::DEFAULT_ARENA_SIZE && mode != MappingMode::Software {
+            SvmDescriptor::DEFAULT_VIEW_ARENA_SIZE
+        } else {
+            desc.arena_size
+        };
+        if mode != MappingMode::Software && arena_size > SvmDescriptor::MAX_VIEW_ARENA_SIZE {
+            return Err(SvmError::Config(format!(
+                "arena_size {arena_size}: the {mode:?} mode gives its whole arena a device view at creation, at most 8 GiB \
+                 (the prelude's 31-bit word indices); larger arenas are the software mode's"
+            )));
+        }
+        let arena = Arena::new(arena_size, backend)?;
+        let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
         if mode == MappingMode::Coherent {
             // The device uses the host pages in place: they all exist before
             // the import and for the arena's life (free zeroes in place;
@@ -554,7 +605,7 @@ impl Svm {
             return Vec::new();
         }
         let st = self.inner.state.lock();
-        let mut r: Vec<(u32, u32)> = runs(0, st.table.len(), |p| st.owned(p)).collect();
+        let mut r: Vec<(u32, u32)> = runs(0, st.top, |p| st.owned(p)).collect();
         r.extend(st.lost_in_place.iter().copied());
         r.sort_unstable();
         r.into_iter()
@@ -576,7 +627,7 @@ impl Svm {
             return 0;
         }
         let st = self.inner.state.lock();
-        (0..st.frames_of.len()).filter(|&p| st.owned(p as u32)).count()
+        (0..st.top).filter(|&p| st.owned(p)).count()
     }
 
     /// Compile a kernel (see [`KernelDescriptor::source`] for bound and
@@ -766,6 +817,7 @@ mod tests {
     fn resident_index_matches_the_frames() {
         let pages = 3 * REGION_PAGES + 17;
         let mut st = State::new(pages as usize * PAGE_SIZE, pages, Frames::Pool(FrameAllocator::new(64)));
+        st.top = pages;
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for step in 0..20_000u32 {
             x ^= x << 13;
@@ -775,7 +827,7 @@ mod tests {
             let f = if x >> 40 & 1 == 0 { HOST } else { step };
             st.set_frame(p, f);
             if step % 997 == 0 {
-                let want: Vec<u32> = (0..pages).filter(|&p| st.frames_of[p as usize] != HOST).collect();
+                let want: Vec<u32> = (0..pages).filter(|&p| st.frames_of.get(p as usize) != HOST).collect();
                 assert_eq!(st.resident_pages().collect::<Vec<_>>(), want, "step {step}");
             }
         }

@@ -233,3 +233,47 @@ mod tests {
         assert_eq!(f.alloc_run(10), Some((0, 4)));
     }
 }
+
+/// Per arena page: the pool frame of a page the device holds, or
+/// [`FrameMap::HOST`]. Stored as frame + 1 so that an arena's worth of
+/// "on the host" is all zero bits: the OS commits the map's memory only
+/// where pages were ever resident, not for the whole reservation.
+#[derive(Debug)]
+pub(crate) struct FrameMap(Vec<u32>);
+
+impl FrameMap {
+    /// The page has no device frame.
+    pub const HOST: u32 = u32::MAX;
+
+    /// `pages` pages, all on the host.
+    pub fn new(pages: usize) -> Self {
+        Self(vec![0; pages])
+    }
+    /// Page `p`'s frame, or [`Self::HOST`].
+    #[inline]
+    pub fn get(&self, p: usize) -> u32 {
+        self.0[p].wrapping_sub(1)
+    }
+    /// Set page `p`'s frame ([`Self::HOST`]: none); returns the old one.
+    #[inline]
+    pub fn replace(&mut self, p: usize, frame: u32) -> u32 {
+        std::mem::replace(&mut self.0[p], frame.wrapping_add(1)).wrapping_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod frame_map_tests {
+    use super::FrameMap;
+
+    #[test]
+    fn host_is_zero_bits_and_frames_round_trip() {
+        let mut m = FrameMap::new(4);
+        assert!(m.0.iter().all(|&w| w == 0));
+        assert_eq!(m.get(3), FrameMap::HOST);
+        assert_eq!(m.replace(3, 0), FrameMap::HOST);
+        assert_eq!(m.replace(3, FrameMap::HOST - 1), 0);
+        assert_eq!(m.get(3), FrameMap::HOST - 1);
+        assert_eq!(m.replace(3, FrameMap::HOST), FrameMap::HOST - 1);
+        assert!(m.0.iter().all(|&w| w == 0));
+    }
+}

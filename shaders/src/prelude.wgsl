@@ -76,9 +76,10 @@ const SVM_MAX_ARG_WORDS: u32 = 64u;
 
 const SVM_MAX_EXTENTS: u32 = 8u;
 
-// One extent: pages [start, start + len) (byte offsets from the arena base)
-// live at consecutive device words from `dest` (bit 31: in the coherent
-// window rather than the pool/arena view); `flags` bit 0: writable.
+// One extent: pages [start, start + len) (byte offsets from the launch's
+// base: the arena base plus the extents' 4 GiB bank, `flags` >> 8) live at
+// consecutive device words from `dest` (bit 31: in the coherent window
+// rather than the pool/arena view); `flags` bit 0: writable.
 struct SvmExtent {
     start: u32,
     len: u32,
@@ -87,16 +88,20 @@ struct SvmExtent {
 }
 
 struct SvmArgs {
+    // The arena base; on the extent path plus the extents' bank (bank << 32).
     base: vec2<u32>,
-    arena_bytes: u32,
+    // Pages of the arena, and of them the ones the page table covers (the
+    // allocated high-water mark; the rest are unallocated).
+    arena_pages: u32,
+    table_pages: u32,
     // Capacity of the fault list, and word offsets of the read and write
     // fault bitmaps (one bit per arena page) in `svm_log`.
     fault_cap: u32,
     fault_read_bitmap: u32,
     fault_write_bitmap: u32,
-    // Byte offset, from the arena base, of the range `svm_coherent` maps
-    // (pages with SVM_PTE_COHERENT: host memory the GPU uses in place).
-    coherent_base: u32,
+    // First page of the range `svm_coherent` maps (pages with
+    // SVM_PTE_COHERENT: host memory the GPU uses in place).
+    coherent_page: u32,
     // A word of the view that may always be read (SVM_SPECULATIVE_READS).
     safe_word: u32,
     extents: array<SvmExtent, 8>,
@@ -136,17 +141,19 @@ const SVM_ERR_WRITE: u32 = 0x80000000u;
 // instead of reloading them from a storage buffer after every store (which
 // might alias it).
 var<private> svm_base: vec2<u32>;
-var<private> svm_arena_bytes: u32;
+var<private> svm_arena_pages: u32;
+var<private> svm_table_pages: u32;
 var<private> svm_ext: array<SvmExtent, 8>;
-var<private> svm_coherent_base: u32;
+var<private> svm_coherent_page: u32;
 var<private> svm_safe_word: u32;
 
 /// Runs once before each invocation (the runtime calls it from the wrapper
 /// entry point).
 fn svm_init() {
     svm_base = svm_args.base;
-    svm_arena_bytes = svm_args.arena_bytes;
-    svm_coherent_base = svm_args.coherent_base;
+    svm_arena_pages = svm_args.arena_pages;
+    svm_table_pages = svm_args.table_pages;
+    svm_coherent_page = svm_args.coherent_page;
     svm_safe_word = svm_args.safe_word;
     for (var k = 0u; k < SVM_EXTENTS; k++) {
         svm_ext[k] = svm_args.extents[k];
@@ -187,8 +194,8 @@ fn svm_report() {
     }
 }
 
-// Byte offset of p from the arena base; x: the offset's low word, y: 0 when
-// p is at or above the base and less than 4 GiB from it.
+// Byte offset of p from the base (64 bits: x low word, y high word; p below
+// the base wraps to a huge offset).
 fn svm_offset(p: vec2<u32>) -> vec2<u32> {
     let base = svm_base;
     return vec2<u32>(p.x - base.x, p.y - base.y - select(0u, 1u, p.x < base.x));
@@ -223,28 +230,32 @@ fn svm_translate_extents(p: vec2<u32>, write: bool) -> vec2<u32> {
 }
 
 // On the page-table path the launch's extents list the byte ranges it may
-// write in pages mapped read-only (sub-page blocks); empty slots admit nothing.
-fn svm_in_write_ranges(off: u32) -> bool {
+// write in pages mapped read-only (sub-page blocks), each in its bank
+// (flags >> 8, the offset's high word); empty slots admit nothing.
+fn svm_in_write_ranges(o: vec2<u32>) -> bool {
     var ok = false;
     for (var k = 0u; k < 8u; k++) {
         let e = svm_args.extents[k];
-        ok = ok || ((e.flags & 1u) != 0u && off - e.start < e.len);
+        ok = ok || ((e.flags & 1u) != 0u && o.y == (e.flags >> 8u) && o.x - e.start < e.len);
     }
     return ok;
 }
 
 fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
     let o = svm_offset(p);
-    let inside = o.y == 0u && o.x < svm_arena_bytes;
+    // Page index of a 64-bit offset (offsets below 2^44: page < 2^32).
+    let page = (o.y << (32u - SVM_PAGE_SHIFT)) | (o.x >> SVM_PAGE_SHIFT);
+    let inside = o.y < (1u << 12u) && page < svm_arena_pages;
     let aligned = (o.x & 3u) == 0u;
-    let page = select(0u, o.x >> SVM_PAGE_SHIFT, inside);
-    let pte = svm_pt[page];
+    // Pages above the table's high-water mark were never allocated.
+    let in_table = inside && page < svm_table_pages;
+    let pte = select(0u, svm_pt[select(0u, page, in_table)], in_table);
     let allocated = (pte & SVM_PTE_ALLOC) != 0u;
     var writable = (pte & SVM_PTE_WRITE) != 0u;
     if (write && !writable && (pte & SVM_PTE_VALID) != 0u) {
         // A page shared by several owners' blocks (a slab) is mapped
         // read-only; the bytes the launch may write are listed, byte-exact.
-        writable = svm_in_write_ranges(o.x);
+        writable = svm_in_write_ranges(o);
     }
     let mapped = (pte & SVM_PTE_VALID) != 0u && (!write || writable);
     var kind = 0u;
@@ -266,7 +277,8 @@ fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
     svm_refuse(kind, p, write, kind != 0u);
     let in_window = (pte & SVM_PTE_COHERENT) != 0u;
     let w = select((pte >> SVM_PTE_FRAME_SHIFT) * SVM_PAGE_WORDS + ((o.x & 4095u) >> 2u),
-                   SVM_WORD_COHERENT | ((o.x - svm_coherent_base) >> 2u), in_window);
+                   SVM_WORD_COHERENT | (((page - svm_coherent_page) * SVM_PAGE_WORDS) + ((o.x & 4095u) >> 2u)),
+                   in_window);
     return svm_locate(w, inside && aligned && mapped);
 }
 

@@ -198,6 +198,25 @@ impl PageTable {
         &self.entries[pages.start as usize..pages.end as usize]
     }
 
+    /// Mark every leaf clean without handing anything out: the device copy
+    /// is known to equal this one (e.g. a new table, all [`Pte::EMPTY`],
+    /// and a zero-initialised device buffer). The first upload then costs
+    /// what has been set since, not the table's length.
+    pub fn mark_clean(&mut self) {
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+        self.dirty_count = 0;
+    }
+
+    /// Mark dirty every leaf holding a non-empty entry: what a new,
+    /// zero-initialised device copy lacks (a table buffer that grew).
+    pub fn mark_live_dirty(&mut self) {
+        for leaf in 0..self.dir.len() {
+            if self.dir[leaf].live > 0 {
+                self.mark_dirty(leaf);
+            }
+        }
+    }
+
     /// Number of dirty leaves.
     pub fn dirty_leaves(&self) -> usize {
         self.dirty_count
@@ -288,6 +307,23 @@ mod tests {
         let bytes = t.drain_dirty(|b| got.push((b.byte_offset, b.entries.len())));
         assert_eq!(got, vec![(0, LEAF_PTES), (3 * 4 * LEAF_PTES as u64, 2 * LEAF_PTES)]);
         assert_eq!(bytes, 3 * 4 * LEAF_PTES as u64);
+    }
+
+    #[test]
+    fn clean_table_uploads_only_what_is_set_and_live_leaves_after_growth() {
+        let mut t = PageTable::new(64 * LEAF_PTES as u32);
+        t.mark_clean();
+        assert_eq!(t.drain_dirty(|_| {}), 0);
+        t.set(PageIndex(40 * LEAF_PTES as u32 + 3), Pte::ALLOCATED);
+        assert_eq!(t.drain_dirty(|_| {}), 4 * LEAF_PTES as u64);
+        // Set and emptied again: the leaf holds nothing live.
+        t.set(PageIndex(2), Pte::ALLOCATED);
+        t.set(PageIndex(2), Pte::EMPTY);
+        t.drain_dirty(|_| {});
+        t.mark_live_dirty();
+        let mut got = Vec::new();
+        t.drain_dirty(|b| got.push(b.byte_offset));
+        assert_eq!(got, vec![40 * 4 * LEAF_PTES as u64]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ impl Svm {
             let count = |c: &mut u64, yes: bool| *c += u64::from(yes);
             count(&mut r.device, st.owned(p));
             count(&mut r.duplicated, st.dup[i]);
-            count(&mut r.host, st.frames_of[i] == HOST);
+            count(&mut r.host, st.frames_of.get(i) == HOST);
             count(&mut r.in_place, whole_arena_in_place || adv & advice::COHERENT != 0);
             count(&mut r.read_mostly, adv & advice::READ_MOSTLY != 0);
             count(&mut r.preferred_host, adv & advice::PREFER_HOST != 0);
@@ -186,7 +186,7 @@ impl Inner {
             )
         }
         .map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("host import: {e}"))))?;
-        let bind_group = gpu.bind_group_with(import.buffer());
+        let bind_group = gpu.bind_group_with(self.tables(st), import.buffer());
         st.advice[a as usize..b as usize].iter_mut().for_each(|x| *x |= advice::COHERENT);
         st.coherent = Some(Coherent { first: a, end: b, bind_group, _import: import });
         Ok(())

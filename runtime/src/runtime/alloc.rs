@@ -150,6 +150,7 @@ impl Inner {
         mapped.map_err(|e| AllocError::Os(e.to_string()))?;
         let first = page_of(off);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
+        st.top = st.top.max(first + page_of(len));
         Ok(())
     }
 

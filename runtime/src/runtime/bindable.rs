@@ -83,7 +83,7 @@ impl Inner {
                     (self.gpu.segments[0].buffer.clone(), off as u64)
                 }
                 (_, MappingMode::Software) => {
-                    let (seg, at) = self.gpu.frame_location(st.frames_of[a as usize]);
+                    let (seg, at) = self.gpu.frame_location(st.frames_of.get(a as usize));
                     let (buf, seg_base) = self.gpu.segment(seg);
                     (buf.clone(), seg_base + at + (off % PAGE_SIZE) as u64)
                 }
@@ -95,10 +95,10 @@ impl Inner {
 
     /// Pages `[a, b)` sit in consecutive frames of one segment.
     pub(super) fn contiguous(&self, st: &State, a: u32, b: u32) -> bool {
-        let f0 = st.frames_of[a as usize];
+        let f0 = st.frames_of.get(a as usize);
         f0 != HOST
             && (b - a) <= self.gpu.frames_left_in_segment(f0)
-            && (a..b).all(|p| st.frames_of[p as usize] == f0 + (p - a))
+            && (a..b).all(|p| st.frames_of.get(p as usize) == f0 + (p - a))
     }
 
     /// Move the resident pages `[a, b)` into one free run of frames of one
@@ -119,13 +119,13 @@ impl Inner {
             });
         }
         // The range's frames now (every page is resident: mapped before).
-        let old: Vec<u32> = (a..b).map(|p| st.frames_of[p as usize]).collect();
+        let old: Vec<u32> = (a..b).map(|p| st.frames_of.get(p as usize)).collect();
         let start = match self.contiguous_run(st, n) {
             Some(s) => s,
             None => {
                 let pinned = |p: usize| st.pinned.iter().any(|&(x, y)| (x as usize..y as usize).contains(&p));
-                let others = (0..st.frames_of.len())
-                    .filter(|&p| st.frames_of[p] != HOST && !pinned(p) && !Self::busy(st, p as u32))
+                let others = (0..st.top as usize)
+                    .filter(|&p| st.frames_of.get(p) != HOST && !pinned(p) && !Self::busy(st, p as u32))
                     .count();
                 self.evict(st, others, &[])?;
                 match self.contiguous_run(st, n) {

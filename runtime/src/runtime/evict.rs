@@ -65,7 +65,7 @@ impl Inner {
         for &p in &clean {
             self.drop_copy(st, p)?;
         }
-        chosen.retain(|&p| !st.dup[p as usize] && st.frames_of[p as usize] != HOST);
+        chosen.retain(|&p| !st.dup[p as usize] && st.frames_of.get(p as usize) != HOST);
         for &p in &chosen {
             st.evicted[p as usize] = true;
         }

@@ -339,7 +339,7 @@ impl Inner {
         // Pages guarded for a read fault's copy are writable again unless a
         // ReadMostly copy of them is kept.
         for (a, b) in guarded {
-            for (ra, rb) in runs(a, b, |p| !st.dup[p as usize] && st.frames_of[p as usize] == HOST) {
+            for (ra, rb) in runs(a, b, |p| !st.dup[p as usize] && st.frames_of.get(p as usize) == HOST) {
                 let (o, l) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
                 if let Err(e) = self.arena.write_unprotect(o, l) {
                     post = post.and(Err(LaunchError::Os(e.to_string())));
@@ -440,7 +440,7 @@ impl Inner {
                     continue;
                 }
                 let fresh: Vec<(u32, u32)> =
-                    runs(a, b, |p| st.frames_of[p as usize] == HOST && st.advice[p as usize] & advice::COHERENT == 0)
+                    runs(a, b, |p| st.frames_of.get(p as usize) == HOST && st.advice[p as usize] & advice::COHERENT == 0)
                         .collect();
                 for (ra, rb) in fresh {
                     let (o, l) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);

@@ -132,15 +132,15 @@ impl Inner {
                 } else {
                     pte.frame()?.get() * PAGE_WORDS
                 };
-                let flags = if pte.is_writable() { Extent::WRITE } else { 0 };
-                let start = p * PAGE_SIZE as u32;
+                let x = Extent::new(p as u64 * PAGE_SIZE as u64, PAGE_SIZE as u32, dest, pte.is_writable())?;
                 let full = out.len() == MAX_EXTENTS as usize;
                 match out.last_mut() {
-                    Some(e) if e.start + e.len == start && e.flags == flags && e.dest + e.len / 4 == dest => {
+                    // (Same bank and flags: never across a 4 GiB boundary.)
+                    Some(e) if e.start.wrapping_add(e.len) == x.start && e.flags == x.flags && e.dest + e.len / 4 == dest => {
                         e.len += PAGE_SIZE as u32;
                     }
                     _ if full => return None,
-                    _ => out.push(Extent { start, len: PAGE_SIZE as u32, dest, flags }),
+                    _ => out.push(x),
                 }
             }
         }
@@ -153,7 +153,11 @@ impl Inner {
             }
             out.push(x);
         }
-        Some(out)
+        // The prelude adds one bank to the base: extents in several banks
+        // (a launch spanning a 4 GiB boundary of the arena) use the page
+        // table.
+        let bank = out.first().map_or(0, Extent::bank);
+        out.iter().all(|e| e.bank() == bank).then_some(out)
     }
 
     /// The byte ranges (4-byte words inside the declarations) a launch
@@ -179,8 +183,8 @@ impl Inner {
                 } else {
                     pte.frame()?.get() * PAGE_WORDS + word
                 };
-                #[allow(clippy::cast_possible_truncation, reason = "arena offsets < 4 GiB")]
-                out.push(Extent { start: x as u32, len: (y - x) as u32, dest, flags: Extent::WRITE });
+                #[allow(clippy::cast_possible_truncation, reason = "inside one page")]
+                out.push(Extent::new(x as u64, (y - x) as u32, dest, true)?);
             }
         }
         Some(out)
@@ -252,7 +256,7 @@ impl Inner {
         if !off.is_multiple_of(4) {
             return KernelFaultKind::Misaligned;
         }
-        #[allow(clippy::cast_possible_truncation, reason = "off < arena length < 4 GiB")]
+        #[allow(clippy::cast_possible_truncation, reason = "off < arena length: pages fit u32")]
         let page = (off / PAGE_SIZE as u64) as u32;
         if !st.table.get(PageIndex(page)).is_allocated() {
             return KernelFaultKind::Unallocated;
@@ -267,6 +271,31 @@ impl Inner {
             // unreachable unless the log is corrupt.
             Some(_) => KernelFaultKind::Unknown(svm_shaders::err::REFUSED),
         }
+    }
+
+    /// The device tables, made or replaced by larger ones first when the
+    /// arena's allocated high-water mark (`top`) is above them: a new page
+    /// table starts zeroed and gets every live leaf at the next upload.
+    pub(super) fn tables<'s>(&self, st: &'s mut State) -> &'s crate::gpu::Tables {
+        let old = st.tables.as_ref().map_or(0, |t| t.pages);
+        if st.tables.is_none() || st.top > old {
+            let pages = crate::gpu::Tables::capacity_for(st.top, old, self.arena_pages());
+            let t = self.gpu.tables(pages);
+            if let Some(c) = st.coherent.as_mut() {
+                c.bind_group = self.gpu.bind_group_with(&t, c._import.buffer());
+            }
+            if old > 0 {
+                st.table.mark_live_dirty();
+            }
+            tracing::debug!(target: "svm", pages, old, "device tables grown");
+            st.tables = Some(t);
+        }
+        st.tables.as_ref().expect("made above")
+    }
+
+    /// Arena pages (the page numbers the prelude admits).
+    pub(super) fn arena_pages(&self) -> u32 {
+        u32::try_from(self.arena.len() / PAGE_SIZE).expect("arena pages fit u32: checked at creation")
     }
 
     /// Encode one pass of the kernel: upload the dirty page table and the
@@ -307,10 +336,12 @@ impl Inner {
             speculative: speculative.code(),
         };
         let pipeline = self.pipeline(kernel, variant)?;
+        self.tables(st);
+        let tables = st.tables.as_ref().expect("made just above");
         let bind_group = match (&st.coherent, single) {
             (Some(c), _) => &c.bind_group,
-            (None, Some((k, _))) => &gpu.first_segment_bind_groups[k as usize],
-            (None, None) => &gpu.bind_group,
+            (None, Some((k, _))) => &tables.first_segment_bind_groups[k as usize],
+            (None, None) => &tables.bind_group,
         };
         // The kernel wrote host memory in place or a pool the CPU reads
         // directly: make its writes visible to the CPU (a real GPU needs
@@ -324,21 +355,25 @@ impl Inner {
         // the arguments: both wait for the next pointer launch.)
         let pt_bytes = if kernel.prelude {
             st.table.drain_dirty(|batch| {
-                gpu.queue.write_buffer(&gpu.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
+                gpu.queue.write_buffer(&tables.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
             })
         } else {
             0
         };
         let log_faults = svm_shaders::LOG_FAULTS;
         let fault_read_bitmap = log_faults + 1 + FAULT_CAP;
+        // The extent path's offsets are from the base of their bank.
+        let bank = extents.and_then(|e| e.first()).map_or(0, Extent::bank);
+        let base = self.arena.base() as u64 + (u64::from(bank) << 32);
         let mut block = ArgsBlock {
             #[allow(clippy::cast_possible_truncation, reason = "address halves")]
-            base: [self.arena.base() as u32, (self.arena.base() as u64 >> 32) as u32],
-            arena_bytes: u32::try_from(self.arena.len()).expect("arena < 4 GiB, checked at creation"),
+            base: [base as u32, (base >> 32) as u32],
+            arena_pages: self.arena_pages(),
+            table_pages: tables.pages,
             fault_cap: FAULT_CAP,
             fault_read_bitmap,
-            fault_write_bitmap: fault_read_bitmap + gpu.fault_bitmap_words,
-            coherent_base: st.coherent.as_ref().map_or(0, |c| c.first * PAGE_SIZE as u32),
+            fault_write_bitmap: fault_read_bitmap + tables.fault_bitmap_words,
+            coherent_page: st.coherent.as_ref().map_or(0, |c| c.first),
             safe_word: match speculative {
                 Speculative::SafeWord(w) => w,
                 _ => 0,
@@ -346,6 +381,7 @@ impl Inner {
             // Unused slots: empty extents, which admit nothing.
             extents: [Extent::default(); MAX_EXTENTS as usize],
             words: [0; MAX_ARG_WORDS as usize],
+            _pad: 0,
         };
         block.words[..words.len()].copy_from_slice(words);
         if let Some(e) = extents {
@@ -362,9 +398,12 @@ impl Inner {
             gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
         }
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
-        // The error and fault counts, and the bitmaps, start at zero.
+        // The error and fault counts start at zero, and the fault bitmaps
+        // where a replayable pass sets them (clearing them for every pass
+        // would cost what the arena's high-water mark covers).
         if kernel.prelude {
-            enc.clear_buffer(&gpu.log, 0, None);
+            let bytes = if replayable_table { None } else { Some(Gpu::log_read_bytes()) };
+            enc.clear_buffer(&tables.log, 0, bytes);
         }
         // GPU timestamps of the pass, when something records them (a
         // tracing subscriber taking svm's debug spans, e.g. the demos'
@@ -397,7 +436,7 @@ impl Inner {
         }
         let readback = kernel.prelude.then(|| gpu.take_log_readback());
         if let Some(rb) = &readback {
-            enc.copy_buffer_to_buffer(&gpu.log, 0, rb, 0, Gpu::log_read_bytes());
+            enc.copy_buffer_to_buffer(&tables.log, 0, rb, 0, Gpu::log_read_bytes());
         }
         if let Some(t) = stamps {
             enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);

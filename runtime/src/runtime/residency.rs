@@ -24,7 +24,7 @@ impl Inner {
         if self.gpu.mode == MappingMode::Coherent {
             return Ok(Self::map_in_place(st, ranges, ptes));
         }
-        let migrates = |st: &State, p: usize| st.frames_of[p] == HOST && st.advice[p] & advice::COHERENT == 0;
+        let migrates = |st: &State, p: usize| st.frames_of.get(p) == HOST && st.advice[p] & advice::COHERENT == 0;
         let needed: usize =
             ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
         // Thrashing: pages evicted earlier are needed again. Eviction then
@@ -125,7 +125,7 @@ impl Inner {
                 if st.advice[p as usize] & advice::COHERENT != 0 {
                     continue;
                 }
-                let f = FrameIndex::new(st.frames_of[p as usize]).expect("resident page has a frame");
+                let f = FrameIndex::new(st.frames_of.get(p as usize)).expect("resident page has a frame");
                 let old = st.table.get(PageIndex(p));
                 // (Slab pages: never writable, see `State::slabs`.)
                 let new = Pte::resident(f, (write || old.is_writable()) && !st.slabs.is_slab(p));
@@ -314,7 +314,7 @@ impl Inner {
                 && device_runs.iter().all(|&(ra, rb)| {
                     ra >= r.first
                         && rb <= r.end
-                        && (ra..rb).all(|p| r.frames[(p - r.first) as usize] == st.frames_of[p as usize])
+                        && (ra..rb).all(|p| r.frames[(p - r.first) as usize] == st.frames_of.get(p as usize))
                 });
             if valid {
                 Some(r.download)
@@ -390,7 +390,7 @@ impl Inner {
             return Ok(());
         }
         let download = self.start_download(st, &device_runs)?;
-        let frames = (b..e).map(|p| if st.owned(p) { st.frames_of[p as usize] } else { HOST }).collect();
+        let frames = (b..e).map(|p| if st.owned(p) { st.frames_of.get(p as usize) } else { HOST }).collect();
         self.gpu.staging.set_readahead(crate::staging::Readahead {
             first: b,
             end: e,
@@ -454,9 +454,9 @@ impl Inner {
         let gpu = &self.gpu;
         let mut p = ra;
         while p < rb {
-            let fr = st.frames_of[p as usize];
+            let fr = st.frames_of.get(p as usize);
             let mut n = 1;
-            while p + n < rb && st.frames_of[(p + n) as usize] == fr + n && n < gpu.frames_left_in_segment(fr) {
+            while p + n < rb && st.frames_of.get((p + n) as usize) == fr + n && n < gpu.frames_left_in_segment(fr) {
                 n += 1;
             }
             let (seg, off) = gpu.frame_location(fr);

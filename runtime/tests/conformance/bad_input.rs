@@ -35,7 +35,7 @@ fn descriptor_errors() {
         let r = svm::Svm::with_descriptor(&d().fault_chunk(chunk));
         assert!(matches!(r, Err(SvmError::Config(_))), "fault_chunk {chunk}: {r:?}");
     }
-    for arena in [0usize, 4 << 30, usize::MAX] {
+    for arena in [0usize, SvmDescriptor::MAX_ARENA_SIZE + 1, usize::MAX] {
         let r = svm::Svm::with_descriptor(&d().arena_size(arena));
         assert!(matches!(r, Err(SvmError::Config(_))), "arena {arena}: {r:?}");
     }

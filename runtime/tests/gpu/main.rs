@@ -11,6 +11,7 @@ mod bad_input;
 mod basics;
 mod bound;
 mod collections;
+mod large;
 mod list;
 mod oversub;
 mod paths;
