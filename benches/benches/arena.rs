@@ -73,7 +73,7 @@ fn launch_bump(c: &mut Case, nine: bool) -> f64 {
     let n = if nine { 9 } else { 1 };
     let mut args = vec![Arg::U32(n as u32), Arg::U32(0)];
     args.extend(c.vecs[..n].iter().map(|v| Arg::ptr(v.as_ptr())));
-    let access: Vec<Access<'_>> = c.vecs[..n].iter_mut().map(|v| Access::read_write(v)).collect();
+    let access: Vec<Access<'_>> = c.vecs[..n].iter_mut().map(Access::read_write).collect();
     let t = Instant::now();
     c.svm
         .launch(&c.bump, &LaunchDescriptor { args: &args, access: &access, bindings: &[], workgroups: [16, 1, 1] })
@@ -86,7 +86,11 @@ fn launch_bound(c: &mut Case) -> f64 {
     c.svm
         .launch(
             &c.bound,
-            &LaunchDescriptor { bindings: &[Binding::read_write(&mut c.vecs[0])], workgroups: [16, 1, 1], ..Default::default() },
+            &LaunchDescriptor {
+                bindings: &[Binding::read_write(&mut c.vecs[0])],
+                workgroups: [16, 1, 1],
+                ..Default::default()
+            },
         )
         .expect("bound launch");
     t.elapsed().as_secs_f64() * 1e3

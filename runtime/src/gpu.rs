@@ -15,10 +15,10 @@ use crate::error::{DeviceError, SvmError};
 
 mod open;
 mod tables;
-pub(crate) use tables::Tables;
 pub(crate) use open::Timestamps;
 pub use open::{create_wgpu_device, SharedDevice};
 use open::{open_device, Opened};
+pub(crate) use tables::Tables;
 
 /// What the runtime runs on.
 #[derive(Clone, Debug)]

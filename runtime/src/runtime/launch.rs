@@ -439,9 +439,10 @@ impl Inner {
                 if write {
                     continue;
                 }
-                let fresh: Vec<(u32, u32)> =
-                    runs(a, b, |p| st.frames_of.get(p as usize) == HOST && st.advice[p as usize] & advice::COHERENT == 0)
-                        .collect();
+                let fresh: Vec<(u32, u32)> = runs(a, b, |p| {
+                    st.frames_of.get(p as usize) == HOST && st.advice[p as usize] & advice::COHERENT == 0
+                })
+                .collect();
                 for (ra, rb) in fresh {
                     let (o, l) = (ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
                     self.arena.write_protect(o, l).map_err(|e| LaunchError::Os(e.to_string()))?;

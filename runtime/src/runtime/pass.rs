@@ -136,7 +136,11 @@ impl Inner {
                 let full = out.len() == MAX_EXTENTS as usize;
                 match out.last_mut() {
                     // (Same bank and flags: never across a 4 GiB boundary.)
-                    Some(e) if e.start.wrapping_add(e.len) == x.start && e.flags == x.flags && e.dest + e.len / 4 == dest => {
+                    Some(e)
+                        if e.start.wrapping_add(e.len) == x.start
+                            && e.flags == x.flags
+                            && e.dest + e.len / 4 == dest =>
+                    {
                         e.len += PAGE_SIZE as u32;
                     }
                     _ if full => return None,

@@ -2,7 +2,9 @@
 //! kernels reach managed memory above 4 GiB by pointer (both check paths)
 //! and by binding; the CPU gets it back by faults.
 
-use svm::{Access, Arg, Binding, KernelFaultKind, LaunchDescriptor, LaunchError, LaunchOptions, MappingMode, SvmDescriptor};
+use svm::{
+    Access, Arg, Binding, KernelFaultKind, LaunchDescriptor, LaunchError, LaunchOptions, MappingMode, SvmDescriptor,
+};
 
 use crate::{ctx, kernel, BACKENDS};
 
@@ -39,12 +41,17 @@ const POKE: &str = "@compute @workgroup_size(1) fn main() {
 
 fn affine(svm: &svm::Svm, k: &svm::Kernel, v: &mut svm::ManagedVec<u32>, mul: u32, add: u32) {
     let args = [Arg::ptr(v.as_ptr()), Arg::U32(v.len() as u32), Arg::U32(mul), Arg::U32(add)];
-    svm.launch(k, &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], bindings: &[], workgroups: [16, 1, 1] })
-        .expect("affine launch");
+    svm.launch(
+        k,
+        &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], bindings: &[], workgroups: [16, 1, 1] },
+    )
+    .expect("affine launch");
 }
 
 fn poke_kinds(svm: &svm::Svm, k: &svm::Kernel, addr: u64) -> Vec<KernelFaultKind> {
-    match svm.launch(k, &LaunchDescriptor { args: &[Arg::Ptr(addr)], access: &[], bindings: &[], workgroups: [1, 1, 1] }) {
+    match svm
+        .launch(k, &LaunchDescriptor { args: &[Arg::Ptr(addr)], access: &[], bindings: &[], workgroups: [1, 1, 1] })
+    {
         Err(LaunchError::Kernel { faults, .. }) => faults.into_iter().map(|f| f.kind).collect(),
         other => panic!("expected a kernel error for {addr:#x}, got {other:?}"),
     }
@@ -67,7 +74,9 @@ fn kernels_and_faults_beyond_4_gib() {
                 Err(svm::SvmError::NoAdapter(_)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {}
                 other => panic!("a 16 GiB {mode} arena: {other:?}"),
             }
-            eprintln!("NOT APPLICABLE: the {mode} mode's arena is its device view; large arenas are the software mode's");
+            eprintln!(
+                "NOT APPLICABLE: the {mode} mode's arena is its device view; large arenas are the software mode's"
+            );
             return;
         }
         let Some(svm) = ctx(desc) else { return };
@@ -95,7 +104,11 @@ fn kernels_and_faults_beyond_4_gib() {
         let n = high.len() as u32;
         svm.launch(
             &kb,
-            &LaunchDescriptor { bindings: &[Binding::read_write(&mut high)], workgroups: [n.div_ceil(64), 1, 1], ..Default::default() },
+            &LaunchDescriptor {
+                bindings: &[Binding::read_write(&mut high)],
+                workgroups: [n.div_ceil(64), 1, 1],
+                ..Default::default()
+            },
         )
         .expect("bound launch");
         // Declared pointers: the extent path, in the arena's third bank.
@@ -103,7 +116,10 @@ fn kernels_and_faults_beyond_4_gib() {
         let before = svm.stats();
         affine(&svm, &ka, &mut high, 3, 5);
         assert_eq!(svm.stats().extent_passes, before.extent_passes + 1, "above 4 GiB on the extent path");
-        assert!(high.iter().enumerate().all(|(i, &x)| x == (i as u32 * 2 + 1) * 3 + 5), "bound then affine above 10 GiB");
+        assert!(
+            high.iter().enumerate().all(|(i, &x)| x == (i as u32 * 2 + 1) * 3 + 5),
+            "bound then affine above 10 GiB"
+        );
         // A vector across the 4 GiB boundary: extents in two banks.
         straddle.iter_mut().enumerate().for_each(|(i, x)| *x = i as u32);
         let before = svm.stats();
