@@ -66,6 +66,44 @@ pub fn with_progress(n: usize, msg: &str, mut f: impl FnMut(usize)) {
     pb.finish_and_clear();
 }
 
+/// A progress bar over the runtime's migrations (pages moved either way,
+/// from [`Svm::stats`]) while a long launch or read-back runs: `expected`
+/// bytes make 100 %. Drawn by a thread polling the counters every 50 ms,
+/// only when stderr is a terminal (nothing is spawned otherwise, so timed
+/// runs and pipes pay nothing); cleared when dropped.
+pub struct MigrationProgress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn migration_progress(svm: &Svm, msg: &str, expected: u64) -> MigrationProgress {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return MigrationProgress { stop: None, thread: None };
+    }
+    let moved = |s: &svm::Stats| s.h2d_bytes() + s.d2h_bytes();
+    let base = moved(&svm.stats());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let svm = svm.clone();
+    let pb = progress(expected.max(1), msg);
+    let thread = std::thread::spawn(move || {
+        while rx.recv_timeout(Duration::from_millis(50)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            pb.set_position((moved(&svm.stats()) - base).min(expected));
+        }
+        pb.finish_and_clear();
+    });
+    MigrationProgress { stop: Some(tx), thread: Some(thread) }
+}
+
+impl Drop for MigrationProgress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn kernel(svm: &Svm, label: &str, source: &str, entry_point: &str) -> Result<Kernel> {
     Ok(svm.create_kernel(&KernelDescriptor { label, source, entry_point })?)
 }

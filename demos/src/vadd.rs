@@ -8,7 +8,7 @@ use svm::shaders::kernels;
 use svm::{Access, Arg, Binding, LaunchDescriptor};
 
 use crate::explicit::{since_ms, Timing};
-use crate::util::{grid, kernel, ms, same_bits, warm_up, warm_up_bound, NULL};
+use crate::util::{grid, kernel, migration_progress, ms, same_bits, warm_up, warm_up_bound, NULL};
 use crate::{AccessStyle, Ctx, Outcome};
 
 /// `vadd_bound.wgsl`'s `Params` (padded to 16 bytes).
@@ -86,6 +86,10 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
     let mut a = svm.alloc_vec::<f32>(n)?;
     let mut b = svm.alloc_vec::<f32>(n)?;
     let mut c = svm.alloc_vec::<f32>(n)?;
+    // Names in errors and in the trace's migration spans.
+    a.set_label("vadd a");
+    b.set_label("vadd b");
+    c.set_label("vadd c");
     let t = Instant::now();
     for i in 0..n {
         a[i] = (i % 1000) as f32 * 0.5;
@@ -98,6 +102,8 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
     let params = VaddParams { n: nu, ..Default::default() };
     let workgroups = [grid(n, 256).min(4096), 1, 1];
     let t = Instant::now();
+    // a and b in, c (discarded: cleared or copied) in, c back by faults.
+    let bar = migration_progress(svm, "vadd: migrations", 4 * n as u64 * 4);
     match ctx.access {
         AccessStyle::Bound => svm.launch(
             &k,
@@ -123,6 +129,7 @@ pub fn vadd(ctx: &Ctx) -> Result<Outcome> {
         )?,
     };
     let (c_managed, managed) = read_back(&c, since_ms(t));
+    drop(bar);
 
     let mut tm = Timing::default();
     let t = Instant::now();

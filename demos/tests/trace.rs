@@ -184,6 +184,11 @@ fn traced_vadd(attempt: usize) -> Result<Option<()>, String> {
     let d2h: Vec<&Span> = named("svm_d2h_batch").filter(|d| faults.iter().any(|f| f.contains(d))).collect();
     let d2h_pages: u64 = d2h.iter().map(|s| s.args["pages"].as_str().and_then(|p| p.parse().ok()).unwrap_or(0)).sum();
     assert!(d2h_pages >= 976, "svm_d2h_batch inside the faults: {d2h:#?}");
+    // Migrations name the allocation they move (the demo labels its vectors).
+    let labels = |v: &[&Span]| v.iter().map(|s| s.args["label"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+    let (up, down) = (labels(&h2d), labels(&d2h));
+    assert!(["vadd a", "vadd b", "vadd c"].iter().all(|l| up.iter().any(|x| x == l)), "h2d labels: {up:?}");
+    assert!(down.iter().all(|x| x == "vadd c"), "d2h labels (the result comes back): {down:?}");
 
     // Timing: what the demo measured, in µs.
     let managed = number_after(&out, "[Vadd] managed (bound access): ") * 1e3;

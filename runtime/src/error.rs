@@ -90,6 +90,18 @@ pub enum AllocError {
     Os(String),
 }
 
+/// `set_label` failed; nothing was changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LabelError {
+    /// The address is not inside a live allocation of this runtime.
+    #[error("{addr:#x} is not inside a live allocation of this runtime")]
+    NotAllocated {
+        /// The address given.
+        addr: usize,
+    },
+}
+
 /// `free` failed; nothing was changed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -267,7 +279,7 @@ pub struct KernelFault {
 #[non_exhaustive]
 pub enum LaunchError {
     /// A declared range is not inside live allocations of this runtime.
-    #[error("declared range {addr:#x}+{len:#x} is not inside live allocations of this runtime")]
+    #[error("declared range {}+{len:#x} is not inside live allocations of this runtime", crate::label::describe(*.addr as u64))]
     BadRange {
         /// Start of the range.
         addr: usize,
@@ -373,10 +385,12 @@ pub enum LaunchError {
     Os(String),
 }
 
+// Addresses in messages name their allocation's label, if it has one
+// (`crate::label`).
 fn addrs(v: &[u64]) -> String {
-    v.iter().take(8).map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
+    v.iter().take(8).map(|&a| crate::label::describe(a)).collect::<Vec<_>>().join(", ")
 }
 
 fn first_faults(f: &[KernelFault]) -> String {
-    f.iter().take(4).map(|k| format!("{:?} at {:#x}", k.kind, k.addr)).collect::<Vec<_>>().join(", ")
+    f.iter().take(4).map(|k| format!("{:?} at {}", k.kind, crate::label::describe(k.addr))).collect::<Vec<_>>().join(", ")
 }

@@ -56,6 +56,7 @@ mod compile;
 mod error;
 mod gpu;
 mod kernel;
+mod label;
 #[allow(unsafe_code, reason = "Deref of managed arrays into the arena's user view; each block argued")]
 mod managed;
 mod queue;
@@ -70,7 +71,7 @@ pub mod vk;
 pub use advise::{Advice, AdviseError, Location, Prefetch, RangeInfo};
 pub use allocator_api2;
 pub use error::{
-    AllocError, BindError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LaunchError, SvmError,
+    AllocError, BindError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LabelError, LaunchError, SvmError,
 };
 pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, SharedDevice, MAPPING_MODE_ENV};
 pub use kernel::{

@@ -217,6 +217,15 @@ impl<T: bytemuck::Pod> ManagedVec<T> {
 }
 
 impl<T: bytemuck::Pod> ManagedVec<T> {
+    /// Name the vector's allocation in errors and traces ([`Svm::set_label`]).
+    pub fn set_label(&self, label: &str) {
+        // (Live as long as `self`: it cannot fail.)
+        let _ = self.svm.set_label(self.ptr.as_ptr().cast(), label);
+    }
+    /// The vector's label, if it has one.
+    pub fn label(&self) -> Option<String> {
+        self.svm.label(self.ptr.as_ptr().cast())
+    }
     /// Start migrating the vector's pages to `to` ([`Svm::prefetch`]).
     pub fn prefetch(&self, to: crate::advise::Location) -> crate::advise::Prefetch {
         self.svm.prefetch(self.ptr.as_ptr().cast(), self.len * core::mem::size_of::<T>(), to)

@@ -378,6 +378,8 @@ pub(crate) struct Inner {
     /// queue in the order they were encoded.
     launch_order: Mutex<()>,
     gpu: std::mem::ManuallyDrop<Gpu>,
+    /// Forgets the arena's allocation labels (before its mappings go).
+    _labels: crate::label::ArenaLabels,
     arena: Arena,
     stats: Counters,
     chunk: usize,
@@ -483,6 +485,7 @@ impl Svm {
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
+            _labels: crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() },
             arena,
             gpu: std::mem::ManuallyDrop::new(gpu),
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),

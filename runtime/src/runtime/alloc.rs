@@ -134,6 +134,22 @@ impl Svm {
     }
 }
 
+impl Svm {
+    /// The live allocation holding `addr`, as (address, length): a slab
+    /// page's block or a page allocation.
+    pub(crate) fn allocation_at(&self, addr: usize) -> Option<(usize, usize)> {
+        let arena = &self.inner.arena;
+        if self.inner.foreign() || !arena.contains(addr) {
+            return None;
+        }
+        let off = addr - arena.base();
+        let st = self.inner.state.lock();
+        let (start, len) = st.ranges.containing(off)?;
+        let (start, len) = if st.slabs.is_slab(page_of(start)) { st.slabs.block_at(off)? } else { (start, len) };
+        Some((arena.base() + start, len))
+    }
+}
+
 impl Inner {
     /// Map the newly allocated range `[off, off + len)` for the CPU side
     /// (coherent mode: the pages exist, populated at creation; mapped now
@@ -177,6 +193,7 @@ impl Inner {
         let () = unsafe { self.arena.write_host(start, &ZEROS[..len]) };
         let freed = st.slabs.free(start).expect("checked live above");
         st.owned.remove(&start);
+        crate::label::forget(self.arena.base() + start, self.arena.base() + start + len);
         if freed.emptied {
             return self.release_range(st, p as usize * PAGE_SIZE, PAGE_SIZE, addr);
         }
@@ -249,6 +266,7 @@ impl Inner {
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
         st.owned.remove(&start);
+        crate::label::forget(arena.base() + start, arena.base() + start + len);
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ impl FaultHandler for Inner {
     fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
         let page = page_of(fault.offset);
         let addr = self.arena.base() + fault.offset;
-        let _span = tracing::debug_span!("svm_cpu_fault", page, write = ?fault.write).entered();
+        let _span =
+            tracing::debug_span!("svm_cpu_fault", page, write = ?fault.write, label = %crate::label::trace_label(addr))
+                .entered();
         let mut st = self.state.lock();
         Counters::add(&self.stats.cpu_faults, 1);
         // A page a launch in flight uses: the fault waits for that launch

@@ -100,7 +100,14 @@ impl Inner {
                         }
                     }
                 }
-                let _span = tracing::debug_span!("svm_h2d_batch", first_page = ra, pages = rb - ra, write).entered();
+                let _span = tracing::debug_span!(
+                    "svm_h2d_batch",
+                    first_page = ra,
+                    pages = rb - ra,
+                    write,
+                    label = %crate::label::trace_label(self.arena.base() + ra as usize * PAGE_SIZE)
+                )
+                .entered();
                 self.arena
                     .populate_host(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
                     .map_err(|e| LaunchError::Os(e.to_string()))?;
@@ -555,7 +562,13 @@ impl Inner {
             return Ok(0);
         }
         gpu.check_lost()?;
-        let _span = tracing::debug_span!("svm_d2h_batch", first_page = a, pages = b - a).entered();
+        let _span = tracing::debug_span!(
+            "svm_d2h_batch",
+            first_page = a,
+            pages = b - a,
+            label = %crate::label::trace_label(self.arena.base() + a as usize * PAGE_SIZE)
+        )
+        .entered();
         let t0 = Instant::now();
         if gpu.mapped_pool {
             self.copy_back_mapped(st, &device_runs)?;

@@ -242,3 +242,37 @@ fn cpu_use_after_free_crashes() {
         assert!(sig == Some(libc::SIGSEGV) || sig == Some(libc::SIGABRT), "{backend}: child ended with {st:?}");
     }
 }
+
+/// Labels name allocations in kernel errors and `Svm::label`; they go with
+/// the allocation, and an unallocated address cannot be labelled.
+#[test]
+fn labels_name_allocations_in_errors() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let k = kernel(&svm, "poke", POKE);
+    let v = svm.alloc_from_slice(&[7u32; 1024]).expect("v");
+    v.set_label("edges");
+    assert_eq!(v.label().as_deref(), Some("edges"));
+    // Undeclared: refused, and the message names the allocation.
+    let addr = v.addr_of(16);
+    let e = svm
+        .launch(&k, &LaunchDescriptor { args: &[Arg::Ptr(addr)], access: &[], bindings: &[], workgroups: [1, 1, 1] })
+        .expect_err("undeclared access");
+    let msg = e.to_string();
+    assert!(msg.contains("`edges`+0x40"), "{msg}");
+    // Sub-page blocks are labelled one by one.
+    let a = svm.alloc_box(1u64).expect("a");
+    let b = svm.alloc_box(2u64).expect("b");
+    a.as_vec().set_label("node a");
+    assert_eq!(svm.label(a.as_vec().as_ptr().cast()).as_deref(), Some("node a"));
+    assert_eq!(svm.label(b.as_vec().as_ptr().cast()), None, "the neighbour block has none");
+    // Freed: the label goes; the next allocation there has none.
+    let at = v.as_ptr() as usize;
+    drop(v);
+    assert_eq!(svm.label(at as *const u8), None);
+    let w = svm.alloc_vec::<u32>(1024).expect("w");
+    assert_eq!(w.as_ptr() as usize, at, "first fit reuses the range");
+    assert_eq!(w.label(), None);
+    assert_eq!(svm.alloc_vec::<u32>(1).expect("x").label(), None);
+    let far = svm.arena_base() + svm.arena_size() - 4096;
+    assert_eq!(svm.set_label(far as *const u8, "nothing"), Err(svm::LabelError::NotAllocated { addr: far }));
+}
