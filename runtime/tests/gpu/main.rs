@@ -13,6 +13,7 @@ mod bound;
 mod collections;
 mod large;
 mod list;
+mod mixed;
 mod oversub;
 mod paths;
 mod queue;
