@@ -392,5 +392,9 @@ fn addrs(v: &[u64]) -> String {
 }
 
 fn first_faults(f: &[KernelFault]) -> String {
-    f.iter().take(4).map(|k| format!("{:?} at {}", k.kind, crate::label::describe(k.addr))).collect::<Vec<_>>().join(", ")
+    f.iter()
+        .take(4)
+        .map(|k| format!("{:?} at {}", k.kind, crate::label::describe(k.addr)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -71,7 +71,8 @@ pub mod vk;
 pub use advise::{Advice, AdviseError, Location, Prefetch, RangeInfo};
 pub use allocator_api2;
 pub use error::{
-    AllocError, BindError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LabelError, LaunchError, SvmError,
+    AllocError, BindError, DeviceError, FreeError, KernelError, KernelFault, KernelFaultKind, LabelError, LaunchError,
+    SvmError,
 };
 pub use gpu::{create_wgpu_device, DeviceInfo, MappingMode, SharedDevice, MAPPING_MODE_ENV};
 pub use kernel::{

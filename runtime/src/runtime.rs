@@ -75,6 +75,10 @@ struct Coherent {
     /// import lives as long as the buffer it is bound through).
     bind_group: wgpu::BindGroup,
     _import: crate::vk::HostImport,
+    /// Chosen by the runtime for a launch larger than the pool (not the
+    /// program's `AccessedBy`): replaced when another launch needs the
+    /// window, and by the program's advice.
+    auto: bool,
 }
 
 /// Pages per region of the resident index ([`State::resident_count`]).

@@ -66,6 +66,10 @@ counters! {
     replays,
     /// Device pages evicted to the host to make room (oversubscription).
     evicted_pages,
+    /// Pages the runtime chose to serve from host memory in place (the
+    /// coherent window) because a launch's working set did not fit the
+    /// pool: counted when the range is imported.
+    remote_pages,
     /// Kernel passes that checked accesses against the launch's extents
     /// (the fast path: no page-table load per access).
     extent_passes,

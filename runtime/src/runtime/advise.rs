@@ -67,7 +67,7 @@ impl Svm {
             }
             // The coherent mode already uses every page in place.
             Advice::AccessedBy if inner.gpu.mode == MappingMode::Coherent => {}
-            Advice::AccessedBy => inner.make_coherent(st, a as u32, b as u32)?,
+            Advice::AccessedBy => inner.make_coherent(st, a as u32, b as u32, false)?,
             Advice::UnsetAccessedBy => {
                 if st.coherent.as_ref().is_some_and(|c| (c.first as usize) < b && a < c.end as usize) {
                     inner.drop_coherent(st);
@@ -138,13 +138,18 @@ impl Svm {
 impl Inner {
     /// Import pages `[a, b)` of the host copy for in-place device access.
     #[allow(unsafe_code, reason = "the one host import of the arena; its safety argument is inline")]
-    pub(super) fn make_coherent(&self, st: &mut State, a: u32, b: u32) -> Result<(), AdviseError> {
+    pub(super) fn make_coherent(&self, st: &mut State, a: u32, b: u32, auto: bool) -> Result<(), AdviseError> {
         let gpu = &self.gpu;
         let Some(raw) = gpu.raw.clone().filter(|_| gpu.host_import) else {
             return Err(AdviseError::Unsupported(
                 "AccessedBy needs VK_EXT_external_memory_host, which this device lacks",
             ));
         };
+        if st.coherent.as_ref().is_some_and(|c| c.auto) {
+            // The runtime's own choice (a launch larger than the pool)
+            // gives way (no launch is in flight: the callers waited).
+            self.drop_coherent(st);
+        }
         if st.coherent.is_some() {
             return Err(AdviseError::Unsupported(
                 "one AccessedBy range at a time (the prelude has one coherent window); unset the other first",
@@ -188,7 +193,7 @@ impl Inner {
         .map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("host import: {e}"))))?;
         let bind_group = gpu.bind_group_with(self.tables(st), import.buffer());
         st.advice[a as usize..b as usize].iter_mut().for_each(|x| *x |= advice::COHERENT);
-        st.coherent = Some(Coherent { first: a, end: b, bind_group, _import: import });
+        st.coherent = Some(Coherent { first: a, end: b, bind_group, _import: import, auto });
         Ok(())
     }
 

@@ -11,6 +11,60 @@
 use super::*;
 
 impl Inner {
+    /// A launch whose working set `decl` does not fit the pool even after
+    /// eviction: serve one of its declared or bound ranges (`whole`) from
+    /// host memory in place (the coherent window, as `AccessedBy` does:
+    /// UVM's remote mapping of what does not fit) — the smallest whose
+    /// absence lets the rest fit the pool — where the device imports host
+    /// memory, the window is free or held by an earlier such choice, and
+    /// the range fits one binding.
+    /// The choice stays (later launches over the range use it in place)
+    /// until another launch needs the window, the program advises
+    /// `AccessedBy`, or the range is freed. Returns whether a range was
+    /// chosen (the caller prepares again). No launch is in flight.
+    pub(super) fn serve_remotely(
+        &self,
+        st: &mut State,
+        decl: &[(u32, u32, bool)],
+        whole: &[(u32, u32)],
+    ) -> Result<bool, LaunchError> {
+        let gpu = &self.gpu;
+        if !gpu.host_import || gpu.raw.is_none() || gpu.mode == MappingMode::Coherent {
+            return Ok(false);
+        }
+        if st.coherent.as_ref().is_some_and(|c| !c.auto) {
+            return Ok(false);
+        }
+        let limit = gpu.device.limits().max_storage_buffer_binding_size;
+        // Pages of `decl` outside `[a, b)`: each needs a frame (an earlier
+        // choice elsewhere goes).
+        let rest = |a: u32, b: u32| -> usize {
+            decl.iter().map(|&(x, y, _)| (x..y).filter(|p| !(a..b).contains(p)).count()).sum()
+        };
+        let total = st.frames.total() as usize;
+        let Some(&(a, b)) = whole
+            .iter()
+            .filter(|&&(a, b)| u64::from(b - a) * PAGE_SIZE as u64 <= limit && rest(a, b) <= total)
+            .min_by_key(|&&(a, b)| b - a)
+        else {
+            return Ok(false);
+        };
+        match self.make_coherent(st, a, b, true) {
+            Ok(()) => {}
+            Err(AdviseError::Device(e)) => return Err(e.into()),
+            Err(_) => return Ok(false),
+        }
+        Counters::add(&self.stats.remote_pages, u64::from(b - a));
+        tracing::debug!(
+            first_page = a,
+            pages = b - a,
+            "serving a range from host memory in place (larger than the pool)"
+        );
+        Ok(true)
+    }
+}
+
+impl Inner {
     /// Free at least `want` frames by moving least-recently-used
     /// device-owned pages back to the host (they are all dirty: only pages
     /// a kernel could write are device-owned). Pages in `protect` or mapped

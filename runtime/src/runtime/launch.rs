@@ -510,9 +510,31 @@ impl Inner {
     /// as before (read-only copies dropped, nothing pinned). A pool too full
     /// while launches in flight hold frames waits for them and tries again.
     fn prepare(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
+        let mut remote_tried = false;
         loop {
             match self.prepare_once(guard, req) {
                 Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(guard),
+                // Larger than the pool: part of it served from host memory
+                // in place, once.
+                Err(e @ LaunchError::PoolExhausted { .. }) if !remote_tried => {
+                    remote_tried = true;
+                    let (decl, _) = self.declared(guard, req.kernel, req.bound, req.access)?;
+                    // Each declared or bound range on its own (a binding is
+                    // served from one buffer: whole ranges only).
+                    let whole: Vec<(u32, u32)> = req
+                        .access
+                        .iter()
+                        .map(|a| (a.addr, a.len))
+                        .chain(req.bound.iter().filter_map(|c| match *c {
+                            Checked::Managed { addr, len, .. } => Some((addr, len)),
+                            Checked::Uniform(_) => None,
+                        }))
+                        .filter_map(|(addr, len)| self.page_range(guard, addr, len))
+                        .collect();
+                    if !self.serve_remotely(guard, &decl, &whole)? {
+                        return Err(e);
+                    }
+                }
                 r => return r,
             }
         }

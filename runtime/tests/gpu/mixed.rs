@@ -6,8 +6,8 @@
 //! both ways. Runs in the current mapping mode (CI runs every mode) with both
 //! fault backends; `SVM_MIXED_CASES` sets the number of cases (default 6).
 
-use svm::allocator_api2::vec::Vec as AVec;
 use proptest::prelude::*;
+use svm::allocator_api2::vec::Vec as AVec;
 use svm::{Access, Arg, LaunchDescriptor, ManagedVec, Svm};
 
 use crate::{ctx, kernel, small, BACKENDS};
@@ -100,8 +100,11 @@ fn run(svm: &Svm, k: &svm::Kernel, ops: &[Op]) -> Result<(), TestCaseError> {
                     Owner::Small(v) => Access::read_write(v),
                     Owner::Large(v) => Access::read_write(v),
                 };
-                svm.launch(k, &LaunchDescriptor { args: &args, access: &[access], bindings: &[], workgroups: [4, 1, 1] })
-                    .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+                svm.launch(
+                    k,
+                    &LaunchDescriptor { args: &args, access: &[access], bindings: &[], workgroups: [4, 1, 1] },
+                )
+                .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
                 model.iter_mut().for_each(|x| *x ^= key);
             }
             _ => {}

@@ -48,25 +48,104 @@ fn lru_eviction_keeps_every_byte() {
     }
 }
 
-/// A working set that alone exceeds the pool is refused with a clear error.
+/// p[i] += 1 and q[i] += 2, i < n. Args: p, q, n.
+const ADD2: &str = "@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let p = svm_arg_ptr(0u); let q = svm_arg_ptr(2u); let n = svm_arg_u32(4u);
+    for (var i = g.x; i < n; i += nw.x * 64u) {
+        let a = svm_index(p, i, 4u);
+        svm_store_u32(a, svm_load_u32(a) + 1u);
+        let b = svm_index(q, i, 4u);
+        svm_store_u32(b, svm_load_u32(b) + 2u);
+    }
+}";
+
+/// A working set larger than the pool: where the device imports host
+/// memory, the part that does not fit is served from host memory in place
+/// (the coherent window) and the launch runs; elsewhere, or while the
+/// program holds the window (`AccessedBy`), it is refused with a clear
+/// error and nothing changes.
 #[test]
-fn working_set_larger_than_pool_is_refused() {
+fn working_set_larger_than_pool_is_served_remotely_or_refused() {
     let Some(svm) = ctx_migrating(small(BACKENDS[0]).pool_size(1 << 20)) else { return };
-    let k = kernel(&svm, "add", ADD);
-    let mut a = svm.alloc_from_slice(&vec![1u32; 1 << 18]).expect("a");
-    let mut b = svm.alloc_from_slice(&vec![2u32; 1 << 18]).expect("b");
-    let args = [Arg::ptr(a.as_ptr()), Arg::U32(1), Arg::U32(1)];
-    let r = svm.launch(
-        &k,
-        &LaunchDescriptor {
-            args: &args,
-            access: &[Access::read_write(&mut a), Access::read_write(&mut b)],
-            bindings: &[],
-            workgroups: [1, 1, 1],
-        },
-    );
+    let k = kernel(&svm, "add2", ADD2);
+    let n = 1usize << 18; // 1 MiB of u32 each: two of them are twice the pool
+    let mut a = svm.alloc_from_slice(&vec![1u32; n]).expect("a");
+    let mut b = svm.alloc_from_slice(&vec![2u32; n]).expect("b");
+    let mut c = svm.alloc_from_slice(&[0u32; 1024]).expect("c");
+    let launch = |a: &mut svm::ManagedVec<u32>, b: &mut svm::ManagedVec<u32>| {
+        let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::U32(n as u32)];
+        svm.launch(
+            &k,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[Access::read_write(a), Access::read_write(b)],
+                bindings: &[],
+                workgroups: [64, 1, 1],
+            },
+        )
+    };
+    // The program holds the one window: refused, nothing changed.
+    let remote = svm.coherent_mode_available();
+    if remote {
+        c.advise(svm::Advice::AccessedBy).expect("AccessedBy");
+    }
+    let r = launch(&mut a, &mut b);
     assert!(matches!(r, Err(LaunchError::PoolExhausted { needed: 512, total: 256, .. })), "{r:?}");
     assert!(a.iter().all(|&x| x == 1) && b.iter().all(|&x| x == 2));
+    if !remote {
+        eprintln!("the device does not import host memory: larger-than-pool launches are refused (checked)");
+        return;
+    }
+    c.advise(svm::Advice::UnsetAccessedBy).expect("unset");
+    // Now the excess is served remotely: it runs, twice, byte-exact.
+    let before = svm.stats();
+    launch(&mut a, &mut b).expect("served remotely");
+    launch(&mut a, &mut b).expect("again (the choice stays)");
+    assert!(a.iter().all(|&x| x == 3), "a: {}", a[0]);
+    assert!(b.iter().all(|&x| x == 6), "b: {}", b[0]);
+    let s = svm.stats().since(&before);
+    assert_eq!(s.remote_pages, 256, "one vector served in place: {s:?}");
+    assert!(s.h2d_pages <= 256, "the other migrated: {s:?}");
+    // The program's advice takes the window back from the runtime.
+    c.advise(svm::Advice::AccessedBy).expect("AccessedBy after the runtime's choice");
+    assert!(matches!(launch(&mut a, &mut b), Err(LaunchError::PoolExhausted { .. })));
+    // A single range larger than the pool runs in place too.
+    c.advise(svm::Advice::UnsetAccessedBy).expect("unset");
+    let mut big = svm.alloc_from_slice(&vec![5u32; 4 * n]).expect("big");
+    let args = [Arg::ptr(big.as_ptr()), Arg::U32((4 * n) as u32), Arg::U32(1)];
+    let kadd = kernel(&svm, "add", ADD);
+    svm.launch(
+        &kadd,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read_write(&mut big)],
+            bindings: &[],
+            workgroups: [64, 1, 1],
+        },
+    )
+    .expect("a 4 MiB range with a 1 MiB pool");
+    assert!(big.iter().all(|&x| x == 6));
+    // Bound to a kernel's own binding, in place as well.
+    let kb = kernel(
+        &svm,
+        "bound add",
+        "@group(0) @binding(0) var<storage, read_write> v: array<u32>;
+        @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x < arrayLength(&v)) { v[g.x] = v[g.x] + 1u; }
+        }",
+    );
+    let groups = ((4 * n) as u32).div_ceil(64);
+    svm.launch(
+        &kb,
+        &LaunchDescriptor {
+            bindings: &[svm::Binding::read_write(&mut big)],
+            workgroups: [groups.min(65535), groups.div_ceil(65535), 1],
+            ..Default::default()
+        },
+    )
+    .expect("bound, larger than the pool");
+    assert!(big.iter().all(|&x| x == 7));
 }
 
 /// Cyclic sweeps over more than the pool: LRU would move the whole working
