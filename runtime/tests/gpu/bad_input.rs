@@ -163,6 +163,13 @@ fn pool_exhausted_is_an_error_and_loses_nothing() {
         let Some(svm) = ctx_migrating(small(backend).pool_size(1 << 20)) else { return };
         let k = kernel(&svm, "poke", POKE);
         let mut big = svm.alloc_from_slice(&vec![3u32; 1 << 19]).expect("2 MiB");
+        // Where the device imports host memory the excess would be served
+        // in place (oversub.rs): the program holding the one coherent
+        // window (AccessedBy) leaves no way but the error.
+        let window = svm.alloc_from_slice(&[0u32; 1024]).expect("window");
+        if svm.coherent_mode_available() {
+            window.advise(svm::Advice::AccessedBy).expect("AccessedBy");
+        }
         let r = svm.launch(
             &k,
             &LaunchDescriptor {
