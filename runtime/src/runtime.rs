@@ -122,6 +122,7 @@ impl State {
             slabs: crate::slab::Slabs::default(),
             write_bytes: Vec::new(),
             discarded_fresh: Vec::new(),
+            no_evict: false,
             stamps_busy: false,
         }
     }
@@ -210,6 +211,12 @@ pub struct SvmDescriptor {
     pub mapping: Option<MappingMode>,
     /// The application's device to use; `None`: the runtime opens its own.
     pub device: Option<crate::gpu::SharedDevice>,
+    /// Where the device imports host memory: serve a range of a launch in
+    /// place from host memory (the coherent window) when the launch is
+    /// larger than the pool, and while the pool thrashes instead of
+    /// evicting (UVM's remote mapping). Default on; off: such launches are
+    /// `PoolExhausted`, and thrashing is met by eviction alone.
+    pub serve_in_place: bool,
 }
 
 impl Default for SvmDescriptor {
@@ -223,6 +230,7 @@ impl Default for SvmDescriptor {
             host_mapped_pool: true,
             mapping: None,
             device: None,
+            serve_in_place: true,
         }
     }
 }
@@ -276,6 +284,12 @@ impl SvmDescriptor {
     /// ([`Svm::with_bindings`]).
     pub fn device(mut self, shared: crate::gpu::SharedDevice) -> Self {
         self.device = Some(shared);
+        self
+    }
+    /// Allow or forbid serving ranges in place when the pool is too small
+    /// ([`Self::serve_in_place`]).
+    pub fn serve_in_place(mut self, on: bool) -> Self {
+        self.serve_in_place = on;
         self
     }
     /// Set the fault chunk.
@@ -350,6 +364,10 @@ struct State {
     /// launch submits; a launch that fails before gives them back to the
     /// host. Empty between launches.
     discarded_fresh: Vec<(u32, u32)>,
+    /// The preparing launch may not evict (it is to be served in place
+    /// instead, see `Inner::serve_remotely`): a pool too full is
+    /// `PoolExhausted`. False between launches.
+    no_evict: bool,
     /// Passes submitted and not yet retired, oldest first (see `flight`).
     flights: Vec<flight::InFlight>,
     /// Frames a device-side move left, freed when the launch that moved
@@ -388,6 +406,8 @@ pub(crate) struct Inner {
     stats: Counters,
     chunk: usize,
     prefetch: bool,
+    /// [`SvmDescriptor::serve_in_place`].
+    serve_in_place: bool,
 }
 
 /// A shared-virtual-memory runtime: one managed arena, one GPU. Cheap to
@@ -500,6 +520,7 @@ impl Svm {
             stats: Counters::default(),
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,
+            serve_in_place: desc.serve_in_place,
         });
         let service = FaultService::start(inner.clone())?;
         Ok(Self { inner, _service: Arc::new(service) })

@@ -11,6 +11,24 @@
 use super::*;
 
 impl Inner {
+    /// Whether a launch's range can be served from host memory in place:
+    /// the device imports host memory and the one coherent window is free
+    /// or the runtime's own earlier choice.
+    pub(super) fn remote_possible(&self, st: &State) -> bool {
+        let gpu = &self.gpu;
+        self.serve_in_place
+            && gpu.host_import
+            && gpu.raw.is_some()
+            && gpu.mode != MappingMode::Coherent
+            && st.coherent.as_ref().is_none_or(|c| c.auto)
+    }
+
+    /// The pool thrashes: pages evicted earlier were needed again within
+    /// the last [`THRASH_WINDOW`] launches.
+    pub(super) fn thrashing(&self, st: &State) -> bool {
+        st.last_refault.is_some_and(|e| st.epoch.wrapping_sub(e) <= THRASH_WINDOW)
+    }
+
     /// A launch whose working set `decl` does not fit the pool even after
     /// eviction: serve one of its declared or bound ranges (`whole`) from
     /// host memory in place (the coherent window, as `AccessedBy` does:
@@ -29,10 +47,7 @@ impl Inner {
         whole: &[(u32, u32)],
     ) -> Result<bool, LaunchError> {
         let gpu = &self.gpu;
-        if !gpu.host_import || gpu.raw.is_none() || gpu.mode == MappingMode::Coherent {
-            return Ok(false);
-        }
-        if st.coherent.as_ref().is_some_and(|c| !c.auto) {
+        if !self.remote_possible(st) {
             return Ok(false);
         }
         let limit = gpu.device.limits().max_storage_buffer_binding_size;
@@ -98,7 +113,7 @@ impl Inner {
         // Candidates: device-owned pages and kept read-only copies this
         // launch does not use; PreferredLocation(Device) pages last, then
         // least recently used first.
-        let thrashing = st.last_refault.is_some_and(|e| st.epoch.wrapping_sub(e) <= THRASH_WINDOW);
+        let thrashing = self.thrashing(st);
         let mut cand: Vec<(bool, u32, u32)> = st
             .resident_pages()
             .filter(|&p| !protected(p))

@@ -512,10 +512,17 @@ impl Inner {
     fn prepare(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
         let mut remote_tried = false;
         loop {
-            match self.prepare_once(guard, req) {
+            // While the pool thrashes, a launch that would evict is served
+            // in place instead where it can be (UVM's thrashing
+            // mitigation: stop cycling pages in and out).
+            let no_evict = !remote_tried && self.thrashing(guard) && self.remote_possible(guard);
+            guard.no_evict = no_evict;
+            let r = self.prepare_once(guard, req);
+            guard.no_evict = false;
+            match r {
                 Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(guard),
-                // Larger than the pool: part of it served from host memory
-                // in place, once.
+                // Larger than the pool (or thrashing): part of it served
+                // from host memory in place, once; failing that, evict.
                 Err(e @ LaunchError::PoolExhausted { .. }) if !remote_tried => {
                     remote_tried = true;
                     let (decl, _) = self.declared(guard, req.kernel, req.bound, req.access)?;
@@ -531,7 +538,7 @@ impl Inner {
                         }))
                         .filter_map(|(addr, len)| self.page_range(guard, addr, len))
                         .collect();
-                    if !self.serve_remotely(guard, &decl, &whole)? {
+                    if !self.serve_remotely(guard, &decl, &whole)? && !no_evict {
                         return Err(e);
                     }
                 }

@@ -40,7 +40,7 @@ impl Inner {
             st.last_refault = Some(st.epoch);
             Counters::add(&self.stats.refaults, refaults);
         }
-        if needed > st.frames.free_count() as usize {
+        if needed > st.frames.free_count() as usize && !st.no_evict {
             // Oversubscription: make room by evicting least-recently-used
             // pages this launch does not use.
             let want = needed - st.frames.free_count() as usize;

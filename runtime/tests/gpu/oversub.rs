@@ -179,7 +179,10 @@ fn cyclic_sweeps_do_not_cycle_the_whole_working_set() {
         sweep(4);
         let s = svm.stats().since(&before);
         let ws_pages = (8 * n * 4 / 4096) as u64;
-        assert!(s.refaults > 0, "{backend}: the sweeps refault");
+        // Thrashing is met by eviction of the most recent pages, or (where
+        // the device imports host memory) by serving the slices that do not
+        // fit in place instead of cycling them.
+        assert!(s.refaults > 0 || s.remote_pages > 0, "{backend}: the sweeps refault or are served in place: {s:?}");
         assert!(
             s.evicted_pages / 2 <= ws_pages / 2,
             "{backend}: {} pages evicted per sweep of a {ws_pages}-page working set",
