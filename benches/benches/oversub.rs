@@ -33,8 +33,7 @@ fn main() {
         if ratio <= 1.0 && in_place {
             continue; // the same as eviction only: nothing is evicted
         }
-        let desc =
-            SvmDescriptor::default().arena_size(512 << 20).pool_size(pool as u64).serve_in_place(in_place);
+        let desc = SvmDescriptor::default().arena_size(512 << 20).pool_size(pool as u64).serve_in_place(in_place);
         let svm = match Svm::with_descriptor(&desc) {
             Ok(s) => s,
             Err(svm::SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {
