@@ -8,6 +8,8 @@
 //! part resident and cycles only the excess (UVM detects the same bouncing
 //! and stops migrating part of the set).
 
+use parking_lot::MutexGuard;
+
 use super::*;
 
 impl Inner {
@@ -27,6 +29,25 @@ impl Inner {
     /// the last [`THRASH_WINDOW`] launches.
     pub(super) fn thrashing(&self, st: &State) -> bool {
         st.last_refault.is_some_and(|e| st.epoch.wrapping_sub(e) <= THRASH_WINDOW)
+    }
+
+    /// The pool no longer thrashes and a launch uses the range the runtime
+    /// serves in place while its whole working set fits the pool: the
+    /// range migrates again (served in place from a PCIe-attached GPU, every
+    /// access would cross the bus). Waits for the launches in flight (the
+    /// window is theirs until they finish).
+    pub(super) fn give_back_in_place(&self, guard: &mut MutexGuard<'_, State>, decl: &[(u32, u32, bool)]) {
+        let Some(c) = guard.coherent.as_ref().filter(|c| c.auto) else { return };
+        let (first, end) = (c.first, c.end);
+        let uses = decl.iter().any(|&(a, b, _)| a < end && first < b);
+        let pages: usize = decl.iter().map(|&(a, b, _)| (b - a) as usize).sum();
+        if uses && pages <= guard.frames.total() as usize {
+            self.wait_all_flights(guard);
+            if guard.coherent.as_ref().is_some_and(|c| c.auto && c.first == first) {
+                self.drop_coherent(guard);
+                tracing::debug!(first_page = first, pages = end - first, "range served in place migrates again");
+            }
+        }
     }
 
     /// A launch whose working set `decl` does not fit the pool even after

@@ -511,6 +511,10 @@ impl Inner {
     /// while launches in flight hold frames waits for them and tries again.
     fn prepare(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
         let mut remote_tried = false;
+        if guard.coherent.as_ref().is_some_and(|c| c.auto) && !self.thrashing(guard) {
+            let (decl, _) = self.declared_whole(guard, req)?;
+            self.give_back_in_place(guard, &decl);
+        }
         loop {
             // While the pool thrashes, a launch that would evict is served
             // in place instead where it can be (UVM's thrashing
@@ -525,26 +529,42 @@ impl Inner {
                 // from host memory in place, once; failing that, evict.
                 Err(e @ LaunchError::PoolExhausted { .. }) if !remote_tried => {
                     remote_tried = true;
-                    let (decl, _) = self.declared(guard, req.kernel, req.bound, req.access)?;
-                    // Each declared or bound range on its own (a binding is
-                    // served from one buffer: whole ranges only).
-                    let whole: Vec<(u32, u32)> = req
-                        .access
-                        .iter()
-                        .map(|a| (a.addr, a.len))
-                        .chain(req.bound.iter().filter_map(|c| match *c {
-                            Checked::Managed { addr, len, .. } => Some((addr, len)),
-                            Checked::Uniform(_) => None,
-                        }))
-                        .filter_map(|(addr, len)| self.page_range(guard, addr, len))
-                        .collect();
-                    if !self.serve_remotely(guard, &decl, &whole)? && !no_evict {
+                    let (decl, whole) = self.declared_whole(guard, req)?;
+                    if self.serve_remotely(guard, &decl, &whole)? {
+                        if no_evict {
+                            // Still thrashing while ranges take turns in place.
+                            guard.last_refault = Some(guard.epoch);
+                        }
+                    } else if !no_evict {
                         return Err(e);
                     }
                 }
                 r => return r,
             }
         }
+    }
+
+    /// The launch's pages (merged), and each declared or bound range on its
+    /// own (what may be served in place: a binding is one buffer, so whole
+    /// ranges only).
+    fn declared_whole(
+        &self,
+        st: &State,
+        req: &Request<'_, '_>,
+    ) -> Result<(Vec<(u32, u32, bool)>, Vec<(u32, u32)>), LaunchError> {
+        let (decl, _) = self.declared(st, req.kernel, req.bound, req.access)?;
+        let bound = req.bound.iter().filter_map(|c| match *c {
+            Checked::Managed { addr, len, .. } => Some((addr, len)),
+            Checked::Uniform(_) => None,
+        });
+        let whole = req
+            .access
+            .iter()
+            .map(|a| (a.addr, a.len))
+            .chain(bound)
+            .filter_map(|(addr, len)| self.page_range(st, addr, len))
+            .collect();
+        Ok((decl, whole))
     }
 
     fn prepare_once(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {

@@ -107,6 +107,29 @@ fn working_set_larger_than_pool_is_served_remotely_or_refused() {
     let s = svm.stats().since(&before);
     assert_eq!(s.remote_pages, 256, "one vector served in place: {s:?}");
     assert!(s.h2d_pages <= 256, "the other migrated: {s:?}");
+    let in_place = |v: &svm::ManagedVec<u32>| svm.range_info(v.as_ptr().cast(), n * 4).expect("info").in_place;
+    assert_eq!(in_place(&a) + in_place(&b), 256, "one of them in place");
+    // A launch over the one in place alone fits the pool: it migrates again.
+    let (mut inside, other) = if in_place(&a) > 0 { (a, b) } else { (b, a) };
+    let args = [Arg::ptr(inside.as_ptr()), Arg::U32(n as u32), Arg::U32(10)];
+    let kadd = kernel(&svm, "add", ADD);
+    let before = svm.stats();
+    svm.launch(
+        &kadd,
+        &LaunchDescriptor {
+            args: &args,
+            access: &[Access::read_write(&mut inside)],
+            bindings: &[],
+            workgroups: [64, 1, 1],
+        },
+    )
+    .expect("fits the pool");
+    assert_eq!(in_place(&inside), 0, "given back to migration");
+    assert!(svm.stats().since(&before).h2d_pages >= 256, "it migrated in");
+    // a was 3, b 6: plus 10.
+    let want = inside[0];
+    assert!((want == 13 || want == 16) && inside.iter().all(|&x| x == want), "{want}");
+    let (mut a, mut b) = if want == 13 { (inside, other) } else { (other, inside) };
     // The program's advice takes the window back from the runtime.
     c.advise(svm::Advice::AccessedBy).expect("AccessedBy after the runtime's choice");
     assert!(matches!(launch(&mut a, &mut b), Err(LaunchError::PoolExhausted { .. })));
@@ -114,7 +137,6 @@ fn working_set_larger_than_pool_is_served_remotely_or_refused() {
     c.advise(svm::Advice::UnsetAccessedBy).expect("unset");
     let mut big = svm.alloc_from_slice(&vec![5u32; 4 * n]).expect("big");
     let args = [Arg::ptr(big.as_ptr()), Arg::U32((4 * n) as u32), Arg::U32(1)];
-    let kadd = kernel(&svm, "add", ADD);
     svm.launch(
         &kadd,
         &LaunchDescriptor {
