@@ -13,10 +13,17 @@ use svm_shaders::{Windows, COHERENT_BINDING, LOG_FAULTS, MAX_ARG_WORDS, WINDOWS_
 
 use crate::error::{DeviceError, SvmError};
 
+mod mode;
 mod open;
 mod tables;
+pub use mode::{MappingMode, MAPPING_MODE_ENV};
 pub(crate) use open::Timestamps;
 pub use open::{create_wgpu_device, SharedDevice};
+// (For `svm::vk`, which opens its devices the same way.)
+#[cfg(feature = "vulkan")]
+pub use open::runtime_limits;
+#[cfg(feature = "vulkan")]
+pub(crate) use open::select_adapter;
 use open::{open_device, Opened};
 pub(crate) use tables::Tables;
 
@@ -27,7 +34,8 @@ pub struct DeviceInfo {
     pub name: String,
     /// Driver name and version.
     pub driver: String,
-    /// Backend (always Vulkan in this build).
+    /// Backend (`Vulkan` unless the runtime is built without the `vulkan`
+    /// feature or `WGPU_BACKEND` names another).
     pub backend: String,
     /// Adapter type.
     pub device_type: String,
@@ -757,47 +765,4 @@ pub(crate) struct SegmentView {
     pub buffer: wgpu::Buffer,
     pub base: u64,
     pub size: u64,
-}
-
-/// How device pages are mapped.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MappingMode {
-    /// Device pages live in a pool of frames; the page table names the frame
-    /// of each page (any Vulkan device).
-    Software,
-    /// The arena's device view is a sparse buffer: arena page `p` is device
-    /// page `p`, backed by memory bound with `vkQueueBindSparse` while
-    /// resident; the page table's frame is the page itself. Needs
-    /// `sparseBinding` + `sparseResidencyBuffer`, and an arena of at most
-    /// as many storage bindings as the prelude has windows (32 with
-    /// binding arrays, else 4).
-    Sparse,
-    /// The arena's host memory *is* the device view (imported with
-    /// `VK_EXT_external_memory_host`): nothing migrates, kernels read and
-    /// write the pages the CPU uses, in place (CUDA's ATS / HMM's
-    /// DEVICE_PUBLIC, for the whole arena). The page table still maps
-    /// exactly what a launch declares. Needs host import and an arena of at
-    /// most as many storage bindings as the prelude has windows; the CPU
-    /// must not touch memory a running kernel writes.
-    Coherent,
-}
-
-/// Environment variable choosing the mapping mode (`software`, `sparse`,
-/// `coherent`).
-pub const MAPPING_MODE_ENV: &str = "SVM_MAPPING_MODE";
-
-impl MappingMode {
-    /// The mode named by [`MAPPING_MODE_ENV`], if set.
-    pub fn from_env() -> Result<Option<Self>, SvmError> {
-        match std::env::var(MAPPING_MODE_ENV).as_deref() {
-            Ok("software") => Ok(Some(Self::Software)),
-            Ok("sparse") => Ok(Some(Self::Sparse)),
-            Ok("coherent") => Ok(Some(Self::Coherent)),
-            Ok("") | Err(_) => Ok(None),
-            Ok(other) => {
-                Err(SvmError::Config(format!("{MAPPING_MODE_ENV}={other:?}: expected software, sparse or coherent")))
-            }
-        }
-    }
 }

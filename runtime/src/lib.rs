@@ -46,6 +46,16 @@
 //!   directly to the device memory of managed ranges; the GPU bounds-checks.
 //! * CPU faults arrive through userfaultfd (default) or SIGSEGV and migrate
 //!   a chunk (64 KiB by default) back.
+//!
+//! ## Cargo features
+//!
+//! * `vulkan` (default): wgpu's Vulkan backend and `svm::vk`, the Vulkan
+//!   layer below wgpu (sparse binding, host-memory import, the raw timeline,
+//!   validation capture). The sparse and coherent mapping modes and
+//!   [`Advice::AccessedBy`] need it; without it they are refused with an
+//!   error naming the feature, and the software mode runs on whatever
+//!   backend wgpu is built with.
+//! * `gl`: wgpu's GL backend (EGL on Linux), chosen with `WGPU_BACKEND=gl`.
 #![deny(unsafe_code)]
 
 mod advise;
@@ -65,8 +75,13 @@ mod slab;
 mod space;
 mod staging;
 mod stats;
+#[cfg(feature = "vulkan")]
 #[allow(unsafe_code, reason = "Vulkan interop below wgpu (ash, wgpu-hal); fenced in vk/, every block argued")]
 pub mod vk;
+/// Without the `vulkan` feature: the same names, uninhabited.
+#[cfg(not(feature = "vulkan"))]
+#[path = "vk_disabled.rs"]
+mod vk;
 
 pub use advise::{Advice, AdviseError, Location, Prefetch, RangeInfo};
 pub use allocator_api2;

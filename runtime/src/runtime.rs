@@ -458,6 +458,7 @@ impl Svm {
             Some(m) => m,
             None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
         };
+        mode.check_built()?;
         // The sparse and coherent modes give their whole arena a device view
         // at creation (a sparse buffer, an import of populated memory): by
         // default they take 1 GiB, not the software mode's reservation.
@@ -562,7 +563,7 @@ impl Svm {
     }
     /// Vulkan validation errors captured so far, when the runtime runs under
     /// the validation layer (`SVM_VALIDATION=1` and the layer installed);
-    /// known false positives are filtered (see [`crate::vk::KNOWN_FALSE_POSITIVES`]).
+    /// known false positives are filtered (see `svm::vk::KNOWN_FALSE_POSITIVES`).
     /// `Ok` when there are none or nothing is captured.
     pub fn validation_check(&self) -> Result<(), String> {
         self.inner.gpu.validation.as_ref().map_or(Ok(()), |v| v.check())

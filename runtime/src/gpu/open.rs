@@ -1,38 +1,50 @@
 //! Opening the runtime's device: through `svm::vk` (host import, sparse
-//! binding), a plain wgpu device as the fallback, or the application's own
-//! ([`SharedDevice`]); and the optional kernel timestamps.
+//! binding), a plain wgpu device as the fallback (and the only way without
+//! the `vulkan` feature), or the application's own ([`SharedDevice`]); and
+//! the optional kernel timestamps.
 
 use super::*;
 
 /// Pick the adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive) if
-/// set, else the first hardware adapter of `WGPU_BACKEND` (default: Vulkan),
-/// else the first software one.
+/// set, else the first hardware adapter of `WGPU_BACKEND` (default: Vulkan;
+/// every backend this build has without the `vulkan` feature), else the
+/// first software one.
 ///
 /// Public so that explicit-copy baselines (demos, benchmarks) run on exactly
 /// the adapter and limits the runtime uses.
 pub fn create_wgpu_device() -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
-    create_device(false)
+    create_device(false, wgpu::Features::empty())
 }
 
+/// The backends the runtime looks at: `WGPU_BACKEND`, else Vulkan (the
+/// backend `svm::vk` works below), else, without the `vulkan` feature,
+/// whichever backends wgpu is built with.
+fn backends_from_env() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(if cfg!(feature = "vulkan") {
+        wgpu::Backends::VULKAN
+    } else {
+        wgpu::Backends::all()
+    })
+}
+
+/// A plain wgpu device (`request_device`) with `optional` features where
+/// the adapter has them.
 pub(super) fn create_device(
     host_mapped_pool: bool,
+    optional: wgpu::Features,
 ) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue, DeviceInfo), SvmError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    if wgpu::Backends::from_env().is_none() {
-        desc.backends = wgpu::Backends::VULKAN;
-    }
+    desc.backends = backends_from_env();
     let backends = desc.backends;
     let instance = wgpu::Instance::new(desc);
-    let adapter = crate::vk::device::select_adapter(&instance, backends).map_err(|e| match e {
-        crate::vk::VkError::NoAdapter(m) => SvmError::NoAdapter(m),
-        other => SvmError::RequestDevice(other.to_string()),
-    })?;
+    let adapter = select_adapter(&instance, backends).map_err(SvmError::NoAdapter)?;
     let info = adapter.get_info();
     let limits = adapter.limits();
+    let mapped = if host_mapped_pool { mapped_pool_feature(&adapter) } else { wgpu::Features::empty() };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("svm"),
-        required_features: if host_mapped_pool { mapped_pool_feature(&adapter) } else { wgpu::Features::empty() },
-        required_limits: crate::vk::device::runtime_limits(&limits),
+        required_features: mapped | (optional & adapter.features()),
+        required_limits: runtime_limits(&limits),
         ..Default::default()
     }))
     .map_err(|e| SvmError::RequestDevice(e.to_string()))?;
@@ -43,6 +55,47 @@ pub(super) fn create_device(
         device_type: format!("{:?}", info.device_type),
     };
     Ok((adapter, device, queue, info))
+}
+
+/// The limits the runtime requests: the adapter's storage-binding and
+/// buffer sizes (pool segments are as large as a binding allows), at least
+/// 8 storage buffers per stage, and its binding-array size; wgpu's defaults
+/// otherwise.
+pub fn runtime_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
+        max_buffer_size: adapter.max_buffer_size,
+        max_storage_buffers_per_shader_stage: adapter.max_storage_buffers_per_shader_stage.max(8),
+        max_binding_array_elements_per_shader_stage: adapter.max_binding_array_elements_per_shader_stage,
+        ..wgpu::Limits::default()
+    }
+}
+
+/// The adapter the runtime uses: `WGPU_ADAPTER_NAME` (substring,
+/// case-insensitive) if set, else the first hardware adapter of `backends`,
+/// else the first software one. The error says what was looked for.
+pub(crate) fn select_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Result<wgpu::Adapter, String> {
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    match &wanted {
+        Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
+        None => {
+            let mut a = adapters;
+            a.sort_by_key(|x| x.get_info().device_type == wgpu::DeviceType::Cpu);
+            a.into_iter().next()
+        }
+    }
+    .ok_or_else(|| {
+        let built = wgpu::Instance::enabled_backend_features();
+        match &wanted {
+            _ if !built.intersects(backends) => format!(
+                "WGPU_BACKEND asks for {backends:?}; this build has {built:?} (svm-runtime's `vulkan` and `gl` features)"
+            ),
+            Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matches none of {names:?}"),
+            None => format!("no adapter for backends {backends:?}"),
+        }
+    })
 }
 
 /// Environment variable: `0` keeps the device pool out of host-mapped memory
@@ -115,9 +168,10 @@ impl Timestamps {
 ///   needs only storage buffers (binding arrays are used where the device
 ///   has them enabled; the mapped pool where it has
 ///   `MAPPABLE_PRIMARY_BUFFERS` on a unified-memory adapter).
-/// * [`SharedDevice::from_vk`] takes a device opened through
-///   [`crate::vk::open`]: the sparse and coherent modes, and `AccessedBy`,
-///   need the Vulkan features that opens (`want_sparse`, `want_host_import`).
+/// * `SharedDevice::from_vk` (the `vulkan` feature) takes a device opened
+///   through `svm::vk::open`: the sparse and coherent modes, and
+///   `AccessedBy`, need the Vulkan features that opens (`want_sparse`,
+///   `want_host_import`).
 ///
 /// The runtime installs no device-lost or uncaptured-error callback on a
 /// shared device (they are the application's).
@@ -147,6 +201,7 @@ impl SharedDevice {
     }
     /// A device opened through [`crate::vk::open`] (every mode its features
     /// allow).
+    #[cfg(feature = "vulkan")]
     pub fn from_vk(d: &crate::vk::OpenDevice) -> Self {
         Self {
             adapter: d.adapter.clone(),
@@ -205,6 +260,7 @@ pub(super) struct Opened {
 /// Open the runtime's device through [`crate::vk::open`] (so that host
 /// memory can be imported for the coherent mode), asking for the mappable
 /// pool feature where it helps; fall back to a plain wgpu device.
+#[cfg(feature = "vulkan")]
 pub(super) fn open_device(host_mapped_pool: bool, sparse: bool) -> Result<Opened, SvmError> {
     use crate::vk::{DeviceDescriptor, ValidationMode, VkError};
     let allowed = mapped_pool_allowed();
@@ -250,6 +306,17 @@ pub(super) fn open_device(host_mapped_pool: bool, sparse: bool) -> Result<Opened
         }
     }
     tracing::warn!("svm: opening the device through ash failed ({last:?}); using a plain wgpu device");
-    let (adapter, device, queue, info) = create_device(host_mapped_pool)?;
+    let (adapter, device, queue, info) = create_device(host_mapped_pool, wgpu::Features::empty())?;
+    Ok(Opened { adapter, device, queue, info, raw: None, host_import: false, validation: None, instance: None })
+}
+
+/// Without the `vulkan` feature: a plain wgpu device on any backend, with
+/// the optional features the Vulkan path asks for (binding arrays,
+/// timestamps) where the adapter has them, and the mappable pool where it
+/// helps. (`sparse` was refused before: [`MappingMode::check_built`].)
+#[cfg(not(feature = "vulkan"))]
+pub(super) fn open_device(host_mapped_pool: bool, _sparse: bool) -> Result<Opened, SvmError> {
+    let optional = BINDING_ARRAY_FEATURES | wgpu::Features::TIMESTAMP_QUERY;
+    let (adapter, device, queue, info) = create_device(host_mapped_pool, optional)?;
     Ok(Opened { adapter, device, queue, info, raw: None, host_import: false, validation: None, instance: None })
 }

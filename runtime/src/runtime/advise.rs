@@ -140,6 +140,11 @@ impl Inner {
     #[allow(unsafe_code, reason = "the one host import of the arena; its safety argument is inline")]
     pub(super) fn make_coherent(&self, st: &mut State, a: u32, b: u32, auto: bool) -> Result<(), AdviseError> {
         let gpu = &self.gpu;
+        if !cfg!(feature = "vulkan") {
+            return Err(AdviseError::Unsupported(
+                "AccessedBy needs the `vulkan` feature of svm-runtime (host memory import below wgpu)",
+            ));
+        }
         let Some(raw) = gpu.raw.clone().filter(|_| gpu.host_import) else {
             return Err(AdviseError::Unsupported(
                 "AccessedBy needs VK_EXT_external_memory_host, which this device lacks",

@@ -128,11 +128,7 @@ impl Completer {
                     while lost.is_none() {
                         let done = match (&raw, f.point.get().copied()) {
                             // The timeline: a host wait, no `Device::poll`.
-                            (Some(raw), Some(point)) => match raw.wait(point, slice) {
-                                Ok(()) => Ok(true),
-                                Err(crate::vk::VkError::Timeout(_)) => Ok(false),
-                                Err(e) => Err(e.to_string()),
-                            },
+                            (Some(raw), Some(point)) => raw.wait_for(point, slice).map_err(|e| e.to_string()),
                             // A plain wgpu device: short polls under the
                             // poll lock (see `Gpu::poll_lock`).
                             _ => {

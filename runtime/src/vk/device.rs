@@ -163,40 +163,7 @@ impl core::fmt::Debug for OpenDevice {
     }
 }
 
-/// The limits `gpu.rs` requests (kept in step by hand until the runtime
-/// adopts this module).
-pub fn runtime_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
-    wgpu::Limits {
-        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
-        max_buffer_size: adapter.max_buffer_size,
-        max_storage_buffers_per_shader_stage: adapter.max_storage_buffers_per_shader_stage.max(8),
-        max_binding_array_elements_per_shader_stage: adapter.max_binding_array_elements_per_shader_stage,
-        ..wgpu::Limits::default()
-    }
-}
-
-/// The adapter the runtime uses: `WGPU_ADAPTER_NAME` (substring,
-/// case-insensitive) if set, else the first hardware adapter of `backends`,
-/// else the first software one.
-pub(crate) fn select_adapter(instance: &wgpu::Instance, backends: wgpu::Backends) -> Result<wgpu::Adapter> {
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
-    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-    match &wanted {
-        Some(w) => adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(w.as_str())),
-        None => {
-            let mut a = adapters;
-            a.sort_by_key(|x| x.get_info().device_type == wgpu::DeviceType::Cpu);
-            a.into_iter().next()
-        }
-    }
-    .ok_or_else(|| {
-        VkError::NoAdapter(match &wanted {
-            Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matches none of {names:?}"),
-            None => format!("no adapter for backends {backends:?}"),
-        })
-    })
-}
+pub use crate::gpu::runtime_limits;
 
 /// Properties that need no device: limits, sparse properties, host-pointer
 /// alignment, API version. `sparse`/`host_import`/BDA and the block size are
@@ -252,7 +219,7 @@ pub fn open(desc: &DeviceDescriptor<'_>) -> Result<OpenDevice> {
     } else {
         None
     };
-    let adapter = select_adapter(&instance, backends)?;
+    let adapter = crate::gpu::select_adapter(&instance, backends).map_err(VkError::NoAdapter)?;
     let info = adapter.get_info();
     let limits = desc.required_limits.clone().unwrap_or_else(|| runtime_limits(&adapter.limits()));
     let wdesc = wgpu::DeviceDescriptor {

@@ -274,6 +274,16 @@ impl RawDevice {
         }
     }
 
+    /// [`Self::wait`] with the timeout as an outcome: `Ok(true)` when the
+    /// timeline reached `point`, `Ok(false)` when `timeout` ran out first.
+    pub fn wait_for(&self, point: TimelinePoint, timeout: Duration) -> Result<bool> {
+        match self.wait(point, timeout) {
+            Ok(()) => Ok(true),
+            Err(VkError::Timeout(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Flush, then wait on the host until all queued work has completed.
     pub fn wait_idle(&self) -> Result<()> {
         let p = self.flush()?;

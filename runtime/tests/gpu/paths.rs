@@ -188,6 +188,7 @@ fn coherent_mode_works_in_place() {
         let desc = small(backend).arena_size(64 << 20).mapping(svm::MappingMode::Coherent);
         let svm = match svm::Svm::with_descriptor(&desc) {
             Ok(s) => s,
+            Err(e) if !crate::VULKAN => return crate::refused_without_vulkan("the coherent mapping mode", &e),
             Err(e) if std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1") => {
                 eprintln!("SKIP: no coherent mode here ({e}); SVM_REQUIRE_VK_CAPS=1 makes this a failure");
                 return;
@@ -275,6 +276,10 @@ fn arena_view_beyond_four_windows() {
         let desc = small(BACKENDS[0]).arena_size(640 << 20).mapping(mode);
         let svm = match svm::Svm::with_descriptor(&desc) {
             Ok(s) => s,
+            Err(e) if !crate::VULKAN => {
+                crate::refused_without_vulkan(&format!("the {mode:?} mapping mode"), &e);
+                continue;
+            }
             Err(svm::SvmError::Config(m)) if std::env::var("SVM_WINDOWS").as_deref() == Ok("fixed") => {
                 assert!(m.contains("windows"), "{m}");
                 continue;

@@ -60,6 +60,57 @@ pub fn ctx_migrating(desc: SvmDescriptor) -> Option<TestSvm> {
     Some(svm)
 }
 
+/// Whether this build has `svm::vk` (the `vulkan` feature, on by default):
+/// the sparse and coherent mapping modes and `Advice::AccessedBy`.
+pub const VULKAN: bool = cfg!(feature = "vulkan");
+
+/// In a build without the `vulkan` feature: check that `what` was refused
+/// with the error that names the feature, and say that the test goes no
+/// further (a skip with its reason, never a silent one).
+pub fn refused_without_vulkan(what: &str, err: &dyn std::fmt::Display) {
+    let m = err.to_string();
+    if VULKAN {
+        panic!("{what} refused in a build with the `vulkan` feature: {m}");
+    }
+    assert!(m.contains("`vulkan` feature"), "{what}: refused, but not for the missing feature: {m}");
+    eprintln!("SKIP: {what} needs the `vulkan` feature of svm-runtime, off in this build ({m})");
+}
+
+/// Whether [`svm::Advice::AccessedBy`] is built. Without the `vulkan`
+/// feature: checks that it is refused with the error naming the feature,
+/// prints why the test goes no further, and returns false.
+pub fn accessed_by_built(svm: &Svm) -> bool {
+    if VULKAN {
+        return true;
+    }
+    let probe = svm.alloc_vec::<u32>(1024).expect("probe");
+    match svm.advise(probe.as_ptr().cast(), 4096, svm::Advice::AccessedBy) {
+        Err(e @ svm::AdviseError::Unsupported(_)) => refused_without_vulkan("Advice::AccessedBy", &e),
+        other => panic!("AccessedBy without the `vulkan` feature: {other:?}"),
+    }
+    false
+}
+
+/// Whether a launch's kernel ran inside its submission, so that nothing is
+/// in flight when `launch` returns: `done` says the launch just made (one
+/// whose kernel runs for a good fraction of a second or more) took about
+/// as long as its kernel to return. That is wgpu's GL backend on Mesa's
+/// llvmpipe, whose `glDispatchCompute` returns once the dispatch has run. A test of what happens *while* a
+/// kernel runs cannot run there, and says so. Never on Vulkan, whose queues
+/// run kernels asynchronously: there the test goes on (and fails if it
+/// relies on a kernel in flight).
+pub fn kernel_ran_inside_submit(svm: &Svm, done: bool, what: &str) -> bool {
+    if !done || svm.device_info().backend == "Vulkan" {
+        return false;
+    }
+    eprintln!(
+        "SKIP: {what}: on {} the kernel ran inside the submission (the GL driver dispatches synchronously), \
+         so no launch is in flight when `launch` returns",
+        svm.device_info()
+    );
+    true
+}
+
 /// Small arena and pool so that tests run quickly on lavapipe.
 pub fn small(backend: FaultBackendKind) -> SvmDescriptor {
     SvmDescriptor::default().arena_size(256 << 20).pool_size(64 << 20).fault_backend(backend)
