@@ -30,21 +30,10 @@ use svm::{Access, Advice, Arg, Kernel, KernelDescriptor, LaunchDescriptor, Launc
 #[path = "stress_queues.rs"]
 mod queues;
 
-/// p[i] = p[i] * mul + add, i < n. Args: p, n, mul, add.
-pub const AFFINE: &str = "@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u); let mul = svm_arg_u32(3u); let add = svm_arg_u32(4u);
-    for (var i = g.x; i < n; i += nw.x * 64u) {
-        let q = svm_index(p, i, 4u);
-        svm_store_u32(q, svm_load_u32(q) * mul + add);
-    }
-}";
-/// p[i] = i * mul + add, i < n: idempotent, so it may be replayed. Args: p, n, mul, add.
-pub const FILL: &str = "@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u); let mul = svm_arg_u32(3u); let add = svm_arg_u32(4u);
-    for (var i = g.x; i < n; i += nw.x * 64u) { svm_store_u32(svm_index(p, i, 4u), i * mul + add); }
-}";
+// AFFINE and FILL are shared with the GPU tests (and this file's example).
+#[path = "../support/kernels.rs"]
+mod kernels;
+pub use kernels::{AFFINE, FILL};
 /// dst[i] = dst[i] + src[i] * mul, i < n. Args: src, dst, n, mul.
 const ADD_SRC: &str = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {

@@ -6,26 +6,10 @@ use svm::{
     Access, Arg, Binding, KernelFaultKind, LaunchDescriptor, LaunchError, LaunchOptions, MappingMode, SvmDescriptor,
 };
 
+use crate::kernels::{AFFINE, FILL};
 use crate::{ctx, kernel, BACKENDS};
 
 const GIB: usize = 1 << 30;
-
-/// p[i] = p[i] * mul + add, i < n. Args: p, n, mul, add.
-const AFFINE: &str = "@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u); let mul = svm_arg_u32(3u); let add = svm_arg_u32(4u);
-    for (var i = g.x; i < n; i += nw.x * 64u) {
-        let q = svm_index(p, i, 4u);
-        svm_store_u32(q, svm_load_u32(q) * mul + add);
-    }
-}";
-
-/// p[i] = i * mul + add, i < n (idempotent: may be replayed). Args: p, n, mul, add.
-const FILL: &str = "@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let p = svm_arg_ptr(0u); let n = svm_arg_u32(2u); let mul = svm_arg_u32(3u); let add = svm_arg_u32(4u);
-    for (var i = g.x; i < n; i += nw.x * 64u) { svm_store_u32(svm_index(p, i, 4u), i * mul + add); }
-}";
 
 /// v[i] = v[i] * 2 + 1 on a bound buffer (no prelude).
 const BOUND: &str = "@group(0) @binding(0) var<storage, read_write> v: array<u32>;

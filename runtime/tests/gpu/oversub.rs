@@ -72,7 +72,7 @@ fn working_set_larger_than_pool_is_served_remotely_or_refused() {
     let n = 1usize << 18; // 1 MiB of u32 each: two of them are twice the pool
     let mut a = svm.alloc_from_slice(&vec![1u32; n]).expect("a");
     let mut b = svm.alloc_from_slice(&vec![2u32; n]).expect("b");
-    let mut c = svm.alloc_from_slice(&[0u32; 1024]).expect("c");
+    let c = svm.alloc_from_slice(&[0u32; 1024]).expect("c");
     let launch = |a: &mut svm::ManagedVec<u32>, b: &mut svm::ManagedVec<u32>| {
         let args = [Arg::ptr(a.as_ptr()), Arg::ptr(b.as_ptr()), Arg::U32(n as u32)];
         svm.launch(
