@@ -6,9 +6,10 @@
 //! Managed addresses are process-wide (every arena is its own range of the
 //! address space), so the registry is process-wide too: an error's message
 //! names the allocation an address falls in without a handle to the
-//! runtime. An allocation's label goes when it is freed, and an arena's
-//! labels when the arena does (so a later mapping at the same addresses is
-//! never mislabelled).
+//! runtime. A freed allocation's label stays, marked freed, for errors
+//! formatted after its owner dropped, until its addresses are allocated
+//! again; an arena's labels go with the arena (so a later mapping at the
+//! same addresses is never mislabelled).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,21 +19,38 @@ use parking_lot::RwLock;
 use crate::error::LabelError;
 use crate::runtime::Svm;
 
-/// start → (end, label) of each labelled allocation, every arena's.
-static LABELS: RwLock<BTreeMap<usize, (usize, Arc<str>)>> = RwLock::new(BTreeMap::new());
-
-/// The label of the allocation holding `addr`, and `addr`'s offset in it.
-pub(crate) fn lookup(addr: u64) -> Option<(Arc<str>, usize)> {
-    let addr = usize::try_from(addr).ok()?;
-    let map = LABELS.read();
-    let (&start, (end, label)) = map.range(..=addr).next_back()?;
-    (addr < *end).then(|| (label.clone(), addr - start))
+/// A labelled range: where it ends, its label, and whether its allocation
+/// was freed (kept so that an error formatted after the owner dropped
+/// still names it, until the addresses are allocated again).
+struct Entry {
+    end: usize,
+    label: Arc<str>,
+    freed: bool,
 }
 
-/// `addr` as an error shows it: `0x… (`label`+0x40)` when labelled.
+/// start → entry of each labelled allocation, every arena's.
+static LABELS: RwLock<BTreeMap<usize, Entry>> = RwLock::new(BTreeMap::new());
+
+/// The label of the allocation holding `addr`, `addr`'s offset in it, and
+/// whether it was freed.
+fn lookup_entry(addr: u64) -> Option<(Arc<str>, usize, bool)> {
+    let addr = usize::try_from(addr).ok()?;
+    let map = LABELS.read();
+    let (&start, e) = map.range(..=addr).next_back()?;
+    (addr < e.end).then(|| (e.label.clone(), addr - start, e.freed))
+}
+
+/// The label of the live allocation holding `addr`, and `addr`'s offset.
+pub(crate) fn lookup(addr: u64) -> Option<(Arc<str>, usize)> {
+    lookup_entry(addr).filter(|e| !e.2).map(|(l, o, _)| (l, o))
+}
+
+/// `addr` as an error shows it: `0x… (`label`+0x40)` when labelled
+/// (`(`label`+0x40, freed)` once its allocation is gone).
 pub(crate) fn describe(addr: u64) -> String {
-    match lookup(addr) {
-        Some((label, off)) => format!("{addr:#x} (`{label}`+{off:#x})"),
+    match lookup_entry(addr) {
+        Some((label, off, false)) => format!("{addr:#x} (`{label}`+{off:#x})"),
+        Some((label, off, true)) => format!("{addr:#x} (`{label}`+{off:#x}, freed)"),
         None => format!("{addr:#x}"),
     }
 }
@@ -42,15 +60,31 @@ pub(crate) fn trace_label(addr: usize) -> Arc<str> {
     lookup(addr as u64).map_or_else(|| Arc::from(""), |(l, _)| l)
 }
 
-/// Set (or replace) the label of the allocation `[start, end)`.
+/// Set (or replace) the label of the allocation `[start, end)`. Called
+/// under the runtime's update lock (the allocation cannot go meanwhile).
 pub(crate) fn set(start: usize, end: usize, label: &str) {
-    LABELS.write().insert(start, (end, Arc::from(label)));
+    LABELS.write().insert(start, Entry { end, label: Arc::from(label), freed: false });
 }
 
-/// Drop the labels of allocations starting in `[start, end)`.
-pub(crate) fn forget(start: usize, end: usize) {
+/// The allocation `[start, end)` was freed: its label stays, marked, for
+/// messages formatted later (under the update lock).
+pub(crate) fn freed(start: usize, end: usize) {
     let mut map = LABELS.write();
-    let keys: Vec<usize> = map.range(start..end).map(|(&k, _)| k).collect();
+    for (_, e) in map.range_mut(start..end) {
+        e.freed = true;
+    }
+}
+
+/// `[start, end)` is allocated again: labels of what was there go
+/// (under the update lock).
+pub(crate) fn reuse(start: usize, end: usize) {
+    let mut map = LABELS.write();
+    let mut keys: Vec<usize> = map.range(start..end).map(|(&k, _)| k).collect();
+    if let Some((&k, e)) = map.range(..start).next_back() {
+        if e.end > start {
+            keys.push(k);
+        }
+    }
     for k in keys {
         map.remove(&k);
     }
@@ -65,7 +99,7 @@ pub(crate) struct ArenaLabels {
 
 impl Drop for ArenaLabels {
     fn drop(&mut self) {
-        forget(self.start, self.end);
+        reuse(self.start, self.end);
     }
 }
 
@@ -76,16 +110,16 @@ impl Svm {
     /// earlier label; the label goes when the allocation is freed.
     pub fn set_label(&self, ptr: *const u8, label: &str) -> Result<(), LabelError> {
         let addr = ptr as usize;
-        let (start, len) = self.allocation_at(addr).ok_or(LabelError::NotAllocated { addr })?;
-        set(start, start + len, label);
-        Ok(())
+        // (Under the update lock: the allocation cannot be freed and its
+        // addresses reused in between.)
+        self.with_allocation_at(addr, |start, len| set(start, start + len, label))
+            .ok_or(LabelError::NotAllocated { addr })
     }
 
     /// The label of the allocation holding `ptr`, if it has one.
     pub fn label(&self, ptr: *const u8) -> Option<String> {
         let addr = ptr as usize;
-        self.allocation_at(addr)?;
-        lookup(addr as u64).map(|(l, _)| l.to_string())
+        self.with_allocation_at(addr, |_, _| lookup(addr as u64).map(|(l, _)| l.to_string()))?
     }
 }
 
@@ -94,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookup_names_the_allocation_and_forget_drops_it() {
+    fn labels_outlive_the_free_until_the_addresses_are_reused() {
         // Addresses no arena uses (the registry is process-wide).
         let base = 0x7000_0000_0000usize;
         set(base, base + 4096, "edges");
@@ -102,10 +136,14 @@ mod tests {
         assert_eq!(describe(base as u64 + 0x40), format!("{:#x} (`edges`+0x40)", base + 0x40));
         assert_eq!(describe(base as u64 + 4096), format!("{:#x}", base + 4096));
         assert_eq!(lookup(base as u64 + 8200).map(|(l, o)| (l.to_string(), o)), Some(("node".into(), 8)));
-        forget(base, base + 8192);
-        assert!(lookup(base as u64).is_none());
+        freed(base, base + 8192);
+        assert!(lookup(base as u64).is_none(), "freed: not a live allocation's label");
+        assert_eq!(describe(base as u64 + 0x40), format!("{:#x} (`edges`+0x40, freed)", base + 0x40));
         assert!(lookup(base as u64 + 8192).is_some());
-        forget(base, base + (1 << 20));
+        // Allocated again across the old range's middle: its label goes.
+        reuse(base + 2048, base + 3072);
+        assert_eq!(describe(base as u64), format!("{base:#x}"));
+        reuse(base, base + (1 << 20));
         assert!(lookup(base as u64 + 8192).is_none());
     }
 }

@@ -122,7 +122,6 @@ impl State {
             slabs: crate::slab::Slabs::default(),
             write_bytes: Vec::new(),
             discarded_fresh: Vec::new(),
-            no_evict: false,
             stamps_busy: false,
         }
     }
@@ -364,10 +363,6 @@ struct State {
     /// launch submits; a launch that fails before gives them back to the
     /// host. Empty between launches.
     discarded_fresh: Vec<(u32, u32)>,
-    /// The preparing launch may not evict (it is to be served in place
-    /// instead, see `Inner::serve_remotely`): a pool too full is
-    /// `PoolExhausted`. False between launches.
-    no_evict: bool,
     /// Passes submitted and not yet retired, oldest first (see `flight`).
     flights: Vec<flight::InFlight>,
     /// Frames a device-side move left, freed when the launch that moved
@@ -500,6 +495,21 @@ impl Svm {
                 desc.device.as_ref(),
             )
         }?;
+        // The device tables (page table: 4 bytes a page) must be bindable
+        // once the high-water mark reaches the arena's end.
+        let table_limit = {
+            let l = gpu.device.limits();
+            l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+        };
+        if u64::from(pages) * 4 > table_limit {
+            return Err(SvmError::Config(format!(
+                "arena_size {}: its page table ({} bytes) exceeds the largest buffer this device binds ({table_limit} \
+                 bytes): at most {} bytes of arena here",
+                arena.len(),
+                u64::from(pages) * 4,
+                table_limit / 4 * PAGE_SIZE as u64
+            )));
+        }
         let frames = match sparse {
             Some(arena) => Frames::Sparse(Box::new(arena)),
             None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),

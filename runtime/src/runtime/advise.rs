@@ -250,7 +250,7 @@ impl Inner {
                 );
                 let mut temporary = Vec::new();
                 let mut report = LaunchReport::default();
-                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true, true);
+                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true, true, true);
                 st.pinned.clear();
                 mapped?;
                 self.settle_copies(st, temporary)?;

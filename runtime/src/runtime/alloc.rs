@@ -48,6 +48,9 @@ impl Svm {
             }
         };
         st.owned.insert(off);
+        if let Some((start, len)) = st.slabs.block_at(off) {
+            crate::label::reuse(arena.base() + start, arena.base() + start + len);
+        }
         drop(st);
         Ok(NonNull::new((arena.base() + off) as *mut u8).expect("arena addresses are non-null"))
     }
@@ -109,15 +112,23 @@ impl Svm {
         }
         let off = addr - arena.base();
         let mut st = self.inner.state.lock();
-        if let Some((start, len)) = st.ranges.containing(off) {
-            // A launch in flight using the range (a raw access) finishes
-            // first; other launches go on.
+        // A launch in flight using the range (a raw access) finishes first;
+        // other launches go on. Freeing a range the coherent window covers
+        // drops the window: every launch finishes first. (Waiting releases
+        // the lock: decided again after, the window may have come.)
+        while let Some((start, len)) = st.ranges.containing(off) {
             let (a, b) = (page_of(start), page_of(start + len));
-            if st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end) {
-                // Freeing drops the one coherent window.
+            let in_window = |st: &State| st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end);
+            if in_window(&st) {
+                if st.flights.is_empty() {
+                    break;
+                }
                 self.inner.wait_all_flights(&mut st);
             } else {
                 self.inner.wait_pages(&mut st, a, b);
+                if !in_window(&st) {
+                    break;
+                }
             }
         }
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
@@ -135,9 +146,10 @@ impl Svm {
 }
 
 impl Svm {
-    /// The live allocation holding `addr`, as (address, length): a slab
-    /// page's block or a page allocation.
-    pub(crate) fn allocation_at(&self, addr: usize) -> Option<(usize, usize)> {
+    /// `f(address, length)` of the live allocation holding `addr` (a slab
+    /// page's block or a page allocation), under the update lock (the
+    /// allocation stays live while `f` runs).
+    pub(crate) fn with_allocation_at<R>(&self, addr: usize, f: impl FnOnce(usize, usize) -> R) -> Option<R> {
         let arena = &self.inner.arena;
         if self.inner.foreign() || !arena.contains(addr) {
             return None;
@@ -146,7 +158,7 @@ impl Svm {
         let st = self.inner.state.lock();
         let (start, len) = st.ranges.containing(off)?;
         let (start, len) = if st.slabs.is_slab(page_of(start)) { st.slabs.block_at(off)? } else { (start, len) };
-        Some((arena.base() + start, len))
+        Some(f(arena.base() + start, len))
     }
 }
 
@@ -167,6 +179,7 @@ impl Inner {
         let first = page_of(off);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
         st.top = st.top.max(first + page_of(len));
+        crate::label::reuse(arena.base() + off, arena.base() + off + len);
         Ok(())
     }
 
@@ -193,7 +206,7 @@ impl Inner {
         let () = unsafe { self.arena.write_host(start, &ZEROS[..len]) };
         let freed = st.slabs.free(start).expect("checked live above");
         st.owned.remove(&start);
-        crate::label::forget(self.arena.base() + start, self.arena.base() + start + len);
+        crate::label::freed(self.arena.base() + start, self.arena.base() + start + len);
         if freed.emptied {
             return self.release_range(st, p as usize * PAGE_SIZE, PAGE_SIZE, addr);
         }
@@ -266,7 +279,7 @@ impl Inner {
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
         st.owned.remove(&start);
-        crate::label::forget(arena.base() + start, arena.base() + start + len);
+        crate::label::freed(arena.base() + start, arena.base() + start + len);
         Ok(())
     }
 }

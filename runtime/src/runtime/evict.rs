@@ -31,17 +31,25 @@ impl Inner {
         st.last_refault.is_some_and(|e| st.epoch.wrapping_sub(e) <= THRASH_WINDOW)
     }
 
-    /// The pool no longer thrashes and a launch uses the range the runtime
-    /// serves in place while its whole working set fits the pool: the
-    /// range migrates again (served in place from a PCIe-attached GPU, every
-    /// access would cross the bus). Waits for the launches in flight (the
-    /// window is theirs until they finish).
-    pub(super) fn give_back_in_place(&self, guard: &mut MutexGuard<'_, State>, decl: &[(u32, u32, bool)]) {
+    /// The range the runtime serves in place migrates again when the pool
+    /// no longer thrashes and a launch that uses it fits the pool (served
+    /// in place from a PCIe-attached GPU, every access would cross the
+    /// bus), or when a launch binds a range across its edge (a binding is
+    /// one buffer: it could not be placed; the program's own `AccessedBy`
+    /// is the program's choice, the runtime's gives way). Waits for the
+    /// launches in flight (the window is theirs until they finish).
+    pub(super) fn give_back_in_place(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        decl: &[(u32, u32, bool)],
+        bound: &[(u32, u32)],
+    ) {
         let Some(c) = guard.coherent.as_ref().filter(|c| c.auto) else { return };
         let (first, end) = (c.first, c.end);
         let uses = decl.iter().any(|&(a, b, _)| a < end && first < b);
         let pages: usize = decl.iter().map(|&(a, b, _)| (b - a) as usize).sum();
-        if uses && pages <= guard.frames.total() as usize {
+        let fits = uses && pages <= guard.frames.total() as usize && !self.thrashing(guard);
+        if fits || bound.iter().any(|&r| straddles(r, (first, end))) {
             self.wait_all_flights(guard);
             if guard.coherent.as_ref().is_some_and(|c| c.auto && c.first == first) {
                 self.drop_coherent(guard);
@@ -66,6 +74,7 @@ impl Inner {
         st: &mut State,
         decl: &[(u32, u32, bool)],
         whole: &[(u32, u32)],
+        bound: &[(u32, u32)],
     ) -> Result<bool, LaunchError> {
         let gpu = &self.gpu;
         if !self.remote_possible(st) {
@@ -81,6 +90,7 @@ impl Inner {
         let Some(&(a, b)) = whole
             .iter()
             .filter(|&&(a, b)| u64::from(b - a) * PAGE_SIZE as u64 <= limit && rest(a, b) <= total)
+            .filter(|&&w| !bound.iter().any(|&r| straddles(r, w)))
             .min_by_key(|&&(a, b)| b - a)
         else {
             return Ok(false);
@@ -174,4 +184,9 @@ impl Inner {
         tracing::debug!(want, evicted, thrashing, "evicted device pages");
         Ok(evicted)
     }
+}
+
+/// `r` overlaps `w` without lying inside it.
+fn straddles(r: (u32, u32), w: (u32, u32)) -> bool {
+    r.0 < w.1 && w.0 < r.1 && !(w.0 <= r.0 && r.1 <= w.1)
 }

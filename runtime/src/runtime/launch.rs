@@ -25,6 +25,9 @@ struct Request<'a, 'd> {
     access: &'a [crate::kernel::Access<'d>],
     replayable: bool,
     undeclared_writes: bool,
+    /// Served in place rather than evicting (thrashing, see `prepare`): a
+    /// pool too full is `PoolExhausted`.
+    no_evict: bool,
 }
 
 /// A launch made resident and mapped, ready to submit.
@@ -161,7 +164,14 @@ impl Inner {
         let order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
-        let req = Request { kernel, bound: &bound, access: desc.access, replayable: false, undeclared_writes: false };
+        let req = Request {
+            kernel,
+            bound: &bound,
+            access: desc.access,
+            replayable: false,
+            undeclared_writes: false,
+            no_evict: false,
+        };
         let prep = self.prepare(&mut guard, &req)?;
         let st = &mut *guard;
         let (mut zapped, mut protected) = (Vec::new(), Vec::new());
@@ -269,6 +279,7 @@ impl Inner {
             access: desc.access,
             replayable: opts.replayable,
             undeclared_writes: opts.undeclared_writes,
+            no_evict: false,
         };
         let prep = self.prepare(&mut guard, &req)?;
         let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
@@ -321,7 +332,7 @@ impl Inner {
             }
             extents = None;
             let want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
-            let changed = self.map_ranges(st, &want, &mut temporary, &mut report, true, true)?;
+            let changed = self.map_ranges(st, &want, &mut temporary, &mut report, true, true, true)?;
             if changed == 0 {
                 return Err(LaunchError::NoProgress { pages: self.fault_addrs(&faults) });
             }
@@ -511,26 +522,24 @@ impl Inner {
     /// while launches in flight hold frames waits for them and tries again.
     fn prepare(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
         let mut remote_tried = false;
-        if guard.coherent.as_ref().is_some_and(|c| c.auto) && !self.thrashing(guard) {
-            let (decl, _) = self.declared_whole(guard, req)?;
-            self.give_back_in_place(guard, &decl);
+        if guard.coherent.as_ref().is_some_and(|c| c.auto) {
+            let (decl, _, bound) = self.declared_whole(guard, req)?;
+            self.give_back_in_place(guard, &decl, &bound);
         }
         loop {
             // While the pool thrashes, a launch that would evict is served
             // in place instead where it can be (UVM's thrashing
             // mitigation: stop cycling pages in and out).
             let no_evict = !remote_tried && self.thrashing(guard) && self.remote_possible(guard);
-            guard.no_evict = no_evict;
-            let r = self.prepare_once(guard, req);
-            guard.no_evict = false;
+            let r = self.prepare_once(guard, &Request { no_evict, ..*req });
             match r {
                 Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(guard),
                 // Larger than the pool (or thrashing): part of it served
                 // from host memory in place, once; failing that, evict.
                 Err(e @ LaunchError::PoolExhausted { .. }) if !remote_tried => {
                     remote_tried = true;
-                    let (decl, whole) = self.declared_whole(guard, req)?;
-                    if self.serve_remotely(guard, &decl, &whole)? {
+                    let (decl, whole, bound) = self.declared_whole(guard, req)?;
+                    if self.serve_remotely(guard, &decl, &whole, &bound)? {
                         if no_evict {
                             // Still thrashing while ranges take turns in place.
                             guard.last_refault = Some(guard.epoch);
@@ -544,31 +553,31 @@ impl Inner {
         }
     }
 
-    /// The launch's pages (merged), and each declared or bound range on its
-    /// own (what may be served in place: a binding is one buffer, so whole
-    /// ranges only).
+    /// The launch's pages (merged); each declared or bound range on its own
+    /// (what may be served in place: whole ranges only); and the bound ones
+    /// (a binding is one buffer: a range in place must not straddle one).
+    #[allow(clippy::type_complexity, reason = "three page-range lists, named at the callers")]
     fn declared_whole(
         &self,
         st: &State,
         req: &Request<'_, '_>,
-    ) -> Result<(Vec<(u32, u32, bool)>, Vec<(u32, u32)>), LaunchError> {
+    ) -> Result<(Vec<(u32, u32, bool)>, Vec<(u32, u32)>, Vec<(u32, u32)>), LaunchError> {
         let (decl, _) = self.declared(st, req.kernel, req.bound, req.access)?;
-        let bound = req.bound.iter().filter_map(|c| match *c {
-            Checked::Managed { addr, len, .. } => Some((addr, len)),
-            Checked::Uniform(_) => None,
-        });
-        let whole = req
-            .access
+        let bound: Vec<(u32, u32)> = req
+            .bound
             .iter()
-            .map(|a| (a.addr, a.len))
-            .chain(bound)
-            .filter_map(|(addr, len)| self.page_range(st, addr, len))
+            .filter_map(|c| match *c {
+                Checked::Managed { addr, len, .. } => self.page_range(st, addr, len),
+                Checked::Uniform(_) => None,
+            })
             .collect();
-        Ok((decl, whole))
+        let mut whole: Vec<(u32, u32)> = req.access.iter().filter_map(|a| self.page_range(st, a.addr, a.len)).collect();
+        whole.extend(&bound);
+        Ok((decl, whole, bound))
     }
 
     fn prepare_once(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
-        let Request { kernel, bound, access, replayable, undeclared_writes } = *req;
+        let Request { kernel, bound, access, replayable, undeclared_writes, no_evict } = *req;
         let gpu = &self.gpu;
         let (decl, discard) = loop {
             self.retire_done(guard);
@@ -645,8 +654,8 @@ impl Inner {
             // its pages are made resident, but no PTE changes (nothing to
             // upload; the next pointer launch maps what it declares).
             let ptes = kernel.prelude;
-            self.map_ranges(st, &resident, &mut temporary, &mut report, false, ptes)?;
-            let mapped = self.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes);
+            self.map_ranges(st, &resident, &mut temporary, &mut report, false, ptes, true)?;
+            let mapped = self.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes, !no_evict);
             st.discard.clear();
             mapped?;
             let placed = self.place_bindings(st, &|i, why| crate::bind::error(kernel, i, why), bound)?;

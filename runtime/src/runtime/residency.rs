@@ -10,8 +10,9 @@ impl Inner {
     /// new frames (read ranges as read-only duplicates recorded in
     /// `temporary`; write ranges after zapping the CPU mapping, as
     /// device-owned pages). With `pin`, the ranges join the running
-    /// operation's working set, which eviction never takes. Returns how many
-    /// PTEs changed.
+    /// operation's working set, which eviction never takes. Without `evict`
+    /// a pool too full is `PoolExhausted` (the range is to be served in
+    /// place instead). Returns how many PTEs changed.
     pub(super) fn map_ranges(
         &self,
         st: &mut State,
@@ -20,6 +21,7 @@ impl Inner {
         report: &mut LaunchReport,
         pin: bool,
         ptes: bool,
+        evict: bool,
     ) -> Result<u64, LaunchError> {
         if self.gpu.mode == MappingMode::Coherent {
             return Ok(Self::map_in_place(st, ranges, ptes));
@@ -40,7 +42,7 @@ impl Inner {
             st.last_refault = Some(st.epoch);
             Counters::add(&self.stats.refaults, refaults);
         }
-        if needed > st.frames.free_count() as usize && !st.no_evict {
+        if needed > st.frames.free_count() as usize && evict {
             // Oversubscription: make room by evicting least-recently-used
             // pages this launch does not use.
             let want = needed - st.frames.free_count() as usize;

@@ -272,10 +272,14 @@ fn labels_name_allocations_in_errors() {
     a.as_vec().set_label("node a");
     assert_eq!(svm.label(a.as_vec().as_ptr().cast()).as_deref(), Some("node a"));
     assert_eq!(svm.label(b.as_vec().as_ptr().cast()), None, "the neighbour block has none");
-    // Freed: the label goes; the next allocation there has none.
+    // Freed: no live allocation has the label, but an error formatted
+    // after its owner dropped still names it; the next allocation there
+    // has none.
     let at = v.as_ptr() as usize;
     drop(v);
     assert_eq!(svm.label(at as *const u8), None);
+    let late = e.to_string();
+    assert!(late.contains("`edges`+0x40, freed"), "{late}");
     let w = svm.alloc_vec::<u32>(1024).expect("w");
     assert_eq!(w.as_ptr() as usize, at, "first fit reuses the range");
     assert_eq!(w.label(), None);

@@ -215,3 +215,43 @@ fn cyclic_sweeps_do_not_cycle_the_whole_working_set() {
         }
     }
 }
+
+/// A range served in place must not cut through a binding (a binding is one
+/// buffer): with a vector bound whole and a part of it declared, the part
+/// alone would be the smallest choice, but the runtime takes the whole
+/// vector, and the launch runs.
+#[test]
+fn serving_in_place_never_cuts_a_binding() {
+    let Some(svm) = ctx_migrating(small(BACKENDS[0]).pool_size(1 << 20)) else { return };
+    if !svm.coherent_mode_available() {
+        eprintln!("the device does not import host memory: nothing is served in place (checked elsewhere)");
+        return;
+    }
+    let n = 1usize << 19; // 2 MiB of u32: twice the pool
+    let v = svm.alloc_from_iter((0..n as u32).map(|i| i * 3)).expect("v");
+    let mut out = svm.alloc_vec::<u32>(1024).expect("out");
+    let k = kernel(
+        &svm,
+        "strided read",
+        "@group(0) @binding(0) var<storage, read> v: array<u32>;
+        @group(0) @binding(1) var<storage, read_write> out: array<u32>;
+        @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x < arrayLength(&out)) { out[g.x] = v[g.x * 512u]; }
+        }",
+    );
+    // 300 of v's 512 pages declared for pointer access too: leaving them
+    // out would let the rest (212 pages + out) fit the 256-page pool.
+    let part = v.slice(0..300 * 1024);
+    svm.launch(
+        &k,
+        &LaunchDescriptor {
+            access: &[Access::read(&part)],
+            bindings: &[svm::Binding::read(&v), svm::Binding::read_write(&mut out)],
+            workgroups: [16, 1, 1],
+            ..Default::default()
+        },
+    )
+    .expect("served in place without cutting the binding");
+    assert!(out.iter().enumerate().all(|(i, &x)| x == (i * 512 * 3) as u32));
+    assert_eq!(svm.range_info(v.as_ptr().cast(), n * 4).expect("info").in_place, 512, "v whole in place");
+}
