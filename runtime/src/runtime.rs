@@ -178,7 +178,10 @@ const STAGING_PAGES: u32 = 512;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SvmDescriptor {
-    /// Bytes of managed address space (rounded up to 2 MiB), at most 1 TiB.
+    /// Bytes of managed address space (rounded up to 2 MiB), at most 1 TiB
+    /// and at most what a page table in the device's largest binding maps
+    /// (4 bytes a page: 128 GiB where a binding holds 128 MiB, as on
+    /// lavapipe and with wgpu's default limits; refused at creation above).
     /// Reserved, not committed: memory is used as allocations touch it,
     /// and the runtime's per-page state and device tables grow with what is
     /// allocated. Default [`Self::DEFAULT_ARENA_SIZE`] (64 GiB) in the

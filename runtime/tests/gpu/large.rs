@@ -162,3 +162,26 @@ fn default_arena_is_a_large_reservation() {
     assert!(v.iter().all(|&x| x == 2));
     assert!(svm.stats().pt_upload_bytes <= 64 << 10, "{} bytes of page table", svm.stats().pt_upload_bytes);
 }
+
+/// An arena whose page table would not fit the device's largest binding is
+/// refused at creation with the limit in the message (lavapipe binds 128
+/// MiB: 128 GiB of arena), never a failure later when allocations reach it.
+#[test]
+fn an_arena_beyond_the_devices_page_table_is_refused_at_creation() {
+    let desc = SvmDescriptor::default().arena_size(SvmDescriptor::MAX_ARENA_SIZE).pool_size(16 << 20);
+    let desc = desc.fault_backend(BACKENDS[0]).mapping(MappingMode::Software);
+    match svm::Svm::with_descriptor(&desc) {
+        Ok(svm) => {
+            // This device binds a 1 GiB page table: the arena works to its end.
+            let top = svm.arena_base() + svm.arena_size() - 4096;
+            let v = svm.alloc(svm.arena_size() - 4096).expect("all but a page");
+            let last = svm.alloc(4096).expect("the last page");
+            assert_eq!(last.as_ptr() as usize, top);
+            svm.free(last.as_ptr()).expect("free");
+            svm.free(v.as_ptr()).expect("free");
+        }
+        Err(svm::SvmError::Config(m)) => assert!(m.contains("at most") && m.contains("binds"), "{m}"),
+        Err(svm::SvmError::NoAdapter(_)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {}
+        Err(e) => panic!("{e}"),
+    }
+}
