@@ -62,8 +62,8 @@ pub(crate) fn trace_label(addr: usize) -> Arc<str> {
 
 /// Set (or replace) the label of the allocation `[start, end)`. Called
 /// under the runtime's update lock (the allocation cannot go meanwhile).
-pub(crate) fn set(start: usize, end: usize, label: &str) {
-    LABELS.write().insert(start, Entry { end, label: Arc::from(label), freed: false });
+pub(crate) fn set(start: usize, end: usize, label: Arc<str>) {
+    LABELS.write().insert(start, Entry { end, label, freed: false });
 }
 
 /// The allocation `[start, end)` was freed: its label stays, marked, for
@@ -110,6 +110,9 @@ impl Svm {
     /// earlier label; the label goes when the allocation is freed.
     pub fn set_label(&self, ptr: *const u8, label: &str) -> Result<(), LabelError> {
         let addr = ptr as usize;
+        // Copied before any lock: the string may itself be managed memory,
+        // whose read can fault (the fault service takes the update lock).
+        let label: Arc<str> = Arc::from(label);
         // (Under the update lock: the allocation cannot be freed and its
         // addresses reused in between.)
         self.with_allocation_at(addr, |start, len| set(start, start + len, label))
@@ -131,8 +134,8 @@ mod tests {
     fn labels_outlive_the_free_until_the_addresses_are_reused() {
         // Addresses no arena uses (the registry is process-wide).
         let base = 0x7000_0000_0000usize;
-        set(base, base + 4096, "edges");
-        set(base + 8192, base + 8208, "node");
+        set(base, base + 4096, "edges".into());
+        set(base + 8192, base + 8208, "node".into());
         assert_eq!(describe(base as u64 + 0x40), format!("{:#x} (`edges`+0x40)", base + 0x40));
         assert_eq!(describe(base as u64 + 4096), format!("{:#x}", base + 4096));
         assert_eq!(lookup(base as u64 + 8200).map(|(l, o)| (l.to_string(), o)), Some(("node".into(), 8)));

@@ -284,6 +284,35 @@ fn labels_name_allocations_in_errors() {
     assert_eq!(w.as_ptr() as usize, at, "first fit reuses the range");
     assert_eq!(w.label(), None);
     assert_eq!(svm.alloc_vec::<u32>(1).expect("x").label(), None);
+    // A label that is itself managed memory the device owns: copied
+    // (faulting it back) before any lock is taken, so no deadlock.
+    let mut text = svm.alloc_vec::<u32>(1024).expect("text");
+    let fill = kernel(
+        &svm,
+        "fill",
+        "@group(0) @binding(0) var<storage, read_write> v: array<u32>;
+        @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x < arrayLength(&v)) { v[g.x] = 0x61616161u; }
+        }",
+    );
+    svm.launch(
+        &fill,
+        &LaunchDescriptor {
+            bindings: &[svm::Binding::read_write(&mut text)],
+            workgroups: [16, 1, 1],
+            ..Default::default()
+        },
+    )
+    .expect("fill");
+    if svm.mapping_mode() != svm::MappingMode::Coherent {
+        assert!(svm.device_resident_pages() > 0, "the text is on the device");
+    }
+    // SAFETY: 16 bytes of a live allocation of ours, ASCII 'a' once read
+    // (the kernel finished); not read before `set_label` copies them.
+    let label = unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(text.as_ptr().cast::<u8>(), 16)) };
+    let w2 = svm.alloc_vec::<u32>(4).expect("w2");
+    w2.set_label(label);
+    assert_eq!(w2.label().as_deref(), Some("aaaaaaaaaaaaaaaa"));
     let far = svm.arena_base() + svm.arena_size() - 4096;
     assert_eq!(svm.set_label(far as *const u8, "nothing"), Err(svm::LabelError::NotAllocated { addr: far }));
 }
