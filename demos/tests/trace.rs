@@ -238,12 +238,16 @@ fn traced_vadd(attempt: usize) -> Result<Option<()>, String> {
 
 #[test]
 fn vadd_trace_adds_up() {
+    // Time the service thread waits to be scheduled is in no span: a
+    // neighbouring test hogging both cores can break the bound for a while,
+    // so a failed run is retried after a pause (five runs in all).
     let mut failures = Vec::new();
-    for attempt in 1..=3 {
+    for attempt in 1..=5 {
         match traced_vadd(attempt) {
             Ok(_) => return,
             Err(e) => failures.push(e),
         }
+        std::thread::sleep(std::time::Duration::from_millis(500 * attempt as u64));
     }
     panic!("the timing bounds failed in every run:\n{}", failures.join("\n"));
 }
