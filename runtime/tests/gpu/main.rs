@@ -26,6 +26,9 @@ mod staged;
 
 #[path = "../support/mod.rs"]
 mod support;
+// (Also included by the conformance binary's stress core.)
+#[path = "../support/kernels.rs"]
+mod kernels;
 pub use support::*;
 
 /// Run a test in a child process (this test binary, filtered to the full

@@ -42,6 +42,17 @@ fn p(x: u32) -> P {
     P { x, pad: [0; 3] }
 }
 
+/// What SPIN (and LATE) compute from `v`: `iters` xorshift steps of `v | 1`.
+fn spun(v: u32, iters: u32) -> u32 {
+    let mut x = v | 1;
+    for _ in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+    }
+    x
+}
+
 /// Iterations of SPIN for about `target` on this machine.
 fn calibrate(svm: &Svm, spin: &svm::Kernel, a: &mut ManagedVec<u32>, target: Duration) -> u32 {
     let run = |a: &mut ManagedVec<u32>, iters: u32| {
@@ -170,18 +181,7 @@ fn leaked_handle_cpu_access_waits_for_the_kernel() {
         let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(500));
         let start: Vec<u32> = a.to_vec();
         // The result the kernel computes.
-        let want: Vec<u32> = start
-            .iter()
-            .map(|&v| {
-                let mut x = v | 1;
-                for _ in 0..iters {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                }
-                x
-            })
-            .collect();
+        let want: Vec<u32> = start.iter().map(|&v| spun(v, iters)).collect();
         let q = svm.create_queue();
         let u = p(iters);
         let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
@@ -502,17 +502,7 @@ fn leak_then_write_the_input(svm: &Svm, advise_src: Option<svm::Advice>, what: &
         svm.advise(src.as_ptr().cast(), 4096, adv).expect("advise");
     }
     let mut dst = svm.alloc_vec::<u32>(64).expect("dst");
-    let want: Vec<u32> = (0..64u32)
-        .map(|i| {
-            let mut x = i | 1;
-            for _ in 0..iters {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-            }
-            7 ^ x
-        })
-        .collect();
+    let want: Vec<u32> = (0..64u32).map(|i| 7 ^ spun(i, iters)).collect();
     let q = svm.create_queue();
     let u = p(iters);
     let binds = [Binding::read(&src), Binding::read_write(&mut dst), Binding::uniform(&u)];
@@ -586,20 +576,7 @@ fn leaked_handle_accessed_by_output_waits_for_the_kernel() {
         let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(500));
         let mut out = svm.alloc_from_slice(&(0..1024u32).collect::<Vec<_>>()).expect("out");
         svm.advise(out.as_ptr().cast(), 4096, svm::Advice::AccessedBy).expect("advise");
-        let want: Vec<u32> = (0..1024u32)
-            .map(|v| {
-                if v >= 64 {
-                    return v;
-                }
-                let mut x = v | 1;
-                for _ in 0..iters {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                }
-                x
-            })
-            .collect();
+        let want: Vec<u32> = (0..1024u32).map(|v| if v >= 64 { v } else { spun(v, iters) }).collect();
         let q = svm.create_queue();
         let u = p(iters);
         // SPIN works on the first 64 words of what it is bound to.

@@ -4,8 +4,6 @@
 
 use svm::{FaultBackendKind, Svm, SvmDescriptor, SvmError};
 
-pub mod kernels;
-
 pub const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
 
 /// A runtime for one test. Under the Vulkan validation layer
