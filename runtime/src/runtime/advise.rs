@@ -250,7 +250,13 @@ impl Inner {
                 );
                 let mut temporary = Vec::new();
                 let mut report = LaunchReport::default();
-                let mapped = self.map_ranges(st, &ranges, &mut temporary, &mut report, true, true, true);
+                let mapped = self.map_ranges(
+                    st,
+                    &ranges,
+                    &mut temporary,
+                    &mut report,
+                    Mapping { pin: true, ptes: true, evict: true },
+                );
                 st.pinned.clear();
                 mapped?;
                 self.settle_copies(st, temporary)?;

@@ -72,7 +72,13 @@ impl Svm {
         let mut temporary = Vec::new();
         let mut report = LaunchReport::default();
         let result = (|| -> Result<R, LaunchError> {
-            inner.map_ranges(st, &decl, &mut temporary, &mut report, true, false, true)?;
+            inner.map_ranges(
+                st,
+                &decl,
+                &mut temporary,
+                &mut report,
+                Mapping { pin: true, ptes: false, evict: true },
+            )?;
             let placed: Vec<Placed> = inner.place_bindings(st, &error, &checked)?.into_iter().flatten().collect();
             let views: Vec<wgpu::BufferBinding<'_>> = placed
                 .iter()

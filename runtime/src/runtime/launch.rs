@@ -332,7 +332,13 @@ impl Inner {
             }
             extents = None;
             let want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
-            let changed = self.map_ranges(st, &want, &mut temporary, &mut report, true, true, true)?;
+            let changed = self.map_ranges(
+                st,
+                &want,
+                &mut temporary,
+                &mut report,
+                Mapping { pin: true, ptes: true, evict: true },
+            )?;
             if changed == 0 {
                 return Err(LaunchError::NoProgress { pages: self.fault_addrs(&faults) });
             }
@@ -654,8 +660,9 @@ impl Inner {
             // its pages are made resident, but no PTE changes (nothing to
             // upload; the next pointer launch maps what it declares).
             let ptes = kernel.prelude;
-            self.map_ranges(st, &resident, &mut temporary, &mut report, false, ptes, true)?;
-            let mapped = self.map_ranges(st, &decl, &mut temporary, &mut report, true, ptes, !no_evict);
+            self.map_ranges(st, &resident, &mut temporary, &mut report, Mapping { pin: false, ptes, evict: true })?;
+            let mapped =
+                self.map_ranges(st, &decl, &mut temporary, &mut report, Mapping { pin: true, ptes, evict: !no_evict });
             st.discard.clear();
             mapped?;
             let placed = self.place_bindings(st, &|i, why| crate::bind::error(kernel, i, why), bound)?;

@@ -5,6 +5,17 @@
 
 use super::*;
 
+/// How [`Inner::map_ranges`] maps: `pin` the ranges into the running
+/// operation's working set; write their PTEs (`ptes`; a kernel without the
+/// prelude reads none); `evict` to make room (else a pool too full is
+/// `PoolExhausted`: the range is to be served in place instead).
+#[derive(Copy, Clone)]
+pub(super) struct Mapping {
+    pub pin: bool,
+    pub ptes: bool,
+    pub evict: bool,
+}
+
 impl Inner {
     /// Make `ranges` device-resident and map them: host pages are copied to
     /// new frames (read ranges as read-only duplicates recorded in
@@ -19,10 +30,9 @@ impl Inner {
         ranges: &[(u32, u32, bool)],
         temporary: &mut Vec<(u32, u32)>,
         report: &mut LaunchReport,
-        pin: bool,
-        ptes: bool,
-        evict: bool,
+        how: Mapping,
     ) -> Result<u64, LaunchError> {
+        let Mapping { pin, ptes, evict } = how;
         if self.gpu.mode == MappingMode::Coherent {
             return Ok(Self::map_in_place(st, ranges, ptes));
         }
