@@ -656,6 +656,10 @@ fn main() {
         );
     }
     eprintln!("paths side by side: {:.1} s", secs(t.elapsed()));
+    if std::env::args().any(|a| a == "--paths-only") {
+        // For iterating on one path: the side-by-side rows only, no files.
+        return;
+    }
     let side = SideBySide { paths, write_buffer_s: path_wb, readback_s: path_rb };
     let mech: Vec<Mechanism> = BACKENDS.iter().filter_map(|&b| mechanism(&o, b)).collect();
     let mut configs = Vec::new();

@@ -165,12 +165,7 @@ impl Inner {
             return Err(AdviseError::Unsupported("AccessedBy range longer than one storage binding"));
         }
         // Bring the range home first: from now on only the host copy exists.
-        let mut x = a;
-        while x < b {
-            let y = (x + STAGING_PAGES).min(b);
-            self.migrate_back_span(st, x, y)?;
-            x = y;
-        }
+        self.migrate_back_spans(st, &Self::spans_of(a, b))?;
         for p in a..b {
             if st.dup[p as usize] {
                 self.drop_copy(st, p)?;
@@ -262,16 +257,7 @@ impl Inner {
                 self.settle_copies(st, temporary)?;
                 Ok(report.migrated_pages)
             }
-            Location::Host => {
-                let mut moved = 0;
-                let mut x = a;
-                while x < b {
-                    let y = (x + STAGING_PAGES).min(b);
-                    moved += self.migrate_back_span(st, x, y)?;
-                    x = y;
-                }
-                Ok(moved)
-            }
+            Location::Host => Ok(self.migrate_back_spans(st, &Self::spans_of(a, b))?),
         }
     }
 
@@ -282,14 +268,7 @@ impl Inner {
         for &(a, b, _) in used {
             todo.extend(runs(a, b, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0));
         }
-        for (a, b) in todo {
-            let mut x = a;
-            while x < b {
-                let y = (x + STAGING_PAGES).min(b);
-                self.migrate_back_span(st, x, y)?;
-                x = y;
-            }
-        }
-        Ok(())
+        let spans: Vec<(u32, u32)> = todo.into_iter().flat_map(|(a, b)| Self::spans_of(a, b)).collect();
+        self.migrate_back_spans(st, &spans).map(drop)
     }
 }

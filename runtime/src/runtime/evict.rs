@@ -169,7 +169,7 @@ impl Inner {
         for &p in &chosen {
             st.evicted[p as usize] = true;
         }
-        let mut evicted = clean.len();
+        let mut spans = Vec::new();
         let mut i = 0;
         while i < chosen.len() {
             let a = chosen[i];
@@ -177,9 +177,10 @@ impl Inner {
             while j < chosen.len() && chosen[j] == chosen[j - 1] + 1 && chosen[j] - a < STAGING_PAGES {
                 j += 1;
             }
-            evicted += self.migrate_back_span(st, a, chosen[j - 1] + 1)? as usize;
+            spans.push((a, chosen[j - 1] + 1));
             i = j;
         }
+        let evicted = clean.len() + self.migrate_back_spans(st, &spans)? as usize;
         Counters::add(&self.stats.evicted_pages, evicted as u64);
         tracing::debug!(want, evicted, thrashing, "evicted device pages");
         Ok(evicted)

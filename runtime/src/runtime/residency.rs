@@ -314,13 +314,18 @@ impl Inner {
     /// Copy device-owned runs (inside `[a, b)`) back through the download
     /// ring: the read-ahead of a sequential stream if it holds them all and
     /// is still valid, else new copies, one submission per staging chunk,
-    /// each copied into the host copy while the next ones transfer.
+    /// each copied into the host copy while the next ones transfer. With
+    /// `next_span`, the copies of the next span (a sequential stream's, or
+    /// the next of a multi-span migration) are queued before this span is
+    /// copied out, so that the device's copy of the next span overlaps the
+    /// CPU's copy of this one.
     pub(super) fn copy_back_staged(
         &self,
         st: &State,
         a: u32,
         b: u32,
         device_runs: &[(u32, u32)],
+        next_span: Option<(u32, u32)>,
     ) -> Result<(), DeviceError> {
         let gpu = &self.gpu;
         let ahead = gpu.staging.take_readahead().and_then(|r| {
@@ -353,6 +358,9 @@ impl Inner {
             }
             None => self.start_download(st, device_runs)?,
         };
+        if let Some(next) = next_span {
+            self.read_ahead(st, next);
+        }
         gpu.staging.finish(gpu, download, |host, bytes| {
             // Only the device-owned pages of this span: a read-ahead may
             // hold more (pages the host copy of which is current, or
@@ -387,26 +395,45 @@ impl Inner {
         gpu.staging.download(gpu, &pieces)
     }
 
-    /// After a CPU fault that continued a sequential stream up to page `b`:
-    /// start copying the device-owned pages of the stream's next span (the
-    /// rest of the 2 MiB region from `b`, inside the allocation, which is
-    /// what the next fault's `fault_span` takes) so that they are in
-    /// staging memory by the time the faulting thread gets there.
-    fn read_ahead(&self, st: &State, b: u32) -> Result<(), DeviceError> {
-        let Some((s, l)) = b.checked_sub(1).and_then(|last| st.ranges.containing(last as usize * PAGE_SIZE)) else {
-            return Ok(());
-        };
-        let sb = page_of(s + l);
-        let e = ((b / STAGING_PAGES + 1) * STAGING_PAGES).min(sb);
-        if b >= e {
-            return Ok(());
+    /// The span a sequential CPU-fault stream that reached page `b` wants
+    /// next: the rest of the 2 MiB region from `b`, inside the allocation
+    /// (what the next fault's `fault_span` takes).
+    fn next_stream_span(st: &State, b: u32) -> Option<(u32, u32)> {
+        let (s, l) = b.checked_sub(1).and_then(|last| st.ranges.containing(last as usize * PAGE_SIZE))?;
+        let e = ((b / STAGING_PAGES + 1) * STAGING_PAGES).min(page_of(s + l));
+        (b < e).then_some((b, e))
+    }
+
+    /// Whether migrations back read ahead (the staged path: copies through
+    /// the download ring, which can run while the CPU copies out the span
+    /// before).
+    fn reads_ahead(&self) -> bool {
+        !self.gpu.cpu_copies && self.gpu.mode != MappingMode::Coherent
+    }
+
+    /// Start copying the device-owned pages of `[b, e)` (at most one span)
+    /// into staging memory, so that they are there by the time the
+    /// migration back of that span (a fault's, a prefetch's, an eviction's)
+    /// wants them. Only a speed-up: a failure is logged and shows again
+    /// where it matters.
+    fn read_ahead(&self, st: &State, (b, e): (u32, u32)) {
+        if let Err(err) = self.try_read_ahead(st, b, e) {
+            tracing::debug!("svm: read-ahead of pages {b}..{e}: {err}");
         }
+    }
+
+    fn try_read_ahead(&self, st: &State, b: u32, e: u32) -> Result<(), DeviceError> {
+        debug_assert!(b < e && e - b <= STAGING_PAGES);
         if (b..e).any(|p| Self::busy(st, p)) {
             return Ok(());
         }
         let device_runs: Vec<(u32, u32)> = runs(b, e, |p| st.owned(p)).collect();
         if device_runs.is_empty() {
             return Ok(());
+        }
+        // One read-ahead at a time, and its slots are needed now.
+        if let Some(old) = self.gpu.staging.take_readahead() {
+            self.gpu.staging.discard(old.download);
         }
         let download = self.start_download(st, &device_runs)?;
         let frames = (b..e).map(|p| if st.owned(p) { st.frames_of.get(p as usize) } else { HOST }).collect();
@@ -549,14 +576,27 @@ impl Inner {
             }
         }
         st.last_fault_end = Some(b);
-        let moved = self.migrate_back_span(st, a, b)?;
-        if self.prefetch && sequential && !self.gpu.cpu_copies && self.gpu.mode != MappingMode::Coherent {
-            // Only a speed-up: a failure shows again where it matters.
-            if let Err(e) = self.read_ahead(st, b) {
-                tracing::debug!("svm: read-ahead after page {page}: {e}");
-            }
+        let next = if self.prefetch && sequential && self.reads_ahead() { Self::next_stream_span(st, b) } else { None };
+        self.migrate_back_span_ahead(st, a, b, next)
+    }
+
+    /// Move every device-owned page of `spans` (each at most
+    /// [`STAGING_PAGES`] pages) back to the host, span by span; on the
+    /// staged path the device's copy of each span is queued before the CPU
+    /// copies out the one before. Returns the pages moved.
+    pub(super) fn migrate_back_spans(&self, st: &mut State, spans: &[(u32, u32)]) -> Result<u64, DeviceError> {
+        let ahead = self.reads_ahead();
+        let mut moved = 0;
+        for (i, &(a, b)) in spans.iter().enumerate() {
+            let next = spans.get(i + 1).copied().filter(|_| ahead);
+            moved += self.migrate_back_span_ahead(st, a, b, next)?;
         }
         Ok(moved)
+    }
+
+    /// `[a, b)` cut into spans of at most [`STAGING_PAGES`] pages.
+    pub(super) fn spans_of(a: u32, b: u32) -> Vec<(u32, u32)> {
+        (a..b).step_by(STAGING_PAGES as usize).map(|x| (x, (x + STAGING_PAGES).min(b))).collect()
     }
 
     /// Move every device-owned page of `[a, b)` (at most [`STAGING_PAGES`]
@@ -567,10 +607,26 @@ impl Inner {
     /// update lock is held throughout, so no other access sees a page in
     /// flight: faults on it wait for the lock.
     pub(super) fn migrate_back_span(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
+        self.migrate_back_span_ahead(st, a, b, None)
+    }
+
+    /// [`Self::migrate_back_span`], and on the staged path the read-ahead
+    /// of the span `next`, started while this span is still being copied
+    /// out.
+    fn migrate_back_span_ahead(
+        &self,
+        st: &mut State,
+        a: u32,
+        b: u32,
+        next: Option<(u32, u32)>,
+    ) -> Result<u64, DeviceError> {
         debug_assert!(b - a <= STAGING_PAGES);
         let gpu = &self.gpu;
         let device_runs: Vec<(u32, u32)> = runs(a, b, |p| st.owned(p)).collect();
         if device_runs.is_empty() {
+            if let Some(next) = next {
+                self.read_ahead(st, next);
+            }
             return Ok(0);
         }
         gpu.check_lost()?;
@@ -602,7 +658,7 @@ impl Inner {
                 }
             }
         } else {
-            self.copy_back_staged(st, a, b, &device_runs)?;
+            self.copy_back_staged(st, a, b, &device_runs, next)?;
         }
         let mut moved = 0u64;
         let mut freed = Vec::with_capacity((b - a) as usize);
