@@ -458,7 +458,7 @@ fn path_round(r: &mut PathRun, rep: usize) -> (f64, f64) {
 /// The paths side by side, rep by rep interleaved with the explicit
 /// baselines (so that machine noise hits all of them alike). Returns the
 /// results and the baselines' medians (write_buffer, readback) at `o.size`.
-fn paths_side_by_side(o: &Opts) -> (Vec<PathResult>, f64, f64) {
+fn paths_side_by_side(o: &Opts) -> SideBySide {
     let mut runs = Vec::new();
     for path in PATHS {
         for backend in BACKENDS {
@@ -488,10 +488,15 @@ fn paths_side_by_side(o: &Opts) -> (Vec<PathResult>, f64, f64) {
     for r in &mut runs {
         path_round(r, 0);
     }
-    let (mut wb, mut rb) = (Vec::new(), Vec::new());
+    // The baselines at each size a path moves (a transfer's speed depends
+    // on its size: the sparse paths move a quarter).
+    let small = Path::Sparse.size(o);
+    let (mut wb, mut rb, mut swb, mut srb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..o.reps {
         wb.push(secs(g.upload(&buf, &src)));
         rb.push(secs(g.readback(&buf, &staging, &mut dst)));
+        swb.push(secs(g.upload(&buf, &src[..small])));
+        srb.push(secs(g.readback(&buf, &staging, &mut dst[..small])));
         for r in &mut runs {
             let (h, d) = path_round(r, rep + 1);
             r.h2d.push(h);
@@ -510,14 +515,47 @@ fn paths_side_by_side(o: &Opts) -> (Vec<PathResult>, f64, f64) {
             faults: r.faults,
         })
         .collect();
-    (results, median(&mut wb), median(&mut rb))
+    SideBySide {
+        paths: results,
+        size: o.size,
+        write_buffer_s: median(&mut wb),
+        readback_s: median(&mut rb),
+        small_size: small,
+        small_write_buffer_s: median(&mut swb),
+        small_readback_s: median(&mut srb),
+    }
 }
 
-/// The side-by-side figures and the baselines measured with them.
+/// The side-by-side figures and the baselines measured with them, at the
+/// full size and at the sparse paths' size.
 struct SideBySide {
     paths: Vec<PathResult>,
+    size: usize,
     write_buffer_s: f64,
     readback_s: f64,
+    small_size: usize,
+    small_write_buffer_s: f64,
+    small_readback_s: f64,
+}
+
+impl SideBySide {
+    /// The baselines' (write_buffer, readback) GB/s for transfers of
+    /// `bytes` (one of the two sizes measured).
+    fn baseline_gbs(&self, bytes: usize) -> (f64, f64) {
+        if bytes == self.small_size {
+            (bytes as f64 / self.small_write_buffer_s * 1e-9, bytes as f64 / self.small_readback_s * 1e-9)
+        } else {
+            assert_eq!(bytes, self.size, "a baseline measured at the path's size");
+            (bytes as f64 / self.write_buffer_s * 1e-9, bytes as f64 / self.readback_s * 1e-9)
+        }
+    }
+
+    /// `(h2d / write_buffer, d2h / readback)` of a path, against the
+    /// baselines at its size.
+    fn ratios(&self, r: &PathResult) -> (f64, f64) {
+        let (wb, rb) = self.baseline_gbs(r.size);
+        ((r.size as f64 / r.h2d_s * 1e-9) / wb, (r.size as f64 / r.d2h_s * 1e-9) / rb)
+    }
 }
 
 /// Cost of the mechanism on `size` bytes: zap and restore of the whole range.
@@ -645,14 +683,14 @@ fn main() {
         o.size as f64 / base.readback_s * 1e-9
     );
     let t = Instant::now();
-    let (paths, path_wb, path_rb) = paths_side_by_side(&o);
-    for r in &paths {
+    let side = paths_side_by_side(&o);
+    for r in &side.paths {
+        let (h, d) = side.ratios(r);
         eprintln!(
-            "path {} / {}: h2d {:.2}x write_buffer, d2h {:.2}x readback",
+            "path {} / {} ({}): h2d {h:.2}x write_buffer, d2h {d:.2}x readback",
             r.path.name(),
             r.backend,
-            (r.size as f64 / r.h2d_s) / (o.size as f64 / path_wb),
-            (r.size as f64 / r.d2h_s) / (o.size as f64 / path_rb)
+            size_name(r.size)
         );
     }
     eprintln!("paths side by side: {:.1} s", secs(t.elapsed()));
@@ -660,7 +698,6 @@ fn main() {
         // For iterating on one path: the side-by-side rows only, no files.
         return;
     }
-    let side = SideBySide { paths, write_buffer_s: path_wb, readback_s: path_rb };
     let mech: Vec<Mechanism> = BACKENDS.iter().filter_map(|&b| mechanism(&o, b)).collect();
     let mut configs = Vec::new();
     for &b in &BACKENDS {
@@ -749,12 +786,16 @@ fn report_md(
         m,
         "Migration paths side by side (issue 15: default fault policy, 64 KiB chunks + prefetch; every rep runs \
          each path and the explicit baselines in turn, medians of {}; baselines in this interleaved run: \
-         write_buffer {:.2} GB/s, readback {:.2} GB/s at {}; targets on the staged path: h2d ≥ 0.9× write_buffer, \
+         write_buffer {:.2} GB/s, readback {:.2} GB/s at {}, {:.2} and {:.2} GB/s at {}; each path's ratios are \
+         against the baselines at the size it moves; targets on the staged paths: h2d ≥ 0.9× write_buffer, \
          d2h ≥ 0.8× readback):\n",
         o.reps,
         gb(side.write_buffer_s),
         gb(side.readback_s),
-        size_name(o.size)
+        size_name(side.size),
+        side.baseline_gbs(side.small_size).0,
+        side.baseline_gbs(side.small_size).1,
+        size_name(side.small_size)
     );
     let _ = writeln!(
         m,
@@ -763,6 +804,7 @@ fn report_md(
     let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &side.paths {
         let (h, d) = (r.size as f64 / r.h2d_s * 1e-9, r.size as f64 / r.d2h_s * 1e-9);
+        let (hr, dr) = side.ratios(r);
         let _ = writeln!(
             m,
             "| {} | {} | {} | {:.2} | {:.2}× | {:.2} | {:.2}× | {} |",
@@ -770,16 +812,16 @@ fn report_md(
             r.backend,
             size_name(r.size),
             h,
-            h / gb(side.write_buffer_s),
+            hr,
             d,
-            d / gb(side.readback_s),
+            dr,
             r.faults
         );
     }
     let _ = writeln!(
         m,
-        "\nThe sparse runtimes move a quarter of the bytes: lavapipe maps each page of a sparse buffer on its \
-         own (one VMA a page, `vm.max_map_count` 65530). On lavapipe the \"device\" copies are CPU copies too \
+        "\nThe sparse runtimes move a quarter of the bytes (and are compared with the baselines moving as much): \
+         lavapipe maps each page of a sparse buffer on its own (one VMA a page, `vm.max_map_count` 65530). On lavapipe the \"device\" copies are CPU copies too \
          (its queue thread), so the staged path's pipelining overlaps two CPU copies.\n"
     );
     let _ = writeln!(m, "Fault chunk and prefetch configurations on the runtime's default path ({}), against the baselines above (ratios > 1 are faster than the explicit path):\n", if device.contains("Cpu") { "the host-mapped pool here" } else { "staged" });
@@ -884,6 +926,10 @@ fn report_csv(
     row("baseline", "", 0, 0, "readback", bytes / b.readback_s * 1e-9, "GB/s");
     row("paths", "", 0, 0, "write_buffer", bytes / side.write_buffer_s * 1e-9, "GB/s");
     row("paths", "", 0, 0, "readback", bytes / side.readback_s * 1e-9, "GB/s");
+    let (swb, srb) = side.baseline_gbs(side.small_size);
+    row("paths_small", "", 0, 0, "bytes", side.small_size as f64, "bytes");
+    row("paths_small", "", 0, 0, "write_buffer", swb, "GB/s");
+    row("paths_small", "", 0, 0, "readback", srb, "GB/s");
     for r in &side.paths {
         let sec = match r.path {
             Path::HostMapped => "path_host_mapped",
@@ -892,12 +938,13 @@ fn report_csv(
             Path::SparseHostMapped => "path_sparse_host_mapped",
         };
         let (h, d) = (r.size as f64 / r.h2d_s * 1e-9, r.size as f64 / r.d2h_s * 1e-9);
+        let (hr, dr) = side.ratios(r);
         let be = r.backend.name();
         row(sec, be, 64 << 10, 0, "bytes", r.size as f64, "bytes");
         row(sec, be, 64 << 10, 0, "h2d", h, "GB/s");
-        row(sec, be, 64 << 10, 0, "h2d_vs_write_buffer", h / (bytes / side.write_buffer_s * 1e-9), "ratio");
+        row(sec, be, 64 << 10, 0, "h2d_vs_write_buffer", hr, "ratio");
         row(sec, be, 64 << 10, 0, "d2h", d, "GB/s");
-        row(sec, be, 64 << 10, 0, "d2h_vs_readback", d / (bytes / side.readback_s * 1e-9), "ratio");
+        row(sec, be, 64 << 10, 0, "d2h_vs_readback", dr, "ratio");
         row(sec, be, 64 << 10, 0, "cpu_faults", r.faults as f64, "count");
     }
     for x in mech {
