@@ -13,6 +13,7 @@ use svm_shaders::{Windows, COHERENT_BINDING, LOG_FAULTS, MAX_ARG_WORDS, WINDOWS_
 
 use crate::error::{DeviceError, SvmError};
 
+mod coherent;
 mod mode;
 mod open;
 mod tables;
@@ -133,9 +134,10 @@ pub(crate) struct Gpu {
     /// How device pages are mapped. Sparse: frame = arena page, backed by
     /// sparse binding. Coherent: frame = arena page, in `coherent_view`.
     pub mode: MappingMode,
-    /// The coherent mode's device view of the arena (host memory imported),
-    /// kept alive for the windows in `segments`.
-    pub _coherent_view: Option<crate::vk::HostImport>,
+    /// The coherent mode's device view of the arena (host memory imported
+    /// window by window as allocations reach it; `segments` holds
+    /// placeholders, see [`Gpu::window_views`]).
+    coherent_view: Option<coherent::CoherentView>,
     /// Frames per segment: a power of two, `1 << segment_page_shift`.
     pub frames_per_segment: u32,
     pub segment_page_shift: u32,
@@ -325,20 +327,14 @@ impl Gpu {
             }
         };
         if coherent {
-            let raw = raw.as_ref().filter(|_| host_import).ok_or_else(|| {
-                SvmError::Config(
+            if raw.is_none() || !host_import {
+                return Err(SvmError::Config(
                     "coherent mapping mode needs VK_EXT_external_memory_host, which this device lacks".into(),
-                )
-            })?;
-            let len = usize::try_from(view_bytes).map_err(|_| SvmError::Config("arena too large".into()))?;
-            // SAFETY: the caller keeps `arena_host..+len` mapped read-write
-            // while this `Gpu` (which owns the import) lives, and keeps the
-            // CPU from racing with kernels.
-            let import =
-                unsafe { crate::vk::HostImport::new(raw, Some("svm coherent arena view"), arena_host, len, ()) }
-                    .map_err(|e| SvmError::Config(format!("importing the arena for the coherent mode: {e}")))?;
-            view_windows(import.buffer(), &mut segments);
-            coherent_view = Some(import);
+                ));
+            }
+            // Imported as allocations reach each window (`import_coherent`).
+            segments.extend((0..window_count).map(|_| unused.clone()));
+            coherent_view = Some(coherent::CoherentView::new(arena_host, view_bytes, seg_bytes));
         } else if sparse {
             let raw = raw.as_ref().ok_or_else(|| {
                 SvmError::Config("sparse mapping mode needs the Vulkan device opened through ash".into())
@@ -455,7 +451,7 @@ impl Gpu {
             host_import,
             segments,
             mode,
-            _coherent_view: coherent_view,
+            coherent_view,
             frames_per_segment,
             segment_page_shift,
             segments_used,

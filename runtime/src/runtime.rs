@@ -333,9 +333,10 @@ impl Svm {
             None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
         };
         mode.check_built()?;
-        // The sparse and coherent modes give their whole arena a device view
-        // at creation (a sparse buffer, an import of populated memory): by
-        // default they take 1 GiB, not the software mode's reservation.
+        // The sparse and coherent modes give their arena a device view
+        // addressed by 31-bit word indices (a sparse buffer; an import that
+        // grows with allocation): by default they take 1 GiB, not the
+        // software mode's reservation.
         let arena_size = if desc.arena_size == SvmDescriptor::DEFAULT_ARENA_SIZE && mode != MappingMode::Software {
             SvmDescriptor::DEFAULT_VIEW_ARENA_SIZE
         } else {
@@ -349,14 +350,10 @@ impl Svm {
         }
         let arena = Arena::new(arena_size, backend)?;
         let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
-        if mode == MappingMode::Coherent {
-            // The device uses the host pages in place: they all exist before
-            // the import and for the arena's life (free zeroes in place;
-            // allocations map them for the CPU, nothing else ever does).
-            arena
-                .populate_host(0, arena.len())
-                .map_err(|e| SvmError::Config(format!("populating the arena for the coherent mode: {e}")))?;
-        }
+        // (Coherent mode: the device uses the host pages in place, imported
+        // window by window as allocations reach them, each window's pages
+        // populated first; they stay for the arena's life: free zeroes in
+        // place, allocations map them for the CPU, nothing else does.)
         // SAFETY: `arena.host_ptr(0)` is the alias view, mapped read-write
         // for the arena's whole life; the arena outlives the `Gpu` (a local
         // declared before it here, and a field after it in `Inner`, so

@@ -24,6 +24,9 @@ pub(crate) struct Tables {
     /// With several segments: bind group `k` binds segment `k` as the first
     /// (for launches that use only segment `k`).
     pub first_segment_bind_groups: Vec<wgpu::BindGroup>,
+    /// Bytes the coherent view covered when the bind groups were made (see
+    /// [`Gpu::rebind`]).
+    pub coherent_covered: u64,
 }
 
 impl Tables {
@@ -53,29 +56,54 @@ impl Gpu {
             usage: storage,
             mapped_at_creation: false,
         });
-        let core = [&page_table, &self.args, &log];
-        let bind_group =
-            make_bind_group(&self.device, &self.bgl, core, &self.segments, &self.coherent_placeholder, self.windows);
+        let (bind_group, first_segment_bind_groups, coherent_covered) = self.bind_groups(&page_table, &log);
+        Tables {
+            pages,
+            page_table,
+            log,
+            fault_bitmap_words,
+            bind_group,
+            first_segment_bind_groups,
+            coherent_covered,
+        }
+    }
+
+    /// Make `tables`' bind groups again (the coherent view was imported
+    /// again since they were made).
+    pub fn rebind(&self, tables: &mut Tables) {
+        let (bg, first, covered) = self.bind_groups(&tables.page_table, &tables.log);
+        (tables.bind_group, tables.first_segment_bind_groups, tables.coherent_covered) = (bg, first, covered);
+    }
+
+    /// The bind group binding the tables with every window, the one per
+    /// segment binding it first, and the coherent view's coverage they bind.
+    fn bind_groups(&self, page_table: &wgpu::Buffer, log: &wgpu::Buffer) -> (wgpu::BindGroup, Vec<wgpu::BindGroup>, u64) {
+        let core = [page_table, &self.args, log];
+        // (Read before the views: imports happen under the update lock,
+        // which the caller holds, so the two agree.)
+        let imported = self.coherent_covered();
+        let views = self.window_views();
+        let bind_group = make_bind_group(&self.device, &self.bgl, core, &views, &self.coherent_placeholder, self.windows);
         // Launches whose pages all lie in one segment bind it first and run
         // the one-segment specialization of their kernel.
         let first_segment_bind_groups = if self.segments_used > 1 {
             (0..self.segments_used as usize)
                 .map(|k| {
-                    let mut v = self.segments.clone();
-                    v[0] = self.segments[k].clone();
+                    let mut v = views.to_vec();
+                    v[0] = views[k].clone();
                     make_bind_group(&self.device, &self.bgl, core, &v, &self.coherent_placeholder, self.windows)
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        Tables { pages, page_table, log, fault_bitmap_words, bind_group, first_segment_bind_groups }
+        (bind_group, first_segment_bind_groups, imported)
     }
 
     /// The bind group of `tables` with `coherent` as the coherent window.
     pub fn bind_group_with(&self, tables: &Tables, coherent: &wgpu::Buffer) -> wgpu::BindGroup {
         let core = [&tables.page_table, &self.args, &tables.log];
-        make_bind_group(&self.device, &self.bgl, core, &self.segments, coherent, self.windows)
+        make_bind_group(&self.device, &self.bgl, core, &self.window_views(), coherent, self.windows)
     }
 }
 

@@ -164,10 +164,14 @@ impl Svm {
 
 impl Inner {
     /// Map the newly allocated range `[off, off + len)` for the CPU side
-    /// (coherent mode: the pages exist, populated at creation; mapped now
-    /// so that first touches do not fault) and mark its PTEs allocated.
+    /// (coherent mode: the windows of the device view up to it imported
+    /// first, their pages populated; mapped now so that first touches do
+    /// not fault) and mark its PTEs allocated.
     fn map_new_range(&self, st: &mut State, off: usize, len: usize) -> Result<(), AllocError> {
         let arena = &self.arena;
+        self.gpu
+            .import_coherent((off + len) as u64, |o, l| arena.populate_host(o, l).map_err(|e| e.to_string()))
+            .map_err(AllocError::Os)?;
         let mapped = arena.allocate(off, len).and_then(|()| {
             if self.gpu.mode == MappingMode::Coherent {
                 arena.restore(off, len)
@@ -241,7 +245,7 @@ impl Inner {
             }
         }
         let released = if self.gpu.mode == MappingMode::Coherent {
-            // The device uses these very pages (imported once, pinned by a
+            // The device uses these very pages (imported, pinned by a
             // real driver): zero them in place; punching them out would
             // part the CPU's memory from the device's.
             arena.release_in_place(start, len)

@@ -78,9 +78,16 @@ impl Inner {
                 (Some(c), _) if st.advice[a as usize] & advice::COHERENT != 0 => {
                     (c._import.buffer().clone(), (off - c.first as usize * PAGE_SIZE) as u64)
                 }
-                (_, MappingMode::Sparse | MappingMode::Coherent) => {
+                (_, MappingMode::Sparse) => {
                     // One buffer holds the whole view; its windows start at 0.
                     (self.gpu.segments[0].buffer.clone(), off as u64)
+                }
+                (_, MappingMode::Coherent) => {
+                    // The view's current import covers every allocation.
+                    let view = self.gpu.coherent_buffer().ok_or(LaunchError::Device(DeviceError::Unexpected(
+                        "a bound range in the coherent mode before any import".into(),
+                    )))?;
+                    (view, off as u64)
                 }
                 (_, MappingMode::Software) => {
                     let (seg, at) = self.gpu.frame_location(st.frames_of.get(a as usize));

@@ -294,6 +294,14 @@ impl Inner {
             tracing::debug!(target: "svm", pages, old, "device tables grown");
             st.tables = Some(t);
         }
+        let t = st.tables.as_mut().expect("made above");
+        if t.coherent_covered != self.gpu.coherent_covered() {
+            // The coherent view was imported again since: bind the new one.
+            self.gpu.rebind(t);
+            if let Some(c) = st.coherent.as_mut() {
+                c.bind_group = self.gpu.bind_group_with(t, c._import.buffer());
+            }
+        }
         st.tables.as_ref().expect("made above")
     }
 

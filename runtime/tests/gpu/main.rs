@@ -10,6 +10,7 @@ mod advice;
 mod bad_input;
 mod basics;
 mod bound;
+mod coherent;
 mod collections;
 mod large;
 mod list;
