@@ -27,4 +27,4 @@ pub mod sys;
 pub use arena::{svm_page_size, Arena};
 pub use backend::{FaultBackendKind, FAULT_BACKEND_ENV};
 pub use error::{MigrateError, Result};
-pub use service::{CpuFault, FaultFatal, FaultHandler, FaultService};
+pub use service::{CpuFault, FaultFatal, FaultHandler, FaultService, Kick, Served};

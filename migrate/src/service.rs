@@ -8,6 +8,14 @@
 //! * **mprotect**: the SIGSEGV handler writes request pointers into a pipe;
 //!   the thread reads them, serves them, and wakes each faulting thread.
 //!
+//! A handler may answer [`Served::Again`] for a fault it cannot serve yet
+//! without waiting for other work (a page a running kernel uses): the
+//! service *parks* it — its thread stays blocked — and goes on serving
+//! other faults; it tries the parked ones again when the handler calls the
+//! [`Kick`] it was given ([`FaultHandler::set_kick`]). So a thread that
+//! touches a running kernel's data waits for the kernel, and no other
+//! thread waits behind it (HMM's non-blockable invalidation, `-EAGAIN`).
+//!
 //! A handler that cannot serve a fault (device lost, say) returns
 //! [`FaultFatal`]: the service prints its message and makes the faulting
 //! access crash (uffd: the page is made `PROT_NONE` and the thread woken;
@@ -36,7 +44,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use crate::arena::{Arena, Guard};
 use crate::error::{MigrateError, Result};
-use crate::sys::signals::{write_stderr, FATAL, RESOLVED};
+use crate::sys::signals::{write_stderr, PendingFault, ServiceEvent, FATAL, RESOLVED};
 use crate::sys::uffd::{PageFault, PF_WP, PF_WRITE};
 
 /// One CPU fault on the arena's user view.
@@ -54,13 +62,53 @@ pub struct CpuFault {
 #[derive(Debug, Clone)]
 pub struct FaultFatal(pub String);
 
+/// Whether [`FaultHandler::try_fault`] served a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Served: the faulting thread was (or will be) woken.
+    Done,
+    /// Not now: other work holds the page. The service parks the fault and
+    /// asks again after the next [`Kick`].
+    Again,
+}
+
+/// Wakes the fault service to try its parked faults again. Cheap, callable
+/// from any thread; it owns a descriptor of its own, nothing of the service.
+#[derive(Clone)]
+pub struct Kick(Arc<dyn Fn() + Send + Sync>);
+
+impl Kick {
+    /// Ask the service to try its parked faults again.
+    pub fn kick(&self) {
+        (self.0)();
+    }
+}
+
+impl core::fmt::Debug for Kick {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kick").finish_non_exhaustive()
+    }
+}
+
 /// What the runtime does on a CPU fault (its policy).
 pub trait FaultHandler: Send + Sync + 'static {
     /// The arena whose faults this handler serves.
     fn arena(&self) -> &Arena;
     /// Serve `fault`: make the host copy current and call
-    /// [`Arena::restore`] on a range containing the faulting page.
+    /// [`Arena::restore`] on a range containing the faulting page, waiting
+    /// for whatever holds the page.
     fn handle_fault(&self, fault: CpuFault) -> core::result::Result<(), FaultFatal>;
+    /// Serve `fault` if nothing else holds its page, else answer
+    /// [`Served::Again`] — and then call the [`Kick`] given to
+    /// [`Self::set_kick`] once it may be servable (a kick too many costs a
+    /// retry; one too few leaves the thread waiting). The service calls
+    /// this one; by default it is [`Self::handle_fault`].
+    fn try_fault(&self, fault: CpuFault) -> core::result::Result<Served, FaultFatal> {
+        self.handle_fault(fault).map(|()| Served::Done)
+    }
+    /// The service's [`Kick`], given once when it starts (before any
+    /// fault). By default ignored (a handler that never answers `Again`).
+    fn set_kick(&self, _kick: Kick) {}
 }
 
 /// The running fault service of one arena; stops its thread on drop.
@@ -100,13 +148,22 @@ impl FaultService {
                     op: "dup(eventfd)",
                     source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
                 })?;
+                let kick = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                    .map_err(MigrateError::os("eventfd"))?;
+                let kick2 = kick.try_clone().map_err(|e| MigrateError::Os {
+                    op: "dup(eventfd)",
+                    source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                })?;
+                handler.set_kick(Kick(Arc::new(move || {
+                    let _ = rustix::io::write(&kick2, &1u64.to_ne_bytes());
+                })));
                 let h2 = handler.clone();
                 arena.service_started();
                 let thread = std::thread::Builder::new()
                     .name("svm-fault-uffd".into())
                     .spawn(move || {
                         let mut exit = OnExit { arena: h2.arena(), why: Exit::Panicked };
-                        exit.why = uffd_loop(&*h2, &ev2);
+                        exit.why = uffd_loop(&*h2, &ev2, &kick);
                     })
                     .map_err(|_| {
                         arena.service_stopped();
@@ -115,6 +172,9 @@ impl FaultService {
                 Ok(Self { stop: Stop::Eventfd(ev), thread: Some(thread), pid })
             }
             Guard::Mprotect => {
+                if let Some(k) = arena.segv().and_then(|r| r.kicker()) {
+                    handler.set_kick(Kick(Arc::new(k)));
+                }
                 let h2 = handler.clone();
                 arena.service_started();
                 let thread = std::thread::Builder::new()
@@ -198,19 +258,29 @@ impl Drop for OnExit<'_> {
     }
 }
 
-fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) -> Exit {
+fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd, kick: &std::os::fd::OwnedFd) -> Exit {
     let arena = handler.arena();
     let Guard::Uffd(uffd) = &arena.guard else { unreachable!("uffd loop on a non-uffd arena") };
     let mut faults: Vec<PageFault> = Vec::with_capacity(64);
+    let mut parked: Vec<CpuFault> = Vec::new();
     loop {
         let ufd = uffd.as_fd();
-        let mut fds = [PollFd::new(&ufd, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
+        let mut fds =
+            [PollFd::new(&ufd, PollFlags::IN), PollFd::new(stop, PollFlags::IN), PollFd::new(kick, PollFlags::IN)];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Exit::Failed("poll", e),
         }
         if !fds[1].revents().is_empty() {
             return Exit::Requested;
+        }
+        if !fds[2].revents().is_empty() {
+            // Drain the counter (non-blocking), then ask again.
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(kick, &mut b);
+            for fault in std::mem::take(&mut parked) {
+                serve_uffd_fault(handler, uffd, fault, &mut parked);
+            }
         }
         // Serve this batch, then keep polling without sleeping for a short
         // window: a thread streaming through device-owned memory faults
@@ -230,7 +300,7 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) -> Exit 
                 std::thread::yield_now();
                 continue;
             }
-            serve_uffd_batch(handler, uffd, &mut faults);
+            serve_uffd_batch(handler, uffd, &mut faults, &mut parked);
             idle_since = std::time::Instant::now();
         }
     }
@@ -238,7 +308,12 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd) -> Exit 
 /// How long the uffd service keeps polling after a batch before it sleeps.
 const POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
 
-fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd, faults: &mut Vec<PageFault>) {
+fn serve_uffd_batch<H: FaultHandler>(
+    handler: &H,
+    uffd: &crate::sys::uffd::Uffd,
+    faults: &mut Vec<PageFault>,
+    parked: &mut Vec<CpuFault>,
+) {
     let arena = handler.arena();
     let page = crate::arena::svm_page_size() as u64;
     // One fault per page, a write if any thread wrote it.
@@ -258,7 +333,27 @@ fn serve_uffd_batch<H: FaultHandler>(handler: &H, uffd: &crate::sys::uffd::Uffd,
     for f in faults.iter() {
         let addr = f.address as usize;
         let fault = CpuFault { offset: addr - arena.base(), write: Some(f.flags & (PF_WRITE | PF_WP) != 0) };
-        if let Err(FaultFatal(msg)) = serve_one(handler, fault) {
+        serve_uffd_fault(handler, uffd, fault, parked);
+    }
+}
+
+/// Serve one uffd fault: done, parked (once per page: a write if any
+/// thread's was), or made to crash.
+fn serve_uffd_fault<H: FaultHandler>(
+    handler: &H,
+    uffd: &crate::sys::uffd::Uffd,
+    fault: CpuFault,
+    parked: &mut Vec<CpuFault>,
+) {
+    let arena = handler.arena();
+    let addr = arena.base() + fault.offset;
+    match serve_one(handler, fault) {
+        Ok(Served::Done) => {}
+        Ok(Served::Again) => match parked.iter_mut().find(|p| p.offset == fault.offset) {
+            Some(p) => p.write = p.write.max(fault.write),
+            None => parked.push(fault),
+        },
+        Err(FaultFatal(msg)) => {
             write_stderr(format_args!("svm: fatal CPU fault at {addr:#x}: {msg}\n"));
             // Make the access crash instead of reading stale data.
             let p = crate::arena::svm_page_size();
@@ -273,18 +368,34 @@ fn segv_loop<H: FaultHandler>(handler: &H) {
     let Some(reg) = arena.segv().filter(|_| matches!(arena.guard, Guard::Mprotect)) else {
         unreachable!("segv loop on a non-mprotect arena")
     };
-    while let Some(req) = reg.next_request() {
-        let (addr, write) = (req.addr(), req.write());
-        let page = crate::arena::svm_page_size();
-        let offset = (addr - arena.base()) & !(page - 1);
-        let state = match serve_one(handler, CpuFault { offset, write: write.then_some(true) }) {
-            Ok(()) => RESOLVED,
-            Err(FaultFatal(msg)) => {
-                write_stderr(format_args!("svm: fatal CPU fault at {addr:#x}: {msg}\n"));
-                FATAL
+    // Requests answered `Again`: their threads stay blocked in the signal
+    // handler until served (dropped on exit: finished as fatal).
+    let mut parked: Vec<PendingFault> = Vec::new();
+    while let Some(event) = reg.next_event() {
+        match event {
+            ServiceEvent::Fault(req) => serve_segv_fault(handler, req, &mut parked),
+            ServiceEvent::Kick => {
+                for req in std::mem::take(&mut parked) {
+                    serve_segv_fault(handler, req, &mut parked);
+                }
             }
-        };
-        req.finish(state);
+        }
+    }
+}
+
+/// Serve one mprotect fault: finished, parked, or finished as fatal.
+fn serve_segv_fault<H: FaultHandler>(handler: &H, req: PendingFault, parked: &mut Vec<PendingFault>) {
+    let arena = handler.arena();
+    let (addr, write) = (req.addr(), req.write());
+    let page = crate::arena::svm_page_size();
+    let offset = (addr - arena.base()) & !(page - 1);
+    match serve_one(handler, CpuFault { offset, write: write.then_some(true) }) {
+        Ok(Served::Done) => req.finish(RESOLVED),
+        Ok(Served::Again) => parked.push(req),
+        Err(FaultFatal(msg)) => {
+            write_stderr(format_args!("svm: fatal CPU fault at {addr:#x}: {msg}\n"));
+            req.finish(FATAL);
+        }
     }
 }
 
@@ -320,8 +431,8 @@ impl Arena {
 
 /// Call the handler, turning a panic into a fatal fault: the service thread
 /// must survive, or every later faulting thread would wait forever.
-fn serve_one<H: FaultHandler>(handler: &H, fault: CpuFault) -> core::result::Result<(), FaultFatal> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle_fault(fault))).unwrap_or_else(|p| {
+fn serve_one<H: FaultHandler>(handler: &H, fault: CpuFault) -> core::result::Result<Served, FaultFatal> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.try_fault(fault))).unwrap_or_else(|p| {
         let what = p
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())

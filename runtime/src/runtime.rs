@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService};
+use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, Served};
 use svm_pagetable::{FrameIndex, PageIndex, PageTable, Pte, PAGE_SIZE};
 use svm_shaders::{ERROR_RECORDS, MAX_ARG_WORDS, MAX_EXTENTS};
 

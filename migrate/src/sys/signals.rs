@@ -151,6 +151,19 @@ struct Pipe {
     write: OwnedFd,
 }
 
+/// The pipe token of [`SegvRegistration::kicker`] (requests are
+/// pointers to stack `Request`s: never 1; the stop token is 0).
+const KICK: usize = 1;
+
+/// What the service thread reads from a registration's pipe.
+#[derive(Debug)]
+pub enum ServiceEvent {
+    /// A faulting thread's request.
+    Fault(PendingFault),
+    /// Parked faults may be servable now ([`SegvRegistration::kicker`]).
+    Kick,
+}
+
 /// Error of [`SegvRegistration::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterError {
@@ -204,14 +217,38 @@ impl SegvRegistration {
     }
 
     /// Block until the next request; `None` after [`Self::wake_service`],
-    /// and at once for a registration without a pipe.
+    /// and at once for a registration without a pipe. Kicks
+    /// ([`Self::kicker`]) are skipped: [`Self::next_event`] reports them.
     pub fn next_request(&self) -> Option<PendingFault> {
+        loop {
+            match self.next_event()? {
+                ServiceEvent::Fault(f) => return Some(f),
+                ServiceEvent::Kick => {}
+            }
+        }
+    }
+
+    /// Block until the next request or kick; `None` after
+    /// [`Self::wake_service`], and at once for a registration without a
+    /// pipe.
+    pub fn next_event(&self) -> Option<ServiceEvent> {
         self.read_request()?
+    }
+
+    /// A function that makes the service thread's [`Self::next_event`]
+    /// return [`ServiceEvent::Kick`] (faults it parked may be servable
+    /// now), callable from any thread, on a descriptor of its own (so that
+    /// it owns nothing of the registration). `None` without a pipe.
+    pub fn kicker(&self) -> Option<impl Fn() + Send + Sync + 'static> {
+        let fd = self.pipe.as_ref()?.write.try_clone().ok()?;
+        Some(move || {
+            let _ = rustix::io::write(&fd, &KICK.to_ne_bytes());
+        })
     }
 
     /// Read one entry from the pipe: `None` when it cannot be read,
     /// `Some(None)` for the stop token of [`Self::wake_service`].
-    fn read_request(&self) -> Option<Option<PendingFault>> {
+    fn read_request(&self) -> Option<Option<ServiceEvent>> {
         let pipe = self.pipe.as_ref()?;
         let mut buf = [0u8; core::mem::size_of::<usize>()];
         let mut got = 0;
@@ -224,7 +261,11 @@ impl SegvRegistration {
             }
         }
         let p = usize::from_ne_bytes(buf);
-        Some((p != 0).then(|| PendingFault { req: p as *const Request }))
+        Some(match p {
+            0 => None,
+            KICK => Some(ServiceEvent::Kick),
+            _ => Some(ServiceEvent::Fault(PendingFault { req: p as *const Request })),
+        })
     }
 
     /// Make the service thread's [`Self::next_request`] return `None`.
@@ -258,7 +299,8 @@ impl SegvRegistration {
             }
             match self.read_request() {
                 // Dropping a pending fault finishes it as FATAL.
-                Some(Some(req)) => drop(req),
+                Some(Some(ServiceEvent::Fault(req))) => drop(req),
+                Some(Some(ServiceEvent::Kick)) => {}
                 Some(None) => {}
                 None => return,
             }

@@ -9,20 +9,52 @@ impl FaultHandler for Inner {
     }
 
     fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
+        self.serve_fault(fault, false).map(drop)
+    }
+
+    fn try_fault(&self, fault: CpuFault) -> Result<Served, FaultFatal> {
+        self.serve_fault(fault, true)
+    }
+
+    fn set_kick(&self, kick: svm_migrate::Kick) {
+        self.signals.set_kick(kick);
+    }
+}
+
+impl Inner {
+    /// Serve a CPU fault. A page a launch in flight uses: with `park`, the
+    /// answer is [`Served::Again`] (the fault service parks the fault and
+    /// serves others; the flight's settling kicks it: HMM's non-blockable
+    /// invalidation), without, the fault waits for that launch (blockable;
+    /// the update lock released meanwhile); either way it is decided again
+    /// after. Faults on other pages are served while kernels run.
+    fn serve_fault(&self, fault: CpuFault, park: bool) -> Result<Served, FaultFatal> {
         let page = page_of(fault.offset);
         let addr = self.arena.base() + fault.offset;
         let _span =
             tracing::debug_span!("svm_cpu_fault", page, write = ?fault.write, label = %crate::label::trace_label(addr))
                 .entered();
         let mut st = self.state.lock();
-        Counters::add(&self.stats.cpu_faults, 1);
-        // A page a launch in flight uses: the fault waits for that launch
-        // (blockable invalidation; the update lock is released meanwhile),
-        // then is decided again. Faults on other pages are served while
-        // kernels run.
-        if Self::busy(&st, page) {
-            self.wait_pages(&mut st, page, page + 1);
+        while let Some(f) = self.flight_on(&mut st, page) {
+            if !park {
+                self.wait_pages(&mut st, page, page + 1);
+                break;
+            }
+            if !self.signals.settled_or_kick_later(&f) {
+                tracing::trace!(page, "CPU fault parked on a launch in flight");
+                return Ok(Served::Again);
+            }
+            // Settled on the GPU but not retired yet: retire it and look
+            // again (no wait: its owner or the next check retires it).
+            self.wait_settled(&mut st, &f);
         }
+        Counters::add(&self.stats.cpu_faults, 1);
+        self.serve_page(&mut st, fault, page, addr).map(|()| Served::Done)
+    }
+
+    /// Serve a CPU fault on `page` (at `addr`), which no launch in flight
+    /// uses.
+    fn serve_page(&self, st: &mut State, fault: CpuFault, page: u32, addr: usize) -> Result<(), FaultFatal> {
         if st.lost_in_place.iter().any(|&(a, b)| (a..b).contains(&page)) {
             return Err(FaultFatal(format!(
                 "page {addr:#x} was being written in place by a kernel when the device was declared lost (launch timeout)"
@@ -45,13 +77,13 @@ impl FaultHandler for Inner {
             // kind the backend cannot tell) drops the device copy first; a
             // read of a page with no PTE maps it, still write-protected.
             return if fault.write != Some(false) {
-                self.drop_copy(&mut st, page).map_err(|e| FaultFatal(e.to_string()))
+                self.drop_copy(st, page).map_err(|e| FaultFatal(e.to_string()))
             } else {
                 self.arena.restore_readonly(fault.offset, PAGE_SIZE).map_err(|e| FaultFatal(e.to_string()))
             };
         }
         let device_owned = st.owned(page);
-        self.migrate_back(&mut st, page).map_err(|e| {
+        self.migrate_back(st, page).map_err(|e| {
             FaultFatal(format!("page {addr:#x} is owned by the device and cannot be brought back: {e}"))
         })?;
         if !device_owned {

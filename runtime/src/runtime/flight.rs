@@ -80,9 +80,41 @@ pub(super) struct InFlight {
 pub(crate) struct Signals {
     lock: Mutex<()>,
     cv: Condvar,
+    /// The fault service's kick ([`svm_migrate::FaultHandler::set_kick`]).
+    kick: std::sync::OnceLock<svm_migrate::Kick>,
+    /// A CPU fault was parked on a flight (`Served::Again`): the next
+    /// notification kicks the fault service. Set and taken under `lock`.
+    kick_wanted: AtomicBool,
 }
 
 impl Signals {
+    /// Wake waiters on a state change (made under `lock`, which the caller
+    /// holds), and the fault service if it parked a fault.
+    fn notify(&self) {
+        self.cv.notify_all();
+        if self.kick_wanted.swap(false, Ordering::AcqRel) {
+            if let Some(k) = self.kick.get() {
+                k.kick();
+            }
+        }
+    }
+
+    pub(super) fn set_kick(&self, kick: svm_migrate::Kick) {
+        let _ = self.kick.set(kick);
+    }
+
+    /// Whether `f` has settled (see [`FlightShared::settled_enough`]); if
+    /// not, the next notification kicks the fault service. Under `lock`, so
+    /// that a flight settling meanwhile either is seen here or kicks.
+    pub(super) fn settled_or_kick_later(&self, f: &FlightShared) -> bool {
+        let _g = self.lock.lock();
+        if f.settled_enough() {
+            return true;
+        }
+        self.kick_wanted.store(true, Ordering::Release);
+        false
+    }
+
     /// Block until `done()` holds (checked under the signal lock, which
     /// every state change that can make it true takes before notifying).
     fn wait_until(&self, done: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
@@ -164,7 +196,7 @@ impl Completer {
                     {
                         let _g = signals.lock.lock();
                         f.gpu_done.store(true, Ordering::Release);
-                        signals.cv.notify_all();
+                        signals.notify();
                     }
                     if let Some(w) = f.waker.lock().take() {
                         w.wake();
@@ -312,7 +344,7 @@ impl Inner {
         {
             let _g = self.signals.lock.lock();
             f.retired.store(true, Ordering::Release);
-            self.signals.cv.notify_all();
+            self.signals.notify();
         }
         if let Some(w) = f.waker.lock().take() {
             w.wake();
@@ -356,6 +388,12 @@ impl Inner {
     /// Wait for every flight (exclusive operations).
     pub(super) fn wait_all_flights(&self, guard: &mut MutexGuard<'_, State>) {
         self.wait_flights(guard, |st| st.flights.first().map(|f| f.shared.clone()));
+    }
+
+    /// The first flight using page `p`, if any, after retiring what is done.
+    pub(super) fn flight_on(&self, st: &mut State, p: u32) -> Option<Arc<FlightShared>> {
+        self.retire_done(st);
+        st.flights.iter().find(|f| f.busy.iter().any(|&(x, y, _)| (x..y).contains(&p))).map(|f| f.shared.clone())
     }
 
     /// Wait until no flight uses a page of `[a, b)`.

@@ -680,3 +680,61 @@ fn a_second_launch_waiting_to_submit_does_not_stop_the_world() {
     });
     long.wait().expect("long");
 }
+
+/// A thread touching a running kernel's data waits for the kernel, and no
+/// other thread's CPU fault waits behind it: the fault service parks the
+/// first fault and serves the others (one service thread serves an arena;
+/// a blocking wait there held every later fault until the kernel ended).
+#[test]
+fn a_fault_waiting_for_a_kernel_does_not_hold_up_other_faults() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let spin = kernel(&svm, "spin", SPIN);
+        let step = kernel(&svm, "step", STEP);
+        let mut a = svm.alloc_from_slice(&(0..64u32).collect::<Vec<_>>()).expect("a");
+        let n = 64 * 1024;
+        let mut b = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("b");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_secs(2));
+        let want: Vec<u32> = a.iter().map(|&v| spun(v, iters)).collect();
+        make_device_owned(&svm, &step, &mut b);
+        let q = svm.create_queue();
+        let u = p(iters);
+        let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+        let t = Instant::now();
+        let pending = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("submit");
+        if crate::kernel_ran_inside_submit(&svm, t.elapsed() > Duration::from_secs(1), "faults beside a waiting fault")
+        {
+            return;
+        }
+        // The borrow of `a` ends; a CPU access to it must wait for the kernel.
+        std::mem::forget(pending);
+        let a_read = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let v = a.to_vec();
+                a_read.store(true, Ordering::SeqCst);
+                v
+            });
+            // Long enough for the reader's fault to reach the service.
+            std::thread::sleep(Duration::from_millis(200));
+            let t = Instant::now();
+            let sum: u64 = (0..n).step_by(1024).map(|i| u64::from(b[i])).sum();
+            let took = t.elapsed();
+            let reader_still_waiting = !a_read.load(Ordering::SeqCst);
+            let want_sum: u64 = (0..n).step_by(1024).map(|i| u64::from(i as u32 * 2 + 1)).sum();
+            assert_eq!(sum, want_sum, "B read back right ({backend:?})");
+            // On one GPU queue (lavapipe), staged and sparse d2h copies
+            // queue behind the kernel: there B waits for it anyway.
+            let copies_on_the_queue =
+                !svm.pool_is_host_mapped() && svm.mapping_mode() != svm::MappingMode::Coherent;
+            if !copies_on_the_queue {
+                assert!(
+                    reader_still_waiting,
+                    "B's faults took {took:?}: they waited behind the fault on the kernel's data ({backend:?})"
+                );
+            }
+            assert_eq!(reader.join().expect("reader"), want, "a read while its kernel ran ({backend:?})");
+        });
+    }
+}
