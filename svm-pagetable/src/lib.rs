@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::cast_possible_truncation)]
 
+pub mod again;
 pub mod error;
 mod loom;
 pub mod mirror;
@@ -28,6 +29,7 @@ mod loom_tests;
 #[allow(clippy::cast_possible_truncation, reason = "small test constants")]
 mod tests;
 
+pub use again::AgainGate;
 pub use error::{Again, FaultReason, RangeError, SpaceError};
 pub use mirror::{IntervalNotifier, InvalidateEvent, Mirror, MirrorId, MirrorOps, Seq, Update, UpdateGuard};
 pub use pte::{FrameIndex, PageIndex, Pte, PAGE_SHIFT, PAGE_SIZE};

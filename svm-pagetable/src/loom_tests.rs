@@ -227,3 +227,63 @@ fn loom_real_protocol_cpu_take_back_never_commits_stale() {
     let runs = real_protocol(|space, page| space.cpu_fault(page, true, true).expect("cpu fault"));
     eprintln!("real code, CPU takes the page back: {runs} executions explored");
 }
+
+/// One release racing with callers deciding whether to park: `gate` is the
+/// [`AgainGate`] (check and register in one critical section) or, with
+/// `split`, the same flag set in a second critical section after the check
+/// (the natural mistake). Returns whether a caller parked and no wake-up
+/// came after it.
+fn again_handshake(split: bool, callers: usize) -> bool {
+    let gate = Arc::new(AgainGate::new());
+    let flag = Arc::new(Mutex::new(false));
+    let done = Arc::new(AtomicU32::new(0));
+    let woken = Arc::new(AtomicU32::new(0));
+    let releaser = {
+        let (gate, flag, done, woken) = (gate.clone(), flag.clone(), done.clone(), woken.clone());
+        thread::spawn(move || {
+            done.store(1, Ordering::Release); // the launch settles
+            let wake = if split { std::mem::take(&mut *flag.lock().expect("lock")) } else { gate.released() };
+            if wake {
+                woken.store(1, Ordering::Release);
+            }
+        })
+    };
+    let parked: Vec<_> = (0..callers)
+        .map(|_| {
+            let (gate, flag, done) = (gate.clone(), flag.clone(), done.clone());
+            thread::spawn(move || {
+                let ready = || done.load(Ordering::Acquire) == 1;
+                if split {
+                    let r = { let _g = flag.lock().expect("lock"); ready() };
+                    if !r {
+                        *flag.lock().expect("lock") = true;
+                    }
+                    !r
+                } else {
+                    !gate.ready_or_register(ready)
+                }
+            })
+        })
+        .collect();
+    let parked = parked.into_iter().map(|t| t.join().expect("caller")).any(|p| p);
+    releaser.join().expect("releaser");
+    parked && woken.load(Ordering::Acquire) == 0
+}
+
+#[test]
+fn loom_again_gate_never_loses_a_wakeup() {
+    for callers in [1, 2] {
+        ::loom::model(move || assert!(!again_handshake(false, callers), "a parked caller was never woken"));
+    }
+}
+
+#[test]
+fn loom_split_check_and_register_loses_a_wakeup() {
+    static LOST: AtomicBool = AtomicBool::new(false);
+    ::loom::model(|| {
+        if again_handshake(true, 1) {
+            LOST.store(true, StdOrdering::Relaxed);
+        }
+    });
+    assert!(LOST.load(StdOrdering::Relaxed), "loom should find the release between the check and the register");
+}

@@ -82,17 +82,18 @@ pub(crate) struct Signals {
     cv: Condvar,
     /// The fault service's kick ([`svm_migrate::FaultHandler::set_kick`]).
     kick: std::sync::OnceLock<svm_migrate::Kick>,
-    /// A CPU fault was parked on a flight (`Served::Again`): the next
-    /// notification kicks the fault service. Set and taken under `lock`.
-    kick_wanted: AtomicBool,
+    /// CPU faults parked on flights (`Served::Again`): the next
+    /// notification after one kicks the fault service (the seed crate's
+    /// handshake, loom-checked there: no lost wake-up).
+    again: svm_pagetable::AgainGate,
 }
 
 impl Signals {
-    /// Wake waiters on a state change (made under `lock`, which the caller
-    /// holds), and the fault service if it parked a fault.
+    /// Wake waiters on a state change (made before, under `lock`, which
+    /// the caller holds), and the fault service if it parked a fault.
     fn notify(&self) {
         self.cv.notify_all();
-        if self.kick_wanted.swap(false, Ordering::AcqRel) {
+        if self.again.released() {
             if let Some(k) = self.kick.get() {
                 k.kick();
             }
@@ -104,15 +105,10 @@ impl Signals {
     }
 
     /// Whether `f` has settled (see [`FlightShared::settled_enough`]); if
-    /// not, the next notification kicks the fault service. Under `lock`, so
-    /// that a flight settling meanwhile either is seen here or kicks.
+    /// not, the next notification kicks the fault service: a flight
+    /// settling meanwhile is either seen here or kicks after.
     pub(super) fn settled_or_kick_later(&self, f: &FlightShared) -> bool {
-        let _g = self.lock.lock();
-        if f.settled_enough() {
-            return true;
-        }
-        self.kick_wanted.store(true, Ordering::Release);
-        false
+        self.again.ready_or_register(|| f.settled_enough())
     }
 
     /// Block until `done()` holds (checked under the signal lock, which
