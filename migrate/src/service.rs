@@ -172,9 +172,12 @@ impl FaultService {
                 Ok(Self { stop: Stop::Eventfd(ev), thread: Some(thread), pid })
             }
             Guard::Mprotect => {
-                if let Some(k) = arena.segv().and_then(|r| r.kicker()) {
-                    handler.set_kick(Kick(Arc::new(k)));
-                }
+                // Without a kick, a parked fault would never be tried again.
+                let kicker = arena.segv().and_then(|r| r.kicker()).ok_or(MigrateError::Os {
+                    op: "dup(fault pipe) for the service's kick",
+                    source: rustix::io::Errno::MFILE,
+                })?;
+                handler.set_kick(Kick(Arc::new(kicker)));
                 let h2 = handler.clone();
                 arena.service_started();
                 let thread = std::thread::Builder::new()
@@ -275,12 +278,7 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd, kick: &s
             return Exit::Requested;
         }
         if !fds[2].revents().is_empty() {
-            // Drain the counter (non-blocking), then ask again.
-            let mut b = [0u8; 8];
-            let _ = rustix::io::read(kick, &mut b);
-            for fault in std::mem::take(&mut parked) {
-                serve_uffd_fault(handler, uffd, fault, &mut parked);
-            }
+            retry_kicked(handler, uffd, kick, &mut parked);
         }
         // Serve this batch, then keep polling without sleeping for a short
         // window: a thread streaming through device-owned memory faults
@@ -301,10 +299,32 @@ fn uffd_loop<H: FaultHandler>(handler: &H, stop: &std::os::fd::OwnedFd, kick: &s
                 continue;
             }
             serve_uffd_batch(handler, uffd, &mut faults, &mut parked);
+            // A kick while faults keep coming (this loop may not return to
+            // `poll` for long): parked faults must not wait behind them.
+            if !parked.is_empty() {
+                retry_kicked(handler, uffd, kick, &mut parked);
+            }
             idle_since = std::time::Instant::now();
         }
     }
 }
+/// If the kick eventfd was written since it was last read, reset it and
+/// try the parked faults again.
+fn retry_kicked<H: FaultHandler>(
+    handler: &H,
+    uffd: &crate::sys::uffd::Uffd,
+    kick: &std::os::fd::OwnedFd,
+    parked: &mut Vec<CpuFault>,
+) {
+    // Non-blocking: EAGAIN when nobody kicked.
+    let mut b = [0u8; 8];
+    if rustix::io::read(kick, &mut b).is_ok_and(|n| n == 8) {
+        for fault in std::mem::take(parked) {
+            serve_uffd_fault(handler, uffd, fault, parked);
+        }
+    }
+}
+
 /// How long the uffd service keeps polling after a batch before it sleeps.
 const POLL_WINDOW: std::time::Duration = std::time::Duration::from_micros(50);
 

@@ -97,3 +97,8 @@ fn segv_forked_child_methods_fail() {
 fn segv_forked_child_own_arena() {
     common::sound::forked_child_own_arena(Mprotect, "segv_forked_child_own_arena");
 }
+
+#[test]
+fn segv_parked_fault_served_after_kick_while_faults_stream() {
+    common::parked_fault_served_after_kick_while_faults_stream(Mprotect);
+}

@@ -78,3 +78,8 @@ fn uffd_forked_child_methods_fail() {
 fn uffd_forked_child_own_arena() {
     common::sound::forked_child_own_arena(Uffd, "uffd_forked_child_own_arena");
 }
+
+#[test]
+fn uffd_parked_fault_served_after_kick_while_faults_stream() {
+    common::parked_fault_served_after_kick_while_faults_stream(Uffd);
+}

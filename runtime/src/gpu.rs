@@ -134,9 +134,9 @@ pub(crate) struct Gpu {
     /// How device pages are mapped. Sparse: frame = arena page, backed by
     /// sparse binding. Coherent: frame = arena page, in `coherent_view`.
     pub mode: MappingMode,
-    /// The coherent mode's device view of the arena (host memory imported
-    /// window by window as allocations reach it; `segments` holds
-    /// placeholders, see [`Gpu::window_views`]).
+    /// The coherent mode's device view of the arena (host memory, its
+    /// allocated prefix imported as one buffer, again as allocations grow;
+    /// `segments` holds placeholders, see [`Gpu::window_views`]).
     coherent_view: Option<coherent::CoherentView>,
     /// Frames per segment: a power of two, `1 << segment_page_shift`.
     pub frames_per_segment: u32,
@@ -332,7 +332,7 @@ impl Gpu {
                     "coherent mapping mode needs VK_EXT_external_memory_host, which this device lacks".into(),
                 ));
             }
-            // Imported as allocations reach each window (`import_coherent`).
+            // Imported as allocations grow (`import_coherent`).
             segments.extend((0..window_count).map(|_| unused.clone()));
             coherent_view = Some(coherent::CoherentView::new(arena_host, view_bytes, seg_bytes));
         } else if sparse {

@@ -351,9 +351,9 @@ impl Svm {
         let arena = Arena::new(arena_size, backend)?;
         let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
         // (Coherent mode: the device uses the host pages in place, imported
-        // window by window as allocations reach them, each window's pages
-        // populated first; they stay for the arena's life: free zeroes in
-        // place, allocations map them for the CPU, nothing else does.)
+        // as allocations reach them, populated first; they stay for the
+        // arena's life: free zeroes in place, allocations map them for the
+        // CPU, nothing else does.)
         // SAFETY: `arena.host_ptr(0)` is the alias view, mapped read-write
         // for the arena's whole life; the arena outlives the `Gpu` (a local
         // declared before it here, and a field after it in `Inner`, so

@@ -44,6 +44,7 @@ impl core::fmt::Display for VkError {
 pub(crate) struct VkCaps {
     pub sparse: bool,
     pub residency_non_resident_strict: bool,
+    pub min_imported_host_pointer_alignment: u64,
 }
 
 /// No raw device exists in this build.

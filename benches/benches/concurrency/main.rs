@@ -61,6 +61,7 @@ mod common;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -166,7 +167,7 @@ impl Opts {
 
     /// 2 MiB slots of B: one per fault sample.
     fn slots(&self) -> usize {
-        self.rounds * (self.idle_per_round + 1)
+        self.rounds * (self.idle_per_round + 2)
     }
 }
 
@@ -286,6 +287,41 @@ impl Ctx {
         })
     }
 
+    /// Run `op` on this thread while the long kernel runs (queued, its
+    /// handle leaked so that its borrow of A ends) and another thread,
+    /// started `delay` before `op`, reads A: its CPU fault waits for the
+    /// kernel. Returns `op`'s result, its time (ms), and whether that
+    /// thread was still waiting when `op` ended.
+    fn while_a_fault_waits<R>(&mut self, delay: Duration, op: impl FnOnce(&Svm) -> R) -> (R, f64, bool) {
+        let Self { svm, spin, a, iters, .. } = self;
+        let svm = &*svm;
+        let q = svm.create_queue();
+        let p = P { v: *iters, pad: [0; 3] };
+        {
+            let binds = [Binding::read_write(a), Binding::uniform(&p)];
+            let pending = q
+                .launch(spin, &LaunchDescriptor { bindings: &binds, workgroups: [1, 1, 1], ..Default::default() })
+                .expect("spin launch");
+            std::mem::forget(pending);
+        }
+        let waiting = AtomicBool::new(true);
+        let a = &*a;
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let v = std::hint::black_box(a[0]);
+                waiting.store(false, Ordering::SeqCst);
+                v
+            });
+            std::thread::sleep(delay);
+            let t = Instant::now();
+            let value = op(svm);
+            let op_ms = t.elapsed().as_secs_f64() * 1e3;
+            let still = waiting.load(Ordering::SeqCst);
+            waiter.join().expect("waiter thread");
+            (value, op_ms, still)
+        })
+    }
+
     /// B, `slots` × 2 MiB, every page device-owned (one bound read-write
     /// launch of [`WRITER`]).
     fn device_owned_b(&self, slots: usize) -> ManagedVec<u32> {
@@ -347,6 +383,11 @@ struct OpsRow {
     left_ms: Vec<f64>,
     /// Per fault read: CPU faults served, d2h pages.
     faults: Vec<(u64, u64)>,
+    /// Faults during the kernel while another thread's fault waits for
+    /// it (on the kernel's own data), ms; and how many of them ended while
+    /// that thread still waited.
+    behind: Vec<f64>,
+    behind_early: usize,
 }
 
 /// Section 1 and 2 for one runtime: faults on device-owned pages the
@@ -365,6 +406,8 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
         kernel_ms: Vec::new(),
         left_ms: Vec::new(),
         faults: Vec::new(),
+        behind: Vec::new(),
+        behind_early: 0,
     };
     let mut slot = 0;
     let during = |row: &mut OpsRow, kernel_ms: f64, left_ms: f64| {
@@ -392,6 +435,11 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
             row.faults.push(d.value);
             row.fault.as_mut().expect("migrates").during.push(d.op_ms);
             during(&mut row, d.kernel_ms, d.left_ms);
+            let (r, ms, early) = ctx.while_a_fault_waits(o.delay, |svm| fault_read(svm, b, slot));
+            slot += 1;
+            row.faults.push(r);
+            row.behind.push(ms);
+            row.behind_early += usize::from(early);
         }
         let mut p = None;
         let d = ctx.while_kernel_runs(o.delay, |svm| {

@@ -142,6 +142,8 @@ pub struct SegvRegistration {
     pipe: Option<Pipe>,
     /// Process that registered (see [`Self::is_owner`]).
     pid: i32,
+    /// A kick token is in the pipe ([`Self::kicker`]).
+    kick_pending: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -208,7 +210,7 @@ impl SegvRegistration {
         s.alias.store(alias, Ordering::Relaxed);
         // Publishing `len` last makes the slot visible to the handler.
         s.len.store(len, Ordering::Release);
-        Ok(Self { slot, pipe, pid })
+        Ok(Self { slot, pipe, pid, kick_pending: Default::default() })
     }
 
     /// Whether this process made the registration (not a forked child).
@@ -238,11 +240,18 @@ impl SegvRegistration {
     /// A function that makes the service thread's [`Self::next_event`]
     /// return [`ServiceEvent::Kick`] (faults it parked may be servable
     /// now), callable from any thread, on a descriptor of its own (so that
-    /// it owns nothing of the registration). `None` without a pipe.
+    /// it owns nothing of the registration). At most one kick token is in
+    /// the pipe at a time (the service clears `kick_pending` when it reads
+    /// it), so kicks never fill the pipe and the write never blocks for
+    /// long: the pipe holds at most that token and one request per blocked
+    /// thread. `None` without a pipe.
     pub fn kicker(&self) -> Option<impl Fn() + Send + Sync + 'static> {
         let fd = self.pipe.as_ref()?.write.try_clone().ok()?;
+        let pending = self.kick_pending.clone();
         Some(move || {
-            let _ = rustix::io::write(&fd, &KICK.to_ne_bytes());
+            if !pending.swap(true, Ordering::AcqRel) {
+                let _ = rustix::io::write(&fd, &KICK.to_ne_bytes());
+            }
         })
     }
 
@@ -263,7 +272,12 @@ impl SegvRegistration {
         let p = usize::from_ne_bytes(buf);
         Some(match p {
             0 => None,
-            KICK => Some(ServiceEvent::Kick),
+            KICK => {
+                // Kicks after this one write a token again (the service
+                // looks at its parked faults after reading this one).
+                self.kick_pending.store(false, Ordering::Release);
+                Some(ServiceEvent::Kick)
+            }
             _ => Some(ServiceEvent::Fault(PendingFault { req: p as *const Request })),
         })
     }

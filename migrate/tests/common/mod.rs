@@ -9,7 +9,9 @@ use parking_lot::Mutex;
 
 pub mod process;
 pub mod sound;
-use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, MigrateError};
+use svm_migrate::{
+    Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, FaultService, Kick, MigrateError, Served,
+};
 
 /// A toy "device": pages it owns have their true contents here; the host
 /// copy is stale until a fault brings them back.
@@ -20,6 +22,11 @@ pub struct Toy {
     pub chunk: usize,
     /// Pages whose faults the handler does not serve, and how it fails.
     pub fail: Mutex<BTreeMap<usize, Fail>>,
+    /// Pages (offsets) held by other work: their faults are answered
+    /// `Again` (parked) until released and kicked.
+    pub held: Mutex<std::collections::BTreeSet<usize>>,
+    /// The service's kick.
+    pub kick: std::sync::OnceLock<Kick>,
 }
 
 /// How [`Toy`] fails a fault.
@@ -68,6 +75,15 @@ impl FaultHandler for Toy {
         }
         self.arena.restore(start, self.chunk).map_err(|e| FaultFatal(e.to_string()))
     }
+    fn try_fault(&self, fault: CpuFault) -> Result<Served, FaultFatal> {
+        if self.held.lock().contains(&fault.offset) {
+            return Ok(Served::Again);
+        }
+        self.handle_fault(fault).map(|()| Served::Done)
+    }
+    fn set_kick(&self, kick: Kick) {
+        let _ = self.kick.set(kick);
+    }
 }
 
 /// Build a toy or return `None` (printing SKIP) when the backend is not
@@ -95,6 +111,8 @@ impl Toy {
             faults: AtomicUsize::new(0),
             chunk,
             fail: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(Default::default()),
+            kick: std::sync::OnceLock::new(),
         })
     }
 
@@ -152,6 +170,73 @@ pub fn round_trip(kind: FaultBackendKind, chunk: usize) {
     assert_eq!(b[7], 9, "the fault brought the device data back before the write");
     assert_eq!(b[8], 42, "the write went to the host copy");
     drop(svc);
+}
+
+/// A fault parked (`Again`) while its page is held stays blocked while
+/// faults on other pages are served, and is served once the page is
+/// released and the service kicked, while those faults keep coming. (Not
+/// forced here: a stream dense enough that the uffd service never leaves
+/// its busy-poll window for `poll`; it looks for the kick between batches
+/// for that case, which these three threads, zapping between faults, do not
+/// produce reliably on two CPUs.)
+pub fn parked_fault_served_after_kick_while_faults_stream(kind: FaultBackendKind) {
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+    let Some(t) = toy(kind, 4096) else { return };
+    let _svc = FaultService::start(t.clone()).expect("service");
+    let pages = t.arena.len() / 4096;
+    t.held.lock().insert(0);
+    t.give_to_device(0, 7);
+    let (stop, streamed) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let parked = s.spawn(|| {
+            let v = t.read(0);
+            (v, Instant::now())
+        });
+        // Three threads: zap a page, read it (one fault), next page, so that
+        // a fault is nearly always pending, until told to stop (at most
+        // 10 s); each on its own pages.
+        let streamers: Vec<_> = (0..3usize)
+            .map(|k| {
+                let (t, stop, streamed) = (&t, &stop, &streamed);
+                s.spawn(move || {
+                    let t0 = Instant::now();
+                    for p in (1..pages).filter(|p| p % 3 == k).cycle() {
+                        if stop.load(Ordering::Relaxed) || t0.elapsed() > Duration::from_secs(10) {
+                            break;
+                        }
+                        t.give_to_device(p, p as u8);
+                        assert_eq!(t.read(p * 4096 + 1), p as u8, "streamed page {p}");
+                        streamed.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!parked.is_finished(), "the fault on the held page was parked");
+        let before = streamed.load(Ordering::Relaxed);
+        assert!(before > 0, "faults on other pages were served while one was parked");
+        t.held.lock().remove(&0);
+        let kicked = Instant::now();
+        t.kick.get().expect("the service gave its kick").kick();
+        let deadline = kicked + Duration::from_secs(2);
+        while !parked.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let served_while_streaming = parked.is_finished() && streamers.iter().all(|h| !h.is_finished());
+        stop.store(true, Ordering::Relaxed);
+        let (v, at) = parked.join().expect("parked reader");
+        for h in streamers {
+            h.join().expect("streamer");
+        }
+        assert_eq!(v, 7, "the parked fault saw the device's data");
+        assert!(
+            served_while_streaming,
+            "the parked fault waited {:?} after its kick, behind {} streamed faults",
+            at.saturating_duration_since(kicked),
+            streamed.load(Ordering::Relaxed) - before
+        );
+    });
 }
 
 /// Several threads fault on the same and on neighbouring pages at once.

@@ -62,7 +62,7 @@ impl Gpu {
     pub fn import_coherent(
         &self,
         bytes: u64,
-        populate: impl FnOnce(usize, usize) -> Result<(), String>,
+        mut populate: impl FnMut(usize, usize) -> Result<(), String>,
     ) -> Result<bool, String> {
         let Some(c) = &self.coherent_view else { return Ok(false) };
         let raw = self.raw.as_ref().ok_or("the coherent mode without a raw Vulkan device")?;
@@ -71,22 +71,41 @@ impl Gpu {
         if bytes <= old {
             return Ok(false);
         }
-        let covered = bytes.max(old * 2).max(MIN_COVERED).min(c.view_bytes);
+        // Sizes the device imports: multiples of its import alignment
+        // (the view's end is one too: the whole arena was imported before).
+        let align = raw.caps().min_imported_host_pointer_alignment.max(1);
+        let fit = |x: u64| x.next_multiple_of(align).min(c.view_bytes);
         let to_usize = |x: u64| usize::try_from(x).map_err(|e| e.to_string());
-        let (at, len) = (to_usize(old)?, to_usize(covered - old)?);
-        populate(at, len).map_err(|e| format!("populating the coherent view up to byte {covered}: {e}"))?;
-        // SAFETY: `host .. host + covered` lies inside the alias view
-        // (`covered <= view_bytes`), which `Gpu::new`'s contract keeps
-        // mapped read-write to the same pages while this `Gpu` (which owns
-        // the import) lives, and under which the program's CPU accesses race
-        // with kernels only as another CPU thread's would.
-        #[allow(unsafe_code, reason = "the coherent view's host import; argued inline")]
-        let new = unsafe {
-            crate::vk::HostImport::new(raw, Some("svm coherent arena view"), c.host as *mut u8, to_usize(covered)?, ())
+        // Grow by doubling; if that much cannot be had, just what is needed.
+        let mut tries = vec![fit(bytes.max(old * 2).max(MIN_COVERED))];
+        if fit(bytes) < tries[0] {
+            tries.push(fit(bytes));
         }
-        .map_err(|e| format!("importing the arena's first {covered} bytes for the coherent mode: {e}"))?;
-        *import = Some((new, covered));
-        Ok(true)
+        let mut last = String::new();
+        for covered in tries {
+            let (at, len) = (to_usize(old)?, to_usize(covered - old)?);
+            if let Err(e) = populate(at, len) {
+                last = format!("populating the coherent view up to byte {covered}: {e}");
+                continue;
+            }
+            // SAFETY: `host .. host + covered` lies inside the alias view
+            // (`covered <= view_bytes`), which `Gpu::new`'s contract keeps
+            // mapped read-write to the same pages while this `Gpu` (which
+            // owns the import) lives, and under which the program's CPU
+            // accesses race with kernels only as another CPU thread's would.
+            #[allow(unsafe_code, reason = "the coherent view's host import; argued inline")]
+            let new = unsafe {
+                crate::vk::HostImport::new(raw, Some("svm coherent arena view"), c.host as *mut u8, to_usize(covered)?, ())
+            };
+            match new {
+                Ok(new) => {
+                    *import = Some((new, covered));
+                    return Ok(true);
+                }
+                Err(e) => last = format!("importing the arena's first {covered} bytes for the coherent mode: {e}"),
+            }
+        }
+        Err(last)
     }
 
     /// The windows as kernels bind them: the pool segments or the sparse
