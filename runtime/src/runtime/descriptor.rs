@@ -5,7 +5,7 @@ use svm_migrate::FaultBackendKind;
 
 use crate::gpu::MappingMode;
 
-/// Creation parameters of an [`Svm`].
+/// Creation parameters of an [`Svm`](crate::Svm).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SvmDescriptor {
@@ -112,9 +112,9 @@ impl SvmDescriptor {
         self
     }
     /// Use the application's device ([`crate::SharedDevice`]) instead of
-    /// opening one: [`Svm::device`] and [`Svm::queue`] are then the
+    /// opening one: [`Svm::device`](crate::Svm::device) and [`Svm::queue`](crate::Svm::queue) are then the
     /// application's, and its own pipelines can use managed ranges
-    /// ([`Svm::with_bindings`]).
+    /// ([`Svm::with_bindings`](crate::Svm::with_bindings)).
     pub fn device(mut self, shared: crate::gpu::SharedDevice) -> Self {
         self.device = Some(shared);
         self
