@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use svm::{
-    Access, Arg, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, ManagedVec, MappingMode, Svm,
+    Access, Arg, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, Location, ManagedVec, MappingMode, Svm,
     SvmDescriptor,
 };
 
@@ -412,6 +412,8 @@ struct PathRun {
     k: Kernel,
     h2d: Vec<f64>,
     d2h: Vec<f64>,
+    /// Device → host by `prefetch(Location::Host)`, s.
+    pf: Vec<f64>,
     faults: u64,
 }
 
@@ -421,6 +423,7 @@ struct PathResult {
     size: usize,
     h2d_s: f64,
     d2h_s: f64,
+    prefetch_s: f64,
     faults: u64,
 }
 
@@ -452,6 +455,13 @@ fn path_round(r: &mut PathRun, rep: usize) -> (f64, f64) {
     let d = svm.stats().since(&s2);
     assert_eq!(d.d2h_pages as usize, pages, "every page comes back");
     r.faults = d.cpu_faults;
+    // Back again, by one prefetch to the host (spans pipelined, no faults).
+    launch_touch(svm, &r.k, &mut v, tag + 1);
+    let t = Instant::now();
+    let moved = v.prefetch(Location::Host).wait().expect("prefetch to host");
+    r.pf.push(secs(t.elapsed()));
+    assert_eq!(moved as usize, pages, "every page comes back by prefetch");
+    assert!((0..pages).all(|p| v[p * PAGE] == ((p as u32) ^ (tag + 1)) as u8), "prefetched data");
     ((migrate - resident).max(1e-9), d2h)
 }
 
@@ -473,7 +483,17 @@ fn paths_side_by_side(o: &Opts) -> SideBySide {
             let k = svm
                 .create_kernel(&KernelDescriptor { label: "touch_pages", source: TOUCH_PAGES, entry_point: "main" })
                 .expect("kernel");
-            runs.push(PathRun { path, backend, size: path.size(o), svm, k, h2d: vec![], d2h: vec![], faults: 0 });
+            runs.push(PathRun {
+                path,
+                backend,
+                size: path.size(o),
+                svm,
+                k,
+                h2d: vec![],
+                d2h: vec![],
+                pf: vec![],
+                faults: 0,
+            });
         }
     }
     let g = PlainGpu::new().expect("a plain wgpu device on the same adapter");
@@ -512,6 +532,7 @@ fn paths_side_by_side(o: &Opts) -> SideBySide {
             size: r.size,
             h2d_s: median(&mut r.h2d),
             d2h_s: median(&mut r.d2h),
+            prefetch_s: median(&mut r.pf),
             faults: r.faults,
         })
         .collect();
@@ -555,6 +576,11 @@ impl SideBySide {
     fn ratios(&self, r: &PathResult) -> (f64, f64) {
         let (wb, rb) = self.baseline_gbs(r.size);
         ((r.size as f64 / r.h2d_s * 1e-9) / wb, (r.size as f64 / r.d2h_s * 1e-9) / rb)
+    }
+
+    /// d2h by prefetch to the host / readback, against the baseline at its size.
+    fn prefetch_ratio(&self, r: &PathResult) -> f64 {
+        (r.size as f64 / r.prefetch_s * 1e-9) / self.baseline_gbs(r.size).1
     }
 }
 
@@ -687,10 +713,11 @@ fn main() {
     for r in &side.paths {
         let (h, d) = side.ratios(r);
         eprintln!(
-            "path {} / {} ({}): h2d {h:.2}x write_buffer, d2h {d:.2}x readback",
+            "path {} / {} ({}): h2d {h:.2}x write_buffer, d2h {d:.2}x readback, prefetch to host {:.2}x readback",
             r.path.name(),
             r.backend,
-            size_name(r.size)
+            size_name(r.size),
+            side.prefetch_ratio(r)
         );
     }
     eprintln!("paths side by side: {:.1} s", secs(t.elapsed()));
@@ -799,15 +826,15 @@ fn report_md(
     );
     let _ = writeln!(
         m,
-        "| path | backend | bytes | h2d at launch GB/s | h2d / write_buffer | d2h by CPU faults GB/s | d2h / readback | faults |"
+        "| path | backend | bytes | h2d at launch GB/s | h2d / write_buffer | d2h by CPU faults GB/s | d2h / readback | faults | d2h by prefetch to host GB/s | prefetch / readback |"
     );
-    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &side.paths {
         let (h, d) = (r.size as f64 / r.h2d_s * 1e-9, r.size as f64 / r.d2h_s * 1e-9);
         let (hr, dr) = side.ratios(r);
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {:.2} | {:.2}× | {:.2} | {:.2}× | {} |",
+            "| {} | {} | {} | {:.2} | {:.2}× | {:.2} | {:.2}× | {} | {:.2} | {:.2}× |",
             r.path.name(),
             r.backend,
             size_name(r.size),
@@ -815,7 +842,9 @@ fn report_md(
             hr,
             d,
             dr,
-            r.faults
+            r.faults,
+            r.size as f64 / r.prefetch_s * 1e-9,
+            side.prefetch_ratio(r)
         );
     }
     let _ = writeln!(
@@ -946,6 +975,8 @@ fn report_csv(
         row(sec, be, 64 << 10, 0, "d2h", d, "GB/s");
         row(sec, be, 64 << 10, 0, "d2h_vs_readback", dr, "ratio");
         row(sec, be, 64 << 10, 0, "cpu_faults", r.faults as f64, "count");
+        row(sec, be, 64 << 10, 0, "d2h_prefetch", r.size as f64 / r.prefetch_s * 1e-9, "GB/s");
+        row(sec, be, 64 << 10, 0, "d2h_prefetch_vs_readback", side.prefetch_ratio(r), "ratio");
     }
     for x in mech {
         row("mechanism", x.backend.name(), 0, 0, "zap", x.zap_s * 1e3, "ms");
