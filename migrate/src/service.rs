@@ -142,18 +142,11 @@ impl FaultService {
         let pid = rustix::process::getpid();
         match &arena.guard {
             Guard::Uffd(_) => {
-                let ev = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-                    .map_err(MigrateError::os("eventfd"))?;
-                let ev2 = ev.try_clone().map_err(|e| MigrateError::Os {
-                    op: "dup(eventfd)",
-                    source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-                })?;
-                let kick = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-                    .map_err(MigrateError::os("eventfd"))?;
-                let kick2 = kick.try_clone().map_err(|e| MigrateError::Os {
-                    op: "dup(eventfd)",
-                    source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-                })?;
+                // Stop (from `drop`) and kick (from the handler): each an
+                // eventfd the service thread polls, and a second descriptor
+                // of it for the writer.
+                let (ev, ev2) = eventfd_pair()?;
+                let (kick, kick2) = eventfd_pair()?;
                 handler.set_kick(Kick(Arc::new(move || {
                     let _ = rustix::io::write(&kick2, &1u64.to_ne_bytes());
                 })));
@@ -221,6 +214,17 @@ impl Drop for FaultService {
             let _ = t.join();
         }
     }
+}
+
+/// A non-blocking eventfd and a duplicate of it.
+fn eventfd_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(MigrateError::os("eventfd"))?;
+    let dup = fd.try_clone().map_err(|e| MigrateError::Os {
+        op: "dup(eventfd)",
+        source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    })?;
+    Ok((fd, dup))
 }
 
 /// Why a service thread exits.
