@@ -184,6 +184,124 @@ pub(super) struct SmallRow {
     pub(super) bfs_in_flight: Vec<f64>,
     /// Pages migrated during the flag variant.
     pub(super) bfs_flag_moved: Vec<u64>,
+    /// The same K levels on plain wgpu buffers (its own device, same
+    /// adapter): one submission a level, waited at the end, ms.
+    pub(super) bfs_plain_levels: Vec<f64>,
+    /// ... all K levels in one submission, ms.
+    pub(super) bfs_plain_one: Vec<f64>,
+}
+
+/// The BFS on plain wgpu buffers, the explicit baseline of the queued one:
+/// the same kernels (bound access runs unchanged on plain buffers), the
+/// CSR arrays uploaded once, a uniform and a bind group per level made up
+/// front (as an application would).
+struct PlainBfs {
+    g: crate::common::PlainGpu,
+    init: wgpu::ComputePipeline,
+    init_bg: wgpu::BindGroup,
+    step: wgpu::ComputePipeline,
+    level_bgs: Vec<wgpu::BindGroup>,
+    level: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl PlainBfs {
+    fn new(k: usize) -> Self {
+        use wgpu::util::DeviceExt as _;
+        use wgpu::BufferUsages as U;
+        let g = crate::common::PlainGpu::new().expect("a plain wgpu device on the same adapter");
+        let d = &g.device;
+        let pipeline = |label, src: &str| {
+            let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let (init, step) = (pipeline("plain bfs init", BFS_INIT), pipeline("plain bfs level", BFS_LEVEL));
+        let (offsets, cols) = grid_csr();
+        let init_buf = |label, data: &[u32], usage| {
+            d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage,
+            })
+        };
+        let offsets = init_buf("offsets", &offsets, U::STORAGE);
+        let cols = init_buf("cols", &cols, U::STORAGE);
+        let level = g.buffer("level", GRID * GRID * 4, U::STORAGE | U::COPY_SRC);
+        let flag = g.buffer("flag", PAGE_WORDS * 4, U::STORAGE);
+        let staging = g.buffer("level readback", GRID * GRID * 4, U::MAP_READ | U::COPY_DST);
+        fn entries<'a>(bufs: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+            (0u32..).zip(bufs).map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect()
+        }
+        let init_bg = d.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("plain bfs init"),
+            layout: &init.get_bind_group_layout(0),
+            entries: &entries(&[&level]),
+        });
+        let layout = step.get_bind_group_layout(0);
+        let level_bgs = (0..k as u32)
+            .map(|v| {
+                let u = init_buf("level uniform", &[v, 0, 0, 0], U::UNIFORM);
+                d.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("plain bfs level"),
+                    layout: &layout,
+                    entries: &entries(&[&offsets, &cols, &level, &flag, &u]),
+                })
+            })
+            .collect();
+        Self { g, init, init_bg, step, level_bgs, level, staging }
+    }
+
+    fn dispatch(enc: &mut wgpu::CommandEncoder, p: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, groups: u32) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(p);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+    }
+
+    /// Every vertex unreached but 0 (untimed).
+    fn start(&self) {
+        let mut enc = self.g.device.create_command_encoder(&Default::default());
+        Self::dispatch(&mut enc, &self.init, &self.init_bg, (GRID * GRID / 64) as u32);
+        self.g.queue.submit([enc.finish()]);
+        self.g.wait();
+    }
+
+    /// The K levels, one submission each (`one`: all in one), then one
+    /// wait; ms.
+    fn run(&self, one: bool) -> f64 {
+        let t = Instant::now();
+        if one {
+            let mut enc = self.g.device.create_command_encoder(&Default::default());
+            for bg in &self.level_bgs {
+                Self::dispatch(&mut enc, &self.step, bg, 1);
+            }
+            self.g.queue.submit([enc.finish()]);
+        } else {
+            for bg in &self.level_bgs {
+                let mut enc = self.g.device.create_command_encoder(&Default::default());
+                Self::dispatch(&mut enc, &self.step, bg, 1);
+                self.g.queue.submit([enc.finish()]);
+            }
+        }
+        self.g.wait();
+        since_ms(t)
+    }
+
+    fn levels(&self) -> Vec<u32> {
+        let mut out = vec![0u8; GRID * GRID * 4];
+        self.g.readback(&self.level, &self.staging, &mut out);
+        bytemuck::cast_slice(&out).to_vec()
+    }
 }
 
 /// What `x -> 3x + p` gives after the prep (`x -> 9x`) and then `p` = 1..=m.
@@ -368,7 +486,22 @@ pub(super) fn small_launches(o: &Opts, ctx: &Ctx) -> SmallRow {
     // Warm: the level kernel compiled, the CSR arrays' device copies made.
     start(&mut level);
     sync_level(&mut level, &mut flag, &us[0]);
+    let plain = PlainBfs::new(k);
+    let plain_check = |what: &str| {
+        for (i, l) in plain.levels().into_iter().enumerate() {
+            let d = (i % GRID + i / GRID) as u32;
+            assert_eq!(l, if d as usize <= k { d } else { UNREACHED }, "{what} BFS: vertex {i}");
+        }
+    };
+    plain.start();
+    plain.run(true);
     for _ in 0..o.queue_rounds {
+        for one in [false, true] {
+            plain.start();
+            let ms = plain.run(one);
+            if one { row.bfs_plain_one.push(ms) } else { row.bfs_plain_levels.push(ms) }
+            plain_check(if one { "plain, one submission" } else { "plain" });
+        }
         start(&mut level);
         let t = Instant::now();
         for u in &us {

@@ -184,24 +184,25 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| mode | backend | pool | levels (K) | sync ms | sync + flag ms | queued ms (submit) | ms per level: sync / + flag / queued | saved per level vs sync | saved per level vs sync + flag | sync / queued | sync + flag / queued | queued: in flight after the last submit | pages moved per level, + flag |"
+        "| mode | backend | pool | levels (K) | sync ms | sync + flag ms | queued ms (submit) | ms per level: sync / + flag / queued | saved per level vs sync | saved per level vs sync + flag | sync / queued | sync + flag / queued | queued: in flight after the last submit | pages moved per level, + flag | plain wgpu: a submission a level / one submission, ms | queued / plain (a submission a level) |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (path, r) in rows {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||||||", path.name);
                 continue;
             }
         };
         let s = &r.small;
+        let (plain, plain_one) = (med(&s.bfs_plain_levels), med(&s.bfs_plain_one));
         let k = s.levels as f64;
         let (sync, flag, queued) = (med(&s.bfs_sync), med(&s.bfs_flag), med(&s.bfs_queued));
         let moved: Vec<f64> = s.bfs_flag_moved.iter().map(|&p| p as f64 / k).collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} | {} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} | {} | {:.0} | {:.1} | {} / {} | {} |",
             path.name,
             r.backend,
             pool_name(path.mode, r.host_mapped),
@@ -219,6 +220,9 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
             times(flag, queued),
             med(&s.bfs_in_flight),
             med(&moved),
+            ms(plain),
+            ms(plain_one),
+            times(queued, plain),
         );
     }
     t
