@@ -110,7 +110,11 @@ impl Gpu {
 
     /// The windows as kernels bind them: the pool segments or the sparse
     /// view (fixed), or the coherent view's covered windows followed by
-    /// placeholders.
+    /// placeholders. The last covered window may be shorter than the
+    /// others: a load the prelude issues ahead of its check (speculative
+    /// variants) past its end is clamped by the bounds checks naga keeps on
+    /// every storage access (`create_shader_module`, not the unchecked
+    /// variant), like any access to a placeholder.
     pub(crate) fn window_views(&self) -> Cow<'_, [SegmentView]> {
         let Some(c) = &self.coherent_view else { return Cow::Borrowed(&self.segments) };
         let import = c.import.lock();
