@@ -59,18 +59,15 @@ fn main() {
         "| path | pool MiB | working set / pool | policy | working set MiB | time per sweep ms (sweeps 3-4) | GB/s of working set | pages evicted per sweep | h2d pages per sweep | pages served in place per sweep |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut device = String::new();
-    let cases = paths.iter().flat_map(|p| {
-        [0.5f64, 0.75, 1.0, 1.25, 1.5, 2.0].into_iter().flat_map(move |r| [(p, r, false), (p, r, true)])
-    });
+    let cases = paths
+        .iter()
+        .flat_map(|p| [0.5f64, 0.75, 1.0, 1.25, 1.5, 2.0].into_iter().flat_map(move |r| [(p, r, false), (p, r, true)]));
     for (path, ratio, in_place) in cases {
         if ratio <= 1.0 && in_place {
             continue; // the same as eviction only: nothing is evicted
         }
         let pool = path.pool;
-        let desc = (path.desc)()
-            .arena_size((pool * 4).max(64 << 20))
-            .pool_size(pool as u64)
-            .serve_in_place(in_place);
+        let desc = (path.desc)().arena_size((pool * 4).max(64 << 20)).pool_size(pool as u64).serve_in_place(in_place);
         let svm = match Svm::with_descriptor(&desc) {
             Ok(s) => s,
             Err(svm::SvmError::NoAdapter(m)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {

@@ -254,7 +254,10 @@ fn again_handshake(split: bool, callers: usize) -> bool {
             thread::spawn(move || {
                 let ready = || done.load(Ordering::Acquire) == 1;
                 if split {
-                    let r = { let _g = flag.lock().expect("lock"); ready() };
+                    let r = {
+                        let _g = flag.lock().expect("lock");
+                        ready()
+                    };
                     if !r {
                         *flag.lock().expect("lock") = true;
                     }

@@ -240,7 +240,10 @@ impl PlainBfs {
         let flag = g.buffer("flag", PAGE_WORDS * 4, U::STORAGE);
         let staging = g.buffer("level readback", GRID * GRID * 4, U::MAP_READ | U::COPY_DST);
         fn entries<'a>(bufs: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
-            (0u32..).zip(bufs).map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect()
+            (0u32..)
+                .zip(bufs)
+                .map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+                .collect()
         }
         let init_bg = d.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("plain bfs init"),
@@ -499,7 +502,11 @@ pub(super) fn small_launches(o: &Opts, ctx: &Ctx) -> SmallRow {
         for one in [false, true] {
             plain.start();
             let ms = plain.run(one);
-            if one { row.bfs_plain_one.push(ms) } else { row.bfs_plain_levels.push(ms) }
+            if one {
+                row.bfs_plain_one.push(ms)
+            } else {
+                row.bfs_plain_levels.push(ms)
+            }
             plain_check(if one { "plain, one submission" } else { "plain" });
         }
         start(&mut level);

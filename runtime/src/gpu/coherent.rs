@@ -95,7 +95,13 @@ impl Gpu {
             // accesses race with kernels only as another CPU thread's would.
             #[allow(unsafe_code, reason = "the coherent view's host import; argued inline")]
             let new = unsafe {
-                crate::vk::HostImport::new(raw, Some("svm coherent arena view"), c.host as *mut u8, to_usize(covered)?, ())
+                crate::vk::HostImport::new(
+                    raw,
+                    Some("svm coherent arena view"),
+                    c.host as *mut u8,
+                    to_usize(covered)?,
+                    (),
+                )
             };
             match new {
                 Ok(new) => {

@@ -57,15 +57,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         let (bind_group, first_segment_bind_groups, coherent_covered) = self.bind_groups(&page_table, &log);
-        Tables {
-            pages,
-            page_table,
-            log,
-            fault_bitmap_words,
-            bind_group,
-            first_segment_bind_groups,
-            coherent_covered,
-        }
+        Tables { pages, page_table, log, fault_bitmap_words, bind_group, first_segment_bind_groups, coherent_covered }
     }
 
     /// Make `tables`' bind groups again (the coherent view was imported
@@ -77,13 +69,18 @@ impl Gpu {
 
     /// The bind group binding the tables with every window, the one per
     /// segment binding it first, and the coherent view's coverage they bind.
-    fn bind_groups(&self, page_table: &wgpu::Buffer, log: &wgpu::Buffer) -> (wgpu::BindGroup, Vec<wgpu::BindGroup>, u64) {
+    fn bind_groups(
+        &self,
+        page_table: &wgpu::Buffer,
+        log: &wgpu::Buffer,
+    ) -> (wgpu::BindGroup, Vec<wgpu::BindGroup>, u64) {
         let core = [page_table, &self.args, log];
         // (Read before the views: imports happen under the update lock,
         // which the caller holds, so the two agree.)
         let imported = self.coherent_covered();
         let views = self.window_views();
-        let bind_group = make_bind_group(&self.device, &self.bgl, core, &views, &self.coherent_placeholder, self.windows);
+        let bind_group =
+            make_bind_group(&self.device, &self.bgl, core, &views, &self.coherent_placeholder, self.windows);
         // Launches whose pages all lie in one segment bind it first and run
         // the one-segment specialization of their kernel.
         let first_segment_bind_groups = if self.segments_used > 1 {

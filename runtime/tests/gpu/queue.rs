@@ -726,8 +726,7 @@ fn a_fault_waiting_for_a_kernel_does_not_hold_up_other_faults() {
             assert_eq!(sum, want_sum, "B read back right ({backend:?})");
             // On one GPU queue (lavapipe), staged and sparse d2h copies
             // queue behind the kernel: there B waits for it anyway.
-            let copies_on_the_queue =
-                !svm.pool_is_host_mapped() && svm.mapping_mode() != svm::MappingMode::Coherent;
+            let copies_on_the_queue = !svm.pool_is_host_mapped() && svm.mapping_mode() != svm::MappingMode::Coherent;
             if !copies_on_the_queue {
                 assert!(
                     reader_still_waiting,

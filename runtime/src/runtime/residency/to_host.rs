@@ -144,7 +144,11 @@ impl Inner {
 
     /// Copy device-owned runs back by mapping the pool (unified memory):
     /// per segment, one map of the range the pieces span, one copy each.
-    pub(in crate::runtime) fn copy_back_mapped(&self, st: &State, device_runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+    pub(in crate::runtime) fn copy_back_mapped(
+        &self,
+        st: &State,
+        device_runs: &[(u32, u32)],
+    ) -> Result<(), DeviceError> {
         let gpu = &self.gpu;
         // (page, segment, byte offset, pages) of every frame-contiguous piece.
         let mut pieces: Vec<(u32, usize, u64, u32)> = Vec::new();
@@ -191,7 +195,13 @@ impl Inner {
     /// Split pages `[ra, rb)` (all device-owned) into pieces whose frames are
     /// consecutive inside one pool segment: `f(first page, segment, byte
     /// offset in the segment, pages)`.
-    pub(in crate::runtime) fn for_each_frame_piece(&self, st: &State, ra: u32, rb: u32, mut f: impl FnMut(u32, usize, u64, u32)) {
+    pub(in crate::runtime) fn for_each_frame_piece(
+        &self,
+        st: &State,
+        ra: u32,
+        rb: u32,
+        mut f: impl FnMut(u32, usize, u64, u32),
+    ) {
         let gpu = &self.gpu;
         let mut p = ra;
         while p < rb {
@@ -279,7 +289,11 @@ impl Inner {
     /// [`STAGING_PAGES`] pages) back to the host, span by span; on the
     /// staged path the device's copy of each span is queued before the CPU
     /// copies out the one before. Returns the pages moved.
-    pub(in crate::runtime) fn migrate_back_spans(&self, st: &mut State, spans: &[(u32, u32)]) -> Result<u64, DeviceError> {
+    pub(in crate::runtime) fn migrate_back_spans(
+        &self,
+        st: &mut State,
+        spans: &[(u32, u32)],
+    ) -> Result<u64, DeviceError> {
         let ahead = self.reads_ahead();
         let mut moved = 0;
         for (i, &(a, b)) in spans.iter().enumerate() {
