@@ -46,6 +46,7 @@ fn rss() -> usize {
 
 struct Case {
     mode: svm::MappingMode,
+    path: &'static str,
     arena: usize,
     svm: Svm,
     create_ms: f64,
@@ -104,28 +105,39 @@ fn main() {
     // default limit, lavapipe's) holds 128 GiB of arena (4 bytes a page).
     // The coherent mode's device view (at most 8 GiB, and the windows the
     // device binds) is imported as allocations reach it.
-    use svm::MappingMode::{Coherent, Software};
+    // The staged pool (discrete GPUs), the mprotect backend and the sparse
+    // mode (at most 2 GiB of sparse address space on lavapipe) beside them.
+    use svm::FaultBackendKind::{Mprotect, Uffd};
+    use svm::MappingMode::{Coherent, Software, Sparse};
     let sizes = [
-        (Software, 64 * MIB),
-        (Software, GIB),
-        (Software, 16 * GIB),
-        (Software, 64 * GIB),
-        (Software, 128 * GIB),
-        (Coherent, GIB),
-        (Coherent, 4 * GIB),
+        (Software, 64 * MIB, Uffd, true),
+        (Software, GIB, Uffd, true),
+        (Software, 16 * GIB, Uffd, true),
+        (Software, 64 * GIB, Uffd, true),
+        (Software, 128 * GIB, Uffd, true),
+        (Software, 16 * GIB, Uffd, false),
+        (Software, 16 * GIB, Mprotect, true),
+        (Sparse, GIB, Uffd, false),
+        (Coherent, GIB, Uffd, true),
+        (Coherent, 4 * GIB, Uffd, true),
     ];
     let mut cases = Vec::new();
-    for &(mode, arena) in &sizes {
+    for &(mode, arena, backend, host_mapped) in &sizes {
         let before = rss();
         let t = Instant::now();
-        let desc = SvmDescriptor::default().arena_size(arena).pool_size(64 << 20).mapping(mode);
+        let desc = SvmDescriptor::default()
+            .arena_size(arena)
+            .pool_size(64 << 20)
+            .mapping(mode)
+            .fault_backend(backend)
+            .host_mapped_pool(host_mapped);
         let svm = match Svm::with_descriptor(&desc) {
             Ok(s) => s,
             Err(svm::SvmError::NoAdapter(m)) if !common::gpu_required() => {
                 eprintln!("SKIP: no adapter ({m})");
                 return;
             }
-            Err(e @ svm::SvmError::Config(_)) if mode == Coherent => {
+            Err(e @ svm::SvmError::Config(_)) if mode != Software => {
                 eprintln!("SKIP: {mode:?} {}: {e}", label(arena));
                 continue;
             }
@@ -157,6 +169,13 @@ fn main() {
             .expect("kernel");
         let mut c = Case {
             mode,
+            path: match (mode, host_mapped, backend) {
+                (Sparse, _, _) => "sparse, staged",
+                (Coherent, _, _) => "in place",
+                (_, false, _) => "staged pool",
+                (_, true, Mprotect) => "host-mapped pool, mprotect",
+                _ => "host-mapped pool",
+            },
             arena,
             svm,
             create_ms,
@@ -200,13 +219,14 @@ fn main() {
         assert!(v.iter().all(|&x| x == want), "vector {k}: {} != {want}", v[0]);
     }
     let mut table = String::from(
-        "| mode | arena | create (ms) | RSS after create (MiB) | allocate 6 GiB (ms) | first launch's page-table upload | launch, extent path (ms) | launch, page-table path (ms) | launch, bound (ms) |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| mode | path | arena | create (ms) | RSS after create (MiB) | allocate 6 GiB (ms) | first launch's page-table upload | launch, extent path (ms) | launch, page-table path (ms) | launch, bound (ms) |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in cases.iter_mut() {
         table += &format!(
-            "| {:?} | {} | {:.1} | {:.1} | {} | {} KiB | {:.3} | {:.3} | {:.3} |\n",
+            "| {:?} | {} | {} | {:.1} | {:.1} | {} | {} KiB | {:.3} | {:.3} | {:.3} |\n",
             c.mode,
+            c.path,
             label(c.arena),
             c.create_ms,
             c.rss_mib,
@@ -219,7 +239,7 @@ fn main() {
     }
     let cmd = format!("cargo bench -p svm-benches --bench arena{}", if quick { " -- --quick" } else { "" });
     let out = format!(
-        "# Arena size\n\nDevice: {}; software mode (64 MiB pool) and coherent mode (its device view imported as allocations reach it, from 64 MiB); {rounds} interleaved rounds, medians; command: `{cmd}`.\n\
+        "# Arena size\n\nDevice: {}; every path (64 MiB pool; the coherent mode's device view imported as allocations reach it, from 64 MiB; uffd unless said); {rounds} interleaved rounds, medians; command: `{cmd}`.\n\
          Create includes opening the device. The working set (nine 4 KiB vectors) lies above the 6 GiB block where there is one.\n\n{table}",
         cases[0].svm.device_info()
     );
