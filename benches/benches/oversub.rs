@@ -127,7 +127,7 @@ fn main() {
         "cargo bench -p svm-benches --bench oversub"
     };
     let out = format!(
-        "# Oversubscription curve\n\nCommand: `{cmd}`; device: {device}; 8 slices, one launch per slice, medians not taken (two sweeps averaged); every path with both policies. Serving in place needs a device that imports host memory (lavapipe does); on a discrete GPU every in-place access crosses the bus.\n\n{table}"
+        "# Oversubscription curve\n\nCommand: `{cmd}`; device: {device}; 8 slices, one launch per slice, medians not taken (two sweeps averaged); every migrating path with both policies (the coherent mode has no pool: nothing migrates, nothing is oversubscribed). Serving in place needs a device that imports host memory (lavapipe does); on a discrete GPU every in-place access crosses the bus.\n\n{table}"
     );
     println!("{out}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
