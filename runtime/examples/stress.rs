@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p svm-runtime --example stress -- --minutes 30 [--fault uffd|mprotect]
-//!     [--workers 3] [--kernel-workers 1] [--seed N] [--pool-mib 6] [--watchdog-secs 60]
+//!     [--workers 3] [--kernel-workers 1] [--queue-workers 2] [--seed N] [--pool-mib 6] [--watchdog-secs 60]
 //! ```
 //!
 //! Without `--fault`, the time is split between both backends. Exit codes:
@@ -20,7 +20,7 @@ use svm::{FaultBackendKind, Svm, SvmDescriptor};
 fn usage(msg: &str) -> ! {
     eprintln!("stress: {msg}");
     eprintln!(
-        "usage: stress --minutes N [--fault uffd|mprotect] [--workers N] [--kernel-workers N] [--seed N] [--pool-mib N] [--watchdog-secs N]"
+        "usage: stress --minutes N [--fault uffd|mprotect] [--workers N] [--kernel-workers N] [--queue-workers N] [--seed N] [--pool-mib N] [--watchdog-secs N]"
     );
     std::process::exit(2)
 }
@@ -41,6 +41,7 @@ fn main() {
             }
             "--workers" => cfg.workers = val().parse().unwrap_or_else(|_| usage("bad --workers")),
             "--kernel-workers" => cfg.kernel_workers = val().parse().unwrap_or_else(|_| usage("bad --kernel-workers")),
+            "--queue-workers" => cfg.queue_workers = val().parse().unwrap_or_else(|_| usage("bad --queue-workers")),
             "--seed" => cfg.seed = val().parse().unwrap_or_else(|_| usage("bad --seed")),
             "--pool-mib" => pool_mib = val().parse().unwrap_or_else(|_| usage("bad --pool-mib")),
             "--watchdog-secs" => {

@@ -473,6 +473,17 @@ impl Gpu {
     }
 
     /// The buffer and byte offset where segment `seg` starts.
+    /// Submit `cmds` on the device's queue: with the raw device, under its
+    /// queue lock (`RawDevice::submit_exclusive`: sparse binds are raw
+    /// calls on the same queue, from other threads). Every submission goes
+    /// through here or through `RawDevice::submit_signalled`.
+    pub fn submit(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        match &self.raw {
+            Some(raw) => raw.submit_exclusive(|| self.queue.submit(cmds)),
+            None => self.queue.submit(cmds),
+        }
+    }
+
     pub fn segment(&self, seg: usize) -> (&wgpu::Buffer, u64) {
         let v = &self.segments[seg];
         (&v.buffer, v.base)

@@ -126,6 +126,7 @@ impl State {
             write_bytes: Vec::new(),
             discarded_fresh: Vec::new(),
             stamps_busy: false,
+            copies: None,
         }
     }
 
@@ -249,6 +250,10 @@ struct State {
     deferred_free: Vec<u32>,
     /// The GPU timestamp query set belongs to a pass in flight.
     stamps_busy: bool,
+    /// Host → device copies of the launch being prepared, made once its
+    /// flight is recorded and the lock released (`residency::to_device`);
+    /// `None` outside such a launch: copies are made at once.
+    copies: Option<Vec<residency::CopyIn>>,
     /// Starts of the live allocations a typed owner ([`ManagedVec`]) holds:
     /// the raw [`Svm::free`] refuses them (only the owner's drop frees).
     owned: std::collections::HashSet<usize>,

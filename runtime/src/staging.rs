@@ -205,7 +205,7 @@ impl Staging {
             slot.buf.unmap();
             let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm h2d") });
             enc.copy_buffer_to_buffer(&slot.buf, 0, dst, dst_offset + i as u64 * UP_CHUNK, len);
-            let sub = gpu.queue.submit([enc.finish()]);
+            let sub = gpu.submit([enc.finish()]);
             slot.map_after(wgpu::MapMode::Write, UP_CHUNK, sub);
             copies += 1;
         }
@@ -221,7 +221,7 @@ impl Staging {
         let mut enc: Option<wgpu::CommandEncoder> = None;
         let flush = |ring: &mut DownRing, enc: &mut Option<wgpu::CommandEncoder>, c: Option<&DownChunk>| {
             if let (Some(e), Some(c)) = (enc.take(), c) {
-                let sub = gpu.queue.submit([e.finish()]);
+                let sub = gpu.submit([e.finish()]);
                 ring.slots[c.slot].map_after(wgpu::MapMode::Read, c.used, sub);
             }
         };

@@ -41,6 +41,10 @@ counters! {
     h2d_batches,
     /// Time spent migrating host → device, ns.
     h2d_ns,
+    /// Of `h2d_pages`, those a launch copied with the update lock released
+    /// (its pages claimed by its flight: CPU faults on other pages, `alloc`
+    /// and `free` went on meanwhile).
+    h2d_unlocked_pages,
     /// Pages migrated device → host.
     d2h_pages,
     /// Copy batches device → host (one per served CPU fault that moved data).

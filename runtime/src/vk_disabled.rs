@@ -66,6 +66,9 @@ impl RawDevice {
     pub fn submit_signalled<R>(&self, _: impl FnOnce() -> R) -> Result<(R, raw::TimelinePoint), VkError> {
         match self.0 {}
     }
+    pub fn submit_exclusive<R>(&self, _: impl FnOnce() -> R) -> R {
+        match self.0 {}
+    }
 }
 
 pub(crate) mod raw {

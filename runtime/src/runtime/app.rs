@@ -94,7 +94,7 @@ impl Svm {
             if st.coherent.is_some() || gpu.mode == MappingMode::Coherent {
                 let barrier =
                     crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?;
-                gpu.queue.submit([barrier]);
+                gpu.submit([barrier]);
             }
             gpu.wait()?;
             Ok(r)

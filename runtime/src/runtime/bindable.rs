@@ -114,6 +114,9 @@ impl Inner {
     /// and the old ones are freed. With no such run free, every device page
     /// the running launch does not use is evicted first.
     fn move_together(&self, st: &mut State, a: u32, b: u32) -> Result<(), LaunchError> {
+        // Frames of the range may be waiting for their copies in (a launch
+        // defers them): the move reads them.
+        self.flush_copies(st)?;
         let gpu = &self.gpu;
         let n = b - a;
         if n > gpu.frames_per_segment {
@@ -183,7 +186,7 @@ impl Inner {
         let (seg, off) = gpu.frame_location(start);
         let (buf, base) = gpu.segment(seg);
         enc.copy_buffer_to_buffer(&scratch, 0, buf, base + off, bytes);
-        gpu.queue.submit([enc.finish()]);
+        gpu.submit([enc.finish()]);
         for p in a..b {
             let f = start + (p - a);
             st.set_frame(p, f);

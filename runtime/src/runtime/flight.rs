@@ -323,6 +323,7 @@ impl Inner {
         f: &FlightShared,
         deadline: Option<Instant>,
     ) -> bool {
+        debug_assert!(guard.copies.is_none(), "the lock released with a launch's copies queued");
         MutexGuard::unlocked(guard, || self.signals.wait_until(|| f.gpu_done.load(Ordering::Acquire), deadline))
     }
 
@@ -363,6 +364,7 @@ impl Inner {
     /// Wait (update lock released) until `f` is retired or, for a pass
     /// anyone retires, done on the GPU; then retire what is done.
     pub(super) fn wait_settled(&self, guard: &mut MutexGuard<'_, State>, f: &FlightShared) {
+        debug_assert!(guard.copies.is_none(), "the lock released with a launch's copies queued");
         MutexGuard::unlocked(guard, || self.signals.wait_until(|| f.settled_enough(), None));
         self.retire_done(guard);
     }

@@ -28,6 +28,10 @@ struct Request<'a, 'd> {
     /// Served in place rather than evicting (thrashing, see `prepare`): a
     /// pool too full is `PoolExhausted`.
     no_evict: bool,
+    /// Its host -> device copies wait in `State::copies` until its flight
+    /// is recorded and the lock released (`residency::to_device`): the
+    /// caller runs them before the submit.
+    defer_copies: bool,
 }
 
 /// A launch made resident and mapped, ready to submit.
@@ -171,6 +175,7 @@ impl Inner {
             replayable: false,
             undeclared_writes: false,
             no_evict: false,
+            defer_copies: true,
         };
         let prep = self.prepare(&mut guard, &req)?;
         let st = &mut *guard;
@@ -216,9 +221,17 @@ impl Inner {
                 f.zapped_in_place = zapped;
                 f.protected_in_place = protected;
                 f.release_frames = std::mem::take(&mut st.deferred_free);
+                let copies = st.copies.take().unwrap_or_default();
                 let shared = self.track(st, f);
                 drop(guard);
-                let submitted = self.submit_pass(&shared, cmds);
+                // Its pages are busy from here: the copies need no lock.
+                let submitted = match self.run_copies_unlocked(copies) {
+                    Ok(()) => self.submit_pass(&shared, cmds),
+                    Err((e, undone)) => {
+                        self.undo_copies(&mut self.state.lock(), &undone);
+                        Err(e.into())
+                    }
+                };
                 drop(order);
                 if let Err(e) = submitted {
                     self.abandon(&mut self.state.lock(), &shared, &e);
@@ -227,6 +240,8 @@ impl Inner {
                 Ok(shared)
             }
             Err(e) => {
+                let _ = self.flush_copies(st);
+                st.copies = None;
                 let _ = self.settle_copies(st, prep.temporary);
                 self.return_discarded(st);
                 for (a, b) in zapped {
@@ -280,6 +295,7 @@ impl Inner {
             replayable: opts.replayable,
             undeclared_writes: opts.undeclared_writes,
             no_evict: false,
+            defer_copies: false,
         };
         let prep = self.prepare(&mut guard, &req)?;
         let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
@@ -583,7 +599,7 @@ impl Inner {
     }
 
     fn prepare_once(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
-        let Request { kernel, bound, access, replayable, undeclared_writes, no_evict } = *req;
+        let Request { kernel, bound, access, replayable, undeclared_writes, no_evict, defer_copies } = *req;
         let gpu = &self.gpu;
         let (decl, discard) = loop {
             self.retire_done(guard);
@@ -655,6 +671,11 @@ impl Inner {
         }
         let mut report = LaunchReport::default();
         let mut temporary: Vec<(u32, u32)> = Vec::new();
+        // (Set only here, with the lock held until the caller takes the
+        // copies out: another path's copies must never land in this list.)
+        if defer_copies {
+            st.copies = Some(Vec::new());
+        }
         let made = (|| {
             // A kernel without the prelude never reads the page table:
             // its pages are made resident, but no PTE changes (nothing to
@@ -686,6 +707,9 @@ impl Inner {
             }
             Err(e) => {
                 st.pinned.clear();
+                // (Before frames are freed: copies queued into them run.)
+                let _ = self.flush_copies(st);
+                st.copies = None;
                 let _ = self.settle_copies(st, temporary);
                 self.return_discarded(st);
                 self.release_deferred_now(st);

@@ -7,7 +7,10 @@
 
 use super::*;
 
+mod to_device;
 mod to_host;
+
+pub(super) use to_device::CopyIn;
 
 /// How [`Inner::map_ranges`] maps: `pin` the ranges into the running
 /// operation's working set; write their PTEs (`ptes`; a kernel without the
@@ -189,130 +192,6 @@ impl Inner {
             st.mapped.push((a, b));
         }
         changed
-    }
-
-    /// Copy host pages `[a, b)` into newly allocated frames; returns the
-    /// number of copies queued.
-    ///
-    /// The caller (`map_ranges`, under the update lock) has made sure that
-    /// nothing writes these host pages during the copy: read-write ranges
-    /// are zapped from the user view first; `ReadMostly` read ranges are
-    /// write-protected first; other read ranges are borrowed shared for the
-    /// launch (`Access::read` / `Binding::read` take `&`; `Access::raw` is
-    /// `unsafe` with that contract). They are host pages (not on the device)
-    /// and not coherent (never imported).
-    pub(super) fn upload(&self, st: &mut State, a: u32, b: u32) -> Result<u64, DeviceError> {
-        let gpu = &self.gpu;
-        if !gpu.cpu_copies {
-            // A read-ahead of these pages (which left the device since, by
-            // a free) is stale.
-            self.drop_readahead(a, b);
-        }
-        let mut p = a;
-        let mut copies = 0;
-        while p < b {
-            let (f, n) = st.frames.alloc_run(p, b - p)?.expect("pool space checked before migrating");
-            // A frame run may straddle pool segments: one copy per segment
-            // (and per run of pages whose contents the launch discards:
-            // those frames are zeroed instead).
-            let mut done = 0;
-            while done < n {
-                let fr = f + done;
-                let mut k = (n - done).min(gpu.frames_left_in_segment(fr));
-                // (With a host-mapped pool, zeroing costs what the copy does:
-                // measured, no gain; the pages are copied as usual there.)
-                let discarded = |q: u32| !gpu.cpu_copies && st.discarded(q);
-                let discard = discarded(p + done);
-                k = (1..k).find(|&i| discarded(p + done + i) != discard).unwrap_or(k);
-                let (seg, off) = gpu.frame_location(fr);
-                let host_off = (p + done) as usize * PAGE_SIZE;
-                let len = k as usize * PAGE_SIZE;
-                let (buf, base) = gpu.segment(seg);
-                if discard {
-                    // No copy through the staging ring: the frames (which may
-                    // hold a previous page's bytes) are cleared on the device.
-                    let mut enc = gpu
-                        .device
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm discard") });
-                    enc.clear_buffer(buf, base + off, Some(len as u64));
-                    gpu.queue.submit([enc.finish()]);
-                    Counters::add(&self.stats.discarded_pages, u64::from(k));
-                    // Only the host copy holds these pages' data now: a
-                    // launch that fails before its pass gives them back.
-                    st.discarded_fresh.push((p + done, p + done + k));
-                } else if let Some(arena) = st.frames.sparse().filter(|a| a.host_mapped()) {
-                    // Sparse pool in mapped host memory (unified memory): a
-                    // CPU copy into each page's block (bound by `prepare`).
-                    // SAFETY: no writer of these host pages during the copy
-                    // (the caller's protocol, see above); the blocks were
-                    // just taken for these pages, so no GPU work in flight
-                    // uses them; the update lock keeps other paths off.
-                    #[allow(unsafe_code, reason = "host-copy borrow and block write; argued inline")]
-                    let copied = unsafe {
-                        self.arena.with_host(host_off, len, |bytes| {
-                            arena.host_runs(p + done, k, |q, dst, n| {
-                                let at = (q - (p + done)) as usize * PAGE_SIZE;
-                                std::ptr::copy_nonoverlapping(bytes[at..at + n].as_ptr(), dst, n);
-                            })
-                        })
-                    };
-                    debug_assert!(copied, "pages bound in a host-mapped sparse pool");
-                } else if gpu.segment_is_host(seg) {
-                    // Unified memory, pool in imported host memory: one CPU
-                    // copy, no map (nothing waits for running kernels).
-                    // SAFETY: no writer of these host pages during the copy
-                    // (the caller's protocol, see above); the frames are
-                    // newly allocated (free frames are used by no launch in
-                    // flight), and the update lock (`st`) keeps every other
-                    // runtime path off them.
-                    #[allow(unsafe_code, reason = "host-copy borrow and pool write; argued inline")]
-                    let done = unsafe {
-                        self.arena.with_host(host_off, len, |bytes| gpu.write_pool_host(seg, base + off, bytes))
-                    };
-                    debug_assert!(done, "host segment range");
-                } else if gpu.mapped_pool {
-                    // Unified memory: one copy, straight into the mapped pool.
-                    gpu.write_mapped_range(buf, base + off, len as u64, |view| {
-                        // SAFETY: no writer of these host pages during the
-                        // copy (the caller's protocol, see above); the update
-                        // lock (`st`) keeps every other runtime path off them.
-                        #[allow(unsafe_code, reason = "host-copy borrow; argued inline")]
-                        let () = unsafe { self.arena.with_host(host_off, len, |bytes| view.copy_from_slice(bytes)) };
-                    })?;
-                } else {
-                    // Pipelined through the upload ring: the copy of one
-                    // chunk into a mapped staging buffer overlaps the GPU
-                    // copy of the previous ones.
-                    // SAFETY: as above: no writer of these host pages while
-                    // the borrow lasts (it ends when the last chunk is in a
-                    // staging buffer).
-                    #[allow(unsafe_code, reason = "host-copy borrow; argued inline")]
-                    let queued = unsafe {
-                        self.arena.with_host(host_off, len, |bytes| gpu.staging.upload(gpu, buf, base + off, bytes))
-                    };
-                    queued?;
-                }
-                copies += 1;
-                done += k;
-            }
-            for i in 0..n {
-                st.set_frame(p + i, f + i);
-            }
-            p += n;
-        }
-        Ok(copies)
-    }
-
-    /// Discard the read-ahead in flight if it covers a page of `[a, b)`.
-    fn drop_readahead(&self, a: u32, b: u32) {
-        let staging = &self.gpu.staging;
-        if let Some(r) = staging.take_readahead() {
-            if r.first < b && a < r.end {
-                staging.discard(r.download);
-            } else {
-                staging.set_readahead(r);
-            }
-        }
     }
 
     /// After a launch or prefetch: read-only device copies made for it are

@@ -226,6 +226,15 @@ impl RawDevice {
         self.flush_locked(&mut t).map(TimelinePoint)
     }
 
+    /// Run `submit` (a `wgpu::Queue::submit`) with the queue to itself.
+    /// Sparse binds and the timeline's signals are raw calls on the queue
+    /// under this lock; wgpu's own queue lock does not cover them, and
+    /// Vulkan requires a queue's calls to be externally synchronized.
+    pub fn submit_exclusive<R>(&self, submit: impl FnOnce() -> R) -> R {
+        let _t = self.timeline.lock();
+        submit()
+    }
+
     /// Run `submit` (one `wgpu::Queue::submit`) with a signal of the
     /// timeline staged on it: the returned point is reached when that
     /// submission (and everything before it) has completed. A host can then
