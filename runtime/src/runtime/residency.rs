@@ -127,9 +127,6 @@ impl Inner {
                     label = %crate::label::trace_label(self.arena.base() + ra as usize * PAGE_SIZE)
                 )
                 .entered();
-                self.arena
-                    .populate_host(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
-                    .map_err(|e| LaunchError::Os(e.to_string()))?;
                 batches += self.upload(st, ra, rb)?;
                 pages += u64::from(rb - ra);
             }

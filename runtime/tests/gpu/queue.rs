@@ -737,3 +737,69 @@ fn a_fault_waiting_for_a_kernel_does_not_hold_up_other_faults() {
         });
     }
 }
+
+/// A launch's host → device copies run with the update lock released (its
+/// pages claimed by its flight): meanwhile another thread's CPU faults on
+/// other device-owned data, allocations and frees go on, and every byte
+/// comes out right on both sides — the launch's data after its kernel, the
+/// other thread's data after its faults. Every path and both backends.
+#[test]
+fn launch_copies_run_unlocked_beside_faults_and_allocs() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let step = kernel(&svm, "step", STEP);
+        // X: 8 MiB the CPU writes before each launch (its copies are the
+        // launch's); B: 4 MiB the device owns, read back by CPU faults.
+        let n = 2 << 20;
+        let mut x = svm.alloc_vec::<u32>(n).expect("x");
+        let m = 1 << 20;
+        let mut b = svm.alloc_from_slice(&(0..m as u32).collect::<Vec<_>>()).expect("b");
+        let migrating = svm.mapping_mode() != svm::MappingMode::Coherent;
+        std::thread::scope(|s| {
+            let (svm, step) = (&*svm, &step);
+            let x = &mut x;
+            let launcher = s.spawn(move || {
+                let mut unlocked = 0;
+                for round in 0..4u32 {
+                    for (i, v) in x.iter_mut().enumerate() {
+                        *v = i as u32 ^ round;
+                    }
+                    let s0 = svm.stats();
+                    svm.launch(
+                        step,
+                        &LaunchDescriptor {
+                            bindings: &[Binding::read_write(&mut *x), Binding::uniform(&p(round))],
+                            workgroups: [n as u32 / 64, 1, 1],
+                            ..Default::default()
+                        },
+                    )
+                    .expect("step over x");
+                    let d = svm.stats().since(&s0);
+                    unlocked += d.h2d_unlocked_pages;
+                    let bad = x.iter().enumerate().filter(|&(i, &v)| v != (i as u32 ^ round) * 2 + round).count();
+                    assert_eq!(bad, 0, "{backend:?} round {round}: X read back wrong");
+                }
+                unlocked
+            });
+            let mut rounds = 0;
+            while !launcher.is_finished() || rounds == 0 {
+                make_device_owned(svm, step, &mut b);
+                rounds += 1;
+                // CPU faults on B, one every 64 KiB, and alloc / free.
+                for i in (0..m).step_by(16 * 1024) {
+                    let want = (0..rounds).fold(i as u32, |v, _| v * 2 + 1);
+                    assert_eq!(b[i], want, "{backend:?}: B[{i}] after {rounds} steps");
+                    let raw = svm.alloc(4096).expect("alloc");
+                    svm.free(raw.as_ptr()).expect("free");
+                }
+            }
+            let unlocked = launcher.join().expect("launcher");
+            if migrating {
+                // (Each round copies X in, outside the lock: 4 × 2048 pages.)
+                assert!(unlocked >= 4 * 2048, "{backend:?}: {unlocked} pages copied with the lock released");
+            } else {
+                assert_eq!(unlocked, 0, "{backend:?}: the coherent mode copies nothing");
+            }
+        });
+    }
+}

@@ -94,6 +94,9 @@ impl Inner {
                 if discard {
                     // No copy through the staging ring: the frames (which may
                     // hold a previous page's bytes) are cleared on the device.
+                    // (The host pages get page-cache pages, as `run_copy`
+                    // gives copied ones.)
+                    self.populate(page, k)?;
                     let (buf, base) = gpu.segment(seg);
                     let mut enc = gpu
                         .device
@@ -161,6 +164,7 @@ impl Inner {
             label = %crate::label::trace_label(self.arena.base() + host_off)
         )
         .entered();
+        self.populate(page, n)?;
         match *job {
             CopyIn::SparseHost { ref blocks, .. } => {
                 // SAFETY: no writer of these host pages during the copy
@@ -272,6 +276,16 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Give host pages `[page, page + n)` page-cache pages (no holes) before
+    /// they leave for the device: with userfaultfd, the CPU's access to a
+    /// device-owned page must be a MINOR fault (a hole would raise a
+    /// MISSING fault, which the registration does not catch).
+    fn populate(&self, page: u32, n: u32) -> Result<(), DeviceError> {
+        self.arena
+            .populate_host(page as usize * PAGE_SIZE, n as usize * PAGE_SIZE)
+            .map_err(|e| DeviceError::Unexpected(format!("populating the host copy: {e}")))
     }
 
     /// Discard the read-ahead in flight if it covers a page of `[a, b)`.
