@@ -295,7 +295,7 @@ impl Inner {
             replayable: opts.replayable,
             undeclared_writes: opts.undeclared_writes,
             no_evict: false,
-            defer_copies: false,
+            defer_copies: true,
         };
         let prep = self.prepare(&mut guard, &req)?;
         let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
@@ -315,8 +315,16 @@ impl Inner {
             let (mut f, cmds) = self.encode_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
             st.discarded_fresh.clear();
             f.release_frames = std::mem::take(&mut st.deferred_free);
+            // (The first pass's copies, claimed by its flight; replays copy
+            // under the lock.)
+            let copies = st.copies.take().unwrap_or_default();
             let shared = self.track(st, f);
-            if let Err(e) = MutexGuard::unlocked(&mut guard, || self.submit_pass(&shared, cmds)) {
+            let sent = MutexGuard::unlocked(&mut guard, || match self.run_copies_unlocked(copies) {
+                Ok(()) => self.submit_pass(&shared, cmds).map_err(|e| (e, Vec::new())),
+                Err((e, undone)) => Err((e.into(), undone)),
+            });
+            if let Err((e, undone)) = sent {
+                self.undo_copies(&mut guard, &undone);
                 self.abandon(&mut guard, &shared, &e);
                 return Err(e);
             }
@@ -364,6 +372,10 @@ impl Inner {
 
         let st = &mut *guard;
         st.pinned.clear();
+        // (A first pass that was never encoded: its copies are made before
+        // anything is given back.)
+        let _ = self.flush_copies(st);
+        st.copies = None;
         // (A first pass that was never submitted: its discards go back.)
         self.return_discarded(st);
         self.release_deferred_now(st);

@@ -779,7 +779,7 @@ fn launch_copies_run_unlocked_beside_faults_and_allocs() {
                     let bad = x.iter().enumerate().filter(|&(i, &v)| v != (i as u32 ^ round) * 2 + round).count();
                     assert_eq!(bad, 0, "{backend:?} round {round}: X read back wrong");
                 }
-                unlocked
+                (unlocked, x)
             });
             let mut rounds = 0;
             while !launcher.is_finished() || rounds == 0 {
@@ -793,10 +793,28 @@ fn launch_copies_run_unlocked_beside_faults_and_allocs() {
                     svm.free(raw.as_ptr()).expect("free");
                 }
             }
-            let unlocked = launcher.join().expect("launcher");
+            let (mut unlocked, x) = launcher.join().expect("launcher");
+            // A replayable launch's first pass copies unlocked too.
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = i as u32;
+            }
+            let s0 = svm.stats();
+            svm.launch_with(
+                step,
+                &LaunchDescriptor {
+                    bindings: &[Binding::read_write(&mut *x), Binding::uniform(&p(7))],
+                    workgroups: [n as u32 / 64, 1, 1],
+                    ..Default::default()
+                },
+                &svm::LaunchOptions::replayable(),
+            )
+            .expect("replayable step over x");
+            unlocked += svm.stats().since(&s0).h2d_unlocked_pages;
+            let bad = x.iter().enumerate().filter(|&(i, &v)| v != i as u32 * 2 + 7).count();
+            assert_eq!(bad, 0, "{backend:?}: X after the replayable launch");
             if migrating {
-                // (Each round copies X in, outside the lock: 4 × 2048 pages.)
-                assert!(unlocked >= 4 * 2048, "{backend:?}: {unlocked} pages copied with the lock released");
+                // (Each launch copies X in, outside the lock: 5 × 2048 pages.)
+                assert!(unlocked >= 5 * 2048, "{backend:?}: {unlocked} pages copied with the lock released");
             } else {
                 assert_eq!(unlocked, 0, "{backend:?}: the coherent mode copies nothing");
             }
