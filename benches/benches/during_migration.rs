@@ -18,6 +18,9 @@
 //! that does not costs what it costs idle. The idle figures are the same
 //! operations with no launch running, interleaved with the others.
 //!
+//! The same with `svm.prefetch(X, Device)` migrating X instead of a
+//! launch (its handle waited on the second thread).
+//!
 //! Every migrating path and both fault backends, side by side: the
 //! host-mapped pool (lavapipe's default), the staged pool (a discrete
 //! GPU's path), the sparse mode host-mapped and staged. The coherent mode
@@ -38,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use common::{gpu_required, machine, median};
 use svm::{
-    Access, Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, ManagedVec, MappingMode, Svm,
-    SvmDescriptor,
+    Access, Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, Location, ManagedVec, MappingMode,
+    Svm, SvmDescriptor,
 };
 
 const MIB: usize = 1 << 20;
@@ -158,25 +161,41 @@ impl Ctx {
             .expect("writer launch");
     }
 
-    /// The launch that migrates X; returns its time and its h2d time, ms.
-    fn launch(svm: &Svm, touch: &Kernel, x: &ManagedVec<u32>, y: &mut ManagedVec<u32>) -> (f64, f64) {
+    /// The launch (or prefetch) that migrates X; returns its time and its
+    /// h2d time, ms.
+    fn migrate(svm: &Svm, bg: Bg, touch: &Kernel, x: &ManagedVec<u32>, y: &mut ManagedVec<u32>) -> (f64, f64) {
         let s0 = svm.stats();
         let t = Instant::now();
-        svm.launch(
-            touch,
-            &LaunchDescriptor {
-                bindings: &[Binding::read_write(y)],
-                access: &[Access::read(x)],
-                workgroups: [1, 1, 1],
-                ..Default::default()
-            },
-        )
-        .expect("touch launch");
+        match bg {
+            Bg::Launch => svm
+                .launch(
+                    touch,
+                    &LaunchDescriptor {
+                        bindings: &[Binding::read_write(y)],
+                        access: &[Access::read(x)],
+                        workgroups: [1, 1, 1],
+                        ..Default::default()
+                    },
+                )
+                .expect("touch launch"),
+            Bg::Prefetch => {
+                svm.prefetch(x.as_ptr().cast(), x.len() * 4, Location::Device).wait().expect("prefetch X");
+            }
+        }
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let d = svm.stats().since(&s0);
-        assert!(d.h2d_pages as usize >= x.len() / PAGE_WORDS, "X migrated by the launch");
+        assert!(d.h2d_pages as usize >= x.len() / PAGE_WORDS, "X migrated");
         (ms, d.h2d_ns as f64 / 1e6)
     }
+}
+
+/// What migrates X on the second thread.
+#[derive(Clone, Copy, PartialEq)]
+enum Bg {
+    /// A launch declaring X read-only (its copy is dropped after).
+    Launch,
+    /// `svm.prefetch(X, Device)` (X is brought back before the next one).
+    Prefetch,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -217,12 +236,15 @@ struct Row {
     ops: [Samples; 2],
 }
 
-fn run(o: &Opts, ctx: &mut Ctx) -> Row {
+fn run(o: &Opts, ctx: &mut Ctx, bg: Bg) -> Row {
     let mut row = Row { launch_ms: Vec::new(), h2d_ms: Vec::new(), ops: Default::default() };
     // Compile, Y resident.
-    Ctx::launch(&ctx.svm, &ctx.touch, &ctx.x, &mut ctx.y);
+    Ctx::migrate(&ctx.svm, Bg::Launch, &ctx.touch, &ctx.x, &mut ctx.y);
     for _ in 0..o.rounds {
         for (k, kind) in [Op::AllocFree, Op::Fault].into_iter().enumerate() {
+            if bg == Bg::Prefetch {
+                ctx.svm.prefetch(ctx.x.as_ptr().cast(), ctx.x.len() * 4, Location::Host).wait().expect("X back");
+            }
             ctx.reset_b();
             let mut block = 0;
             for _ in 0..3 {
@@ -235,7 +257,7 @@ fn run(o: &Opts, ctx: &mut Ctx) -> Row {
             let (launched, ops) = std::thread::scope(|s| {
                 let launcher = s.spawn(|| {
                     go.wait();
-                    Ctx::launch(svm, touch, x, y)
+                    Ctx::migrate(svm, bg, touch, x, y)
                 });
                 go.wait();
                 let mut ops = Vec::new();
@@ -266,7 +288,8 @@ fn main() {
             let r = Ctx::new(&o, path, backend).map(|mut ctx| {
                 device.get_or_insert_with(|| ctx.svm.device_info().to_string());
                 let in_use = ctx.svm.fault_backend();
-                (in_use, ctx.svm.pool_is_host_mapped(), run(&o, &mut ctx))
+                let rows = [Bg::Launch, Bg::Prefetch].map(|bg| run(&o, &mut ctx, bg));
+                (in_use, ctx.svm.pool_is_host_mapped(), rows)
             });
             if let Err(e) = &r {
                 assert!(!gpu_required() || path.mode == MappingMode::Sparse, "SVM_REQUIRE_GPU=1 but no runtime: {e}");
@@ -293,7 +316,7 @@ fn main() {
     let _ = writeln!(
         m,
         "- a launch on a second thread declares X read-only (256 MiB; sparse 64 MiB) and writes one word of a page of its own: it is \
-         almost all host → device migration; the main thread repeats one operation every {} ms until the launch \
+         almost all host → device migration (and, in the second row of each path, a prefetch of X to the device); the main thread repeats one operation every {} ms until the launch \
          returns (faults: at most {} a launch); {} launches per operation and path, operations interleaved; \
          idle: 3 of each operation before each launch; whole run {total:.0} s\n",
         o.gap.as_millis(),
@@ -302,44 +325,47 @@ fn main() {
     );
     let _ = writeln!(
         m,
-        "| path | backend | launch ms | its h2d ms | alloc+free idle ms | during: median / longest ms | fault idle ms | during: median / longest ms | ops during a launch |"
+        "| path | backend | migrated by | its time ms | its h2d ms | alloc+free idle ms | during: median / longest ms | fault idle ms | during: median / longest ms | ops during one |"
     );
-    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(m, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (path, asked, r) in &mut rows {
         match r {
             Err(e) => {
-                let _ = writeln!(m, "| {} | {asked} | unavailable: {e} | | | | | | |", path.name);
+                let _ = writeln!(m, "| {} | {asked} | unavailable: {e} | | | | | | | |", path.name);
             }
-            Ok((backend, host_mapped, row)) => {
+            Ok((backend, host_mapped, by_bg)) => {
                 let name = if path.mode == MappingMode::Software && *host_mapped != path.host_mapped_pool {
                     format!("{} (pool host-mapped: {host_mapped})", path.name)
                 } else {
                     path.name.to_string()
                 };
-                let [a, f] = &mut row.ops;
-                let n = (a.during.len() + f.during.len()) as f64 / (2 * o.rounds) as f64;
-                let _ = writeln!(
-                    m,
-                    "| {name} | {backend} | {:.1} | {:.1} | {:.4} | {:.4} / {:.2} | {:.3} | {:.3} / {:.2} | {n:.0} |",
-                    median(&mut row.launch_ms),
-                    median(&mut row.h2d_ms),
-                    median(&mut a.idle),
-                    median(&mut a.during),
-                    a.worst.iter().copied().fold(0.0, f64::max),
-                    median(&mut f.idle),
-                    median(&mut f.during),
-                    f.worst.iter().copied().fold(0.0, f64::max),
-                );
+                for (bg, row) in ["a launch", "a prefetch"].into_iter().zip(by_bg.iter_mut()) {
+                    let [a, f] = &mut row.ops;
+                    let n = (a.during.len() + f.during.len()) as f64 / (2 * o.rounds) as f64;
+                    let _ = writeln!(
+                        m,
+                        "| {name} | {backend} | {bg} | {:.1} | {:.1} | {:.4} | {:.4} / {:.2} | {:.3} | {:.3} / {:.2} | {n:.0} |",
+                        median(&mut row.launch_ms),
+                        median(&mut row.h2d_ms),
+                        median(&mut a.idle),
+                        median(&mut a.during),
+                        a.worst.iter().copied().fold(0.0, f64::max),
+                        median(&mut f.idle),
+                        median(&mut f.during),
+                        f.worst.iter().copied().fold(0.0, f64::max),
+                    );
+                }
             }
         }
     }
     let _ = writeln!(
         m,
-        "\nlaunch: the whole `svm.launch`, median; its h2d: the statistics' `h2d_ns` of that launch (every copy, \
-         under the update lock or not). alloc+free: `svm.alloc(4096)` then `svm.free`. fault: a read of a word of \
+        "\nmigrated by: a launch declaring X read-only, or `svm.prefetch(X, Device)` (X brought back to the host \
+         before each). its time: the whole `svm.launch` or prefetch (its handle waited), median; its h2d: the \
+         statistics' `h2d_ns` over it (every copy, under the update lock or not). alloc+free: `svm.alloc(4096)` then `svm.free`. fault: a read of a word of \
          B (device-owned) on a 2 MiB block of its own (64 KiB migrate back). during: every operation timed while a \
-         launch ran, median, and the longest of all launches: an operation that waited for the launch's migration \
-         takes about its h2d time."
+         launch or prefetch ran, median, and the longest of all: an operation that waited for its migration takes \
+         about its h2d time."
     );
     println!("\n{m}");
     std::fs::create_dir_all(&o.out).expect("create results dir");

@@ -245,6 +245,9 @@ impl Inner {
                 );
                 let mut temporary = Vec::new();
                 let mut report = LaunchReport::default();
+                // The copies are made with the lock released, the pages
+                // claimed meanwhile (as a launch's: `residency::to_device`).
+                st.copies = Some(Vec::new());
                 let mapped = self.map_ranges(
                     st,
                     &ranges,
@@ -253,8 +256,24 @@ impl Inner {
                     Mapping { pin: true, ptes: true, evict: true },
                 );
                 st.pinned.clear();
-                mapped?;
-                self.settle_copies(st, temporary)?;
+                if let Err(e) = mapped {
+                    let _ = self.flush_copies(st);
+                    st.copies = None;
+                    let _ = self.settle_copies(st, temporary);
+                    return Err(e);
+                }
+                let copies = st.copies.take().unwrap_or_default();
+                if !copies.is_empty() {
+                    let claim = self.claim(st, ranges);
+                    let copied = parking_lot::MutexGuard::unlocked(guard, || self.run_copies_unlocked(copies));
+                    let st = &mut **guard;
+                    if let Err((_, undone)) = &copied {
+                        self.undo_copies(st, undone);
+                    }
+                    self.end_claim(st, &claim);
+                    copied.map_err(|(e, _)| e)?;
+                }
+                self.settle_copies(&mut **guard, temporary)?;
                 Ok(report.migrated_pages)
             }
             Location::Host => Ok(self.migrate_back_spans(st, &Self::spans_of(a, b))?),

@@ -54,6 +54,10 @@ pub(super) struct InFlight {
     /// Every other operation waits for it (a replayable launch: it maps
     /// what is resident and replays between passes).
     pub(super) exclusive: bool,
+    /// No pass: pages a prefetch claimed while it copies them in with the
+    /// update lock released (`Inner::claim`). Never shared with a launch
+    /// (their frames are not filled yet); retired by its owner.
+    pub(super) claim: bool,
     pub(super) label: String,
     /// The pass reads the launch log back (kernels using the prelude).
     pub(super) readback: Option<wgpu::Buffer>,
@@ -301,6 +305,42 @@ impl Inner {
         self.finish_flight(f, Some(Err(DeviceError::Unexpected(format!("the pass was not submitted: {e}")).into())));
     }
 
+    /// Record pages claimed by an operation that copies them in with the
+    /// update lock released (a prefetch): busy like a pass's, so that
+    /// every path that would read, move or free them waits. Its owner ends
+    /// it with [`Self::end_claim`].
+    pub(super) fn claim(&self, st: &mut State, busy: Vec<(u32, u32, bool)>) -> Arc<FlightShared> {
+        let f = InFlight {
+            shared: Self::new_shared(true),
+            busy,
+            exclusive: false,
+            claim: true,
+            label: "prefetch".into(),
+            readback: None,
+            extents: false,
+            replayable: false,
+            stamps: false,
+            submitted: Instant::now(),
+            pt_bytes: 0,
+            temporary: Vec::new(),
+            report: LaunchReport::default(),
+            zapped_in_place: Vec::new(),
+            protected_in_place: Vec::new(),
+            release_frames: Vec::new(),
+        };
+        self.track(st, f)
+    }
+
+    /// End a claim: untracked, its waiters woken.
+    pub(super) fn end_claim(&self, st: &mut State, f: &Arc<FlightShared>) {
+        let _ = self.take_flight(st, f);
+        {
+            let _g = self.signals.lock.lock();
+            f.gpu_done.store(true, Ordering::Release);
+        }
+        self.finish_flight(f, None);
+    }
+
     /// A new flight's shared part.
     pub(super) fn new_shared(driven: bool) -> Arc<FlightShared> {
         Arc::new(FlightShared {
@@ -435,7 +475,7 @@ impl Inner {
                         let adv = st.advice[p as usize];
                         // (In place: never shared — a queued launch's
                         // retire gives the CPU its pages back.)
-                        let ok = if in_place(p) {
+                        let ok = if f.claim || in_place(p) {
                             false
                         } else if st.owned(p) {
                             adv & advice::PREFER_HOST == 0 && fixed(p)

@@ -462,6 +462,7 @@ impl Inner {
             shared: Self::new_shared(driven),
             busy,
             exclusive,
+            claim: false,
             label: kernel.label.clone(),
             readback,
             extents: extents.is_some(),

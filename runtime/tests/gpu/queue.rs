@@ -738,8 +738,8 @@ fn a_fault_waiting_for_a_kernel_does_not_hold_up_other_faults() {
     }
 }
 
-/// A launch's host → device copies run with the update lock released (its
-/// pages claimed by its flight): meanwhile another thread's CPU faults on
+/// A launch's (and a prefetch's) host → device copies run with the update
+/// lock released (its pages claimed by its flight): meanwhile another thread's CPU faults on
 /// other device-owned data, allocations and frees go on, and every byte
 /// comes out right on both sides — the launch's data after its kernel, the
 /// other thread's data after its faults. Every path and both backends.
@@ -812,9 +812,19 @@ fn launch_copies_run_unlocked_beside_faults_and_allocs() {
             unlocked += svm.stats().since(&s0).h2d_unlocked_pages;
             let bad = x.iter().enumerate().filter(|&(i, &v)| v != i as u32 * 2 + 7).count();
             assert_eq!(bad, 0, "{backend:?}: X after the replayable launch");
+            // So does a prefetch to the device (its pages claimed meanwhile).
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = i as u32 ^ 0x55;
+            }
+            let s0 = svm.stats();
+            svm.prefetch(x.as_ptr().cast(), n * 4, svm::Location::Device).wait().expect("prefetch X");
+            unlocked += svm.stats().since(&s0).h2d_unlocked_pages;
+            let bad = x.iter().enumerate().filter(|&(i, &v)| v != i as u32 ^ 0x55).count();
+            assert_eq!(bad, 0, "{backend:?}: X after its prefetch to the device and back");
             if migrating {
-                // (Each launch copies X in, outside the lock: 5 × 2048 pages.)
-                assert!(unlocked >= 5 * 2048, "{backend:?}: {unlocked} pages copied with the lock released");
+                // (Each launch and the prefetch copy X in, outside the lock:
+                // 6 × 2048 pages.)
+                assert!(unlocked >= 6 * 2048, "{backend:?}: {unlocked} pages copied with the lock released");
             } else {
                 assert_eq!(unlocked, 0, "{backend:?}: the coherent mode copies nothing");
             }
