@@ -273,7 +273,7 @@ impl Inner {
                     self.end_claim(st, &claim);
                     copied.map_err(|(e, _)| e)?;
                 }
-                self.settle_copies(&mut **guard, temporary)?;
+                self.settle_copies(guard, temporary)?;
                 Ok(report.migrated_pages)
             }
             Location::Host => Ok(self.migrate_back_spans(st, &Self::spans_of(a, b))?),
