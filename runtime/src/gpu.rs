@@ -160,11 +160,13 @@ pub(crate) struct Gpu {
     /// directly (no map, so no wait for running kernels). Empty or `None`
     /// elsewhere: the wgpu-mapped pool maps the segment per migration.
     pub pool_host: Vec<Option<crate::vk::HostImport>>,
-    /// Held around every `Device::poll`: wgpu-core 30 asserts when two
-    /// threads poll at once and one finds the queue empty that the other
-    /// emptied (it read the fence before). The runtime polls under its
-    /// update lock; the completion thread waits on the timeline instead, or
-    /// (without the raw device) polls under this lock too.
+    /// Held around every `Device::poll` and every submission (wgpu-core's
+    /// submit polls too): wgpu-core 30 asserts when two threads poll at
+    /// once and one finds the queue empty that the other emptied (it read
+    /// the fence before). The completion thread waits on the timeline
+    /// instead, or (without the raw device) polls under this lock too. A
+    /// plain device's runtime migrating while another thread faulted hit
+    /// that assertion (`shared::a_plain_device_migrates_beside_cpu_faults`).
     pub poll_lock: Arc<Mutex<()>>,
     /// Launch-log read-back buffers not in use (one per launch in flight).
     pub log_readbacks: Mutex<Vec<wgpu::Buffer>>,
@@ -472,18 +474,23 @@ impl Gpu {
         Ok((gpu, sparse_arena))
     }
 
-    /// The buffer and byte offset where segment `seg` starts.
-    /// Submit `cmds` on the device's queue: with the raw device, under its
-    /// queue lock (`RawDevice::submit_exclusive`: sparse binds are raw
-    /// calls on the same queue, from other threads). Every submission goes
-    /// through here or through `RawDevice::submit_signalled`.
+    /// Submit `cmds` on the device's queue, under [`Self::poll_lock`]
+    /// (wgpu-core's submit ends with a poll of its own, which must not race
+    /// another thread's poll: the completion thread's on a plain device,
+    /// `wait`'s) and, with the raw device, its queue lock
+    /// (`RawDevice::submit_exclusive`: sparse binds are raw calls on the
+    /// same queue, from other threads). Every submission goes through here
+    /// or through `submit_pass`'s `RawDevice::submit_signalled`, taken the
+    /// same way.
     pub fn submit(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        let _polling = self.poll_lock.lock();
         match &self.raw {
             Some(raw) => raw.submit_exclusive(|| self.queue.submit(cmds)),
             None => self.queue.submit(cmds),
         }
     }
 
+    /// The buffer and byte offset where segment `seg` starts.
     pub fn segment(&self, seg: usize) -> (&wgpu::Buffer, u64) {
         let v = &self.segments[seg];
         (&v.buffer, v.base)

@@ -423,9 +423,20 @@ impl Svm {
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.gpu.device
     }
-    /// The runtime's wgpu queue.
+    /// The runtime's wgpu queue (writes, and submissions from the thread
+    /// that also drives the runtime). In the sparse mode the runtime binds
+    /// memory with raw `vkQueueBindSparse` calls on this queue, which
+    /// wgpu's own queue lock does not cover: submit from other threads
+    /// with [`Self::submit_commands`].
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.gpu.queue
+    }
+
+    /// Submit command buffers on the runtime's queue, ordered against its
+    /// own submissions and sparse binds (Vulkan requires a queue's calls to
+    /// be externally synchronized; this takes the runtime's queue lock).
+    pub fn submit_commands(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        self.inner.gpu.submit(cmds)
     }
     /// The GPU in use.
     pub fn device_info(&self) -> &DeviceInfo {

@@ -24,8 +24,11 @@
 //! policy decides what to read ahead and when the bytes are still valid;
 //! this module only moves them).
 //!
-//! All of it runs under the runtime's update lock (the queue is used by
-//! one thread at a time); the mutexes here are never contended.
+//! Downloads run under the runtime's update lock; uploads run under it or,
+//! for a launch's or prefetch's claimed pages, after it is released (a
+//! prefetch's may then meet a launch's: each ring's mutex serialises them).
+//! Submissions go through `Gpu::submit`, which orders them against sparse
+//! binds on the one queue.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

@@ -271,7 +271,10 @@ impl Inner {
                         self.undo_copies(st, undone);
                     }
                     self.end_claim(st, &claim);
-                    copied.map_err(|(e, _)| e)?;
+                    if let Err((e, _)) = copied {
+                        let _ = self.settle_copies(st, temporary);
+                        return Err(e.into());
+                    }
                 }
                 self.settle_copies(guard, temporary)?;
                 Ok(report.migrated_pages)

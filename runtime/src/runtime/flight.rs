@@ -276,13 +276,15 @@ impl Inner {
         // timeline's mutex also keeps sparse binds off the queue meanwhile.)
         let index = match &gpu.raw {
             Some(raw) => {
+                // (The poll lock first, as `Gpu::submit` takes it.)
+                let _polling = gpu.poll_lock.lock();
                 let (index, point) = raw
                     .submit_signalled(|| gpu.queue.submit(cmds))
                     .map_err(|e| DeviceError::Unexpected(format!("submitting a pass: {e}")))?;
                 let _ = f.point.set(point);
                 index
             }
-            None => gpu.queue.submit(cmds),
+            None => gpu.submit(cmds),
         };
         let _ = f.index.set(index);
         self.completer.send(f.clone());
@@ -293,6 +295,10 @@ impl Inner {
     /// settling done, its waiters woken with `e`.
     pub(super) fn abandon(&self, st: &mut State, f: &Arc<FlightShared>, e: &LaunchError) {
         if let Some(mut x) = self.take_flight(st, f) {
+            if x.stamps {
+                // (Its timestamp queries were never written.)
+                st.stamps_busy = false;
+            }
             // (Frames of moves go after the GPU work queued before.)
             st.deferred_free.append(&mut x.release_frames);
             let _ = self.settle_flight(st, &mut x);

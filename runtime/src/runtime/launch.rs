@@ -214,8 +214,9 @@ impl Inner {
         st.pinned.clear();
         match encoded {
             Ok((mut f, cmds)) => {
-                // (The pass writes the discarded pages: they are its now.)
-                st.discarded_fresh.clear();
+                // (The pass writes the discarded pages: they are its once
+                // it is submitted; until then they go back on failure.)
+                let discarded = std::mem::take(&mut st.discarded_fresh);
                 f.temporary = prep.temporary;
                 f.report = prep.report;
                 f.zapped_in_place = zapped;
@@ -234,7 +235,10 @@ impl Inner {
                 };
                 drop(order);
                 if let Err(e) = submitted {
-                    self.abandon(&mut self.state.lock(), &shared, &e);
+                    let st = &mut *self.state.lock();
+                    st.discarded_fresh = discarded;
+                    self.return_discarded(st);
+                    self.abandon(st, &shared, &e);
                     return Err(e);
                 }
                 Ok(shared)
@@ -313,7 +317,7 @@ impl Inner {
         let result = (|| loop {
             let st = &mut *guard;
             let (mut f, cmds) = self.encode_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
-            st.discarded_fresh.clear();
+            let discarded = std::mem::take(&mut st.discarded_fresh);
             f.release_frames = std::mem::take(&mut st.deferred_free);
             // (The first pass's copies, claimed by its flight; replays copy
             // under the lock.)
@@ -325,6 +329,8 @@ impl Inner {
             });
             if let Err((e, undone)) = sent {
                 self.undo_copies(&mut guard, &undone);
+                guard.discarded_fresh = discarded;
+                self.return_discarded(&mut guard);
                 self.abandon(&mut guard, &shared, &e);
                 return Err(e);
             }

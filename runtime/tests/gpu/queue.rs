@@ -747,7 +747,15 @@ fn a_fault_waiting_for_a_kernel_does_not_hold_up_other_faults() {
 fn launch_copies_run_unlocked_beside_faults_and_allocs() {
     for backend in BACKENDS {
         let Some(svm) = ctx(small(backend)) else { return };
-        let step = kernel(&svm, "step", STEP);
+        copies_beside_faults_and_allocs(&svm, backend);
+    }
+}
+
+/// The body of [`launch_copies_run_unlocked_beside_faults_and_allocs`], for
+/// any runtime (also one on the application's own device).
+pub(crate) fn copies_beside_faults_and_allocs(svm: &Svm, backend: svm::FaultBackendKind) {
+    {
+        let step = kernel(svm, "step", STEP);
         // X: 8 MiB the CPU writes before each launch (its copies are the
         // launch's); B: 4 MiB the device owns, read back by CPU faults.
         let n = 2 << 20;
@@ -756,7 +764,7 @@ fn launch_copies_run_unlocked_beside_faults_and_allocs() {
         let mut b = svm.alloc_from_slice(&(0..m as u32).collect::<Vec<_>>()).expect("b");
         let migrating = svm.mapping_mode() != svm::MappingMode::Coherent;
         std::thread::scope(|s| {
-            let (svm, step) = (&*svm, &step);
+            let step = &step;
             let x = &mut x;
             let launcher = s.spawn(move || {
                 let mut unlocked = 0;
@@ -787,7 +795,7 @@ fn launch_copies_run_unlocked_beside_faults_and_allocs() {
                 rounds += 1;
                 // CPU faults on B, one every 64 KiB, and alloc / free.
                 for i in (0..m).step_by(16 * 1024) {
-                    let want = (0..rounds).fold(i as u32, |v, _| v * 2 + 1);
+                    let want = (0..rounds).fold(i as u32, |v, _| v.wrapping_mul(2).wrapping_add(1));
                     assert_eq!(b[i], want, "{backend:?}: B[{i}] after {rounds} steps");
                     let raw = svm.alloc(4096).expect("alloc");
                     svm.free(raw.as_ptr()).expect("free");

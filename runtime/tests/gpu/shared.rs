@@ -114,6 +114,27 @@ fn a_wgpu_program_adopts_one_managed_buffer_on_its_own_device() {
     }
 }
 
+/// On a plain wgpu device the pool is wgpu-mapped for migrations (no host
+/// import): a launch's copies, made with the update lock released, must not
+/// map a segment while a CPU fault maps it under the lock (wgpu allows one
+/// map of a buffer at a time: the second failed and lost the device). A
+/// launch migrating while another thread faults, allocates and frees.
+#[test]
+fn a_plain_device_migrates_beside_cpu_faults() {
+    for backend in BACKENDS {
+        let (adapter, device, queue, _) = match svm::create_wgpu_device() {
+            Ok(d) => d,
+            Err(e) => {
+                assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+                return;
+            }
+        };
+        let desc = small(backend).mapping(MappingMode::Software).device(SharedDevice::new(&adapter, &device, &queue));
+        let svm = Svm::with_descriptor(&desc).expect("runtime on the app's device");
+        crate::queue::copies_beside_faults_and_allocs(&svm, backend);
+    }
+}
+
 /// A device the application opened through `svm::vk`: every mapping mode
 /// (the one this test run selects with `SVM_MAPPING_MODE`). (`svm::vk`
 /// exists with the `vulkan` feature only.)

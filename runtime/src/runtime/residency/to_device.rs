@@ -91,22 +91,23 @@ impl Inner {
                 k = (1..k).find(|&i| discarded(p + done + i) != discard).unwrap_or(k);
                 let (seg, off) = gpu.frame_location(fr);
                 let page = p + done;
-                if discard {
+                let made = if discard {
                     // No copy through the staging ring: the frames (which may
                     // hold a previous page's bytes) are cleared on the device.
                     // (The host pages get page-cache pages, as `run_copy`
                     // gives copied ones.)
-                    self.populate(page, k)?;
-                    let (buf, base) = gpu.segment(seg);
-                    let mut enc = gpu
-                        .device
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm discard") });
-                    enc.clear_buffer(buf, base + off, Some(u64::from(k) * PAGE_SIZE as u64));
-                    gpu.submit([enc.finish()]);
-                    Counters::add(&self.stats.discarded_pages, u64::from(k));
-                    // Only the host copy holds these pages' data now: a
-                    // launch that fails before its pass gives them back.
-                    st.discarded_fresh.push((page, page + k));
+                    self.populate(page, k).map(|()| {
+                        let (buf, base) = gpu.segment(seg);
+                        let mut enc = gpu
+                            .device
+                            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm discard") });
+                        enc.clear_buffer(buf, base + off, Some(u64::from(k) * PAGE_SIZE as u64));
+                        gpu.submit([enc.finish()]);
+                        Counters::add(&self.stats.discarded_pages, u64::from(k));
+                        // Only the host copy holds these pages' data now: a
+                        // launch that fails before its pass gives them back.
+                        st.discarded_fresh.push((page, page + k));
+                    })
                 } else {
                     let job = match st.frames.sparse().filter(|s| s.host_mapped()) {
                         Some(sparse) => {
@@ -124,18 +125,29 @@ impl Inner {
                         }
                         None => CopyIn::Segment { page, pages: k, seg, off },
                     };
-                    match st.copies.as_mut() {
-                        Some(queued) => queued.push(job),
-                        None => {
-                            if let Err(e) = self.run_copy(&job) {
-                                // Not copied: the pages from here on stay
-                                // on the host (those before were copied).
-                                let freed: Vec<u32> = (page..p + n).map(|q| st.set_frame(q, HOST)).collect();
-                                st.frames.free_many(&freed);
-                                return Err(e);
-                            }
+                    // (A wgpu-mapped pool segment is mapped by CPU faults and
+                    // eviction under the lock too, and wgpu allows one map of a
+                    // buffer at a time: those copies are made at once.)
+                    let maps = matches!(job, CopyIn::Segment { .. }) && gpu.mapped_pool && !gpu.segment_is_host(seg);
+                    match st.copies.as_mut().filter(|_| !maps) {
+                        Some(queued) => {
+                            queued.push(job);
+                            Ok(())
                         }
+                        None => self.run_copy(&job),
                     }
+                };
+                if let Err(e) = made {
+                    // Not made: the pages from here on stay on the host (those
+                    // before were copied or queued).
+                    let freed: Vec<u32> = (page..p + n)
+                        .map(|q| {
+                            st.dup[q as usize] = false;
+                            st.set_frame(q, HOST)
+                        })
+                        .collect();
+                    st.frames.free_many(&freed);
+                    return Err(e);
                 }
                 copies += 1;
                 done += k;
@@ -262,10 +274,23 @@ impl Inner {
 
     /// Copies that were never made: their pages go back to the host, whose
     /// copy is still current (frames freed, PTEs unmapped, the CPU mapping
-    /// restored). Read-only copies are left to the flight's settling.
+    /// restored); read-only copies among them are dropped (write
+    /// protection lifted), not kept.
     pub(in crate::runtime) fn undo_copies(&self, st: &mut State, jobs: &[CopyIn]) {
         for job in jobs {
             let (a, b) = job.pages();
+            let copies: Vec<(u32, u32)> = runs(a, b, |p| st.dup[p as usize]).collect();
+            for (ra, rb) in copies {
+                for p in ra..rb {
+                    st.dup[p as usize] = false;
+                    let f = st.set_frame(p, HOST);
+                    st.frames.free(f);
+                }
+                st.table.update_range(ra..rb, |_, _| Pte::ALLOCATED);
+                if self.arena.has_write_protect() {
+                    let _ = self.arena.write_unprotect(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE);
+                }
+            }
             let owned: Vec<(u32, u32)> = runs(a, b, |p| st.owned(p)).collect();
             for (ra, rb) in owned {
                 let freed: Vec<u32> = (ra..rb).map(|p| st.set_frame(p, HOST)).collect();
