@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{gpu_required, machine, median};
+use common::{gpu_required, machine, median, ModePath as Path};
 use svm::{
     Access, Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, Location, ManagedVec, MappingMode,
     Svm, SvmDescriptor,
@@ -67,13 +67,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     if (i < arrayLength(&b)) { b[i] = g.x ^ 0x5a5a0000u; }
 }";
 
-#[derive(Clone, Copy)]
-struct Path {
-    name: &'static str,
-    mode: MappingMode,
-    host_mapped_pool: bool,
-}
-
 const PATHS: [Path; 4] = [
     Path { name: "host-mapped pool", mode: MappingMode::Software, host_mapped_pool: true },
     Path { name: "staged pool", mode: MappingMode::Software, host_mapped_pool: false },
@@ -94,16 +87,13 @@ struct Opts {
 
 impl Opts {
     fn parse() -> Self {
-        let quick =
-            std::env::args().any(|a| a == "--quick") || std::env::var("SVM_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let root = std::env::var_os("SVM_BENCH_OUT")
-            .map_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../results")), PathBuf::from);
+        let quick = common::quick();
         Self {
             quick,
             rounds: if quick { 2 } else { 5 },
             blocks: 64,
             gap: Duration::from_millis(1),
-            out: if quick { root.join("quick") } else { root },
+            out: common::out_dir(quick),
         }
     }
 

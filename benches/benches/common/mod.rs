@@ -14,6 +14,33 @@ use svm_migrate::{Arena, CpuFault, FaultBackendKind, FaultFatal, FaultHandler, F
 /// Managed page size.
 pub const PAGE: usize = 4096;
 
+/// `--quick` on the command line or `SVM_BENCH_QUICK=1`: a smoke run.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick") || std::env::var("SVM_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// Where a bench writes its results: `SVM_BENCH_OUT` or `results/`, and
+/// `quick/` under it for a smoke run.
+pub fn out_dir(quick: bool) -> std::path::PathBuf {
+    let root = std::env::var_os("SVM_BENCH_OUT").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../results")),
+        std::path::PathBuf::from,
+    );
+    if quick {
+        root.join("quick")
+    } else {
+        root
+    }
+}
+
+/// A migration path a bench runs on: a mapping mode and where the pool is.
+#[derive(Clone, Copy)]
+pub struct ModePath {
+    pub name: &'static str,
+    pub mode: svm::MappingMode,
+    pub host_mapped_pool: bool,
+}
+
 /// Kernel that stores `i ^ tag` into the first word of page `i` of a managed
 /// buffer, for `i < pages`. Args: ptr (words 0-1), pages (2), tag (3).
 /// One store per page: the kernel itself costs little, yet every page it is

@@ -65,7 +65,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{gpu_required, machine, median};
+use common::{gpu_required, machine, median, ModePath as Path};
 use svm::{
     AccessMode, Advice, Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, LaunchQueue, ManagedVec,
     MappingMode, Stats, Svm, SvmDescriptor,
@@ -138,10 +138,7 @@ struct Opts {
 
 impl Opts {
     fn parse() -> Self {
-        let quick =
-            std::env::args().any(|a| a == "--quick") || std::env::var("SVM_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let root = std::env::var_os("SVM_BENCH_OUT")
-            .map_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../results")), PathBuf::from);
+        let quick = common::quick();
         Self {
             quick,
             rounds: if quick { 2 } else { 5 },
@@ -153,7 +150,7 @@ impl Opts {
             per_thread: if quick { 30 } else { 100 },
             chain: if quick { 100 } else { 400 },
             levels: 64,
-            out: if quick { root.join("quick") } else { root },
+            out: common::out_dir(quick),
         }
     }
 
@@ -169,14 +166,6 @@ impl Opts {
     fn slots(&self) -> usize {
         self.rounds * (self.idle_per_round + 2)
     }
-}
-
-/// A mapping mode / migration path row.
-#[derive(Clone, Copy)]
-struct Path {
-    name: &'static str,
-    mode: MappingMode,
-    host_mapped_pool: bool,
 }
 
 const PATHS: [Path; 4] = [

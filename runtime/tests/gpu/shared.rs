@@ -83,17 +83,23 @@ fn adopt(svm: &Svm, p: &wgpu::ComputePipeline, input: &[u32]) -> Vec<u32> {
     v.to_vec()
 }
 
+/// The application's own plain wgpu device, or `None` (skip) when there is
+/// none and the GPU is not required.
+fn plain_device() -> Option<(wgpu::Adapter, wgpu::Device, wgpu::Queue)> {
+    match svm::create_wgpu_device() {
+        Ok((adapter, device, queue, _)) => Some((adapter, device, queue)),
+        Err(e) => {
+            assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+            None
+        }
+    }
+}
+
 #[test]
 fn a_wgpu_program_adopts_one_managed_buffer_on_its_own_device() {
     let input: Vec<u32> = (0..50_000).collect();
     for backend in BACKENDS {
-        let (adapter, device, queue, _) = match svm::create_wgpu_device() {
-            Ok(d) => d,
-            Err(e) => {
-                assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
-                return;
-            }
-        };
+        let Some((adapter, device, queue)) = plain_device() else { return };
         let p = pipeline(&device);
         let want = plain(&device, &queue, &p, &input);
         assert_eq!(want[7], 22);
@@ -122,13 +128,7 @@ fn a_wgpu_program_adopts_one_managed_buffer_on_its_own_device() {
 #[test]
 fn a_plain_device_migrates_beside_cpu_faults() {
     for backend in BACKENDS {
-        let (adapter, device, queue, _) = match svm::create_wgpu_device() {
-            Ok(d) => d,
-            Err(e) => {
-                assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
-                return;
-            }
-        };
+        let Some((adapter, device, queue)) = plain_device() else { return };
         let desc = small(backend).mapping(MappingMode::Software).device(SharedDevice::new(&adapter, &device, &queue));
         let svm = Svm::with_descriptor(&desc).expect("runtime on the app's device");
         crate::queue::copies_beside_faults_and_allocs(&svm, backend);
