@@ -10,6 +10,7 @@ use parking_lot::MutexGuard;
 
 use super::flight::FlightShared;
 use super::pass::Pass;
+use super::residency::CopyIn;
 use super::*;
 use crate::bind::Checked;
 
@@ -225,20 +226,10 @@ impl Inner {
                 let copies = st.copies.take().unwrap_or_default();
                 let shared = self.track(st, f);
                 drop(guard);
-                // Its pages are busy from here: the copies need no lock.
-                let submitted = match self.run_copies_unlocked(copies) {
-                    Ok(()) => self.submit_pass(&shared, cmds),
-                    Err((e, undone)) => {
-                        self.undo_copies(&mut self.state.lock(), &undone);
-                        Err(e.into())
-                    }
-                };
+                let sent = self.copy_and_submit(&shared, cmds, copies);
                 drop(order);
-                if let Err(e) = submitted {
-                    let st = &mut *self.state.lock();
-                    st.discarded_fresh = discarded;
-                    self.return_discarded(st);
-                    self.abandon(st, &shared, &e);
+                if let Err((e, undone)) = sent {
+                    self.unsent(&mut self.state.lock(), &shared, &e, &undone, discarded);
                     return Err(e);
                 }
                 Ok(shared)
@@ -258,6 +249,36 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// With the update lock released and the pass's flight tracked (its
+    /// pages busy): make its queued copies, then submit it. On a failure,
+    /// the error and the copies not made.
+    fn copy_and_submit(
+        &self,
+        shared: &Arc<FlightShared>,
+        cmds: Vec<wgpu::CommandBuffer>,
+        copies: Vec<CopyIn>,
+    ) -> Result<(), (LaunchError, Vec<CopyIn>)> {
+        self.run_copies(copies, true).map_err(|(e, undone)| (e.into(), undone))?;
+        self.submit_pass(shared, cmds).map_err(|e| (e, Vec::new()))
+    }
+
+    /// A tracked pass that was not sent (`copy_and_submit` failed): its
+    /// copies not made give their pages back, its `write_discard` pages go
+    /// back to the host, and the flight is abandoned with `e`.
+    fn unsent(
+        &self,
+        st: &mut State,
+        shared: &Arc<FlightShared>,
+        e: &LaunchError,
+        undone: &[CopyIn],
+        discarded: Vec<(u32, u32)>,
+    ) {
+        self.undo_copies(st, undone);
+        st.discarded_fresh = discarded;
+        self.return_discarded(st);
+        self.abandon(st, shared, e);
     }
 
     /// Wait until a queued launch is retired (its result stored).
@@ -323,15 +344,9 @@ impl Inner {
             // under the lock.)
             let copies = st.copies.take().unwrap_or_default();
             let shared = self.track(st, f);
-            let sent = MutexGuard::unlocked(&mut guard, || match self.run_copies_unlocked(copies) {
-                Ok(()) => self.submit_pass(&shared, cmds).map_err(|e| (e, Vec::new())),
-                Err((e, undone)) => Err((e.into(), undone)),
-            });
+            let sent = MutexGuard::unlocked(&mut guard, || self.copy_and_submit(&shared, cmds, copies));
             if let Err((e, undone)) = sent {
-                self.undo_copies(&mut guard, &undone);
-                guard.discarded_fresh = discarded;
-                self.return_discarded(&mut guard);
-                self.abandon(&mut guard, &shared, &e);
+                self.unsent(&mut guard, &shared, &e, &undone, discarded);
                 return Err(e);
             }
             let deadline = opts.timeout.map(|t| Instant::now() + t);

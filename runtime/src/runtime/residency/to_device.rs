@@ -165,9 +165,8 @@ impl Inner {
     /// keeps every other path off (see the module's text).
     pub(in crate::runtime) fn run_copy(&self, job: &CopyIn) -> Result<(), DeviceError> {
         let gpu = &self.gpu;
-        let (page, n) = match *job {
-            CopyIn::Segment { page, pages, .. } | CopyIn::SparseHost { page, pages, .. } => (page, pages),
-        };
+        let (page, end) = job.pages();
+        let n = end - page;
         let (host_off, len) = (page as usize * PAGE_SIZE, n as usize * PAGE_SIZE);
         let _span = tracing::debug_span!(
             "svm_h2d_copy",
@@ -237,36 +236,35 @@ impl Inner {
     pub(in crate::runtime) fn flush_copies(&self, st: &mut State) -> Result<(), DeviceError> {
         let Some(queued) = st.copies.as_mut().filter(|q| !q.is_empty()) else { return Ok(()) };
         let jobs = std::mem::take(queued);
-        let t0 = Instant::now();
-        let mut jobs = jobs.into_iter();
-        let mut result = Ok(());
-        for job in jobs.by_ref() {
-            if let Err(e) = self.run_copy(&job) {
-                let rest: Vec<CopyIn> = std::iter::once(job).chain(jobs.by_ref()).collect();
-                self.undo_copies(st, &rest);
-                result = Err(e);
-                break;
-            }
-        }
-        Counters::add(&self.stats.h2d_ns, t0.elapsed().as_nanos() as u64);
-        result
+        self.run_copies(jobs, false).map_err(|(e, rest)| {
+            self.undo_copies(st, &rest);
+            e
+        })
     }
 
-    /// Run a launch's queued copies with the update lock released (its
-    /// flight records their pages busy). On a failure, returns the copies
-    /// not made (the failed one first): their pages are still only on the
-    /// host ([`Self::undo_copies`]).
-    pub(in crate::runtime) fn run_copies_unlocked(&self, jobs: Vec<CopyIn>) -> Result<(), (DeviceError, Vec<CopyIn>)> {
+    /// Make queued copies in order: under the update lock ([`Self::flush_copies`])
+    /// or, `unlocked`, with it released (the launch's flight or the
+    /// prefetch's claim holds their pages; counted in
+    /// `Stats::h2d_unlocked_pages`). On a failure, returns the copies not
+    /// made (the failed one first): their pages are still only on the host
+    /// ([`Self::undo_copies`]).
+    pub(in crate::runtime) fn run_copies(
+        &self,
+        jobs: Vec<CopyIn>,
+        unlocked: bool,
+    ) -> Result<(), (DeviceError, Vec<CopyIn>)> {
         let t0 = Instant::now();
         let mut jobs = jobs.into_iter();
         let mut result = Ok(());
         for job in jobs.by_ref() {
-            let pages = u64::from(job.pages().1 - job.pages().0);
+            let (a, b) = job.pages();
             if let Err(e) = self.run_copy(&job) {
                 result = Err((e, std::iter::once(job).chain(jobs.by_ref()).collect()));
                 break;
             }
-            Counters::add(&self.stats.h2d_unlocked_pages, pages);
+            if unlocked {
+                Counters::add(&self.stats.h2d_unlocked_pages, u64::from(b - a));
+            }
         }
         Counters::add(&self.stats.h2d_ns, t0.elapsed().as_nanos() as u64);
         result
