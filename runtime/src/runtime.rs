@@ -49,6 +49,7 @@ mod frames; // where device pages get their memory (pool frames / sparse blocks)
 mod launch; // launch: validate, wait for conflicts, map, submit, replay
 mod pass; // one kernel pass: variant, submission, its log read back
 mod residency; // migration both ways: host -> device at launch, device -> host
+mod submit; // submitting passes (at once or batched) and the completion thread
 use crate::stats::{Counters, Stats};
 pub use descriptor::SvmDescriptor;
 pub(crate) use flight::FlightShared;
@@ -271,7 +272,7 @@ pub(crate) struct Inner {
     /// Wakes waiters for launches in flight.
     signals: Arc<flight::Signals>,
     /// Waits for submissions in order and marks them done.
-    completer: flight::Completer,
+    completer: submit::Completer,
     /// The prefetch thread's queue.
     prefetcher: advise::Prefetcher,
     /// Taken before the update lock by launches, from encoding a pass to
@@ -282,7 +283,7 @@ pub(crate) struct Inner {
     /// Forgets the arena's allocation labels (before its mappings go).
     _labels: crate::label::ArenaLabels,
     arena: Arena,
-    stats: Counters,
+    stats: Arc<Counters>,
     chunk: usize,
     prefetch: bool,
     /// [`SvmDescriptor::serve_in_place`].
@@ -397,7 +398,8 @@ impl Svm {
         };
         let state = State::new(arena.len(), pages, frames);
         let signals = Arc::new(flight::Signals::default());
-        let completer = flight::Completer::start(&gpu, signals.clone())?;
+        let stats = Arc::new(Counters::default());
+        let completer = submit::Completer::start(&gpu, signals.clone(), stats.clone())?;
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
@@ -409,7 +411,7 @@ impl Svm {
             completer,
             prefetcher: advise::Prefetcher::default(),
             launch_order: Mutex::new(()),
-            stats: Counters::default(),
+            stats,
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,
             serve_in_place: desc.serve_in_place,
@@ -435,7 +437,11 @@ impl Svm {
     /// Submit command buffers on the runtime's queue, ordered against its
     /// own submissions and sparse binds (Vulkan requires a queue's calls to
     /// be externally synchronized; this takes the runtime's queue lock).
+    /// Launches queued before and not yet submitted (batched behind a
+    /// running one) are submitted first, so that the commands run after
+    /// them.
     pub fn submit_commands(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        self.inner.completer.flush();
         self.inner.gpu.submit(cmds)
     }
     /// The GPU in use.

@@ -92,6 +92,12 @@ counters! {
     /// Pages zeroed on the device instead of copied in
     /// (`Binding::write_discard`).
     discarded_pages,
+    /// Submissions that carried kernel passes (one per pass, or one per
+    /// batch of passes queued behind a running one).
+    pass_submissions,
+    /// Kernel passes that waited in a batch behind a running pass and were
+    /// submitted with the batch (see `LaunchQueue`).
+    batched_passes,
     /// Pages needed again by a launch after eviction wrote them back (the
     /// pool is thrashing; eviction then keeps the longest-resident pages).
     refaults,

@@ -104,6 +104,19 @@ impl Signals {
         }
     }
 
+    /// Mark `f` done on the GPU (or given up: its `lost` set first) and
+    /// wake its waiters and its handle.
+    pub(super) fn mark_done(&self, f: &FlightShared) {
+        {
+            let _g = self.lock.lock();
+            f.gpu_done.store(true, Ordering::Release);
+            self.notify();
+        }
+        if let Some(w) = f.waker.lock().take() {
+            w.wake();
+        }
+    }
+
     pub(super) fn set_kick(&self, kick: svm_migrate::Kick) {
         let _ = self.kick.set(kick);
     }
@@ -130,97 +143,6 @@ impl Signals {
             }
         }
         true
-    }
-}
-
-/// The thread that waits for submissions in order and marks them done.
-pub(crate) struct Completer {
-    give_up: Arc<AtomicBool>,
-    tx: Mutex<Option<std::sync::mpsc::Sender<Arc<FlightShared>>>>,
-    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Completer {
-    pub(super) fn start(gpu: &Gpu, signals: Arc<Signals>) -> Result<Self, SvmError> {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<FlightShared>>();
-        let give_up = Arc::new(AtomicBool::new(false));
-        let stop = give_up.clone();
-        let device = gpu.device.clone();
-        let raw = gpu.raw.clone();
-        let poll_lock = gpu.poll_lock.clone();
-        let device_lost = gpu.lost.clone();
-        let handle = std::thread::Builder::new()
-            .name("svm-completion".into())
-            .spawn(move || {
-                let mut lost: Option<String> = None;
-                let slice = std::time::Duration::from_millis(100);
-                while let Ok(f) = rx.recv() {
-                    // In slices, so that a runtime dropped after a device
-                    // loss (a kernel that never ends) can stop this thread.
-                    while lost.is_none() {
-                        let done = match (&raw, f.point.get().copied()) {
-                            // The timeline: a host wait, no `Device::poll`.
-                            (Some(raw), Some(point)) => raw.wait_for(point, slice).map_err(|e| e.to_string()),
-                            // A plain wgpu device: short polls under the
-                            // poll lock (see `Gpu::poll_lock`).
-                            _ => {
-                                let _polling = poll_lock.lock();
-                                let wait = wgpu::PollType::Wait {
-                                    submission_index: f.index.get().cloned(),
-                                    timeout: Some(std::time::Duration::from_millis(2)),
-                                };
-                                match device.poll(wait) {
-                                    Ok(_) => Ok(true),
-                                    Err(wgpu::PollError::Timeout) => Ok(false),
-                                    Err(e) => Err(e.to_string()),
-                                }
-                            }
-                        };
-                        match done {
-                            Ok(true) => break,
-                            // (A submission wgpu refused never signals:
-                            // its uncaptured error marked the device lost.)
-                            Ok(false) if raw.as_ref().is_some_and(|r| r.is_lost()) || device_lost.lock().is_some() => {
-                                lost = Some(device_lost.lock().clone().unwrap_or_else(|| "the device was lost".into()));
-                            }
-                            Ok(false) if stop.load(Ordering::Acquire) => {
-                                lost = Some("the runtime was dropped after a device loss".into());
-                            }
-                            Ok(false) => {}
-                            Err(e) => lost = Some(format!("waiting for a launch: {e}")),
-                        }
-                    }
-                    if let Some(m) = &lost {
-                        *f.lost.lock() = Some(m.clone());
-                    }
-                    {
-                        let _g = signals.lock.lock();
-                        f.gpu_done.store(true, Ordering::Release);
-                        signals.notify();
-                    }
-                    if let Some(w) = f.waker.lock().take() {
-                        w.wake();
-                    }
-                }
-            })
-            .map_err(|e| SvmError::Config(format!("spawning the completion thread: {e}")))?;
-        Ok(Self { give_up, tx: Mutex::new(Some(tx)), handle: Mutex::new(Some(handle)) })
-    }
-
-    fn send(&self, f: Arc<FlightShared>) {
-        if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(f);
-        }
-    }
-
-    /// Stop after the submissions sent so far: wait for them, or with
-    /// `give_up` (a lost device) mark them done at once.
-    pub(super) fn stop(&self, give_up: bool) {
-        self.give_up.store(give_up, Ordering::Release);
-        drop(self.tx.lock().take());
-        if let Some(h) = self.handle.lock().take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -265,30 +187,6 @@ impl Inner {
         let shared = f.shared.clone();
         st.flights.push(f);
         shared
-    }
-
-    /// Submit a tracked pass's command buffers (with the update lock
-    /// released) and hand it to the completion thread.
-    pub(super) fn submit_pass(&self, f: &Arc<FlightShared>, cmds: Vec<wgpu::CommandBuffer>) -> Result<(), LaunchError> {
-        let gpu = &self.gpu;
-        // With the raw device, the submission signals the timeline: the
-        // completion thread waits for it there (no `Device::poll`). (The
-        // timeline's mutex also keeps sparse binds off the queue meanwhile.)
-        let index = match &gpu.raw {
-            Some(raw) => {
-                // (The poll lock first, as `Gpu::submit` takes it.)
-                let _polling = gpu.poll_lock.lock();
-                let (index, point) = raw
-                    .submit_signalled(|| gpu.queue.submit(cmds))
-                    .map_err(|e| DeviceError::Unexpected(format!("submitting a pass: {e}")))?;
-                let _ = f.point.set(point);
-                index
-            }
-            None => gpu.submit(cmds),
-        };
-        let _ = f.index.set(index);
-        self.completer.send(f.clone());
-        Ok(())
     }
 
     /// A flight that was tracked but could not be submitted: untracked, its

@@ -226,7 +226,7 @@ impl Inner {
                 let copies = st.copies.take().unwrap_or_default();
                 let shared = self.track(st, f);
                 drop(guard);
-                let sent = self.copy_and_submit(&shared, cmds, copies);
+                let sent = self.copy_and_submit(&shared, cmds, copies, false);
                 drop(order);
                 if let Err((e, undone)) = sent {
                     self.unsent(&mut self.state.lock(), &shared, &e, &undone, discarded);
@@ -252,16 +252,18 @@ impl Inner {
     }
 
     /// With the update lock released and the pass's flight tracked (its
-    /// pages busy): make its queued copies, then submit it. On a failure,
-    /// the error and the copies not made.
+    /// pages busy): make its queued copies, then submit it (`now`: never
+    /// batched behind a running pass, see `submit`). On a failure, the
+    /// error and the copies not made.
     fn copy_and_submit(
         &self,
         shared: &Arc<FlightShared>,
         cmds: Vec<wgpu::CommandBuffer>,
         copies: Vec<CopyIn>,
+        now: bool,
     ) -> Result<(), (LaunchError, Vec<CopyIn>)> {
         self.run_copies(copies, true).map_err(|(e, undone)| (e.into(), undone))?;
-        self.submit_pass(shared, cmds).map_err(|e| (e, Vec::new()))
+        self.submit_pass(shared, cmds, now).map_err(|e| (e, Vec::new()))
     }
 
     /// A tracked pass that was not sent (`copy_and_submit` failed): its
@@ -344,7 +346,9 @@ impl Inner {
             // under the lock.)
             let copies = st.copies.take().unwrap_or_default();
             let shared = self.track(st, f);
-            let sent = MutexGuard::unlocked(&mut guard, || self.copy_and_submit(&shared, cmds, copies));
+            // (Not batched: the caller waits for each pass, and a timeout
+            // counts from the submit.)
+            let sent = MutexGuard::unlocked(&mut guard, || self.copy_and_submit(&shared, cmds, copies, true));
             if let Err((e, undone)) = sent {
                 self.unsent(&mut guard, &shared, &e, &undone, discarded);
                 return Err(e);

@@ -363,11 +363,22 @@ impl Inner {
         } else {
             None
         };
-        // (A kernel without the prelude reads neither the page table nor
-        // the arguments: both wait for the next pointer launch.)
+        // The changed page-table leaves and the arguments travel in the
+        // pass's own command buffer, copied from a buffer of its own (laid
+        // out: arguments, then the leaves): the pass may be submitted in
+        // one batch with later ones (`submit.rs`), and a write through the
+        // queue would land before the whole batch. (A kernel without the
+        // prelude reads neither the page table nor the arguments: both
+        // wait for the next pointer launch.)
+        let mut upload: Vec<u8> = Vec::new();
+        let mut leaves: Vec<(u64, u64, u64)> = Vec::new(); // (from, to, bytes)
+        let args_bytes = std::mem::size_of::<ArgsBlock>();
         let pt_bytes = if kernel.prelude {
+            upload.resize(args_bytes, 0);
             st.table.drain_dirty(|batch| {
-                gpu.queue.write_buffer(&tables.page_table, batch.byte_offset, bytemuck::cast_slice(batch.entries));
+                let bytes: &[u8] = bytemuck::cast_slice(batch.entries);
+                leaves.push((upload.len() as u64, batch.byte_offset, bytes.len() as u64));
+                upload.extend_from_slice(bytes);
             })
         } else {
             0
@@ -404,12 +415,22 @@ impl Inner {
             let n = pass.slab_writes.len().min(MAX_EXTENTS as usize);
             block.extents[..n].copy_from_slice(&pass.slab_writes[..n]);
         }
-        if kernel.prelude {
-            // (Queued behind the passes in flight: the write lands after
-            // them on the queue, before this pass.)
-            gpu.queue.write_buffer(&gpu.args, 0, bytemuck::bytes_of(&block));
-        }
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&kernel.label) });
+        if kernel.prelude {
+            upload[..args_bytes].copy_from_slice(bytemuck::bytes_of(&block));
+            let src = wgpu::util::DeviceExt::create_buffer_init(
+                &gpu.device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some("svm pass upload"),
+                    contents: &upload,
+                    usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::MAP_WRITE,
+                },
+            );
+            enc.copy_buffer_to_buffer(&src, 0, &gpu.args, 0, args_bytes as u64);
+            for &(from, to, bytes) in &leaves {
+                enc.copy_buffer_to_buffer(&src, from, &tables.page_table, to, bytes);
+            }
+        }
         // The error and fault counts start at zero, and the fault bitmaps
         // where a replayable pass sets them (clearing them for every pass
         // would cost what the arena's high-water mark covers).

@@ -839,3 +839,142 @@ pub(crate) fn copies_beside_faults_and_allocs(svm: &Svm, backend: svm::FaultBack
         });
     }
 }
+
+/// `v[p] += 1` through a pointer argument (pointer access: the pass reads
+/// the launch's extents or page table).
+const BUMP: &str = "@compute @workgroup_size(1) fn main() {
+    let p = svm_arg_ptr(0u);
+    svm_store_u32(p, svm_load_u32(p) + 1u);
+}";
+
+/// Launches queued behind a running kernel go to the GPU as one batch, and
+/// each still runs with its own declarations: its own arguments and page
+/// table (a batch is one submission, and a write through the queue would
+/// land before all of it: then the first launch would run with the last
+/// one's rights). Page-table path (eleven separate ranges) and extent path,
+/// an undeclared write refused in the middle of the batch.
+#[test]
+fn launches_batched_behind_a_running_kernel_keep_their_own_rights() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        let spin = kernel(&svm, "spin", SPIN);
+        let bump = kernel(&svm, "bump", BUMP);
+        let mut a = svm.alloc_vec::<u32>(64).expect("a");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(400));
+        // Ten read-only ranges apart from each other (a spacer between):
+        // with the written one, more extents than a pass checks.
+        let mut keep = Vec::new();
+        let xs: Vec<ManagedVec<u32>> = (0..10)
+            .map(|i| {
+                keep.push(svm.alloc_vec::<u32>(1024).expect("spacer"));
+                svm.alloc_from_slice(&[i; 1024]).expect("x")
+            })
+            .collect();
+        let mut w1 = svm.alloc_from_slice(&[7u32; 1024]).expect("w1");
+        let mut w2 = svm.alloc_from_slice(&[7u32; 1024]).expect("w2");
+        let mut w3 = svm.alloc_from_slice(&[7u32; 1024]).expect("w3");
+        let w4 = svm.alloc_from_slice(&[7u32; 1024]).expect("w4");
+        let (p1, p3) = (w1.addr_of(0), w3.addr_of(0));
+        // Round 0 builds the kernel's variants (lavapipe compiles a
+        // pipeline only once the running kernel is done); round 1 batches.
+        for round in 0..2u32 {
+            let s0 = svm.stats();
+            let q = svm.create_queue();
+            let u = p(iters);
+            let t = Instant::now();
+            let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+            let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+            let in_submit = crate::kernel_ran_inside_submit(&svm, t.elapsed() > Duration::from_millis(200), "batching");
+            fn with_xs<'a>(xs: &'a [ManagedVec<u32>], w: Access<'a>) -> Vec<Access<'a>> {
+                xs.iter().map(Access::read).chain([w]).collect()
+            }
+            fn desc<'a>(args: &'a [Arg], access: &'a [Access<'a>]) -> LaunchDescriptor<'a> {
+                LaunchDescriptor { args, access, bindings: &[], workgroups: [1, 1, 1] }
+            }
+            let (args1, args3) = ([Arg::Ptr(p1)], [Arg::Ptr(p3)]);
+            let acc1 = with_xs(&xs, Access::read_write(&mut w1));
+            let acc2 = with_xs(&xs, Access::read_write(&mut w2));
+            let acc3 = [Access::read_write(&mut w3)];
+            let acc4 = [Access::read(&w4)];
+            // 1: page-table path, writes w1. 2: the same pointer, w1 not
+            // declared (w2 is). 3: extent path, writes w3. 4: w3 declared by
+            // no one in this launch (w4 read).
+            let l1 = q.launch(&bump, &desc(&args1, &acc1)).expect("1");
+            let l2 = q.launch(&bump, &desc(&args1, &acc2)).expect("2");
+            let l3 = q.launch(&bump, &desc(&args3, &acc3)).expect("3");
+            let l4 = q.launch(&bump, &desc(&args3, &acc4)).expect("4");
+            let still_running = !long.is_complete();
+            long.wait().expect("spin");
+            l1.wait().expect("1: its own declarations");
+            let kinds = |r: Result<svm::LaunchReport, LaunchError>| match r {
+                Err(LaunchError::Kernel { faults, .. }) => faults.iter().map(|f| (f.addr, f.kind)).collect::<Vec<_>>(),
+                other => panic!("expected a refused write, got {other:?}"),
+            };
+            use svm::KernelFaultKind::NotDeclared;
+            assert_eq!(kinds(l2.wait()), vec![(p1, NotDeclared)], "2 ran with another launch's rights ({backend:?})");
+            l3.wait().expect("3: its own declarations");
+            assert_eq!(kinds(l4.wait()), vec![(p3, NotDeclared)], "4 ran with another launch's rights ({backend:?})");
+            drop((acc1, acc2, acc3, acc4));
+            assert_eq!((w1[0], w2[0], w3[0], w4[0]), (8 + round, 7, 8 + round, 7), "{backend:?}");
+            assert!(w1[1..].iter().chain(&w2[..]).chain(&w3[1..]).chain(&w4[..]).all(|&v| v == 7));
+            let s = svm.stats().since(&s0);
+            assert!(s.page_table_passes >= 2, "launches 1 and 2 use the page table: {s:?}");
+            if round == 1 && !in_submit && still_running {
+                assert!(s.batched_passes >= 3, "launches 2-4 waited in a batch: {s:?}");
+                assert!(s.pass_submissions <= 3, "5 passes in at most 3 submissions: {s:?}");
+            }
+        }
+        drop(keep);
+    }
+}
+
+/// More launches than one batch holds, queued behind a running kernel, each
+/// reading what the one before wrote (the pages shared between flights):
+/// byte-exact, in fewer submissions than launches.
+#[test]
+fn a_long_dependent_chain_is_batched_and_exact() {
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let spin = kernel(&svm, "spin", SPIN);
+    let step = kernel(&svm, "step", STEP);
+    let mut a = svm.alloc_vec::<u32>(64).expect("a");
+    let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(400));
+    let n = 4096usize;
+    let mut b = svm.alloc_from_slice(&(0..n as u32).collect::<Vec<_>>()).expect("b");
+    make_device_owned(&svm, &step, &mut b);
+    let launches = 100u32;
+    let us: Vec<P> = (0..launches).map(p).collect();
+    let bp: *const u8 = b.as_ptr().cast();
+    let s0 = svm.stats();
+    let q = svm.create_queue();
+    let u = p(iters);
+    let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+    let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+    // SAFETY: `b` lives and is not touched by the CPU until every launch is
+    // waited for below.
+    let chain: Vec<[Binding<'_>; 2]> =
+        us.iter().map(|u| unsafe { [Binding::raw(bp, n * 4, AccessMode::ReadWrite), Binding::uniform(u)] }).collect();
+    let pending: Vec<_> = chain
+        .iter()
+        .map(|binds| {
+            q.launch(
+                &step,
+                &LaunchDescriptor { bindings: binds, workgroups: [n as u32 / 64, 1, 1], ..Default::default() },
+            )
+            .expect("step")
+        })
+        .collect();
+    let still_running = !long.is_complete();
+    long.wait().expect("spin");
+    for h in pending {
+        h.wait().expect("step");
+    }
+    let want: Vec<u32> = (0..n as u32)
+        .map(|v| (0..launches).fold(v.wrapping_mul(2).wrapping_add(1), |x, k| x.wrapping_mul(2).wrapping_add(k)))
+        .collect();
+    assert!(b[..] == want[..], "the chain's result");
+    let s = svm.stats().since(&s0);
+    assert_eq!(s.launches, u64::from(launches) + 1, "{s:?}");
+    if svm.device_info().backend == "Vulkan" && still_running {
+        assert!(s.batched_passes > 0 && s.pass_submissions < s.launches, "{s:?}");
+    }
+}
