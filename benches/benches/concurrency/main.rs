@@ -47,9 +47,10 @@
 //!
 //! Their kernels also run one workgroup, so on lavapipe the launching
 //! thread keeps a CPU of its own. On lavapipe `vkQueueSubmit` returns only
-//! once the submission before it has run, so a queue there is about one
-//! kernel deep: a queued launch's host work overlaps the kernel before it,
-//! no more.
+//! once the submission before it has run; launches queued behind a running
+//! one wait in the runtime's open batch instead and go to the GPU together,
+//! one submission, once it is done ("queued: submissions"), so the
+//! launching thread never waits for the device to take a submission.
 //!
 //! ```text
 //! cargo bench -p svm-benches --bench concurrency            # ~1 s kernel, 5 rounds (queues: 9)
@@ -593,9 +594,7 @@ fn main() {
          thread's time over two threads'. queued floor: one thread submits all 2N on one queue without waiting, then \
          waits for all: the device's own rate (nothing waits on the host between kernels), so its ms per launch is \
          about one kernel's, and one thread's ms per launch minus it is the host round trip a second thread could \
-         hide. Every queue submits to the device's one GPU queue: kernels run one after another; on lavapipe \
-         `vkQueueSubmit` also returns only once the submission before it has run (a queue is about one kernel \
-         deep there)."
+         hide. Every queue submits to the device's one GPU queue: kernels run one after another."
     );
     let _ = writeln!(
         m,
@@ -635,9 +634,10 @@ fn main() {
          `launch` returned. saved: sync minus queued per launch, the host round trip a queue saves. in flight: \
          `LaunchQueue::in_flight()` right after the last submit: launches not retired yet (how many of them are \
          done on the GPU depends on when the completion thread ran; 1: every launch was retired before the next one \
-         was submitted, as where a launch waits for one in flight whose pages it shares). On lavapipe \
-         `vkQueueSubmit` itself returns only once the submission before it has run, so a queued launch's host \
-         work overlaps the kernel before it, no more. \
+         was submitted, as where a launch waits for one in flight whose pages it shares). submissions: \
+         `Stats::pass_submissions` over the queued run: launches queued behind a running one wait in the \
+         runtime's open batch and go as one submission (at most 32 passes) once the GPU is done with the one \
+         before (on lavapipe `vkQueueSubmit` itself returns only once the submission before it has run). \
          submitted → retired: the statistics' `kernel_ns` over the synchronous chain, per launch (`launches` counts \
          M in both variants). pages moved: h2d + d2h pages in the timed run (the most of any round).\n"
     );
@@ -647,7 +647,7 @@ fn main() {
         "\nsync: `svm.launch` per level. sync + flag: the CPU clears `flag[0]` before each level and reads it after \
          (a level-synchronous BFS learning whether to go on: a CPU fault each way). queued: the K levels submitted \
          without waiting (a BFS must then know K beforehand, or run past its last level), then every handle waited; \
-         in parentheses: until the last `launch` returned. in flight: as for the chain. pages moved per level: \
+         in parentheses: until the last `launch` returned. in flight, submissions: as for the chain. pages moved per level: \
          h2d + d2h pages of the flag variant over K."
     );
     println!("\n{m}");

@@ -169,6 +169,9 @@ pub(super) struct SmallRow {
     pub(super) chain_in_flight: Vec<f64>,
     /// Pages migrated during the timed chains (synchronous, queued).
     pub(super) chain_moved: Vec<(u64, u64)>,
+    /// Submissions carrying the queued chain's passes (`Stats::pass_submissions`:
+    /// launches queued behind a running one go as one batch).
+    pub(super) chain_submissions: Vec<f64>,
     /// BFS levels (K).
     pub(super) levels: usize,
     /// K synchronous launches, ms.
@@ -182,6 +185,8 @@ pub(super) struct SmallRow {
     pub(super) bfs_submit: Vec<f64>,
     /// Queued launches not retired right after the last one was submitted.
     pub(super) bfs_in_flight: Vec<f64>,
+    /// Submissions carrying the queued levels' passes.
+    pub(super) bfs_submissions: Vec<f64>,
     /// Pages migrated during the flag variant.
     pub(super) bfs_flag_moved: Vec<u64>,
     /// The same K levels on plain wgpu buffers (its own device, same
@@ -434,6 +439,7 @@ pub(super) fn small_launches(o: &Opts, ctx: &Ctx) -> SmallRow {
         let d = svm.stats().since(&s0);
         assert_eq!(d.launches, m as u64, "launches counted");
         row.chain_moved.push((sync_moved, d.h2d_pages + d.d2h_pages));
+        row.chain_submissions.push(d.pass_submissions as f64);
         check(&v, "queued");
     }
     drop(v);
@@ -546,6 +552,7 @@ pub(super) fn small_launches(o: &Opts, ctx: &Ctx) -> SmallRow {
             })
             .collect();
         let mut pending = Vec::with_capacity(k);
+        let s0 = svm.stats();
         let t = Instant::now();
         for b in &binds {
             pending.push(
@@ -560,6 +567,7 @@ pub(super) fn small_launches(o: &Opts, ctx: &Ctx) -> SmallRow {
         }
         row.bfs_queued.push(since_ms(t));
         row.bfs_submit.push(submitted);
+        row.bfs_submissions.push(svm.stats().since(&s0).pass_submissions as f64);
         check(&level, "queued");
     }
     row

@@ -47,7 +47,7 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
         t,
         "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, (path, backend)) in rows.iter().zip(names) {
         let r = match r {
             Ok(r) => r,
@@ -112,7 +112,7 @@ pub(super) fn threads_table(rows: &[(Path, Result<QueueRow, String>)]) -> String
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||", path.name);
+                let _ = writeln!(t, "| {} | uffd | unavailable: {e} |||||||||||", path.name);
                 continue;
             }
         };
@@ -144,14 +144,14 @@ pub(super) fn chain_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| mode | backend | pool | launches (M) | sync ms per launch | queued: submit ms per launch | queued ms per launch | saved ms per launch | sync / queued | queued: in flight after the last submit | sync: submitted → retired ms per launch (Stats) | pages moved sync / queued |"
+        "| mode | backend | pool | launches (M) | sync ms per launch | queued: submit ms per launch | queued ms per launch | saved ms per launch | sync / queued | queued: in flight after the last submit | queued: submissions | sync: submitted → retired ms per launch (Stats) | pages moved sync / queued |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (path, r) in rows {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||", path.name);
+                let _ = writeln!(t, "| {} | uffd | unavailable: {e} |||||||||||", path.name);
                 continue;
             }
         };
@@ -162,7 +162,7 @@ pub(super) fn chain_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
         let moved_queued = s.chain_moved.iter().map(|p| p.1).max().unwrap_or(0);
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {moved_sync} / {moved_queued} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {moved_sync} / {moved_queued} |",
             path.name,
             r.backend,
             pool_name(path.mode, r.host_mapped),
@@ -173,6 +173,7 @@ pub(super) fn chain_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
             ms(sync - queued),
             times(sync, queued),
             med(&s.chain_in_flight),
+            med(&s.chain_submissions),
             ms(med(&s.chain_sync_kernel) / m),
         );
     }
@@ -184,14 +185,14 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| mode | backend | pool | levels (K) | sync ms | sync + flag ms | queued ms (submit) | ms per level: sync / + flag / queued | saved per level vs sync | saved per level vs sync + flag | sync / queued | sync + flag / queued | queued: in flight after the last submit | pages moved per level, + flag | plain wgpu: a submission a level / one submission, ms | queued / plain (a submission a level) |"
+        "| mode | backend | pool | levels (K) | sync ms | sync + flag ms | queued ms (submit) | ms per level: sync / + flag / queued | saved per level vs sync | saved per level vs sync + flag | sync / queued | sync + flag / queued | queued: in flight after the last submit | queued: submissions | pages moved per level, + flag | plain wgpu: a submission a level / one submission, ms | queued / plain (a submission a level) |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (path, r) in rows {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | uffd | unavailable: {e} |||||||||||||||", path.name);
                 continue;
             }
         };
@@ -202,7 +203,7 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
         let moved: Vec<f64> = s.bfs_flag_moved.iter().map(|&p| p as f64 / k).collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} | {} | {:.0} | {:.1} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {} / {} | {} |",
             path.name,
             r.backend,
             pool_name(path.mode, r.host_mapped),
@@ -219,6 +220,7 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
             times(sync, queued),
             times(flag, queued),
             med(&s.bfs_in_flight),
+            med(&s.bfs_submissions),
             med(&moved),
             ms(plain),
             ms(plain_one),

@@ -356,8 +356,10 @@ impl Inner {
     /// The first flight a launch using `ranges` must wait for. A page in
     /// use by a flight can be shared when the new launch leaves it as it
     /// is: device-owned pages (read or written: the GPU runs the two in
-    /// submission order), kept read-only copies that both only read (pages
-    /// used in place, coherent, are not shared). `fixed`: pages the new
+    /// submission order), kept read-only copies that both only read, pages
+    /// used in place (coherent) that both queued launches take from the CPU
+    /// the same way (`zaps`: the new launch does; both write, or both read
+    /// write-protected). `fixed`: pages the new
     /// launch will not move on the device (bound ranges in the software pool
     /// may be moved together: not shareable unless already contiguous).
     pub(super) fn launch_conflict(
@@ -365,9 +367,11 @@ impl Inner {
         st: &State,
         ranges: &[(u32, u32, bool)],
         exclusive: bool,
+        zaps: bool,
         fixed: &dyn Fn(u32) -> bool,
     ) -> Option<Arc<FlightShared>> {
         let in_place = |p: u32| self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0;
+        let wp = self.arena.has_write_protect();
         for f in &st.flights {
             if exclusive || f.exclusive {
                 return Some(f.shared.clone());
@@ -377,10 +381,19 @@ impl Inner {
                     let (lo, hi) = (a.max(x), b.min(y));
                     for p in lo..hi {
                         let adv = st.advice[p as usize];
-                        // (In place: never shared — a queued launch's
-                        // retire gives the CPU its pages back.)
-                        let ok = if f.claim || in_place(p) {
+                        let ok = if f.claim {
                             false
+                        } else if in_place(p) {
+                            // In place: shared by queued launches that take
+                            // the page from the CPU the same way (both zap
+                            // it, or both write-protect it); the CPU gets it
+                            // back when the last of them retires
+                            // (`settle_flight`).
+                            zaps && if write || !wp {
+                                covers(&f.zapped_in_place, p)
+                            } else {
+                                covers(&f.protected_in_place, p)
+                            }
                         } else if st.owned(p) {
                             adv & advice::PREFER_HOST == 0 && fixed(p)
                         } else {
@@ -419,17 +432,32 @@ impl Inner {
     /// frames of device-side moves released.
     pub(super) fn settle_flight(&self, st: &mut State, f: &mut InFlight) -> Result<(), LaunchError> {
         let mut post = self.settle_copies(st, std::mem::take(&mut f.temporary));
+        // In-place pages go back to the CPU unless another flight (`f` is
+        // out of the list) holds them the same way (`launch_conflict`).
+        let held = |p: u32, zapped: bool| {
+            st.flights.iter().any(|g| covers(if zapped { &g.zapped_in_place } else { &g.protected_in_place }, p))
+        };
         for (a, b) in std::mem::take(&mut f.protected_in_place) {
-            if let Err(e) = self.arena.write_unprotect(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE) {
-                post = post.and(Err(LaunchError::Os(e.to_string())));
+            for (x, y) in runs(a, b, |p| !held(p, false)) {
+                if let Err(e) = self.arena.write_unprotect(x as usize * PAGE_SIZE, (y - x) as usize * PAGE_SIZE) {
+                    post = post.and(Err(LaunchError::Os(e.to_string())));
+                }
             }
         }
         for (a, b) in std::mem::take(&mut f.zapped_in_place) {
-            if let Err(e) = self.arena.restore(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE) {
-                post = post.and(Err(LaunchError::Os(e.to_string())));
+            for (x, y) in runs(a, b, |p| !held(p, true)) {
+                if let Err(e) = self.arena.restore(x as usize * PAGE_SIZE, (y - x) as usize * PAGE_SIZE) {
+                    post = post.and(Err(LaunchError::Os(e.to_string())));
+                }
             }
         }
         st.frames.free_many(&std::mem::take(&mut f.release_frames));
         post
     }
+}
+
+/// Whether sorted, disjoint page runs cover page `p`.
+fn covers(runs: &[(u32, u32)], p: u32) -> bool {
+    let i = runs.partition_point(|r| r.1 <= p);
+    runs.get(i).is_some_and(|r| r.0 <= p)
 }

@@ -33,6 +33,10 @@ struct Request<'a, 'd> {
     /// is recorded and the lock released (`residency::to_device`): the
     /// caller runs them before the submit.
     defer_copies: bool,
+    /// A queued launch whose pages used in place are taken from the CPU
+    /// until it retires (`launch_queued`'s `zap_in_place`): such pages may
+    /// be shared with flights that took them the same way.
+    zaps: bool,
 }
 
 /// A launch made resident and mapped, ready to submit.
@@ -177,6 +181,7 @@ impl Inner {
             undeclared_writes: false,
             no_evict: false,
             defer_copies: true,
+            zaps: zap_in_place,
         };
         let prep = self.prepare(&mut guard, &req)?;
         let st = &mut *guard;
@@ -323,6 +328,7 @@ impl Inner {
             undeclared_writes: opts.undeclared_writes,
             no_evict: false,
             defer_copies: true,
+            zaps: false,
         };
         let prep = self.prepare(&mut guard, &req)?;
         let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
@@ -636,7 +642,7 @@ impl Inner {
     }
 
     fn prepare_once(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
-        let Request { kernel, bound, access, replayable, undeclared_writes, no_evict, defer_copies } = *req;
+        let Request { kernel, bound, access, replayable, undeclared_writes, no_evict, defer_copies, zaps } = *req;
         let gpu = &self.gpu;
         let (decl, discard) = loop {
             self.retire_done(guard);
@@ -656,7 +662,7 @@ impl Inner {
                 Vec::new()
             };
             let fixed = |p: u32| !movable.iter().any(|&(a, b)| (a..b).contains(&p));
-            match self.launch_conflict(guard, &decl, replayable, &fixed) {
+            match self.launch_conflict(guard, &decl, replayable, zaps, &fixed) {
                 None => break (decl, discard),
                 Some(f) => self.wait_settled(guard, &f),
             }

@@ -978,3 +978,49 @@ fn a_long_dependent_chain_is_batched_and_exact() {
         assert!(s.batched_passes > 0 && s.pass_submissions < s.launches, "{s:?}");
     }
 }
+
+/// Two queued launches writing the same pages in place (the coherent mode,
+/// or `AccessedBy`) share them (the second does not wait for the first);
+/// the first retiring while the second runs must not give the CPU the
+/// pages back: a CPU read then waits for the second and sees its result
+/// (both handles leaked, so nothing but the runtime orders the read).
+#[test]
+fn in_place_pages_shared_by_queued_launches_stay_taken_until_the_last_retires() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        if svm.mapping_mode() != svm::MappingMode::Coherent && !crate::accessed_by_built(&svm) {
+            return;
+        }
+        let spin = kernel(&svm, "spin", SPIN);
+        let mut a = svm.alloc_from_slice(&(0..64u32).collect::<Vec<_>>()).expect("a");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(200));
+        let mut v = svm.alloc_from_slice(&(0..1024u32).collect::<Vec<_>>()).expect("v");
+        if svm.mapping_mode() != svm::MappingMode::Coherent {
+            svm.advise(v.as_ptr().cast(), 4096, svm::Advice::AccessedBy).expect("advise");
+        }
+        let mut w = svm.alloc_vec::<u32>(64).expect("w");
+        let (short, long) = (p(iters / 4), p(iters * 3));
+        let want: Vec<u32> =
+            (0..1024u32).map(|x| if x >= 64 { x } else { spun(spun(x, iters / 4), iters * 3) }).collect();
+        let q = svm.create_queue();
+        let t = Instant::now();
+        let binds = [Binding::read_write(&mut v), Binding::uniform(&short)];
+        let first = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("first");
+        std::mem::forget(first);
+        let binds = [Binding::read_write(&mut v), Binding::uniform(&long)];
+        let second = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("second");
+        let shared = t.elapsed() < Duration::from_millis(40);
+        std::mem::forget(second);
+        // The first is done by now; a launch on other data retires it while
+        // the second still runs (about 600 ms).
+        std::thread::sleep(Duration::from_millis(120));
+        let binds = [Binding::read_write(&mut w), Binding::uniform(&short)];
+        let third = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("third");
+        let got = v.to_vec();
+        third.wait().expect("third");
+        assert_eq!(got, want, "{backend:?}: read after the first retired, while the second ran");
+        if svm.device_info().backend == "Vulkan" {
+            assert!(shared, "the second launch waited for the first ({backend:?})");
+        }
+    }
+}
