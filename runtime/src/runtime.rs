@@ -429,7 +429,12 @@ impl Svm {
     /// that also drives the runtime). In the sparse mode the runtime binds
     /// memory with raw `vkQueueBindSparse` calls on this queue, which
     /// wgpu's own queue lock does not cover: submit from other threads
-    /// with [`Self::submit_commands`].
+    /// with [`Self::submit_commands`]. Launches queued behind a running one
+    /// wait in the runtime's batch until the GPU is done with it (one
+    /// submission for the batch): a submission made here may run before
+    /// them; [`Self::submit_commands`] sends them first. (Launches touch
+    /// only managed memory and the runtime's buffers, so only ordering with
+    /// the application's own work on its own buffers can tell.)
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.gpu.queue
     }
