@@ -533,13 +533,20 @@ impl Gpu {
     /// run the callbacks it makes ready (staging maps).
     pub fn wait_submission(&self, sub: Option<wgpu::SubmissionIndex>) -> Result<(), DeviceError> {
         let Some(sub) = sub else { return self.wait() };
-        let polled = {
-            let _polling = self.poll_lock.lock();
-            self.device.poll(wgpu::PollType::Wait { submission_index: Some(sub), timeout: None })
-        };
-        match polled {
-            Ok(_) => self.check_lost(),
-            Err(_) => self.wait(),
+        // In slices, the poll lock released between them: a submission
+        // waits behind a running kernel on a one-queue device, and other
+        // threads must submit meanwhile (every submission takes the lock).
+        loop {
+            let polled = {
+                let _polling = self.poll_lock.lock();
+                let slice = Some(std::time::Duration::from_millis(2));
+                self.device.poll(wgpu::PollType::Wait { submission_index: Some(sub.clone()), timeout: slice })
+            };
+            match polled {
+                Ok(_) => return self.check_lost(),
+                Err(wgpu::PollError::Timeout) => self.check_lost()?,
+                Err(_) => return self.wait(),
+            }
         }
     }
 

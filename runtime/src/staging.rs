@@ -24,7 +24,9 @@
 //! policy decides what to read ahead and when the bytes are still valid;
 //! this module only moves them).
 //!
-//! Downloads run under the runtime's update lock; uploads run under it or,
+//! Downloads run under the runtime's update lock, except a CPU fault's,
+//! which takes slots of the fault service's own and is waited for with the
+//! lock released (its pages claimed); uploads run under it or,
 //! for a launch's or prefetch's claimed pages, after it is released (a
 //! prefetch's may then meet a launch's: each ring's mutex serialises them).
 //! Submissions go through `Gpu::submit`, which orders them against sparse
@@ -136,6 +138,8 @@ struct DownChunk {
 #[must_use = "a download holds staging slots until finished or discarded"]
 pub(crate) struct Download {
     chunks: Vec<DownChunk>,
+    /// In the fault service's own slots.
+    fault: bool,
 }
 
 /// Pages `[first, end)` of a sequential CPU-fault stream copied ahead of
@@ -155,6 +159,11 @@ pub(crate) struct Readahead {
 pub(crate) struct Staging {
     up: Mutex<UpRing>,
     down: Mutex<DownRing>,
+    /// One span of download slots of the CPU-fault service's own: a
+    /// fault's copy back is waited for with the update lock released
+    /// (`residency::to_host`), while other paths download through `down`
+    /// under the lock; one fault at a time (one service thread an arena).
+    fault_down: Mutex<DownRing>,
     readahead: Mutex<Option<Readahead>>,
 }
 
@@ -163,22 +172,26 @@ impl Staging {
     /// With `enabled` false no buffer is created.
     pub fn new(device: &wgpu::Device, enabled: bool, span_bytes: u64) -> Self {
         use wgpu::BufferUsages as U;
-        let (up, down): (Vec<Slot>, Vec<Slot>) = if enabled {
+        let (up, down): (Vec<Slot>, Vec<u64>) = if enabled {
             let up = (0..UP_SLOTS)
                 .map(|_| Slot::new(device, "svm h2d staging", UP_CHUNK, U::MAP_WRITE | U::COPY_SRC, true))
                 .collect();
-            let n = usize::try_from(2 * span_bytes.div_ceil(DOWN_CHUNK)).expect("a few slots");
-            let down = (0..n)
+            (up, (0..3).map(|_| span_bytes.div_ceil(DOWN_CHUNK)).collect::<Vec<_>>())
+        } else {
+            (Vec::new(), vec![0; 3])
+        };
+        let ring = |spans: &[u64]| {
+            let n: u64 = spans.iter().sum();
+            let slots: Vec<Slot> = (0..n)
                 .map(|_| Slot::new(device, "svm d2h staging", DOWN_CHUNK, U::MAP_READ | U::COPY_DST, false))
                 .collect();
-            (up, down)
-        } else {
-            (Vec::new(), Vec::new())
+            let free = (0..slots.len()).rev().collect();
+            Mutex::new(DownRing { slots, free })
         };
-        let free = (0..down.len()).rev().collect();
         Self {
             up: Mutex::new(UpRing { slots: up, next: 0 }),
-            down: Mutex::new(DownRing { slots: down, free }),
+            down: ring(&down[..2]),
+            fault_down: ring(&down[2..]),
             readahead: Mutex::new(None),
         }
     }
@@ -218,7 +231,34 @@ impl Staging {
     /// Start copying `pieces` — `(source buffer, source offset, host byte
     /// offset, bytes)`, at most one span in all — into download slots.
     pub fn download(&self, gpu: &Gpu, pieces: &[(&wgpu::Buffer, u64, usize, u64)]) -> Result<Download, DeviceError> {
-        let mut ring = self.down.lock();
+        self.download_in(gpu, pieces, false)
+    }
+
+    /// [`Staging::download`] into the fault service's own slots (one span),
+    /// to be finished with the update lock released.
+    pub fn download_for_fault(
+        &self,
+        gpu: &Gpu,
+        pieces: &[(&wgpu::Buffer, u64, usize, u64)],
+    ) -> Result<Download, DeviceError> {
+        self.download_in(gpu, pieces, true)
+    }
+
+    fn ring(&self, fault: bool) -> &Mutex<DownRing> {
+        if fault {
+            &self.fault_down
+        } else {
+            &self.down
+        }
+    }
+
+    fn download_in(
+        &self,
+        gpu: &Gpu,
+        pieces: &[(&wgpu::Buffer, u64, usize, u64)],
+        fault: bool,
+    ) -> Result<Download, DeviceError> {
+        let mut ring = self.ring(fault).lock();
         let ring = &mut *ring;
         let mut chunks: Vec<DownChunk> = Vec::new();
         let mut enc: Option<wgpu::CommandEncoder> = None;
@@ -236,7 +276,7 @@ impl Staging {
                         // Unreachable by construction (two spans of slots);
                         // give back what this transfer took.
                         drop(enc);
-                        self.release(ring, Download { chunks });
+                        self.release(ring, Download { chunks, fault });
                         return Err(DeviceError::Unexpected("d2h staging ring exhausted".into()));
                     };
                     chunks.push(DownChunk { slot, used: 0, pieces: Vec::new() });
@@ -256,13 +296,14 @@ impl Staging {
             }
         }
         flush(ring, &mut enc, chunks.last());
-        Ok(Download { chunks })
+        Ok(Download { chunks, fault })
     }
 
     /// Wait for a download chunk by chunk and hand each piece to `f(host
     /// byte offset, bytes)` while the later chunks are still copying.
     pub fn finish(&self, gpu: &Gpu, d: Download, mut f: impl FnMut(usize, &[u8])) -> Result<(), DeviceError> {
-        let mut ring = self.down.lock();
+        let fault = d.fault;
+        let mut ring = self.ring(fault).lock();
         let ring = &mut *ring;
         let mut chunks = d.chunks.into_iter();
         while let Some(c) = chunks.next() {
@@ -283,7 +324,7 @@ impl Staging {
             slot.flag = Arc::new(AtomicU8::new(IDLE));
             ring.free.push(c.slot);
             if let Err(e) = read {
-                self.release(ring, Download { chunks: chunks.collect() });
+                self.release(ring, Download { chunks: chunks.collect(), fault });
                 return Err(e);
             }
         }
@@ -308,7 +349,7 @@ impl Staging {
     /// aborted; a copy still running into a slot is ordered before any
     /// later use of it on the queue).
     pub fn discard(&self, d: Download) {
-        let mut ring = self.down.lock();
+        let mut ring = self.ring(d.fault).lock();
         self.release(&mut ring, d);
     }
 

@@ -53,8 +53,16 @@ impl Inner {
     }
 
     /// Serve a CPU fault on `page` (at `addr`), which no launch in flight
-    /// uses.
-    fn serve_page(&self, st: &mut State, fault: CpuFault, page: u32, addr: usize) -> Result<(), FaultFatal> {
+    /// uses. (The guard: a staged copy back is waited for with the update
+    /// lock released, see `migrate_back`.)
+    fn serve_page(
+        &self,
+        guard: &mut parking_lot::MutexGuard<'_, State>,
+        fault: CpuFault,
+        page: u32,
+        addr: usize,
+    ) -> Result<(), FaultFatal> {
+        let st = &mut **guard;
         if st.lost_in_place.iter().any(|&(a, b)| (a..b).contains(&page)) {
             return Err(FaultFatal(format!(
                 "page {addr:#x} was being written in place by a kernel when the device was declared lost (launch timeout)"
@@ -83,7 +91,7 @@ impl Inner {
             };
         }
         let device_owned = st.owned(page);
-        self.migrate_back(st, page).map_err(|e| {
+        self.migrate_back(guard, page).map_err(|e| {
             FaultFatal(format!("page {addr:#x} is owned by the device and cannot be brought back: {e}"))
         })?;
         if !device_owned {

@@ -1024,3 +1024,54 @@ fn in_place_pages_shared_by_queued_launches_stay_taken_until_the_last_retires() 
         }
     }
 }
+
+/// On the staged path (a discrete GPU's pool, which the CPU cannot map) a
+/// CPU fault's copy back goes through the device's queue: on a device with
+/// one queue it waits behind a running kernel. It is waited for with the
+/// update lock released (its pages claimed): another thread's `alloc` and
+/// `free` go on meanwhile instead of waiting for the kernel.
+#[test]
+fn a_fault_copying_back_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend).host_mapped_pool(false)) else { return };
+        if svm.mapping_mode() == svm::MappingMode::Coherent || svm.pool_is_host_mapped() {
+            eprintln!("NOT APPLICABLE: no copy back through the queue in this mode");
+            return;
+        }
+        let spin = kernel(&svm, "spin", SPIN);
+        let step = kernel(&svm, "step", STEP);
+        let mut a = svm.alloc_vec::<u32>(64).expect("a");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(1200));
+        let mut b = svm.alloc_from_slice(&(0..16 * 1024u32).collect::<Vec<_>>()).expect("b");
+        make_device_owned(&svm, &step, &mut b);
+        let q = svm.create_queue();
+        let u = p(iters);
+        let t = Instant::now();
+        let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+        let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+        if crate::kernel_ran_inside_submit(&svm, t.elapsed() > Duration::from_millis(600), "a fault behind a kernel") {
+            return;
+        }
+        let b = &b;
+        let (took, faulting, kernel_left, read) = std::thread::scope(|s| {
+            let reader = s.spawn(move || b[5]);
+            // The fault is waiting for its copy, queued behind the kernel.
+            std::thread::sleep(Duration::from_millis(150));
+            let t = Instant::now();
+            for _ in 0..5 {
+                let raw = svm.alloc(4096).expect("alloc");
+                svm.free(raw.as_ptr()).expect("free");
+            }
+            let took = t.elapsed();
+            let (faulting, kernel_left) = (!reader.is_finished(), !long.is_complete());
+            (took, faulting, kernel_left, reader.join().expect("reader"))
+        });
+        long.wait().expect("spin");
+        assert_eq!(read, 5 * 2 + 1, "the faulting read ({backend:?})");
+        assert!(faulting && kernel_left, "the fault was not waiting behind the kernel ({backend:?}): test too short");
+        assert!(
+            took < Duration::from_millis(300),
+            "alloc/free took {took:?} beside a fault waiting behind the kernel: they waited for it ({backend:?})"
+        );
+    }
+}

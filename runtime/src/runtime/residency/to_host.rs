@@ -3,6 +3,8 @@
 //! the next span read ahead), and the multi-span migrations back of
 //! prefetch, advice and eviction.
 
+use parking_lot::MutexGuard;
+
 use super::super::*;
 
 impl Inner {
@@ -22,53 +24,67 @@ impl Inner {
         device_runs: &[(u32, u32)],
         next_span: Option<(u32, u32)>,
     ) -> Result<(), DeviceError> {
-        let gpu = &self.gpu;
-        let ahead = gpu.staging.take_readahead().and_then(|r| {
-            // Valid: no launch since (a kernel may have written the pages),
-            // and every page wanted is in it, on the frame it was copied
-            // from (a page that left the device and came back since went
-            // through `upload`, which dropped the read-ahead; this is the
-            // belt to those braces).
-            let valid = r.epoch == st.epoch
-                && device_runs.iter().all(|&(ra, rb)| {
-                    ra >= r.first
-                        && rb <= r.end
-                        && (ra..rb).all(|p| r.frames[(p - r.first) as usize] == st.frames_of.get(p as usize))
-                });
-            if valid {
-                Some(r.download)
-            } else {
-                if r.first < b && a < r.end {
-                    gpu.staging.discard(r.download);
-                } else {
-                    gpu.staging.set_readahead(r);
-                }
-                None
-            }
-        });
-        let download = match ahead {
-            Some(d) => {
-                tracing::trace!(a, b, "d2h from the read-ahead");
-                d
-            }
-            None => self.start_download(st, device_runs)?,
+        let download = match self.valid_readahead(st, a, b, device_runs) {
+            Some(d) => d,
+            None => self.start_download(st, device_runs, false)?,
         };
         if let Some(next) = next_span {
             self.read_ahead(st, next);
         }
+        self.write_back(download, device_runs)
+    }
+
+    /// The read-ahead in flight, if it holds every page of `device_runs`
+    /// (inside `[a, b)`) and is still valid: no launch since (a kernel may
+    /// have written the pages), and each page on the frame it was copied
+    /// from (a page that left the device and came back since went through
+    /// `upload`, which dropped the read-ahead; this is the belt to those
+    /// braces). An invalid one overlapping the span is discarded.
+    fn valid_readahead(
+        &self,
+        st: &State,
+        a: u32,
+        b: u32,
+        device_runs: &[(u32, u32)],
+    ) -> Option<crate::staging::Download> {
+        let gpu = &self.gpu;
+        let r = gpu.staging.take_readahead()?;
+        let valid = r.epoch == st.epoch
+            && device_runs.iter().all(|&(ra, rb)| {
+                ra >= r.first
+                    && rb <= r.end
+                    && (ra..rb).all(|p| r.frames[(p - r.first) as usize] == st.frames_of.get(p as usize))
+            });
+        if valid {
+            tracing::trace!(a, b, "d2h from the read-ahead");
+            return Some(r.download);
+        }
+        if r.first < b && a < r.end {
+            gpu.staging.discard(r.download);
+        } else {
+            gpu.staging.set_readahead(r);
+        }
+        None
+    }
+
+    /// Wait for `download` chunk by chunk and copy the device-owned pages
+    /// of `device_runs` out of it into the host copy (a read-ahead may hold
+    /// more: pages whose host copy is current, or outside the span).
+    /// Called with the update lock held, or released with the pages
+    /// claimed by the caller (`migrate_back`).
+    fn write_back(&self, download: crate::staging::Download, device_runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+        let gpu = &self.gpu;
         gpu.staging.finish(gpu, download, |host, bytes| {
-            // Only the device-owned pages of this span: a read-ahead may
-            // hold more (pages the host copy of which is current, or
-            // outside the span).
             let (lo, hi) = (host, host + bytes.len());
             for &(ra, rb) in device_runs {
                 let (x, y) = ((ra as usize * PAGE_SIZE).max(lo), (rb as usize * PAGE_SIZE).min(hi));
                 if x < y {
                     // SAFETY: these pages are device-owned, hence zapped from
                     // the user view (no program thread reads or writes them
-                    // until `migrate_back_span` restores them after this
-                    // copy), not coherent (never imported), and the update
-                    // lock (`st`) keeps every other runtime path off them;
+                    // until they are restored after this copy), not coherent
+                    // (never imported), and either the update lock is held
+                    // or the caller's claim on them makes every other
+                    // runtime path that would read, move or free them wait;
                     // `bytes` is a mapped staging buffer, not arena memory.
                     #[allow(unsafe_code, reason = "host-copy write; argued inline")]
                     let () = unsafe { self.arena.write_host(x, &bytes[x - lo..y - lo]) };
@@ -77,8 +93,26 @@ impl Inner {
         })
     }
 
-    /// Queue copies of the device-owned runs `runs` into download slots.
-    fn start_download(&self, st: &State, runs: &[(u32, u32)]) -> Result<crate::staging::Download, DeviceError> {
+    /// Queue copies of the device-owned runs `runs` into download slots
+    /// (`fault`: the fault service's own).
+    fn start_download(
+        &self,
+        st: &State,
+        runs: &[(u32, u32)],
+        fault: bool,
+    ) -> Result<crate::staging::Download, DeviceError> {
+        let gpu = &self.gpu;
+        let pieces = self.download_pieces(st, runs);
+        if fault {
+            gpu.staging.download_for_fault(gpu, &pieces)
+        } else {
+            gpu.staging.download(gpu, &pieces)
+        }
+    }
+
+    /// What copying the device-owned runs `runs` back takes: `(segment
+    /// buffer, offset in it, host byte offset, bytes)` per frame piece.
+    fn download_pieces(&self, st: &State, runs: &[(u32, u32)]) -> Vec<(&wgpu::Buffer, u64, usize, u64)> {
         let gpu = &self.gpu;
         let mut pieces: Vec<(&wgpu::Buffer, u64, usize, u64)> = Vec::new();
         for &(ra, rb) in runs {
@@ -87,7 +121,7 @@ impl Inner {
                 pieces.push((buf, base + off, p as usize * PAGE_SIZE, u64::from(n) * PAGE_SIZE as u64));
             });
         }
-        gpu.staging.download(gpu, &pieces)
+        pieces
     }
 
     /// The span a sequential CPU-fault stream that reached page `b` wants
@@ -130,7 +164,7 @@ impl Inner {
         if let Some(old) = self.gpu.staging.take_readahead() {
             self.gpu.staging.discard(old.download);
         }
-        let download = self.start_download(st, &device_runs)?;
+        let download = self.start_download(st, &device_runs, false)?;
         let frames = (b..e).map(|p| if st.owned(p) { st.frames_of.get(p as usize) } else { HOST }).collect();
         self.gpu.staging.set_readahead(crate::staging::Readahead {
             first: b,
@@ -266,8 +300,17 @@ impl Inner {
     /// Returns the pages moved.
     ///
     /// On the staged path, a fault that continues a sequential stream also
-    /// starts the copies of the stream's next span ([`Self::read_ahead`]).
-    pub(in crate::runtime) fn migrate_back(&self, st: &mut State, page: u32) -> Result<u64, DeviceError> {
+    /// starts the copies of the stream's next span ([`Self::read_ahead`]);
+    /// and the copy is waited for with the update lock released (it may
+    /// queue behind a running kernel on a device with one queue), the pages
+    /// claimed meanwhile (`Inner::claim`): every path that would read, move
+    /// or free them waits, and everything else goes on.
+    pub(in crate::runtime) fn migrate_back(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        page: u32,
+    ) -> Result<u64, DeviceError> {
+        let st = &mut **guard;
         let sequential = st.last_fault_end == Some(page);
         let (mut a, mut b) = self.fault_span(st, page);
         // Pages a launch in flight uses stay where they are: the span ends
@@ -282,7 +325,38 @@ impl Inner {
         }
         st.last_fault_end = Some(b);
         let next = if self.prefetch && sequential && self.reads_ahead() { Self::next_stream_span(st, b) } else { None };
-        self.migrate_back_span_ahead(st, a, b, next)
+        if !self.copies_back_on_the_queue(st) {
+            return self.migrate_back_span_ahead(st, a, b, next);
+        }
+        let device_runs: Vec<(u32, u32)> = runs(a, b, |p| st.owned(p)).collect();
+        if device_runs.is_empty() {
+            if let Some(next) = next {
+                self.read_ahead(st, next);
+            }
+            return Ok(0);
+        }
+        self.gpu.check_lost()?;
+        let _span = self.d2h_span(a, b);
+        let t0 = Instant::now();
+        // (The copies are submitted with the lock released too: lavapipe's
+        // queue takes a submission only once the one before has run.)
+        let ahead = self.valid_readahead(st, a, b, &device_runs);
+        let pieces = if ahead.is_none() { self.download_pieces(st, &device_runs) } else { Vec::new() };
+        if let Some(next) = next {
+            self.read_ahead(st, next);
+        }
+        let claim = self.claim(st, device_runs.iter().map(|&(x, y)| (x, y, true)).collect());
+        let copied = MutexGuard::unlocked(guard, || {
+            let download = match ahead {
+                Some(d) => d,
+                None => self.gpu.staging.download_for_fault(&self.gpu, &pieces)?,
+            };
+            self.write_back(download, &device_runs)
+        });
+        let st = &mut **guard;
+        let moved = copied.and_then(|()| self.finish_back(st, &device_runs, t0));
+        self.end_claim(st, &claim);
+        moved
     }
 
     /// Move every device-owned page of `spans` (each at most
@@ -339,13 +413,7 @@ impl Inner {
             return Ok(0);
         }
         gpu.check_lost()?;
-        let _span = tracing::debug_span!(
-            "svm_d2h_batch",
-            first_page = a,
-            pages = b - a,
-            label = %crate::label::trace_label(self.arena.base() + a as usize * PAGE_SIZE)
-        )
-        .entered();
+        let _span = self.d2h_span(a, b);
         let t0 = Instant::now();
         if gpu.mapped_pool {
             self.copy_back_mapped(st, &device_runs)?;
@@ -369,9 +437,35 @@ impl Inner {
         } else {
             self.copy_back_staged(st, a, b, &device_runs, next)?;
         }
+        let moved = self.finish_back(st, &device_runs, t0)?;
+        tracing::trace!(a, b, moved, "migrated back");
+        Ok(moved)
+    }
+
+    /// Whether copies back go through the device's queue (the staged path:
+    /// not the host-mapped pool, not host-mapped sparse blocks, not the
+    /// coherent mode).
+    fn copies_back_on_the_queue(&self, st: &State) -> bool {
+        self.reads_ahead() && !self.gpu.mapped_pool && !st.frames.sparse().is_some_and(|a| a.host_mapped())
+    }
+
+    fn d2h_span(&self, a: u32, b: u32) -> tracing::span::EnteredSpan {
+        tracing::debug_span!(
+            "svm_d2h_batch",
+            first_page = a,
+            pages = b - a,
+            label = %crate::label::trace_label(self.arena.base() + a as usize * PAGE_SIZE)
+        )
+        .entered()
+    }
+
+    /// After the copies back of `device_runs` (HMM's finalize): free their
+    /// frames, leave their entries invalid, count, restore CPU access.
+    /// Returns the pages moved.
+    fn finish_back(&self, st: &mut State, device_runs: &[(u32, u32)], t0: Instant) -> Result<u64, DeviceError> {
         let mut moved = 0u64;
-        let mut freed = Vec::with_capacity((b - a) as usize);
-        for &(ra, rb) in &device_runs {
+        let mut freed = Vec::new();
+        for &(ra, rb) in device_runs {
             for p in ra..rb {
                 freed.push(st.set_frame(p, HOST));
                 // Keep the entry invalid: the next launch maps what it declares.
@@ -384,12 +478,11 @@ impl Inner {
         Counters::add(&c.d2h_pages, moved);
         Counters::add(&c.d2h_batches, 1);
         Counters::add(&c.d2h_ns, t0.elapsed().as_nanos() as u64);
-        for &(ra, rb) in &device_runs {
+        for &(ra, rb) in device_runs {
             self.arena
                 .restore(ra as usize * PAGE_SIZE, (rb - ra) as usize * PAGE_SIZE)
                 .map_err(|e| DeviceError::Unexpected(format!("restoring CPU access: {e}")))?;
         }
-        tracing::trace!(a, b, moved, "migrated back");
         Ok(moved)
     }
 }
