@@ -283,6 +283,23 @@ impl Ctx {
     /// kernel. Returns `op`'s result, its time (ms), and whether that
     /// thread was still waiting when `op` ended.
     fn while_a_fault_waits<R>(&mut self, delay: Duration, op: impl FnOnce(&Svm) -> R) -> (R, f64, bool) {
+        self.while_another_thread(
+            delay,
+            |_, a| {
+                std::hint::black_box(a[0]);
+            },
+            op,
+        )
+    }
+
+    /// [`Self::while_a_fault_waits`] with any `waiter` (given the runtime
+    /// and A) on the other thread.
+    fn while_another_thread<R>(
+        &mut self,
+        delay: Duration,
+        waiter: impl FnOnce(&Svm, &ManagedVec<u32>) + Send,
+        op: impl FnOnce(&Svm) -> R,
+    ) -> (R, f64, bool) {
         let Self { svm, spin, a, iters, .. } = self;
         let svm = &*svm;
         let q = svm.create_queue();
@@ -298,9 +315,8 @@ impl Ctx {
         let a = &*a;
         std::thread::scope(|s| {
             let waiter = s.spawn(|| {
-                let v = std::hint::black_box(a[0]);
+                waiter(svm, a);
                 waiting.store(false, Ordering::SeqCst);
-                v
             });
             std::thread::sleep(delay);
             let t = Instant::now();
@@ -378,6 +394,12 @@ struct OpsRow {
     /// that thread still waited.
     behind: Vec<f64>,
     behind_early: usize,
+    /// `alloc(4096)` + `free` during the kernel while another thread's
+    /// fault on B (not the kernel's data) copies back (on the staged path
+    /// its copy queues behind the kernel on a one-queue device), ms; and
+    /// how many ended while that fault still waited.
+    beside_copy: Vec<f64>,
+    beside_copy_early: usize,
 }
 
 /// Section 1 and 2 for one runtime: faults on device-owned pages the
@@ -398,6 +420,8 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
         faults: Vec::new(),
         behind: Vec::new(),
         behind_early: 0,
+        beside_copy: Vec::new(),
+        beside_copy_early: 0,
     };
     let mut slot = 0;
     let during = |row: &mut OpsRow, kernel_ms: f64, left_ms: f64| {
@@ -430,6 +454,16 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
             row.faults.push(r);
             row.behind.push(ms);
             row.behind_early += usize::from(early);
+            let read = |svm: &Svm, _: &ManagedVec<u32>| {
+                fault_read(svm, b, slot);
+            };
+            let ((), ms, early) = ctx.while_another_thread(o.delay, read, |svm| {
+                let p = svm.alloc(4096).expect("alloc");
+                svm.free(p.as_ptr()).expect("free");
+            });
+            slot += 1;
+            row.beside_copy.push(ms);
+            row.beside_copy_early += usize::from(early);
         }
         let mut p = None;
         let d = ctx.while_kernel_runs(o.delay, |svm| {
@@ -563,7 +597,12 @@ fn main() {
         m,
         "\nfault: one read of a word of B, whose pages a launch bound read-write before (device-owned), on a 2 MiB \
          block of its own per sample; the kernel uses only A. alloc: `svm.alloc(4096)`; free: `svm.free` of a 4 KiB \
-         allocation made before. ratio: during / idle. kernel left at op start: from the timed operation's start to \
+         allocation made before. another thread's fault waiting for the kernel: that thread reads A (the kernel's \
+         own data) first, then this thread faults on B. alloc + free beside another thread's fault copying back: \
+         that thread reads B (a fault on data the kernel does not use) first; on the staged path (and the sparse \
+         mode's staged blocks) its copy back goes through the device's one queue, behind the kernel, and is waited \
+         for with the runtime's update lock released (before: under it, so this thread's alloc waited for the \
+         kernel too). ratio: during / idle. kernel left at op start: from the timed operation's start to \
          the long launch's return; an operation that waits for the kernel (the runtime's lock held across it) takes \
          about that long. pool: where device pages live (host-mapped: migration is a CPU copy; staged: copies \
          through the queue; sparse: bound memory blocks; arena in place: nothing migrates)."

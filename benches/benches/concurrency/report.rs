@@ -45,14 +45,14 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
+        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | alloc + free during, another thread's fault on other data copying back ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, (path, backend)) in rows.iter().zip(names) {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} ||||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} |||||||||||||||", path.name);
                 continue;
             }
         };
@@ -71,11 +71,16 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
         } else {
             format!("{} ({} of {})", ms(med(&r.behind)), r.behind_early, r.behind.len())
         };
+        let beside = if r.beside_copy.is_empty() {
+            "no faults".to_string()
+        } else {
+            format!("{} ({} of {})", ms(med(&r.beside_copy)), r.beside_copy_early, r.beside_copy.len())
+        };
         let (ai, ad) = (med(&r.alloc.idle), med(&r.alloc.during));
         let (xi, xd) = (med(&r.free.idle), med(&r.free.during));
         let _ = writeln!(
             t,
-            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {behind} | {kib} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {behind} | {beside} | {kib} | {} | {} | {} | {} | {} | {} |",
             r.path.name,
             r.backend,
             ms(med(&r.kernel_ms)),
