@@ -165,7 +165,7 @@ impl Opts {
 
     /// 2 MiB slots of B: one per fault sample.
     fn slots(&self) -> usize {
-        self.rounds * (self.idle_per_round + 2)
+        self.rounds * (self.idle_per_round + 3)
     }
 }
 
