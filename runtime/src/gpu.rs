@@ -441,6 +441,8 @@ impl Gpu {
         let bgl =
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("svm"), entries: &entries });
         let timestamps = Timestamps::new(&device, &queue);
+        // (The raw device's, which its binds and flushes take too.)
+        let poll_lock = raw.as_ref().map_or_else(|| Arc::new(Mutex::new(())), |r| r.poll_lock().clone());
         let gpu = Self {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             device,
@@ -463,7 +465,7 @@ impl Gpu {
             cpu_copies,
             pool_host,
             log_readbacks: Mutex::new(Vec::new()),
-            poll_lock: Arc::new(Mutex::new(())),
+            poll_lock,
             staging,
             timestamps,
             lost,

@@ -60,6 +60,9 @@ impl RawDevice {
     pub fn is_lost(&self) -> bool {
         match self.0 {}
     }
+    pub fn poll_lock(&self) -> &Arc<parking_lot::Mutex<()>> {
+        match self.0 {}
+    }
     pub fn wait_for(&self, _: raw::TimelinePoint, _: Duration) -> Result<bool, VkError> {
         match self.0 {}
     }

@@ -44,6 +44,8 @@ pub struct RawDevice {
     host_memory: Option<ash::ext::external_memory_host::Device>,
     caps: VkCaps,
     timeline: Mutex<Timeline>,
+    /// The device's submission lock ([`Self::poll_lock`]).
+    poll_lock: Arc<Mutex<()>>,
     /// Set when the device is known lost: its timeline will never advance,
     /// so `Drop` must not wait for it.
     lost: core::sync::atomic::AtomicBool,
@@ -130,6 +132,7 @@ impl RawDevice {
             host_memory,
             caps,
             timeline: Mutex::new(Timeline { raw: semaphore, value: 0 }),
+            poll_lock: Arc::new(Mutex::new(())),
             lost: core::sync::atomic::AtomicBool::new(false),
             wgpu_queue: queue.clone(),
             wgpu_device: device.clone(),
@@ -219,9 +222,20 @@ impl RawDevice {
         Ok(next)
     }
 
+    /// The lock every wgpu submission and `Device::poll` on this device is
+    /// made under (wgpu-core's `Queue::submit` polls the device itself, and
+    /// two threads polling trip its assertions): the runtime's
+    /// `Gpu::poll_lock`. [`Self::flush`] and the sparse binds, which submit
+    /// through wgpu, take it themselves, before the queue lock; callers of
+    /// [`Self::submit_signalled`] and [`Self::submit_exclusive`] hold it.
+    pub fn poll_lock(&self) -> &Arc<Mutex<()>> {
+        &self.poll_lock
+    }
+
     /// Make the timeline reach a new value once everything submitted so far
     /// (wgpu work and binds) has completed. Costs one empty wgpu submission.
     pub fn flush(&self) -> Result<TimelinePoint> {
+        let _polling = self.poll_lock.lock();
         let mut t = self.timeline.lock();
         self.flush_locked(&mut t).map(TimelinePoint)
     }
@@ -319,6 +333,7 @@ impl RawDevice {
         if self.is_lost() {
             return Err(VkError::Unsupported("the device is lost: no more sparse binds"));
         }
+        let _polling = self.poll_lock.lock();
         let mut t = self.timeline.lock();
         let before = self.flush_locked(&mut t)?;
         let after = before + 1;
