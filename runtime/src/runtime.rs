@@ -280,6 +280,10 @@ pub(crate) struct Inner {
     /// queue in the order they were encoded.
     launch_order: Mutex<()>,
     gpu: std::mem::ManuallyDrop<Gpu>,
+    /// Sparse mode: bind batches sealed under the update lock, sent before
+    /// the copies and passes that use their pages (`Inner::send_binds`),
+    /// with or without the lock.
+    bind_outbox: Option<Arc<crate::vk::BindOutbox>>,
     /// Forgets the arena's allocation labels (before its mappings go).
     _labels: crate::label::ArenaLabels,
     arena: Arena,
@@ -392,6 +396,7 @@ impl Svm {
                 table_limit / 4 * PAGE_SIZE as u64
             )));
         }
+        let bind_outbox = sparse.as_ref().map(|a| a.outbox().clone());
         let frames = match sparse {
             Some(arena) => Frames::Sparse(Box::new(arena)),
             None => Frames::Pool(FrameAllocator::new(gpu.total_frames)),
@@ -406,6 +411,7 @@ impl Svm {
             _labels: crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() },
             arena,
             gpu: std::mem::ManuallyDrop::new(gpu),
+            bind_outbox,
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),
             signals,
             completer,

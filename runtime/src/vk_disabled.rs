@@ -192,6 +192,29 @@ impl SparseArena {
     pub unsafe fn flush(&mut self) -> Result<raw::TimelinePoint, SparseError> {
         match self.0 {}
     }
+    pub fn seal(&mut self) {
+        match self.0 {}
+    }
+    pub fn outbox(&self) -> &Arc<BindOutbox> {
+        match self.0 {}
+    }
+}
+
+/// Sealed sparse bind batches (never created: needs a [`SparseArena`]).
+#[derive(Debug)]
+pub(crate) struct BindOutbox(Never);
+
+impl BindOutbox {
+    pub fn has_batches(&self) -> bool {
+        match self.0 {}
+    }
+    /// # Safety
+    ///
+    /// None needed (it cannot be called); `unsafe` as the real one.
+    #[allow(unsafe_code, reason = "the twin keeps the real signature; its body is `match {}`")]
+    pub unsafe fn send(&self) -> Result<raw::TimelinePoint, SparseError> {
+        match self.0 {}
+    }
 }
 
 /// Validation-layer capture (never installed: the layer is a Vulkan one).

@@ -402,6 +402,52 @@ fn sparse_binds_are_ordered_against_submits() {
     finish(&d);
 }
 
+/// Sealed batches wait in the outbox and go to the queue in sealing order,
+/// sent by any thread without the arena; once the arena is dropped the
+/// outbox refuses to send.
+#[test]
+fn sealed_batches_are_sent_in_order_from_another_thread() {
+    let Some((d, raw)) = sparse_device() else { return };
+    let mut arena = SparseArena::new(
+        &raw,
+        &SparseArenaDescriptor { size: 1 << 20, pool_blocks: 2, chunk_blocks: 2, ..Default::default() },
+    )
+    .expect("arena");
+    let ps = arena.page_size();
+    let k = Kernel::new(&d.device);
+    let buf = arena.buffer().clone();
+    let (a, b) = (arena.alloc_block().unwrap(), arena.alloc_block().unwrap());
+    // SAFETY: this test is the only user of the queue.
+    unsafe { arena.bind(&[(2, a), (3, b)]) }.expect("bind");
+    d.queue.submit([k.fill(&d.device, &buf, 2, ps, 1), k.fill(&d.device, &buf, 3, ps, 2)]);
+    // Two batches for page 0: first block a, then block b. Sent in the
+    // other order, page 0 would end on a.
+    arena.queue_bind_run(0, a, 1).expect("queue a");
+    arena.seal();
+    arena.queue_bind_run(0, b, 1).expect("queue b");
+    arena.seal();
+    assert_eq!(arena.bound(0), Some(b), "bookkeeping: the last queued bind");
+    let outbox = arena.outbox().clone();
+    assert!(outbox.has_batches());
+    std::thread::spawn(move || {
+        // SAFETY: the main thread does not touch the queue until joined.
+        unsafe { outbox.send() }.expect("send");
+        assert!(!outbox.has_batches(), "every batch sent");
+    })
+    .join()
+    .expect("sender");
+    assert_page(&readback(&d.device, &d.queue, &buf, 0, ps), 2, "page 0 on block b (the later batch)");
+    let outbox = arena.outbox().clone();
+    arena.queue_bind_run(1, a, 1).expect("queue");
+    arena.seal();
+    drop(buf);
+    drop(arena);
+    // SAFETY: as above.
+    let after_drop = unsafe { outbox.send() };
+    assert!(after_drop.is_err(), "an outbox whose arena is gone sends nothing: {after_drop:?}");
+    finish(&d);
+}
+
 #[test]
 fn sparse_bind_errors() {
     let Some((d, raw)) = sparse_device() else { return };

@@ -13,19 +13,23 @@ pub(super) enum Frames {
     Sparse(Box<crate::vk::SparseArena>),
 }
 
-/// Pages of unbinds queued in sparse mode before they are sent on their own
-/// (without waiting for the next bind): bounds the pages the device keeps
-/// mapped to blocks already handed back.
+/// Pages of unbinds queued in sparse mode before they are sealed into a
+/// batch of their own (merged runs: bounds the per-page queue), which the
+/// next bind sends.
 const SPARSE_UNBIND_FLUSH_PAGES: u32 = 1 << 14;
 
 impl Frames {
     /// Sparse mode: bind blocks at every page of `runs` not bound yet (runs
-    /// of consecutive blocks, one `VkSparseMemoryBind` each) and send these
-    /// binds, with the unbinds queued since the last call, in **one**
-    /// `vkQueueBindSparse`. `alloc_run` then hands out these pages without
+    /// of consecutive blocks, one `VkSparseMemoryBind` each), sealed with
+    /// the unbinds queued since the last batch into **one** batch (one
+    /// `vkQueueBindSparse`). `alloc_run` then hands out these pages without
     /// binding. Called once per launch (or prefetch) before its first copy.
-    /// Software mode: nothing.
-    pub(super) fn prepare(&mut self, runs: &[(u32, u32)]) -> Result<(), DeviceError> {
+    /// With `send`, the batch is sent now (under the update lock, which the
+    /// caller holds); without, the caller sends it (`Inner::send_binds`)
+    /// before the first copy or submission that uses these pages — a launch
+    /// does so with the update lock released, since the call waits for the
+    /// work queued before it (see `vk::BindOutbox`). Software mode: nothing.
+    pub(super) fn prepare(&mut self, runs: &[(u32, u32)], send: bool) -> Result<(), DeviceError> {
         let Frames::Sparse(arena) = self else { return Ok(()) };
         let err = |e: crate::vk::SparseError| DeviceError::Unexpected(format!("sparse bind: {e}"));
         'runs: for &(a, b) in runs {
@@ -47,11 +51,15 @@ impl Frames {
                 }
             }
         }
-        // SAFETY: the runtime submits to the queue only under its update
-        // lock, which the caller holds: no submit runs during the bind.
+        arena.seal();
+        if !send {
+            return Ok(());
+        }
+        // SAFETY: the runtime submits to the queue only under the raw
+        // device's locks, which the bind takes.
         #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
-        let flushed = unsafe { arena.flush() };
-        flushed.map(|_| ()).map_err(err)
+        let sent = unsafe { arena.outbox().send() };
+        sent.map(|_| ()).map_err(err)
     }
 
     /// Frames for up to `want` pages starting at `page`, as (first frame,
@@ -71,10 +79,9 @@ impl Frames {
                 }
                 let Some((block, n)) = arena.alloc_run(want) else { return Ok(None) };
                 let queued = arena.queue_bind_run(page, block, n);
-                // SAFETY: the runtime submits to the queue only under its
-                // update lock, which the caller holds: no submit runs during
-                // the bind. Pages are inside the arena view and blocks were
-                // just allocated from this arena's pool.
+                // SAFETY: the runtime submits to the queue only under the
+                // raw device's locks, which the bind takes. (Sent with the
+                // batches sealed before, in order.)
                 #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
                 let bound = queued.and_then(|()| unsafe { arena.flush() });
                 if let Err(e) = bound {
@@ -91,8 +98,9 @@ impl Frames {
     }
 
     /// Give back the frames of pages that left the device. Sparse: their
-    /// blocks return to the pool now, the unbinds are queued and sent with
-    /// the next bind (or once `SPARSE_UNBIND_FLUSH_PAGES` are queued): the
+    /// blocks return to the pool now, the unbinds are queued (sealed into a
+    /// batch once `SPARSE_UNBIND_FLUSH_PAGES` are) and sent with the next
+    /// bind: the
     /// caller no longer lets a submission read these pages (their PTEs are
     /// invalid, no binding covers them), and every reuse of a block is a
     /// bind sent no earlier than its unbind.
@@ -113,15 +121,10 @@ impl Frames {
                     i += n as usize;
                 }
                 if arena.pending_pages() >= SPARSE_UNBIND_FLUSH_PAGES {
-                    // SAFETY: as in `alloc_run`: under the update lock, no
-                    // submit runs concurrently.
-                    #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
-                    let flushed = unsafe { arena.flush() };
-                    // Only a lost device gets here; the pages stay mapped
-                    // on a device that runs nothing more.
-                    if let Err(e) = flushed {
-                        tracing::error!("svm: sparse unbind: {e}");
-                    }
+                    // Merged into one batch, sent with the next bind (not
+                    // here: the call would wait for a running kernel with
+                    // the update lock held).
+                    arena.seal();
                 }
             }
         }

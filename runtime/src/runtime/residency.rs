@@ -76,10 +76,13 @@ impl Inner {
         if self.gpu.mode == MappingMode::Sparse {
             // Every page this call migrates gets its block bound now, in one
             // vkQueueBindSparse with the unbinds queued since the last one;
-            // `upload` below finds them bound.
+            // `upload` below finds them bound. With the copies deferred
+            // (a launch or prefetch being prepared) the batch is sent with
+            // them, outside the update lock (`run_copies`).
             let host_runs: Vec<(u32, u32)> =
                 ranges.iter().flat_map(|&(a, b, _)| runs(a, b, |p| migrates(st, p as usize))).collect();
-            st.frames.prepare(&host_runs)?;
+            let send_now = st.copies.is_none();
+            st.frames.prepare(&host_runs, send_now)?;
         }
         let (mut pages, mut batches, mut changed) = (0u64, 0u64, 0u64);
         for &(a, b, write) in ranges {

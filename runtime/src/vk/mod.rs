@@ -111,7 +111,7 @@ pub mod validation;
 pub use device::{open, DeviceDescriptor, OpenDevice, ValidationMode, VkCaps};
 pub use host::{host_read_barrier, HostImport, HostImportError};
 pub use raw::{RawDevice, TimelinePoint};
-pub use sparse::{BlockId, SparseArena, SparseArenaDescriptor, SparseError};
+pub use sparse::{BindOutbox, BlockId, SparseArena, SparseArenaDescriptor, SparseError};
 pub use validation::{KnownFalsePositive, ValidationCapture, ValidationMessage, KNOWN_FALSE_POSITIVES};
 
 /// Result alias of this module.

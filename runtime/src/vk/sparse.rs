@@ -26,8 +26,10 @@
 //!   blocks is **one** `VkSparseMemoryBind`, whatever its length (on
 //!   lavapipe also one mapping of the chunk's memory).
 //! * Binds and unbinds are *queued* ([`SparseArena::queue_bind_run`],
-//!   [`SparseArena::queue_release`], [`SparseArena::queue_unbind`]) and sent
-//!   together by [`SparseArena::flush`]: **one** `vkQueueBindSparse` for all
+//!   [`SparseArena::queue_release`], [`SparseArena::queue_unbind`]), sealed
+//!   into a batch ([`SparseArena::seal`]) and sent in sealing order by
+//!   [`BindOutbox::send`] — possibly by another thread, without the arena
+//!   (`outbox`); [`SparseArena::flush`] does both: **one** `vkQueueBindSparse` for all
 //!   of them, pages in order, merging runs of contiguous pages on contiguous
 //!   blocks (and runs of unbinds) into one `VkSparseMemoryBind`. The
 //!   arena's bookkeeping ([`SparseArena::bound`], the free runs) is updated
@@ -53,7 +55,8 @@
 //! The parts: `blocks` (the pool's free runs and block allocation),
 //! `create` ([`SparseArena::new`]: the buffer, the pool chunks, the wgpu
 //! wrapper), `bind` (queued binds and unbinds, their batching into one
-//! `vkQueueBindSparse`); this file keeps the types, the accessors and Drop.
+//! `vkQueueBindSparse`), `outbox` (sealed batches, sent in order with or
+//! without the arena's lock); this file keeps the types, the accessors and Drop.
 //!
 //! ## Cost (lavapipe, 2 vCPUs, `sparse_bind_throughput`)
 //!
@@ -77,13 +80,16 @@
 mod bind;
 mod blocks;
 mod create;
+mod outbox;
+
+pub use outbox::BindOutbox;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ash::vk;
 
-use super::raw::{RawDevice, TimelinePoint};
+use super::raw::RawDevice;
 use super::VkError;
 use blocks::FreeRuns;
 
@@ -186,9 +192,9 @@ const UNBOUND: u32 = u32::MAX;
 /// A sparse buffer plus its pool; see the module docs.
 pub struct SparseArena {
     raw: Arc<RawDevice>,
-    // Invariant: `buffer` wraps `vk_buffer`; the drop callback destroys it.
+    // Invariant: `buffer` wraps the sparse `VkBuffer` (the outbox binds it);
+    // the drop callback destroys it.
     buffer: Option<wgpu::Buffer>,
-    vk_buffer: vk::Buffer,
     page_size: u64,
     pages: u32,
     chunks: Vec<vk::DeviceMemory>,
@@ -212,8 +218,8 @@ pub struct SparseArena {
     pending_runs: Vec<(u32, u32)>,
     /// Pages queued since the last flush (counted with repeats).
     pending_pages: u32,
-    /// The value of the last bind this arena queued.
-    last_bind: Option<TimelinePoint>,
+    /// Sealed batches on their way to the queue, and the last one sent.
+    outbox: Arc<BindOutbox>,
     scratch: Vec<u32>,
 }
 
@@ -331,7 +337,7 @@ impl Drop for SparseArena {
     fn drop(&mut self) {
         // The drop callback frees the buffer and pool once wgpu is done with
         // it, but wgpu does not know about our binds: wait for the last one.
-        if let Some(p) = self.last_bind {
+        if let Some(p) = self.outbox.close() {
             // A lost device never advances its timeline: do not wait.
             let waited = if self.raw.is_lost() {
                 Err(super::VkError::Unsupported("device lost"))

@@ -1075,3 +1075,72 @@ fn a_fault_copying_back_behind_a_kernel_does_not_stop_the_world() {
         );
     }
 }
+
+/// Sparse mode: a launch queued behind a running kernel binds blocks for
+/// its new pages (`vkQueueBindSparse`, ordered after the kernel on the
+/// device timeline: lavapipe's call returns only once the kernel is done).
+/// The bind is sent with the update lock released, so `alloc` / `free`
+/// meanwhile do not wait for the kernel. (Fails with the bind sent under
+/// the lock: the allocs wait for the whole kernel.)
+#[test]
+fn a_launch_binding_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend)) else { return };
+        if svm.mapping_mode() != svm::MappingMode::Sparse {
+            eprintln!("NOT APPLICABLE: only the sparse mode binds blocks for a launch");
+            return;
+        }
+        let spin = kernel(&svm, "spin", SPIN);
+        let step = kernel(&svm, "step", STEP);
+        let mut a = svm.alloc_vec::<u32>(64).expect("a");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(1200));
+        // Fresh pages (never bound), and a page that leaves the device (its
+        // unbind is queued and goes with the next bind batch).
+        let mut c = svm.alloc_from_slice(&(0..16 * 1024u32).collect::<Vec<_>>()).expect("c");
+        let mut gone = svm.alloc_vec::<u32>(1024).expect("gone");
+        make_device_owned(&svm, &step, &mut gone);
+        drop(gone);
+        let q = svm.create_queue();
+        let u = p(iters);
+        let t = Instant::now();
+        let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+        let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+        if crate::kernel_ran_inside_submit(&svm, t.elapsed() > Duration::from_millis(600), "a bind behind a kernel") {
+            return;
+        }
+        let cm = &mut c;
+        let (took, kernel_left) = std::thread::scope(|s| {
+            let svm = &svm;
+            let step = &step;
+            let launcher = s.spawn(move || {
+                let q2 = svm.create_queue();
+                let u = p(1);
+                let binds = [Binding::read_write(cm), Binding::uniform(&u)];
+                let wg = [16 * 1024 / 64, 1, 1];
+                q2.launch(step, &LaunchDescriptor { bindings: &binds, workgroups: wg, ..Default::default() })
+                    .expect("step")
+                    .wait()
+                    .expect("step ran");
+            });
+            // The launch is binding its pages, behind the kernel.
+            std::thread::sleep(Duration::from_millis(150));
+            let kernel_left = !long.is_complete();
+            let t = Instant::now();
+            for _ in 0..5 {
+                let raw = svm.alloc(4096).expect("alloc");
+                svm.free(raw.as_ptr()).expect("free");
+            }
+            let took = t.elapsed();
+            launcher.join().expect("launcher");
+            (took, kernel_left)
+        });
+        long.wait().expect("spin");
+        let wrong = c.iter().enumerate().find(|&(i, &v)| v != (i as u32) * 2 + 1);
+        assert_eq!(wrong, None, "the launch behind the kernel ({backend:?}): first wrong word");
+        assert!(kernel_left, "the kernel ended before the allocs began ({backend:?}): test too short");
+        assert!(
+            took < Duration::from_millis(300),
+            "alloc/free took {took:?} beside a launch binding behind the kernel: they waited for it ({backend:?})"
+        );
+    }
+}

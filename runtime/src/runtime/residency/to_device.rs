@@ -30,13 +30,20 @@ pub(in crate::runtime) enum CopyIn {
     /// the pages, the block's host address, bytes) per run of consecutive
     /// blocks.
     SparseHost { page: u32, pages: u32, blocks: Vec<(usize, BlockPtr, usize)> },
+    /// No copy: the frames at `off` in segment `seg` are cleared on the
+    /// device (pages whose contents the launch discards; they may hold a
+    /// previous page's bytes). Queued like a copy, so that in the sparse
+    /// mode it goes after the batch that binds them.
+    Clear { page: u32, pages: u32, seg: usize, off: u64 },
 }
 
 impl CopyIn {
     /// The pages it fills.
     pub(in crate::runtime) fn pages(&self) -> (u32, u32) {
         match *self {
-            CopyIn::Segment { page, pages, .. } | CopyIn::SparseHost { page, pages, .. } => (page, page + pages),
+            CopyIn::Segment { page, pages, .. }
+            | CopyIn::SparseHost { page, pages, .. }
+            | CopyIn::Clear { page, pages, .. } => (page, page + pages),
         }
     }
 }
@@ -91,25 +98,15 @@ impl Inner {
                 k = (1..k).find(|&i| discarded(p + done + i) != discard).unwrap_or(k);
                 let (seg, off) = gpu.frame_location(fr);
                 let page = p + done;
-                let made = if discard {
-                    // No copy through the staging ring: the frames (which may
-                    // hold a previous page's bytes) are cleared on the device.
-                    // (The host pages get page-cache pages, as `run_copy`
-                    // gives copied ones.)
-                    self.populate(page, k).map(|()| {
-                        let (buf, base) = gpu.segment(seg);
-                        let mut enc = gpu
-                            .device
-                            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm discard") });
-                        enc.clear_buffer(buf, base + off, Some(u64::from(k) * PAGE_SIZE as u64));
-                        gpu.submit([enc.finish()]);
-                        Counters::add(&self.stats.discarded_pages, u64::from(k));
-                        // Only the host copy holds these pages' data now: a
-                        // launch that fails before its pass gives them back.
-                        st.discarded_fresh.push((page, page + k));
-                    })
+                let job = if discard {
+                    // No copy through the staging ring: the frames are
+                    // cleared on the device. Only the host copy holds these
+                    // pages' data now: a launch that fails before its pass
+                    // gives them back.
+                    st.discarded_fresh.push((page, page + k));
+                    CopyIn::Clear { page, pages: k, seg, off }
                 } else {
-                    let job = match st.frames.sparse().filter(|s| s.host_mapped()) {
+                    match st.frames.sparse().filter(|s| s.host_mapped()) {
                         Some(sparse) => {
                             let mut blocks = Vec::new();
                             // SAFETY: only addresses are collected here (the
@@ -124,18 +121,18 @@ impl Inner {
                             CopyIn::SparseHost { page, pages: k, blocks }
                         }
                         None => CopyIn::Segment { page, pages: k, seg, off },
-                    };
-                    // (A wgpu-mapped pool segment is mapped by CPU faults and
-                    // eviction under the lock too, and wgpu allows one map of a
-                    // buffer at a time: those copies are made at once.)
-                    let maps = matches!(job, CopyIn::Segment { .. }) && gpu.mapped_pool && !gpu.segment_is_host(seg);
-                    match st.copies.as_mut().filter(|_| !maps) {
-                        Some(queued) => {
-                            queued.push(job);
-                            Ok(())
-                        }
-                        None => self.run_copy(&job),
                     }
+                };
+                // (A wgpu-mapped pool segment is mapped by CPU faults and
+                // eviction under the lock too, and wgpu allows one map of a
+                // buffer at a time: those copies are made at once.)
+                let maps = matches!(job, CopyIn::Segment { .. }) && gpu.mapped_pool && !gpu.segment_is_host(seg);
+                let made = match st.copies.as_mut().filter(|_| !maps) {
+                    Some(queued) => {
+                        queued.push(job);
+                        Ok(())
+                    }
+                    None => self.run_copy(&job),
                 };
                 if let Err(e) = made {
                     // Not made: the pages from here on stay on the host (those
@@ -175,8 +172,19 @@ impl Inner {
             label = %crate::label::trace_label(self.arena.base() + host_off)
         )
         .entered();
+        // (Cleared pages get page-cache pages too, as copied ones.)
         self.populate(page, n)?;
         match *job {
+            CopyIn::Clear { seg, off, .. } => {
+                // No copy: the frames (which may hold a previous page's
+                // bytes) are cleared on the device.
+                let (buf, base) = gpu.segment(seg);
+                let mut enc =
+                    gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm discard") });
+                enc.clear_buffer(buf, base + off, Some(len as u64));
+                gpu.submit([enc.finish()]);
+                Counters::add(&self.stats.discarded_pages, u64::from(n));
+            }
             CopyIn::SparseHost { ref blocks, .. } => {
                 // SAFETY: no writer of these host pages during the copy
                 // (`upload`'s contract); each block is bound for its page and
@@ -234,6 +242,8 @@ impl Inner {
     /// lock (before anything reads or frees their frames, or the lock is
     /// released without the launch's flight recorded).
     pub(in crate::runtime) fn flush_copies(&self, st: &mut State) -> Result<(), DeviceError> {
+        // (Queued binds first, copies or not: their pages may be read.)
+        self.send_binds()?;
         let Some(queued) = st.copies.as_mut().filter(|q| !q.is_empty()) else { return Ok(()) };
         let jobs = std::mem::take(queued);
         self.run_copies(jobs, false).map_err(|(e, rest)| {
@@ -253,6 +263,9 @@ impl Inner {
         jobs: Vec<CopyIn>,
         unlocked: bool,
     ) -> Result<(), (DeviceError, Vec<CopyIn>)> {
+        if let Err(e) = self.send_binds() {
+            return Err((e, jobs));
+        }
         let t0 = Instant::now();
         let mut jobs = jobs.into_iter();
         let mut result = Ok(());
@@ -262,12 +275,27 @@ impl Inner {
                 result = Err((e, std::iter::once(job).chain(jobs.by_ref()).collect()));
                 break;
             }
-            if unlocked {
+            if unlocked && !matches!(job, CopyIn::Clear { .. }) {
                 Counters::add(&self.stats.h2d_unlocked_pages, u64::from(b - a));
             }
         }
         Counters::add(&self.stats.h2d_ns, t0.elapsed().as_nanos() as u64);
         result
+    }
+
+    /// Sparse mode: send the bind batches sealed so far (in order, see
+    /// `vk::BindOutbox`) — before the copies into their pages and the pass
+    /// that uses them. With the update lock released (a launch's or a
+    /// prefetch's copies), other threads go on meanwhile: the call waits for
+    /// the work queued before it (lavapipe's does), a running kernel's.
+    pub(in crate::runtime) fn send_binds(&self) -> Result<(), DeviceError> {
+        let Some(outbox) = self.bind_outbox.as_ref().filter(|o| o.has_batches()) else { return Ok(()) };
+        // SAFETY: the runtime submits to the queue only under the raw
+        // device's locks, which the bind takes (`Gpu::submit`,
+        // `RawDevice::submit_signalled`, `Svm::submit_commands`).
+        #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
+        let sent = unsafe { outbox.send() };
+        sent.map(drop).map_err(|e| DeviceError::Unexpected(format!("sparse bind: {e}")))
     }
 
     /// Copies that were never made: their pages go back to the host, whose

@@ -5,7 +5,9 @@
 
 use ash::vk;
 
-use super::{BlockId, SparseArena, SparseError, BIND, NONE, UNBIND, UNBOUND};
+use std::sync::Arc;
+
+use super::{BindOutbox, BlockId, SparseArena, SparseError, BIND, NONE, UNBIND, UNBOUND};
 use crate::vk::raw::TimelinePoint;
 
 impl SparseArena {
@@ -102,23 +104,34 @@ impl SparseArena {
     }
 
     /// Send every queued bind and unbind in **one** `vkQueueBindSparse`,
-    /// after all work submitted so far and before all work submitted later.
-    /// Returns the timeline value reached when they are done (host-wait it
-    /// with [`RawDevice::wait`](crate::vk::RawDevice::wait) only if the CPU
-    /// needs to know; GPU work is ordered without it). Nothing queued: no
-    /// call, the last point.
+    /// after all work submitted so far and before all work submitted later
+    /// ([`seal`](Self::seal), then [`BindOutbox::send`], which also sends
+    /// the batches sealed before). Returns the timeline value reached when
+    /// they are done (host-wait it with
+    /// [`RawDevice::wait`](crate::vk::RawDevice::wait) only if the CPU needs
+    /// to know; GPU work is ordered without it). Nothing queued: no call,
+    /// the last point.
     ///
     /// On a device error the bookkeeping keeps what was queued (the device
     /// is lost; nothing reads the arena again).
     ///
     /// # Safety
     ///
-    /// No other thread may submit to this device's queue
-    /// (`wgpu::Queue::submit`) or bind during the call (Vulkan's external
-    /// synchronisation of `VkQueue`; wgpu offers no lock to take).
+    /// As for [`BindOutbox::send`].
     pub unsafe fn flush(&mut self) -> Result<TimelinePoint, SparseError> {
+        self.seal();
+        // SAFETY: the caller's contract.
+        unsafe { self.outbox.send() }
+    }
+
+    /// Make the operations queued since the last batch a batch of their own
+    /// and put it in the [`outbox`](Self::outbox), behind the batches sealed
+    /// before; [`BindOutbox::send`] sends it, with or without the lock that
+    /// guards this arena. Until it is sent, queued binds are not seen by the
+    /// device: send before the first submission that uses their pages.
+    pub fn seal(&mut self) {
         if self.pending_runs.is_empty() {
-            return Ok(self.raw.last_point());
+            return;
         }
         let mut runs = core::mem::take(&mut self.pending_runs);
         runs.sort_unstable();
@@ -140,16 +153,12 @@ impl SparseArena {
         runs.clear();
         self.pending_runs = runs;
         self.pending_pages = 0;
-        if binds.is_empty() {
-            return Ok(self.raw.last_point());
-        }
-        // SAFETY: the caller keeps the queue to us; every page is inside the
-        // buffer (checked when queued), every block inside a live chunk of a
-        // type the buffer allows, all offsets/sizes are page multiples, and
-        // each page appears once (`pending` holds one operation a page).
-        let point = unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) }?;
-        self.last_bind = Some(point);
-        Ok(point)
+        self.outbox.push(binds);
+    }
+
+    /// Where [`seal`](Self::seal)ed batches wait to be sent.
+    pub fn outbox(&self) -> &Arc<BindOutbox> {
+        &self.outbox
     }
 
     fn check_pages(&mut self, pages: impl Iterator<Item = u32>) -> Result<(), SparseError> {

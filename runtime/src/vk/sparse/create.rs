@@ -132,7 +132,6 @@ impl SparseArena {
         Ok(Self {
             raw: raw.clone(),
             buffer: Some(buffer),
-            vk_buffer,
             page_size,
             pages,
             chunks,
@@ -146,7 +145,7 @@ impl SparseArena {
             pending: vec![NONE; pages as usize],
             pending_runs: Vec::new(),
             pending_pages: 0,
-            last_bind: None,
+            outbox: Arc::new(super::BindOutbox::new(raw.clone(), vk_buffer)),
             scratch: Vec::new(),
         })
     }
