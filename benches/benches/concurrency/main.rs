@@ -404,6 +404,10 @@ struct OpsRow {
     /// how many ended while that fault still waited.
     beside_copy: Vec<f64>,
     beside_copy_early: usize,
+    /// alloc + free while another thread's launch on new data waits behind
+    /// the kernel (sparse: binding its pages), ms; and how many ended first.
+    beside_launch: Vec<f64>,
+    beside_launch_early: usize,
 }
 
 /// Section 1 and 2 for one runtime: faults on device-owned pages the
@@ -426,7 +430,13 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
         behind_early: 0,
         beside_copy: Vec::new(),
         beside_copy_early: 0,
+        beside_launch: Vec::new(),
+        beside_launch_early: 0,
     };
+    let writer = ctx
+        .svm
+        .create_kernel(&KernelDescriptor { label: "writer (other thread)", source: WRITER, entry_point: "main" })
+        .expect("kernel compiles");
     let mut slot = 0;
     let during = |row: &mut OpsRow, kernel_ms: f64, left_ms: f64| {
         row.kernel_ms.push(kernel_ms);
@@ -469,6 +479,30 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
             row.beside_copy.push(ms);
             row.beside_copy_early += usize::from(early);
         }
+        // Another thread launches on new data (its own queue): the launch
+        // queues behind the kernel (sparse: its pages' bind waits for it).
+        let mut c = ctx.svm.alloc_vec::<u32>(SLOT_PAGES * PAGE_WORDS).expect("C");
+        let cm = &mut c;
+        let writer = &writer;
+        let launch_c = move |svm: &Svm, _: &ManagedVec<u32>| {
+            let q = svm.create_queue();
+            let p = P { v: TAG, pad: [0; 3] };
+            let binds = [Binding::read_write(cm), Binding::uniform(&p)];
+            let wg = [u32::try_from(SLOT_PAGES.div_ceil(64)).expect("small"), 1, 1];
+            q.launch(writer, &LaunchDescriptor { bindings: &binds, workgroups: wg, ..Default::default() })
+                .expect("writer launch")
+                .wait()
+                .expect("writer");
+        };
+        let ((), ms, early) = ctx.while_another_thread(o.delay, launch_c, |svm| {
+            let p = svm.alloc(4096).expect("alloc");
+            svm.free(p.as_ptr()).expect("free");
+        });
+        assert_eq!(c[PAGE_WORDS], 1 ^ TAG, "the other thread's launch");
+        drop(c);
+        row.beside_launch.push(ms);
+        row.beside_launch_early += usize::from(early);
+
         let mut p = None;
         let d = ctx.while_kernel_runs(o.delay, |svm| {
             let t = Instant::now();
@@ -606,7 +640,10 @@ fn main() {
          that thread reads B (a fault on data the kernel does not use) first; on the staged path (and the sparse \
          mode's staged blocks) its copy back goes through the device's one queue, behind the kernel, and is waited \
          for with the runtime's update lock released (before: under it, so this thread's alloc waited for the \
-         kernel too). ratio: during / idle. kernel left at op start: from the timed operation's start to \
+         kernel too). alloc + free beside another thread's launch on new data: that thread launches a kernel \
+         over 2 MiB allocated just before, on a queue of its own (queued behind the long kernel; in the sparse \
+         mode its pages' bind waits for the kernel, and is sent with the update lock released: before, under it). \
+         ratio: during / idle. kernel left at op start: from the timed operation's start to \
          the long launch's return; an operation that waits for the kernel (the runtime's lock held across it) takes \
          about that long. pool: where device pages live (host-mapped: migration is a CPU copy; staged: copies \
          through the queue; sparse: bound memory blocks; arena in place: nothing migrates)."

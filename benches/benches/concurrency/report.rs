@@ -45,14 +45,14 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | alloc + free during, another thread's fault on other data copying back ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
+        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | alloc + free during, another thread's fault on other data copying back ms (ended before it) | alloc + free during, another thread's launch on new data behind the kernel ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, (path, backend)) in rows.iter().zip(names) {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} |||||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} ||||||||||||||||", path.name);
                 continue;
             }
         };
@@ -76,11 +76,13 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
         } else {
             format!("{} ({} of {})", ms(med(&r.beside_copy)), r.beside_copy_early, r.beside_copy.len())
         };
+        let beside_launch =
+            format!("{} ({} of {})", ms(med(&r.beside_launch)), r.beside_launch_early, r.beside_launch.len());
         let (ai, ad) = (med(&r.alloc.idle), med(&r.alloc.during));
         let (xi, xd) = (med(&r.free.idle), med(&r.free.during));
         let _ = writeln!(
             t,
-            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {behind} | {beside} | {kib} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {behind} | {beside} | {beside_launch} | {kib} | {} | {} | {} | {} | {} | {} |",
             r.path.name,
             r.backend,
             ms(med(&r.kernel_ms)),
@@ -197,7 +199,7 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | uffd | unavailable: {e} |||||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||||||||", path.name);
                 continue;
             }
         };
