@@ -283,7 +283,9 @@ pub(crate) struct Inner {
     /// Sparse mode: bind batches sealed under the update lock, sent before
     /// the copies and passes that use their pages (`Inner::send_binds`),
     /// with or without the lock.
-    bind_outbox: Option<Arc<crate::vk::BindOutbox>>,
+    /// (Dropped with the state, before the device: it holds the raw
+    /// device too; leaked with them in a forked child.)
+    bind_outbox: std::mem::ManuallyDrop<Option<Arc<crate::vk::BindOutbox>>>,
     /// Forgets the arena's allocation labels (before its mappings go).
     _labels: crate::label::ArenaLabels,
     arena: Arena,
@@ -411,7 +413,7 @@ impl Svm {
             _labels: crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() },
             arena,
             gpu: std::mem::ManuallyDrop::new(gpu),
-            bind_outbox,
+            bind_outbox: std::mem::ManuallyDrop::new(bind_outbox),
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),
             signals,
             completer,
@@ -609,6 +611,7 @@ impl Drop for Inner {
         #[allow(unsafe_code, reason = "ManuallyDrop of the device side, so that a forked child can leak it")]
         unsafe {
             std::mem::ManuallyDrop::drop(&mut self.state);
+            std::mem::ManuallyDrop::drop(&mut self.bind_outbox);
             std::mem::ManuallyDrop::drop(&mut self.gpu);
         }
     }

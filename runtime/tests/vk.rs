@@ -404,7 +404,7 @@ fn sparse_binds_are_ordered_against_submits() {
 
 /// Sealed batches wait in the outbox and go to the queue in sealing order,
 /// sent by any thread without the arena; once the arena is dropped the
-/// outbox refuses to send.
+/// outbox holds nothing to send.
 #[test]
 fn sealed_batches_are_sent_in_order_from_another_thread() {
     let Some((d, raw)) = sparse_device() else { return };
@@ -442,9 +442,12 @@ fn sealed_batches_are_sent_in_order_from_another_thread() {
     arena.seal();
     drop(buf);
     drop(arena);
+    // The batch sealed before the drop is gone with the arena: nothing is
+    // bound into the buffer being destroyed (the validation layer, on with
+    // SVM_VALIDATION=1, would report a bind to it).
+    assert!(!outbox.has_batches(), "an outbox whose arena is gone keeps no batch");
     // SAFETY: as above.
-    let after_drop = unsafe { outbox.send() };
-    assert!(after_drop.is_err(), "an outbox whose arena is gone sends nothing: {after_drop:?}");
+    unsafe { outbox.send() }.expect("nothing to send");
     finish(&d);
 }
 

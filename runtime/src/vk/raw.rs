@@ -29,6 +29,13 @@ struct Timeline {
     raw: vk::Semaphore,
     /// The last value some queued operation signals.
     value: u64,
+    /// The value the last sparse bind signals (0: none yet). Every wgpu
+    /// submission waits for it ([`RawDevice::wait_for_binds`]): sparse
+    /// binds are not ordered with command buffers by submission order, and
+    /// a wait in one submission does not order the later ones.
+    bind: u64,
+    /// A wait for `bind` is staged on the next wgpu submission.
+    bind_wait_staged: bool,
 }
 
 /// The ash side of a wgpu device: handles, memory properties, capabilities
@@ -131,7 +138,7 @@ impl RawDevice {
             memory_properties,
             host_memory,
             caps,
-            timeline: Mutex::new(Timeline { raw: semaphore, value: 0 }),
+            timeline: Mutex::new(Timeline { raw: semaphore, value: 0, bind: 0, bind_wait_staged: false }),
             poll_lock: Arc::new(Mutex::new(())),
             lost: core::sync::atomic::AtomicBool::new(false),
             wgpu_queue: queue.clone(),
@@ -217,6 +224,7 @@ impl RawDevice {
         // wgpu-core always reaches the hal submit, even with no command
         // buffer; it also carries pending `write_buffer` data and consumes any
         // wait staged by an earlier bind.
+        self.wait_for_binds(t);
         self.wgpu_queue.submit(core::iter::empty());
         t.value = next;
         Ok(next)
@@ -245,8 +253,28 @@ impl RawDevice {
     /// under this lock; wgpu's own queue lock does not cover them, and
     /// Vulkan requires a queue's calls to be externally synchronized.
     pub fn submit_exclusive<R>(&self, submit: impl FnOnce() -> R) -> R {
-        let _t = self.timeline.lock();
+        let mut t = self.timeline.lock();
+        self.wait_for_binds(&mut t);
         submit()
+    }
+
+    /// Stage, on the next wgpu submission (made right after, under the
+    /// same lock), a wait for the last sparse bind, unless one is staged.
+    /// A bind is ordered before later command buffers only by a semaphore
+    /// wait in each (Vulkan orders sparse binds with nothing by submission
+    /// order, and an earlier submission's wait does not carry over to the
+    /// later ones); a wait for a value reached long ago costs nothing.
+    fn wait_for_binds(&self, t: &mut Timeline) {
+        if t.bind > 0 && !t.bind_wait_staged {
+            // SAFETY: staging a wait only records it for the next submit,
+            // which the caller makes under the timeline lock; the semaphore
+            // outlives it (see Drop).
+            if let Some(hal) = unsafe { self.wgpu_queue.as_hal::<Vulkan>() } {
+                hal.add_wait_semaphore(t.raw, Some(t.bind), vk::PipelineStageFlags::ALL_COMMANDS);
+            }
+        }
+        // (Consumed by the submission the caller makes next.)
+        t.bind_wait_staged = false;
     }
 
     /// Run `submit` (one `wgpu::Queue::submit`) with a signal of the
@@ -262,6 +290,7 @@ impl RawDevice {
             let hal = unsafe { self.wgpu_queue.as_hal::<Vulkan>() }.ok_or(VkError::NotVulkan("queue"))?;
             hal.add_signal_semaphore(t.raw, Some(next));
         }
+        self.wait_for_binds(&mut t);
         let r = submit();
         t.value = next;
         Ok((r, TimelinePoint(next)))
@@ -360,6 +389,8 @@ impl RawDevice {
         // the semaphore outlives that submit (see Drop).
         let hal = unsafe { self.wgpu_queue.as_hal::<Vulkan>() }.ok_or(VkError::NotVulkan("queue"))?;
         hal.add_wait_semaphore(t.raw, Some(after), vk::PipelineStageFlags::ALL_COMMANDS);
+        t.bind = after;
+        t.bind_wait_staged = true;
         Ok(TimelinePoint(after))
     }
 }

@@ -242,9 +242,9 @@ impl Inner {
     /// lock (before anything reads or frees their frames, or the lock is
     /// released without the launch's flight recorded).
     pub(in crate::runtime) fn flush_copies(&self, st: &mut State) -> Result<(), DeviceError> {
-        // (Queued binds first, copies or not: their pages may be read.)
-        self.send_binds()?;
-        let Some(queued) = st.copies.as_mut().filter(|q| !q.is_empty()) else { return Ok(()) };
+        // (Queued binds first, copies or not: their pages may be read.
+        // `run_copies` sends them, and gives every copy back on a failure.)
+        let Some(queued) = st.copies.as_mut().filter(|q| !q.is_empty()) else { return self.send_binds() };
         let jobs = std::mem::take(queued);
         self.run_copies(jobs, false).map_err(|(e, rest)| {
             self.undo_copies(st, &rest);

@@ -4,7 +4,8 @@
 //! runtime's update lock); [`SparseArena::seal`](super::SparseArena::seal)
 //! turns the operations queued since the last batch into one batch and puts
 //! it here, in that order. [`BindOutbox::send`] sends every batch waiting,
-//! oldest first, one `vkQueueBindSparse` each, under the outbox's own mutex —
+//! oldest first, one `vkQueueBindSparse` each, under the outbox's sender
+//! mutex —
 //! so batches reach the queue in the order they were sealed, whichever
 //! thread sends them and whether or not it holds the arena's lock. That is
 //! what lets a launch send its binds with the update lock released:
@@ -15,8 +16,8 @@
 //! Why the order is all that matters: a block released by one batch (an
 //! unbind) may be bound at another page by a later one; sent in sealing
 //! order, the device never sees the later bind undone by the earlier unbind.
-//! A sender that finds the outbox empty knows its batch was sent: the thread
-//! that took it held the mutex until its call returned.
+//! Sealing takes only the short lock of the batch queue, never the sender's:
+//! it does not wait for a send in progress.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,52 +33,67 @@ use crate::vk::VkError;
 pub struct BindOutbox {
     raw: Arc<RawDevice>,
     vk_buffer: vk::Buffer,
-    state: Mutex<Outbox>,
+    /// The batches waiting. Held only briefly: sealing (under the runtime's
+    /// update lock) never waits for a send.
+    queue: Mutex<Queue>,
+    /// Held while batches are popped and sent, so that they reach the
+    /// queue in order; `true` once the arena is dropped (its buffer and
+    /// memory are going away: nothing may be sent any more).
+    sender: Mutex<bool>,
 }
 
-struct Outbox {
+struct Queue {
+    /// Oldest first.
     batches: VecDeque<Vec<vk::SparseMemoryBind>>,
+    /// Batches popped by a sender and not yet queued on the device.
+    popped: usize,
     /// The timeline value of the last batch sent.
     last_bind: Option<TimelinePoint>,
-    /// Set when the arena is dropped: its buffer and memory are going away,
-    /// nothing may be sent any more.
-    closed: bool,
 }
 
 impl core::fmt::Debug for BindOutbox {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let o = self.state.lock();
-        f.debug_struct("BindOutbox").field("batches", &o.batches.len()).field("closed", &o.closed).finish()
+        f.debug_struct("BindOutbox").field("batches", &self.queue.lock().batches.len()).finish_non_exhaustive()
     }
 }
 
 impl BindOutbox {
     pub(super) fn new(raw: Arc<RawDevice>, vk_buffer: vk::Buffer) -> Self {
-        Self { raw, vk_buffer, state: Mutex::new(Outbox { batches: VecDeque::new(), last_bind: None, closed: false }) }
+        Self {
+            raw,
+            vk_buffer,
+            queue: Mutex::new(Queue { batches: VecDeque::new(), popped: 0, last_bind: None }),
+            sender: Mutex::new(false),
+        }
     }
 
     /// Queue a batch behind the ones waiting (its binds were validated when
     /// the arena queued them).
     pub(super) fn push(&self, binds: Vec<vk::SparseMemoryBind>) {
         if !binds.is_empty() {
-            self.state.lock().batches.push_back(binds);
+            self.queue.lock().batches.push_back(binds);
         }
     }
 
-    /// Whether a batch waits to be sent.
+    /// Whether a batch is not on the device's queue yet (waiting here, or
+    /// being sent by another thread).
     pub fn has_batches(&self) -> bool {
-        !self.state.lock().batches.is_empty()
+        let q = self.queue.lock();
+        !q.batches.is_empty() || q.popped > 0
     }
 
     /// Send every batch waiting, oldest first (one `vkQueueBindSparse`
     /// each, after all work submitted before it and before all work
     /// submitted after it: the timeline protocol of
-    /// [`RawDevice::bind_sparse`]). Returns the timeline value of the last
-    /// batch sent by anyone (the last point queued when none was). May
-    /// block until the work before the batch is done (lavapipe).
+    /// [`RawDevice::bind_sparse`]), and wait for any being sent by another
+    /// thread. Returns the timeline value of the last batch this outbox
+    /// sent (the last point queued when none was). May block until the work
+    /// before the batch is done (lavapipe). With nothing to send, returns
+    /// at once.
     ///
-    /// On a device error the failed batch stays first (the device is lost;
-    /// nothing is sent again).
+    /// A batch the device refuses is dropped with the error (the arena's
+    /// bookkeeping keeps it: only a lost or out-of-memory device refuses
+    /// one, and nothing reads the arena correctly again).
     ///
     /// # Safety
     ///
@@ -87,29 +103,44 @@ impl BindOutbox {
     /// `RawDevice::submit_signalled`); an application submitting on a
     /// shared device must too.
     pub unsafe fn send(&self) -> Result<TimelinePoint, SparseError> {
-        let mut o = self.state.lock();
-        if o.closed {
+        let last = |q: &Queue| q.last_bind.unwrap_or_else(|| self.raw.last_point());
+        {
+            let q = self.queue.lock();
+            if q.batches.is_empty() && q.popped == 0 {
+                return Ok(last(&q));
+            }
+        }
+        let closed = self.sender.lock();
+        if *closed {
             return Err(VkError::Unsupported("the sparse arena was dropped: no more binds").into());
         }
-        while let Some(binds) = o.batches.front() {
+        loop {
+            // (Popped under the sender's lock: batches go in order.)
+            let binds = {
+                let mut q = self.queue.lock();
+                let Some(b) = q.batches.pop_front() else { return Ok(last(&q)) };
+                q.popped += 1;
+                b
+            };
             // SAFETY: the caller's contract for the queue; the binds were
             // checked when queued (pages inside the buffer, blocks in live
             // chunks of an allowed type, page-multiple offsets, one operation
             // a page) and the buffer and chunks live until the arena's Drop,
             // which closes the outbox first.
-            let point = unsafe { self.raw.bind_sparse(self.vk_buffer, binds) }?;
-            o.batches.pop_front();
-            o.last_bind = Some(point);
+            let sent = unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) };
+            let mut q = self.queue.lock();
+            q.popped -= 1;
+            q.last_bind = Some(sent?);
         }
-        Ok(o.last_bind.unwrap_or_else(|| self.raw.last_point()))
     }
 
     /// The arena is being dropped: refuse every later send, drop the batches
     /// not sent, and return the last bind's timeline value (to wait for).
     pub(super) fn close(&self) -> Option<TimelinePoint> {
-        let mut o = self.state.lock();
-        o.closed = true;
-        o.batches.clear();
-        o.last_bind
+        let mut closed = self.sender.lock();
+        *closed = true;
+        let mut q = self.queue.lock();
+        q.batches.clear();
+        q.last_bind
     }
 }
