@@ -47,7 +47,8 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
         t,
         "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | alloc + free during, another thread's fault on other data copying back ms (ended before it) | alloc + free during, another thread's launch on new data behind the kernel ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
     );
-    let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ =
+        writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, (path, backend)) in rows.iter().zip(names) {
         let r = match r {
             Ok(r) => r,
