@@ -1144,3 +1144,64 @@ fn a_launch_binding_behind_a_kernel_does_not_stop_the_world() {
         );
     }
 }
+
+/// Staged path: a CPU thread reading device-owned data sequentially while
+/// a kernel runs. Each fault's copy back waits behind the kernel with the
+/// update lock released; a sequential fault also reads the stream's next
+/// span ahead, and that submission must not be made under the lock while
+/// the kernel runs (lavapipe's queue takes it only once the kernel is
+/// done): `alloc` / `free` meanwhile do not wait for the kernel. (Fails
+/// with the read-ahead submitted under the lock.)
+#[test]
+fn a_sequential_fault_stream_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend).host_mapped_pool(false)) else { return };
+        if svm.mapping_mode() == svm::MappingMode::Coherent || svm.pool_is_host_mapped() {
+            eprintln!("NOT APPLICABLE: no copy back through the queue in this mode");
+            return;
+        }
+        let spin = kernel(&svm, "spin", SPIN);
+        let step = kernel(&svm, "step", STEP);
+        let mut a = svm.alloc_vec::<u32>(64).expect("a");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(1200));
+        const PAGES: usize = 1024;
+        let mut b = svm.alloc_from_slice(&(0..(PAGES * 1024) as u32).collect::<Vec<_>>()).expect("b");
+        make_device_owned(&svm, &step, &mut b);
+        // The stream's first fault, idle (not sequential: nothing read ahead).
+        assert_eq!(b[0], 1);
+        let q = svm.create_queue();
+        let u = p(iters);
+        let t = Instant::now();
+        let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+        let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+        if crate::kernel_ran_inside_submit(&svm, t.elapsed() > Duration::from_millis(600), "a fault stream") {
+            return;
+        }
+        let b = &b;
+        let (took, kernel_left, reading, wrong) = std::thread::scope(|s| {
+            // Page by page: the first page not back yet is where the last
+            // fault's span ended, so the next fault continues the stream.
+            let reader = s.spawn(move || (1..PAGES).map(|p| p * 1024).find(|&i| b[i] != (i as u32) * 2 + 1));
+            std::thread::sleep(Duration::from_millis(150));
+            let kernel_left = !long.is_complete();
+            let t = Instant::now();
+            for _ in 0..5 {
+                let raw = svm.alloc(4096).expect("alloc");
+                svm.free(raw.as_ptr()).expect("free");
+            }
+            let took = t.elapsed();
+            let reading = !reader.is_finished();
+            (took, kernel_left, reading, reader.join().expect("reader"))
+        });
+        long.wait().expect("spin");
+        assert_eq!(wrong, None, "the stream read a wrong word ({backend:?})");
+        assert!(
+            kernel_left && reading,
+            "the kernel or the stream ended before the allocs ({backend:?}): test too short"
+        );
+        assert!(
+            took < Duration::from_millis(300),
+            "alloc/free took {took:?} beside a fault stream behind the kernel: they waited for it ({backend:?})"
+        );
+    }
+}

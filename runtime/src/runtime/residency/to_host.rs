@@ -324,7 +324,17 @@ impl Inner {
             }
         }
         st.last_fault_end = Some(b);
-        let next = if self.prefetch && sequential && self.reads_ahead() { Self::next_stream_span(st, b) } else { None };
+        // No read-ahead while a pass may run: it is submitted under the
+        // lock, and a device with one queue (lavapipe's) takes it only once
+        // the kernel is done — every other thread would wait for the kernel
+        // (this fault's own copy waits with the lock released, below). The
+        // next fault then copies its span itself.
+        let gpu_busy = st.flights.iter().any(|f| !f.claim && !f.shared.gpu_done());
+        let next = if self.prefetch && sequential && self.reads_ahead() && !gpu_busy {
+            Self::next_stream_span(st, b)
+        } else {
+            None
+        };
         if !self.copies_back_on_the_queue(st) {
             return self.migrate_back_span_ahead(st, a, b, next);
         }
