@@ -618,6 +618,27 @@ impl Inner {
         }
     }
 
+    /// A pass that may be running, when this launch will have to evict
+    /// through the device's queue (the staged path): eviction copies back
+    /// under the update lock, and a device with one queue (lavapipe's)
+    /// takes those copies only once the kernel is done — every other thread
+    /// would wait for it. The launch waits for the pass first, the lock
+    /// released (its own copies would queue behind it anyway).
+    fn evicting_behind_a_pass(
+        &self,
+        st: &State,
+        decl: &[(u32, u32, bool)],
+        no_evict: bool,
+    ) -> Option<Arc<FlightShared>> {
+        if no_evict || self.gpu.mode == MappingMode::Coherent || !self.copies_back_on_the_queue(st) {
+            return None;
+        }
+        let running = st.flights.iter().find(|f| !f.claim && !f.shared.gpu_done())?;
+        let migrates = |p: u32| st.frames_of.get(p as usize) == HOST && st.advice[p as usize] & advice::COHERENT == 0;
+        let needed: usize = decl.iter().map(|&(a, b, _)| (a..b).filter(|&p| migrates(p)).count()).sum();
+        (needed > st.frames.free_count() as usize).then(|| running.shared.clone())
+    }
+
     /// The launch's pages (merged); each declared or bound range on its own
     /// (what may be served in place: whole ranges only); and the bound ones
     /// (a binding is one buffer: a range in place must not straddle one).
@@ -663,7 +684,10 @@ impl Inner {
             };
             let fixed = |p: u32| !movable.iter().any(|&(a, b)| (a..b).contains(&p));
             match self.launch_conflict(guard, &decl, replayable, zaps, &fixed) {
-                None => break (decl, discard),
+                None => match self.evicting_behind_a_pass(guard, &decl, no_evict) {
+                    None => break (decl, discard),
+                    Some(f) => self.wait_settled(guard, &f),
+                },
                 Some(f) => self.wait_settled(guard, &f),
             }
         };

@@ -455,7 +455,7 @@ impl Inner {
     /// Whether copies back go through the device's queue (the staged path:
     /// not the host-mapped pool, not host-mapped sparse blocks, not the
     /// coherent mode).
-    fn copies_back_on_the_queue(&self, st: &State) -> bool {
+    pub(in crate::runtime) fn copies_back_on_the_queue(&self, st: &State) -> bool {
         self.reads_ahead() && !self.gpu.mapped_pool && !st.frames.sparse().is_some_and(|a| a.host_mapped())
     }
 
