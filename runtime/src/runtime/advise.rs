@@ -227,7 +227,19 @@ impl Inner {
         to: Location,
     ) -> Result<u64, LaunchError> {
         if let Some((a, b)) = self.page_range(guard, addr, len) {
-            self.wait_pages(guard, a, b);
+            loop {
+                self.wait_pages(guard, a, b);
+                // (Copies back under the lock — to the host, or evicting to
+                // make room — not behind a running kernel.)
+                let behind = match to {
+                    Location::Host => self.copy_back_behind_a_pass(guard, a, b),
+                    Location::Device => self.evicting_behind_a_pass(guard, &[(a, b, true)], false),
+                };
+                match behind {
+                    Some(f) => self.wait_settled(guard, &f),
+                    None => break,
+                }
+            }
         }
         let st = &mut **guard;
         self.gpu.check_lost()?;

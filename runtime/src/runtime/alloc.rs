@@ -133,6 +133,15 @@ impl Svm {
         }
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
         if st.slabs.is_slab(page_of(start)) {
+            // A device-owned slab page comes back (its other blocks live),
+            // under the lock: not behind a running kernel. (Waiting releases
+            // the lock: decided again after.)
+            let p = page_of(off);
+            if let Some(f) = self.inner.copy_back_behind_a_pass(&st, p, p + 1) {
+                self.inner.wait_settled(&mut st, &f);
+                drop(st);
+                return self.free_impl(ptr, owner);
+            }
             return self.inner.free_small(&mut st, off, owner, addr);
         }
         if start != off {

@@ -348,6 +348,20 @@ impl Inner {
         });
     }
 
+    /// A pass that may be running, when device-owned pages of `[a, b)`
+    /// would be copied back through the device's queue (the staged path)
+    /// under the update lock: a device with one queue (lavapipe's) takes
+    /// the copy only once the kernel is done, and every other thread would
+    /// wait for it. Callers wait for the pass first, the lock released
+    /// (`wait_settled`), then decide again.
+    pub(super) fn copy_back_behind_a_pass(&self, st: &State, a: u32, b: u32) -> Option<Arc<FlightShared>> {
+        if !self.copies_back_on_the_queue(st) {
+            return None;
+        }
+        let running = st.flights.iter().find(|f| !f.claim && !f.shared.gpu_done())?;
+        (a..b).any(|p| st.owned(p)).then(|| running.shared.clone())
+    }
+
     /// Whether a flight uses page `p`.
     pub(super) fn busy(st: &State, p: u32) -> bool {
         st.flights.iter().any(|f| f.busy.iter().any(|&(x, y, _)| (x..y).contains(&p)))

@@ -624,7 +624,7 @@ impl Inner {
     /// takes those copies only once the kernel is done — every other thread
     /// would wait for it. The launch waits for the pass first, the lock
     /// released (its own copies would queue behind it anyway).
-    fn evicting_behind_a_pass(
+    pub(super) fn evicting_behind_a_pass(
         &self,
         st: &State,
         decl: &[(u32, u32, bool)],

@@ -1206,11 +1206,12 @@ fn a_sequential_fault_stream_behind_a_kernel_does_not_stop_the_world() {
     }
 }
 
-/// Staged path, pool full: a launch queued behind a running kernel must
-/// evict device-owned pages, copying them back through the device's queue.
-/// The launch waits for the kernel with the update lock released before it
-/// evicts, so `alloc` / `free` meanwhile do not wait for the kernel. (Fails
-/// with the eviction's copies submitted under the lock behind the kernel.)
+/// Staged path, pool full: a launch (or a `prefetch(Device)`) made while a
+/// kernel runs must evict device-owned pages, copying them back through the
+/// device's queue. It waits for the kernel with the update lock released
+/// before it evicts, so `alloc` / `free` meanwhile do not wait for the
+/// kernel. (Each fails with the eviction's copies submitted under the lock
+/// behind the kernel.)
 #[test]
 fn a_launch_evicting_behind_a_kernel_does_not_stop_the_world() {
     for backend in BACKENDS {
@@ -1223,53 +1224,137 @@ fn a_launch_evicting_behind_a_kernel_does_not_stop_the_world() {
         let step = kernel(&svm, "step", STEP);
         let mut a = svm.alloc_vec::<u32>(64).expect("a");
         let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(1200));
-        // 6 MiB device-owned, then a launch over 4 MiB more: 2 MiB or more
-        // must be evicted (copied back) first.
-        let words = |mib: usize| mib << 18;
-        let mut b = svm.alloc_from_slice(&(0..words(6) as u32).collect::<Vec<_>>()).expect("b");
-        let mut c = svm.alloc_from_slice(&(0..words(4) as u32).collect::<Vec<_>>()).expect("c");
-        make_device_owned(&svm, &step, &mut b);
-        let q = svm.create_queue();
-        let u = p(iters);
-        let t = Instant::now();
-        let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
-        let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
-        if crate::kernel_ran_inside_submit(
-            &svm,
-            t.elapsed() > Duration::from_millis(600),
-            "an eviction behind a kernel",
-        ) {
+        for op in ["launch", "prefetch(Device)"] {
+            // 6 MiB device-owned, then 4 MiB more to the device: 2 MiB or
+            // more must be evicted (copied back) first.
+            let words = |mib: usize| mib << 18;
+            let mut b = svm.alloc_from_slice(&(0..words(6) as u32).collect::<Vec<_>>()).expect("b");
+            let mut c = svm.alloc_from_slice(&(0..words(4) as u32).collect::<Vec<_>>()).expect("c");
+            make_device_owned(&svm, &step, &mut b);
+            let q = svm.create_queue();
+            let u = p(iters);
+            let t = Instant::now();
+            let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+            let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+            let ran = t.elapsed() > Duration::from_millis(600);
+            if crate::kernel_ran_inside_submit(&svm, ran, "an eviction behind a kernel") {
+                return;
+            }
+            let evicted0 = svm.stats().evicted_pages;
+            let cm = &mut c;
+            let (took, kernel_left, busy) = std::thread::scope(|s| {
+                let (svm, step) = (&svm, &step);
+                let other = s.spawn(move || match op {
+                    "launch" => make_device_owned(svm, step, cm),
+                    _ => {
+                        cm.prefetch(svm::Location::Device).wait().expect("prefetch");
+                        make_device_owned(svm, step, cm);
+                    }
+                });
+                std::thread::sleep(Duration::from_millis(150));
+                let kernel_left = !long.is_complete();
+                let t = Instant::now();
+                for _ in 0..5 {
+                    let raw = svm.alloc(4096).expect("alloc");
+                    svm.free(raw.as_ptr()).expect("free");
+                }
+                let took = t.elapsed();
+                let busy = !other.is_finished();
+                other.join().expect("other thread");
+                (took, kernel_left, busy)
+            });
+            long.wait().expect("spin");
+            assert!(svm.stats().evicted_pages > evicted0, "{op}: evicted ({backend:?})");
+            let wrong_b = b.iter().enumerate().find(|&(i, &v)| v != (i as u32) * 2 + 1);
+            let wrong_c = c.iter().enumerate().find(|&(i, &v)| v != (i as u32) * 2 + 1);
+            assert_eq!((wrong_b, wrong_c), (None, None), "{op}: evicted and moved data ({backend:?})");
+            assert!(
+                kernel_left && busy,
+                "{op}: the kernel or the operation ended before the allocs ({backend:?}): too short"
+            );
+            assert!(
+                took < Duration::from_millis(300),
+                "{op}: alloc/free took {took:?} beside it evicting behind the kernel: they waited for it ({backend:?})"
+            );
+        }
+    }
+}
+
+/// Staged path: operations that copy device-owned pages back under the
+/// update lock — `prefetch(Host)`, and freeing a small block whose page the
+/// device owns (its neighbour lives on) — made on another thread while a
+/// kernel runs on other data. They wait for the kernel with the lock
+/// released, so `alloc` / `free` meanwhile do not. (Each fails with its
+/// copy submitted under the lock, behind the kernel.)
+#[test]
+fn copies_back_under_the_lock_wait_for_a_kernel_unlocked() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(small(backend).host_mapped_pool(false)) else { return };
+        if svm.mapping_mode() == svm::MappingMode::Coherent || svm.pool_is_host_mapped() {
+            eprintln!("NOT APPLICABLE: no copy back through the queue in this mode");
             return;
         }
-        let evicted0 = svm.stats().evicted_pages;
-        let cm = &mut c;
-        let (took, kernel_left, launching) = std::thread::scope(|s| {
-            let (svm, step) = (&svm, &step);
-            let launcher = s.spawn(move || make_device_owned(svm, step, cm));
-            std::thread::sleep(Duration::from_millis(150));
-            let kernel_left = !long.is_complete();
+        let spin = kernel(&svm, "spin", SPIN);
+        let step = kernel(&svm, "step", STEP);
+        let poke =
+            kernel(&svm, "poke", "@compute @workgroup_size(1) fn main() { svm_store_u32(svm_arg_ptr(0u), 0xdeadu); }");
+        let mut a = svm.alloc_vec::<u32>(64).expect("a");
+        let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(1200));
+        for op in ["prefetch(Host)", "free of a small block"] {
+            let mut b = svm.alloc_from_slice(&(0..256 * 1024u32).collect::<Vec<_>>()).expect("b");
+            make_device_owned(&svm, &step, &mut b);
+            let keep = svm.alloc_box([7u32; 4]).expect("keep");
+            let mut gone = svm.alloc_box([9u32; 4]).expect("gone");
+            let args = [Arg::ptr(gone.ptr().addr() as *const u32)];
+            svm.launch(
+                &poke,
+                &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut gone)], ..Default::default() },
+            )
+            .expect("poke: the small blocks' page goes to the device");
+            let q = svm.create_queue();
+            let u = p(iters);
             let t = Instant::now();
-            for _ in 0..5 {
-                let raw = svm.alloc(4096).expect("alloc");
-                svm.free(raw.as_ptr()).expect("free");
+            let binds = [Binding::read_write(&mut a), Binding::uniform(&u)];
+            let long = q.launch(&spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+            if crate::kernel_ran_inside_submit(
+                &svm,
+                t.elapsed() > Duration::from_millis(600),
+                "a copy back behind a kernel",
+            ) {
+                return;
             }
-            let took = t.elapsed();
-            let launching = !launcher.is_finished();
-            launcher.join().expect("launcher");
-            (took, kernel_left, launching)
-        });
-        long.wait().expect("spin");
-        assert!(svm.stats().evicted_pages > evicted0, "the launch evicted ({backend:?})");
-        let wrong_b = b.iter().enumerate().find(|&(i, &v)| v != (i as u32) * 2 + 1);
-        let wrong_c = c.iter().enumerate().find(|&(i, &v)| v != (i as u32) * 2 + 1);
-        assert_eq!((wrong_b, wrong_c), (None, None), "evicted and launched data ({backend:?})");
-        assert!(
-            kernel_left && launching,
-            "the kernel or the launch ended before the allocs ({backend:?}): test too short"
-        );
-        assert!(
-            took < Duration::from_millis(300),
-            "alloc/free took {took:?} beside a launch evicting behind the kernel: they waited for it ({backend:?})"
-        );
+            let b = &b;
+            let (took, kernel_left, busy) = std::thread::scope(|s| {
+                let other = s.spawn(move || match op {
+                    "prefetch(Host)" => {
+                        b.prefetch(svm::Location::Host).wait().expect("prefetch");
+                    }
+                    _ => drop(gone),
+                });
+                std::thread::sleep(Duration::from_millis(150));
+                let kernel_left = !long.is_complete();
+                let t = Instant::now();
+                for _ in 0..5 {
+                    let raw = svm.alloc(4096).expect("alloc");
+                    svm.free(raw.as_ptr()).expect("free");
+                }
+                let took = t.elapsed();
+                let busy = !other.is_finished();
+                other.join().expect("other thread");
+                (took, kernel_left, busy)
+            });
+            long.wait().expect("spin");
+            let wrong = b.iter().enumerate().find(|&(i, &v)| v != (i as u32) * 2 + 1);
+            assert_eq!(wrong, None, "{op}: B ({backend:?})");
+            assert_eq!(*keep, [7; 4], "{op}: the small block's neighbour ({backend:?})");
+            assert!(
+                kernel_left && busy,
+                "{op}: the kernel or the operation ended before the allocs ({backend:?}): too short"
+            );
+            assert!(
+                took < Duration::from_millis(300),
+                "{op}: alloc/free took {took:?} beside it behind the kernel: they waited for it ({backend:?})"
+            );
+        }
     }
 }
