@@ -1131,6 +1131,7 @@ fn a_launch_binding_behind_a_kernel_does_not_stop_the_world() {
                 svm.free(raw.as_ptr()).expect("free");
             }
             let took = t.elapsed();
+            eprintln!("alloc/free beside a launch binding behind the kernel: {took:?} ({backend:?})");
             launcher.join().expect("launcher");
             (took, kernel_left)
         });
@@ -1190,6 +1191,7 @@ fn a_sequential_fault_stream_behind_a_kernel_does_not_stop_the_world() {
                 svm.free(raw.as_ptr()).expect("free");
             }
             let took = t.elapsed();
+            eprintln!("alloc/free beside a fault stream behind the kernel: {took:?} ({backend:?})");
             let reading = !reader.is_finished();
             (took, kernel_left, reading, reader.join().expect("reader"))
         });
@@ -1259,6 +1261,7 @@ fn a_launch_evicting_behind_a_kernel_does_not_stop_the_world() {
                     svm.free(raw.as_ptr()).expect("free");
                 }
                 let took = t.elapsed();
+                eprintln!("alloc/free beside a {op} evicting behind the kernel: {took:?} ({backend:?})");
                 let busy = !other.is_finished();
                 other.join().expect("other thread");
                 (took, kernel_left, busy)
@@ -1339,6 +1342,7 @@ fn copies_back_under_the_lock_wait_for_a_kernel_unlocked() {
                     svm.free(raw.as_ptr()).expect("free");
                 }
                 let took = t.elapsed();
+                eprintln!("alloc/free beside a {op} behind the kernel: {took:?} ({backend:?})");
                 let busy = !other.is_finished();
                 other.join().expect("other thread");
                 (took, kernel_left, busy)
