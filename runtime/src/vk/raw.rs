@@ -263,9 +263,17 @@ impl RawDevice {
     /// A bind is ordered before later command buffers only by a semaphore
     /// wait in each (Vulkan orders sparse binds with nothing by submission
     /// order, and an earlier submission's wait does not carry over to the
-    /// later ones); a wait for a value reached long ago costs nothing.
+    /// later ones). Once the timeline shows the bind done, no more waits.
     fn wait_for_binds(&self, t: &mut Timeline) {
         if t.bind > 0 && !t.bind_wait_staged {
+            // SAFETY: `raw` is a live timeline semaphore of this device.
+            let reached = unsafe { self.device.get_semaphore_counter_value(t.raw) }.is_ok_and(|v| v >= t.bind);
+            if reached {
+                // The bind is done: everything submitted from now on runs
+                // after it anyway.
+                t.bind = 0;
+                return;
+            }
             // SAFETY: staging a wait only records it for the next submit,
             // which the caller makes under the timeline lock; the semaphore
             // outlives it (see Drop).
