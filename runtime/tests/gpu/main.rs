@@ -24,6 +24,7 @@ mod small;
 mod soundness;
 mod sparse_speed;
 mod staged;
+mod unlocked;
 
 #[path = "../support/mod.rs"]
 mod support;

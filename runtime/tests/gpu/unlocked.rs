@@ -1,0 +1,240 @@
+//! A runtime that does not stop the world: while a long kernel runs, another
+//! thread does something that must wait for the device — a CPU fault whose
+//! copy back queues behind the kernel, a launch binding or evicting, a
+//! prefetch, a free that copies a page back — and this thread's `alloc` /
+//! `free` must not wait with it. On a device with one queue (lavapipe's) a
+//! submission runs only once the kernel before it is done: any such step
+//! made under the runtime's update lock held every other thread for the
+//! kernel's remaining time (about a second here). Each test failed so before
+//! its fix; `--no-capture` prints the alloc / free times.
+
+use std::time::{Duration, Instant};
+
+use svm::{Access, Arg, Binding, Kernel, LaunchDescriptor, ManagedVec, Svm};
+
+use crate::queue::{calibrate, make_device_owned, p, SPIN, STEP};
+use crate::{ctx, kernel, small, TestSvm, BACKENDS};
+
+/// What [`beside_a_kernel`] saw.
+struct Beside {
+    /// Five `alloc(4096)` + `free` pairs on this thread.
+    took: Duration,
+    /// The kernel was still running when they began.
+    kernel_left: bool,
+    /// The other thread's operation was still going when they ended.
+    other_busy: bool,
+}
+
+impl Beside {
+    /// The allocs ran while the kernel and the other operation were both
+    /// going, and did not wait for them.
+    fn assert_unstopped(&self, what: &str) {
+        eprintln!("alloc/free beside {what}: {:?}", self.took);
+        assert!(self.kernel_left && self.other_busy, "{what}: the kernel or the operation ended first: test too short");
+        assert!(
+            self.took < Duration::from_millis(300),
+            "{what}: alloc/free took {:?}: they waited for the kernel",
+            self.took
+        );
+    }
+}
+
+/// The runtime, SPIN, STEP, a vector for SPIN and its iterations for about
+/// 1.2 s; `None` where the path does not apply (printed).
+fn setup(desc: svm::SvmDescriptor, staged_only: bool) -> Option<(TestSvm, Kernel, Kernel, ManagedVec<u32>, u32)> {
+    let svm = ctx(desc)?;
+    if staged_only && (svm.mapping_mode() == svm::MappingMode::Coherent || svm.pool_is_host_mapped()) {
+        eprintln!("NOT APPLICABLE: no copy back through the queue in this mode");
+        return None;
+    }
+    let spin = kernel(&svm, "spin", SPIN);
+    let step = kernel(&svm, "step", STEP);
+    let mut a = svm.alloc_vec::<u32>(64).expect("a");
+    let iters = calibrate(&svm, &spin, &mut a, Duration::from_millis(1200));
+    Some((svm, spin, step, a, iters))
+}
+
+/// Queue SPIN (`iters`) over `a` on a queue of its own; while it runs,
+/// start `other` on a second thread and, 150 ms later, time five alloc +
+/// free pairs on this one; then wait for both. `None` when the kernel ran
+/// inside `launch` (this driver cannot show the overlap; see
+/// `kernel_ran_inside_submit`).
+fn beside_a_kernel(
+    svm: &Svm,
+    spin: &Kernel,
+    a: &mut ManagedVec<u32>,
+    iters: u32,
+    other: impl FnOnce() + Send,
+) -> Option<Beside> {
+    let q = svm.create_queue();
+    let u = p(iters);
+    let t = Instant::now();
+    let binds = [Binding::read_write(a), Binding::uniform(&u)];
+    let long = q.launch(spin, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("spin");
+    if crate::kernel_ran_inside_submit(svm, t.elapsed() > Duration::from_millis(600), "an operation behind a kernel") {
+        return None;
+    }
+    let seen = std::thread::scope(|s| {
+        let other = s.spawn(other);
+        std::thread::sleep(Duration::from_millis(150));
+        let kernel_left = !long.is_complete();
+        let t = Instant::now();
+        for _ in 0..5 {
+            let raw = svm.alloc(4096).expect("alloc");
+            svm.free(raw.as_ptr()).expect("free");
+        }
+        let took = t.elapsed();
+        let other_busy = !other.is_finished();
+        other.join().expect("the other thread");
+        Beside { took, kernel_left, other_busy }
+    });
+    long.wait().expect("spin");
+    Some(seen)
+}
+
+/// The first word of `v` that is not `i * 2 + 1` (STEP once over `0..`).
+fn wrong_step(v: &[u32]) -> Option<(usize, u32)> {
+    v.iter().enumerate().find(|&(i, &x)| x != (i as u32) * 2 + 1).map(|(i, &x)| (i, x))
+}
+
+/// On the staged path (a discrete GPU's pool, which the CPU cannot map) a
+/// CPU fault's copy back goes through the device's queue, behind the
+/// kernel. It is waited for with the update lock released, its pages
+/// claimed. (Before: 398 ms, the kernel's remaining time.)
+#[test]
+fn a_fault_copying_back_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some((svm, spin, step, mut a, iters)) = setup(small(backend).host_mapped_pool(false), true) else { return };
+        let mut b = svm.alloc_from_slice(&(0..16 * 1024u32).collect::<Vec<_>>()).expect("b");
+        make_device_owned(&svm, &step, &mut b);
+        let b = &b;
+        let mut read = 0;
+        let r = &mut read;
+        let Some(seen) = beside_a_kernel(&svm, &spin, &mut a, iters, move || *r = b[5]) else { return };
+        assert_eq!(read, 5 * 2 + 1, "the faulting read ({backend:?})");
+        seen.assert_unstopped(&format!("a fault copying back ({backend:?})"));
+    }
+}
+
+/// Sparse mode: a launch behind the kernel binds blocks for its new pages
+/// (`vkQueueBindSparse`, ordered after the kernel on the timeline:
+/// lavapipe's call returns only once the kernel is done), with a queued
+/// unbind in its batch. The batch is sent with the update lock released.
+/// (Before: 1.04 s.)
+#[test]
+fn a_launch_binding_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some((svm, spin, step, mut a, iters)) = setup(small(backend), false) else { return };
+        if svm.mapping_mode() != svm::MappingMode::Sparse {
+            eprintln!("NOT APPLICABLE: only the sparse mode binds blocks for a launch");
+            return;
+        }
+        let mut c = svm.alloc_from_slice(&(0..16 * 1024u32).collect::<Vec<_>>()).expect("c");
+        let mut gone = svm.alloc_vec::<u32>(1024).expect("gone");
+        make_device_owned(&svm, &step, &mut gone);
+        drop(gone);
+        let (svm_ref, step_ref, cm) = (&svm, &step, &mut c);
+        let launch = move || {
+            let q = svm_ref.create_queue();
+            let u = p(1);
+            let binds = [Binding::read_write(cm), Binding::uniform(&u)];
+            let wg = [16 * 1024 / 64, 1, 1];
+            let desc = LaunchDescriptor { bindings: &binds, workgroups: wg, ..Default::default() };
+            q.launch(step_ref, &desc).expect("step").wait().expect("step ran");
+        };
+        let Some(seen) = beside_a_kernel(&svm, &spin, &mut a, iters, launch) else { return };
+        assert_eq!(wrong_step(&c), None, "the launch behind the kernel ({backend:?})");
+        seen.assert_unstopped(&format!("a launch binding ({backend:?})"));
+    }
+}
+
+/// Staged path: a CPU thread reading device-owned data page by page. Each
+/// fault's copy back waits behind the kernel, unlocked; a sequential fault
+/// also reads the stream's next span ahead, a submission made under the
+/// lock — skipped while a pass may run. (Before: 1.03 s.)
+#[test]
+fn a_sequential_fault_stream_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some((svm, spin, step, mut a, iters)) = setup(small(backend).host_mapped_pool(false), true) else { return };
+        const PAGES: usize = 1024;
+        let mut b = svm.alloc_from_slice(&(0..(PAGES * 1024) as u32).collect::<Vec<_>>()).expect("b");
+        make_device_owned(&svm, &step, &mut b);
+        // The stream's first fault, idle (not sequential: nothing read ahead).
+        assert_eq!(b[0], 1);
+        let b = &b;
+        let mut wrong = None;
+        let w = &mut wrong;
+        // Page by page: the first page not back yet is where the last
+        // fault's span ended, so the next fault continues the stream.
+        let stream = move || *w = (1..PAGES).map(|p| p * 1024).find(|&i| b[i] != (i as u32) * 2 + 1);
+        let Some(seen) = beside_a_kernel(&svm, &spin, &mut a, iters, stream) else { return };
+        assert_eq!(wrong, None, "the stream read a wrong word ({backend:?})");
+        seen.assert_unstopped(&format!("a fault stream ({backend:?})"));
+    }
+}
+
+/// Staged path, pool full: a launch (or a `prefetch(Device)`) must evict
+/// device-owned pages, copying them back through the queue under the lock;
+/// it waits for running passes first, the lock released. (Before: 1.09 s
+/// for the launch, 0.78 s for the prefetch.)
+#[test]
+fn a_launch_evicting_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let desc = small(backend).pool_size(8 << 20).host_mapped_pool(false);
+        let Some((svm, spin, step, mut a, iters)) = setup(desc, true) else { return };
+        for op in ["launch", "prefetch(Device)"] {
+            // 6 MiB device-owned, then 4 MiB more to the device: 2 MiB or
+            // more must be evicted (copied back) first.
+            let words = |mib: usize| mib << 18;
+            let mut b = svm.alloc_from_slice(&(0..words(6) as u32).collect::<Vec<_>>()).expect("b");
+            let mut c = svm.alloc_from_slice(&(0..words(4) as u32).collect::<Vec<_>>()).expect("c");
+            make_device_owned(&svm, &step, &mut b);
+            let evicted0 = svm.stats().evicted_pages;
+            let (svm_ref, step_ref, cm) = (&svm, &step, &mut c);
+            let other = move || {
+                if op != "launch" {
+                    cm.prefetch(svm::Location::Device).wait().expect("prefetch");
+                }
+                make_device_owned(svm_ref, step_ref, cm);
+            };
+            let Some(seen) = beside_a_kernel(&svm, &spin, &mut a, iters, other) else { return };
+            assert!(svm.stats().evicted_pages > evicted0, "{op}: evicted ({backend:?})");
+            assert_eq!((wrong_step(&b), wrong_step(&c)), (None, None), "{op}: evicted and moved data ({backend:?})");
+            seen.assert_unstopped(&format!("a {op} evicting ({backend:?})"));
+        }
+    }
+}
+
+/// Staged path: `prefetch(Host)`, and freeing a small block whose page the
+/// device owns (its neighbour lives on), copy back under the lock; they
+/// wait for running passes first, the lock released. (Before: 1.05 s and
+/// 1.18 s.)
+#[test]
+fn copies_back_under_the_lock_wait_for_a_kernel_unlocked() {
+    for backend in BACKENDS {
+        let Some((svm, spin, step, mut a, iters)) = setup(small(backend).host_mapped_pool(false), true) else { return };
+        let poke =
+            kernel(&svm, "poke", "@compute @workgroup_size(1) fn main() { svm_store_u32(svm_arg_ptr(0u), 0xdeadu); }");
+        for op in ["prefetch(Host)", "free of a small block"] {
+            let mut b = svm.alloc_from_slice(&(0..256 * 1024u32).collect::<Vec<_>>()).expect("b");
+            make_device_owned(&svm, &step, &mut b);
+            let keep = svm.alloc_box([7u32; 4]).expect("keep");
+            let mut gone = svm.alloc_box([9u32; 4]).expect("gone");
+            let args = [Arg::ptr(gone.ptr().addr() as *const u32)];
+            let access = [Access::read_write(&mut gone)];
+            svm.launch(&poke, &LaunchDescriptor { args: &args, access: &access, ..Default::default() })
+                .expect("poke: the small blocks' page goes to the device");
+            let b = &b;
+            let other = move || match op {
+                "prefetch(Host)" => {
+                    b.prefetch(svm::Location::Host).wait().expect("prefetch");
+                }
+                _ => drop(gone),
+            };
+            let Some(seen) = beside_a_kernel(&svm, &spin, &mut a, iters, other) else { return };
+            assert_eq!(wrong_step(b), None, "{op}: B ({backend:?})");
+            assert_eq!(*keep, [7; 4], "{op}: the small block's neighbour ({backend:?})");
+            seen.assert_unstopped(&format!("a {op} ({backend:?})"));
+        }
+    }
+}
