@@ -117,6 +117,7 @@ impl State {
             evicted: vec![false; n],
             last_refault: None,
             last_fault_end: None,
+            prefer_host_later: Vec::new(),
             coherent: None,
             owned: std::collections::HashSet::new(),
             lost_in_place: Vec::new(),
@@ -223,6 +224,9 @@ struct State {
     /// End (page) of the span the last CPU fault brought back: a fault
     /// there is the next step of a sequential stream.
     last_fault_end: Option<u32>,
+    /// `PreferredLocation(Host)` pages a retired launch used, whose move
+    /// home was put off while a pass may run (`flush_preferred_host`).
+    prefer_host_later: Vec<(u32, u32)>,
     /// The range advised `AccessedBy`, imported for in-place device access.
     coherent: Option<Coherent>,
     /// Pages the running launch discards (`Binding::write_discard`): zeroed

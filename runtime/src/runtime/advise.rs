@@ -296,13 +296,40 @@ impl Inner {
     }
 
     /// Move the device-owned pages advised PreferredLocation(Host) among the
-    /// pages a launch used (`used`) back to the host.
+    /// pages a launch used (`used`) back to the host. Where that copy goes
+    /// through the device's queue (the staged path) while a pass may run,
+    /// it would wait behind the kernel with the update lock held (it is
+    /// made at retire time, under the lock): the move is put off until no
+    /// pass runs ([`Self::flush_preferred_host_later`]; a CPU access brings
+    /// a page back meanwhile, as any device-owned page).
     pub(super) fn flush_preferred_host(&self, st: &mut State, used: &[(u32, u32, bool)]) -> Result<(), DeviceError> {
         let mut todo: Vec<(u32, u32)> = Vec::new();
         for &(a, b, _) in used {
             todo.extend(runs(a, b, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0));
         }
+        if todo.iter().any(|&(a, b)| self.copy_back_behind_a_pass(st, a, b).is_some()) {
+            st.prefer_host_later.extend(todo);
+            return Ok(());
+        }
         let spans: Vec<(u32, u32)> = todo.into_iter().flat_map(|(a, b)| Self::spans_of(a, b)).collect();
         self.migrate_back_spans(st, &spans).map(drop)
+    }
+
+    /// The moves home [`Self::flush_preferred_host`] put off, once no pass
+    /// may run: pages still device-owned, advised so, and used by no flight
+    /// (a flight's own retire moves those). Called after retiring.
+    pub(super) fn flush_preferred_host_later(&self, st: &mut State) {
+        if st.prefer_host_later.is_empty()
+            || st.prefer_host_later.iter().any(|&(a, b)| self.copy_back_behind_a_pass(st, a, b).is_some())
+        {
+            return;
+        }
+        let later = std::mem::take(&mut st.prefer_host_later);
+        let home = |p: u32| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0 && !Self::busy(st, p);
+        let spans: Vec<(u32, u32)> =
+            later.iter().flat_map(|&(a, b)| runs(a, b, home)).flat_map(|(a, b)| Self::spans_of(a, b)).collect();
+        if let Err(e) = self.migrate_back_spans(st, &spans) {
+            tracing::warn!("svm: moving PreferredLocation(Host) pages home: {e}");
+        }
     }
 }

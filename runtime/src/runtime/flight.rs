@@ -303,6 +303,7 @@ impl Inner {
             let result = self.retire_queued(st, f);
             self.finish_flight(&shared, Some(result));
         }
+        self.flush_preferred_host_later(st);
     }
 
     /// Wait (update lock released) until `f` is retired or, for a pass

@@ -238,3 +238,45 @@ fn copies_back_under_the_lock_wait_for_a_kernel_unlocked() {
         }
     }
 }
+
+/// Staged path: a launch on pages advised `PreferredLocation(Host)` sends
+/// them home when it retires — under the lock, so while another kernel
+/// runs the move is put off until no pass runs (a CPU access brings a page
+/// back meanwhile). (Before: the retire's copy waited behind the kernel
+/// with the lock held, 1.03 s, in runs where the retire came after the
+/// kernel was sent: the order of the two is not fixed, so the test shows
+/// the stall in some runs only — it never passes with one.)
+#[test]
+fn a_preferred_host_launch_retiring_behind_a_kernel_does_not_stop_the_world() {
+    for backend in BACKENDS {
+        let Some((svm, spin, step, mut a, iters)) = setup(small(backend).host_mapped_pool(false), true) else { return };
+        let mut b = svm.alloc_from_slice(&(0..256 * 1024u32).collect::<Vec<_>>()).expect("b");
+        b.advise(svm::Advice::PreferredLocation(svm::Location::Host)).expect("advise");
+        let mut c = svm.alloc_from_slice(&(0..16 * 1024u32).collect::<Vec<_>>()).expect("c");
+        make_device_owned(&svm, &step, &mut c);
+        let q = svm.create_queue();
+        let u = p(1);
+        let wg = [256 * 1024 / 64, 1, 1];
+        let binds = [Binding::read_write(&mut b), Binding::uniform(&u)];
+        let first = q.launch(&step, &LaunchDescriptor { bindings: &binds, workgroups: wg, ..Default::default() });
+        let first = first.expect("step");
+        let mut read = 0;
+        let r = &mut read;
+        let cr = &c;
+        // Retiring the launch (its handle's wait) moves B home (or puts it
+        // off); then a read of other device-owned data (a CPU fault whose
+        // copy back waits behind the kernel, unlocked).
+        let other = move || {
+            first.wait().expect("step");
+            *r = cr[5];
+        };
+        let Some(seen) = beside_a_kernel(&svm, &spin, &mut a, iters, other) else { return };
+        assert_eq!(read, 5 * 2 + 1, "the read of C after the launch ({backend:?})");
+        assert_eq!(wrong_step(&b), None, "B ({backend:?})");
+        // (A launch retires what is done, and moves what was put off.)
+        make_device_owned(&svm, &step, &mut c);
+        let info = svm.range_info(b.as_ptr().cast(), b.len() * 4).expect("range_info");
+        assert_eq!(info.device, 0, "PreferredLocation(Host) pages home once no pass runs ({backend:?}): {info:?}");
+        seen.assert_unstopped(&format!("a PreferredLocation(Host) launch retiring ({backend:?})"));
+    }
+}
