@@ -137,6 +137,18 @@ impl State {
         self.frames_of.get(p as usize) != HOST && !self.dup[p as usize]
     }
 
+    /// Making page `p` resident on the device takes a frame and a copy: it
+    /// is on the host only, and not used in place (`AccessedBy`).
+    fn migrates(&self, p: u32) -> bool {
+        self.frames_of.get(p as usize) == HOST && self.advice[p as usize] & advice::COHERENT == 0
+    }
+
+    /// A pass that may be running on the device (queued launches' or a
+    /// driven launch's; not a claim, which has no pass).
+    fn running_pass(&self) -> Option<&Arc<flight::FlightShared>> {
+        self.flights.iter().find(|f| !f.claim && !f.shared.gpu_done()).map(|f| &f.shared)
+    }
+
     /// Page `p`'s contents are discarded by the running launch.
     fn discarded(&self, p: u32) -> bool {
         let i = self.discard.partition_point(|r| r.1 <= p);

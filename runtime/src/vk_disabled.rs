@@ -205,9 +205,6 @@ impl SparseArena {
 pub(crate) struct BindOutbox(Never);
 
 impl BindOutbox {
-    pub fn has_batches(&self) -> bool {
-        match self.0 {}
-    }
     /// # Safety
     ///
     /// None needed (it cannot be called); `unsafe` as the real one.

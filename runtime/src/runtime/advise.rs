@@ -307,7 +307,11 @@ impl Inner {
         for &(a, b, _) in used {
             todo.extend(runs(a, b, |p| st.owned(p) && st.advice[p as usize] & advice::PREFER_HOST != 0));
         }
-        if todo.iter().any(|&(a, b)| self.copy_back_behind_a_pass(st, a, b).is_some()) {
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // (`todo` holds device-owned pages only.)
+        if self.copies_back_on_the_queue(st) && st.running_pass().is_some() {
             st.prefer_host_later.extend(todo);
             return Ok(());
         }
@@ -319,9 +323,8 @@ impl Inner {
     /// may run: pages still device-owned, advised so, and used by no flight
     /// (a flight's own retire moves those). Called after retiring.
     pub(super) fn flush_preferred_host_later(&self, st: &mut State) {
-        if st.prefer_host_later.is_empty()
-            || st.prefer_host_later.iter().any(|&(a, b)| self.copy_back_behind_a_pass(st, a, b).is_some())
-        {
+        // (Checked after every retire: the cheap tests first.)
+        if st.prefer_host_later.is_empty() || (self.copies_back_on_the_queue(st) && st.running_pass().is_some()) {
             return;
         }
         let later = std::mem::take(&mut st.prefer_host_later);

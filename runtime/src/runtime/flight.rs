@@ -359,8 +359,8 @@ impl Inner {
         if !self.copies_back_on_the_queue(st) {
             return None;
         }
-        let running = st.flights.iter().find(|f| !f.claim && !f.shared.gpu_done())?;
-        (a..b).any(|p| st.owned(p)).then(|| running.shared.clone())
+        let running = st.running_pass()?;
+        (a..b).any(|p| st.owned(p)).then(|| running.clone())
     }
 
     /// Whether a flight uses page `p`.

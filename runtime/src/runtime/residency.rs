@@ -43,7 +43,7 @@ impl Inner {
         if self.gpu.mode == MappingMode::Coherent {
             return Ok(Self::map_in_place(st, ranges, ptes));
         }
-        let migrates = |st: &State, p: usize| st.frames_of.get(p) == HOST && st.advice[p] & advice::COHERENT == 0;
+        let migrates = |st: &State, p: usize| st.migrates(p as u32);
         let needed: usize =
             ranges.iter().map(|&(a, b, _)| (a as usize..b as usize).filter(|&p| migrates(st, p)).count()).sum();
         // Thrashing: pages evicted earlier are needed again. Eviction then

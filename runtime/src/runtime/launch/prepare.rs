@@ -158,10 +158,9 @@ impl Inner {
         if no_evict || self.gpu.mode == MappingMode::Coherent || !self.copies_back_on_the_queue(st) {
             return None;
         }
-        let running = st.flights.iter().find(|f| !f.claim && !f.shared.gpu_done())?;
-        let migrates = |p: u32| st.frames_of.get(p as usize) == HOST && st.advice[p as usize] & advice::COHERENT == 0;
-        let needed: usize = decl.iter().map(|&(a, b, _)| (a..b).filter(|&p| migrates(p)).count()).sum();
-        (needed > st.frames.free_count() as usize).then(|| running.shared.clone())
+        let running = st.running_pass()?;
+        let needed: usize = decl.iter().map(|&(a, b, _)| (a..b).filter(|&p| st.migrates(p)).count()).sum();
+        (needed > st.frames.free_count() as usize).then(|| running.clone())
     }
 
     /// The launch's pages (merged); each declared or bound range on its own

@@ -289,7 +289,8 @@ impl Inner {
     /// prefetch's copies), other threads go on meanwhile: the call waits for
     /// the work queued before it (lavapipe's does), a running kernel's.
     pub(in crate::runtime) fn send_binds(&self) -> Result<(), DeviceError> {
-        let Some(outbox) = self.bind_outbox.as_ref().filter(|o| o.has_batches()) else { return Ok(()) };
+        // (`send` returns at once when nothing waits.)
+        let Some(outbox) = self.bind_outbox.as_ref() else { return Ok(()) };
         // SAFETY: the runtime submits to the queue only under the raw
         // device's locks, which the bind takes (`Gpu::submit`,
         // `RawDevice::submit_signalled`, `Svm::submit_commands`).

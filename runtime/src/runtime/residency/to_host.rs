@@ -329,7 +329,7 @@ impl Inner {
         // the kernel is done — every other thread would wait for the kernel
         // (this fault's own copy waits with the lock released, below). The
         // next fault then copies its span itself.
-        let gpu_busy = st.flights.iter().any(|f| !f.claim && !f.shared.gpu_done());
+        let gpu_busy = st.running_pass().is_some();
         let next = if self.prefetch && sequential && self.reads_ahead() && !gpu_busy {
             Self::next_stream_span(st, b)
         } else {
