@@ -29,8 +29,10 @@
 //! stamped after the main thread has finished. The plain sum is printed for
 //! comparison (it reached 141 % of `managed_ms` at 100 K floats once).
 //!
-//! Timings on a shared 2-vCPU machine wobble: the timing bounds must hold
-//! in one of three runs; the checks of the trace's content hold in every
+//! Timings on a shared 2-vCPU machine wobble: nextest runs this test alone
+//! (`.config/nextest.toml`: beside the stress tests, scheduling delay no
+//! span covers broke the bound in all five runs once in CI), and the timing
+//! bounds must hold in one of five runs; the checks of the trace's content hold in every
 //! run. Without an adapter the tests print `SKIP: no adapter` and pass,
 //! unless `SVM_REQUIRE_GPU=1`.
 
