@@ -7,6 +7,8 @@
 //! * [`table`]: the host copy of the table, two levels, with per-leaf dirty
 //!   tracking so that a launch uploads only what changed.
 //! * [`space`], [`mirror`], [`snapshot`]: the protocol, described below.
+//! * [`outbox`]: device updates sealed under the update lock, sent in
+//!   order outside it.
 #![doc = include_str!("../PROTOCOL.md")]
 #![forbid(unsafe_code)]
 #![warn(clippy::cast_possible_truncation)]
@@ -15,6 +17,7 @@ pub mod again;
 pub mod error;
 mod loom;
 pub mod mirror;
+pub mod outbox;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod pte;
@@ -31,6 +34,7 @@ mod tests;
 
 pub use again::AgainGate;
 pub use error::{Again, FaultReason, RangeError, SpaceError};
+pub use outbox::{Outbox, SendError};
 pub use mirror::{IntervalNotifier, InvalidateEvent, Mirror, MirrorId, MirrorOps, Seq, Update, UpdateGuard};
 pub use pte::{FrameIndex, PageIndex, Pte, PAGE_SHIFT, PAGE_SIZE};
 pub use range::{ChunkOrder, PageRange};

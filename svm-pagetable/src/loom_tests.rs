@@ -1,5 +1,8 @@
 //! Loom models of item 3: the seed's `range->valid` flag admits a stale
-//! commit, sequence counts checked under the update lock do not.
+//! commit, sequence counts checked under the update lock do not. And of the
+//! [`crate::outbox`] the runtime sends its sparse binds through: batches
+//! reach the device in sealing order whoever sends, a returned send has its
+//! batch on the device, nothing is sent after `close`.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p svm-pagetable --release --lib loom`.
 //!
@@ -268,7 +271,8 @@ fn again_handshake(split: bool, callers: usize) -> bool {
             })
         })
         .collect();
-    let parked = parked.into_iter().map(|t| t.join().expect("caller")).any(|p| p);
+    // (Every caller joined before the check: no short-circuit.)
+    let parked = parked.into_iter().map(|t| t.join().expect("caller")).collect::<Vec<bool>>().contains(&true);
     releaser.join().expect("releaser");
     parked && woken.load(Ordering::Acquire) == 0
 }
@@ -289,4 +293,147 @@ fn loom_split_check_and_register_loses_a_wakeup() {
         }
     });
     assert!(LOST.load(StdOrdering::Relaxed), "loom should find the release between the check and the register");
+}
+
+// ---------------------------------------------------------------------------
+// The outbox: device updates sealed under the update lock, sent outside it
+// (`crate::outbox`; the runtime's sparse binds go through it).
+
+/// Two threads each seal a batch under the update lock (numbered in sealing
+/// order) and send with the lock released; the device is a log. Checks:
+/// the log is in sealing order, every batch is sent once, and a send that
+/// returns has its own batch on the device already.
+#[test]
+fn loom_outbox_sends_in_sealing_order_whoever_sends() {
+    ::loom::model(|| {
+        let update = Arc::new(Mutex::new(0u32));
+        let outbox = Arc::new(Outbox::<u32, u32>::new());
+        let device = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (update, outbox, device) = (update.clone(), outbox.clone(), device.clone());
+                thread::spawn(move || {
+                    let mine = {
+                        let mut n = update.lock().expect("lock");
+                        let mine = *n;
+                        *n += 1;
+                        outbox.push(mine);
+                        mine
+                    };
+                    let sent = outbox.send(|b| {
+                        device.lock().expect("lock").push(b);
+                        Ok::<_, ()>(b)
+                    });
+                    assert!(sent.expect("nothing refuses").is_some());
+                    assert!(device.lock().expect("lock").contains(&mine), "send returned before batch {mine} was sent");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("sender");
+        }
+        assert_eq!(*device.lock().expect("lock"), [0, 1], "sent out of sealing order, or not exactly once");
+        assert!(!outbox.has_batches());
+    });
+}
+
+/// Negative control: senders that pop under the queue's lock but send
+/// without one sender lock around pop and send — loom finds the batches
+/// reaching the device out of order.
+#[test]
+fn loom_popping_without_the_sender_lock_reorders() {
+    static REORDERED: AtomicBool = AtomicBool::new(false);
+    ::loom::model(|| {
+        let queue = Arc::new(Mutex::new(std::collections::VecDeque::from([0u32, 1])));
+        let device = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (queue, device) = (queue.clone(), device.clone());
+                thread::spawn(move || {
+                    let b = queue.lock().expect("lock").pop_front();
+                    if let Some(b) = b {
+                        device.lock().expect("lock").push(b);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("sender");
+        }
+        if *device.lock().expect("lock") != [0, 1] {
+            REORDERED.store(true, StdOrdering::Relaxed);
+        }
+    });
+    assert!(REORDERED.load(StdOrdering::Relaxed), "loom should find the second batch sent first");
+}
+
+/// Closing races a send: once `close` has returned the send function
+/// never runs (the arena's buffer and memory go away then), and a batch is
+/// sent at most once.
+#[test]
+fn loom_outbox_close_stops_every_later_send() {
+    ::loom::model(|| {
+        let outbox = Arc::new(Outbox::<u32, u32>::new());
+        let closed = Arc::new(AtomicU32::new(0));
+        let device = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let sender = {
+            let (outbox, closed, device) = (outbox.clone(), closed.clone(), device.clone());
+            thread::spawn(move || {
+                outbox.push(7);
+                outbox.send(|b| {
+                    assert_eq!(closed.load(Ordering::SeqCst), 0, "sent after close returned");
+                    device.lock().expect("lock").push(b);
+                    Ok::<_, ()>(b)
+                })
+            })
+        };
+        let last = outbox.close();
+        closed.store(1, Ordering::SeqCst);
+        let sent = sender.join().expect("sender");
+        let device = device.lock().expect("lock");
+        assert!(device.len() <= 1);
+        match sent {
+            Ok(Some(7)) => assert_eq!(*device, [7]),
+            // Closed first (the batch pushed after or dropped by close), or
+            // nothing left to send once close had dropped it.
+            Err(SendError::Closed) | Ok(None) => assert!(device.is_empty()),
+            other => panic!("unexpected send result {other:?}"),
+        }
+        assert_eq!(last.is_some(), !device.is_empty(), "close returns the last point sent");
+    });
+}
+
+/// A refused batch is dropped with the error; the batch sealed after it is
+/// still sent by the next send, exactly once, whichever thread meets the
+/// refusal.
+#[test]
+fn loom_outbox_refused_batch_is_dropped_and_the_next_still_goes() {
+    ::loom::model(|| {
+        let update = Arc::new(Mutex::new(0u32));
+        let outbox = Arc::new(Outbox::<u32, u32>::new());
+        let device = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (update, outbox, device) = (update.clone(), outbox.clone(), device.clone());
+                thread::spawn(move || {
+                    {
+                        let mut n = update.lock().expect("lock");
+                        outbox.push(*n);
+                        *n += 1;
+                    }
+                    outbox.send(|b| {
+                        if b == 0 {
+                            return Err("refused");
+                        }
+                        device.lock().expect("lock").push(b);
+                        Ok(b)
+                    })
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().expect("sender")).collect();
+        assert_eq!(results.iter().filter(|r| matches!(r, Err(SendError::Refused("refused")))).count(), 1);
+        assert_eq!(*device.lock().expect("lock"), [1], "the batch after the refused one was not sent once");
+        assert!(!outbox.has_batches());
+    });
 }

@@ -19,67 +19,47 @@
 //! Sealing takes only the short lock of the batch queue, never the sender's:
 //! it does not wait for a send in progress.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ash::vk;
-use parking_lot::Mutex;
+use svm_pagetable::{Outbox, SendError};
 
 use super::SparseError;
 use crate::vk::raw::{RawDevice, TimelinePoint};
 use crate::vk::VkError;
 
-/// Sealed bind batches of one sparse arena, sent in order (see the module).
+/// Sealed bind batches of one sparse arena, sent in order (see the module;
+/// the ordering is `svm_pagetable::Outbox`'s, modelled with loom there).
 pub struct BindOutbox {
     raw: Arc<RawDevice>,
     vk_buffer: vk::Buffer,
-    /// The batches waiting. Held only briefly: sealing (under the runtime's
-    /// update lock) never waits for a send.
-    queue: Mutex<Queue>,
-    /// Held while batches are popped and sent, so that they reach the
-    /// queue in order; `true` once the arena is dropped (its buffer and
-    /// memory are going away: nothing may be sent any more).
-    sender: Mutex<bool>,
-}
-
-struct Queue {
-    /// Oldest first.
-    batches: VecDeque<Vec<vk::SparseMemoryBind>>,
-    /// Batches popped by a sender and not yet queued on the device.
-    popped: usize,
-    /// The timeline value of the last batch sent.
-    last_bind: Option<TimelinePoint>,
+    /// The batches, and the timeline value of the last one sent.
+    batches: Outbox<Vec<vk::SparseMemoryBind>, TimelinePoint>,
 }
 
 impl core::fmt::Debug for BindOutbox {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("BindOutbox").field("batches", &self.queue.lock().batches.len()).finish_non_exhaustive()
+        f.debug_struct("BindOutbox").field("batches", &self.batches).finish_non_exhaustive()
     }
 }
 
 impl BindOutbox {
     pub(super) fn new(raw: Arc<RawDevice>, vk_buffer: vk::Buffer) -> Self {
-        Self {
-            raw,
-            vk_buffer,
-            queue: Mutex::new(Queue { batches: VecDeque::new(), popped: 0, last_bind: None }),
-            sender: Mutex::new(false),
-        }
+        Self { raw, vk_buffer, batches: Outbox::new() }
     }
 
     /// Queue a batch behind the ones waiting (its binds were validated when
     /// the arena queued them).
     pub(super) fn push(&self, binds: Vec<vk::SparseMemoryBind>) {
         if !binds.is_empty() {
-            self.queue.lock().batches.push_back(binds);
+            self.batches.push(binds);
         }
     }
 
     /// Whether a batch is not on the device's queue yet (waiting here, or
     /// being sent by another thread).
     pub fn has_batches(&self) -> bool {
-        let q = self.queue.lock();
-        !q.batches.is_empty() || q.popped > 0
+        self.batches.has_batches()
     }
 
     /// Send every batch waiting, oldest first (one `vkQueueBindSparse`
@@ -103,44 +83,25 @@ impl BindOutbox {
     /// `RawDevice::submit_signalled`); an application submitting on a
     /// shared device must too.
     pub unsafe fn send(&self) -> Result<TimelinePoint, SparseError> {
-        let last = |q: &Queue| q.last_bind.unwrap_or_else(|| self.raw.last_point());
-        {
-            let q = self.queue.lock();
-            if q.batches.is_empty() && q.popped == 0 {
-                return Ok(last(&q));
-            }
-        }
-        let closed = self.sender.lock();
-        if *closed {
-            return Err(VkError::Unsupported("the sparse arena was dropped: no more binds").into());
-        }
-        loop {
-            // (Popped under the sender's lock: batches go in order.)
-            let binds = {
-                let mut q = self.queue.lock();
-                let Some(b) = q.batches.pop_front() else { return Ok(last(&q)) };
-                q.popped += 1;
-                b
-            };
+        let sent = self.batches.send(|binds| {
             // SAFETY: the caller's contract for the queue; the binds were
             // checked when queued (pages inside the buffer, blocks in live
-            // chunks of an allowed type, page-multiple offsets, one operation
-            // a page) and the buffer and chunks live until the arena's Drop,
-            // which closes the outbox first.
-            let sent = unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) };
-            let mut q = self.queue.lock();
-            q.popped -= 1;
-            q.last_bind = Some(sent?);
+            // chunks of an allowed type, page-multiple offsets, one
+            // operation a page) and the buffer and chunks live until the
+            // arena's Drop, which closes the outbox first (after which this
+            // closure never runs: `Outbox::close`).
+            unsafe { self.raw.bind_sparse(self.vk_buffer, &binds) }
+        });
+        match sent {
+            Ok(last) => Ok(last.unwrap_or_else(|| self.raw.last_point())),
+            Err(SendError::Closed) => Err(VkError::Unsupported("the sparse arena was dropped: no more binds").into()),
+            Err(SendError::Refused(e)) => Err(e.into()),
         }
     }
 
     /// The arena is being dropped: refuse every later send, drop the batches
     /// not sent, and return the last bind's timeline value (to wait for).
     pub(super) fn close(&self) -> Option<TimelinePoint> {
-        let mut closed = self.sender.lock();
-        *closed = true;
-        let mut q = self.queue.lock();
-        q.batches.clear();
-        q.last_bind
+        self.batches.close()
     }
 }
