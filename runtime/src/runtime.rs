@@ -143,10 +143,17 @@ impl State {
         self.frames_of.get(p as usize) == HOST && self.advice[p as usize] & advice::COHERENT == 0
     }
 
-    /// A pass that may be running on the device (queued launches' or a
-    /// driven launch's; not a claim, which has no pass).
+    /// A pass that may be running on the device (queued launches', a
+    /// driven launch's, the application's in another thread's
+    /// `with_bindings`; not a prefetch's or a fault's claim, which has no
+    /// pass). (The thread in `with_bindings` does not wait for its own
+    /// passes: a copy it queues runs after them anyway.)
     fn running_pass(&self) -> Option<&Arc<flight::FlightShared>> {
-        self.flights.iter().find(|f| !f.claim && !f.shared.gpu_done()).map(|f| &f.shared)
+        let others = |t: &std::thread::ThreadId| *t != std::thread::current().id();
+        self.flights
+            .iter()
+            .find(|f| (!f.claim || f.app_passes.as_ref().is_some_and(others)) && !f.shared.gpu_done())
+            .map(|f| &f.shared)
     }
 
     /// Page `p`'s contents are discarded by the running launch.

@@ -276,7 +276,7 @@ impl Inner {
                 }
                 let copies = st.copies.take().unwrap_or_default();
                 if !copies.is_empty() {
-                    let claim = self.claim(st, ranges);
+                    let claim = self.claim(st, ranges, flight::ClaimFor::Prefetch);
                     let copied = parking_lot::MutexGuard::unlocked(guard, || self.run_copies(copies, true));
                     let st = &mut **guard;
                     if let Err((_, undone)) = &copied {

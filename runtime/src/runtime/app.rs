@@ -3,6 +3,10 @@
 //! submits itself (on the runtime's device: `Svm::device`, or the
 //! application's own, shared with `SvmDescriptor::device`).
 
+use parking_lot::MutexGuard;
+
+use super::flight::{ClaimFor, FlightShared};
+use super::residency::CopyIn;
 use super::*;
 use crate::bind::{Checked, Placed};
 use crate::error::BindError;
@@ -22,9 +26,15 @@ impl Svm {
     /// pool is one buffer per segment, and wgpu refuses a read-only and a
     /// read-write use of one buffer in one dispatch).
     ///
-    /// `f` runs under the runtime's update lock: inside it, touching
-    /// managed memory on the CPU or calling the runtime (a launch, an
-    /// allocation) would wait for `f` itself. Record, submit, return.
+    /// The bound pages are claimed while `f` and the work it submits run,
+    /// as a launch's are while its kernel runs: what would read, move or
+    /// free them (a CPU access, `free`, a launch using them) waits until
+    /// this call returns; everything else proceeds meanwhile, `f` itself
+    /// may allocate, free, and launch on other data. Launches in flight
+    /// that use the bound pages are waited for first. Inside `f`, using the
+    /// bound pages through the runtime (a launch on them, a prefetch) would
+    /// wait for `f` itself. Record, submit (on `Svm::queue`, or with
+    /// `Svm::submit_commands`), return.
     pub fn with_bindings<R>(
         &self,
         bindings: &[Binding<'_>],
@@ -55,58 +65,155 @@ impl Svm {
             checked.push(Checked::Managed { addr, len, write, discard: false });
         }
         let mut guard = inner.state.lock();
-        // The application's passes may use anything it binds in any way:
-        // they run alone (every launch in flight retired first).
-        inner.wait_all_flights(&mut guard);
-        let st = &mut *guard;
-        gpu.check_lost()?;
-        let mut decl = Vec::with_capacity(checked.len());
-        for (i, c) in checked.iter().enumerate() {
-            let Checked::Managed { addr, len, write, .. } = *c else { continue };
-            let (a, b) =
-                inner.page_range(st, addr, len).ok_or_else(|| error(i, BindError::NotAllocated { addr, len }))?;
-            decl.push((a, b, write));
+        let (scope, copies) = loop {
+            match inner.open_app_scope(&mut guard, &checked, &error) {
+                // Launches in flight hold frames: after them, again.
+                Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => {
+                    inner.wait_all_flights(&mut guard)
+                }
+                r => break r?,
+            }
+        };
+        let in_place = guard.coherent.is_some() || gpu.mode == MappingMode::Coherent;
+        drop(guard);
+        // From here the pages are claimed: closed on every exit, a panic
+        // in `f` included.
+        let mut open = OpenScope { inner, scope: Some(scope) };
+        if let Err((e, undone)) = inner.run_copies(copies, true) {
+            inner.undo_copies(&mut inner.state.lock(), &undone);
+            return Err(e.into());
         }
-        let decl = merge_ranges(decl);
+        let views: Vec<wgpu::BufferBinding<'_>> = open
+            .scope
+            .as_ref()
+            .map(|s| s.placed.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|p| wgpu::BufferBinding { buffer: &p.buffer, offset: p.offset, size: wgpu::BufferSize::new(p.size) })
+            .collect();
+        let r = f(&views);
+        drop(views);
+        // The application's work wrote host memory in place (coherent):
+        // make it visible to the CPU; then wait for all of it.
+        let last = if in_place {
+            let barrier =
+                crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?;
+            gpu.submit([barrier])
+        } else {
+            gpu.submit(std::iter::empty())
+        };
+        let waited = gpu.wait_submission(Some(last));
+        let scope = open.scope.take().expect("closed once");
+        let closed = inner.close_app_scope(scope, waited.is_ok());
+        Counters::add(&inner.stats.app_scopes, 1);
+        waited?;
+        closed.map(|()| r)
+    }
+}
+
+/// The pages of an application scope ([`Svm::with_bindings`]): claimed
+/// (busy as a launch's: what would read, move or free them waits),
+/// resident and placed.
+struct AppScope {
+    claim: Arc<FlightShared>,
+    decl: Vec<(u32, u32, bool)>,
+    /// Read-only copies made for it (dropped at the end).
+    temporary: Vec<(u32, u32)>,
+    /// Frames its device-side moves freed: released once its work is done.
+    release: Vec<u32>,
+    placed: Vec<Placed>,
+}
+
+/// Closes its scope if dropped open (a panic in the application's `f`).
+struct OpenScope<'a> {
+    inner: &'a Inner,
+    scope: Option<AppScope>,
+}
+
+impl Drop for OpenScope<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.scope.take() {
+            let waited = self.inner.gpu.wait().is_ok();
+            let _ = self.inner.close_app_scope(s, waited);
+        }
+    }
+}
+
+impl Inner {
+    /// Claim `checked`'s pages for an application scope: wait (lock
+    /// released) for every flight using them, make them resident and place
+    /// them. Returns the scope and its host -> device copies, to be made
+    /// with the lock released. On failure the state is as before.
+    fn open_app_scope(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        checked: &[Checked<'_>],
+        error: &dyn Fn(usize, BindError) -> LaunchError,
+    ) -> Result<(AppScope, Vec<CopyIn>), LaunchError> {
+        // The application's passes may use what it binds in any way: no
+        // flight shares a page with them (and eviction does not copy back
+        // behind a running pass under the lock).
+        let decl = loop {
+            self.retire_done(guard);
+            let mut decl = Vec::with_capacity(checked.len());
+            for (i, c) in checked.iter().enumerate() {
+                let Checked::Managed { addr, len, write, .. } = *c else { continue };
+                let (a, b) =
+                    self.page_range(guard, addr, len).ok_or_else(|| error(i, BindError::NotAllocated { addr, len }))?;
+                decl.push((a, b, write));
+            }
+            let decl = merge_ranges(decl);
+            let overlapping = guard
+                .flights
+                .iter()
+                .find(|f| {
+                    f.exclusive || decl.iter().any(|&(a, b, _)| f.busy.iter().any(|&(x, y, _)| x < b && a < y))
+                })
+                .map(|f| f.shared.clone());
+            match overlapping.or_else(|| self.evicting_behind_a_pass(guard, &decl, false)) {
+                None => break decl,
+                Some(f) => self.wait_settled(guard, &f),
+            }
+        };
+        self.gpu.check_lost()?;
+        let st = &mut **guard;
         st.epoch = st.epoch.wrapping_add(1);
         let mut temporary = Vec::new();
         let mut report = LaunchReport::default();
-        let result = (|| -> Result<R, LaunchError> {
-            inner.map_ranges(
-                st,
-                &decl,
-                &mut temporary,
-                &mut report,
-                Mapping { pin: true, ptes: false, evict: true },
-            )?;
-            let placed: Vec<Placed> = inner.place_bindings(st, &error, &checked)?.into_iter().flatten().collect();
-            let views: Vec<wgpu::BufferBinding<'_>> = placed
-                .iter()
-                .map(|p| wgpu::BufferBinding {
-                    buffer: &p.buffer,
-                    offset: p.offset,
-                    size: wgpu::BufferSize::new(p.size),
-                })
-                .collect();
-            let r = f(&views);
-            // The application's work wrote host memory in place (coherent):
-            // make it visible to the CPU; then wait for all of it.
-            if st.coherent.is_some() || gpu.mode == MappingMode::Coherent {
-                let barrier =
-                    crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?;
-                gpu.submit([barrier]);
-            }
-            gpu.wait()?;
-            Ok(r)
-        })();
+        st.copies = Some(Vec::new());
+        let made = self
+            .map_ranges(st, &decl, &mut temporary, &mut report, Mapping { pin: true, ptes: false, evict: true })
+            .and_then(|_| self.place_bindings(st, error, checked));
         st.pinned.clear();
-        // (Everything submitted was waited for, or failed: see the helper.)
-        inner.release_deferred_now(st);
-        let post = inner
-            .settle_copies(st, temporary)
-            .and_then(|()| inner.flush_preferred_host(st, &decl).map_err(LaunchError::from));
-        Counters::add(&inner.stats.app_scopes, 1);
-        let r = result?;
-        post.map(|()| r)
+        match made {
+            Ok(placed) => {
+                let copies = st.copies.take().unwrap_or_default();
+                let release = std::mem::take(&mut st.deferred_free);
+                let claim = self.claim(st, decl.clone(), ClaimFor::AppPasses);
+                let placed = placed.into_iter().flatten().collect();
+                Ok((AppScope { claim, decl, temporary, release, placed }, copies))
+            }
+            Err(e) => {
+                let _ = self.flush_copies(st);
+                st.copies = None;
+                let _ = self.settle_copies(st, temporary);
+                self.release_deferred_now(st);
+                Err(e)
+            }
+        }
+    }
+
+    /// End an application scope once its work is done (`done`; else the
+    /// device is lost and its frames stay taken): the claim ended, the
+    /// pages settled by the rules of a launch.
+    fn close_app_scope(&self, s: AppScope, done: bool) -> Result<(), LaunchError> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        if done {
+            st.frames.free_many(&s.release);
+        }
+        self.end_claim(st, &s.claim);
+        self.settle_copies(st, s.temporary)?;
+        self.flush_preferred_host(st, &s.decl).map_err(LaunchError::from)
     }
 }

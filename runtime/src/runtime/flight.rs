@@ -58,6 +58,10 @@ pub(super) struct InFlight {
     /// update lock released (`Inner::claim`). Never shared with a launch
     /// (their frames are not filled yet); retired by its owner.
     pub(super) claim: bool,
+    /// A claim under which the application's own passes run
+    /// (`with_bindings`), submitted by this thread: to every other thread,
+    /// like a pass, it may be running on the device.
+    pub(super) app_passes: Option<std::thread::ThreadId>,
     pub(super) label: String,
     /// The pass reads the launch log back (kernels using the prelude).
     pub(super) readback: Option<wgpu::Buffer>,
@@ -77,6 +81,27 @@ pub(super) struct InFlight {
     /// In-place pages it reads, write-protected on the CPU until it retires.
     pub(super) protected_in_place: Vec<(u32, u32)>,
     pub(super) release_frames: Vec<u32>,
+}
+
+/// What pages are claimed for ([`Inner::claim`]).
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub(super) enum ClaimFor {
+    /// `prefetch(Device)` copies them in.
+    Prefetch,
+    /// A CPU fault copies them back.
+    FaultCopyBack,
+    /// The application's own passes use them (`with_bindings`).
+    AppPasses,
+}
+
+impl ClaimFor {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Prefetch => "prefetch",
+            Self::FaultCopyBack => "fault copy back",
+            Self::AppPasses => "with_bindings",
+        }
+    }
 }
 
 /// Wakes waiters when a flight's GPU work completes or it retires.
@@ -210,16 +235,18 @@ impl Inner {
     }
 
     /// Record pages claimed by an operation that copies them in with the
-    /// update lock released (a prefetch): busy like a pass's, so that
+    /// update lock released (a prefetch), or that the application's own
+    /// passes use (`with_bindings`): busy like a pass's, so that
     /// every path that would read, move or free them waits. Its owner ends
     /// it with [`Self::end_claim`].
-    pub(super) fn claim(&self, st: &mut State, busy: Vec<(u32, u32, bool)>) -> Arc<FlightShared> {
+    pub(super) fn claim(&self, st: &mut State, busy: Vec<(u32, u32, bool)>, why: ClaimFor) -> Arc<FlightShared> {
         let f = InFlight {
             shared: Self::new_shared(true),
             busy,
             exclusive: false,
             claim: true,
-            label: "prefetch".into(),
+            app_passes: (why == ClaimFor::AppPasses).then(|| std::thread::current().id()),
+            label: why.label().into(),
             readback: None,
             extents: false,
             replayable: false,

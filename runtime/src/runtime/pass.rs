@@ -484,6 +484,7 @@ impl Inner {
             busy,
             exclusive,
             claim: false,
+            app_passes: None,
             label: kernel.label.clone(),
             readback,
             extents: extents.is_some(),

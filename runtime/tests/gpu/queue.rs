@@ -43,7 +43,7 @@ pub(crate) fn p(x: u32) -> P {
 }
 
 /// What SPIN (and LATE) compute from `v`: `iters` xorshift steps of `v | 1`.
-fn spun(v: u32, iters: u32) -> u32 {
+pub(crate) fn spun(v: u32, iters: u32) -> u32 {
     let mut x = v | 1;
     for _ in 0..iters {
         x ^= x << 13;

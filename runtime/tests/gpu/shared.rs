@@ -165,3 +165,31 @@ fn a_vk_opened_device_serves_every_mode() {
         assert_eq!(adopt(&svm, &p, &input), want, "{backend:?} {:?}", svm.mapping_mode());
     }
 }
+
+/// `f` panics inside `with_bindings`: the scope still ends (its work waited
+/// for, its pages settled and given back), so the range is read on the CPU
+/// (a fault that would otherwise wait for the scope forever) and used by a
+/// later scope; the panic reaches the caller.
+#[test]
+fn a_panic_in_with_bindings_ends_the_scope() {
+    for backend in BACKENDS {
+        let Some(svm) = crate::ctx(small(backend)) else { return };
+        let p = pipeline(svm.device());
+        let input: Vec<u32> = (0..10_000).collect();
+        let mut v = svm.alloc_from_slice(&input).expect("alloc");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+                run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32);
+                panic!("the application's f");
+            })
+        }));
+        assert!(panicked.is_err(), "the panic reaches the caller");
+        let once: Vec<u32> = input.iter().map(|x| x * 3 + 1).collect();
+        assert_eq!(v.to_vec(), once, "the pass submitted before the panic ran ({backend:?})");
+        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
+        })
+        .expect("a later scope");
+        assert_eq!(v[9], (9 * 3 + 1) * 3 + 1, "{backend:?}");
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use svm::{Access, Arg, Binding, Kernel, LaunchDescriptor, ManagedVec, Svm};
 
-use crate::queue::{calibrate, make_device_owned, p, SPIN, STEP};
+use crate::queue::{calibrate, make_device_owned, p, spun, SPIN, STEP};
 use crate::{ctx, kernel, small, TestSvm, BACKENDS};
 
 /// What [`beside_a_kernel`] saw.
@@ -278,5 +278,89 @@ fn a_preferred_host_launch_retiring_behind_a_kernel_does_not_stop_the_world() {
         let info = svm.range_info(b.as_ptr().cast(), b.len() * 4).expect("range_info");
         assert_eq!(info.device, 0, "PreferredLocation(Host) pages home once no pass runs ({backend:?}): {info:?}");
         seen.assert_unstopped(&format!("a PreferredLocation(Host) launch retiring ({backend:?})"));
+    }
+}
+
+/// The application's own pass over a managed range (`with_bindings`: SPIN
+/// for about a second on its own pipeline, submitted inside `f`). `f` and
+/// the wait for its work ran under the update lock, so every other
+/// thread's alloc / free waited for the pass, and `f` could not call the
+/// runtime at all (it waited for itself). Now the bound pages are claimed
+/// instead: other threads go on, and `f` itself allocates and frees.
+#[test]
+fn an_application_pass_does_not_stop_the_world() {
+    use svm::wgpu;
+    for backend in BACKENDS {
+        let Some((svm, _spin, _step, mut a, iters)) = setup(small(backend), false) else { return };
+        let device = svm.device();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("app spin"),
+            source: wgpu::ShaderSource::Wgsl(SPIN.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("app spin"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let u = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("app spin iterations"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        svm.queue().write_buffer(&u, 0, bytemuck::bytes_of(&p(iters)));
+        let before = a.to_vec();
+        let n = before.len() as u32;
+        let (svm, pipeline, u, a_ref) = (&svm, &pipeline, &u, &mut a);
+        let app = move || {
+            let mut submit_took = Duration::ZERO;
+            svm.with_bindings(&[Binding::read_write(a_ref)], |views| {
+                let bg = svm.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("app spin"),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &[
+                        wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(views[0].clone()) },
+                        wgpu::BindGroupEntry { binding: 1, resource: u.as_entire_binding() },
+                    ],
+                });
+                let mut enc = svm.device().create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, &bg, &[]);
+                    pass.dispatch_workgroups(n.div_ceil(64), 1, 1);
+                }
+                let t = Instant::now();
+                svm.submit_commands([enc.finish()]);
+                submit_took = t.elapsed();
+                // The runtime, from inside `f`: fresh memory comes and goes.
+                let raw = svm.alloc(4096).expect("alloc inside f");
+                svm.free(raw.as_ptr()).expect("free inside f");
+            })
+            .expect("with_bindings");
+            submit_took
+        };
+        let (seen, submit_took) = std::thread::scope(|s| {
+            let app = s.spawn(app);
+            std::thread::sleep(Duration::from_millis(150));
+            let t = Instant::now();
+            for _ in 0..5 {
+                let raw = svm.alloc(4096).expect("alloc");
+                svm.free(raw.as_ptr()).expect("free");
+            }
+            let took = t.elapsed();
+            let busy = !app.is_finished();
+            let submit_took = app.join().expect("the application's thread");
+            (Beside { took, kernel_left: busy, other_busy: busy }, submit_took)
+        });
+        let want: Vec<u32> = before.iter().map(|&v| spun(v, iters)).collect();
+        assert!(a.iter().eq(want.iter()), "the application's pass over managed memory ({backend:?})");
+        if crate::kernel_ran_inside_submit(svm, submit_took > Duration::from_millis(600), "an application's pass") {
+            return;
+        }
+        seen.assert_unstopped(&format!("an application's pass in with_bindings ({backend:?})"));
     }
 }
