@@ -17,9 +17,9 @@ pub mod again;
 pub mod error;
 mod loom;
 pub mod mirror;
-pub mod outbox;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
+pub mod outbox;
 pub mod pte;
 pub mod range;
 pub mod snapshot;
@@ -34,8 +34,8 @@ mod tests;
 
 pub use again::AgainGate;
 pub use error::{Again, FaultReason, RangeError, SpaceError};
-pub use outbox::{Outbox, SendError};
 pub use mirror::{IntervalNotifier, InvalidateEvent, Mirror, MirrorId, MirrorOps, Seq, Update, UpdateGuard};
+pub use outbox::{Outbox, SendError};
 pub use pte::{FrameIndex, PageIndex, Pte, PAGE_SHIFT, PAGE_SIZE};
 pub use range::{ChunkOrder, PageRange};
 pub use snapshot::{Encoding, RangeRequest, SnapshotEntry};

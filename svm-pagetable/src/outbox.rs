@@ -71,10 +71,7 @@ impl<B, P> Default for Outbox<B, P> {
 impl<B, P> Outbox<B, P> {
     /// An empty, open outbox.
     pub fn new() -> Self {
-        Self {
-            queue: Mutex::new(Queue { batches: VecDeque::new(), popped: 0, last: None }),
-            sender: Mutex::new(false),
-        }
+        Self { queue: Mutex::new(Queue { batches: VecDeque::new(), popped: 0, last: None }), sender: Mutex::new(false) }
     }
 
     /// Queue a batch behind the ones waiting. Never waits for a send.

@@ -166,9 +166,7 @@ impl Inner {
             let overlapping = guard
                 .flights
                 .iter()
-                .find(|f| {
-                    f.exclusive || decl.iter().any(|&(a, b, _)| f.busy.iter().any(|&(x, y, _)| x < b && a < y))
-                })
+                .find(|f| f.exclusive || decl.iter().any(|&(a, b, _)| f.busy.iter().any(|&(x, y, _)| x < b && a < y)))
                 .map(|f| f.shared.clone());
             match overlapping.or_else(|| self.evicting_behind_a_pass(guard, &decl, false)) {
                 None => break decl,

@@ -355,7 +355,11 @@ impl Inner {
         if let Some(next) = next {
             self.read_ahead(st, next);
         }
-        let claim = self.claim(st, device_runs.iter().map(|&(x, y)| (x, y, true)).collect(), super::super::flight::ClaimFor::FaultCopyBack);
+        let claim = self.claim(
+            st,
+            device_runs.iter().map(|&(x, y)| (x, y, true)).collect(),
+            super::super::flight::ClaimFor::FaultCopyBack,
+        );
         let copied = MutexGuard::unlocked(guard, || {
             let download = match ahead {
                 Some(d) => d,
