@@ -19,7 +19,9 @@
 //! operations with no launch running, interleaved with the others.
 //!
 //! The same with `svm.prefetch(X, Device)` migrating X instead of a
-//! launch (its handle waited on the second thread).
+//! launch (its handle waited on the second thread), and with a replayable
+//! launch that reads every page of X through pointers without declaring
+//! it: its first pass faults, its replay migrates X.
 //!
 //! Every migrating path and both fault backends, side by side: the
 //! host-mapped pool (lavapipe's default), the staged pool (a discrete
@@ -41,8 +43,8 @@ use std::time::{Duration, Instant};
 
 use common::{gpu_required, machine, median, ModePath as Path};
 use svm::{
-    Access, Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, Location, ManagedVec, MappingMode,
-    Svm, SvmDescriptor,
+    Access, Arg, Binding, FaultBackendKind, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, Location,
+    ManagedVec, MappingMode, Svm, SvmDescriptor,
 };
 
 const MIB: usize = 1 << 20;
@@ -57,6 +59,19 @@ const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKin
 const TOUCH: &str = "@group(0) @binding(0) var<storage, read_write> y: array<u32>;
 @compute @workgroup_size(1)
 fn main() { y[0] = y[0] + 1u; }";
+
+/// Reads one word of every page of X through pointers, X not declared: a
+/// replayable launch's first pass faults on every page, and its replay
+/// migrates X (args: X at words 0-1, X's pages at 2, Y at 3-4).
+const READER: &str = "@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let x = svm_arg_ptr(0u);
+    let pages = svm_arg_u32(2u);
+    let y = svm_arg_ptr(3u);
+    var s = 0u;
+    for (var i = g.x; i < pages; i += nwg.x * 64u) { s += svm_load_u32(svm_index(x, i * 1024u, 4u)); }
+    if (s == 0xffffffffu) { svm_store_u32(y, s); }
+}";
 
 /// Writes the first word of every 2 MiB block of B (bound read-write:
 /// every page of B becomes device-owned).
@@ -109,6 +124,7 @@ impl Opts {
 struct Ctx {
     svm: Svm,
     touch: Kernel,
+    reader: Kernel,
     writer: Kernel,
     x: ManagedVec<u32>,
     y: ManagedVec<u32>,
@@ -129,11 +145,11 @@ impl Ctx {
         let kernel = |label, source| {
             svm.create_kernel(&KernelDescriptor { label, source, entry_point: "main" }).expect("kernel compiles")
         };
-        let (touch, writer) = (kernel("touch", TOUCH), kernel("writer", WRITER));
+        let (touch, reader, writer) = (kernel("touch", TOUCH), kernel("reader", READER), kernel("writer", WRITER));
         let x = svm.alloc_from_iter((0..x_bytes / 4).map(|i| i as u32)).expect("X");
         let y = svm.alloc_vec::<u32>(PAGE_WORDS).expect("Y");
         let b = svm.alloc_vec::<u32>(b_bytes / 4).expect("B");
-        Ok(Self { svm, touch, writer, x, y, b })
+        Ok(Self { svm, touch, reader, writer, x, y, b })
     }
 
     /// Every page of B device-owned again (the faults brought some back).
@@ -153,10 +169,28 @@ impl Ctx {
 
     /// The launch (or prefetch) that migrates X; returns its time and its
     /// h2d time, ms.
-    fn migrate(svm: &Svm, bg: Bg, touch: &Kernel, x: &ManagedVec<u32>, y: &mut ManagedVec<u32>) -> (f64, f64) {
+    fn migrate(svm: &Svm, bg: Bg, k: (&Kernel, &Kernel), x: &ManagedVec<u32>, y: &mut ManagedVec<u32>) -> (f64, f64) {
+        let (touch, reader) = k;
         let s0 = svm.stats();
         let t = Instant::now();
         match bg {
+            Bg::Replay => {
+                let pages = u32::try_from(x.len() / PAGE_WORDS).expect("small");
+                let args = [Arg::ptr(x.as_ptr()), Arg::U32(pages), Arg::ptr(y.as_ptr())];
+                let report = svm
+                    .launch_with(
+                        reader,
+                        &LaunchDescriptor {
+                            args: &args,
+                            access: &[Access::read_write(y)],
+                            workgroups: [4, 1, 1],
+                            ..Default::default()
+                        },
+                        &LaunchOptions::replayable(),
+                    )
+                    .expect("reader launch");
+                assert!(report.replays >= 1, "X was not declared: the first pass faults");
+            }
             Bg::Launch => svm
                 .launch(
                     touch,
@@ -186,6 +220,9 @@ enum Bg {
     Launch,
     /// `svm.prefetch(X, Device)` (X is brought back before the next one).
     Prefetch,
+    /// A replayable launch reading every page of X, not declared: its
+    /// replay migrates X (read-only copies, dropped after).
+    Replay,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -228,8 +265,10 @@ struct Row {
 
 fn run(o: &Opts, ctx: &mut Ctx, bg: Bg) -> Row {
     let mut row = Row { launch_ms: Vec::new(), h2d_ms: Vec::new(), ops: Default::default() };
-    // Compile, Y resident.
-    Ctx::migrate(&ctx.svm, Bg::Launch, &ctx.touch, &ctx.x, &mut ctx.y);
+    // X on the host (the previous variant may have prefetched it); then
+    // compile, Y resident.
+    ctx.svm.prefetch(ctx.x.as_ptr().cast(), ctx.x.len() * 4, Location::Host).wait().expect("X back");
+    Ctx::migrate(&ctx.svm, Bg::Launch, (&ctx.touch, &ctx.reader), &ctx.x, &mut ctx.y);
     for _ in 0..o.rounds {
         for (k, kind) in [Op::AllocFree, Op::Fault].into_iter().enumerate() {
             if bg == Bg::Prefetch {
@@ -241,13 +280,13 @@ fn run(o: &Opts, ctx: &mut Ctx, bg: Bg) -> Row {
                 let ms = op(&ctx.svm, &ctx.b, kind, &mut block);
                 row.ops[k].idle.push(ms);
             }
-            let Ctx { svm, touch, x, y, b, .. } = &mut *ctx;
-            let (svm, touch, x, b) = (&*svm, &*touch, &*x, &*b);
+            let Ctx { svm, touch, reader, x, y, b, .. } = &mut *ctx;
+            let (svm, kernels, x, b) = (&*svm, (&*touch, &*reader), &*x, &*b);
             let go = Barrier::new(2);
             let (launched, ops) = std::thread::scope(|s| {
                 let launcher = s.spawn(|| {
                     go.wait();
-                    Ctx::migrate(svm, bg, touch, x, y)
+                    Ctx::migrate(svm, bg, kernels, x, y)
                 });
                 go.wait();
                 let mut ops = Vec::new();
@@ -278,7 +317,7 @@ fn main() {
             let r = Ctx::new(&o, path, backend).map(|mut ctx| {
                 device.get_or_insert_with(|| ctx.svm.device_info().to_string());
                 let in_use = ctx.svm.fault_backend();
-                let rows = [Bg::Launch, Bg::Prefetch].map(|bg| run(&o, &mut ctx, bg));
+                let rows = [Bg::Launch, Bg::Prefetch, Bg::Replay].map(|bg| run(&o, &mut ctx, bg));
                 (in_use, ctx.svm.pool_is_host_mapped(), rows)
             });
             if let Err(e) = &r {
@@ -306,7 +345,7 @@ fn main() {
     let _ = writeln!(
         m,
         "- a launch on a second thread declares X read-only (256 MiB; sparse 64 MiB) and writes one word of a page of its own: it is \
-         almost all host → device migration (and, in the second row of each path, a prefetch of X to the device); the main thread repeats one operation every {} ms until the launch \
+         almost all host → device migration (and, in the second row of each path, a prefetch of X to the device; in the third, a replayable launch whose pointer kernel reads a word of every page of X undeclared, migrated by its replay); the main thread repeats one operation every {} ms until the launch \
          returns (faults: at most {} a launch); {} launches per operation and path, operations interleaved; \
          idle: 3 of each operation before each launch; whole run {total:.0} s\n",
         o.gap.as_millis(),
@@ -329,7 +368,7 @@ fn main() {
                 } else {
                     path.name.to_string()
                 };
-                for (bg, row) in ["a launch", "a prefetch"].into_iter().zip(by_bg.iter_mut()) {
+                for (bg, row) in ["a launch", "a prefetch", "a replay"].into_iter().zip(by_bg.iter_mut()) {
                     let [a, f] = &mut row.ops;
                     let n = (a.during.len() + f.during.len()) as f64 / (2 * o.rounds) as f64;
                     let _ = writeln!(
@@ -351,7 +390,8 @@ fn main() {
     let _ = writeln!(
         m,
         "\nmigrated by: a launch declaring X read-only, or `svm.prefetch(X, Device)` (X brought back to the host \
-         before each). its time: the whole `svm.launch` or prefetch (its handle waited), median; its h2d: the \
+         before each), or a replayable launch whose GPU faults on X (not declared) its replay serves (read-only copies \
+         of X's chunks, dropped after). its time: the whole `svm.launch` or prefetch (its handle waited), median; its h2d: the \
          statistics' `h2d_ns` over it (every copy, under the update lock or not). alloc+free: `svm.alloc(4096)` then `svm.free`. fault: a read of a word of \
          B (device-owned) on a 2 MiB block of its own (64 KiB migrate back). during: every operation timed while a \
          launch or prefetch ran, median, and the longest of all: an operation that waited for its migration takes \

@@ -19,7 +19,8 @@
 //! Every mapping mode and fault backend the machine offers, side by side:
 //! the software mode with the host-mapped pool (lavapipe's default), the
 //! software mode staged (`host_mapped_pool(false)`, as on a discrete GPU),
-//! the sparse mode, and the coherent mode (nothing migrates, so no fault
+//! the sparse mode (and staged: its blocks copied through the queue, as on
+//! a discrete GPU), and the coherent mode (nothing migrates, so no fault
 //! figures; alloc and free still); each under userfaultfd and mprotect.
 //!
 //! The kernel runs on ONE workgroup, so on lavapipe it keeps one CPU busy
@@ -169,10 +170,11 @@ impl Opts {
     }
 }
 
-const PATHS: [Path; 4] = [
+const PATHS: [Path; 5] = [
     Path { name: "software", mode: MappingMode::Software, host_mapped_pool: true },
     Path { name: "staged", mode: MappingMode::Software, host_mapped_pool: false },
     Path { name: "sparse", mode: MappingMode::Sparse, host_mapped_pool: true },
+    Path { name: "sparse staged", mode: MappingMode::Sparse, host_mapped_pool: false },
     Path { name: "coherent", mode: MappingMode::Coherent, host_mapped_pool: true },
 ];
 
@@ -332,6 +334,72 @@ impl Ctx {
         })
     }
 
+    /// Like [`Self::while_another_thread`], but the other thread's long
+    /// work is the application's own pass (no launch): `with_bindings` over
+    /// a vector D of its own, [`SPIN`] on an application pipeline for the
+    /// calibrated iterations, submitted inside `f`. Returns the op's ms and
+    /// whether the scope was still open when it ended.
+    fn while_an_app_pass(&mut self, delay: Duration, op: impl FnOnce(&Svm)) -> (f64, bool) {
+        let svm = &self.svm;
+        let device = svm.device();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("app spin"),
+            source: wgpu::ShaderSource::Wgsl(SPIN.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("app spin"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let u = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("app spin iterations"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        svm.queue().write_buffer(&u, 0, bytemuck::bytes_of(&P { v: self.iters, pad: [0; 3] }));
+        let mut d = svm.alloc_from_slice(&(0..64u32).collect::<Vec<_>>()).expect("D");
+        let open = AtomicBool::new(true);
+        let (pipeline, u, dm, open_ref) = (&pipeline, &u, &mut d, &open);
+        let ms = std::thread::scope(|s| {
+            let app = s.spawn(move || {
+                svm.with_bindings(&[Binding::read_write(dm)], |views| {
+                    let bg = svm.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("app spin"),
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: wgpu::BindingResource::Buffer(views[0].clone()),
+                            },
+                            wgpu::BindGroupEntry { binding: 1, resource: u.as_entire_binding() },
+                        ],
+                    });
+                    let mut enc = svm.device().create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        pass.set_pipeline(pipeline);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(1, 1, 1);
+                    }
+                    svm.submit_commands([enc.finish()]);
+                })
+                .expect("with_bindings");
+                open_ref.store(false, Ordering::SeqCst);
+            });
+            std::thread::sleep(delay);
+            let ms = ms_of(|| op(svm));
+            let still = open.load(Ordering::SeqCst);
+            app.join().expect("the application's thread");
+            (ms, still)
+        });
+        assert_ne!(d[0], 0, "the application's pass");
+        ms
+    }
+
     /// B, `slots` × 2 MiB, every page device-owned (one bound read-write
     /// launch of [`WRITER`]).
     fn device_owned_b(&self, slots: usize) -> ManagedVec<u32> {
@@ -408,6 +476,10 @@ struct OpsRow {
     /// the kernel (sparse: binding its pages), ms; and how many ended first.
     beside_launch: Vec<f64>,
     beside_launch_early: usize,
+    /// alloc + free while another thread's application pass runs
+    /// (`with_bindings`), ms; and how many ended while its scope was open.
+    beside_app: Vec<f64>,
+    beside_app_early: usize,
 }
 
 /// Section 1 and 2 for one runtime: faults on device-owned pages the
@@ -432,6 +504,8 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
         beside_copy_early: 0,
         beside_launch: Vec::new(),
         beside_launch_early: 0,
+        beside_app: Vec::new(),
+        beside_app_early: 0,
     };
     let writer = ctx
         .svm
@@ -502,6 +576,13 @@ fn cpu_ops(o: &Opts, ctx: &mut Ctx, path: Path, backend: FaultBackendKind) -> Op
         drop(c);
         row.beside_launch.push(ms);
         row.beside_launch_early += usize::from(early);
+        // Another thread's application pass (`with_bindings`), as long.
+        let (ms, early) = ctx.while_an_app_pass(o.delay, |svm| {
+            let p = svm.alloc(4096).expect("alloc");
+            svm.free(p.as_ptr()).expect("free");
+        });
+        row.beside_app.push(ms);
+        row.beside_app_early += usize::from(early);
 
         let mut p = None;
         let d = ctx.while_kernel_runs(o.delay, |svm| {
@@ -643,7 +724,9 @@ fn main() {
          kernel too). alloc + free beside another thread's launch on new data: that thread launches a kernel \
          over 2 MiB allocated just before, on a queue of its own (queued behind the long kernel; in the sparse \
          mode its pages' bind waits for the kernel, and is sent with the update lock released: before, under it). \
-         ratio: during / idle. kernel left at op start: from the timed operation's start to \
+         alloc + free beside another thread's application pass: no launch; that thread's `with_bindings` over a \
+         vector of its own runs the long kernel's code on an application pipeline, submitted inside `f` (before, \
+         `f` and the wait for its work held the update lock). ratio: during / idle. kernel left at op start: from the timed operation's start to \
          the long launch's return; an operation that waits for the kernel (the runtime's lock held across it) takes \
          about that long. pool: where device pages live (host-mapped: migration is a CPU copy; staged: copies \
          through the queue; sparse: bound memory blocks; arena in place: nothing migrates)."

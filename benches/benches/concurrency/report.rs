@@ -14,7 +14,8 @@ pub(super) struct QueueRow {
 pub(super) fn pool_name(mode: MappingMode, host_mapped: bool) -> &'static str {
     match (mode, host_mapped) {
         (MappingMode::Coherent, _) => "arena in place",
-        (MappingMode::Sparse, _) => "sparse buffer",
+        (MappingMode::Sparse, true) => "sparse buffer",
+        (MappingMode::Sparse, false) => "sparse buffer, staged copies",
         (_, true) => "host-mapped",
         (_, false) => "staged",
     }
@@ -45,15 +46,17 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | alloc + free during, another thread's fault on other data copying back ms (ended before it) | alloc + free during, another thread's launch on new data behind the kernel ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
+        "| mode | backend | pool | kernel ms | kernel left at op start ms | fault idle ms | fault during ms | fault ratio | fault during, another thread's fault waiting for the kernel ms (ended before it) | alloc + free during, another thread's fault on other data copying back ms (ended before it) | alloc + free during, another thread's launch on new data behind the kernel ms (ended before it) | alloc + free during another thread's application pass (with_bindings) ms (ended before it) | d2h KiB per fault | alloc idle ms | alloc during ms | alloc ratio | free idle ms | free during ms | free ratio |"
     );
-    let _ =
-        writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        t,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (r, (path, backend)) in rows.iter().zip(names) {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} ||||||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | {backend} | unavailable: {e} |||||||||||||||||", path.name);
                 continue;
             }
         };
@@ -79,11 +82,12 @@ pub(super) fn table(rows: &[Result<OpsRow, String>], names: &[(Path, FaultBacken
         };
         let beside_launch =
             format!("{} ({} of {})", ms(med(&r.beside_launch)), r.beside_launch_early, r.beside_launch.len());
+        let beside_app = format!("{} ({} of {})", ms(med(&r.beside_app)), r.beside_app_early, r.beside_app.len());
         let (ai, ad) = (med(&r.alloc.idle), med(&r.alloc.during));
         let (xi, xd) = (med(&r.free.idle), med(&r.free.during));
         let _ = writeln!(
             t,
-            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {behind} | {beside} | {beside_launch} | {kib} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {pool} | {} | {} | {fi} | {fd} | {fr} | {behind} | {beside} | {beside_launch} | {beside_app} | {kib} | {} | {} | {} | {} | {} | {} |",
             r.path.name,
             r.backend,
             ms(med(&r.kernel_ms)),
@@ -200,7 +204,7 @@ pub(super) fn bfs_table(rows: &[(Path, Result<QueueRow, String>)]) -> String {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(t, "| {} | uffd | unavailable: {e} ||||||||||||||||", path.name);
+                let _ = writeln!(t, "| {} | uffd | unavailable: {e} |||||||||||||||||", path.name);
                 continue;
             }
         };

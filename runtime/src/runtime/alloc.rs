@@ -113,7 +113,7 @@ impl Svm {
         let off = addr - arena.base();
         let mut st = self.inner.state.lock();
         // A launch in flight using the range (a raw access) finishes first;
-        // other launches go on. Freeing a range the coherent window covers
+        // other launches go on, a replayable one too (`wait_users`). Freeing a range the coherent window covers
         // drops the window: every launch finishes first. (Waiting releases
         // the lock: decided again after, the window may have come.)
         while let Some((start, len)) = st.ranges.containing(off) {
@@ -125,7 +125,7 @@ impl Svm {
                 }
                 self.inner.wait_all_flights(&mut st);
             } else {
-                self.inner.wait_pages(&mut st, a, b);
+                self.inner.wait_users(&mut st, a, b);
                 if !in_window(&st) {
                     break;
                 }

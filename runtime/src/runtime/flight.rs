@@ -376,6 +376,20 @@ impl Inner {
         });
     }
 
+    /// Wait until no flight *uses* a page of `[a, b)`: like
+    /// [`Self::wait_pages`], but a replayable launch (exclusive) is waited
+    /// for only where its busy pages meet the range. What `free` needs: a
+    /// page outside every busy range has no valid PTE in a running pass
+    /// (a replayable launch maps only what it holds busy, and everything
+    /// that would map more — launches, prefetch, advice — waits for it),
+    /// so no pass can reach its frame once freed; a later GPU fault on it
+    /// finds it unallocated (the kernel's error).
+    pub(super) fn wait_users(&self, guard: &mut MutexGuard<'_, State>, a: u32, b: u32) {
+        self.wait_flights(guard, |st| {
+            st.flights.iter().find(|f| f.busy.iter().any(|&(x, y, _)| x < b && a < y)).map(|f| f.shared.clone())
+        });
+    }
+
     /// A pass that may be running, when device-owned pages of `[a, b)`
     /// would be copied back through the device's queue (the staged path)
     /// under the update lock: a device with one queue (lavapipe's) takes

@@ -311,8 +311,9 @@ impl Inner {
             let (mut f, cmds) = self.encode_pass(st, &pass, extents.as_deref(), busy.clone(), true, opts.replayable)?;
             let discarded = std::mem::take(&mut st.discarded_fresh);
             f.release_frames = std::mem::take(&mut st.deferred_free);
-            // (The first pass's copies, claimed by its flight; replays copy
-            // under the lock.)
+            // (This pass's copies — the first one's, or those its faults
+            // asked for — made with the lock released, its flight holding
+            // their pages busy.)
             let copies = st.copies.take().unwrap_or_default();
             let shared = self.track(st, f);
             // (Not batched: the caller waits for each pass, and a timeout
@@ -350,6 +351,10 @@ impl Inner {
             }
             extents = None;
             let want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
+            // (Queued for the next pass, whose flight claims them: the lock
+            // is held from here to its `track`. On an error they are made
+            // below, before anything is given back.)
+            st.copies = Some(Vec::new());
             let changed = self.map_ranges(
                 st,
                 &want,

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use svm::{Access, Arg, Binding, Kernel, LaunchDescriptor, ManagedVec, Svm};
+use svm::{Access, Arg, Binding, Kernel, LaunchDescriptor, LaunchOptions, ManagedVec, Svm};
 
 use crate::queue::{calibrate, make_device_owned, p, spun, SPIN, STEP};
 use crate::{ctx, kernel, small, TestSvm, BACKENDS};
@@ -362,5 +362,40 @@ fn an_application_pass_does_not_stop_the_world() {
             return;
         }
         seen.assert_unstopped(&format!("an application's pass in with_bindings ({backend:?})"));
+    }
+}
+
+/// A replayable launch runs alone among launches (it maps what is
+/// resident and replays between passes), but `free` of a range it does not
+/// use waited for all of it too: another thread's alloc + free took the
+/// kernel's remaining time. A page no running pass holds has no valid PTE
+/// there, so freeing it need not wait.
+#[test]
+fn free_beside_a_replayable_launch_does_not_wait_for_it() {
+    for backend in BACKENDS {
+        let Some((svm, spin, _step, mut a, iters)) = setup(small(backend), false) else { return };
+        let u = p(iters);
+        let (svm, spin, am) = (&svm, &spin, &mut a);
+        let seen = std::thread::scope(|s| {
+            let long = s.spawn(move || {
+                let t = Instant::now();
+                let binds = [Binding::read_write(am), Binding::uniform(&u)];
+                let desc = LaunchDescriptor { bindings: &binds, ..Default::default() };
+                svm.launch_with(spin, &desc, &LaunchOptions::replayable()).expect("replayable spin");
+                t.elapsed()
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            let t = Instant::now();
+            for _ in 0..5 {
+                let raw = svm.alloc(4096).expect("alloc");
+                svm.free(raw.as_ptr()).expect("free");
+            }
+            let took = t.elapsed();
+            let busy = !long.is_finished();
+            let ran = long.join().expect("the launching thread");
+            assert!(ran > Duration::from_millis(600), "the replayable launch ran {ran:?}: test too short");
+            Beside { took, kernel_left: busy, other_busy: busy }
+        });
+        seen.assert_unstopped(&format!("a replayable launch ({backend:?})"));
     }
 }
