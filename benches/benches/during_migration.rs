@@ -395,7 +395,9 @@ fn main() {
          statistics' `h2d_ns` over it (every copy, under the update lock or not). alloc+free: `svm.alloc(4096)` then `svm.free`. fault: a read of a word of \
          B (device-owned) on a 2 MiB block of its own (64 KiB migrate back). during: every operation timed while a \
          launch or prefetch ran, median, and the longest of all: an operation that waited for its migration takes \
-         about its h2d time."
+         about its h2d time. A replayable launch maps every resident page for its passes (B is device-owned): a \
+         fault on B waits for the whole launch by design; alloc + free do not (a free waits only for a launch whose \
+         pages it meets)."
     );
     println!("\n{m}");
     std::fs::create_dir_all(&o.out).expect("create results dir");
