@@ -103,8 +103,8 @@ impl Extent {
     }
 }
 
-/// Capacity of the GPU fault list per pass (further faults are counted and
-/// found again on the next pass).
+/// Capacity of the GPU fault list per pass (read back with the log; when
+/// more faults are counted, the runtime reads the fault bitmaps instead).
 pub(crate) const FAULT_CAP: u32 = 4096;
 
 /// Words of the launch log read back after each pass: errors, then the

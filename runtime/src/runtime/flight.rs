@@ -65,6 +65,8 @@ pub(super) struct InFlight {
     pub(super) label: String,
     /// The pass reads the launch log back (kernels using the prelude).
     pub(super) readback: Option<wgpu::Buffer>,
+    /// A replayable page-table pass: where its fault bitmaps are.
+    pub(super) fault_bitmaps: Option<FaultBitmaps>,
     /// The pass checked extents (else the page table).
     pub(super) extents: bool,
     pub(super) replayable: bool,
@@ -81,6 +83,14 @@ pub(super) struct InFlight {
     /// In-place pages it reads, write-protected on the CPU until it retires.
     pub(super) protected_in_place: Vec<(u32, u32)>,
     pub(super) release_frames: Vec<u32>,
+}
+
+/// The fault bitmaps of the launch log a replayable pass wrote: after
+/// `LOG_FAULTS`, the count and `FAULT_CAP` list entries, `words` words of
+/// read faults, then `words` of write faults.
+pub(super) struct FaultBitmaps {
+    pub(super) log: wgpu::Buffer,
+    pub(super) words: u32,
 }
 
 /// What pages are claimed for ([`Inner::claim`]).
@@ -248,6 +258,7 @@ impl Inner {
             app_passes: (why == ClaimFor::AppPasses).then(|| std::thread::current().id()),
             label: why.label().into(),
             readback: None,
+            fault_bitmaps: None,
             extents: false,
             replayable: false,
             stamps: false,
