@@ -510,6 +510,14 @@ impl Gpu {
         self.frames_per_segment - frame % self.frames_per_segment
     }
 
+    /// The device can no longer be used correctly (`why`): every later
+    /// operation fails with [`DeviceError::Lost`] (the first reason kept),
+    /// as this one.
+    pub fn fail(&self, why: String) -> DeviceError {
+        let mut lost = self.lost.lock();
+        DeviceError::Lost(lost.get_or_insert(why).clone())
+    }
+
     pub fn check_lost(&self) -> Result<(), DeviceError> {
         match &*self.lost.lock() {
             Some(m) => Err(DeviceError::Lost(m.clone())),

@@ -403,11 +403,12 @@ fn loom_outbox_close_stops_every_later_send() {
     });
 }
 
-/// A refused batch is dropped with the error; the batch sealed after it is
-/// still sent by the next send, exactly once, whichever thread meets the
-/// refusal.
+/// A refused batch breaks the outbox: the send that met the refusal gets
+/// it, the other thread's send fails too (its batch, sealed after, can never
+/// reach the device in order), and nothing is sent — whichever thread
+/// meets the refusal and whenever the other one sends.
 #[test]
-fn loom_outbox_refused_batch_is_dropped_and_the_next_still_goes() {
+fn loom_outbox_a_refused_batch_fails_every_send_after_it() {
     ::loom::model(|| {
         let update = Arc::new(Mutex::new(0u32));
         let outbox = Arc::new(Outbox::<u32, u32>::new());
@@ -433,7 +434,8 @@ fn loom_outbox_refused_batch_is_dropped_and_the_next_still_goes() {
             .collect();
         let results: Vec<_> = threads.into_iter().map(|t| t.join().expect("sender")).collect();
         assert_eq!(results.iter().filter(|r| matches!(r, Err(SendError::Refused("refused")))).count(), 1);
-        assert_eq!(*device.lock().expect("lock"), [1], "the batch after the refused one was not sent once");
-        assert!(!outbox.has_batches());
+        assert_eq!(results.iter().filter(|r| matches!(r, Err(SendError::Broken))).count(), 1, "{results:?}");
+        assert!(device.lock().expect("lock").is_empty(), "a batch sent after the refused one");
+        assert!(outbox.send(|b| Ok::<_, &str>(b)) == Err(SendError::Broken));
     });
 }

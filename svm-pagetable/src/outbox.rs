@@ -14,9 +14,10 @@
 //!
 //! What a sender may rely on when `send` returns `Ok`: every batch pushed
 //! before the call is on the device (sent by this thread or by another
-//! one whose send had popped it: `send` waits for that send to end). And
+//! one whose send had popped it: `send` waits for that send to end). A
+//! refused batch breaks the outbox for good (every later send fails). And
 //! once [`Outbox::close`] has returned, the send function never runs again.
-//! The loom models in `loom_tests` check both, and the order.
+//! The loom models in `loom_tests` check these, and the order.
 //!
 //! Lock order: the sender's mutex before the batch queue's; pushing takes
 //! only the queue's (so sealing never waits for a send in progress).
@@ -31,9 +32,13 @@ pub enum SendError<E> {
     /// The outbox was closed: nothing is sent any more.
     #[error("the outbox is closed: nothing is sent any more")]
     Closed,
-    /// The device refused a batch (which is dropped: see [`Outbox::send`]).
+    /// The device refused a batch, met by this call (see [`Outbox::send`]).
     #[error("the device refused a batch: {0}")]
     Refused(E),
+    /// The device refused a batch earlier (met by another call): what it
+    /// holds no longer follows the sealed changes, nothing is sent any more.
+    #[error("the device refused an earlier batch: nothing is sent any more")]
+    Broken,
 }
 
 /// Sealed batches `B` on their way to the device; `P` is what sending one
@@ -42,8 +47,18 @@ pub struct Outbox<B, P> {
     /// The batches waiting. Held only briefly.
     queue: Mutex<Queue<B, P>>,
     /// Held while batches are popped and sent, so that they reach the
-    /// device in order; `true` once closed.
-    sender: Mutex<bool>,
+    /// device in order.
+    sender: Mutex<Sending>,
+}
+
+/// The sender's state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    Open,
+    /// [`Outbox::close`] was called.
+    Closed,
+    /// A batch was refused: every later send fails.
+    Broken,
 }
 
 struct Queue<B, P> {
@@ -53,6 +68,8 @@ struct Queue<B, P> {
     popped: usize,
     /// What sending the last batch returned.
     last: Option<P>,
+    /// A batch was refused (so the fast path of `send` fails too).
+    broken: bool,
 }
 
 impl<B, P> core::fmt::Debug for Outbox<B, P> {
@@ -71,7 +88,10 @@ impl<B, P> Default for Outbox<B, P> {
 impl<B, P> Outbox<B, P> {
     /// An empty, open outbox.
     pub fn new() -> Self {
-        Self { queue: Mutex::new(Queue { batches: VecDeque::new(), popped: 0, last: None }), sender: Mutex::new(false) }
+        Self {
+            queue: Mutex::new(Queue { batches: VecDeque::new(), popped: 0, last: None, broken: false }),
+            sender: Mutex::new(Sending::Open),
+        }
     }
 
     /// Queue a batch behind the ones waiting. Never waits for a send.
@@ -93,20 +113,24 @@ impl<B, P: Copy> Outbox<B, P> {
     /// the last batch returned (`None`: no batch was ever sent). With
     /// nothing waiting or being sent, returns at once.
     ///
-    /// A batch `send` refuses is dropped with the error (the later ones stay
-    /// queued for the next call): the caller's bookkeeping keeps the
-    /// batch's changes, so only a device that can no longer be used
-    /// correctly should refuse one.
+    /// A batch `send` refuses breaks the outbox: the caller's bookkeeping
+    /// keeps the batch's changes, which the device now lacks, so the call
+    /// that met the refusal gets [`SendError::Refused`], every later one
+    /// (and every one waiting for it) [`SendError::Broken`], and nothing is
+    /// sent again. Only a device that can no longer be used correctly
+    /// refuses a batch.
     pub fn send<E>(&self, mut send: impl FnMut(B) -> Result<P, E>) -> Result<Option<P>, SendError<E>> {
         {
             let q = self.queue.lock();
-            if q.batches.is_empty() && q.popped == 0 {
+            if q.batches.is_empty() && q.popped == 0 && !q.broken {
                 return Ok(q.last);
             }
         }
-        let closed = self.sender.lock();
-        if *closed {
-            return Err(SendError::Closed);
+        let mut state = self.sender.lock();
+        match *state {
+            Sending::Open => {}
+            Sending::Closed => return Err(SendError::Closed),
+            Sending::Broken => return Err(SendError::Broken),
         }
         loop {
             // (Popped under the sender's lock: batches go in order.)
@@ -119,15 +143,23 @@ impl<B, P: Copy> Outbox<B, P> {
             let sent = send(batch);
             let mut q = self.queue.lock();
             q.popped -= 1;
-            q.last = Some(sent.map_err(SendError::Refused)?);
+            match sent {
+                Ok(p) => q.last = Some(p),
+                Err(e) => {
+                    q.broken = true;
+                    q.batches.clear();
+                    *state = Sending::Broken;
+                    return Err(SendError::Refused(e));
+                }
+            }
         }
     }
 
     /// Refuse every later send (waiting for one in progress), drop the
     /// batches not sent, and return what sending the last one returned.
     pub fn close(&self) -> Option<P> {
-        let mut closed = self.sender.lock();
-        *closed = true;
+        let mut state = self.sender.lock();
+        *state = Sending::Closed;
         let mut q = self.queue.lock();
         q.batches.clear();
         q.last

@@ -29,11 +29,15 @@ impl Svm {
     /// The bound pages are claimed while `f` and the work it submits run,
     /// as a launch's are while its kernel runs: what would read, move or
     /// free them (a CPU access, `free`, a launch using them) waits until
-    /// this call returns; everything else proceeds meanwhile, `f` itself
-    /// may allocate, free, and launch on other data. Launches in flight
-    /// that use the bound pages are waited for first. Inside `f`, using the
-    /// bound pages through the runtime (a launch on them, a prefetch) would
-    /// wait for `f` itself. Record, submit (on `Svm::queue`, or with
+    /// this call returns, and everything else goes on meanwhile on other
+    /// threads (their faults, allocations, launches on other data).
+    /// Launches in flight that use the bound pages are waited for first.
+    ///
+    /// Inside `f`, on its own thread, allocating and freeing memory that is
+    /// not bound is fine. Other runtime calls — a launch, a prefetch,
+    /// advice, a CPU access to the bound ranges — and any runtime call on a
+    /// thread `f` waits for may wait for this scope, which ends only after
+    /// `f` returns: a deadlock. Record, submit (on `Svm::queue`, or with
     /// `Svm::submit_commands`), return.
     pub fn with_bindings<R>(
         &self,

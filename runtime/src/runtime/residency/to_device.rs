@@ -296,7 +296,10 @@ impl Inner {
         // `RawDevice::submit_signalled`, `Svm::submit_commands`).
         #[allow(unsafe_code, reason = "vkQueueBindSparse; contract argued inline")]
         let sent = unsafe { outbox.send() };
-        sent.map(drop).map_err(|e| DeviceError::Unexpected(format!("sparse bind: {e}")))
+        // A refused batch leaves the device's bindings behind the arena's
+        // bookkeeping for good (the outbox sends nothing more): the device
+        // is unusable, every later operation says so.
+        sent.map(drop).map_err(|e| self.gpu.fail(format!("sparse bind refused: {e}")))
     }
 
     /// Copies that were never made: their pages go back to the host, whose

@@ -71,9 +71,10 @@ impl BindOutbox {
     /// before the batch is done (lavapipe). With nothing to send, returns
     /// at once.
     ///
-    /// A batch the device refuses is dropped with the error (the arena's
-    /// bookkeeping keeps it: only a lost or out-of-memory device refuses
-    /// one, and nothing reads the arena correctly again).
+    /// A batch the device refuses breaks the outbox (the arena's bookkeeping
+    /// keeps it: only a lost or out-of-memory device refuses one, and
+    /// nothing reads the arena correctly again): this and every later send
+    /// fail.
     ///
     /// # Safety
     ///
@@ -96,6 +97,9 @@ impl BindOutbox {
             Ok(last) => Ok(last.unwrap_or_else(|| self.raw.last_point())),
             Err(SendError::Closed) => Err(VkError::Unsupported("the sparse arena was dropped: no more binds").into()),
             Err(SendError::Refused(e)) => Err(e.into()),
+            Err(SendError::Broken) => {
+                Err(VkError::Unsupported("an earlier sparse bind was refused: no more binds").into())
+            }
         }
     }
 
