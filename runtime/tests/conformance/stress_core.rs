@@ -3,7 +3,8 @@
 //!
 //! Worker threads each own a few managed arrays and a plain `Vec` copy of
 //! each (the reference model). They read and write them on the CPU at
-//! random, launch kernels on them (declared and replayable), prefetch and
+//! random, launch kernels on them (declared and replayable, and the
+//! application's own passes through `with_bindings`), prefetch and
 //! advise them, free them and allocate new ones, all at once, against one
 //! runtime with a small device pool (so launches evict each other's pages).
 //! Every read is compared with the model, and every array is compared in
@@ -29,6 +30,10 @@ use svm::{Access, Advice, Arg, Kernel, KernelDescriptor, LaunchDescriptor, Launc
 
 #[path = "stress_queues.rs"]
 mod queues;
+#[path = "stress_report.rs"]
+mod report;
+use report::merge;
+pub use report::Report;
 
 // AFFINE and FILL are shared with the GPU tests (and this file's example).
 #[path = "../support/kernels.rs"]
@@ -68,6 +73,8 @@ struct Kernels {
     fill: Kernel,
     add_src: Kernel,
     scale_bound: Kernel,
+    /// SCALE_BOUND as the application's own pipeline (`with_bindings`).
+    app_scale: svm::wgpu::ComputePipeline,
     fill_bound: Kernel,
 }
 
@@ -106,94 +113,6 @@ impl Default for Config {
     }
 }
 
-/// What happened.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub ops: u64,
-    pub cpu_reads: u64,
-    pub cpu_writes: u64,
-    pub launches: u64,
-    pub replayable_launches: u64,
-    pub prefetches: u64,
-    pub advises: u64,
-    pub allocs: u64,
-    pub frees: u64,
-    /// Launches submitted on launch queues (held, chained or leaked).
-    pub queue_launches: u64,
-    /// Queue batches (launches submitted, CPU work on other data, waits).
-    pub batches: u64,
-    /// Handles held while their thread worked on other data.
-    pub held_launches: u64,
-    /// Chains of launches on one array (raw declarations, several queues).
-    pub queue_chains: u64,
-    /// Batches whose handles were not waited for in submission order.
-    pub out_of_order_waits: u64,
-    /// Handles leaked (`std::mem::forget`); their data is read after.
-    pub leaked: u64,
-    /// Of those, handles whose kernel had not finished at the forget.
-    pub leaked_running: u64,
-    /// Inputs of a leaked launch written right after the forget.
-    pub leaked_input_writes: u64,
-    /// CPU operations that ended while a held kernel was still running.
-    pub overlapped_cpu_ops: u64,
-    /// `LaunchQueue::finish` calls.
-    pub finishes: u64,
-    /// Bytes compared against the model.
-    pub checked_bytes: u64,
-    pub mismatches: u64,
-    /// Replayable launches refused with PoolExhausted (a known runtime bug,
-    /// worked around; see `run`).
-    pub known_replay_pool_exhausted: u64,
-    /// Prefetches refused with PoolExhausted (a known runtime bug).
-    pub known_prefetch_pool_exhausted: u64,
-    /// Unexpected errors (any error from a call that must succeed).
-    pub errors: Vec<String>,
-    pub stats: Option<svm::Stats>,
-    pub elapsed: Duration,
-}
-
-impl core::fmt::Display for Report {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        writeln!(
-            f,
-            "{} ops in {:.1} s: {} CPU reads, {} CPU writes, {} launches ({} replayable), {} prefetches, {} advises, {} allocs, {} frees; {:.1} MiB checked, {} mismatches, {} errors, known bugs: {} replayable launches and {} prefetches refused for pool space",
-            self.ops,
-            self.elapsed.as_secs_f64(),
-            self.cpu_reads,
-            self.cpu_writes,
-            self.launches,
-            self.replayable_launches,
-            self.prefetches,
-            self.advises,
-            self.allocs,
-            self.frees,
-            self.checked_bytes as f64 / (1 << 20) as f64,
-            self.mismatches,
-            self.errors.len(),
-            self.known_replay_pool_exhausted,
-            self.known_prefetch_pool_exhausted
-        )?;
-        writeln!(
-            f,
-            "  queues: {} launches in {} batches, {} handles held while the CPU worked on other data ({} CPU ops overlapped a running kernel), {} chains, {} batches waited out of order, {} handles leaked ({} with the kernel running, {} inputs written after the forget), {} finishes",
-            self.queue_launches,
-            self.batches,
-            self.held_launches,
-            self.overlapped_cpu_ops,
-            self.queue_chains,
-            self.out_of_order_waits,
-            self.leaked,
-            self.leaked_running,
-            self.leaked_input_writes,
-            self.finishes
-        )?;
-        if let Some(s) = &self.stats {
-            write!(f, "{s}")?;
-        }
-        Ok(())
-    }
-}
-
 #[derive(Default)]
 struct Shared {
     ops: AtomicU64,
@@ -228,6 +147,7 @@ struct Worker<'a> {
     id: usize,
     svm: &'a Svm,
     affine: &'a Kernel,
+    app_scale: &'a svm::wgpu::ComputePipeline,
     fill: &'a Kernel,
     add_src: &'a Kernel,
     shared: &'a Shared,
@@ -306,6 +226,39 @@ impl Worker<'_> {
         }
     }
 
+    /// `b[i] = b[i] * mul + add` over buffer `b` in the application's own
+    /// pass (`with_bindings`), submitted inside the scope.
+    fn app_scale(&mut self, b: usize, mul: u32, add: u32) -> Result<(), svm::LaunchError> {
+        use svm::wgpu;
+        use wgpu::util::DeviceExt as _;
+        let (svm, pipeline) = (self.svm, self.app_scale);
+        let buf = &mut self.bufs[b];
+        let groups = wg(buf.v.len())[0];
+        let u = svm.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("stress app scale"),
+            contents: bytemuck::cast_slice(&[mul, add, 0u32, 0]),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        svm.with_bindings(&[svm::Binding::read_write(&mut buf.v)], |views| {
+            let bg = svm.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("stress app scale"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(views[0].clone()) },
+                    wgpu::BindGroupEntry { binding: 1, resource: u.as_entire_binding() },
+                ],
+            });
+            let mut enc = svm.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &bg, &[]);
+                pass.dispatch_workgroups(groups, 1, 1);
+            }
+            svm.submit_commands([enc.finish()]);
+        })
+    }
+
     fn range(&mut self, len: usize) -> (usize, usize) {
         let a = self.rng.below(len);
         let n = 1 + self.rng.below(4096.min(len - a));
@@ -342,6 +295,16 @@ impl Worker<'_> {
             self.note(format!("cpu read buf {b} [{lo}, {hi})"));
             self.check(b, lo, hi);
             self.local.cpu_reads += 1;
+        } else if r < dice[2] && self.rng.below(4) == 0 {
+            // The same through the application's own pipeline and pass.
+            let (mul, add) = (self.rng.u32() | 1, self.rng.u32());
+            self.note(format!("with_bindings scale buf {b} ({len} words)"));
+            match self.app_scale(b, mul, add) {
+                Ok(()) => self.bufs[b].model.iter_mut().for_each(|x| *x = x.wrapping_mul(mul).wrapping_add(add)),
+                Err(e) => self.error(format!("with_bindings: {e}")),
+            }
+            self.local.launches += 1;
+            self.local.app_passes += 1;
         } else if r < dice[2] {
             let (mul, add) = (self.rng.u32() | 1, self.rng.u32());
             self.note(format!("launch affine buf {b} ({len} words)"));
@@ -523,6 +486,7 @@ fn run_worker(svm: &Svm, k: &Kernels, shared: &Shared, cfg: &Config, id: usize, 
         id,
         svm,
         affine: &k.affine,
+        app_scale: &k.app_scale,
         fill: &k.fill,
         add_src: &k.add_src,
         shared,
@@ -550,7 +514,7 @@ fn run_worker(svm: &Svm, k: &Kernels, shared: &Shared, cfg: &Config, id: usize, 
     w.local.frees += w.bufs.len() as u64;
     drop(core::mem::take(&mut w.bufs));
     w.note("done".into());
-    merge(shared, &w.local);
+    merge(&shared.report, &w.local);
 }
 
 fn run_queue_worker(svm: &Svm, k: &Kernels, queues: &[svm::LaunchQueue], shared: &Shared, cfg: &Config, id: usize) {
@@ -568,36 +532,25 @@ fn run_queue_worker(svm: &Svm, k: &Kernels, queues: &[svm::LaunchQueue], shared:
     };
     queues::run_queue_worker(&mut w);
     w.note("done".into());
-    merge(shared, &w.local);
+    merge(&shared.report, &w.local);
 }
 
-/// Add a thread's counts to the shared report.
-fn merge(shared: &Shared, l: &Report) {
-    let mut r = shared.report.lock().expect("report");
-    r.ops += l.ops;
-    r.cpu_reads += l.cpu_reads;
-    r.cpu_writes += l.cpu_writes;
-    r.launches += l.launches;
-    r.replayable_launches += l.replayable_launches;
-    r.prefetches += l.prefetches;
-    r.advises += l.advises;
-    r.allocs += l.allocs;
-    r.frees += l.frees;
-    r.checked_bytes += l.checked_bytes;
-    r.mismatches += l.mismatches;
-    r.known_replay_pool_exhausted += l.known_replay_pool_exhausted;
-    r.known_prefetch_pool_exhausted += l.known_prefetch_pool_exhausted;
-    r.queue_launches += l.queue_launches;
-    r.batches += l.batches;
-    r.held_launches += l.held_launches;
-    r.queue_chains += l.queue_chains;
-    r.out_of_order_waits += l.out_of_order_waits;
-    r.leaked += l.leaked;
-    r.leaked_running += l.leaked_running;
-    r.leaked_input_writes += l.leaked_input_writes;
-    r.overlapped_cpu_ops += l.overlapped_cpu_ops;
-    r.finishes += l.finishes;
-    r.errors.extend(l.errors.iter().cloned());
+/// `source` (plain bindings, entry `main`) as an application pipeline on
+/// the runtime's device.
+fn app_pipeline(svm: &Svm, source: &str) -> svm::wgpu::ComputePipeline {
+    use svm::wgpu;
+    let module = svm.device().create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("stress app"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    svm.device().create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("stress app"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
 }
 
 /// Run the stress on `svm` for `cfg.duration`.
@@ -610,6 +563,7 @@ pub fn run(svm: &Svm, cfg: &Config) -> Report {
         add_src: kernel("stress add_src", ADD_SRC),
         scale_bound: kernel("stress scale (bound)", SCALE_BOUND),
         fill_bound: kernel("stress fill (bound)", FILL_BOUND),
+        app_scale: app_pipeline(svm, SCALE_BOUND),
     };
     let queues: Vec<svm::LaunchQueue> = (0..cfg.queues.max(1)).map(|_| svm.create_queue()).collect();
     let threads = cfg.workers + cfg.kernel_workers + cfg.queue_workers;
