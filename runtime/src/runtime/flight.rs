@@ -352,6 +352,23 @@ impl Inner {
         self.retire_done(guard);
     }
 
+    /// [`Self::wait_settled`] for a launch being prepared, which holds the
+    /// launch order (`order`): released too while waiting (state first,
+    /// then the order; taken again in lock order), so that other threads'
+    /// launches on other data go on. Nothing of this launch is encoded yet.
+    pub(super) fn wait_settled_unordered(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        order: &mut MutexGuard<'_, ()>,
+        f: &FlightShared,
+    ) {
+        debug_assert!(guard.copies.is_none(), "the lock released with a launch's copies queued");
+        MutexGuard::unlocked(guard, || {
+            MutexGuard::unlocked(order, || self.signals.wait_until(|| f.settled_enough(), None))
+        });
+        self.retire_done(guard);
+    }
+
     /// Wait until `conflict` finds no flight in the way, retiring finished
     /// ones and releasing the update lock while waiting (blockable).
     pub(super) fn wait_flights(

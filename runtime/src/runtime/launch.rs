@@ -133,7 +133,7 @@ impl Inner {
         // Launches encode and submit in one order (a pass carries the page
         // table and arguments written before its submit); the update lock
         // is released before the submit, which may wait for the device.
-        let order = self.launch_order.lock();
+        let mut order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
         let req = Request {
@@ -146,7 +146,7 @@ impl Inner {
             defer_copies: true,
             zaps: zap_in_place,
         };
-        let prep = self.prepare(&mut guard, &req)?;
+        let prep = self.prepare(&mut guard, &mut order, &req)?;
         let st = &mut *guard;
         let (mut zapped, mut protected) = (Vec::new(), Vec::new());
         let mut zap = || -> Result<(), LaunchError> {
@@ -280,7 +280,7 @@ impl Inner {
         let (bound, words) = self.check_launch(kernel, desc)?;
         // (Held for the whole launch: its passes are encoded and submitted
         // in turn; other launches wait.)
-        let _order = self.launch_order.lock();
+        let mut order = self.launch_order.lock();
         let mut guard = self.state.lock();
         self.gpu.check_lost()?;
         let req = Request {
@@ -293,7 +293,7 @@ impl Inner {
             defer_copies: true,
             zaps: false,
         };
-        let prep = self.prepare(&mut guard, &req)?;
+        let prep = self.prepare(&mut guard, &mut order, &req)?;
         let Prepared { decl, mut busy, groups, mut extents, slab_writes, mut temporary, mut report } = prep;
         // Host pages copied for read faults, write-protected on the CPU
         // while copied and used (unprotected after the launch).

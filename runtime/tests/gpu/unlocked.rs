@@ -399,3 +399,74 @@ fn free_beside_a_replayable_launch_does_not_wait_for_it() {
         seen.assert_unstopped(&format!("a replayable launch ({backend:?})"));
     }
 }
+
+/// A long kernel reads `x`; another thread's launch writes `y`, in the same
+/// page (small allocations share slab pages), so it waits for the kernel.
+/// It waited holding the launch order, so every other thread's launch, on
+/// any data, waited with it: a queued launch on unrelated `z` took the
+/// kernel's remaining time to return. The wait now releases the order.
+#[test]
+fn a_launch_waiting_for_a_conflict_does_not_hold_other_launches() {
+    const LONG_READ: &str = "struct P { x: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(0) @binding(0) var<storage, read> a: array<u32>;
+@group(0) @binding(1) var<storage, read_write> o: array<u32>;
+@group(0) @binding(2) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x >= arrayLength(&a) || g.x >= arrayLength(&o)) { return; }
+    var x = a[g.x] | 1u;
+    for (var k = 0u; k < p.x; k++) { x ^= x << 13u; x ^= x >> 17u; x ^= x << 5u; }
+    o[g.x] = x;
+}";
+    for backend in BACKENDS {
+        let Some((svm, _spin, step, _a, iters)) = setup(small(backend), false) else { return };
+        let long_read = kernel(&svm, "long read", LONG_READ);
+        let words: [u32; 64] = std::array::from_fn(|i| i as u32);
+        let x = svm.alloc_box(words).expect("x");
+        let mut y = svm.alloc_box(words).expect("y");
+        if x.as_ptr() as usize / 4096 != y.as_ptr() as usize / 4096 {
+            eprintln!("NOT APPLICABLE: x and y did not share a page");
+            return;
+        }
+        let mut o = svm.alloc_vec::<u32>(1024).expect("o");
+        let mut z = svm.alloc_from_slice(&(0..64u32).collect::<Vec<_>>()).expect("z");
+        let (u, one) = (p(iters), p(1));
+        // STEP's pipeline built and z on the device first (lavapipe
+        // compiles, and binds a sparse block, only once a running kernel is
+        // done: the launching thread itself would wait for it).
+        let binds = [Binding::read_write(&mut z), Binding::uniform(&one)];
+        svm.launch(&step, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("warm-up");
+        let q = svm.create_queue();
+        let t = Instant::now();
+        let binds = [Binding::read(&x), Binding::read_write(&mut o), Binding::uniform(&u)];
+        let long = q.launch(&long_read, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("long");
+        if crate::kernel_ran_inside_submit(&svm, t.elapsed() > Duration::from_millis(600), "a launch behind a conflict")
+        {
+            return;
+        }
+        let (svm_ref, step_ref, one_ref, ym) = (&svm, &step, &one, &mut y);
+        let (took, waiting) = std::thread::scope(|s| {
+            let conflicting = s.spawn(move || {
+                let binds = [Binding::read_write(ym), Binding::uniform(one_ref)];
+                svm_ref.launch(step_ref, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("y")
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            let q3 = svm.create_queue();
+            let binds = [Binding::read_write(&mut z), Binding::uniform(&one)];
+            let t = Instant::now();
+            let pending = q3.launch(&step, &LaunchDescriptor { bindings: &binds, ..Default::default() }).expect("z");
+            let took = t.elapsed();
+            let waiting = !conflicting.is_finished() && !long.is_complete();
+            pending.wait().expect("z launch");
+            conflicting.join().expect("the conflicting thread");
+            (took, waiting)
+        });
+        long.wait().expect("long");
+        eprintln!("a queued launch beside a launch waiting for a conflict ({backend:?}): {took:?}");
+        assert!(waiting, "{backend:?}: the conflicting launch or the kernel ended first: test too short");
+        assert!(took < Duration::from_millis(300), "{backend:?}: the launch took {took:?}: it waited for the order");
+        assert!(y.iter().enumerate().all(|(i, &v)| v == i as u32 * 2 + 1), "{backend:?}: y");
+        assert!(z.iter().enumerate().all(|(i, &v)| v == (i as u32 * 2 + 1) * 2 + 1), "{backend:?}: z");
+        assert!(o[..64].iter().enumerate().all(|(i, &v)| v == spun(i as u32, iters)), "{backend:?}: o");
+    }
+}

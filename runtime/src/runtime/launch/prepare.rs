@@ -109,6 +109,7 @@ impl Inner {
     pub(super) fn prepare(
         &self,
         guard: &mut MutexGuard<'_, State>,
+        order: &mut MutexGuard<'_, ()>,
         req: &Request<'_, '_>,
     ) -> Result<Prepared, LaunchError> {
         let mut remote_tried = false;
@@ -121,7 +122,7 @@ impl Inner {
             // in place instead where it can be (UVM's thrashing
             // mitigation: stop cycling pages in and out).
             let no_evict = !remote_tried && self.thrashing(guard) && self.remote_possible(guard);
-            let r = self.prepare_once(guard, &Request { no_evict, ..*req });
+            let r = self.prepare_once(guard, order, &Request { no_evict, ..*req });
             match r {
                 Err(LaunchError::PoolExhausted { .. }) if !guard.flights.is_empty() => self.wait_all_flights(guard),
                 // Larger than the pool (or thrashing): part of it served
@@ -186,7 +187,12 @@ impl Inner {
         Ok((decl, whole, bound))
     }
 
-    fn prepare_once(&self, guard: &mut MutexGuard<'_, State>, req: &Request<'_, '_>) -> Result<Prepared, LaunchError> {
+    fn prepare_once(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        order: &mut MutexGuard<'_, ()>,
+        req: &Request<'_, '_>,
+    ) -> Result<Prepared, LaunchError> {
         let Request { kernel, bound, access, replayable, undeclared_writes, no_evict, defer_copies, zaps } = *req;
         let gpu = &self.gpu;
         let (decl, discard) = loop {
@@ -207,12 +213,14 @@ impl Inner {
                 Vec::new()
             };
             let fixed = |p: u32| !movable.iter().any(|&(a, b)| (a..b).contains(&p));
+            // (Waits release the launch order too: other threads' launches
+            // on other data must not wait for this one's conflict.)
             match self.launch_conflict(guard, &decl, replayable, zaps, &fixed) {
                 None => match self.evicting_behind_a_pass(guard, &decl, no_evict) {
                     None => break (decl, discard),
-                    Some(f) => self.wait_settled(guard, &f),
+                    Some(f) => self.wait_settled_unordered(guard, order, &f),
                 },
-                Some(f) => self.wait_settled(guard, &f),
+                Some(f) => self.wait_settled_unordered(guard, order, &f),
             }
         };
         let st = &mut **guard;
