@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use svm::{Access, Advice, Arg, Kernel, KernelDescriptor, LaunchDescriptor, LaunchOptions, Location, ManagedVec, Svm};
 
+#[path = "../support/app.rs"]
+mod app;
 #[path = "stress_queues.rs"]
 mod queues;
 #[path = "stress_report.rs"]
@@ -240,22 +242,8 @@ impl Worker<'_> {
             usage: wgpu::BufferUsages::UNIFORM,
         });
         svm.with_bindings(&[svm::Binding::read_write(&mut buf.v)], |views| {
-            let bg = svm.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("stress app scale"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(views[0].clone()) },
-                    wgpu::BindGroupEntry { binding: 1, resource: u.as_entire_binding() },
-                ],
-            });
-            let mut enc = svm.device().create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, &bg, &[]);
-                pass.dispatch_workgroups(groups, 1, 1);
-            }
-            svm.submit_commands([enc.finish()]);
+            let resources = [wgpu::BindingResource::Buffer(views[0].clone()), u.as_entire_binding()];
+            app::app_pass(svm, pipeline, &resources, groups);
         })
     }
 
@@ -535,24 +523,6 @@ fn run_queue_worker(svm: &Svm, k: &Kernels, queues: &[svm::LaunchQueue], shared:
     merge(&shared.report, &w.local);
 }
 
-/// `source` (plain bindings, entry `main`) as an application pipeline on
-/// the runtime's device.
-fn app_pipeline(svm: &Svm, source: &str) -> svm::wgpu::ComputePipeline {
-    use svm::wgpu;
-    let module = svm.device().create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("stress app"),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    svm.device().create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("stress app"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    })
-}
-
 /// Run the stress on `svm` for `cfg.duration`.
 pub fn run(svm: &Svm, cfg: &Config) -> Report {
     let kernel =
@@ -563,7 +533,7 @@ pub fn run(svm: &Svm, cfg: &Config) -> Report {
         add_src: kernel("stress add_src", ADD_SRC),
         scale_bound: kernel("stress scale (bound)", SCALE_BOUND),
         fill_bound: kernel("stress fill (bound)", FILL_BOUND),
-        app_scale: app_pipeline(svm, SCALE_BOUND),
+        app_scale: app::app_pipeline(svm, "stress app scale", SCALE_BOUND),
     };
     let queues: Vec<svm::LaunchQueue> = (0..cfg.queues.max(1)).map(|_| svm.create_queue()).collect();
     let threads = cfg.workers + cfg.kernel_workers + cfg.queue_workers;

@@ -31,6 +31,9 @@ mod support;
 // (Also included by the conformance binary's stress core.)
 #[path = "../support/kernels.rs"]
 mod kernels;
+
+#[path = "../support/app.rs"]
+mod app;
 pub use support::*;
 
 /// Run a test in a child process (this test binary, filtered to the full
