@@ -299,40 +299,56 @@ fn loom_split_check_and_register_loses_a_wakeup() {
 // The outbox: device updates sealed under the update lock, sent outside it
 // (`crate::outbox`; the runtime's sparse binds go through it).
 
+/// What one sender of [`two_sealing_senders`] saw: its batch, its send's
+/// result, and whether its batch was on the device when the send returned.
+type Sent = (u32, Result<Option<u32>, SendError<&'static str>>, bool);
+
 /// Two threads each seal a batch under the update lock (numbered in sealing
-/// order) and send with the lock released; the device is a log. Checks:
-/// the log is in sealing order, every batch is sent once, and a send that
-/// returns has its own batch on the device already.
+/// order) and send with the lock released; the device is a log, and batch
+/// `refused` is refused. Returns what each sender saw, the log, the outbox.
+fn two_sealing_senders(refused: Option<u32>) -> (Vec<Sent>, Vec<u32>, Arc<Outbox<u32, u32>>) {
+    let update = Arc::new(Mutex::new(0u32));
+    let outbox = Arc::new(Outbox::<u32, u32>::new());
+    let device = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (update, outbox, device) = (update.clone(), outbox.clone(), device.clone());
+            thread::spawn(move || {
+                let mine = {
+                    let mut n = update.lock().expect("lock");
+                    let mine = *n;
+                    *n += 1;
+                    outbox.push(mine);
+                    mine
+                };
+                let sent = outbox.send(|b| {
+                    if Some(b) == refused {
+                        return Err("refused");
+                    }
+                    device.lock().expect("lock").push(b);
+                    Ok(b)
+                });
+                let on_device = device.lock().expect("lock").contains(&mine);
+                (mine, sent, on_device)
+            })
+        })
+        .collect();
+    let seen = threads.into_iter().map(|t| t.join().expect("sender")).collect();
+    let log = device.lock().expect("lock").clone();
+    (seen, log, outbox)
+}
+
+/// Checks: the log is in sealing order, every batch is sent once, and a
+/// send that returns has its own batch on the device already.
 #[test]
 fn loom_outbox_sends_in_sealing_order_whoever_sends() {
     ::loom::model(|| {
-        let update = Arc::new(Mutex::new(0u32));
-        let outbox = Arc::new(Outbox::<u32, u32>::new());
-        let device = Arc::new(Mutex::new(Vec::<u32>::new()));
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let (update, outbox, device) = (update.clone(), outbox.clone(), device.clone());
-                thread::spawn(move || {
-                    let mine = {
-                        let mut n = update.lock().expect("lock");
-                        let mine = *n;
-                        *n += 1;
-                        outbox.push(mine);
-                        mine
-                    };
-                    let sent = outbox.send(|b| {
-                        device.lock().expect("lock").push(b);
-                        Ok::<_, ()>(b)
-                    });
-                    assert!(sent.expect("nothing refuses").is_some());
-                    assert!(device.lock().expect("lock").contains(&mine), "send returned before batch {mine} was sent");
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("sender");
+        let (seen, log, outbox) = two_sealing_senders(None);
+        for (mine, sent, on_device) in seen {
+            assert!(sent.expect("nothing refuses").is_some());
+            assert!(on_device, "send returned before batch {mine} was sent");
         }
-        assert_eq!(*device.lock().expect("lock"), [0, 1], "sent out of sealing order, or not exactly once");
+        assert_eq!(log, [0, 1], "sent out of sealing order, or not exactly once");
         assert!(!outbox.has_batches());
     });
 }
@@ -410,32 +426,11 @@ fn loom_outbox_close_stops_every_later_send() {
 #[test]
 fn loom_outbox_a_refused_batch_fails_every_send_after_it() {
     ::loom::model(|| {
-        let update = Arc::new(Mutex::new(0u32));
-        let outbox = Arc::new(Outbox::<u32, u32>::new());
-        let device = Arc::new(Mutex::new(Vec::<u32>::new()));
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let (update, outbox, device) = (update.clone(), outbox.clone(), device.clone());
-                thread::spawn(move || {
-                    {
-                        let mut n = update.lock().expect("lock");
-                        outbox.push(*n);
-                        *n += 1;
-                    }
-                    outbox.send(|b| {
-                        if b == 0 {
-                            return Err("refused");
-                        }
-                        device.lock().expect("lock").push(b);
-                        Ok(b)
-                    })
-                })
-            })
-            .collect();
-        let results: Vec<_> = threads.into_iter().map(|t| t.join().expect("sender")).collect();
+        let (seen, log, outbox) = two_sealing_senders(Some(0));
+        let results: Vec<_> = seen.into_iter().map(|(_, r, _)| r).collect();
         assert_eq!(results.iter().filter(|r| matches!(r, Err(SendError::Refused("refused")))).count(), 1);
         assert_eq!(results.iter().filter(|r| matches!(r, Err(SendError::Broken))).count(), 1, "{results:?}");
-        assert!(device.lock().expect("lock").is_empty(), "a batch sent after the refused one");
-        assert!(outbox.send(|b| Ok::<_, &str>(b)) == Err(SendError::Broken));
+        assert!(log.is_empty(), "a batch sent after the refused one");
+        assert!(outbox.send(Ok::<_, &str>) == Err(SendError::Broken));
     });
 }
