@@ -67,27 +67,32 @@ pub enum AdviseError {
 }
 
 /// An asynchronous prefetch; [`Prefetch::wait`] gives its result.
+///
+/// Dropped without `wait`, it waits for the prefetch (as a dropped launch
+/// handle does). It keeps its runtime alive: the runtime's last handle may
+/// be a prefetch, and the runtime then goes when it is dropped, on the
+/// dropping thread.
 #[derive(Debug)]
 #[must_use = "a prefetch runs in the background; wait for it to know it finished"]
 pub struct Prefetch {
     /// The result, once the runtime's prefetch thread has done it; or why
-    /// it could not be queued.
-    pub(crate) done: Result<std::sync::mpsc::Receiver<Result<u64, LaunchError>>, LaunchError>,
+    /// it could not be queued. `None` once received.
+    pub(crate) done: Option<Result<std::sync::mpsc::Receiver<Result<u64, LaunchError>>, LaunchError>>,
     /// The result, once received by `is_finished`.
     pub(crate) got: parking_lot::Mutex<Option<Result<u64, LaunchError>>>,
+    /// The runtime, kept until the prefetch has finished (its thread holds
+    /// only a weak reference between requests).
+    pub(crate) _runtime: crate::Svm,
 }
 
 impl Prefetch {
     /// Wait for the prefetch; returns the pages it moved.
-    pub fn wait(self) -> Result<u64, LaunchError> {
-        if let Some(r) = self.got.lock().take() {
-            return r;
-        }
-        self.done?.recv().unwrap_or_else(|_| Err(LaunchError::Os("the prefetch thread ended".into())))
+    pub fn wait(mut self) -> Result<u64, LaunchError> {
+        self.take()
     }
     /// Whether it has finished.
     pub fn is_finished(&self) -> bool {
-        let Ok(rx) = &self.done else { return true };
+        let Some(Ok(rx)) = &self.done else { return true };
         let mut got = self.got.lock();
         if got.is_some() {
             return true;
@@ -99,6 +104,28 @@ impl Prefetch {
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => false,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => true,
+        }
+    }
+    /// The result, waiting for it if it has not come yet.
+    fn take(&mut self) -> Result<u64, LaunchError> {
+        let done = self.done.take();
+        if let Some(r) = self.got.lock().take() {
+            return r;
+        }
+        match done {
+            Some(Ok(rx)) => rx.recv().unwrap_or_else(|_| Err(LaunchError::Os("the prefetch thread ended".into()))),
+            Some(Err(e)) => Err(e),
+            None => Err(LaunchError::Os("the prefetch's result was already taken".into())),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            if let Err(e) = self.take() {
+                tracing::warn!("svm: a prefetch whose handle was dropped failed: {e}");
+            }
         }
     }
 }

@@ -403,6 +403,7 @@ impl Drop for Inner {
         // Launches in flight (their handles forgotten) finish first; after
         // a device loss the completion thread gives up on them.
         self.completer.stop(self.gpu.check_lost().is_err());
+        self.prefetcher.stop();
         // SAFETY: each field is dropped exactly once, here, and never used
         // again (`self` is being dropped); the state (which holds device
         // objects) goes before the device, as the field order did.

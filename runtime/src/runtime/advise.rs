@@ -86,7 +86,7 @@ impl Svm {
         let (tx, rx) = std::sync::mpsc::channel();
         let job: PrefetchJob = (addr as usize, len, to, tx);
         let queued = self.inner.prefetcher.queue(&self.inner, job).map(|()| rx);
-        Prefetch { done: queued, got: parking_lot::Mutex::new(None) }
+        Prefetch { done: Some(queued), got: parking_lot::Mutex::new(None), _runtime: self.clone() }
     }
 }
 
@@ -99,6 +99,7 @@ type PrefetchJob = (usize, usize, Location, std::sync::mpsc::Sender<Result<u64, 
 #[derive(Default)]
 pub(super) struct Prefetcher {
     tx: Mutex<Option<std::sync::mpsc::Sender<PrefetchJob>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Prefetcher {
@@ -109,7 +110,7 @@ impl Prefetcher {
             // Weak: the thread must not keep the runtime alive; it ends
             // when the runtime (holding the sender) goes.
             let weak = Arc::downgrade(inner);
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name("svm-prefetch".into())
                 .spawn(move || {
                     while let Ok((addr, len, to, reply)) = rx.recv() {
@@ -122,9 +123,24 @@ impl Prefetcher {
                 })
                 .map_err(|e| LaunchError::Os(format!("spawning the prefetch thread: {e}")))?;
             *tx = Some(t);
+            *self.thread.lock() = Some(handle);
         }
         let sender = tx.as_ref().expect("set above");
         sender.send(job).map_err(|_| LaunchError::Os("the prefetch thread ended".into()))
+    }
+
+    /// End the thread and wait until it has exited (from the runtime's
+    /// drop: a thread that used the device must not outlive it, nor run
+    /// its thread-exit teardown while the process exits — a GL driver
+    /// aborted there). Not from the thread itself, which cannot hold the
+    /// runtime's last reference (every request's `Prefetch` holds one).
+    pub(super) fn stop(&self) {
+        drop(self.tx.lock().take());
+        if let Some(h) = self.thread.lock().take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
     }
 }
 

@@ -138,6 +138,28 @@ fn prefetch_both_ways() {
 
 /// AccessedBy: the kernel works on the host copy in place; nothing
 /// migrates either way and the CPU never faults.
+/// A `Prefetch` dropped without `wait` finishes first (as a dropped launch
+/// handle does), and keeps the runtime alive meanwhile: the runtime's last
+/// handle may be the prefetch, and the runtime must then be torn down by
+/// the thread that drops it, not in the background by the prefetch thread
+/// (which a process exiting meanwhile would race: a GL driver's teardown
+/// crashed there once, "double free or corruption" at exit).
+#[test]
+fn a_dropped_prefetch_finishes_first() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx_migrating(small(backend)) else { return };
+        let v = svm.alloc_from_slice(&vec![7u32; 8 << 20]).expect("32 MiB");
+        let pages = (v.len() * 4 / 4096) as u64;
+        let pf = v.prefetch(Location::Device);
+        drop(pf);
+        let info = svm.range_info(v.as_ptr().cast(), v.len() * 4).expect("info");
+        assert_eq!(
+            info.device, pages,
+            "{backend:?}: the prefetch had not finished when its handle was dropped: {info:?}"
+        );
+    }
+}
+
 #[test]
 fn accessed_by_maps_host_memory_in_place() {
     for backend in BACKENDS {
