@@ -82,7 +82,7 @@ pub struct Prefetch {
     pub(crate) got: parking_lot::Mutex<Option<Result<u64, LaunchError>>>,
     /// The runtime, kept until the prefetch has finished (its thread holds
     /// only a weak reference between requests).
-    pub(crate) _runtime: crate::Svm,
+    pub(crate) runtime: crate::Svm,
 }
 
 impl Prefetch {
@@ -106,12 +106,14 @@ impl Prefetch {
             Err(std::sync::mpsc::TryRecvError::Disconnected) => true,
         }
     }
-    /// The result, waiting for it if it has not come yet.
+    /// The result, waiting for it if it has not come yet (in a forked
+    /// child, which has no prefetch thread: `NotInherited`).
     fn take(&mut self) -> Result<u64, LaunchError> {
         let done = self.done.take();
         if let Some(r) = self.got.lock().take() {
             return r;
         }
+        self.runtime.check_process()?;
         match done {
             Some(Ok(rx)) => rx.recv().unwrap_or_else(|_| Err(LaunchError::Os("the prefetch thread ended".into()))),
             Some(Err(e)) => Err(e),

@@ -119,6 +119,12 @@ enum State {
 /// A launch submitted on a [`LaunchQueue`]: wait for it with
 /// [`Self::wait`] or `.await`. It borrows what the launch's descriptor
 /// borrows (the launch's data) until then; dropping it waits too.
+///
+/// Awaited, its task's waker is called from the runtime's threads (the
+/// completion thread, or whichever thread retires the launch, possibly
+/// holding the runtime's update lock): as the `Waker` contract expects,
+/// the executor must schedule the task, not poll it inside `wake`. In a
+/// forked child, waiting returns [`crate::DeviceError::NotInherited`].
 #[must_use = "a launch is waited for when its handle drops; call wait() to see its result"]
 pub struct Pending<'a> {
     svm: Svm,

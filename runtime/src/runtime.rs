@@ -98,8 +98,12 @@ pub(crate) struct Inner {
 /// clone (a handle); the arena and device go away with the last handle.
 #[derive(Clone)]
 pub struct Svm {
-    inner: Arc<Inner>,
+    // Field order is drop order: the fault service (which joins its thread,
+    // holding a reference to `inner`) goes first, so that the last handle's
+    // drop tears the runtime down on the dropping thread, not on the fault
+    // thread as its last reference goes.
     _service: Arc<FaultService>,
+    inner: Arc<Inner>,
 }
 
 impl core::fmt::Debug for Svm {
@@ -440,6 +444,11 @@ impl Inner {
 }
 
 impl Svm {
+    /// [`DeviceError::NotInherited`] in a forked child.
+    pub(crate) fn check_process(&self) -> Result<(), DeviceError> {
+        self.inner.check_process()
+    }
+
     /// Whether `[addr, addr + len)` lies in live allocations of this
     /// runtime (checked under the update lock; it may be freed right after
     /// unless the caller owns it).

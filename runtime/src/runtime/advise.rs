@@ -85,8 +85,12 @@ impl Svm {
     pub fn prefetch(&self, addr: *const u8, len: usize, to: Location) -> Prefetch {
         let (tx, rx) = std::sync::mpsc::channel();
         let job: PrefetchJob = (addr as usize, len, to, tx);
-        let queued = self.inner.prefetcher.queue(&self.inner, job).map(|()| rx);
-        Prefetch { done: Some(queued), got: parking_lot::Mutex::new(None), _runtime: self.clone() }
+        // (A forked child: the prefetch thread is the parent's.)
+        let queued = match self.inner.check_process() {
+            Ok(()) => self.inner.prefetcher.queue(&self.inner, job).map(|()| rx),
+            Err(e) => Err(e.into()),
+        };
+        Prefetch { done: Some(queued), got: parking_lot::Mutex::new(None), runtime: self.clone() }
     }
 }
 

@@ -39,6 +39,16 @@ impl Svm {
     /// thread `f` waits for may wait for this scope, which ends only after
     /// `f` returns: a deadlock. Record, submit (on `Svm::queue`, or with
     /// `Svm::submit_commands`), return.
+    ///
+    /// Each `BufferBinding`'s buffer is the runtime's own (a segment of the
+    /// pool, the arena's device view, or an imported host range), shared by
+    /// every allocation placed in it: only the binding's offset and size are
+    /// the caller's, and only while `f` runs. Bind nothing outside them and
+    /// keep no clone of the buffer (nor a bind group made with it) past `f`:
+    /// other allocations' data lies there, and the runtime cannot see such
+    /// uses (wgpu's buffers are cheap to clone). This is the one place the
+    /// runtime hands out its buffers; kernels launched through it only ever
+    /// reach what their launch declared.
     pub fn with_bindings<R>(
         &self,
         bindings: &[Binding<'_>],

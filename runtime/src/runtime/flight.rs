@@ -147,9 +147,7 @@ impl Signals {
             f.gpu_done.store(true, Ordering::Release);
             self.notify();
         }
-        if let Some(w) = f.waker.lock().take() {
-            w.wake();
-        }
+        f.wake();
     }
 
     pub(super) fn set_kick(&self, kick: svm_migrate::Kick) {
@@ -201,8 +199,19 @@ impl FlightShared {
     pub(crate) fn wake_when_done(&self, w: &Waker) {
         *self.waker.lock() = Some(w.clone());
         if self.gpu_done() || self.is_retired() {
-            if let Some(w) = self.waker.lock().take() {
-                w.wake();
+            self.wake();
+        }
+    }
+
+    /// Wake the handle's task, if one waits: with the waker's lock
+    /// released (a waker may poll at once, and register again), and a
+    /// panicking waker (an executor's bug) reported instead of ending the
+    /// calling thread, which may be the runtime's completion thread.
+    fn wake(&self) {
+        let w = self.waker.lock().take();
+        if let Some(w) = w {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
+                tracing::error!("svm: a launch handle's waker panicked");
             }
         }
     }
@@ -325,9 +334,7 @@ impl Inner {
             f.retired.store(true, Ordering::Release);
             self.signals.notify();
         }
-        if let Some(w) = f.waker.lock().take() {
-            w.wake();
-        }
+        f.wake();
     }
 
     /// Retire every queued flight the GPU has finished (log read, copies

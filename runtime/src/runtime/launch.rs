@@ -76,12 +76,21 @@ impl Svm {
     }
 
     /// Wait for a submitted launch and take its result.
+    ///
+    /// In a forked child: [`DeviceError::NotInherited`] at once (the
+    /// completion thread is the parent's; the state lock may have been held
+    /// at the fork).
     pub(crate) fn wait_submitted(&self, f: &Arc<FlightShared>) -> Result<LaunchReport, LaunchError> {
+        self.inner.check_process()?;
         self.inner.wait_result(f)
     }
 
-    /// Wait until a submitted launch is retired, leaving its result.
+    /// Wait until a submitted launch is retired, leaving its result (in a
+    /// forked child: nothing to wait for there).
     pub(crate) fn wait_retired(&self, f: &Arc<FlightShared>) {
+        if self.inner.foreign() {
+            return;
+        }
         self.inner.wait_retired(f);
     }
 }

@@ -182,13 +182,35 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
             )
         };
         fill(&mut v, 1).expect("launch");
+        // The prefetch thread started, and a queued launch in flight (or
+        // done, not yet waited for) at the fork.
+        let mut w = svm.alloc_vec::<u32>(1024).expect("w");
+        svm.prefetch(w.as_ptr().cast(), 4096, svm::Location::Device).wait().expect("parent's prefetch");
+        let q = svm.create_queue();
+        let wargs = [Arg::ptr(w.as_ptr()), Arg::U32(1024), Arg::U32(9)];
+        let wacc = [Access::read_write(&mut w)];
+        let pending = q
+            .launch(
+                &k,
+                &LaunchDescriptor {
+                    args: &wargs,
+                    access: &wacc,
+                    workgroups: [16, 1, 1],
+                    ..Default::default()
+                },
+            )
+            .expect("queued launch");
         // v is the device's now. The child:
         // SAFETY: the child only calls the runtime's methods (which refuse),
         // drops its handles and leaves with _exit.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork");
         if pid == 0 {
-            let ok = matches!(svm.alloc(4096), Err(AllocError::NotInherited))
+            // Neither waits for the parent's threads (which the child has not).
+            let not_inherited = |e: &LaunchError| matches!(e, LaunchError::Device(svm::DeviceError::NotInherited { .. }));
+            let ok = pending.wait().is_err_and(|e| not_inherited(&e))
+                && svm.prefetch(v.as_ptr().cast(), 4096, svm::Location::Host).wait().is_err_and(|e| not_inherited(&e))
+                && matches!(svm.alloc(4096), Err(AllocError::NotInherited))
                 && matches!(fill(&mut v, 2), Err(LaunchError::Device(svm::DeviceError::NotInherited { .. })))
                 && svm
                     .create_kernel(&svm::KernelDescriptor {
@@ -208,11 +230,13 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{backend}: child status {status:#x}");
+        pending.wait().expect("the parent's queued launch");
+        assert_eq!(w[5], 14, "{backend}: the parent's queued launch");
         // The parent's runtime is whole: CPU faults served, launches run.
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 + 1), "{backend}: faulted back after the child");
         fill(&mut v, 5).expect("launch after the child");
         assert_eq!(v[77], 82, "{backend}");
-        assert_eq!(svm.live_allocations(), 1);
+        assert_eq!(svm.live_allocations(), 2);
     }
 }
 
