@@ -3,7 +3,7 @@
 //! fixed small working set as the arena grows (the extent path, the
 //! page-table path, and a bound kernel), with the page-table bytes the
 //! first launch uploads. The software mapping mode (the sparse and
-//! coherent modes give their whole arena a device view and stop at 8 GiB).
+//! coherent modes give their whole arena a device view: at most 64 GiB, and what the device binds).
 //! Every arena is alive at once and the launch rounds are interleaved
 //! across them, medians.
 //!
@@ -103,7 +103,7 @@ fn main() {
     let rounds = if quick { 7 } else { 25 };
     // Up to 128 GiB: a device binding its page table in 128 MiB (wgpu's
     // default limit, lavapipe's) holds 128 GiB of arena (4 bytes a page).
-    // The coherent mode's device view (at most 8 GiB, and the windows the
+    // The coherent mode's device view (at most 64 GiB, and the windows the
     // device binds) is imported as allocations reach it.
     // The staged pool (discrete GPUs), the mprotect backend and the sparse
     // mode (at most 2 GiB of sparse address space on lavapipe) beside them.

@@ -251,16 +251,17 @@ impl Gpu {
         let segments_used = nseg as u32;
         let total_frames =
             u32::try_from(pool_bytes / PAGE_SIZE as u64).map_err(|_| SvmError::Config("pool too large".into()))?;
-        // The prelude addresses the pool / view with 31-bit word indices
-        // (bit 31 marks the coherent window): at most 2^21 pages, 8 GiB.
-        if u64::from(total_frames).max(view_bytes / PAGE_SIZE as u64) > 1 << 21 {
+        // The prelude finds a page's segment from its frame (the PTE's
+        // frame field: 2^24 pages, 64 GiB); its extent path's flat word
+        // indices reach 8 GiB, and launches beyond take the page table.
+        let view_pages = u64::from(total_frames).max(view_bytes / PAGE_SIZE as u64);
+        if total_frames >= svm_pagetable::Pte::MAX_FRAMES || view_pages > u64::from(svm_pagetable::Pte::MAX_FRAMES) {
             return Err(SvmError::Config(format!(
-                "a device pool or arena view of {} bytes exceeds the prelude's 8 GiB of 31-bit word indices",
-                u64::from(total_frames).max(view_bytes / PAGE_SIZE as u64) * PAGE_SIZE as u64
+                "a device pool or arena view of {} bytes exceeds the PTE's frame field ({} pages, {} GiB)",
+                view_pages * PAGE_SIZE as u64,
+                svm_pagetable::Pte::MAX_FRAMES,
+                (u64::from(svm_pagetable::Pte::MAX_FRAMES) * PAGE_SIZE as u64) >> 30
             )));
-        }
-        if total_frames >= svm_pagetable::Pte::MAX_FRAMES {
-            return Err(SvmError::Config(format!("pool of {total_frames} pages exceeds the PTE's frame field")));
         }
 
         if (windows.bindings().len() as u32) > per_stage {

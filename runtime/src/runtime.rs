@@ -147,10 +147,10 @@ impl Svm {
             None => MappingMode::from_env()?.unwrap_or(MappingMode::Software),
         };
         mode.check_built()?;
-        // The sparse and coherent modes give their arena a device view
-        // addressed by 31-bit word indices (a sparse buffer; an import that
-        // grows with allocation): by default they take 1 GiB, not the
-        // software mode's reservation.
+        // The sparse and coherent modes give their arena a device view (a
+        // sparse buffer; an import that grows with allocation), whose frame
+        // is the page itself: by default they take 1 GiB, not the software
+        // mode's reservation, and at most what a PTE's frame field names.
         let arena_size = if desc.arena_size == SvmDescriptor::DEFAULT_ARENA_SIZE && mode != MappingMode::Software {
             SvmDescriptor::DEFAULT_VIEW_ARENA_SIZE
         } else {
@@ -158,8 +158,9 @@ impl Svm {
         };
         if mode != MappingMode::Software && arena_size > SvmDescriptor::MAX_VIEW_ARENA_SIZE {
             return Err(SvmError::Config(format!(
-                "arena_size {arena_size}: the {mode:?} mode gives its whole arena a device view at creation, at most 8 GiB \
-                 (the prelude's 31-bit word indices); larger arenas are the software mode's"
+                "arena_size {arena_size}: the {mode:?} mode gives its whole arena a device view, at most {} GiB \
+                 (the PTE's frame field names a page of it); larger arenas are the software mode's",
+                SvmDescriptor::MAX_VIEW_ARENA_SIZE >> 30
             )));
         }
         let arena = Arena::new(arena_size, backend)?;

@@ -203,7 +203,8 @@ fn svm_offset(p: vec2<u32>) -> vec2<u32> {
 
 // Location of device word `w` (pool/arena view, or coherent window with
 // SVM_WORD_COHERENT): x = segment (SVM_SEG_NONE when refused), y = word
-// inside it.
+// inside it. The extent path's: its words are below 2^31 (8 GiB; the
+// runtime takes the page table beyond).
 fn svm_locate(w: u32, ok: bool) -> vec2<u32> {
     if (SVM_SEGMENTS == 1u && !SVM_COHERENT) {
         // Every admitted word is in segment 0.
@@ -214,6 +215,22 @@ fn svm_locate(w: u32, ok: bool) -> vec2<u32> {
     let seg = select(w >> shift, SVM_SEG_COHERENT, in_window);
     let word = select(w & ((1u << shift) - 1u), w & ~SVM_WORD_COHERENT, in_window);
     return vec2<u32>(select(SVM_SEG_NONE, seg, ok), word);
+}
+
+// Location of word `wip` of device page `frame` of the pool / arena view,
+// or (`in_window`) of page `frame` of the coherent window: x = segment
+// (SVM_SEG_NONE when refused), y = word inside it. The page-table path's:
+// the segment comes from the frame, so the pool and views may exceed the
+// 2^31 words of a flat index (up to the PTE's frame field: 64 GiB).
+fn svm_locate_page(frame: u32, wip: u32, in_window: bool, ok: bool) -> vec2<u32> {
+    if (SVM_SEGMENTS == 1u && !SVM_COHERENT) {
+        // Every admitted page is in segment 0.
+        return vec2<u32>(select(SVM_SEG_NONE, 0u, ok), frame * SVM_PAGE_WORDS + wip);
+    }
+    let shift = SVM_SEGMENT_PAGE_SHIFT;
+    let seg = select(frame >> shift, SVM_SEG_COHERENT, in_window);
+    let inside = select(frame & ((1u << shift) - 1u), frame, in_window);
+    return vec2<u32>(select(SVM_SEG_NONE, seg, ok), inside * SVM_PAGE_WORDS + wip);
 }
 
 fn svm_translate_extents(p: vec2<u32>, write: bool) -> vec2<u32> {
@@ -276,10 +293,8 @@ fn svm_translate_table(p: vec2<u32>, write: bool) -> vec2<u32> {
     }
     svm_refuse(kind, p, write, kind != 0u);
     let in_window = (pte & SVM_PTE_COHERENT) != 0u;
-    let w = select((pte >> SVM_PTE_FRAME_SHIFT) * SVM_PAGE_WORDS + ((o.x & 4095u) >> 2u),
-                   SVM_WORD_COHERENT | (((page - svm_coherent_page) * SVM_PAGE_WORDS) + ((o.x & 4095u) >> 2u)),
-                   in_window);
-    return svm_locate(w, inside && aligned && mapped);
+    let frame = select(pte >> SVM_PTE_FRAME_SHIFT, page - svm_coherent_page, in_window);
+    return svm_locate_page(frame, (o.x & 4095u) >> 2u, in_window, inside && aligned && mapped);
 }
 
 fn svm_translate(p: vec2<u32>, write: bool) -> vec2<u32> {

@@ -74,10 +74,13 @@ impl SvmDescriptor {
     /// The sparse and coherent modes' arena when `arena_size` is left at
     /// the default (1 GiB).
     pub const DEFAULT_VIEW_ARENA_SIZE: usize = 1 << 30;
-    /// The largest arena of the sparse and coherent modes (8 GiB; in
-    /// practice also the device's sparse address space, or what it can
-    /// import).
-    pub const MAX_VIEW_ARENA_SIZE: usize = 8 << 30;
+    /// The largest arena of the sparse and coherent modes (64 GiB: a PTE
+    /// names a page of the view in its 24-bit frame field). In practice
+    /// also what the device's windows bind (32 × its largest binding with
+    /// binding arrays, 4 × without: 4 GiB on lavapipe), its sparse address
+    /// space (sparse; 2 GiB on lavapipe) or what it can import (coherent);
+    /// creation says which one refused.
+    pub const MAX_VIEW_ARENA_SIZE: usize = 64 << 30;
     /// The largest arena (1 TiB).
     pub const MAX_ARENA_SIZE: usize = 1 << 40;
 

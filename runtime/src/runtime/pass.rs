@@ -113,7 +113,8 @@ impl Inner {
 
     /// The mapped pages as at most [`MAX_EXTENTS`] extents (runs of pages
     /// with the same rights whose device words are consecutive), or `None`
-    /// when there are more (the kernel then uses the page table).
+    /// when there are more, or a page lies past the extents' flat word
+    /// index (the kernel then uses the page table).
     pub(super) fn extents(&self, st: &State) -> Option<Vec<Extent>> {
         let coherent_base = st.coherent.as_ref().map_or(0, |c| c.first);
         let mut out: Vec<Extent> = Vec::new();
@@ -128,7 +129,7 @@ impl Inner {
                 let dest = if pte.is_coherent() {
                     Extent::COHERENT | ((p - coherent_base) * PAGE_WORDS)
                 } else {
-                    pte.frame()?.get() * PAGE_WORDS
+                    flat_word(pte.frame()?.get(), 0)?
                 };
                 let x = Extent::new(p as u64 * PAGE_SIZE as u64, PAGE_SIZE as u32, dest, pte.is_writable())?;
                 let full = out.len() == MAX_EXTENTS as usize;
@@ -183,7 +184,7 @@ impl Inner {
                 let dest = if pte.is_coherent() {
                     Extent::COHERENT | ((p - coherent_base) * PAGE_WORDS + word)
                 } else {
-                    pte.frame()?.get() * PAGE_WORDS + word
+                    flat_word(pte.frame()?.get(), word)?
                 };
                 #[allow(clippy::cast_possible_truncation, reason = "inside one page")]
                 out.push(Extent::new(x as u64, (y - x) as u32, dest, true)?);
@@ -474,4 +475,12 @@ impl Inner {
         };
         Ok((f, cmds))
     }
+}
+
+/// Word `word` of device frame `frame` as the extent path's flat index
+/// (`Extent::dest`): below 2^31 words, 8 GiB of pool or view (bit 31 marks
+/// the coherent window). `None` beyond: the launch takes the page table,
+/// whose path finds the segment from the frame.
+fn flat_word(frame: u32, word: u32) -> Option<u32> {
+    frame.checked_mul(PAGE_WORDS).map(|w| w + word).filter(|&w| w < Extent::COHERENT)
 }

@@ -39,13 +39,14 @@ fn descriptor_errors() {
         let r = svm::Svm::with_descriptor(&d().arena_size(arena));
         assert!(matches!(r, Err(SvmError::Config(_))), "arena {arena}: {r:?}");
     }
-    // A pool past the prelude's 31-bit word indices (8 GiB), or past its
-    // windows: refused before any memory is made, never wrong words.
-    let r = svm::Svm::with_descriptor(&d().pool_size(9 << 30));
+    // A pool past the PTE's frame field (2^24 pages, 64 GiB), or past the
+    // windows the device binds: refused before any memory is made, never
+    // wrong words.
+    let r = svm::Svm::with_descriptor(&d().pool_size(64 << 30));
     match r {
-        Err(SvmError::Config(m)) => assert!(m.contains("8 GiB") || m.contains("windows"), "{m}"),
+        Err(SvmError::Config(m)) => assert!(m.contains("frame field") || m.contains("windows"), "{m}"),
         Err(SvmError::NoAdapter(_)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {}
-        other => panic!("pool of 9 GiB: {other:?}"),
+        other => panic!("pool of 64 GiB: {other:?}"),
     }
 }
 
