@@ -147,7 +147,11 @@ struct OpenScope<'a> {
 impl Drop for OpenScope<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.scope.take() {
-            let waited = self.inner.gpu.wait().is_ok();
+            // In slices, as the scope's normal end: a whole-device wait
+            // would hold the poll lock, and every other thread's
+            // submissions, for the application's work.
+            let gpu = &self.inner.gpu;
+            let waited = gpu.wait_submission(Some(gpu.submit(std::iter::empty()))).is_ok();
             let _ = self.inner.close_app_scope(s, waited);
         }
     }
