@@ -190,15 +190,7 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
         let wargs = [Arg::ptr(w.as_ptr()), Arg::U32(1024), Arg::U32(9)];
         let wacc = [Access::read_write(&mut w)];
         let pending = q
-            .launch(
-                &k,
-                &LaunchDescriptor {
-                    args: &wargs,
-                    access: &wacc,
-                    workgroups: [16, 1, 1],
-                    ..Default::default()
-                },
-            )
+            .launch(&k, &LaunchDescriptor { args: &wargs, access: &wacc, workgroups: [16, 1, 1], ..Default::default() })
             .expect("queued launch");
         // v is the device's now. The child:
         // SAFETY: the child only calls the runtime's methods (which refuse),
@@ -207,7 +199,8 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
         assert!(pid >= 0, "fork");
         if pid == 0 {
             // Neither waits for the parent's threads (which the child has not).
-            let not_inherited = |e: &LaunchError| matches!(e, LaunchError::Device(svm::DeviceError::NotInherited { .. }));
+            let not_inherited =
+                |e: &LaunchError| matches!(e, LaunchError::Device(svm::DeviceError::NotInherited { .. }));
             let ok = pending.wait().is_err_and(|e| not_inherited(&e))
                 && svm.prefetch(v.as_ptr().cast(), 4096, svm::Location::Host).wait().is_err_and(|e| not_inherited(&e))
                 && matches!(svm.alloc(4096), Err(AllocError::NotInherited))
