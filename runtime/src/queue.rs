@@ -94,6 +94,14 @@ impl LaunchQueue {
         self.svm.prefetch_ordered(addr as usize, len, to)
     }
 
+    /// Give advice for `[addr, addr + len)` now, after the launches in
+    /// flight that use it (they finish first, as for [`Svm::advise`], whose
+    /// effects and errors these are): ordered after this queue's earlier
+    /// launches on the range, before its later ones.
+    pub fn advise(&self, addr: *const u8, len: usize, advice: crate::Advice) -> Result<(), crate::AdviseError> {
+        self.svm.advise(addr, len, advice)
+    }
+
     /// Wait for every launch submitted on this queue so far (their
     /// handles keep their results).
     pub fn finish(&self) {
