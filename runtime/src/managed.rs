@@ -159,7 +159,7 @@ impl<T> ManagedPtr<T> {
     }
     /// `self + count` elements (wrapping, like the kernels' arithmetic).
     pub const fn add(self, count: usize) -> Self {
-        Self::from_addr(self.addr.wrapping_add((count * core::mem::size_of::<T>()) as u64))
+        Self::from_addr(self.addr.wrapping_add((count as u64).wrapping_mul(core::mem::size_of::<T>() as u64)))
     }
     /// A pointer to another type at the same address.
     pub const fn cast<U>(self) -> ManagedPtr<U> {
@@ -228,7 +228,8 @@ impl<T: bytemuck::Pod> ManagedVec<T> {
     }
     /// Start migrating the vector's pages to `to` ([`Svm::prefetch`]).
     pub fn prefetch(&self, to: crate::advise::Location) -> crate::advise::Prefetch {
-        self.svm.prefetch(self.ptr.as_ptr().cast(), self.len * core::mem::size_of::<T>(), to)
+        // (An empty vector still has its byte: it moves that page.)
+        self.svm.prefetch(self.ptr.as_ptr().cast(), (self.len * core::mem::size_of::<T>()).max(1), to)
     }
     /// Advice for the vector's pages ([`Svm::advise`]).
     pub fn advise(&self, advice: crate::advise::Advice) -> Result<(), crate::advise::AdviseError> {

@@ -131,6 +131,15 @@ impl Svm {
                 desc.fault_chunk
             )));
         }
+        // (A pool past the PTE's frame field, or past what the device's
+        // windows bind, is refused with the device open.)
+        if desc.pool_size == 0 || desc.pool_size > SvmDescriptor::MAX_ARENA_SIZE as u64 {
+            return Err(SvmError::Config(format!(
+                "pool_size {} must be between 1 byte and {} bytes (1 TiB)",
+                desc.pool_size,
+                SvmDescriptor::MAX_ARENA_SIZE
+            )));
+        }
         if desc.arena_size == 0 || desc.arena_size > SvmDescriptor::MAX_ARENA_SIZE {
             return Err(SvmError::Config(format!(
                 "arena_size {} must be between 1 byte and {} bytes (1 TiB)",

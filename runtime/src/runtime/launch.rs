@@ -332,7 +332,8 @@ impl Inner {
                 self.unsent(&mut guard, &shared, &e, &undone, discarded);
                 return Err(e);
             }
-            let deadline = opts.timeout.map(|t| Instant::now() + t);
+            // (A timeout past what `Instant` holds is no limit.)
+            let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
             let kernel_span =
                 tracing::debug_span!("svm_kernel", kernel = %kernel.label, bound = !kernel.prelude).entered();
             if !self.wait_gpu(&mut guard, &shared, deadline) {

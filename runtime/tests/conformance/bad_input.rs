@@ -27,6 +27,44 @@ use svm::{
 
 use crate::{child_role, ctx, ctx_migrating, in_child, k, kernel, small, wg, BACKENDS, PAGE_WORDS};
 
+/// Extreme values that are valid, or refused with a typed error: never a
+/// panic. A launch timeout of `Duration::MAX` is no limit (the deadline
+/// overflowed `Instant` and panicked after the pass was submitted, leaving
+/// its flight for ever: every later free waited on it); a pointer advanced
+/// by any count wraps as documented; an empty vector's prefetch is
+/// no error; a pool of 0 bytes or of `u64::MAX` is a configuration error.
+#[test]
+fn extreme_values_are_not_panics() {
+    for pool in [0u64, u64::MAX] {
+        let r = svm::Svm::with_descriptor(&SvmDescriptor::default().arena_size(64 << 20).pool_size(pool));
+        match r {
+            Err(SvmError::Config(_)) => {}
+            Err(SvmError::NoAdapter(_)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {}
+            other => panic!("pool of {pool} bytes: {other:?}"),
+        }
+    }
+    let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+    let ka = kernel(&svm, "affine", k::AFFINE);
+    let mut v = svm.alloc_from_slice(&vec![4u32; PAGE_WORDS]).expect("v");
+    let args = [Arg::ptr(v.as_ptr()), Arg::U32(v.len() as u32), Arg::U32(2), Arg::U32(1)];
+    let desc = LaunchDescriptor {
+        args: &args,
+        access: &[Access::read_write(&mut v)],
+        bindings: &[],
+        workgroups: wg(PAGE_WORDS),
+    };
+    let opts = svm::LaunchOptions::default().timeout(Duration::MAX);
+    svm.launch_with(&ka, &desc, &opts).expect("a launch with no practical time limit");
+    assert_eq!(v[7], 9);
+    drop(v);
+    let p = svm::ManagedPtr::<u64>::from_addr(0x1000);
+    assert_eq!(p.add(usize::MAX).addr(), 0x1000u64.wrapping_add((usize::MAX as u64).wrapping_mul(8)));
+    let empty = svm.alloc_vec::<u32>(0).expect("empty");
+    // (Its one byte's page, at most.)
+    assert!(empty.prefetch(Location::Device).wait().expect("an empty vector's prefetch") <= 1);
+    assert!(empty.prefetch(Location::Host).wait().expect("an empty vector's prefetch") <= 1);
+}
+
 /// Bad descriptors are refused before anything is created (no GPU needed).
 #[test]
 fn descriptor_errors() {
