@@ -383,6 +383,12 @@ pub enum LaunchError {
     /// Changing the arena's mappings failed.
     #[error("arena mapping: {0}")]
     Os(String),
+    /// The application's own GPU work inside [`crate::Svm::with_bindings`]
+    /// raised a wgpu error (validation, out of memory) that no error scope
+    /// of its own caught. The scope was closed as usual; the runtime and its
+    /// device go on (the error is the application's, not a lost device).
+    #[error("the application's GPU work in with_bindings failed: {0}")]
+    Application(String),
 }
 
 // Addresses in messages name their allocation's label, if it has one

@@ -38,7 +38,10 @@ impl Svm {
     /// advice, a CPU access to the bound ranges — and any runtime call on a
     /// thread `f` waits for may wait for this scope, which ends only after
     /// `f` returns: a deadlock. Record, submit (on `Svm::queue`, or with
-    /// `Svm::submit_commands`), return.
+    /// `Svm::submit_commands`), return. A wgpu error of the application's
+    /// work inside `f` that its own error scopes do not catch is returned
+    /// as [`LaunchError::Application`] (outside `with_bindings`, the
+    /// runtime's device takes an uncaptured error for a lost device).
     ///
     /// Each `BufferBinding`'s buffer is the runtime's own (a segment of the
     /// pool, the arena's device view, or an imported host range), shared by
@@ -105,7 +108,14 @@ impl Svm {
             .iter()
             .map(|p| wgpu::BufferBinding { buffer: &p.buffer, offset: p.offset, size: wgpu::BufferSize::new(p.size) })
             .collect();
+        // The application's errors are caught here, on its thread (wgpu's
+        // error scopes are per thread; scopes `f` pushes itself come first):
+        // the runtime's handler would take them for a lost device.
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let r = f(&views);
+        let (validation, oom) = (pollster::block_on(validation.pop()), pollster::block_on(oom.pop()));
+        let app_error = validation.or(oom);
         drop(views);
         // The application's work wrote host memory in place (coherent):
         // make it visible to the CPU; then wait for all of it.
@@ -121,7 +131,11 @@ impl Svm {
         let closed = inner.close_app_scope(scope, waited.is_ok());
         Counters::add(&inner.stats.app_scopes, 1);
         waited?;
-        closed.map(|()| r)
+        closed?;
+        match app_error {
+            Some(e) => Err(LaunchError::Application(e.to_string())),
+            None => Ok(r),
+        }
     }
 }
 

@@ -166,6 +166,38 @@ fn a_vk_opened_device_serves_every_mode() {
     }
 }
 
+/// The application's own wgpu error inside `with_bindings` (here a buffer
+/// past the device's size limit) is returned as `LaunchError::Application`
+/// and the runtime goes on: before, the runtime's device took it for a lost
+/// device, and every later launch, and the CPU's access to device-owned
+/// data, failed.
+#[test]
+fn an_application_error_in_with_bindings_is_its_own() {
+    for backend in BACKENDS {
+        let Some(svm) = crate::ctx(small(backend)) else { return };
+        let p = pipeline(svm.device());
+        let input: Vec<u32> = (0..10_000).collect();
+        let mut v = svm.alloc_from_slice(&input).expect("alloc");
+        let r = svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32);
+            svm.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("too large"),
+                size: svm.device().limits().max_buffer_size.saturating_add(4096),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
+        assert!(matches!(r, Err(svm::LaunchError::Application(_))), "{backend:?}: {r:?}");
+        let once: Vec<u32> = input.iter().map(|x| x * 3 + 1).collect();
+        assert_eq!(v.to_vec(), once, "the application's pass ran ({backend:?})");
+        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
+        })
+        .expect("the runtime goes on");
+        assert_eq!(v[9], (9 * 3 + 1) * 3 + 1, "{backend:?}");
+    }
+}
+
 /// `f` panics inside `with_bindings`: the scope still ends (its work waited
 /// for, its pages settled and given back), so the range is read on the CPU
 /// (a fault that would otherwise wait for the scope forever) and used by a
