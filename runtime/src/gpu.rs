@@ -284,12 +284,25 @@ impl Gpu {
                     raw.mark_lost();
                 }
             });
+            // The runtime's own submissions catch their errors in scopes
+            // (`submit`, the passes' `send_open`): an invalid object of the
+            // runtime's surfaces there, and the device is then taken as
+            // lost. What reaches this handler is the application's own use
+            // of `Svm::device()` outside `with_bindings` (whose errors are
+            // returned): reported, and the runtime goes on — its managed
+            // data must not become unreachable for an application's mistake.
+            // An internal error of wgpu is a loss.
             let l = lost.clone();
-            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                let mut g = l.lock();
-                if g.is_none() {
-                    *g = Some(format!("uncaptured GPU error: {e}"));
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| match e {
+                wgpu::Error::Internal { .. } => {
+                    let mut g = l.lock();
+                    if g.is_none() {
+                        *g = Some(format!("uncaptured GPU error: {e}"));
+                    }
                 }
+                _ => tracing::error!(
+                    "svm: an uncaptured wgpu error on the runtime's device (not the runtime's own work): {e}"
+                ),
             }));
         }
 
@@ -485,7 +498,23 @@ impl Gpu {
     /// same queue, from other threads). Every submission goes through here
     /// or through `submit_pass`'s `RawDevice::submit_signalled`, taken the
     /// same way.
+    ///
+    /// The runtime's own commands: an error wgpu raises for them (an
+    /// invalid command buffer of the runtime's) marks the device lost, as
+    /// nothing the runtime expects of them will have happened.
     pub fn submit(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let index = self.submit_unscoped(cmds);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            self.fail(format!("the device refused the runtime's commands: {e}"));
+        }
+        index
+    }
+
+    /// [`Self::submit`] for the application's commands
+    /// (`Svm::submit_commands`): their errors are the application's (its
+    /// error scopes, or the device's uncaptured-error handler).
+    pub fn submit_unscoped(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
         let _polling = self.poll_lock.lock();
         match &self.raw {
             Some(raw) => raw.submit_exclusive(|| self.queue.submit(cmds)),

@@ -267,7 +267,7 @@ impl Svm {
     /// them.
     pub fn submit_commands(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
         self.inner.completer.flush();
-        self.inner.gpu.submit(cmds)
+        self.inner.gpu.submit_unscoped(cmds)
     }
     /// The GPU in use.
     pub fn device_info(&self) -> &DeviceInfo {

@@ -61,6 +61,10 @@ struct Submitter {
     /// Wakes the completion thread when something is sent or it must stop.
     cv: Condvar,
     queue: wgpu::Queue,
+    /// For the error scope around each submission.
+    device: wgpu::Device,
+    /// `Gpu::lost`: set when the device refuses a pass.
+    lost: Arc<Mutex<Option<String>>>,
     raw: Option<Arc<crate::vk::RawDevice>>,
     poll_lock: Arc<Mutex<()>>,
     signals: Arc<Signals>,
@@ -87,17 +91,26 @@ impl Submitter {
         if let Some(m) = &b.lost {
             return Err((flights, m.clone()));
         }
-        let sent = {
+        let (sent, refused) = {
             let _polling = self.poll_lock.lock();
-            match &self.raw {
+            // (The device's uncaptured-error handler leaves the runtime's
+            // own errors to it: a refused pass is a lost device.)
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let sent = match &self.raw {
                 // With the raw device the submission signals the timeline:
                 // the completion thread waits for it there (no
                 // `Device::poll`). (Its mutex also keeps sparse binds off
                 // the queue meanwhile.)
                 Some(raw) => raw.submit_signalled(|| self.queue.submit(cmds)).map(|(i, p)| (i, Some(p))),
                 None => Ok((self.queue.submit(cmds), None)),
-            }
+            };
+            (sent, pollster::block_on(scope.pop()))
         };
+        if let Some(e) = refused {
+            let why = format!("the device refused a pass: {e}");
+            self.lost.lock().get_or_insert_with(|| why.clone());
+            return Err((flights, why));
+        }
         let (index, point) = match sent {
             Ok(x) => x,
             Err(e) => return Err((flights, format!("submitting a pass: {e}"))),
@@ -130,6 +143,8 @@ impl Completer {
             batches: Mutex::new(Batches::default()),
             cv: Condvar::new(),
             queue: gpu.queue.clone(),
+            device: gpu.device.clone(),
+            lost: gpu.lost.clone(),
             raw: gpu.raw.clone(),
             poll_lock: gpu.poll_lock.clone(),
             signals,

@@ -195,6 +195,24 @@ fn an_application_error_in_with_bindings_is_its_own() {
         })
         .expect("the runtime goes on");
         assert_eq!(v[9], (9 * 3 + 1) * 3 + 1, "{backend:?}");
+        // Outside `with_bindings` too: the same mistake on the runtime's
+        // device (no error scope of the application's) is reported and the
+        // runtime goes on; `v`, the device's after the scope, comes back.
+        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
+        })
+        .expect("a third scope");
+        let _ = svm.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("too large, outside"),
+            size: svm.device().limits().max_buffer_size.saturating_add(4096),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        assert_eq!(v[9], ((9 * 3 + 1) * 3 + 1) * 3 + 1, "{backend:?}: read back after the application's error");
+        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
+            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
+        })
+        .expect("the runtime still goes on");
     }
 }
 
