@@ -49,6 +49,7 @@ pub(crate) fn compile(gpu: &Gpu, runtime_id: u64, desc: &KernelDescriptor<'_>) -
     if module.entry_points[ep].stage != naga::ShaderStage::Compute {
         return Err(compile(format!("entry point `{}` is not a compute shader", desc.entry_point)));
     }
+    check_workgroup(&module.entry_points[ep], &gpu.device.limits()).map_err(compile)?;
     if prelude {
         check_sealed(&module, windows).map_err(|name| KernelError::Sealed { label: label.into(), name })?;
     }
@@ -102,6 +103,25 @@ pub(crate) fn compile(gpu: &Gpu, runtime_id: u64, desc: &KernelDescriptor<'_>) -
         layout: core::mem::ManuallyDrop::new(layout),
         prelude,
     })
+}
+
+/// The entry point's workgroup within the device's limits (naga does not
+/// know them; the pipeline, built at the first launch, would fail there).
+/// A size set by overrides is checked when the pipeline is built.
+fn check_workgroup(ep: &naga::EntryPoint, l: &wgpu::Limits) -> Result<(), String> {
+    if ep.workgroup_size_overrides.is_some() {
+        return Ok(());
+    }
+    let [x, y, z] = ep.workgroup_size;
+    let max = [l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z];
+    let invocations = u64::from(x) * u64::from(y) * u64::from(z);
+    if x > max[0] || y > max[1] || z > max[2] || invocations > u64::from(l.max_compute_invocations_per_workgroup) {
+        return Err(format!(
+            "@workgroup_size({x}, {y}, {z}) exceeds the device's limits: at most {} x {} x {}, {} invocations",
+            max[0], max[1], max[2], l.max_compute_invocations_per_workgroup
+        ));
+    }
+    Ok(())
 }
 
 fn layout_entry(b: &KernelBinding) -> wgpu::BindGroupLayoutEntry {

@@ -156,6 +156,13 @@ fn launch_input_errors() {
         ("syntax", "@compute @workgroup_size(1) fn main() { let x = ; }", "main"),
         ("entry", "@compute @workgroup_size(1) fn main() {}", "other"),
         ("atomic", "@compute @workgroup_size(1) fn main() { atomicAdd(svm_arg_ptr(0u), 1u); }", "main"),
+        // Past the device's workgroup limits (a launch-time failure before).
+        ("workgroup", "@compute @workgroup_size(1024, 1024) fn main() {}", "main"),
+        (
+            "invocations",
+            "@compute @workgroup_size(256, 256, 64) fn main() { svm_store_u32(svm_arg_ptr(0u), 1u); }",
+            "main",
+        ),
     ] {
         match svm.create_kernel(&svm::KernelDescriptor { label, source: src, entry_point: entry }) {
             Err(KernelError::Compile { label: l, message }) => {
