@@ -122,6 +122,14 @@ impl Slabs {
         (in_page.is_multiple_of(len) && slab.is_used(in_page / len)).then_some((off, len))
     }
 
+    /// The live block `off` lies in, anywhere inside it: `(start, len)`.
+    pub fn block_containing(&self, off: usize) -> Option<(usize, usize)> {
+        let slab = self.pages.get(&u32::try_from(off / PAGE).ok()?)?;
+        let len = 1usize << slab.shift;
+        let i = off % PAGE / len;
+        slab.is_used(i).then_some((off / PAGE * PAGE + i * len, len))
+    }
+
     /// Free the live block at `off`. `None` (nothing changed) if there is
     /// no live block starting there.
     pub fn free(&mut self, off: usize) -> Option<Freed> {
@@ -197,12 +205,15 @@ mod tests {
                         prop_assert!(off + class <= o || o + l <= off, "{off}+{class} overlaps {o}+{l}");
                     }
                     prop_assert_eq!(s.block_at(off), Some((off, class)));
+                    prop_assert_eq!(s.block_containing(off + class - 1), Some((off, class)));
+                    prop_assert_eq!(s.block_at(off + class / 2), None, "only a block's start");
                     live.push((off, class));
                 } else {
                     let (off, len) = live.swap_remove(pick as usize % live.len());
                     let f = s.free(off).unwrap();
                     prop_assert_eq!(f.len, len);
                     prop_assert_eq!(s.block_at(off), None);
+                    prop_assert_eq!(s.block_containing(off + len - 1), None);
                     prop_assert_eq!(s.free(off), None, "double free refused");
                     let page = (off / PAGE) as u32;
                     let others = live.iter().any(|&(o, _)| o / PAGE == page as usize);

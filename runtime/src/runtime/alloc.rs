@@ -166,7 +166,8 @@ impl Svm {
         let off = addr - arena.base();
         let st = self.inner.state.lock();
         let (start, len) = st.ranges.containing(off)?;
-        let (start, len) = if st.slabs.is_slab(page_of(start)) { st.slabs.block_at(off)? } else { (start, len) };
+        let (start, len) =
+            if st.slabs.is_slab(page_of(start)) { st.slabs.block_containing(off)? } else { (start, len) };
         Some(f(arena.base() + start, len))
     }
 }

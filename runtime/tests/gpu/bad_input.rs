@@ -315,4 +315,11 @@ fn labels_name_allocations_in_errors() {
     assert_eq!(w2.label().as_deref(), Some("aaaaaaaaaaaaaaaa"));
     let far = svm.arena_base() + svm.arena_size() - 4096;
     assert_eq!(svm.set_label(far as *const u8, "nothing"), Err(svm::LabelError::NotAllocated { addr: far }));
+    // A pointer anywhere inside a small (sub-page) block names that block
+    // (it was NotAllocated unless it was the block's first byte).
+    let b = svm.alloc_box([0u32; 8]).expect("box");
+    let inside = b.as_ptr().cast::<u8>().wrapping_add(12);
+    svm.set_label(inside, "inner").expect("a pointer inside a small block");
+    assert_eq!(svm.label(b.as_ptr().cast()).as_deref(), Some("inner"));
+    assert_eq!(svm.label(inside).as_deref(), Some("inner"));
 }
