@@ -160,7 +160,10 @@ impl Svm {
         // sparse buffer; an import that grows with allocation), whose frame
         // is the page itself: by default they take 1 GiB, not the software
         // mode's reservation, and at most what a PTE's frame field names.
-        let arena_size = if desc.arena_size == SvmDescriptor::DEFAULT_ARENA_SIZE && mode != MappingMode::Software {
+        let arena_size = if desc.arena_size == SvmDescriptor::DEFAULT_ARENA_SIZE
+            && !desc.arena_size_set
+            && mode != MappingMode::Software
+        {
             SvmDescriptor::DEFAULT_VIEW_ARENA_SIZE
         } else {
             desc.arena_size

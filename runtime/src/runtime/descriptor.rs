@@ -18,8 +18,9 @@ pub struct SvmDescriptor {
     /// allocated. Default [`Self::DEFAULT_ARENA_SIZE`] (64 GiB) in the
     /// software mode; the sparse and coherent modes give the whole arena a
     /// device view at creation and so take [`Self::DEFAULT_VIEW_ARENA_SIZE`]
-    /// (1 GiB) when this is left at the default (set more explicitly, up to
-    /// the device's sparse address space / what it can import).
+    /// (1 GiB) when this is left at the default (set with
+    /// [`Self::arena_size`], it is taken as given, up to the device's
+    /// sparse address space / what it can import).
     pub arena_size: usize,
     /// Bytes of device page pool. Default 512 MiB, at most as many storage
     /// bindings' worth as the prelude has windows (32 with binding arrays,
@@ -50,6 +51,9 @@ pub struct SvmDescriptor {
     /// evicting (UVM's remote mapping). Default on; off: such launches are
     /// `PoolExhausted`, and thrashing is met by eviction alone.
     pub serve_in_place: bool,
+    /// `arena_size` was set with [`Self::arena_size`]: the sparse and
+    /// coherent modes take it as given, also when it equals the default.
+    pub(crate) arena_size_set: bool,
 }
 
 impl Default for SvmDescriptor {
@@ -64,6 +68,7 @@ impl Default for SvmDescriptor {
             mapping: None,
             device: None,
             serve_in_place: true,
+            arena_size_set: false,
         }
     }
 }
@@ -87,6 +92,7 @@ impl SvmDescriptor {
     /// Set the arena size.
     pub fn arena_size(mut self, bytes: usize) -> Self {
         self.arena_size = bytes;
+        self.arena_size_set = true;
         self
     }
     /// Set the device pool size.

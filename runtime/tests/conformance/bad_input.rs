@@ -43,6 +43,17 @@ fn extreme_values_are_not_panics() {
             other => panic!("pool of {pool} bytes: {other:?}"),
         }
     }
+    // An arena size given explicitly is taken as given in every mode, also
+    // when it equals the software mode's default (the sparse and coherent
+    // modes took 64 GiB for "left at the default" and made 1 GiB): made, or
+    // refused by what the device binds, never silently smaller.
+    for mode in [svm::MappingMode::Sparse, svm::MappingMode::Coherent] {
+        let desc = small(BACKENDS[0]).arena_size(SvmDescriptor::DEFAULT_ARENA_SIZE).mapping(mode);
+        match svm::Svm::with_descriptor(&desc) {
+            Ok(s) => assert_eq!(s.arena_size(), SvmDescriptor::DEFAULT_ARENA_SIZE, "{mode:?}"),
+            Err(e) => eprintln!("{mode:?}, a 64 GiB arena: refused here ({e})"),
+        }
+    }
     let Some(svm) = ctx(small(BACKENDS[0])) else { return };
     let ka = kernel(&svm, "affine", k::AFFINE);
     let mut v = svm.alloc_from_slice(&vec![4u32; PAGE_WORDS]).expect("v");
