@@ -33,15 +33,18 @@ impl Svm {
     /// threads (their faults, allocations, launches on other data).
     /// Launches in flight that use the bound pages are waited for first.
     ///
-    /// Inside `f`, on its own thread, allocating and freeing memory that is
-    /// not bound is fine. Other runtime calls — a launch, a prefetch,
-    /// advice, a CPU access to the bound ranges — and any runtime call on a
-    /// thread `f` waits for may wait for this scope, which ends only after
-    /// `f` returns: a deadlock. Record, submit (on `Svm::queue`, or with
+    /// Inside `f`, on its own thread, allocating, and freeing memory that
+    /// is not bound (nor shares a page with what is bound: small
+    /// allocations share pages), is fine. Other runtime calls — a launch, a
+    /// prefetch, advice, a CPU access to the bound ranges or to anything
+    /// sharing their pages — and any runtime call on a thread `f` waits for
+    /// may wait for this scope, which ends only after `f` returns: a
+    /// deadlock. Record, submit (on `Svm::queue`, or with
     /// `Svm::submit_commands`), return. A wgpu error of the application's
     /// work inside `f` that its own error scopes do not catch is returned
-    /// as [`LaunchError::Application`] (outside `with_bindings`, the
-    /// runtime's device takes an uncaptured error for a lost device).
+    /// as [`LaunchError::Application`] (outside `with_bindings`, such an
+    /// error on the runtime's device is reported with `tracing::error`; the
+    /// runtime goes on).
     ///
     /// Each `BufferBinding`'s buffer is the runtime's own (a segment of the
     /// pool, the arena's device view, or an imported host range), shared by
