@@ -176,7 +176,9 @@ pub(crate) struct Gpu {
     pub staging: crate::staging::Staging,
     /// GPU timestamps of kernel passes, where the device has them.
     pub timestamps: Option<Timestamps>,
-    /// Set by the device-lost callback or an uncaptured error.
+    /// Set by the device-lost callback, an error of the runtime's own
+    /// submissions ([`Self::submit`], the passes'), or an internal wgpu
+    /// error.
     pub lost: Arc<Mutex<Option<String>>>,
     _adapter: wgpu::Adapter,
     /// Validation messages (`SVM_VALIDATION=1` with the layer installed);

@@ -240,8 +240,8 @@ fn complete(
             };
             match done {
                 Ok(true) => break,
-                // (A submission wgpu refused never signals: its uncaptured
-                // error marked the device lost.)
+                // (A submission wgpu refused is not sent: `send_open`'s
+                // error scope marked the device lost.)
                 Ok(false) if s.raw.as_ref().is_some_and(|r| r.is_lost()) || device_lost.lock().is_some() => {
                     lost = Some(device_lost.lock().clone().unwrap_or_else(|| "the device was lost".into()));
                 }
