@@ -72,6 +72,12 @@ fn plain(device: &wgpu::Device, queue: &wgpu::Queue, p: &wgpu::ComputePipeline, 
     out
 }
 
+/// One application pass over `v` (`x * 3 + 1`) inside `with_bindings`.
+fn pass_in_scope(svm: &Svm, p: &wgpu::ComputePipeline, v: &mut svm::ManagedVec<u32>) -> Result<(), svm::LaunchError> {
+    let n = v.len() as u32;
+    svm.with_bindings(&[Binding::read_write(v)], |b| run(svm.device(), svm.queue(), p, b[0].clone(), n))
+}
+
 fn adopt(svm: &Svm, p: &wgpu::ComputePipeline, input: &[u32]) -> Vec<u32> {
     // The changed lines: the data in managed memory, the pass inside
     // `with_bindings`, the results read by dereference.
@@ -190,18 +196,12 @@ fn an_application_error_in_with_bindings_is_its_own() {
         assert!(matches!(r, Err(svm::LaunchError::Application(_))), "{backend:?}: {r:?}");
         let once: Vec<u32> = input.iter().map(|x| x * 3 + 1).collect();
         assert_eq!(v.to_vec(), once, "the application's pass ran ({backend:?})");
-        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
-            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
-        })
-        .expect("the runtime goes on");
+        pass_in_scope(&svm, &p, &mut v).expect("the runtime goes on");
         assert_eq!(v[9], (9 * 3 + 1) * 3 + 1, "{backend:?}");
         // Outside `with_bindings` too: the same mistake on the runtime's
         // device (no error scope of the application's) is reported and the
         // runtime goes on; `v`, the device's after the scope, comes back.
-        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
-            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
-        })
-        .expect("a third scope");
+        pass_in_scope(&svm, &p, &mut v).expect("a third scope");
         let _ = svm.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("too large, outside"),
             size: svm.device().limits().max_buffer_size.saturating_add(4096),
@@ -209,10 +209,7 @@ fn an_application_error_in_with_bindings_is_its_own() {
             mapped_at_creation: false,
         });
         assert_eq!(v[9], ((9 * 3 + 1) * 3 + 1) * 3 + 1, "{backend:?}: read back after the application's error");
-        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
-            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
-        })
-        .expect("the runtime still goes on");
+        pass_in_scope(&svm, &p, &mut v).expect("the runtime still goes on");
     }
 }
 
@@ -236,10 +233,7 @@ fn a_panic_in_with_bindings_ends_the_scope() {
         assert!(panicked.is_err(), "the panic reaches the caller");
         let once: Vec<u32> = input.iter().map(|x| x * 3 + 1).collect();
         assert_eq!(v.to_vec(), once, "the pass submitted before the panic ran ({backend:?})");
-        svm.with_bindings(&[Binding::read_write(&mut v)], |b| {
-            run(svm.device(), svm.queue(), &p, b[0].clone(), input.len() as u32)
-        })
-        .expect("a later scope");
+        pass_in_scope(&svm, &p, &mut v).expect("a later scope");
         assert_eq!(v[9], (9 * 3 + 1) * 3 + 1, "{backend:?}");
     }
 }
