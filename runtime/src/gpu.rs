@@ -213,6 +213,10 @@ impl Gpu {
         arena_host: *mut u8,
         shared: Option<&SharedDevice>,
     ) -> Result<(Self, Option<crate::vk::SparseArena>), SvmError> {
+        // The environment's settings, refused when garbled whatever the
+        // device (a setting the device makes moot is still checked).
+        open::mapped_pool_env()?;
+        let windows_ok = windows_allowed()?;
         let sparse = mode == MappingMode::Sparse;
         let coherent = mode == MappingMode::Coherent;
         let Opened { adapter, device, queue, info, raw, host_import, validation, instance } = match shared {
@@ -223,7 +227,7 @@ impl Gpu {
         // (an application's device may have wgpu's default of 8).
         let per_stage = device.limits().max_storage_buffers_per_shader_stage;
         let array_fits = per_stage >= 4 + MAX_WINDOWS_BINDINGS;
-        let windows = if device.features().contains(BINDING_ARRAY_FEATURES) && array_fits && windows_allowed()? {
+        let windows = if device.features().contains(BINDING_ARRAY_FEATURES) && array_fits && windows_ok {
             Windows::Array
         } else {
             Windows::Fixed

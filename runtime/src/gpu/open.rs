@@ -102,9 +102,21 @@ pub(crate) fn select_adapter(instance: &wgpu::Instance, backends: wgpu::Backends
 /// even on unified-memory adapters (for comparisons).
 pub const MAPPED_POOL_ENV: &str = "SVM_MAPPED_POOL";
 
-/// Whether [`MAPPED_POOL_ENV`] allows the host-mapped pool.
+/// Whether [`MAPPED_POOL_ENV`] allows the host-mapped pool (unset, `1`,
+/// `true`, `on`: yes; `0`, `false`, `off`: no); anything else is refused.
+pub(super) fn mapped_pool_env() -> Result<bool, SvmError> {
+    match std::env::var(MAPPED_POOL_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) if matches!(v.as_str(), "" | "1" | "true" | "on") => Ok(true),
+        Ok(v) if matches!(v.as_str(), "0" | "false" | "off") => Ok(false),
+        Ok(v) => Err(SvmError::Config(format!("{MAPPED_POOL_ENV}={v:?}: expected 0 or 1"))),
+        Err(e) => Err(SvmError::Config(format!("{MAPPED_POOL_ENV}: {e}"))),
+    }
+}
+
+/// [`mapped_pool_env`], checked at the runtime's creation (`Gpu::new`).
 pub(super) fn mapped_pool_allowed() -> bool {
-    std::env::var(MAPPED_POOL_ENV).map_or(true, |v| v != "0")
+    mapped_pool_env().unwrap_or(true)
 }
 
 /// On adapters whose memory *is* host memory (CPU drivers such as lavapipe,

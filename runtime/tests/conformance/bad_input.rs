@@ -76,6 +76,33 @@ fn extreme_values_are_not_panics() {
     assert!(empty.prefetch(Location::Host).wait().expect("an empty vector's prefetch") <= 1);
 }
 
+/// A garbled setting in the environment is refused at creation, naming the
+/// value, whatever the device (`SVM_MAPPED_POOL=yes` was taken for on;
+/// `SVM_WINDOWS` was read only where the device has binding arrays).
+#[test]
+fn garbled_environment_is_refused() {
+    const VARS: [&str; 4] = ["SVM_MAPPING_MODE", "SVM_FAULT_BACKEND", "SVM_WINDOWS", "SVM_MAPPED_POOL"];
+    if let Some(var) = child_role() {
+        // (Nothing set that the variable stands in for.)
+        let r = svm::Svm::with_descriptor(&SvmDescriptor::default().arena_size(256 << 20).pool_size(64 << 20));
+        match r {
+            Err(SvmError::NoAdapter(_)) if std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1") => {}
+            Err(e) => assert!(e.to_string().contains("garbled"), "{var}: the error does not name the value: {e}"),
+            Ok(_) => panic!("{var}=garbled was accepted"),
+        }
+        return;
+    }
+    for var in VARS {
+        let o = crate::in_child_with("bad_input::garbled_environment_is_refused", var, &[(var, "garbled")]);
+        assert!(
+            o.status.success(),
+            "{var}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
 /// Bad descriptors are refused before anything is created (no GPU needed).
 #[test]
 fn descriptor_errors() {

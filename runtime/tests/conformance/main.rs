@@ -115,9 +115,15 @@ pub fn wg(n: usize) -> [u32; 3] {
 /// Run a test of this binary in a child process with `SVM_TEST_CHILD=role`,
 /// and return its output. Used where the expected outcome is a crash.
 pub fn in_child(test: &str, role: &str) -> std::process::Output {
+    in_child_with(test, role, &[])
+}
+
+/// [`in_child`] with more environment variables set for the child.
+pub fn in_child_with(test: &str, role: &str, env: &[(&str, &str)]) -> std::process::Output {
     let o = std::process::Command::new(std::env::current_exe().expect("exe"))
         .args(["--exact", test, "--nocapture", "--test-threads=1", "--include-ignored"])
         .env("SVM_TEST_CHILD", role)
+        .envs(env.iter().copied())
         .output()
         .expect("spawn child");
     let out = String::from_utf8_lossy(&o.stdout);
