@@ -24,7 +24,7 @@ pub struct SvmDescriptor {
     pub arena_size: usize,
     /// Bytes of device page pool. Default 512 MiB, at most as many storage
     /// bindings' worth as the prelude has windows (32 with binding arrays,
-    /// else 4).
+    /// else 4) and at most 64 GiB (a PTE's frame field); 0 is refused.
     pub pool_size: u64,
     /// CPU fault backend; `None`: `SVM_FAULT_BACKEND` if set, else uffd.
     pub fault_backend: Option<FaultBackendKind>,
