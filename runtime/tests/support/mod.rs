@@ -115,8 +115,8 @@ pub fn kernel_ran_inside_submit(svm: &Svm, done: bool, what: &str) -> bool {
 /// runs, whatever the runtime does: wgpu's GL backend has one context, and
 /// Mesa's threaded GL (glthread) makes any fence wait (the runtime's poll
 /// for completion) drain the whole dispatch with that context held, so a
-/// launch on other data waits for the kernel about one time in two
-/// (measured on llvmpipe: 56 µs or 1.0 s for the same launch). A test that
+/// launch on other data sometimes returns at once and sometimes only once
+/// the running kernel is done (seen on llvmpipe). A test that
 /// a launch is *not* held behind a kernel cannot run there, and says so.
 /// Never on Vulkan, whose queue submissions do not wait for running work.
 pub fn submissions_wait_for_kernels(svm: &Svm, what: &str) -> bool {
