@@ -150,6 +150,10 @@ pub struct RangeInfo {
     /// Pages used in place by the device (`AccessedBy`, or the coherent
     /// mapping mode).
     pub in_place: u64,
+    /// Pages another device mirroring the arena has ([`crate::Svm::mirror`]):
+    /// owned or copied read-only there (counted there as `device` /
+    /// `duplicated`; here they are neither `host` nor `device`).
+    pub other_device: u64,
     /// Pages advised `ReadMostly`.
     pub read_mostly: u64,
     /// Pages advised `PreferredLocation(Host)`.

@@ -47,6 +47,7 @@ mod fault; // the CPU-fault service: device -> host on a CPU access
 mod flight; // launches in flight: busy pages, waiting, retiring
 mod frames; // where device pages get their memory (pool frames / sparse blocks)
 mod launch; // launch: validate, wait for conflicts, map, submit, replay
+mod mirror; // several devices mirroring one arena: page leases, fault dispatch
 mod pass; // one kernel pass: variant, submission, its log read back
 mod residency; // migration both ways: host -> device at launch, device -> host
 mod state; // the state under the update lock, and its queries
@@ -84,9 +85,17 @@ pub(crate) struct Inner {
     /// (Dropped with the state, before the device: it holds the raw
     /// device too; leaked with them in a forked child.)
     bind_outbox: std::mem::ManuallyDrop<Option<Arc<crate::vk::BindOutbox>>>,
-    /// Forgets the arena's allocation labels (before its mappings go).
-    _labels: crate::label::ArenaLabels,
-    arena: Arena,
+    /// Forgets the arena's allocation labels (before its mappings go): the
+    /// arena's own runtime's.
+    _labels: Option<crate::label::ArenaLabels>,
+    /// Shared with the runtimes mirroring it (`mirror.rs`).
+    arena: Arc<Arena>,
+    /// The runtimes mirroring this arena, and this one's member number;
+    /// set when the first mirror is made.
+    group: std::sync::OnceLock<(Arc<mirror::Group>, u8)>,
+    /// A mirror: the arena's own runtime (allocations go there; it keeps
+    /// the arena and its fault service). Dropped last.
+    home: Option<Svm>,
     stats: Arc<Counters>,
     chunk: usize,
     prefetch: bool,
@@ -125,21 +134,6 @@ impl Svm {
 
     /// Create a runtime.
     pub fn with_descriptor(desc: &SvmDescriptor) -> Result<Self> {
-        if !desc.fault_chunk.is_power_of_two() || !(PAGE_SIZE..=2 << 20).contains(&desc.fault_chunk) {
-            return Err(SvmError::Config(format!(
-                "fault_chunk {} must be a power of two between 4 KiB and 2 MiB",
-                desc.fault_chunk
-            )));
-        }
-        // (A pool past the PTE's frame field, or past what the device's
-        // windows bind, is refused with the device open.)
-        if desc.pool_size == 0 || desc.pool_size > SvmDescriptor::MAX_ARENA_SIZE as u64 {
-            return Err(SvmError::Config(format!(
-                "pool_size {} must be between 1 byte and {} bytes (1 TiB)",
-                desc.pool_size,
-                SvmDescriptor::MAX_ARENA_SIZE
-            )));
-        }
         if desc.arena_size == 0 || desc.arena_size > SvmDescriptor::MAX_ARENA_SIZE {
             return Err(SvmError::Config(format!(
                 "arena_size {} must be between 1 byte and {} bytes (1 TiB)",
@@ -168,6 +162,15 @@ impl Svm {
         } else {
             desc.arena_size
         };
+        Self::check_view_size(mode, arena_size)?;
+        let arena = Arc::new(Arena::new(arena_size, backend)?);
+        let inner = Self::open_inner(desc, arena, mode, None)?;
+        let service = FaultService::start(inner.clone())?;
+        Ok(Self { inner, _service: Arc::new(service) })
+    }
+
+    /// The sparse and coherent modes' limit on the arena (their device view).
+    fn check_view_size(mode: MappingMode, arena_size: usize) -> Result<()> {
         if mode != MappingMode::Software && arena_size > SvmDescriptor::MAX_VIEW_ARENA_SIZE {
             return Err(SvmError::Config(format!(
                 "arena_size {arena_size}: the {mode:?} mode gives its whole arena a device view, at most {} GiB \
@@ -175,7 +178,29 @@ impl Svm {
                 SvmDescriptor::MAX_VIEW_ARENA_SIZE >> 30
             )));
         }
-        let arena = Arena::new(arena_size, backend)?;
+        Ok(())
+    }
+
+    /// The device side of a runtime over `arena`: a new arena's own, or a
+    /// mirror's (`home`: the arena's runtime; see `mirror.rs`).
+    fn open_inner(desc: &SvmDescriptor, arena: Arc<Arena>, mode: MappingMode, home: Option<Svm>) -> Result<Arc<Inner>> {
+        if !desc.fault_chunk.is_power_of_two() || !(PAGE_SIZE..=2 << 20).contains(&desc.fault_chunk) {
+            return Err(SvmError::Config(format!(
+                "fault_chunk {} must be a power of two between 4 KiB and 2 MiB",
+                desc.fault_chunk
+            )));
+        }
+        // (A pool past the PTE's frame field, or past what the device's
+        // windows bind, is refused with the device open.)
+        if desc.pool_size == 0 || desc.pool_size > SvmDescriptor::MAX_ARENA_SIZE as u64 {
+            return Err(SvmError::Config(format!(
+                "pool_size {} must be between 1 byte and {} bytes (1 TiB)",
+                desc.pool_size,
+                SvmDescriptor::MAX_ARENA_SIZE
+            )));
+        }
+        mode.check_built()?;
+        Self::check_view_size(mode, arena.len())?;
         let pages = u32::try_from(arena.len() / PAGE_SIZE).map_err(|_| SvmError::Config("arena too large".into()))?;
         // (Coherent mode: the device uses the host pages in place, imported
         // as allocations reach them, populated first; they stay for the
@@ -183,9 +208,9 @@ impl Svm {
         // CPU, nothing else does.)
         // SAFETY: `arena.host_ptr(0)` is the alias view, mapped read-write
         // for the arena's whole life; the arena outlives the `Gpu` (a local
-        // declared before it here, and a field after it in `Inner`, so
-        // dropped after it either way). Program threads racing with a
-        // kernel on managed memory race as with another CPU thread.
+        // `Arc` held here, and a field after it in `Inner`, so dropped after
+        // it either way). Program threads racing with a kernel on managed
+        // memory race as with another CPU thread.
         #[allow(unsafe_code, reason = "the coherent view's host import; argued above")]
         let (gpu, sparse) = unsafe {
             Gpu::new(
@@ -222,10 +247,12 @@ impl Svm {
         let signals = Arc::new(flight::Signals::default());
         let stats = Arc::new(Counters::default());
         let completer = submit::Completer::start(&gpu, signals.clone(), stats.clone())?;
-        let inner = Arc::new(Inner {
+        let labels =
+            home.is_none().then(|| crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() });
+        Ok(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
-            _labels: crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() },
+            _labels: labels,
             arena,
             gpu: std::mem::ManuallyDrop::new(gpu),
             bind_outbox: std::mem::ManuallyDrop::new(bind_outbox),
@@ -238,9 +265,9 @@ impl Svm {
             chunk: desc.fault_chunk,
             prefetch: desc.fault_prefetch,
             serve_in_place: desc.serve_in_place,
-        });
-        let service = FaultService::start(inner.clone())?;
-        Ok(Self { inner, _service: Arc::new(service) })
+            group: std::sync::OnceLock::new(),
+            home,
+        }))
     }
 
     /// The runtime's wgpu device: for the app's own buffers and pipelines,
@@ -417,6 +444,9 @@ impl Drop for Inner {
             // state (and the state lock may have been held at the fork).
             return;
         }
+        // A mirror brings its pages home (its launches in flight finish
+        // first) and gives their leases to the arena's runtime.
+        self.leave_group();
         // Launches in flight (their handles forgotten) finish first; after
         // a device loss the completion thread gives up on them.
         self.completer.stop(self.gpu.check_lost().is_err());

@@ -149,6 +149,15 @@ impl Slabs {
         Some(Freed { len, emptied: false })
     }
 
+    /// Drop slab page `page` whatever its blocks (a mirror's copy of the
+    /// slab pages, whose blocks it does not track).
+    pub fn forget_page(&mut self, page: u32) {
+        if let Some(slab) = self.pages.remove(&page) {
+            self.live -= slab.live as usize;
+            self.partial[Self::index(1 << slab.shift)].remove(&page);
+        }
+    }
+
     /// Live blocks.
     pub fn live(&self) -> usize {
         self.live

@@ -56,6 +56,30 @@ impl RangeAllocator {
         Some(len)
     }
 
+    /// Mark `[start, start + len)`, which must lie in one free range, live
+    /// (a copy of another allocator's decision: a mirror's state). False,
+    /// and nothing changed, if it does not.
+    pub fn insert(&mut self, start: usize, len: usize) -> bool {
+        let Some((&fs, &fl)) = self.free.range(..=start).next_back() else { return false };
+        if len == 0 || start + len > fs + fl {
+            return false;
+        }
+        self.free.remove(&fs);
+        if start > fs {
+            self.free.insert(fs, start - fs);
+        }
+        if start + len < fs + fl {
+            self.free.insert(start + len, fs + fl - start - len);
+        }
+        self.live.insert(start, len);
+        true
+    }
+
+    /// The live allocations, as (start, len), ascending.
+    pub fn live(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.live.iter().map(|(&s, &l)| (s, l))
+    }
+
     /// The live allocation containing `offset`, as (start, len).
     pub fn containing(&self, offset: usize) -> Option<(usize, usize)> {
         let (&s, &l) = self.live.range(..=offset).next_back()?;

@@ -9,6 +9,9 @@ impl Svm {
     pub fn range_info(&self, addr: *const u8, len: usize) -> Result<crate::advise::RangeInfo, AdviseError> {
         let inner = &*self.inner;
         inner.check_process()?;
+        // Pages another mirror holds: asked of it first (its lock, then
+        // this one's; a snapshot, as the rest).
+        let elsewhere = inner.pages_on_other_devices(addr as usize, len);
         let st = inner.state.lock();
         let (a, b) =
             inner.page_range(&st, addr as usize, len).ok_or(AdviseError::BadRange { addr: addr as usize, len })?;
@@ -19,7 +22,9 @@ impl Svm {
             let count = |c: &mut u64, yes: bool| *c += u64::from(yes);
             count(&mut r.device, st.owned(p));
             count(&mut r.duplicated, st.dup[i]);
-            count(&mut r.host, st.frames_of.get(i) == HOST);
+            let other = elsewhere.iter().any(|&(x, y)| (x..y).contains(&p));
+            count(&mut r.other_device, other);
+            count(&mut r.host, st.frames_of.get(i) == HOST && !other);
             count(&mut r.in_place, whole_arena_in_place || adv & advice::COHERENT != 0);
             count(&mut r.read_mostly, adv & advice::READ_MOSTLY != 0);
             count(&mut r.preferred_host, adv & advice::PREFER_HOST != 0);
@@ -248,6 +253,13 @@ impl Inner {
     ) -> Result<u64, LaunchError> {
         if let Some((a, b)) = self.page_range(guard, addr, len) {
             loop {
+                // Pages another device mirroring the arena holds come home
+                // first (`mirror.rs`); decided again after.
+                let foreign = self.foreign_runs([(a, b)]);
+                if !foreign.is_empty() {
+                    self.take_leases(guard, &foreign)?;
+                    continue;
+                }
                 self.wait_pages(guard, a, b);
                 // (Copies back under the lock — to the host, or evicting to
                 // make room — not behind a running kernel.)

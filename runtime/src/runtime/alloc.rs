@@ -30,6 +30,10 @@ impl Svm {
             return self.alloc_impl(bytes, true);
         };
         self.inner.check_process().map_err(|_| AllocError::NotInherited)?;
+        if let Some(home) = self.home() {
+            // A mirror: the arena's runtime allocates (and copies it here).
+            return home.alloc_small_owned(bytes, align);
+        }
         let arena = &self.inner.arena;
         let mut st = self.inner.state.lock();
         let off = match st.slabs.alloc(class) {
@@ -40,7 +44,7 @@ impl Svm {
                     .ranges
                     .alloc(PAGE_SIZE, PAGE_SIZE)
                     .ok_or(AllocError::ArenaExhausted { requested: bytes, largest_free: st.ranges.largest_free() })?;
-                if let Err(e) = self.inner.map_new_range(&mut st, page, PAGE_SIZE) {
+                if let Err(e) = self.inner.map_new_range(&mut st, page, PAGE_SIZE, true) {
                     st.ranges.free(page);
                     return Err(e);
                 }
@@ -59,6 +63,9 @@ impl Svm {
     /// raw `free` can reach it in between.
     fn alloc_impl(&self, bytes: usize, owned: bool) -> Result<NonNull<u8>, AllocError> {
         self.inner.check_process().map_err(|_| AllocError::NotInherited)?;
+        if let Some(home) = self.home() {
+            return home.alloc_impl(bytes, owned);
+        }
         if bytes == 0 {
             return Err(AllocError::ZeroSize);
         }
@@ -73,7 +80,7 @@ impl Svm {
             .ranges
             .alloc(len, align)
             .ok_or(AllocError::ArenaExhausted { requested: bytes, largest_free: st.ranges.largest_free() })?;
-        if let Err(e) = self.inner.map_new_range(&mut st, off, len) {
+        if let Err(e) = self.inner.map_new_range(&mut st, off, len, false) {
             st.ranges.free(off);
             return Err(e);
         }
@@ -105,6 +112,9 @@ impl Svm {
             // is the parent's); the raw free says why.
             return if owner { Ok(()) } else { Err(FreeError::NotInherited) };
         }
+        if let Some(home) = self.home() {
+            return home.free_impl(ptr, owner);
+        }
         let addr = ptr as usize;
         let arena = &self.inner.arena;
         if !arena.contains(addr) {
@@ -118,6 +128,14 @@ impl Svm {
         // the lock: decided again after, the window may have come.)
         while let Some((start, len)) = st.ranges.containing(off) {
             let (a, b) = (page_of(start), page_of(start + len));
+            // Pages a mirror holds come home first (its launches on them
+            // finish), the lock released: decided again after.
+            self.inner.reclaim_lost(a, b);
+            let foreign = self.inner.foreign_runs([(a, b)]);
+            if !foreign.is_empty() {
+                self.inner.take_leases(&mut st, &foreign).map_err(|e| FreeError::Os(e.to_string()))?;
+                continue;
+            }
             let in_window = |st: &State| st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end);
             if in_window(&st) {
                 if st.flights.is_empty() {
@@ -159,6 +177,9 @@ impl Svm {
     /// page's block or a page allocation), under the update lock (the
     /// allocation stays live while `f` runs).
     pub(crate) fn with_allocation_at<R>(&self, addr: usize, f: impl FnOnce(usize, usize) -> R) -> Option<R> {
+        if let Some(home) = self.home() {
+            return home.with_allocation_at(addr, f);
+        }
         let arena = &self.inner.arena;
         if self.inner.foreign() || !arena.contains(addr) {
             return None;
@@ -177,11 +198,13 @@ impl Inner {
     /// (coherent mode: the windows of the device view up to it imported
     /// first, their pages populated; mapped now so that first touches do
     /// not fault) and mark its PTEs allocated.
-    fn map_new_range(&self, st: &mut State, off: usize, len: usize) -> Result<(), AllocError> {
+    /// The mirrors' tables are marked too (`slab`: a slab page).
+    fn map_new_range(&self, st: &mut State, off: usize, len: usize, slab: bool) -> Result<(), AllocError> {
         let arena = &self.arena;
         self.gpu
             .import_coherent((off + len) as u64, |o, l| arena.populate_host(o, l).map_err(|e| e.to_string()))
             .map_err(AllocError::Os)?;
+        self.copy_alloc_to_mirrors(off, len, slab)?;
         let mapped = arena.allocate(off, len).and_then(|()| {
             if self.gpu.mode == MappingMode::Coherent {
                 arena.restore(off, len)
@@ -239,6 +262,7 @@ impl Inner {
             // below, the range simply migrates again.)
             self.drop_coherent(st);
         }
+        self.drop_mirror_windows(first, first + page_of(len));
         // The CPU side first, the bookkeeping after: a free the OS refuses
         // (mprotect's ENOMEM at vm.max_map_count) leaves the allocation
         // live, readable and intact, as `FreeError` promises.
@@ -293,6 +317,7 @@ impl Inner {
         st.table.update_range(first..first + page_of(len), |_, _| Pte::EMPTY);
         st.ranges.free(start);
         st.owned.remove(&start);
+        self.copy_free_to_mirrors(start, len);
         crate::label::freed(arena.base() + start, arena.base() + start + len);
         Ok(())
     }

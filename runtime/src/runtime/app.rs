@@ -198,6 +198,12 @@ impl Inner {
                 decl.push((a, b, write));
             }
             let decl = merge_ranges(decl);
+            let foreign = self.foreign_runs(decl.iter().map(|&(a, b, _)| (a, b)));
+            if !foreign.is_empty() {
+                // Held by another device mirroring the arena (`mirror.rs`).
+                self.take_leases(guard, &foreign)?;
+                continue;
+            }
             let overlapping = guard
                 .flights
                 .iter()

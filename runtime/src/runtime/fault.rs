@@ -22,13 +22,14 @@ impl FaultHandler for Inner {
 }
 
 impl Inner {
-    /// Serve a CPU fault. A page a launch in flight uses: with `park`, the
+    /// Serve a CPU fault on a page whose lease this runtime holds (`None`:
+    /// it holds it no more; see `mirror.rs`). A page a launch in flight uses: with `park`, the
     /// answer is [`Served::Again`] (the fault service parks the fault and
     /// serves others; the flight's settling kicks it: HMM's non-blockable
     /// invalidation), without, the fault waits for that launch (blockable;
     /// the update lock released meanwhile); either way it is decided again
     /// after. Faults on other pages are served while kernels run.
-    fn serve_fault(&self, fault: CpuFault, park: bool) -> Result<Served, FaultFatal> {
+    pub(super) fn serve_fault_held(&self, fault: CpuFault, park: bool) -> Result<Option<Served>, FaultFatal> {
         let page = page_of(fault.offset);
         let addr = self.arena.base() + fault.offset;
         let _span =
@@ -42,14 +43,18 @@ impl Inner {
             }
             if !self.signals.settled_or_kick_later(&f) {
                 tracing::trace!(page, "CPU fault parked on a launch in flight");
-                return Ok(Served::Again);
+                return Ok(Some(Served::Again));
             }
             // Settled on the GPU but not retired yet: retire it and look
             // again (no wait: its owner or the next check retires it).
             self.wait_settled(&mut st, &f);
         }
+        if !self.holds(page) {
+            // Given to another mirror while this fault waited.
+            return Ok(None);
+        }
         Counters::add(&self.stats.cpu_faults, 1);
-        self.serve_page(&mut st, fault, page, addr).map(|()| Served::Done)
+        self.serve_page(&mut st, fault, page, addr).map(|()| Some(Served::Done))
     }
 
     /// Serve a CPU fault on `page` (at `addr`), which no launch in flight

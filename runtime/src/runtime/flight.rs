@@ -154,6 +154,11 @@ impl Signals {
         let _ = self.kick.set(kick);
     }
 
+    /// The fault service's kick, once it has given it.
+    pub(super) fn kick(&self) -> Option<svm_migrate::Kick> {
+        self.kick.get().cloned()
+    }
+
     /// Whether `f` has settled (see [`FlightShared::settled_enough`]); if
     /// not, the next notification kicks the fault service: a flight
     /// settling meanwhile is either seen here or kicks after.
@@ -228,6 +233,11 @@ impl Inner {
     /// from now on its pages are busy.
     pub(super) fn track(&self, st: &mut State, mut f: InFlight) -> Arc<FlightShared> {
         f.busy.sort_unstable();
+        // (Only the member holding a page's lease uses it: `mirror.rs`.)
+        debug_assert!(
+            self.foreign_runs(f.busy.iter().map(|&(a, b, _)| (a, b))).is_empty(),
+            "a flight on pages another mirror holds"
+        );
         let shared = f.shared.clone();
         st.flights.push(f);
         shared

@@ -360,7 +360,21 @@ impl Inner {
                 return Ok(());
             }
             extents = None;
-            let want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
+            let mut want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
+            // (Pages allocated after the launch took every lease, and so
+            // another mirror's, are not mapped: faulting again on them
+            // alone is `NoProgress`.)
+            if let Some(foreign) =
+                Some(self.foreign_runs(want.iter().map(|&(a, b, _)| (a, b)))).filter(|f| !f.is_empty())
+            {
+                want = want
+                    .into_iter()
+                    .flat_map(|(a, b, w)| {
+                        runs(a, b, |p| self.holds(p)).map(move |(x, y)| (x, y, w)).collect::<Vec<_>>()
+                    })
+                    .collect();
+                tracing::debug!(?foreign, "replay: pages another mirror holds are not mapped");
+            }
             // (Queued for the next pass, whose flight claims them: the lock
             // is held from here to its `track`. On an error they are made
             // below, before anything is given back.)

@@ -14,6 +14,7 @@ mod coherent;
 mod collections;
 mod large;
 mod list;
+mod mirrors;
 mod mixed;
 mod oversub;
 mod paths;

@@ -198,6 +198,17 @@ impl Inner {
         let (decl, discard) = loop {
             self.retire_done(guard);
             let (decl, discard) = self.declared(guard, kernel, bound, access)?;
+            // Pages another device mirroring the arena holds come here
+            // first (`mirror.rs`). A replayable launch may fault on any
+            // allocated page: it takes every one.
+            let top = guard.top;
+            let wanted: Vec<(u32, u32)> =
+                if replayable { vec![(0, top)] } else { decl.iter().map(|&(a, b, _)| (a, b)).collect() };
+            let foreign = self.foreign_runs(wanted);
+            if !foreign.is_empty() {
+                self.take_leases_unordered(guard, order, &foreign)?;
+                continue;
+            }
             // Bound ranges of the software pool that are not contiguous yet
             // may be moved on the device: not shareable with a flight.
             let movable: Vec<(u32, u32)> = if gpu.mode == MappingMode::Software {

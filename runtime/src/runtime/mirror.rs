@@ -1,0 +1,419 @@
+//! Several devices mirroring one arena (the seed's several mirrors, its
+//! `hmm2` tests): [`Svm::mirror`] opens a runtime on another device — or
+//! another logical device of the same adapter — over this runtime's arena.
+//!
+//! Each *member* (the arena's own runtime, member 0, and its mirrors) keeps
+//! its own residency, pool, page table, flights and update lock. Shared:
+//! * the arena: its views, its one CPU-fault service (member 0's), and its
+//!   allocations, kept by member 0 (`alloc`/`free` through a mirror go
+//!   there) and copied into every member's page table, range list and slab
+//!   set under member 0's update lock, so that each member validates
+//!   pointers and declarations on its own;
+//! * a **lease** per page ([`Group`]'s holders): only the member holding a
+//!   page's lease may have it anywhere but on the host (a device frame, a
+//!   read-only copy, a claim, a flight using it in place). A member gives a
+//!   lease away only under its own update lock, after bringing the pages
+//!   home (HMM's invalidation of one mirror on behalf of another: blockable,
+//!   it waits for that member's flights on them). So holding one's update
+//!   lock and a page's lease, the page is one's own to change.
+//!
+//! A member that needs pages whose lease another holds (a launch, a
+//! prefetch, `with_bindings`, a replay's GPU faults, a free) releases its
+//! update lock, asks each holder to give its pages up ([`Inner::give_up`]),
+//! and decides again: the pages come to it through the host copy, as HMM
+//! migrates device-private memory of one device to another through system
+//! memory. A CPU fault goes to the page's holder ([`Inner::serve_fault`]).
+//! Leases are given up only when asked for: a page a member brought home
+//! keeps its lease there, so one device's repeated use costs no check of
+//! the others.
+//!
+//! Lock order: member 0's update lock before any mirror's (allocations and
+//! frees copied into the mirrors); a mirror never takes member 0's update
+//! lock while holding its own (leases are asked for, allocations forwarded,
+//! with it released). The group's two mutexes are leaves.
+
+use std::sync::{Arc, Weak};
+
+use parking_lot::MutexGuard;
+
+use super::*;
+
+/// The arena's own runtime.
+pub(super) const HOME: u8 = 0;
+/// A page whose only copy was on a mirror's device when that device was
+/// lost (or the mirror dropped with it lost): its data is gone.
+const LOST: u8 = u8::MAX;
+/// Members a group may have (member numbers fit a byte, [`LOST`] apart).
+const MAX_MEMBERS: usize = 64;
+
+/// The members mirroring one arena and the page leases (see the module).
+pub(crate) struct Group {
+    /// Per arena page: the member that may hold it anywhere but on the
+    /// host. Zero bits (member 0) for pages never asked for, which the OS
+    /// does not commit.
+    holders: Mutex<Vec<u8>>,
+    /// Member `i` is `members[i]` (0: the arena's runtime).
+    members: Mutex<Vec<Weak<Inner>>>,
+}
+
+impl Group {
+    fn holder(&self, p: u32) -> u8 {
+        self.holders.lock()[p as usize]
+    }
+
+    fn member(&self, i: u8) -> Option<Arc<Inner>> {
+        self.members.lock().get(i as usize).and_then(Weak::upgrade)
+    }
+
+    /// Live mirrors (members 1 and up).
+    fn mirrors(&self) -> Vec<Arc<Inner>> {
+        self.members.lock().iter().skip(1).filter_map(Weak::upgrade).collect()
+    }
+}
+
+impl Svm {
+    /// A runtime on another device mirroring this runtime's arena: the
+    /// same managed memory, the same pointer values, allocations made
+    /// through either, kernels of each running on its own device. A page
+    /// written by one device and then used by the other moves between them
+    /// through the host copy (the first device's launches on it finish
+    /// first); a CPU access is served from whichever device has the page.
+    ///
+    /// `desc` chooses the device (`device`: an application's; `None`: a new
+    /// logical device, of the adapter `WGPU_ADAPTER_NAME` picks), its pool,
+    /// fault chunk and mapping mode (`None`: this runtime's). The arena's
+    /// size and fault backend are this runtime's (`arena_size` and
+    /// `fault_backend` are ignored). Advice is per device: each member's
+    /// own. Kernels are compiled for one member. At most 63 mirrors.
+    ///
+    /// Bound to this runtime's arena: the mirror keeps it (and its fault
+    /// service) alive; dropping the mirror first brings its pages home.
+    pub fn mirror(&self, desc: &SvmDescriptor) -> Result<Svm> {
+        self.inner.check_process()?;
+        let home = match &self.inner.home {
+            Some(h) => h.clone(),
+            None => self.clone(),
+        };
+        let mode = match desc.mapping {
+            Some(m) => m,
+            None => home.inner.gpu.mode,
+        };
+        if (mode == MappingMode::Coherent) != (home.inner.gpu.mode == MappingMode::Coherent) {
+            // The coherent mode's device uses the host pages themselves and
+            // frees them in place; the others punch freed pages out.
+            return Err(SvmError::Config(format!(
+                "a {mode:?} mirror of a {:?} arena: the coherent mode mirrors only a coherent arena, and only it",
+                home.inner.gpu.mode
+            )));
+        }
+        let inner = Self::open_inner(desc, home.inner.arena.clone(), mode, Some(home.clone()))?;
+        let group = home.inner.group.get_or_init(|| {
+            let g = Group {
+                holders: Mutex::new(vec![HOME; home.inner.arena.len() / PAGE_SIZE]),
+                members: Mutex::new(vec![Arc::downgrade(&home.inner)]),
+            };
+            (Arc::new(g), HOME)
+        });
+        let g = group.0.clone();
+        {
+            // Member 0's update lock: no allocation slips between the copy
+            // of the live ones and the registration.
+            let home_st = home.inner.state.lock();
+            let me = g.members.lock().len();
+            if me >= MAX_MEMBERS {
+                return Err(SvmError::Config(format!("an arena has at most {} mirrors", MAX_MEMBERS - 1)));
+            }
+            let me = u8::try_from(me).expect("MAX_MEMBERS fits a byte");
+            let mut st = inner.state.lock();
+            inner
+                .gpu
+                .import_coherent(u64::from(home_st.top) * PAGE_SIZE as u64, |o, l| {
+                    inner.arena.populate_host(o, l).map_err(|e| e.to_string())
+                })
+                .map_err(|e| SvmError::Device(DeviceError::Unexpected(e)))?;
+            for (start, len) in home_st.ranges.live() {
+                let first = page_of(start);
+                let slab = home_st.slabs.is_slab(first);
+                copy_alloc(&mut st, start, len, slab);
+            }
+            drop(st);
+            inner.group.set((g.clone(), me)).unwrap_or_else(|_| unreachable!("a new runtime is in no group"));
+            if let Some(k) = home.inner.signals.kick() {
+                inner.signals.set_kick(k);
+            }
+            // (Under member 0's update lock: member numbers are taken in turn.)
+            g.members.lock().push(Arc::downgrade(&inner));
+        }
+        // (The fault service is member 0's: parked faults on this mirror's
+        // flights are kicked through the kick set above.)
+        Ok(Svm { _service: home._service.clone(), inner })
+    }
+
+    /// The number of runtimes mirroring this arena, this one included (1:
+    /// no mirror).
+    pub fn mirrors(&self) -> usize {
+        self.inner.group.get().map_or(1, |(g, _)| g.members.lock().iter().filter(|m| m.strong_count() > 0).count())
+    }
+
+    /// The arena's own runtime, for a mirror (allocation goes there).
+    pub(super) fn home(&self) -> Option<&Svm> {
+        self.inner.home.as_ref()
+    }
+}
+
+/// Record the allocation `[start, start + len)` (a slab page or not) in a
+/// mirror's state.
+fn copy_alloc(st: &mut State, start: usize, len: usize, slab: bool) {
+    let first = page_of(start);
+    let end = first + page_of(len);
+    st.ranges.insert(start, len);
+    if slab {
+        st.slabs.add_page(first, crate::slab::MIN_CLASS);
+    }
+    st.table.update_range(first..end, |_, _| Pte::ALLOCATED);
+    st.top = st.top.max(end);
+}
+
+impl Inner {
+    /// The group this runtime is a member of, and its member number.
+    fn membership(&self) -> Option<(&Arc<Group>, u8)> {
+        self.group.get().map(|(g, i)| (g, *i))
+    }
+
+    /// Runs of `ranges` whose lease another member holds: `(a, b, holder)`.
+    /// Empty for a runtime alone with its arena.
+    pub(super) fn foreign_runs(&self, ranges: impl IntoIterator<Item = (u32, u32)>) -> Vec<(u32, u32, u8)> {
+        let Some((g, me)) = self.membership() else { return Vec::new() };
+        let holders = g.holders.lock();
+        let mut out: Vec<(u32, u32, u8)> = Vec::new();
+        for (a, b) in ranges {
+            for p in a..b.min(holders.len() as u32) {
+                let h = holders[p as usize];
+                if h == me {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(l) if l.1 == p && l.2 == h => l.1 = p + 1,
+                    _ => out.push((p, p + 1, h)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether this runtime holds page `p`'s lease (alone: always).
+    pub(super) fn holds(&self, p: u32) -> bool {
+        self.membership().is_none_or(|(g, me)| g.holder(p) == me)
+    }
+
+    /// Take the leases of `runs` ([`Self::foreign_runs`]) from their
+    /// holders, with the update lock released (each holder waits for its
+    /// flights on them): the caller decides again after. A page lost with
+    /// a mirror's device is [`DeviceError::Lost`].
+    pub(super) fn take_leases(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        runs: &[(u32, u32, u8)],
+    ) -> Result<(), DeviceError> {
+        let Some((g, me)) = self.membership() else { return Ok(()) };
+        MutexGuard::unlocked(guard, || self.ask_holders(g, me, runs))
+    }
+
+    /// [`Self::take_leases`] for a launch, which also releases the launch
+    /// order (another thread's launch on other data must not wait).
+    pub(super) fn take_leases_unordered(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        order: &mut MutexGuard<'_, ()>,
+        runs: &[(u32, u32, u8)],
+    ) -> Result<(), DeviceError> {
+        let Some((g, me)) = self.membership() else { return Ok(()) };
+        // (Taken again in lock order: the launch order, then the update lock.)
+        MutexGuard::unlocked(guard, || MutexGuard::unlocked(order, || self.ask_holders(g, me, runs)))
+    }
+
+    fn ask_holders(&self, g: &Group, me: u8, runs: &[(u32, u32, u8)]) -> Result<(), DeviceError> {
+        for &(a, b, h) in runs {
+            if h == LOST {
+                let addr = self.arena.base() + a as usize * PAGE_SIZE;
+                return Err(DeviceError::Lost(format!("page {addr:#x} was only on a mirror's device, which was lost")));
+            }
+            match g.member(h) {
+                Some(m) => m.give_up(a, b, me)?,
+                // Being dropped: its drop brings its pages home and gives
+                // their leases to member 0; the caller asks again.
+                None => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Give up the leases this runtime holds in `[a, b)` to member `to`:
+    /// wait for the flights using those pages (the lock released), bring
+    /// device-owned pages home and drop read-only copies, then pass the
+    /// leases on (HMM's invalidation on another mirror's behalf).
+    pub(super) fn give_up(&self, a: u32, b: u32, to: u8) -> Result<(), DeviceError> {
+        let Some((g, me)) = self.membership() else { return Ok(()) };
+        self.check_process()?;
+        let mut guard = self.state.lock();
+        loop {
+            self.wait_pages(&mut guard, a, b);
+            // (A copy back through the queue is not made behind a running
+            // pass with the lock held: after it, decided again.)
+            match self.copy_back_behind_a_pass(&guard, a, b) {
+                Some(f) => self.wait_settled(&mut guard, &f),
+                None => break,
+            }
+        }
+        let st = &mut *guard;
+        let mine: Vec<(u32, u32)> = {
+            let holders = g.holders.lock();
+            runs(a, b.min(holders.len() as u32), |p| holders[p as usize] == me).collect()
+        };
+        let mut result = Ok(());
+        for &(x, y) in &mine {
+            for p in x..y {
+                if st.dup[p as usize] {
+                    result = result.and(self.drop_copy(st, p));
+                }
+            }
+            let spans: Vec<(u32, u32)> = runs(x, y, |p| st.owned(p)).flat_map(|(s, e)| Self::spans_of(s, e)).collect();
+            if !spans.is_empty() {
+                result = result.and(self.migrate_back_spans(st, &spans).map(drop));
+            }
+        }
+        let mut holders = g.holders.lock();
+        for &(x, y) in &mine {
+            for p in x..y {
+                // (Pages that could not come home stay this member's: a
+                // CPU access to one reports the loss here.)
+                if !st.owned(p) {
+                    holders[p as usize] = to;
+                }
+            }
+        }
+        result
+    }
+
+    /// Pages of `[addr, addr + len)` that another member has on its device
+    /// (owned or a read-only copy), each asked under its own lock.
+    pub(super) fn pages_on_other_devices(&self, addr: usize, len: usize) -> Vec<(u32, u32)> {
+        let Some((g, _)) = self.membership() else { return Vec::new() };
+        let off = addr.wrapping_sub(self.arena.base());
+        let Some(end) = off.checked_add(len).filter(|&e| e <= self.arena.len()) else { return Vec::new() };
+        let (a, b) = (page_of(off), page_of(end.next_multiple_of(PAGE_SIZE)));
+        let mut out = Vec::new();
+        for (x, y, h) in self.foreign_runs([(a, b)]) {
+            let Some(m) = g.member(h) else { continue };
+            let st = m.state.lock();
+            out.extend(runs(x, y, |p| st.frames_of.get(p as usize) != HOST));
+        }
+        out
+    }
+
+    /// A CPU fault, served by the member holding its page's lease.
+    pub(super) fn serve_fault(&self, fault: CpuFault, park: bool) -> Result<Served, FaultFatal> {
+        let Some((g, _)) = self.membership() else {
+            return self.serve_fault_held(fault, park).map(|s| s.expect("alone, every lease is held"));
+        };
+        let page = page_of(fault.offset);
+        loop {
+            let h = g.holder(page);
+            if h == LOST {
+                let addr = self.arena.base() + fault.offset;
+                return Err(FaultFatal(format!(
+                    "page {addr:#x} was only on a mirror's device, which was lost or dropped lost"
+                )));
+            }
+            match g.member(h) {
+                Some(m) => {
+                    if let Some(s) = m.serve_fault_held(fault, park)? {
+                        return Ok(s);
+                    }
+                }
+                // Being dropped (bringing its pages home): parked, kicked
+                // when its drop is done; or waited for.
+                None if park => return Ok(Served::Again),
+                None => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// A new allocation `[start, start + len)` of member 0 (under its update
+    /// lock), copied into each mirror; a slab page marked so.
+    pub(super) fn copy_alloc_to_mirrors(&self, start: usize, len: usize, slab: bool) -> Result<(), AllocError> {
+        let Some((g, _)) = self.membership() else { return Ok(()) };
+        for m in g.mirrors() {
+            m.gpu
+                .import_coherent((start + len) as u64, |o, l| m.arena.populate_host(o, l).map_err(|e| e.to_string()))
+                .map_err(AllocError::Os)?;
+            copy_alloc(&mut m.state.lock(), start, len, slab);
+        }
+        Ok(())
+    }
+
+    /// Before member 0 frees pages `[a, b)` (under its update lock, every
+    /// lease of them its own): the mirrors' imports of host memory over
+    /// them (`AccessedBy`) go, before the pages do.
+    pub(super) fn drop_mirror_windows(&self, a: u32, b: u32) {
+        let Some((g, _)) = self.membership() else { return };
+        for m in g.mirrors() {
+            let mut guard = m.state.lock();
+            if guard.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end) {
+                m.drop_coherent(&mut guard);
+            }
+        }
+    }
+
+    /// Pages of `[a, b)` lost with a mirror's device go back to member 0
+    /// (being freed: their data is gone either way).
+    pub(super) fn reclaim_lost(&self, a: u32, b: u32) {
+        let Some((g, _)) = self.membership() else { return };
+        let mut holders = g.holders.lock();
+        let end = (b as usize).min(holders.len());
+        for h in holders[a as usize..end].iter_mut().filter(|h| **h == LOST) {
+            *h = HOME;
+        }
+    }
+
+    /// The free of `[start, start + len)` by member 0 (under its update
+    /// lock, every lease of it member 0's), copied into each mirror.
+    pub(super) fn copy_free_to_mirrors(&self, start: usize, len: usize) {
+        let Some((g, _)) = self.membership() else { return };
+        let (first, end) = (page_of(start), page_of(start + len));
+        for m in g.mirrors() {
+            let mut guard = m.state.lock();
+            let st = &mut *guard;
+            let pages = first as usize..end as usize;
+            st.advice[pages.clone()].fill(0);
+            st.evicted[pages].fill(false);
+            st.table.update_range(first..end, |_, _| Pte::EMPTY);
+            st.ranges.free(start);
+            st.slabs.forget_page(first);
+        }
+    }
+
+    /// A mirror's drop (its flights done): every page it holds comes home
+    /// and its lease goes to member 0; pages that cannot (a lost device)
+    /// are marked lost. Parked faults are kicked after.
+    pub(super) fn leave_group(&self) {
+        let Some((g, me)) = self.membership() else { return };
+        if me == HOME {
+            return;
+        }
+        let top = self.state.lock().top;
+        if let Err(e) = self.give_up(0, top, HOME) {
+            tracing::error!("svm: a dropped mirror's pages could not come home: {e}");
+        }
+        {
+            let mut holders = g.holders.lock();
+            let end = (top as usize).min(holders.len());
+            for h in holders[..end].iter_mut().filter(|h| **h == me) {
+                *h = LOST;
+            }
+        }
+        if let Some(k) = self.signals.kick() {
+            k.kick();
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Several devices mirroring one arena (`Svm::mirror`; the seed's `hmm2`
+//! scenarios at the runtime level): two logical devices of the test
+//! adapter, one arena. Pages written by one device and used by the other
+//! move through the host copy; CPU faults are served by whichever device
+//! has the page; allocations and frees through either are the arena's.
+//! Every test runs in the mapping mode of the run and under both backends.
+
+use svm::{Access, Arg, Binding, LaunchDescriptor, ManagedVec, Svm, SvmDescriptor};
+
+use crate::{ctx, kernel, small, BACKENDS};
+
+/// b[i] = b[i] * p.mul + p.add (bound access).
+const STEP: &str = "struct P { mul: u32, add: u32, pad0: u32, pad1: u32 }
+@group(0) @binding(0) var<storage, read_write> b: array<u32>;
+@group(0) @binding(1) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x < arrayLength(&b)) { b[g.x] = b[g.x] * p.mul + p.add; }
+}";
+
+/// out[i] = sum of the words at the pointers of `ptrs` (pointer access:
+/// the pointers name pages of several allocations).
+const GATHER: &str = "@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let ptrs = svm_arg_ptr(0u); let out = svm_arg_ptr(2u); let n = svm_arg_u32(4u);
+    if (g.x >= n) { return; }
+    let q = svm_load_ptr(svm_index(ptrs, g.x, 8u));
+    svm_store_u32(svm_index(out, g.x, 4u), svm_load_u32(q) + 1u);
+}";
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct P {
+    mul: u32,
+    add: u32,
+    pad: [u32; 2],
+}
+
+fn step(svm: &Svm, k: &svm::Kernel, v: &mut ManagedVec<u32>, mul: u32, add: u32) {
+    let p = P { mul, add, pad: [0; 2] };
+    let groups = (v.len() as u32).div_ceil(64);
+    svm.launch(
+        k,
+        &LaunchDescriptor {
+            bindings: &[Binding::read_write(v), Binding::uniform(&p)],
+            workgroups: [groups, 1, 1],
+            ..Default::default()
+        },
+    )
+    .expect("step");
+}
+
+/// Two runtimes on one arena, or `None` (skip).
+fn pair(backend: svm::FaultBackendKind) -> Option<(crate::TestSvm, Svm)> {
+    let a = ctx(small(backend))?;
+    let b = a.mirror(&SvmDescriptor::default().pool_size(64 << 20)).expect("mirror");
+    assert_eq!(a.mirrors(), 2);
+    assert_eq!(b.arena_base(), a.arena_base());
+    assert_eq!(b.fault_backend(), backend);
+    Some((a, b))
+}
+
+fn migrating(svm: &Svm) -> bool {
+    svm.mapping_mode() != svm::MappingMode::Coherent
+}
+
+/// hmm2's basic case: a page written by one device, then read and written
+/// by the other, then read by the CPU: every write seen, in order; the
+/// pages move device A → host → device B and back by CPU fault.
+#[test]
+fn a_page_written_by_one_device_is_used_by_the_other() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let ka = kernel(&a, "step", STEP);
+        let kb = kernel(&b, "step", STEP);
+        let n = 5000usize; // 5 pages
+        let pages = (n * 4).div_ceil(4096) as u64;
+        let mut v = a.alloc_from_iter(0..n as u32).expect("alloc");
+        step(&a, &ka, &mut v, 3, 1);
+        let info = b.range_info(v.as_ptr().cast(), n * 4).expect("info");
+        if migrating(&a) {
+            assert_eq!(a.device_resident_pages() as u64, pages, "written on device A");
+            assert_eq!(info.other_device, pages, "B sees them on the other device: {info:?}");
+            assert_eq!(info.host, 0, "{info:?}");
+        }
+        let (sa, sb) = (a.stats(), b.stats());
+        step(&b, &kb, &mut v, 2, 5);
+        if migrating(&a) {
+            assert_eq!(a.stats().since(&sa).d2h_pages, pages, "A gave its pages up");
+            assert_eq!(b.stats().since(&sb).h2d_pages, pages, "B took them from the host copy");
+            assert_eq!(a.device_resident_pages(), 0);
+            assert_eq!(b.device_resident_pages() as u64, pages);
+        }
+        // The CPU reads them from device B (fault served by B).
+        let sb = b.stats();
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(x, (i as u32 * 3 + 1) * 2 + 5, "v[{i}] ({backend:?})");
+        }
+        if migrating(&a) {
+            assert!(b.stats().since(&sb).cpu_faults > 0, "B served the CPU's faults");
+            assert_eq!(b.device_resident_pages(), 0);
+        }
+        // And back to A, which sees B's writes.
+        step(&a, &ka, &mut v, 1, 7);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == (i as u32 * 3 + 1) * 2 + 12), "{backend:?}");
+    }
+}
+
+/// Allocations and frees are the arena's: made through either runtime,
+/// seen by both (pointers valid in both kernels), freed through either,
+/// also while the other device has the pages.
+#[test]
+fn allocations_and_frees_through_either_are_shared() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let kb = kernel(&b, "step", STEP);
+        let ka = kernel(&a, "step", STEP);
+        let live = a.live_allocations();
+        let mut v = b.alloc_from_iter(0..3000u32).expect("alloc through the mirror");
+        let w = a.alloc_vec::<u32>(100).expect("alloc through the arena's runtime");
+        assert_ne!(v.as_ptr() as usize, w.as_ptr() as usize);
+        assert_eq!(a.live_allocations(), live + 2);
+        assert_eq!(b.live_allocations(), live + 2);
+        assert!(a.is_allocated(v.as_ptr() as usize, 3000 * 4));
+        assert!(b.is_allocated(w.as_ptr() as usize, 100 * 4));
+        step(&a, &ka, &mut v, 2, 0);
+        step(&b, &kb, &mut v, 1, 1);
+        let addr = v.as_ptr() as usize;
+        // Freed through A (the owner holds B's handle) while B's device has it.
+        if migrating(&a) {
+            assert!(b.device_resident_pages() > 0);
+        }
+        drop(v);
+        assert_eq!(b.device_resident_pages(), 0, "B's copy went with the free");
+        assert!(!a.is_allocated(addr, 4) && !b.is_allocated(addr, 4));
+        assert_eq!(a.live_allocations(), live + 1);
+        // A raw allocation through B, freed through A.
+        let p = b.alloc(10_000).expect("raw alloc");
+        assert!(a.is_allocated(p.as_ptr() as usize, 10_000));
+        a.free(p.as_ptr()).expect("free through the other runtime");
+        assert!(!b.is_allocated(p.as_ptr() as usize, 1));
+        assert!(a.free(p.as_ptr()).is_err(), "a double free is refused");
+        // Small blocks (slab pages) too.
+        let boxed = b.alloc_box(0xabcd_u32).expect("box");
+        assert_eq!(*boxed, 0xabcd);
+        assert!(a.is_allocated(boxed.as_vec().as_ptr() as usize, 4));
+        drop(boxed);
+        drop(w);
+        assert_eq!(a.live_allocations(), live);
+    }
+}
+
+/// hmm2.migrate_mixed: one launch on device A over pages spread across
+/// device A, device B, read-only copies and the host, reached by pointers
+/// stored in managed memory.
+#[test]
+fn a_launch_gathers_pages_from_both_devices_and_the_host() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let (ka, kb) = (kernel(&a, "step", STEP), kernel(&b, "step", STEP));
+        let gather = kernel(&a, "gather", GATHER);
+        let mut on_a = a.alloc_from_iter(0..1024u32).expect("a");
+        let mut on_b = a.alloc_from_iter(0..1024u32).expect("b");
+        let on_host = b.alloc_from_iter(0..1024u32).expect("h");
+        step(&a, &ka, &mut on_a, 1, 100); // on A: i + 100
+        step(&b, &kb, &mut on_b, 1, 200); // on B: i + 200
+        let n = 96usize;
+        // Element i points into one of the three, round robin.
+        let ptrs: Vec<u64> = (0..n)
+            .map(|i| match i % 3 {
+                0 => on_a.addr_of(i),
+                1 => on_b.addr_of(i),
+                _ => on_host.addr_of(i),
+            })
+            .collect();
+        let ptrs = b.alloc_from_slice(&ptrs).expect("ptrs");
+        let mut out = a.alloc_vec::<u32>(n).expect("out");
+        let args = [Arg::ptr(ptrs.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(n as u32)];
+        a.launch(
+            &gather,
+            &LaunchDescriptor {
+                args: &args,
+                access: &[
+                    Access::read(&ptrs),
+                    Access::read(&on_a),
+                    Access::read(&on_b),
+                    Access::read(&on_host),
+                    Access::read_write(&mut out),
+                ],
+                workgroups: [2, 1, 1],
+                ..Default::default()
+            },
+        )
+        .expect("gather");
+        if migrating(&a) {
+            assert_eq!(b.device_resident_pages(), 0, "B gave its pages up");
+        }
+        for i in 0..n {
+            let want = i as u32 + [100, 200, 0][i % 3] + 1;
+            assert_eq!(out[i], want, "out[{i}] ({backend:?})");
+        }
+        // The data itself, as each device left it.
+        assert!(on_b.iter().enumerate().all(|(i, &x)| x == i as u32 + 200));
+        assert!(on_a.iter().enumerate().all(|(i, &x)| x == i as u32 + 100));
+    }
+}
+
+/// hmm2.double_map: both devices read the same range in turn, the CPU
+/// writes it between, each read sees the CPU's latest bytes.
+#[test]
+fn both_devices_read_one_range_and_see_cpu_writes() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let (ga, gb) = (kernel(&a, "gather", GATHER), kernel(&b, "gather", GATHER));
+        let mut src = a.alloc_from_iter(0..2048u32).expect("src");
+        let n = 64usize;
+        for round in 0..3u32 {
+            for x in src.iter_mut() {
+                *x += 1000;
+            }
+            for (svm, k) in [(&*a, &ga), (&b, &gb)] {
+                let ptrs = svm.alloc_from_iter((0..n).map(|i| src.addr_of(i * 30))).expect("ptrs");
+                let mut out = svm.alloc_vec::<u32>(n).expect("out");
+                let args = [Arg::ptr(ptrs.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(n as u32)];
+                svm.launch(
+                    k,
+                    &LaunchDescriptor {
+                        args: &args,
+                        access: &[Access::read(&ptrs), Access::read(&src), Access::read_write(&mut out)],
+                        workgroups: [1, 1, 1],
+                        ..Default::default()
+                    },
+                )
+                .expect("read");
+                for i in 0..n {
+                    assert_eq!(out[i], (i * 30) as u32 + 1000 * (round + 1) + 1, "round {round} out[{i}]");
+                }
+            }
+        }
+    }
+}
+
+/// Dropping a mirror brings its pages home: the data it wrote is the
+/// arena's; the arena's runtime goes on without it.
+#[test]
+fn a_dropped_mirror_leaves_its_data_behind() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let kb = kernel(&b, "step", STEP);
+        let mut v = a.alloc_from_iter(0..20_000u32).expect("alloc");
+        step(&b, &kb, &mut v, 5, 3);
+        drop(kb);
+        drop(b);
+        assert_eq!(a.mirrors(), 1);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 * 5 + 3), "{backend:?}");
+        let ka = kernel(&a, "step", STEP);
+        step(&a, &ka, &mut v, 1, 1);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 * 5 + 4));
+    }
+}
+
+/// Queued launches on both devices at once, on disjoint data and then on
+/// the same data (the second waits for the first device's launch), and a
+/// prefetch through the mirror of pages the other device has.
+#[test]
+fn queued_launches_on_both_devices() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let (ka, kb) = (kernel(&a, "step", STEP), kernel(&b, "step", STEP));
+        let (qa, qb) = (a.create_queue(), b.create_queue());
+        let mut x = a.alloc_from_iter(0..4096u32).expect("x");
+        let mut y = b.alloc_from_iter(0..4096u32).expect("y");
+        let (p1, p2) = (P { mul: 2, add: 1, pad: [0; 2] }, P { mul: 3, add: 2, pad: [0; 2] });
+        {
+            let bx = [Binding::read_write(&mut x), Binding::uniform(&p1)];
+            let by = [Binding::read_write(&mut y), Binding::uniform(&p2)];
+            let h1 = qa
+                .launch(&ka, &LaunchDescriptor { bindings: &bx, workgroups: [64, 1, 1], ..Default::default() })
+                .expect("on A");
+            let h2 = qb
+                .launch(&kb, &LaunchDescriptor { bindings: &by, workgroups: [64, 1, 1], ..Default::default() })
+                .expect("on B");
+            h1.wait().expect("A done");
+            h2.wait().expect("B done");
+        }
+        // x was A's: B's launch on it takes it over after A's.
+        let bx = [Binding::read_write(&mut x), Binding::uniform(&p2)];
+        let h = qb
+            .launch(&kb, &LaunchDescriptor { bindings: &bx, workgroups: [64, 1, 1], ..Default::default() })
+            .expect("x on B");
+        h.wait().expect("done");
+        let _ = bx;
+        // y is B's: a prefetch through A to A's device takes it over.
+        if migrating(&a) {
+            let moved = y.prefetch(svm::Location::Host).wait().expect("prefetch y home");
+            assert!(moved > 0, "B's pages of y came home through a prefetch on B's handle");
+            a.prefetch(y.as_ptr().cast(), 4096 * 4, svm::Location::Device).wait().expect("y to A");
+            assert_eq!(b.device_resident_pages() as u64, 4, "only x is on B");
+            assert_eq!(a.device_resident_pages() as u64, 4, "y is on A");
+        }
+        assert!(x.iter().enumerate().all(|(i, &v)| v == (i as u32 * 2 + 1) * 3 + 2));
+        assert!(y.iter().enumerate().all(|(i, &v)| v == i as u32 * 3 + 2));
+    }
+}
