@@ -25,6 +25,8 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let ptrs = svm_arg_ptr(0u); let out = svm_arg_ptr(2u); let n = svm_arg_u32(4u);
     if (g.x >= n) { return; }
     let q = svm_load_ptr(svm_index(ptrs, g.x, 8u));
+    // (A faulted load yields null: a replayable launch runs it again.)
+    if (svm_is_null(q)) { return; }
     svm_store_u32(svm_index(out, g.x, 4u), svm_load_u32(q) + 1u);
 }";
 
@@ -300,5 +302,126 @@ fn queued_launches_on_both_devices() {
         }
         assert!(x.iter().enumerate().all(|(i, &v)| v == (i as u32 * 2 + 1) * 3 + 2));
         assert!(y.iter().enumerate().all(|(i, &v)| v == i as u32 * 3 + 2));
+    }
+}
+
+/// b[i] = xorshift^p.mul(b[i] | 1): a long kernel (bound access).
+const SPIN: &str = "struct P { mul: u32, add: u32, pad0: u32, pad1: u32 }
+@group(0) @binding(0) var<storage, read_write> b: array<u32>;
+@group(0) @binding(1) var<uniform> p: P;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    if (g.x >= arrayLength(&b)) { return; }
+    var x = b[g.x] | 1u;
+    for (var k = 0u; k < p.mul; k++) { x ^= x << 13u; x ^= x >> 17u; x ^= x << 5u; }
+    b[g.x] = x;
+}";
+
+fn spin_cpu(mut x: u32, iters: u32) -> u32 {
+    x |= 1;
+    for _ in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+    }
+    x
+}
+
+/// A CPU access to a page the other device's running kernel writes: the
+/// fault goes to that device, waits for the kernel (parked, kicked when it
+/// settles) and reads what the kernel wrote; a page of the arena's own
+/// runtime is served meanwhile.
+#[test]
+fn a_cpu_access_waits_for_the_other_devices_kernel() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let kb = kernel(&b, "spin", SPIN);
+        let ka = kernel(&a, "step", STEP);
+        let iters = 400_000u32;
+        let mut v = a.alloc_from_iter(1..=64u32).expect("v");
+        let mut w = a.alloc_from_iter(0..1024u32).expect("w");
+        step(&a, &ka, &mut w, 1, 1); // w on device A
+        let q = b.create_queue();
+        let p = P { mul: iters, add: 0, pad: [0; 2] };
+        let addr = v.as_ptr() as usize;
+        let binds = [Binding::read_write(&mut v), Binding::uniform(&p)];
+        let h = q
+            .launch(&kb, &LaunchDescriptor { bindings: &binds, workgroups: [1, 1, 1], ..Default::default() })
+            .expect("spin on B");
+        // (Another thread reads v: the handle still borrows it here.)
+        let running = !h.is_complete();
+        let reader = std::thread::spawn(move || {
+            // SAFETY: `v` outlives the thread (joined below), and its first
+            // word is read once the kernel writing it is done (the CPU fault
+            // waits for it).
+            unsafe { std::ptr::read_volatile(addr as *const u32) }
+        });
+        // Device A's page is served while B's kernel runs.
+        assert_eq!(w[5], 6);
+        let first = reader.join().expect("reader");
+        h.wait().expect("spin");
+        let _ = binds;
+        assert_eq!(first, spin_cpu(1, iters), "the fault saw the kernel's write ({backend:?}; running: {running})");
+        assert!(v.iter().enumerate().all(|(i, &x)| x == spin_cpu(i as u32 + 1, iters)));
+    }
+}
+
+/// A replayable launch on a mirror takes every page from the other device
+/// first (it may fault anywhere): a list built on one device's pages is
+/// walked by the other's faults.
+#[test]
+fn a_replayable_launch_on_a_mirror_reaches_the_other_devices_pages() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        let (ka, gb) = (kernel(&a, "step", STEP), kernel(&b, "gather", GATHER));
+        let mut data = a.alloc_from_iter(0..4096u32).expect("data");
+        step(&a, &ka, &mut data, 2, 0); // on device A: 2i
+        let n = 64usize;
+        let ptrs = a.alloc_from_iter((0..n).map(|i| data.addr_of(i * 64))).expect("ptrs");
+        let mut out = b.alloc_vec::<u32>(n).expect("out");
+        let args = [Arg::ptr(ptrs.as_ptr()), Arg::ptr(out.as_ptr()), Arg::U32(n as u32)];
+        // Only the output declared: the pointers and the data are found by
+        // GPU faults.
+        b.launch_with(
+            &gb,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(&mut out)], ..Default::default() },
+            &svm::LaunchOptions::replayable(),
+        )
+        .expect("replayable launch on the mirror");
+        if migrating(&a) {
+            assert_eq!(a.device_resident_pages(), 0, "A gave its pages up");
+        }
+        for i in 0..n {
+            assert_eq!(out[i], (i * 64 * 2) as u32 + 1, "out[{i}] ({backend:?})");
+        }
+    }
+}
+
+/// A mirror of a mirror mirrors the same arena; a coherent mirror of a
+/// migrating arena (or the reverse) is refused with the reason.
+#[test]
+fn mirrors_of_mirrors_and_mismatched_modes() {
+    let Some((a, b)) = pair(BACKENDS[0]) else { return };
+    let c = b.mirror(&SvmDescriptor::default().pool_size(16 << 20)).expect("a mirror of the mirror");
+    assert_eq!(a.mirrors(), 3);
+    assert_eq!(c.arena_base(), a.arena_base());
+    let kc = kernel(&c, "step", STEP);
+    let mut v = b.alloc_from_iter(0..100u32).expect("v");
+    step(&c, &kc, &mut v, 3, 0);
+    assert!(v.iter().enumerate().all(|(i, &x)| x == 3 * i as u32));
+    drop((kc, c));
+    assert_eq!(a.mirrors(), 2);
+    if !crate::VULKAN {
+        return;
+    }
+    let other = if a.mapping_mode() == svm::MappingMode::Coherent {
+        svm::MappingMode::Software
+    } else {
+        svm::MappingMode::Coherent
+    };
+    match a.mirror(&SvmDescriptor::default().pool_size(16 << 20).mapping(other)) {
+        Err(svm::SvmError::Config(m)) => assert!(m.contains("coherent"), "{m}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a {other:?} mirror of a {:?} arena was accepted", a.mapping_mode()),
     }
 }
