@@ -82,12 +82,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     if (i < arrayLength(&b)) { b[i] = g.x ^ 0x5a5a0000u; }
 }";
 
-const PATHS: [Path; 4] = [
-    Path { name: "host-mapped pool", mode: MappingMode::Software, host_mapped_pool: true },
-    Path { name: "staged pool", mode: MappingMode::Software, host_mapped_pool: false },
-    Path { name: "sparse, host-mapped", mode: MappingMode::Sparse, host_mapped_pool: true },
-    Path { name: "sparse, staged", mode: MappingMode::Sparse, host_mapped_pool: false },
-];
+const PATHS: [Path; 4] = common::MIGRATING_PATHS;
 
 struct Opts {
     quick: bool,

@@ -41,12 +41,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
     for (var i = g.x; i < arrayLength(&v); i += nwg.x * 64u) { v[i] = v[i] * 3u + 1u; }
 }";
 
-const PATHS: [Path; 4] = [
-    Path { name: "host-mapped pool", mode: MappingMode::Software, host_mapped_pool: true },
-    Path { name: "staged pool", mode: MappingMode::Software, host_mapped_pool: false },
-    Path { name: "sparse, host-mapped", mode: MappingMode::Sparse, host_mapped_pool: true },
-    Path { name: "sparse, staged", mode: MappingMode::Sparse, host_mapped_pool: false },
-];
+const PATHS: [Path; 4] = common::MIGRATING_PATHS;
 
 fn kernel(svm: &Svm) -> Kernel {
     svm.create_kernel(&KernelDescriptor { label: "step", source: STEP, entry_point: "main" }).expect("kernel")

@@ -25,15 +25,8 @@ impl RangeAllocator {
             a + len <= s + l
         })?;
         let a = start.next_multiple_of(align);
-        self.free.remove(&start);
-        if a > start {
-            self.free.insert(start, a - start);
-        }
-        if a + len < start + flen {
-            self.free.insert(a + len, start + flen - a - len);
-        }
-        self.live.insert(a, len);
-        Some(a)
+        debug_assert!(a + len <= start + flen);
+        self.insert(a, len).then_some(a)
     }
 
     /// Free the allocation starting exactly at `start`; returns its length.
@@ -213,6 +206,40 @@ mod tests {
         a.free(z);
         assert_eq!(a.largest_free(), 1 << 20);
         assert!(a.alloc(2 << 20, 4096).is_none());
+    }
+
+    /// A mirror's copy (`insert`) of another allocator's decisions, over a
+    /// pseudo-random mix of allocations and frees: the same live ranges
+    /// and free space; an overlapping insert is refused and changes nothing.
+    #[test]
+    fn insert_copies_another_allocators_decisions() {
+        let (mut home, mut copy) = (RangeAllocator::new(1 << 22), RangeAllocator::new(1 << 22));
+        let mut live: Vec<usize> = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) && !live.is_empty() {
+                let s = live.swap_remove((x >> 8) as usize % live.len());
+                assert_eq!(home.free(s), copy.free(s));
+            } else if let Some(s) = home.alloc(4096 * (1 + (x >> 20) as usize % 16), 4096) {
+                live.push(s);
+            }
+            for &s in &live {
+                if copy.containing(s).is_none() {
+                    let len = home.containing(s).expect("live").1;
+                    assert!(copy.insert(s, len), "insert {s}");
+                }
+            }
+            assert_eq!(home.live, copy.live);
+            assert_eq!(home.free, copy.free);
+        }
+        if let Some(&s) = live.first() {
+            let before = (copy.free.clone(), copy.live.clone());
+            assert!(!copy.insert(s, 4096), "an insert over a live range");
+            assert_eq!((copy.free.clone(), copy.live.clone()), before);
+        }
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub struct ModePath {
     pub host_mapped_pool: bool,
 }
 
+/// The paths that migrate (the coherent mode moves nothing), side by side
+/// in the benches that compare them.
+pub const MIGRATING_PATHS: [ModePath; 4] = [
+    ModePath { name: "host-mapped pool", mode: svm::MappingMode::Software, host_mapped_pool: true },
+    ModePath { name: "staged pool", mode: svm::MappingMode::Software, host_mapped_pool: false },
+    ModePath { name: "sparse, host-mapped", mode: svm::MappingMode::Sparse, host_mapped_pool: true },
+    ModePath { name: "sparse, staged", mode: svm::MappingMode::Sparse, host_mapped_pool: false },
+];
+
 /// Kernel that stores `i ^ tag` into the first word of page `i` of a managed
 /// buffer, for `i < pages`. Args: ptr (words 0-1), pages (2), tag (3).
 /// One store per page: the kernel itself costs little, yet every page it is
