@@ -410,6 +410,10 @@ impl Svm {
         if self.inner.foreign() {
             return 0;
         }
+        if let Some(home) = &self.inner.home {
+            // (A mirror's copy of the allocations does not count blocks.)
+            return home.live_allocations();
+        }
         let st = self.inner.state.lock();
         st.ranges.live_count() - st.slabs.pages() + st.slabs.live()
     }

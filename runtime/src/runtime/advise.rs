@@ -38,14 +38,32 @@ impl Svm {
         let inner = &*self.inner;
         inner.check_process()?;
         let mut guard = inner.state.lock();
-        // Advice changes how pages are kept: launches in flight using them
-        // finish first (AccessedBy rebinds the one coherent window: all).
-        match inner.page_range(&guard, addr as usize, len) {
-            Some(_) if matches!(advice, Advice::AccessedBy | Advice::UnsetAccessedBy) => {
-                inner.wait_all_flights(&mut guard);
+        // AccessedBy gives the device the host pages in place: pages
+        // another device mirroring the arena holds come home first
+        // (`mirror.rs`). Decided again after every wait (the lock released).
+        let foreign = |st: &State| match inner.page_range(st, addr as usize, len) {
+            Some((a, b)) if matches!(advice, Advice::AccessedBy) => inner.foreign_runs([(a, b)]),
+            _ => Vec::new(),
+        };
+        loop {
+            let away = foreign(&guard);
+            if !away.is_empty() {
+                inner.take_leases(&mut guard, &away)?;
+                continue;
             }
-            Some((a, b)) => inner.wait_pages(&mut guard, a, b),
-            None => {}
+            // Advice changes how pages are kept: launches in flight using
+            // them finish first (AccessedBy rebinds the one coherent
+            // window: all).
+            match inner.page_range(&guard, addr as usize, len) {
+                Some(_) if matches!(advice, Advice::AccessedBy | Advice::UnsetAccessedBy) => {
+                    inner.wait_all_flights(&mut guard);
+                }
+                Some((a, b)) => inner.wait_pages(&mut guard, a, b),
+                None => {}
+            }
+            if foreign(&guard).is_empty() {
+                break;
+            }
         }
         let st = &mut *guard;
         let (a, b) =
@@ -269,7 +287,9 @@ impl Inner {
                 };
                 match behind {
                     Some(f) => self.wait_settled(guard, &f),
-                    None => break,
+                    // (The waits released the lock: the leases checked again.)
+                    None if self.foreign_runs([(a, b)]).is_empty() => break,
+                    None => {}
                 }
             }
         }

@@ -150,6 +150,11 @@ impl Svm {
             }
         }
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
+        if !self.inner.foreign_runs([(page_of(start), page_of(start + len))]).is_empty() {
+            // A mirror took some of it while this free waited: again.
+            drop(st);
+            return self.free_impl(ptr, owner);
+        }
         if st.slabs.is_slab(page_of(start)) {
             // A device-owned slab page comes back (its other blocks live),
             // under the lock: not behind a running kernel. (Waiting releases
@@ -204,7 +209,6 @@ impl Inner {
         self.gpu
             .import_coherent((off + len) as u64, |o, l| arena.populate_host(o, l).map_err(|e| e.to_string()))
             .map_err(AllocError::Os)?;
-        self.copy_alloc_to_mirrors(off, len, slab)?;
         let mapped = arena.allocate(off, len).and_then(|()| {
             if self.gpu.mode == MappingMode::Coherent {
                 arena.restore(off, len)
@@ -213,6 +217,15 @@ impl Inner {
             }
         });
         mapped.map_err(|e| AllocError::Os(e.to_string()))?;
+        if let Err(e) = self.copy_alloc_to_mirrors(off, len, slab) {
+            // (The caller frees the range: the CPU side goes back too.)
+            let _ = if self.gpu.mode == MappingMode::Coherent {
+                arena.release_in_place(off, len)
+            } else {
+                arena.release(off, len)
+            };
+            return Err(e);
+        }
         let first = page_of(off);
         st.table.update_range(first..first + page_of(len), |_, _| Pte::ALLOCATED);
         st.top = st.top.max(first + page_of(len));

@@ -360,21 +360,7 @@ impl Inner {
                 return Ok(());
             }
             extents = None;
-            let mut want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
-            // (Pages allocated after the launch took every lease, and so
-            // another mirror's, are not mapped: faulting again on them
-            // alone is `NoProgress`.)
-            if let Some(foreign) =
-                Some(self.foreign_runs(want.iter().map(|&(a, b, _)| (a, b)))).filter(|f| !f.is_empty())
-            {
-                want = want
-                    .into_iter()
-                    .flat_map(|(a, b, w)| {
-                        runs(a, b, |p| self.holds(p)).map(move |(x, y)| (x, y, w)).collect::<Vec<_>>()
-                    })
-                    .collect();
-                tracing::debug!(?foreign, "replay: pages another mirror holds are not mapped");
-            }
+            let want = self.serve_gpu_faults(st, &decl, &faults, opts, &mut report, &mut guarded)?;
             // (Queued for the next pass, whose flight claims them: the lock
             // is held from here to its `track`. On an error they are made
             // below, before anything is given back.)
@@ -496,7 +482,16 @@ impl Inner {
         }
         want.sort_unstable();
         want.dedup();
-        let want = merge_ranges(want);
+        let mut want = merge_ranges(want);
+        // Pages another device mirroring the arena holds (allocated after
+        // this launch took every lease) are not mapped, nor protected:
+        // faulting again on them alone is `NoProgress` (`mirror.rs`).
+        if !self.foreign_runs(want.iter().map(|&(a, b, _)| (a, b))).is_empty() {
+            want = want
+                .into_iter()
+                .flat_map(|(a, b, w)| runs(a, b, |p| self.holds(p)).map(move |(x, y)| (x, y, w)).collect::<Vec<_>>())
+                .collect();
+        }
         // Read faults copy pages this launch did not declare: safe code
         // elsewhere may hold a `&mut` to them. Write-protect the host pages
         // first, so that no CPU write runs during the copy or the kernel (it

@@ -166,7 +166,8 @@ impl Svm {
 fn copy_alloc(st: &mut State, start: usize, len: usize, slab: bool) {
     let first = page_of(start);
     let end = first + page_of(len);
-    st.ranges.insert(start, len);
+    let fresh = st.ranges.insert(start, len);
+    debug_assert!(fresh, "member 0 allocated [{start:#x}, +{len:#x}), live in a mirror");
     if slab {
         st.slabs.add_page(first, crate::slab::MIN_CLASS);
     }
@@ -359,8 +360,14 @@ impl Inner {
         let Some((g, _)) = self.membership() else { return };
         for m in g.mirrors() {
             let mut guard = m.state.lock();
-            if guard.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end) {
-                m.drop_coherent(&mut guard);
+            let meets = |st: &State| st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end);
+            if meets(&guard) {
+                // As on one device: every launch finishes first (its lock
+                // released meanwhile; none of its flights needs member 0's).
+                m.wait_all_flights(&mut guard);
+                if meets(&guard) {
+                    m.drop_coherent(&mut guard);
+                }
             }
         }
     }

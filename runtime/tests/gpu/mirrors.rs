@@ -425,3 +425,25 @@ fn mirrors_of_mirrors_and_mismatched_modes() {
         Ok(_) => panic!("a {other:?} mirror of a {:?} arena was accepted", a.mapping_mode()),
     }
 }
+
+/// `AccessedBy` advised through one device on pages the other device
+/// owns: they come home first (the CPU, then the advised device, see the
+/// other device's writes), not mapped for the CPU over a stale host copy.
+#[test]
+fn accessed_by_on_the_other_devices_pages() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        if !migrating(&a) || !crate::accessed_by_built(&b) || !b.coherent_mode_available() {
+            eprintln!("NOT APPLICABLE: needs a migrating mode and host import");
+            return;
+        }
+        let (ka, kb) = (kernel(&a, "step", STEP), kernel(&b, "step", STEP));
+        let mut v = a.alloc_from_iter(0..8192u32).expect("v");
+        step(&a, &ka, &mut v, 2, 1); // on device A
+        b.advise(v.as_ptr().cast(), 8192 * 4, svm::Advice::AccessedBy).expect("advise through B");
+        assert_eq!(a.device_resident_pages(), 0, "A gave its pages up");
+        assert!(v.iter().enumerate().all(|(i, &x)| x == 2 * i as u32 + 1), "the CPU sees A's writes ({backend:?})");
+        step(&b, &kb, &mut v, 1, 1); // in place on B
+        assert!(v.iter().enumerate().all(|(i, &x)| x == 2 * i as u32 + 2), "B saw A's writes ({backend:?})");
+    }
+}
