@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p svm-runtime --example stress -- --minutes 30 [--fault uffd|mprotect]
 //!     [--workers 3] [--kernel-workers 1] [--queue-workers 2] [--seed N] [--pool-mib 6] [--watchdog-secs 60]
+//!     [--mirror]    # a second device mirrors the arena; workers use both
 //! ```
 //!
 //! Without `--fault`, the time is split between both backends. Exit codes:
@@ -20,7 +21,7 @@ use svm::{FaultBackendKind, Svm, SvmDescriptor};
 fn usage(msg: &str) -> ! {
     eprintln!("stress: {msg}");
     eprintln!(
-        "usage: stress --minutes N [--fault uffd|mprotect] [--workers N] [--kernel-workers N] [--queue-workers N] [--seed N] [--pool-mib N] [--watchdog-secs N]"
+        "usage: stress --minutes N [--fault uffd|mprotect] [--workers N] [--kernel-workers N] [--queue-workers N] [--seed N] [--pool-mib N] [--watchdog-secs N] [--mirror]"
     );
     std::process::exit(2)
 }
@@ -30,6 +31,7 @@ fn main() {
     let mut backends = vec![FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
     let mut cfg = stress_core::Config::default();
     let mut pool_mib = 6u64;
+    let mut mirror = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
@@ -43,6 +45,7 @@ fn main() {
             "--kernel-workers" => cfg.kernel_workers = val().parse().unwrap_or_else(|_| usage("bad --kernel-workers")),
             "--queue-workers" => cfg.queue_workers = val().parse().unwrap_or_else(|_| usage("bad --queue-workers")),
             "--seed" => cfg.seed = val().parse().unwrap_or_else(|_| usage("bad --seed")),
+            "--mirror" => mirror = true,
             "--pool-mib" => pool_mib = val().parse().unwrap_or_else(|_| usage("bad --pool-mib")),
             "--watchdog-secs" => {
                 cfg.watchdog = Duration::from_secs(val().parse().unwrap_or_else(|_| usage("bad --watchdog-secs")))
@@ -55,6 +58,7 @@ fn main() {
     let mut failed = false;
     for &backend in &backends {
         cfg.duration = total / backends.len() as u32;
+        cfg.mirror_pool = mirror.then_some(pool_mib << 20);
         let desc = SvmDescriptor::default().arena_size(256 << 20).pool_size(pool_mib << 20).fault_backend(backend);
         let svm = Svm::with_descriptor(&desc).unwrap_or_else(|e| {
             eprintln!("stress: cannot create the runtime: {e}");

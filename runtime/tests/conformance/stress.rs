@@ -27,6 +27,31 @@ fn short_stress() {
     }
 }
 
+/// The same with a second device mirroring the arena (`Svm::mirror`): the
+/// mixed and kernel workers launch, prefetch, advise and allocate through
+/// either runtime at random, so arrays move between the devices while the
+/// queue workers run on the first.
+#[test]
+fn short_stress_two_devices() {
+    for backend in BACKENDS {
+        let Some(svm) = ctx(crate::small(backend).pool_size(6 << 20)) else { return };
+        let secs = std::env::var("SVM_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+        let cfg = Config {
+            duration: Duration::from_secs(secs),
+            seed: 0x2de5 ^ backend as u64,
+            mirror_pool: Some(6 << 20),
+            ..Config::default()
+        };
+        let r = run(&svm, &cfg);
+        eprintln!("{backend}, two devices: {r}");
+        assert_eq!(r.mismatches, 0, "{backend}: {r}");
+        assert!(r.errors.is_empty(), "{backend}: {:?}", r.errors);
+        assert!(r.launches > 0 && r.cpu_reads > 0 && r.frees > 0, "{backend}: {r}");
+        assert_eq!(svm.live_allocations(), 0, "{backend}");
+        assert_eq!(svm.device_resident_pages(), 0, "{backend}");
+    }
+}
+
 /// The soak run that found the stale-uffd-fault bug: a minute of the same
 /// stress, uffd only, in a child process whose stderr is checked. Seen in
 /// release soaks: "svm: fatal CPU fault at ..: CPU access to managed address

@@ -14,6 +14,11 @@
 //! arrays, and holds no reference into them while it does (launch is
 //! synchronous on the calling thread); no thread touches another's arrays.
 //!
+//! With `Config::mirror_pool`, a second runtime mirrors the arena
+//! (`Svm::mirror`: another logical device) and each operation of the
+//! mixed and kernel workers picks one of the two at random: an array's
+//! pages move between the devices, and CPU faults go to whichever has them.
+//!
 //! Queue workers (`stress_queues.rs`) do the same with launches that do not
 //! wait: on launch queues shared between them, handles held while the
 //! thread works on other data, waited for in a random order, some leaked.
@@ -98,6 +103,9 @@ pub struct Config {
     pub watchdog: Duration,
     /// Largest array, in u32 words (some arrays are 2 MiB+ regardless).
     pub max_words: usize,
+    /// A mirror of the runtime (another logical device) with this pool,
+    /// used by the mixed and kernel workers beside the runtime itself.
+    pub mirror_pool: Option<u64>,
 }
 
 impl Default for Config {
@@ -111,6 +119,7 @@ impl Default for Config {
             seed: 0x5eed,
             watchdog: Duration::from_secs(60),
             max_words: 96 * 1024,
+            mirror_pool: None,
         }
     }
 }
@@ -147,6 +156,9 @@ struct Buf {
 
 struct Worker<'a> {
     id: usize,
+    /// The runtimes mirroring the arena and their kernels: each operation
+    /// picks one (the fields below are the pick).
+    devs: &'a [(&'a Svm, &'a Kernels)],
     svm: &'a Svm,
     affine: &'a Kernel,
     app_scale: &'a svm::wgpu::ComputePipeline,
@@ -254,6 +266,11 @@ impl Worker<'_> {
     }
 
     fn step(&mut self, kernels_mostly: bool) {
+        if self.devs.len() > 1 {
+            let (svm, k) = self.devs[self.rng.below(self.devs.len())];
+            (self.svm, self.affine, self.app_scale, self.fill, self.add_src) =
+                (svm, &k.affine, &k.app_scale, &k.fill, &k.add_src);
+        }
         if self.bufs.is_empty() {
             if let Some(b) = self.new_buf() {
                 self.bufs.push(b);
@@ -469,9 +486,11 @@ impl Worker<'_> {
     }
 }
 
-fn run_worker(svm: &Svm, k: &Kernels, shared: &Shared, cfg: &Config, id: usize, kernels_mostly: bool) {
+fn run_worker(devs: &[(&Svm, &Kernels)], shared: &Shared, cfg: &Config, id: usize, kernels_mostly: bool) {
+    let (svm, k) = devs[0];
     let mut w = Worker {
         id,
+        devs,
         svm,
         affine: &k.affine,
         app_scale: &k.app_scale,
@@ -525,16 +544,29 @@ fn run_queue_worker(svm: &Svm, k: &Kernels, queues: &[svm::LaunchQueue], shared:
 
 /// Run the stress on `svm` for `cfg.duration`.
 pub fn run(svm: &Svm, cfg: &Config) -> Report {
-    let kernel =
-        |label, source| svm.create_kernel(&KernelDescriptor { label, source, entry_point: "main" }).expect("kernel");
-    let k = Kernels {
-        affine: kernel("stress affine", AFFINE),
-        fill: kernel("stress fill", FILL),
-        add_src: kernel("stress add_src", ADD_SRC),
-        scale_bound: kernel("stress scale (bound)", SCALE_BOUND),
-        fill_bound: kernel("stress fill (bound)", FILL_BOUND),
-        app_scale: app::app_pipeline(svm, "stress app scale", SCALE_BOUND),
+    let kernels = |svm: &Svm| {
+        let kernel = |label, source| {
+            svm.create_kernel(&KernelDescriptor { label, source, entry_point: "main" }).expect("kernel")
+        };
+        Kernels {
+            affine: kernel("stress affine", AFFINE),
+            fill: kernel("stress fill", FILL),
+            add_src: kernel("stress add_src", ADD_SRC),
+            scale_bound: kernel("stress scale (bound)", SCALE_BOUND),
+            fill_bound: kernel("stress fill (bound)", FILL_BOUND),
+            app_scale: app::app_pipeline(svm, "stress app scale", SCALE_BOUND),
+        }
     };
+    let k = kernels(svm);
+    let mirror = cfg.mirror_pool.map(|pool| {
+        let m = svm.mirror(&svm::SvmDescriptor::default().pool_size(pool)).expect("mirror");
+        let km = kernels(&m);
+        (m, km)
+    });
+    let mut devs: Vec<(&Svm, &Kernels)> = vec![(svm, &k)];
+    if let Some((m, km)) = &mirror {
+        devs.push((m, km));
+    }
     let queues: Vec<svm::LaunchQueue> = (0..cfg.queues.max(1)).map(|_| svm.create_queue()).collect();
     let threads = cfg.workers + cfg.kernel_workers + cfg.queue_workers;
     let shared =
@@ -542,7 +574,7 @@ pub fn run(svm: &Svm, cfg: &Config) -> Report {
     let t0 = Instant::now();
     std::thread::scope(|s| {
         let shared = &shared;
-        let (k, queues) = (&k, &queues[..]);
+        let (k, queues, devs) = (&k, &queues[..], &devs[..]);
         // Watchdog.
         s.spawn(move || {
             let mut last = shared.ops.load(Relaxed);
@@ -575,13 +607,18 @@ pub fn run(svm: &Svm, cfg: &Config) -> Report {
                 s.spawn(move || run_queue_worker(svm, k, queues, shared, cfg, id));
             } else {
                 let kernels_mostly = id >= cfg.workers;
-                s.spawn(move || run_worker(svm, k, shared, cfg, id, kernels_mostly));
+                s.spawn(move || run_worker(devs, shared, cfg, id, kernels_mostly));
             }
         }
     });
     for q in &queues {
         q.finish();
     }
+    if let Some((m, _)) = &mirror {
+        assert_eq!(m.device_resident_pages(), 0, "the arrays were freed: nothing left on the mirror's device");
+    }
+    drop(devs);
+    drop(mirror);
     let mut r = shared.report.into_inner().expect("report");
     r.elapsed = t0.elapsed();
     r.stats = Some(svm.stats());
