@@ -211,7 +211,14 @@ impl Drop for FaultService {
             Stop::Pipe(f) => f(),
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.thread().id() == std::thread::current().id() {
+                // Dropped by its own thread (a handler's last reference to
+                // what owns the service went while serving): it ends after
+                // this fault, stopped above; joining itself would fail.
+                drop(t);
+            } else {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -102,3 +102,8 @@ fn segv_forked_child_own_arena() {
 fn segv_parked_fault_served_after_kick_while_faults_stream() {
     common::parked_fault_served_after_kick_while_faults_stream(Mprotect);
 }
+
+#[test]
+fn sigsegv_service_dropped_by_its_own_thread() {
+    common::dropped_by_its_own_thread(Mprotect);
+}

@@ -83,3 +83,8 @@ fn uffd_forked_child_own_arena() {
 fn uffd_parked_fault_served_after_kick_while_faults_stream() {
     common::parked_fault_served_after_kick_while_faults_stream(Uffd);
 }
+
+#[test]
+fn uffd_service_dropped_by_its_own_thread() {
+    common::dropped_by_its_own_thread(Uffd);
+}

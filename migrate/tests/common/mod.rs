@@ -337,3 +337,48 @@ pub fn write_protect(kind: FaultBackendKind) {
         assert_eq!(b, [p as u8, 0xee, 0xef]);
     }
 }
+
+/// A handler that drops the service serving it, from inside a fault (the
+/// runtime's last reference to what owns the service can go there).
+struct SelfDrop {
+    arena: Arena,
+    service: Mutex<Option<FaultService>>,
+}
+
+impl FaultHandler for SelfDrop {
+    fn arena(&self) -> &Arena {
+        &self.arena
+    }
+    fn handle_fault(&self, fault: CpuFault) -> Result<(), FaultFatal> {
+        self.arena.restore(fault.offset, 4096).map_err(|e| FaultFatal(e.to_string()))?;
+        drop(self.service.lock().take());
+        Ok(())
+    }
+}
+
+/// The service dropped by its own thread, inside a fault: the fault is
+/// served, the thread ends, nothing panics (joining itself did).
+pub fn dropped_by_its_own_thread(kind: FaultBackendKind) {
+    let Some(t) = toy(kind, 4096) else { return };
+    let panics = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = panics.clone();
+    std::panic::set_hook(Box::new(move |info| seen.lock().push(info.to_string())));
+    let arena = Arc::into_inner(t).expect("one toy").arena;
+    let h = Arc::new(SelfDrop { arena, service: Mutex::new(None) });
+    let svc = FaultService::start(h.clone()).expect("service");
+    *h.service.lock() = Some(svc);
+    h.arena.zap(0, 4096).expect("zap");
+    // SAFETY: inside the arena's user view, which stays mapped (the handler
+    // owns the arena and lives in `h`).
+    let v = unsafe { core::ptr::read_volatile((h.arena.base() + 8) as *const u8) };
+    assert_eq!(v, 0);
+    // The thread ends on its own: its handler reference goes with it.
+    let t0 = std::time::Instant::now();
+    while Arc::strong_count(&h) > 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = std::panic::take_hook();
+    assert!(h.service.lock().is_none(), "the handler dropped the service");
+    assert_eq!(Arc::strong_count(&h), 1, "the service thread ended");
+    assert!(panics.lock().is_empty(), "panicked: {:?}", panics.lock());
+}
