@@ -16,7 +16,7 @@
 //! outside the lock.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     /// A mirror: the arena's own runtime (allocations go there; it keeps
     /// the arena and its fault service). Dropped last.
     home: Option<Svm>,
+    /// `Svm` handles alive (clones of it, and those owners hold).
+    handles: AtomicUsize,
     stats: Arc<Counters>,
     chunk: usize,
     prefetch: bool,
@@ -105,7 +107,6 @@ pub(crate) struct Inner {
 
 /// A shared-virtual-memory runtime: one managed arena, one GPU. Cheap to
 /// clone (a handle); the arena and device go away with the last handle.
-#[derive(Clone)]
 pub struct Svm {
     // Field order is drop order: the fault service (which joins its thread,
     // holding a reference to `inner`) goes first, so that the last handle's
@@ -113,6 +114,24 @@ pub struct Svm {
     // thread as its last reference goes.
     _service: Arc<FaultService>,
     inner: Arc<Inner>,
+}
+
+impl Clone for Svm {
+    fn clone(&self) -> Self {
+        self.inner.handles.fetch_add(1, Ordering::Relaxed);
+        Self { _service: self._service.clone(), inner: self.inner.clone() }
+    }
+}
+
+impl Drop for Svm {
+    fn drop(&mut self) {
+        // The last handle: a mirror leaves its group here, on the dropping
+        // thread (its pages brought home), whoever holds its state a while
+        // longer (a fault being served through it).
+        if self.inner.handles.fetch_sub(1, Ordering::AcqRel) == 1 && !self.inner.foreign() {
+            self.inner.leave_group();
+        }
+    }
 }
 
 impl core::fmt::Debug for Svm {
@@ -267,6 +286,7 @@ impl Svm {
             serve_in_place: desc.serve_in_place,
             group: std::sync::OnceLock::new(),
             home,
+            handles: AtomicUsize::new(1),
         }))
     }
 

@@ -15,6 +15,7 @@
 
 pub mod again;
 pub mod error;
+pub mod lease;
 mod loom;
 pub mod mirror;
 #[cfg(any(test, feature = "model"))]
@@ -34,6 +35,7 @@ mod tests;
 
 pub use again::AgainGate;
 pub use error::{Again, FaultReason, RangeError, SpaceError};
+pub use lease::{Leases, Member, LOST};
 pub use mirror::{IntervalNotifier, InvalidateEvent, Mirror, MirrorId, MirrorOps, Seq, Update, UpdateGuard};
 pub use outbox::{Outbox, SendError};
 pub use pte::{FrameIndex, PageIndex, Pte, PAGE_SHIFT, PAGE_SIZE};

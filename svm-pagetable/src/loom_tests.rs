@@ -434,3 +434,107 @@ fn loom_outbox_a_refused_batch_fails_every_send_after_it() {
         assert!(outbox.send(Ok::<_, &str>) == Err(SendError::Broken));
     });
 }
+
+// ---------------------------------------------------------------------------
+// Page leases: several members (devices) mirroring one arena
+// (`crate::lease`; the runtime's `mirror.rs` runs this protocol).
+
+/// One member of the model: its update lock over "the page is off the host
+/// here" (a device frame), and the same flag readable without the lock for
+/// the check.
+struct LeaseMember {
+    lock: Mutex<bool>,
+    off: AtomicU32,
+}
+
+/// Two members and one page, member 0's at first. Members 0 and 1 each
+/// take the page to their device (the runtime's launch: look under its
+/// lock, and if another holds the lease release the lock, ask the holder
+/// to give it up, decide again — or, with `recheck` false, go ahead after
+/// the ask without looking again); a CPU access goes to the holder, which
+/// brings the page home. Returns whether two members ever had the page off
+/// the host at once (or the holder's peer had it while the holder served
+/// the access).
+fn leases_model(recheck: bool) -> bool {
+    let leases = Arc::new(Leases::new(1));
+    let members: Arc<[LeaseMember; 2]> =
+        Arc::new(std::array::from_fn(|_| LeaseMember { lock: Mutex::new(false), off: AtomicU32::new(0) }));
+    let broken = Arc::new(AtomicU32::new(0));
+    // Under `m`'s lock: the page leaves the host for `m`'s device.
+    fn take_off(members: &[LeaseMember; 2], broken: &AtomicU32, m: usize, here: &mut bool) {
+        if members[1 - m].off.load(Ordering::SeqCst) != 0 {
+            broken.store(1, Ordering::SeqCst);
+        }
+        *here = true;
+        members[m].off.store(1, Ordering::SeqCst);
+    }
+    // Under `m`'s lock: the page comes home from `m`'s device.
+    fn bring_home(members: &[LeaseMember; 2], m: usize, here: &mut bool) {
+        *here = false;
+        members[m].off.store(0, Ordering::SeqCst);
+    }
+    fn give_up(leases: &Leases, members: &[LeaseMember; 2], h: Member, to: Member) {
+        let mut here = members[h as usize].lock.lock().expect("lock");
+        if leases.holds(0, h) {
+            bring_home(members, h as usize, &mut here);
+            leases.hand_over(0, 1, h, to, |_| false);
+        }
+    }
+    let taker = |me: Member| {
+        let (leases, members, broken) = (leases.clone(), members.clone(), broken.clone());
+        thread::spawn(move || {
+            for _ in 0..2 {
+                let foreign = {
+                    let mut here = members[me as usize].lock.lock().expect("lock");
+                    let foreign = leases.foreign_runs([(0, 1)], me);
+                    if foreign.is_empty() {
+                        take_off(&members, &broken, me as usize, &mut here);
+                        return;
+                    }
+                    foreign
+                };
+                for (_, _, h) in foreign {
+                    give_up(&leases, &members, h, me);
+                }
+                if !recheck {
+                    let mut here = members[me as usize].lock.lock().expect("lock");
+                    take_off(&members, &broken, me as usize, &mut here);
+                    return;
+                }
+            }
+        })
+    };
+    let t1 = taker(1);
+    let t0 = taker(0);
+    // A CPU access: served by the holder, which brings the page home.
+    for _ in 0..2 {
+        let h = leases.holder(0);
+        let mut here = members[h as usize].lock.lock().expect("lock");
+        if leases.holds(0, h) {
+            if members[1 - h as usize].off.load(Ordering::SeqCst) != 0 {
+                broken.store(1, Ordering::SeqCst);
+            }
+            bring_home(&members, h as usize, &mut here);
+            break;
+        }
+    }
+    t1.join().expect("member 1");
+    t0.join().expect("member 0");
+    broken.load(Ordering::SeqCst) != 0
+}
+
+#[test]
+fn loom_leases_never_put_a_page_on_two_devices() {
+    ::loom::model(|| assert!(!leases_model(true), "a page on two devices"));
+}
+
+#[test]
+fn loom_deciding_without_looking_again_puts_a_page_on_two_devices() {
+    static BROKE: AtomicBool = AtomicBool::new(false);
+    ::loom::model(|| {
+        if leases_model(false) {
+            BROKE.store(true, StdOrdering::Relaxed);
+        }
+    });
+    assert!(BROKE.load(StdOrdering::Relaxed), "loom should find a page taken by both members");
+}

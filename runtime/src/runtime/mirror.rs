@@ -9,7 +9,8 @@
 //!   there) and copied into every member's page table, range list and slab
 //!   set under member 0's update lock, so that each member validates
 //!   pointers and declarations on its own;
-//! * a **lease** per page ([`Group`]'s holders): only the member holding a
+//! * a **lease** per page (`svm_pagetable::Leases`, whose protocol is
+//!   loom-checked there): only the member holding a
 //!   page's lease may have it anywhere but on the host (a device frame, a
 //!   read-only copy, a claim, a flight using it in place). A member gives a
 //!   lease away only under its own update lock, after bringing the pages
@@ -42,23 +43,21 @@ use super::*;
 pub(super) const HOME: u8 = 0;
 /// A page whose only copy was on a mirror's device when that device was
 /// lost (or the mirror dropped with it lost): its data is gone.
-const LOST: u8 = u8::MAX;
+use svm_pagetable::LOST;
 /// Members a group may have (member numbers fit a byte, [`LOST`] apart).
 const MAX_MEMBERS: usize = 64;
 
 /// The members mirroring one arena and the page leases (see the module).
 pub(crate) struct Group {
-    /// Per arena page: the member that may hold it anywhere but on the
-    /// host. Zero bits (member 0) for pages never asked for, which the OS
-    /// does not commit.
-    holders: Mutex<Vec<u8>>,
+    /// Per arena page: the member that may have it anywhere but on the host.
+    leases: svm_pagetable::Leases,
     /// Member `i` is `members[i]` (0: the arena's runtime).
     members: Mutex<Vec<Weak<Inner>>>,
 }
 
 impl Group {
     fn holder(&self, p: u32) -> u8 {
-        self.holders.lock()[p as usize]
+        self.leases.holder(p)
     }
 
     fn member(&self, i: u8) -> Option<Arc<Inner>> {
@@ -109,7 +108,7 @@ impl Svm {
         let inner = Self::open_inner(desc, home.inner.arena.clone(), mode, Some(home.clone()))?;
         let group = home.inner.group.get_or_init(|| {
             let g = Group {
-                holders: Mutex::new(vec![HOME; home.inner.arena.len() / PAGE_SIZE]),
+                leases: svm_pagetable::Leases::new(home.inner.arena.len() / PAGE_SIZE),
                 members: Mutex::new(vec![Arc::downgrade(&home.inner)]),
             };
             (Arc::new(g), HOME)
@@ -152,6 +151,7 @@ impl Svm {
     /// The number of runtimes mirroring this arena, this one included (1:
     /// no mirror).
     pub fn mirrors(&self) -> usize {
+        // (A member whose last handle went has left: its slot is empty.)
         self.inner.group.get().map_or(1, |(g, _)| g.members.lock().iter().filter(|m| m.strong_count() > 0).count())
     }
 
@@ -185,21 +185,7 @@ impl Inner {
     /// Empty for a runtime alone with its arena.
     pub(super) fn foreign_runs(&self, ranges: impl IntoIterator<Item = (u32, u32)>) -> Vec<(u32, u32, u8)> {
         let Some((g, me)) = self.membership() else { return Vec::new() };
-        let holders = g.holders.lock();
-        let mut out: Vec<(u32, u32, u8)> = Vec::new();
-        for (a, b) in ranges {
-            for p in a..b.min(holders.len() as u32) {
-                let h = holders[p as usize];
-                if h == me {
-                    continue;
-                }
-                match out.last_mut() {
-                    Some(l) if l.1 == p && l.2 == h => l.1 = p + 1,
-                    _ => out.push((p, p + 1, h)),
-                }
-            }
-        }
-        out
+        g.leases.foreign_runs(ranges, me)
     }
 
     /// Whether this runtime holds page `p`'s lease (alone: always).
@@ -267,10 +253,7 @@ impl Inner {
             }
         }
         let st = &mut *guard;
-        let mine: Vec<(u32, u32)> = {
-            let holders = g.holders.lock();
-            runs(a, b.min(holders.len() as u32), |p| holders[p as usize] == me).collect()
-        };
+        let mine = g.leases.held_runs(a, b, me);
         let mut result = Ok(());
         for &(x, y) in &mine {
             for p in x..y {
@@ -283,16 +266,9 @@ impl Inner {
                 result = result.and(self.migrate_back_spans(st, &spans).map(drop));
             }
         }
-        let mut holders = g.holders.lock();
-        for &(x, y) in &mine {
-            for p in x..y {
-                // (Pages that could not come home stay this member's: a
-                // CPU access to one reports the loss here.)
-                if !st.owned(p) {
-                    holders[p as usize] = to;
-                }
-            }
-        }
+        // (Pages that could not come home stay this member's: a CPU access
+        // to one reports the loss here.)
+        g.leases.hand_over(a, b, me, to, |p| st.owned(p));
         result
     }
 
@@ -376,11 +352,7 @@ impl Inner {
     /// (being freed: their data is gone either way).
     pub(super) fn reclaim_lost(&self, a: u32, b: u32) {
         let Some((g, _)) = self.membership() else { return };
-        let mut holders = g.holders.lock();
-        let end = (b as usize).min(holders.len());
-        for h in holders[a as usize..end].iter_mut().filter(|h| **h == LOST) {
-            *h = HOME;
-        }
+        g.leases.hand_over(a, b, LOST, HOME, |_| false);
     }
 
     /// The free of `[start, start + len)` by member 0 (under its update
@@ -400,25 +372,23 @@ impl Inner {
         }
     }
 
-    /// A mirror's drop (its flights done): every page it holds comes home
-    /// and its lease goes to member 0; pages that cannot (a lost device)
-    /// are marked lost. Parked faults are kicked after.
+    /// A mirror's last handle gone (its flights finish first): every page
+    /// it holds comes home and its lease goes to member 0; pages that
+    /// cannot (a lost device) are marked lost; its member slot is emptied.
+    /// Parked faults are kicked after.
+    /// Called when its last handle goes, and again (doing nothing) when
+    /// its state goes.
     pub(super) fn leave_group(&self) {
         let Some((g, me)) = self.membership() else { return };
-        if me == HOME {
+        if me == HOME || !std::ptr::eq(g.members.lock()[me as usize].as_ptr(), self) {
             return;
         }
         let top = self.state.lock().top;
         if let Err(e) = self.give_up(0, top, HOME) {
             tracing::error!("svm: a dropped mirror's pages could not come home: {e}");
         }
-        {
-            let mut holders = g.holders.lock();
-            let end = (top as usize).min(holders.len());
-            for h in holders[..end].iter_mut().filter(|h| **h == me) {
-                *h = LOST;
-            }
-        }
+        g.leases.hand_over(0, top, me, LOST, |_| false);
+        g.members.lock()[me as usize] = Weak::new();
         if let Some(k) = self.signals.kick() {
             k.kick();
         }
