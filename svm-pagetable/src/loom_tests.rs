@@ -4,6 +4,13 @@
 //! reach the device in sealing order whoever sends, a returned send has its
 //! batch on the device, nothing is sent after `close`.
 //!
+//! And of the runtime's own protocols: page leases between several devices
+//! mirroring one arena (the real [`crate::Leases`], a model of the members),
+//! and the runtime's flights — a launch claiming its page while a CPU
+//! fault, eviction and free wait for it (a model of `runtime/flight.rs`).
+//! Each has a twin that makes the natural mistake (acting after a wait
+//! without looking again) and is caught.
+//!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p svm-pagetable --release --lib loom`.
 //!
 //! A *stale commit* is the device ending up mapping the old page after the
@@ -537,4 +544,189 @@ fn loom_deciding_without_looking_again_puts_a_page_on_two_devices() {
         }
     });
     assert!(BROKE.load(StdOrdering::Relaxed), "loom should find a page taken by both members");
+}
+
+// ---------------------------------------------------------------------------
+// The runtime's flights (runtime/src/runtime/flight.rs): a launch claims its
+// page under the update lock and copies it in and runs its kernel with the
+// lock released; a CPU fault, eviction and free on the page wait for the
+// flight (the lock released: a condition variable) and decide again after.
+// A model of that protocol for one page, not the runtime's code (its state
+// is not on loom types): the launch marks its unlocked copy and kernel
+// (`copying`), and every other access to the page's copies asserts it is
+// not inside one.
+
+struct FlightModel {
+    st: Mutex<PageModel>,
+    settled: ::loom::sync::Condvar,
+    host: AtomicU32,
+    device: AtomicU32,
+    /// A launch has claimed the page (copying it in, running its kernel:
+    /// unlocked), until its retire.
+    copying: AtomicU32,
+}
+
+#[derive(Default)]
+struct PageModel {
+    allocated: bool,
+    on_device: bool,
+    /// A launch's flight uses the page (its copy and kernel run unlocked).
+    busy: bool,
+}
+
+impl FlightModel {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            st: Mutex::new(PageModel { allocated: true, ..PageModel::default() }),
+            settled: ::loom::sync::Condvar::new(),
+            host: AtomicU32::new(0),
+            device: AtomicU32::new(0),
+            copying: AtomicU32::new(0),
+        })
+    }
+
+    /// Wait until no flight uses the page (the lock released meanwhile).
+    fn settled<'a>(&self, mut g: ::loom::sync::MutexGuard<'a, PageModel>) -> ::loom::sync::MutexGuard<'a, PageModel> {
+        while g.busy {
+            g = self.settled.wait(g).expect("wait");
+        }
+        g
+    }
+
+    /// A launch whose kernel adds one to the page.
+    fn launch(&self) {
+        let mut g = self.settled(self.st.lock().expect("lock"));
+        if !g.allocated {
+            return;
+        }
+        g.busy = true;
+        let from_host = !g.on_device;
+        g.on_device = true;
+        // Claimed (from here to the retire): copy in and run with the lock
+        // released.
+        self.copying.store(1, Ordering::SeqCst);
+        drop(g);
+        if from_host {
+            self.device.store(self.host.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        let v = self.device.load(Ordering::SeqCst);
+        self.device.store(v + 1, Ordering::SeqCst);
+        self.copying.store(0, Ordering::SeqCst);
+        let mut g = self.st.lock().expect("lock");
+        g.busy = false;
+        drop(g);
+        self.settled.notify_all();
+    }
+
+    /// Every access to the page's copies but the launch's own.
+    fn touch(&self) {
+        assert_eq!(self.copying.load(Ordering::SeqCst), 0, "the page's copies touched inside a launch's claim");
+    }
+
+    /// Bring the page home under the lock (fault service, eviction).
+    fn home(&self, g: &mut PageModel) {
+        if g.on_device {
+            self.touch();
+            self.host.store(self.device.load(Ordering::SeqCst), Ordering::SeqCst);
+            g.on_device = false;
+        }
+    }
+
+    /// A CPU read: the fault brings the page home; the access happens with
+    /// the page mapped (under the lock in the model: mapping changes are).
+    /// `recheck` false: waits in one critical section and serves in
+    /// another, without looking again (a flight may have started between).
+    fn cpu_read(&self, recheck: bool) -> u32 {
+        let mut g = if recheck {
+            self.settled(self.st.lock().expect("lock"))
+        } else {
+            drop(self.settled(self.st.lock().expect("lock")));
+            self.st.lock().expect("lock")
+        };
+        self.home(&mut g);
+        self.touch();
+        self.host.load(Ordering::SeqCst)
+    }
+
+    /// Eviction: never picks a busy page.
+    fn evict(&self) {
+        let mut g = self.st.lock().expect("lock");
+        if !g.busy {
+            self.home(&mut g);
+        }
+    }
+
+    /// `free`: waits for the flights using the page, then drops it.
+    fn free(&self) {
+        let mut g = self.settled(self.st.lock().expect("lock"));
+        g.allocated = false;
+        g.on_device = false;
+        self.touch();
+        self.host.store(0, Ordering::SeqCst);
+    }
+
+    /// The page's value, everything joined.
+    fn value(&self) -> u32 {
+        let g = self.st.lock().expect("lock");
+        if g.on_device {
+            self.device.load(Ordering::SeqCst)
+        } else {
+            self.host.load(Ordering::SeqCst)
+        }
+    }
+}
+
+/// A launch, a CPU fault and an eviction on one page: no unordered access,
+/// no lost wake-up, the fault reads the page before or after the kernel,
+/// and the kernel's write is never lost.
+fn flight_model_evict(recheck: bool) {
+    let m = FlightModel::new();
+    let launch = {
+        let m = m.clone();
+        thread::spawn(move || m.launch())
+    };
+    let fault = {
+        let m = m.clone();
+        thread::spawn(move || m.cpu_read(recheck))
+    };
+    m.evict();
+    launch.join().expect("launch");
+    let read = fault.join().expect("fault");
+    assert!(read <= 1, "the fault read {read}");
+    assert_eq!(m.value(), 1, "the kernel's write was lost");
+}
+
+#[test]
+fn loom_flights_fault_and_eviction_wait_for_a_launch() {
+    ::loom::model(|| flight_model_evict(true));
+}
+
+#[test]
+fn loom_flights_free_waits_for_a_launch() {
+    ::loom::model(|| {
+        let m = FlightModel::new();
+        let launch = {
+            let m = m.clone();
+            thread::spawn(move || m.launch())
+        };
+        let fault = {
+            let m = m.clone();
+            thread::spawn(move || m.cpu_read(true))
+        };
+        m.free();
+        launch.join().expect("launch");
+        let read = fault.join().expect("fault");
+        assert!(read <= 1, "the fault read {read}");
+        assert_eq!(m.value(), 0, "freed: zero");
+    });
+}
+
+/// The natural mistake (the review of the mirrors found it twice): wait for
+/// the flight in one critical section, act in another without looking
+/// again. loom finds the launch claiming the page in between: the fault's
+/// copy back runs inside the launch's claim.
+#[test]
+#[should_panic(expected = "inside a launch's claim")]
+fn loom_flights_acting_without_looking_again_races_the_kernel() {
+    ::loom::model(|| flight_model_evict(false));
 }
