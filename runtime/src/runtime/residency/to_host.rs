@@ -355,11 +355,15 @@ impl Inner {
         if let Some(next) = next {
             self.read_ahead(st, next);
         }
-        let claim = self.claim(
-            st,
-            device_runs.iter().map(|&(x, y)| (x, y, true)).collect(),
-            super::super::flight::ClaimFor::FaultCopyBack,
-        );
+        // The faulting page is claimed too, device-owned or not: the fault
+        // maps it for the CPU after the copy, and a launch (or another
+        // device mirroring the arena) taking it meanwhile would have the
+        // CPU mapped over a stale host copy.
+        let mut busy: Vec<(u32, u32, bool)> = device_runs.iter().map(|&(x, y)| (x, y, true)).collect();
+        if !device_runs.iter().any(|&(x, y)| (x..y).contains(&page)) {
+            busy.push((page, page + 1, true));
+        }
+        let claim = self.claim(st, busy, super::super::flight::ClaimFor::FaultCopyBack);
         let copied = MutexGuard::unlocked(guard, || {
             let download = match ahead {
                 Some(d) => d,
