@@ -676,10 +676,10 @@ impl FlightModel {
     }
 }
 
-/// A launch, a CPU fault and an eviction on one page: no unordered access,
-/// no lost wake-up, the fault reads the page before or after the kernel,
-/// and the kernel's write is never lost.
-fn flight_model_evict(recheck: bool) {
+/// A launch and a CPU fault on one page while this thread runs `third` on
+/// it: no access inside the launch's claim, no lost wake-up, the fault reads
+/// the page before or after the kernel, and the page ends as `want`.
+fn flight_model(recheck: bool, third: fn(&FlightModel), want: u32) {
     let m = FlightModel::new();
     let launch = {
         let m = m.clone();
@@ -689,36 +689,23 @@ fn flight_model_evict(recheck: bool) {
         let m = m.clone();
         thread::spawn(move || m.cpu_read(recheck))
     };
-    m.evict();
+    third(&m);
     launch.join().expect("launch");
     let read = fault.join().expect("fault");
     assert!(read <= 1, "the fault read {read}");
-    assert_eq!(m.value(), 1, "the kernel's write was lost");
+    assert_eq!(m.value(), want, "the page's value at the end");
 }
 
+/// Eviction beside them: the kernel's write is never lost.
 #[test]
 fn loom_flights_fault_and_eviction_wait_for_a_launch() {
-    ::loom::model(|| flight_model_evict(true));
+    ::loom::model(|| flight_model(true, FlightModel::evict, 1));
 }
 
+/// `free` beside them: zero at the end, whoever came first.
 #[test]
 fn loom_flights_free_waits_for_a_launch() {
-    ::loom::model(|| {
-        let m = FlightModel::new();
-        let launch = {
-            let m = m.clone();
-            thread::spawn(move || m.launch())
-        };
-        let fault = {
-            let m = m.clone();
-            thread::spawn(move || m.cpu_read(true))
-        };
-        m.free();
-        launch.join().expect("launch");
-        let read = fault.join().expect("fault");
-        assert!(read <= 1, "the fault read {read}");
-        assert_eq!(m.value(), 0, "freed: zero");
-    });
+    ::loom::model(|| flight_model(true, FlightModel::free, 0));
 }
 
 /// The natural mistake (the review of the mirrors found it twice): wait for
@@ -728,5 +715,5 @@ fn loom_flights_free_waits_for_a_launch() {
 #[test]
 #[should_panic(expected = "inside a launch's claim")]
 fn loom_flights_acting_without_looking_again_races_the_kernel() {
-    ::loom::model(|| flight_model_evict(false));
+    ::loom::model(|| flight_model(false, FlightModel::evict, 1));
 }
