@@ -489,7 +489,7 @@ impl Inner {
         if !self.foreign_runs(want.iter().map(|&(a, b, _)| (a, b))).is_empty() {
             want = want
                 .into_iter()
-                .flat_map(|(a, b, w)| runs(a, b, |p| self.holds(p)).map(move |(x, y)| (x, y, w)).collect::<Vec<_>>())
+                .flat_map(|(a, b, w)| self.held_runs(a, b).into_iter().map(move |(x, y)| (x, y, w)))
                 .collect();
         }
         // Read faults copy pages this launch did not declare: safe code

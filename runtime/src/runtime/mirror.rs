@@ -56,10 +56,6 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    fn holder(&self, p: u32) -> u8 {
-        self.leases.holder(p)
-    }
-
     fn member(&self, i: u8) -> Option<Arc<Inner>> {
         self.members.lock().get(i as usize).and_then(Weak::upgrade)
     }
@@ -188,9 +184,22 @@ impl Inner {
         g.leases.foreign_runs(ranges, me)
     }
 
+    /// Whether another runtime mirrors this arena (or did).
+    pub(super) fn in_group(&self) -> bool {
+        self.group.get().is_some()
+    }
+
+    /// Runs of `[a, b)` whose lease this runtime holds (alone: all of it).
+    pub(super) fn held_runs(&self, a: u32, b: u32) -> Vec<(u32, u32)> {
+        match self.membership() {
+            Some((g, me)) => g.leases.held_runs(a, b, me),
+            None => vec![(a, b)],
+        }
+    }
+
     /// Whether this runtime holds page `p`'s lease (alone: always).
     pub(super) fn holds(&self, p: u32) -> bool {
-        self.membership().is_none_or(|(g, me)| g.holder(p) == me)
+        self.membership().is_none_or(|(g, me)| g.leases.holds(p, me))
     }
 
     /// Take the leases of `runs` ([`Self::foreign_runs`]) from their
@@ -295,7 +304,7 @@ impl Inner {
         };
         let page = page_of(fault.offset);
         loop {
-            let h = g.holder(page);
+            let h = g.leases.holder(page);
             if h == LOST {
                 let addr = self.arena.base() + fault.offset;
                 return Err(FaultFatal(format!(

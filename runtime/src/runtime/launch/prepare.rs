@@ -201,10 +201,13 @@ impl Inner {
             // Pages another device mirroring the arena holds come here
             // first (`mirror.rs`). A replayable launch may fault on any
             // allocated page: it takes every one.
-            let top = guard.top;
-            let wanted: Vec<(u32, u32)> =
-                if replayable { vec![(0, top)] } else { decl.iter().map(|&(a, b, _)| (a, b)).collect() };
-            let foreign = self.foreign_runs(wanted);
+            let foreign = if !self.in_group() {
+                Vec::new()
+            } else if replayable {
+                self.foreign_runs([(0, guard.top)])
+            } else {
+                self.foreign_runs(decl.iter().map(|&(a, b, _)| (a, b)))
+            };
             if !foreign.is_empty() {
                 self.take_leases_unordered(guard, order, &foreign)?;
                 continue;
