@@ -13,8 +13,10 @@
 //! Pages move between devices through the host copy, so "from the other
 //! device" costs a device → host copy on the giver plus the taker's
 //! host → device copy; the ratio to "from host" says what the extra hop
-//! costs on each path. Every migrating path side by side (the coherent mode
-//! moves nothing). Medians of the rounds, ms.
+//! costs on each path. Every path side by side, under both fault backends
+//! (the CPU's write of V between rounds is what faults); the coherent mode
+//! moves nothing (its row is the kernels on host memory in place). Medians
+//! of the rounds, ms.
 //!
 //! ```text
 //! cargo bench -p svm-benches --bench mirrors
@@ -41,7 +43,14 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
     for (var i = g.x; i < arrayLength(&v); i += nwg.x * 64u) { v[i] = v[i] * 3u + 1u; }
 }";
 
-const PATHS: [Path; 4] = common::MIGRATING_PATHS;
+const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
+
+/// The migrating paths, and the coherent mode.
+fn paths() -> Vec<Path> {
+    let mut v = common::MIGRATING_PATHS.to_vec();
+    v.push(Path { name: "coherent (in place)", mode: MappingMode::Coherent, host_mapped_pool: true });
+    v
+}
 
 fn kernel(svm: &Svm) -> Kernel {
     svm.create_kernel(&KernelDescriptor { label: "step", source: STEP, entry_point: "main" }).expect("kernel")
@@ -58,10 +67,10 @@ fn launch(svm: &Svm, k: &Kernel, v: &mut ManagedVec<u32>) -> f64 {
 }
 
 /// Medians (ms): B from host, B stays, A from B, B from A.
-fn run(path: Path, rounds: usize) -> Result<([f64; 4], String), svm::SvmError> {
+fn run(path: Path, backend: FaultBackendKind, rounds: usize) -> Result<([f64; 4], String), svm::SvmError> {
     let bytes = if path.mode == MappingMode::Sparse { 32 * MIB } else { 64 * MIB };
     let desc = SvmDescriptor::default()
-        .fault_backend(FaultBackendKind::Uffd)
+        .fault_backend(backend)
         .mapping(path.mode)
         .host_mapped_pool(path.host_mapped_pool)
         .pool_size(2 * bytes as u64)
@@ -103,32 +112,38 @@ fn main() {
     };
     let mut table = String::new();
     let mut device = None;
-    for path in PATHS {
-        match run(path, rounds) {
-            Ok((m, dev)) => {
-                device.get_or_insert(dev);
-                let _ = writeln!(
-                    table,
-                    "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
-                    path.name,
-                    m[0],
-                    m[1],
-                    m[2],
-                    m[3],
-                    m[3] / m[0]
-                );
-            }
-            Err(e) => {
-                assert!(!gpu_required() || path.mode == MappingMode::Sparse, "SVM_REQUIRE_GPU=1 but no runtime: {e}");
-                let _ = writeln!(table, "| {} | not run: {e} | | | | |", path.name);
+    // (Backends interleaved per path: side by side in one run.)
+    for path in paths() {
+        for backend in BACKENDS {
+            match run(path, backend, rounds) {
+                Ok((m, dev)) => {
+                    device.get_or_insert(dev);
+                    let _ = writeln!(
+                        table,
+                        "| {} | {backend} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× |",
+                        path.name,
+                        m[0],
+                        m[1],
+                        m[2],
+                        m[3],
+                        m[3] / m[0]
+                    );
+                }
+                Err(e) => {
+                    assert!(
+                        !gpu_required() || path.mode != MappingMode::Software,
+                        "SVM_REQUIRE_GPU=1 but no runtime: {e}"
+                    );
+                    let _ = writeln!(table, "| {} | {backend} | not run: {e} | | | | |", path.name);
+                }
             }
         }
     }
     let out = format!(
         "# Two devices mirroring one arena\n\n`{command}` (medians of {rounds} interleaved rounds, ms; \
-         64 MiB, sparse 32 MiB; uffd).\nDevice: {}. Machine: {}.\n\n\
-         | path | B from host | B stays (kernel) | A from B | B from A | B from A / from host |\n\
-         |---|---:|---:|---:|---:|---:|\n{table}",
+         64 MiB, sparse 32 MiB).\nDevice: {}. Machine: {}.\n\n\
+         | path | fault backend | B from host | B stays (kernel) | A from B | B from A | B from A / from host |\n\
+         |---|---|---:|---:|---:|---:|---:|\n{table}",
         device.unwrap_or_default(),
         machine()
     );
