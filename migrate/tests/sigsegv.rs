@@ -105,5 +105,5 @@ fn segv_parked_fault_served_after_kick_while_faults_stream() {
 
 #[test]
 fn sigsegv_service_dropped_by_its_own_thread() {
-    common::dropped_by_its_own_thread(Mprotect);
+    common::dropped_by_its_own_thread(Mprotect, "sigsegv_service_dropped_by_its_own_thread");
 }

@@ -86,5 +86,5 @@ fn uffd_parked_fault_served_after_kick_while_faults_stream() {
 
 #[test]
 fn uffd_service_dropped_by_its_own_thread() {
-    common::dropped_by_its_own_thread(Uffd);
+    common::dropped_by_its_own_thread(Uffd, "uffd_service_dropped_by_its_own_thread");
 }
