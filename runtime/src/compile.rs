@@ -53,6 +53,7 @@ pub(crate) fn compile(gpu: &Gpu, runtime_id: u64, desc: &KernelDescriptor<'_>) -
     if prelude {
         check_sealed(&module, windows).map_err(|name| KernelError::Sealed { label: label.into(), name })?;
     }
+    let reads_args = prelude && reads_args(&module, windows);
     let bindings = reflect(&mut module, &info, ep, prelude, windows, gpu.device.limits().max_bind_groups, label)?;
     if prelude {
         svm_shaders::wrap_entry_points(&mut module).map_err(|e| compile(e.to_string()))?;
@@ -102,6 +103,7 @@ pub(crate) fn compile(gpu: &Gpu, runtime_id: u64, desc: &KernelDescriptor<'_>) -
         group_layouts: core::mem::ManuallyDrop::new(group_layouts),
         layout: core::mem::ManuallyDrop::new(layout),
         prelude,
+        reads_args,
     })
 }
 
@@ -237,18 +239,37 @@ fn prelude_names(windows: Windows) -> &'static (HashSet<String>, HashSet<String>
     &all[usize::from(windows == Windows::Array)]
 }
 
+/// The functions of the kernel's own and its entry points.
+fn own_functions<'m>(module: &'m naga::Module, windows: Windows) -> impl Iterator<Item = &'m naga::Function> {
+    let (functions, _) = prelude_names(windows);
+    let is_prelude = |f: &naga::Function| f.name.as_ref().is_some_and(|n| functions.contains(n));
+    module
+        .functions
+        .iter()
+        .map(|(_, f)| f)
+        .filter(move |f| !is_prelude(f))
+        .chain(module.entry_points.iter().map(|e| &e.function))
+}
+
+/// Whether a function of the kernel's own calls one of the prelude's
+/// launch-argument readers (`svm_arg_*`): launch arguments given to a
+/// kernel that never reads them are refused at launch.
+fn reads_args(module: &naga::Module, windows: Windows) -> bool {
+    let mut reads = false;
+    for f in own_functions(module, windows) {
+        walk_calls(&f.body, &mut |callee| {
+            let name = module.functions[callee].name.as_deref().unwrap_or("");
+            reads |= name.starts_with("svm_arg_") && svm_shaders::PUBLIC_FUNCTIONS.contains(&name);
+        });
+    }
+    reads
+}
+
 /// `Err(name)` when a function of the kernel's own names a prelude global
 /// or calls a prelude function that is not public.
 fn check_sealed(module: &naga::Module, windows: Windows) -> Result<(), String> {
     let (functions, globals) = prelude_names(windows);
-    let is_prelude = |f: &naga::Function| f.name.as_ref().is_some_and(|n| functions.contains(n));
-    let user = module
-        .functions
-        .iter()
-        .map(|(_, f)| f)
-        .filter(|f| !is_prelude(f))
-        .chain(module.entry_points.iter().map(|e| &e.function));
-    for f in user {
+    for f in own_functions(module, windows) {
         for (_, e) in f.expressions.iter() {
             if let naga::Expression::GlobalVariable(g) = e {
                 if let Some(n) = module.global_variables[*g].name.as_ref().filter(|n| globals.contains(*n)) {

@@ -323,6 +323,16 @@ pub enum LaunchError {
     /// The kernel was made by another runtime.
     #[error("kernel {0:?} belongs to another runtime")]
     ForeignKernel(String),
+    /// Launch arguments given to a kernel that reads none (no function of
+    /// its own calls `svm_arg_u32` / `svm_arg_f32` / `svm_arg_ptr`): a bound
+    /// kernel takes its data through bindings.
+    #[error("kernel {kernel:?} reads no launch arguments (it calls no svm_arg_*), but {given} were given")]
+    ArgsUnread {
+        /// The kernel's label.
+        kernel: String,
+        /// Arguments given.
+        given: usize,
+    },
     /// More argument words than the prelude has room for.
     #[error("{words} argument words given, at most {max}")]
     TooManyArgs {

@@ -53,6 +53,8 @@ pub struct Kernel {
     /// Compiled with the prelude (pointer access): the runtime's group is
     /// bound and the entry points are wrapped.
     pub(crate) prelude: bool,
+    /// A function of the kernel's own reads launch arguments (`svm_arg_*`).
+    pub(crate) reads_args: bool,
 }
 
 /// What a kernel's own binding expects (from its WGSL declaration).

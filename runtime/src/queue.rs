@@ -129,9 +129,10 @@ enum State {
 /// borrows (the launch's data) until then; dropping it waits too.
 ///
 /// Awaited, its task's waker is called from the runtime's threads (the
-/// completion thread, or whichever thread retires the launch, possibly
-/// holding the runtime's update lock): as the `Waker` contract expects,
-/// the executor must schedule the task, not poll it inside `wake`. In a
+/// completion thread, or the polling thread itself), never with the
+/// runtime's update lock held: a waker may drop the handle (the last
+/// reference to its task). As the `Waker` contract expects, the executor
+/// should schedule the task rather than poll it inside `wake`. In a
 /// forked child, waiting returns [`crate::DeviceError::NotInherited`].
 #[must_use = "a launch is waited for when its handle drops; call wait() to see its result"]
 pub struct Pending<'a> {

@@ -184,6 +184,14 @@ impl Signals {
     }
 }
 
+/// Call an executor's waker; a panicking one (an executor's bug) is
+/// reported instead of ending the calling thread.
+fn call_waker(w: Waker) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
+        tracing::error!("svm: a launch handle's waker panicked");
+    }
+}
+
 impl FlightShared {
     /// The submission (once submitted).
     pub(super) fn submission(&self) -> Result<&wgpu::SubmissionIndex, DeviceError> {
@@ -211,12 +219,35 @@ impl FlightShared {
     /// Wake the handle's task, if one waits: with the waker's lock
     /// released (a waker may poll at once, and register again), and a
     /// panicking waker (an executor's bug) reported instead of ending the
-    /// calling thread, which may be the runtime's completion thread.
+    /// calling thread, which may be the runtime's completion thread. The
+    /// caller holds none of the runtime's locks but the launch order (a
+    /// waker may drop the handle, whose drop takes the update lock).
     fn wake(&self) {
+        // (Taken in a statement of its own: the waker's lock is released
+        // before the waker runs.)
         let w = self.waker.lock().take();
         if let Some(w) = w {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake())).is_err() {
-                tracing::error!("svm: a launch handle's waker panicked");
+            call_waker(w);
+        }
+    }
+
+    /// [`Self::wake`] for a caller holding the update lock: the waker (only
+    /// there when a poll raced the launch's end, or on an error path) is
+    /// called on a thread of its own, so that the runtime never runs an
+    /// executor's code under its locks.
+    fn wake_off_lock(&self) {
+        let Some(w) = self.waker.lock().take() else { return };
+        let slot = Arc::new(Mutex::new(Some(w)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new().name("svm-wake".into()).spawn(move || {
+            if let Some(w) = theirs.lock().take() {
+                call_waker(w);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("svm: no thread to wake a launch handle's task ({e}): woken under the update lock");
+            if let Some(w) = slot.lock().take() {
+                call_waker(w);
             }
         }
     }
@@ -344,7 +375,7 @@ impl Inner {
             f.retired.store(true, Ordering::Release);
             self.signals.notify();
         }
-        f.wake();
+        f.wake_off_lock();
     }
 
     /// Retire every queued flight the GPU has finished (log read, copies

@@ -114,6 +114,9 @@ impl Inner {
             self.pipeline(kernel, crate::kernel::Variant::PLAIN)?;
         }
         let bound = crate::bind::check(kernel, desc.bindings, &gpu.device.limits())?;
+        if !desc.args.is_empty() && !kernel.reads_args {
+            return Err(LaunchError::ArgsUnread { kernel: kernel.label.clone(), given: desc.args.len() });
+        }
         let mut words = Vec::with_capacity(MAX_ARG_WORDS as usize);
         for a in desc.args {
             a.push_words(&mut words);

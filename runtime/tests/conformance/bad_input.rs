@@ -21,8 +21,8 @@
 use std::time::{Duration, Instant};
 
 use svm::{
-    Access, AccessMode, AllocError, Arg, DeviceError, FaultBackendKind, KernelError, KernelFaultKind, LaunchDescriptor,
-    LaunchError, Location, SvmDescriptor, SvmError,
+    Access, AccessMode, AllocError, Arg, Binding, DeviceError, FaultBackendKind, KernelError, KernelFaultKind,
+    LaunchDescriptor, LaunchError, Location, SvmDescriptor, SvmError,
 };
 
 use crate::{child_role, ctx, ctx_migrating, in_child, k, kernel, small, wg, BACKENDS, PAGE_WORDS};
@@ -217,6 +217,38 @@ fn launch_input_errors() {
     match svm.create_kernel(&svm::KernelDescriptor { label: "binding", source: src, entry_point: "main" }) {
         Err(KernelError::Binding { name, group: 3, binding: 9, .. }) => assert_eq!(name, "mine"),
         other => panic!("binding: expected a binding error, got {other:?}"),
+    }
+    // Launch arguments given to a kernel that reads none: a plain WGSL
+    // kernel (no prelude), and one using the prelude without `svm_arg_*`;
+    // one reading them through a helper of its own takes them.
+    let plain = "@group(0) @binding(0) var<storage, read_write> d: array<u32>;
+        @compute @workgroup_size(1) fn main() { d[0] = d[0] + 1u; }";
+    let no_args = "@group(0) @binding(0) var<storage, read_write> d: array<u32>;
+        @compute @workgroup_size(1) fn main() { if svm_is_null(vec2<u32>(0u, 0u)) { d[0] = d[0] + 1u; } }";
+    let helper = "fn n() -> u32 { return svm_arg_u32(0u); }
+        @group(0) @binding(0) var<storage, read_write> d: array<u32>;
+        @compute @workgroup_size(1) fn main() { d[0] = d[0] + n(); }";
+    for (label, src, reads) in [("plain", plain, false), ("no_args", no_args, false), ("helper", helper, true)] {
+        let kk = match svm.create_kernel(&svm::KernelDescriptor { label, source: src, entry_point: "main" }) {
+            Ok(kk) => kk,
+            Err(e) => panic!("{label}: {e}"),
+        };
+        let mut d = svm.alloc_from_slice(&[1u32; 4]).expect("d");
+        let one = [Arg::U32(1)];
+        let r = svm.launch(
+            &kk,
+            &LaunchDescriptor { args: &one, bindings: &[Binding::read_write(&mut d)], ..Default::default() },
+        );
+        if reads {
+            r.unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(d[0], 2, "{label}");
+        } else {
+            match r {
+                Err(LaunchError::ArgsUnread { kernel, given: 1 }) => assert_eq!(kernel, label),
+                other => panic!("{label}: expected ArgsUnread, got {other:?}"),
+            }
+            assert_eq!(d[0], 1, "{label}: nothing ran");
+        }
     }
     // The runtime is unharmed.
     svm.launch(

@@ -1056,3 +1056,66 @@ fn in_place_pages_shared_by_queued_launches_stay_taken_until_the_last_retires() 
         }
     }
 }
+
+/// A launch handle parked in a task that the task's waker drops (an
+/// executor whose waker holds the last reference to the task): `wake` runs
+/// the handle's `Drop`, which retires the launch under the update lock. The
+/// completion thread wakes a finished launch's task with none of the
+/// runtime's locks held, on success and after a device loss; a wake under
+/// the update lock would hang here.
+#[test]
+fn a_waker_that_drops_the_pending_handle_does_not_deadlock() {
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Wake};
+    type Slot = Mutex<Option<svm::Pending<'static>>>;
+    struct DropOnWake(Arc<Slot>, Arc<std::sync::atomic::AtomicBool>);
+    impl Wake for DropOnWake {
+        fn wake(self: Arc<Self>) {
+            let p = self.0.lock().unwrap().take();
+            drop(p);
+            self.1.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+    for lose in [false, true] {
+        let Some(svm) = ctx(small(BACKENDS[0])) else { return };
+        // (Leaked: the handle outlives this frame inside the waker.)
+        let svm: &'static crate::TestSvm = Box::leak(Box::new(svm));
+        let spin: &'static svm::Kernel = Box::leak(Box::new(kernel(svm, "spin", SPIN)));
+        let a: &'static mut ManagedVec<u32> = Box::leak(Box::new(svm.alloc_vec::<u32>(64).expect("a")));
+        let iters = calibrate(svm, spin, a, Duration::from_millis(300));
+        let q = svm.create_queue();
+        let u: &'static _ = Box::leak(Box::new(p(iters)));
+        let binds: &'static [Binding<'static>] = Box::leak(Box::new([Binding::read_write(a), Binding::uniform(u)]));
+        let t = Instant::now();
+        let pend = q.launch(spin, &LaunchDescriptor { bindings: binds, ..Default::default() }).expect("spin");
+        if crate::kernel_ran_inside_submit(svm, t.elapsed() > Duration::from_millis(150), "a waker dropping its handle")
+        {
+            return;
+        }
+        let slot: Arc<Slot> = Arc::new(Mutex::new(Some(pend)));
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = Arc::new(DropOnWake(slot.clone(), woken.clone())).into();
+        let mut cx = Context::from_waker(&waker);
+        {
+            let mut g = slot.lock().unwrap();
+            let polled = std::pin::Pin::new(g.as_mut().expect("the handle")).poll(&mut cx);
+            assert!(polled.is_pending(), "the ~300 ms kernel was still running");
+        }
+        if lose {
+            svm.destroy_device_for_testing();
+        }
+        let t = Instant::now();
+        while !woken.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(t.elapsed() < Duration::from_secs(30), "lose={lose}: the waker dropping the handle never returned");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(slot.lock().unwrap().is_none());
+        // The runtime still answers.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(svm.stats());
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok(), "lose={lose}: the runtime hung after the wake");
+    }
+}
