@@ -240,7 +240,7 @@ fn prelude_names(windows: Windows) -> &'static (HashSet<String>, HashSet<String>
 }
 
 /// The functions of the kernel's own and its entry points.
-fn own_functions<'m>(module: &'m naga::Module, windows: Windows) -> impl Iterator<Item = &'m naga::Function> {
+fn own_functions(module: &naga::Module, windows: Windows) -> impl Iterator<Item = &naga::Function> {
     let (functions, _) = prelude_names(windows);
     let is_prelude = |f: &naga::Function| f.name.as_ref().is_some_and(|n| functions.contains(n));
     module
