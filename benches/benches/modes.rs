@@ -291,9 +291,11 @@ fn main() {
             }
         }
     }
-    // Round-robin repetitions.
+    // Round-robin repetitions (`--quick`: a smoke run of 3).
+    let quick = common::quick();
+    let reps = if quick { 3 } else { REPS };
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
-    for _ in 0..REPS {
+    for _ in 0..reps {
         for (r, t) in runners.iter_mut().zip(&mut times) {
             if let Some(r) = r {
                 t.push(r());
@@ -303,7 +305,7 @@ fn main() {
     drop(runners);
     let p = median(&mut times[0].clone());
     let mut t = format!(
-        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {REPS} (rows interleaved)\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | access check | sparse bind+unbind pages/s |\n|---|---:|---:|---|---:|\n",
+        "# Mapping modes: c = a + b over {} M floats, data resident, medians of {reps} (rows interleaved)\n\nCommand: `cargo bench -p svm-benches --bench modes`\n\n| mode | ms per launch | vs plain | access check | sparse bind+unbind pages/s |\n|---|---:|---:|---|---:|\n",
         N >> 20
     );
     for ((name, m, err), mut ts) in rows.into_iter().zip(times) {
@@ -331,7 +333,9 @@ fn main() {
         t.push_str(&format!("| {name} | {ms:.2} | {:.2}x | {check} | {rate} |\n", ms / p));
     }
     println!("{t}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/modes.md");
+    let dir = common::out_dir(quick);
+    std::fs::create_dir_all(&dir).expect("results directory");
+    let path = dir.join("modes.md");
     std::fs::write(&path, t).expect("write results");
     println!("wrote {}", path.display());
 }

@@ -93,7 +93,14 @@ fn main() {
             last = svm
                 .launch_with(
                     &k,
-                    &LaunchDescriptor { args: &args, access: &[], bindings: &[], workgroups: wg },
+                    // Only the output declared (replayable launches write
+                    // only declared ranges): the list is reached by faults.
+                    &LaunchDescriptor {
+                        args: &args,
+                        access: &[Access::read_write(&mut out)],
+                        bindings: &[],
+                        workgroups: wg,
+                    },
                     &LaunchOptions::replayable().max_replays(1 << 14),
                 )
                 .expect("replayable launch");
