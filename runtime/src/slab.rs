@@ -149,6 +149,11 @@ impl Slabs {
         Some(Freed { len, emptied: false })
     }
 
+    /// Live blocks on slab page `page` (0 if it is not one).
+    pub fn live_in(&self, page: u32) -> usize {
+        self.pages.get(&page).map_or(0, |s| usize::from(s.live))
+    }
+
     /// Drop slab page `page` whatever its blocks (a mirror's copy of the
     /// slab pages, whose blocks it does not track).
     pub fn forget_page(&mut self, page: u32) {

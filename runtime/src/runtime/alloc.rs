@@ -121,6 +121,9 @@ impl Svm {
             return Err(FreeError::NotAllocated { addr });
         }
         let off = addr - arena.base();
+        // Whether freeing the allocation at page `a` releases its pages (a
+        // slab page only with its last block).
+        let releases_pages = |st: &State, a: u32| !st.slabs.is_slab(a) || st.slabs.live_in(a) <= 1;
         let mut st = self.inner.state.lock();
         // A launch in flight using the range (a raw access) finishes first;
         // other launches go on, a replayable one too (`wait_users`). Freeing a range the coherent window covers
@@ -134,6 +137,13 @@ impl Svm {
             let foreign = self.inner.foreign_runs([(a, b)]);
             if !foreign.is_empty() {
                 self.inner.take_leases(&mut st, &foreign).map_err(|e| FreeError::Os(e.to_string()))?;
+                continue;
+            }
+            // A mirror's in-place window over pages this free releases
+            // goes, its launches finishing first, with this lock released
+            // (they may need it).
+            if releases_pages(&st, a) && self.inner.mirror_windows_meet(a, b) {
+                parking_lot::MutexGuard::unlocked(&mut st, || self.inner.drop_mirror_windows(a, b));
                 continue;
             }
             let in_window = |st: &State| st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end);
@@ -150,8 +160,12 @@ impl Svm {
             }
         }
         let Some((start, len)) = st.ranges.containing(off) else { return Err(FreeError::NotAllocated { addr }) };
-        if !self.inner.foreign_runs([(page_of(start), page_of(start + len))]).is_empty() {
-            // A mirror took some of it while this free waited: again.
+        let (a, b) = (page_of(start), page_of(start + len));
+        if !self.inner.foreign_runs([(a, b)]).is_empty()
+            || (releases_pages(&st, a) && !self.inner.drop_idle_mirror_windows(a, b))
+        {
+            // A mirror took some of it, or maps it in place with a launch
+            // in flight, while this free waited: again.
             drop(st);
             return self.free_impl(ptr, owner);
         }
@@ -275,7 +289,7 @@ impl Inner {
             // below, the range simply migrates again.)
             self.drop_coherent(st);
         }
-        self.drop_mirror_windows(first, first + page_of(len));
+        debug_assert!(!self.mirror_windows_meet(first, first + page_of(len)), "a mirror's window over freed pages");
         // The CPU side first, the bookkeeping after: a free the OS refuses
         // (mprotect's ENOMEM at vm.max_map_count) leaves the allocation
         // live, readable and intact, as `FreeError` promises.

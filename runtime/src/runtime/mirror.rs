@@ -338,23 +338,53 @@ impl Inner {
         Ok(())
     }
 
-    /// Before member 0 frees pages `[a, b)` (under its update lock, every
-    /// lease of them its own): the mirrors' imports of host memory over
-    /// them (`AccessedBy`) go, before the pages do.
+    /// Whether a mirror imports host memory over pages `[a, b)` in place
+    /// (`AccessedBy` through it). Member 0's update lock may be held (each
+    /// mirror's is taken after it, in lock order).
+    pub(super) fn mirror_windows_meet(&self, a: u32, b: u32) -> bool {
+        let Some((g, _)) = self.membership() else { return false };
+        g.mirrors().iter().any(|m| window_meets(&m.state.lock(), a, b))
+    }
+
+    /// Before member 0 frees pages `[a, b)`, with its update lock
+    /// *released*: the mirrors' imports of host memory over them go, each
+    /// mirror's launches finishing first (as on one device). A mirror's
+    /// flight may need member 0's lock (an application scope's `f`
+    /// allocating, a CPU fault on member 0's pages), so member 0 holds
+    /// nothing while it waits; the free decides again after.
     pub(super) fn drop_mirror_windows(&self, a: u32, b: u32) {
         let Some((g, _)) = self.membership() else { return };
         for m in g.mirrors() {
             let mut guard = m.state.lock();
-            let meets = |st: &State| st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end);
-            if meets(&guard) {
-                // As on one device: every launch finishes first (its lock
-                // released meanwhile; none of its flights needs member 0's).
+            if window_meets(&guard, a, b) {
                 m.wait_all_flights(&mut guard);
-                if meets(&guard) {
+                if window_meets(&guard, a, b) {
                     m.drop_coherent(&mut guard);
                 }
             }
         }
+    }
+
+    /// [`Self::drop_mirror_windows`] under member 0's update lock, for the
+    /// free itself: a window still over the pages (the free's loop dropped
+    /// them with the lock released, and no mirror maps pages in place
+    /// without their leases, which member 0 holds) goes only where its
+    /// mirror has no launch in flight; `false` (nothing dropped) otherwise,
+    /// and the free waits with the lock released and decides again.
+    pub(super) fn drop_idle_mirror_windows(&self, a: u32, b: u32) -> bool {
+        let Some((g, _)) = self.membership() else { return true };
+        // (One mirror's lock at a time; an idle window dropped before a
+        // busy one is found is simply gone when the free comes again.)
+        for m in g.mirrors() {
+            let mut st = m.state.lock();
+            if window_meets(&st, a, b) {
+                if !st.flights.is_empty() {
+                    return false;
+                }
+                m.drop_coherent(&mut st);
+            }
+        }
+        true
     }
 
     /// Pages of `[a, b)` lost with a mirror's device go back to member 0
@@ -402,4 +432,9 @@ impl Inner {
             k.kick();
         }
     }
+}
+
+/// Whether member state `st`'s in-place window covers a page of `[a, b)`.
+fn window_meets(st: &State, a: u32, b: u32) -> bool {
+    st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end)
 }

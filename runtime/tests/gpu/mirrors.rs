@@ -436,3 +436,57 @@ fn accessed_by_on_the_other_devices_pages() {
         assert!(v.iter().enumerate().all(|(i, &x)| x == 2 * i as u32 + 2), "B saw A's writes ({backend:?})");
     }
 }
+
+/// Found by review: freeing through the arena's runtime a range a mirror
+/// maps in place (`AccessedBy` through the mirror) while that mirror has a
+/// `with_bindings` scope open whose `f` allocates (allowed: memory not
+/// bound). The free waited for the mirror's scope holding the arena
+/// runtime's update lock, which the scope's allocation needed: neither
+/// went on.
+#[test]
+fn a_free_beside_a_mirrors_application_scope_that_allocates() {
+    for backend in BACKENDS {
+        let Some((a, b)) = pair(backend) else { return };
+        if !migrating(&a) || !crate::accessed_by_built(&b) || !b.coherent_mode_available() {
+            eprintln!("NOT APPLICABLE: needs a migrating mode and host import");
+            return;
+        }
+        let big = a.alloc_from_iter(0..8192u32).expect("big");
+        b.advise(big.as_ptr().cast(), 8192 * 4, svm::Advice::AccessedBy).expect("advise through B");
+        let other = a.alloc_from_iter(0..1024u32).expect("other");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let done_tx2 = done_tx.clone();
+        std::thread::scope(|s| {
+            let (b, other) = (&b, &other);
+            s.spawn(move || {
+                let r = b.with_bindings(&[Binding::read(other)], |_| {
+                    tx.send(()).expect("started");
+                    // The free below is under way meanwhile.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    let x = b.alloc(4096).expect("alloc inside the scope");
+                    b.free(x.as_ptr()).expect("free inside the scope");
+                });
+                r.expect("scope");
+                let _ = done_tx.send("scope");
+            });
+            rx.recv().expect("the scope opened");
+            let a2 = &a;
+            s.spawn(move || {
+                drop(big);
+                let _ = a2.stats();
+                let _ = done_tx2.send("free");
+            });
+            for _ in 0..2 {
+                match done_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                    Ok(_) => {}
+                    Err(_) => {
+                        eprintln!("deadlock: the free and the mirror's scope wait for each other ({backend:?})");
+                        std::process::abort();
+                    }
+                }
+            }
+        });
+        assert!(other.iter().enumerate().all(|(i, &x)| x == i as u32));
+    }
+}
