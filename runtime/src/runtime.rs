@@ -411,14 +411,19 @@ impl Svm {
     }
 
     /// After a device loss: the address ranges whose only copy was on the
-    /// device (what was lost). Empty while the device works.
+    /// device (what was lost), and those whose only copy was on the device
+    /// of a dropped mirror of this arena that was lost ([`Self::mirror`]).
+    /// Empty while every device works.
     pub fn lost_ranges(&self) -> Vec<(usize, usize)> {
-        if self.inner.foreign() || self.inner.gpu.check_lost().is_ok() {
+        if self.inner.foreign() {
             return Vec::new();
         }
         let st = self.inner.state.lock();
-        let mut r: Vec<(u32, u32)> = runs(0, st.top, |p| st.owned(p)).collect();
-        r.extend(st.lost_in_place.iter().copied());
+        let mut r = self.inner.lost_with_mirrors(st.top);
+        if self.inner.gpu.check_lost().is_err() {
+            r.extend(runs(0, st.top, |p| st.owned(p)));
+            r.extend(st.lost_in_place.iter().copied());
+        }
         r.sort_unstable();
         r.into_iter()
             .map(|(a, b)| (self.inner.arena.base() + a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE))

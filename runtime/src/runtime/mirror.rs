@@ -184,6 +184,15 @@ impl Inner {
         g.leases.foreign_runs(ranges, me)
     }
 
+    /// Runs of `[0, top)` lost with a mirror's device (their lease marked
+    /// lost: a free takes them back).
+    pub(super) fn lost_with_mirrors(&self, top: u32) -> Vec<(u32, u32)> {
+        match self.membership() {
+            Some((g, _)) => g.leases.held_runs(0, top, LOST),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether another runtime mirrors this arena (or did).
     pub(super) fn in_group(&self) -> bool {
         self.group.get().is_some()
@@ -275,9 +284,10 @@ impl Inner {
                 result = result.and(self.migrate_back_spans(st, &spans).map(drop));
             }
         }
-        // (Pages that could not come home stay this member's: a CPU access
-        // to one reports the loss here.)
-        g.leases.hand_over(a, b, me, to, |p| st.owned(p));
+        // (Pages that could not come home, or whose read-only copy could
+        // not be dropped, stay this member's: a CPU access to one reports
+        // the loss here.)
+        g.leases.hand_over(a, b, me, to, |p| st.owned(p) || st.dup[p as usize]);
         result
     }
 
@@ -329,10 +339,15 @@ impl Inner {
     /// lock), copied into each mirror; a slab page marked so.
     pub(super) fn copy_alloc_to_mirrors(&self, start: usize, len: usize, slab: bool) -> Result<(), AllocError> {
         let Some((g, _)) = self.membership() else { return Ok(()) };
-        for m in g.mirrors() {
+        let ms = g.mirrors();
+        // Every mirror's import first: one failing leaves no mirror with
+        // the range (the caller frees it).
+        for m in &ms {
             m.gpu
                 .import_coherent((start + len) as u64, |o, l| m.arena.populate_host(o, l).map_err(|e| e.to_string()))
                 .map_err(AllocError::Os)?;
+        }
+        for m in &ms {
             copy_alloc(&mut m.state.lock(), start, len, slab);
         }
         Ok(())
@@ -388,7 +403,10 @@ impl Inner {
     }
 
     /// Pages of `[a, b)` lost with a mirror's device go back to member 0
-    /// (being freed: their data is gone either way).
+    /// (being freed: their data is gone either way). For a slab page this
+    /// is the free of any of its blocks: the page's other blocks then read
+    /// zeros instead of failing as lost (kept lost, the slab would hand
+    /// its free blocks out again on a page no one can reach).
     pub(super) fn reclaim_lost(&self, a: u32, b: u32) {
         let Some((g, _)) = self.membership() else { return };
         g.leases.hand_over(a, b, LOST, HOME, |_| false);

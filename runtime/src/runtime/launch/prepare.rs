@@ -204,7 +204,11 @@ impl Inner {
             let foreign = if !self.in_group() {
                 Vec::new()
             } else if replayable {
-                self.foreign_runs([(0, guard.top)])
+                // (Pages lost with a mirror's device are left out unless
+                // declared: unmapped, as pages leased elsewhere are.)
+                let mut f = self.foreign_runs([(0, guard.top)]);
+                f.retain(|&(a, b, h)| h != svm_pagetable::LOST || decl.iter().any(|&(x, y, _)| x < b && a < y));
+                f
             } else {
                 self.foreign_runs(decl.iter().map(|&(a, b, _)| (a, b)))
             };
