@@ -46,18 +46,54 @@ impl Svm {
     /// error on the runtime's device is reported with `tracing::error`; the
     /// runtime goes on).
     ///
-    /// Each `BufferBinding`'s buffer is the runtime's own (a segment of the
-    /// pool, the arena's device view, or an imported host range), shared by
-    /// every allocation placed in it: only the binding's offset and size are
-    /// the caller's, and only while `f` runs. Bind nothing outside them and
-    /// keep no clone of the buffer (nor a bind group made with it) past `f`:
-    /// other allocations' data lies there, and the runtime cannot see such
-    /// uses (wgpu's buffers are cheap to clone). This is the one place the
-    /// runtime hands out its buffers; kernels launched through it only ever
+    /// Each `BufferBinding` is a buffer of its own holding a copy of its
+    /// range (offset 0, the range's size), made before `f` and copied back
+    /// into the range (read-write bindings) once the application's work is
+    /// done: whatever the application binds, keeps or writes later, it
+    /// reaches no other allocation's data, and no CPU reference sees a
+    /// write it did not wait for. That costs a device copy of each range
+    /// each way and device memory for the copies;
+    /// [`Self::with_bindings_in_place`] (`unsafe`) hands out the runtime's
+    /// own buffers instead. Kernels launched through the runtime only ever
     /// reach what their launch declared.
     pub fn with_bindings<R>(
         &self,
         bindings: &[Binding<'_>],
+        f: impl FnOnce(&[wgpu::BufferBinding<'_>]) -> R,
+    ) -> Result<R, LaunchError> {
+        self.app_scope(bindings, true, f)
+    }
+
+    /// [`Self::with_bindings`] without the copies: each `BufferBinding`'s
+    /// buffer is the runtime's own (a segment of the pool, the arena's
+    /// device view, or host memory imported in place: the coherent mode's
+    /// and `AccessedBy` ranges), shared by every allocation placed in it;
+    /// only the binding's offset and size are the caller's.
+    ///
+    /// # Safety
+    ///
+    /// The application's work must use each buffer only within its
+    /// binding's offset and size, and only until `f` returns: it keeps no
+    /// clone of the buffers (nor a bind group or command buffer made with
+    /// them) past `f`, and submits nothing using them after. Other
+    /// allocations' data lies in the rest of those buffers — in place of
+    /// the CPU's own memory in the coherent cases, where a write there
+    /// races with Rust references — and the runtime cannot see such uses.
+    #[allow(unsafe_code, reason = "an unsafe API: the caller keeps to the runtime's buffers' bounds and lifetime")]
+    pub unsafe fn with_bindings_in_place<R>(
+        &self,
+        bindings: &[Binding<'_>],
+        f: impl FnOnce(&[wgpu::BufferBinding<'_>]) -> R,
+    ) -> Result<R, LaunchError> {
+        self.app_scope(bindings, false, f)
+    }
+
+    /// An application scope; `copied`: the application gets copies of the
+    /// ranges in buffers of their own (see [`Self::with_bindings`]).
+    fn app_scope<R>(
+        &self,
+        bindings: &[Binding<'_>],
+        copied: bool,
         f: impl FnOnce(&[wgpu::BufferBinding<'_>]) -> R,
     ) -> Result<R, LaunchError> {
         let inner = &*self.inner;
@@ -98,19 +134,30 @@ impl Svm {
         drop(guard);
         // From here the pages are claimed: closed on every exit, a panic
         // in `f` included.
-        let mut open = OpenScope { inner, scope: Some(scope) };
+        let writes = checked.iter().map(|c| matches!(c, Checked::Managed { write: true, .. })).collect();
+        let mut open = OpenScope { inner, scope: Some(scope), copies: Vec::new(), writes, in_place };
         if let Err((e, undone)) = inner.run_copies(copies, true) {
             inner.undo_copies(&mut inner.state.lock(), &undone);
             return Err(e.into());
         }
-        let views: Vec<wgpu::BufferBinding<'_>> = open
-            .scope
-            .as_ref()
-            .map(|s| s.placed.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .map(|p| wgpu::BufferBinding { buffer: &p.buffer, offset: p.offset, size: wgpu::BufferSize::new(p.size) })
-            .collect();
+        if copied {
+            open.copies = copy_out(gpu, open.placed())?;
+        }
+        let views: Vec<wgpu::BufferBinding<'_>> = if copied {
+            open.copies
+                .iter()
+                .map(|b| wgpu::BufferBinding { buffer: b, offset: 0, size: wgpu::BufferSize::new(b.size()) })
+                .collect()
+        } else {
+            open.placed()
+                .iter()
+                .map(|p| wgpu::BufferBinding {
+                    buffer: &p.buffer,
+                    offset: p.offset,
+                    size: wgpu::BufferSize::new(p.size),
+                })
+                .collect()
+        };
         // The application's errors are caught here, on its thread (wgpu's
         // error scopes are per thread; scopes `f` pushes itself come first):
         // the runtime's handler would take them for a lost device.
@@ -120,15 +167,7 @@ impl Svm {
         let (validation, oom) = (pollster::block_on(validation.pop()), pollster::block_on(oom.pop()));
         let app_error = validation.or(oom);
         drop(views);
-        // The application's work wrote host memory in place (coherent):
-        // make it visible to the CPU; then wait for all of it.
-        let last = if in_place {
-            let barrier =
-                crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?;
-            gpu.submit([barrier])
-        } else {
-            gpu.submit(std::iter::empty())
-        };
+        let last = open.end_work()?;
         let waited = gpu.wait_submission(Some(last));
         let scope = open.scope.take().expect("closed once");
         let closed = inner.close_app_scope(scope, waited.is_ok());
@@ -155,21 +194,63 @@ struct AppScope {
     placed: Vec<Placed>,
 }
 
-/// Closes its scope if dropped open (a panic in the application's `f`).
+/// An open application scope; closes it if dropped open (a panic in the
+/// application's `f`: the work it submitted ran, and its writes are kept).
 struct OpenScope<'a> {
     inner: &'a Inner,
     scope: Option<AppScope>,
+    /// The application's copies of the ranges (`with_bindings`), in order;
+    /// empty in place.
+    copies: Vec<wgpu::Buffer>,
+    /// Per range: bound read-write (its copy goes back).
+    writes: Vec<bool>,
+    /// Some range is host memory in place (coherent).
+    in_place: bool,
+}
+
+impl OpenScope<'_> {
+    fn placed(&self) -> &[Placed] {
+        self.scope.as_ref().map(|s| s.placed.as_slice()).unwrap_or_default()
+    }
+
+    /// Submit the scope's end, behind the application's work (queue
+    /// order): the read-write ranges' copies back, and, where the work or
+    /// the copies wrote host memory in place, the barrier making it
+    /// visible to the CPU. The copies go with it.
+    fn end_work(&mut self) -> Result<wgpu::SubmissionIndex, LaunchError> {
+        let gpu = &self.inner.gpu;
+        let mut cmds = Vec::new();
+        let copies = std::mem::take(&mut self.copies);
+        if !copies.is_empty() {
+            let mut enc = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm app copies back") });
+            for ((p, c), &w) in self.placed().iter().zip(&copies).zip(&self.writes) {
+                if w {
+                    enc.copy_buffer_to_buffer(c, 0, &p.buffer, p.offset, p.size);
+                }
+            }
+            cmds.push(enc.finish());
+        }
+        if self.in_place {
+            cmds.push(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?);
+        }
+        Ok(gpu.submit(cmds))
+    }
 }
 
 impl Drop for OpenScope<'_> {
     fn drop(&mut self) {
-        if let Some(s) = self.scope.take() {
+        if self.scope.is_some() {
             // In slices, as the scope's normal end: a whole-device wait
             // would hold the poll lock, and every other thread's
             // submissions, for the application's work.
             let gpu = &self.inner.gpu;
-            let waited = gpu.wait_submission(Some(gpu.submit(std::iter::empty()))).is_ok();
-            let _ = self.inner.close_app_scope(s, waited);
+            let last = self.end_work().unwrap_or_else(|_| gpu.submit(std::iter::empty()));
+            let waited = gpu.wait_submission(Some(last)).is_ok();
+            if let Some(s) = self.scope.take() {
+                let _ = self.inner.close_app_scope(s, waited);
+            }
         }
     }
 }
@@ -255,4 +336,30 @@ impl Inner {
         self.settle_copies(st, s.temporary)?;
         self.flush_preferred_host(st, &s.decl).map_err(LaunchError::from)
     }
+}
+
+/// Copies of the placed ranges in buffers of their own (an application
+/// scope's), filled from the ranges by a submission made now (before the
+/// application's work, in queue order).
+fn copy_out(gpu: &crate::gpu::Gpu, placed: &[Placed]) -> Result<Vec<wgpu::Buffer>, LaunchError> {
+    let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm app copies") });
+    let bufs: Vec<wgpu::Buffer> = placed
+        .iter()
+        .map(|p| {
+            let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("svm app binding (a copy)"),
+                size: p.size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.copy_buffer_to_buffer(&p.buffer, p.offset, &b, 0, p.size);
+            b
+        })
+        .collect();
+    if let Some(e) = pollster::block_on(oom.pop()) {
+        return Err(LaunchError::Application(format!("no device memory for copies of the bound ranges: {e}")));
+    }
+    gpu.submit([enc.finish()]);
+    Ok(bufs)
 }
