@@ -35,13 +35,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
 
 const WORKGROUPS: u32 = 256;
 
-/// The migrating paths, and the coherent mode.
-fn paths() -> Vec<Path> {
-    let mut v = common::MIGRATING_PATHS.to_vec();
-    v.push(Path { name: "coherent (in place)", mode: MappingMode::Coherent, host_mapped_pool: true });
-    v
-}
-
 /// The application's pipeline on the runtime's device.
 fn pipeline(device: &wgpu::Device) -> wgpu::ComputePipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -144,14 +137,10 @@ fn run(path: Path, rounds: usize) -> Result<([f64; 4], String), svm::SvmError> {
 fn main() {
     let quick = common::quick();
     let rounds = if quick { 2 } else { 9 };
-    let command = if quick {
-        "cargo bench -p svm-benches --bench app_scope -- --quick"
-    } else {
-        "cargo bench -p svm-benches --bench app_scope"
-    };
+    let command = common::bench_command("app_scope", quick);
     let mut table = String::new();
     let mut device = None;
-    for path in paths() {
+    for path in common::paths_and_coherent() {
         match run(path, rounds) {
             Ok((m, dev)) => {
                 device.get_or_insert(dev);
@@ -180,8 +169,5 @@ fn main() {
         device.unwrap_or_default(),
         machine()
     );
-    print!("{out}");
-    let dir = common::out_dir(quick);
-    std::fs::create_dir_all(&dir).expect("results dir");
-    std::fs::write(dir.join("app_scope.md"), out).expect("write results");
+    common::write_result(quick, "app_scope.md", &out);
 }

@@ -45,13 +45,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
 
 const BACKENDS: [FaultBackendKind; 2] = [FaultBackendKind::Uffd, FaultBackendKind::Mprotect];
 
-/// The migrating paths, and the coherent mode.
-fn paths() -> Vec<Path> {
-    let mut v = common::MIGRATING_PATHS.to_vec();
-    v.push(Path { name: "coherent (in place)", mode: MappingMode::Coherent, host_mapped_pool: true });
-    v
-}
-
 fn kernel(svm: &Svm) -> Kernel {
     svm.create_kernel(&KernelDescriptor { label: "step", source: STEP, entry_point: "main" }).expect("kernel")
 }
@@ -105,15 +98,11 @@ fn run(path: Path, backend: FaultBackendKind, rounds: usize) -> Result<([f64; 4]
 fn main() {
     let quick = common::quick();
     let rounds = if quick { 2 } else { 7 };
-    let command = if quick {
-        "cargo bench -p svm-benches --bench mirrors -- --quick"
-    } else {
-        "cargo bench -p svm-benches --bench mirrors"
-    };
+    let command = common::bench_command("mirrors", quick);
     let mut table = String::new();
     let mut device = None;
     // (Backends interleaved per path: side by side in one run.)
-    for path in paths() {
+    for path in common::paths_and_coherent() {
         for backend in BACKENDS {
             match run(path, backend, rounds) {
                 Ok((m, dev)) => {
@@ -147,8 +136,5 @@ fn main() {
         device.unwrap_or_default(),
         machine()
     );
-    print!("{out}");
-    let dir = common::out_dir(quick);
-    std::fs::create_dir_all(&dir).expect("results dir");
-    std::fs::write(dir.join("mirrors.md"), out).expect("write results");
+    common::write_result(quick, "mirrors.md", &out);
 }

@@ -50,6 +50,28 @@ pub const MIGRATING_PATHS: [ModePath; 4] = [
     ModePath { name: "sparse, staged", mode: svm::MappingMode::Sparse, host_mapped_pool: false },
 ];
 
+/// The migrating paths, and the coherent mode (nothing moves: kernels on
+/// host memory in place).
+pub fn paths_and_coherent() -> Vec<ModePath> {
+    let mut v = MIGRATING_PATHS.to_vec();
+    v.push(ModePath { name: "coherent (in place)", mode: svm::MappingMode::Coherent, host_mapped_pool: true });
+    v
+}
+
+/// The command that makes bench `name`'s results (`--quick`: the smoke run).
+pub fn bench_command(name: &str, quick: bool) -> String {
+    let tail = if quick { " -- --quick" } else { "" };
+    format!("cargo bench -p svm-benches --bench {name}{tail}")
+}
+
+/// Print `out` and write it to `file` in [`out_dir`].
+pub fn write_result(quick: bool, file: &str, out: &str) {
+    print!("{out}");
+    let dir = out_dir(quick);
+    std::fs::create_dir_all(&dir).expect("results dir");
+    std::fs::write(dir.join(file), out).expect("write results");
+}
+
 /// Kernel that stores `i ^ tag` into the first word of page `i` of a managed
 /// buffer, for `i < pages`. Args: ptr (words 0-1), pages (2), tag (3).
 /// One store per page: the kernel itself costs little, yet every page it is
