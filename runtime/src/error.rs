@@ -85,6 +85,16 @@ pub enum AllocError {
     /// Used in a forked child: managed memory is not inherited across fork.
     #[error("managed memory is not inherited across fork: this runtime belongs to the parent process")]
     NotInherited,
+    /// Called inside this thread's own [`crate::Svm::with_bindings`] scope
+    /// on memory a device maps in place (an `AccessedBy` range): unmapping
+    /// it waits for every pass, the scope's own included, which ends only
+    /// after the scope. Free it after the scope (an owner dropped there
+    /// leaks it, with this error logged).
+    #[error("{addr:#x} is mapped in place for a device (AccessedBy) and this thread's with_bindings scope is open: free it after the scope")]
+    InOwnScope {
+        /// The address passed.
+        addr: usize,
+    },
     /// The OS refused to change the mapping.
     #[error("arena mapping: {0}")]
     Os(String),
@@ -123,6 +133,16 @@ pub enum FreeError {
     /// Used in a forked child: managed memory is not inherited across fork.
     #[error("managed memory is not inherited across fork: this runtime belongs to the parent process")]
     NotInherited,
+    /// Called inside this thread's own [`crate::Svm::with_bindings`] scope
+    /// on memory a device maps in place (an `AccessedBy` range): unmapping
+    /// it waits for every pass, the scope's own included, which ends only
+    /// after the scope. Free it after the scope (an owner dropped there
+    /// leaks it, with this error logged).
+    #[error("{addr:#x} is mapped in place for a device (AccessedBy) and this thread's with_bindings scope is open: free it after the scope")]
+    InOwnScope {
+        /// The address passed.
+        addr: usize,
+    },
     /// The OS refused to change the mapping.
     #[error("arena mapping: {0}")]
     Os(String),

@@ -143,13 +143,18 @@ impl Svm {
             // goes, its launches finishing first, with this lock released
             // (they may need it).
             if releases_pages(&st, a) && self.inner.mirror_windows_meet(a, b) {
-                parking_lot::MutexGuard::unlocked(&mut st, || self.inner.drop_mirror_windows(a, b));
+                if !parking_lot::MutexGuard::unlocked(&mut st, || self.inner.drop_mirror_windows(a, b)) {
+                    return Err(FreeError::InOwnScope { addr });
+                }
                 continue;
             }
             let in_window = |st: &State| st.coherent.as_ref().is_some_and(|c| c.first < b && a < c.end);
             if in_window(&st) {
                 if st.flights.is_empty() {
                     break;
+                }
+                if st.own_scope_open() {
+                    return Err(FreeError::InOwnScope { addr });
                 }
                 self.inner.wait_all_flights(&mut st);
             } else {

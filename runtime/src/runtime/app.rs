@@ -35,7 +35,9 @@ impl Svm {
     ///
     /// Inside `f`, on its own thread, allocating, and freeing memory that
     /// is not bound (nor shares a page with what is bound: small
-    /// allocations share pages), is fine. Other runtime calls — a launch, a
+    /// allocations share pages), is fine — but freeing memory a device
+    /// maps in place (`AccessedBy`) fails [`FreeError::InOwnScope`]
+    /// there. Other runtime calls — a launch, a
     /// prefetch, advice, a CPU access to the bound ranges or to anything
     /// sharing their pages — and any runtime call on a thread `f` waits for
     /// may wait for this scope, which ends only after `f` returns: a
@@ -75,7 +77,8 @@ impl Svm {
     /// The application's work must use each buffer only within its
     /// binding's offset and size, and only until `f` returns: it keeps no
     /// clone of the buffers (nor a bind group or command buffer made with
-    /// them) past `f`, and submits nothing using them after. Other
+    /// them) past `f`, submits nothing using them after, and never
+    /// destroys them (`wgpu::Buffer::destroy`). Other
     /// allocations' data lies in the rest of those buffers — in place of
     /// the CPU's own memory in the coherent cases, where a write there
     /// races with Rust references — and the runtime cannot see such uses.
@@ -135,19 +138,16 @@ impl Svm {
         // From here the pages are claimed: closed on every exit, a panic
         // in `f` included.
         let writes = checked.iter().map(|c| matches!(c, Checked::Managed { write: true, .. })).collect();
-        let mut open = OpenScope { inner, scope: Some(scope), copies: Vec::new(), writes, in_place };
+        let mut open = OpenScope { inner, scope: Some(scope), copies: None, writes, in_place, refused: None };
         if let Err((e, undone)) = inner.run_copies(copies, true) {
             inner.undo_copies(&mut inner.state.lock(), &undone);
             return Err(e.into());
         }
         if copied {
-            open.copies = copy_out(gpu, open.placed())?;
+            open.copies = Some(AppCopies::make(gpu, open.placed())?);
         }
-        let views: Vec<wgpu::BufferBinding<'_>> = if copied {
-            open.copies
-                .iter()
-                .map(|b| wgpu::BufferBinding { buffer: b, offset: 0, size: wgpu::BufferSize::new(b.size()) })
-                .collect()
+        let views: Vec<wgpu::BufferBinding<'_>> = if let Some(c) = &open.copies {
+            c.views()
         } else {
             open.placed()
                 .iter()
@@ -174,6 +174,11 @@ impl Svm {
         Counters::add(&inner.stats.app_scopes, 1);
         waited?;
         closed?;
+        if let Some(why) = open.refused.take() {
+            return Err(LaunchError::Application(format!(
+                "the bound ranges' copies could not be copied back (they keep their contents from before): {why}"
+            )));
+        }
         match app_error {
             Some(e) => Err(LaunchError::Application(e.to_string())),
             None => Ok(r),
@@ -199,13 +204,16 @@ struct AppScope {
 struct OpenScope<'a> {
     inner: &'a Inner,
     scope: Option<AppScope>,
-    /// The application's copies of the ranges (`with_bindings`), in order;
-    /// empty in place.
-    copies: Vec<wgpu::Buffer>,
+    /// The application's copies of the ranges (`with_bindings`); `None`
+    /// in place.
+    copies: Option<AppCopies>,
     /// Per range: bound read-write (its copy goes back).
     writes: Vec<bool>,
     /// Some range is host memory in place (coherent).
     in_place: bool,
+    /// Why the device refused the copies back (the application destroyed
+    /// its copy, say): the ranges keep their contents from before.
+    refused: Option<String>,
 }
 
 impl OpenScope<'_> {
@@ -214,28 +222,22 @@ impl OpenScope<'_> {
     }
 
     /// Submit the scope's end, behind the application's work (queue
-    /// order): the read-write ranges' copies back, and, where the work or
-    /// the copies wrote host memory in place, the barrier making it
-    /// visible to the CPU. The copies go with it.
+    /// order): the read-write ranges' copies back (a submission of their
+    /// own, under an error scope: whatever the application did to its
+    /// copies is its error, not the device's), then, where the work or the
+    /// copies wrote host memory in place, the barrier making it visible to
+    /// the CPU. The copies go with it.
     fn end_work(&mut self) -> Result<wgpu::SubmissionIndex, LaunchError> {
         let gpu = &self.inner.gpu;
-        let mut cmds = Vec::new();
-        let copies = std::mem::take(&mut self.copies);
-        if !copies.is_empty() {
-            let mut enc = gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm app copies back") });
-            for ((p, c), &w) in self.placed().iter().zip(&copies).zip(&self.writes) {
-                if w {
-                    enc.copy_buffer_to_buffer(c, 0, &p.buffer, p.offset, p.size);
-                }
-            }
-            cmds.push(enc.finish());
+        let barrier = if self.in_place {
+            Some(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?)
+        } else {
+            None
+        };
+        if let Some(c) = self.copies.take() {
+            self.refused = c.copy_back(gpu, self.placed(), &self.writes);
         }
-        if self.in_place {
-            cmds.push(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?);
-        }
-        Ok(gpu.submit(cmds))
+        Ok(gpu.submit(barrier))
     }
 }
 
@@ -338,28 +340,95 @@ impl Inner {
     }
 }
 
-/// Copies of the placed ranges in buffers of their own (an application
-/// scope's), filled from the ranges by a submission made now (before the
-/// application's work, in queue order).
-fn copy_out(gpu: &crate::gpu::Gpu, placed: &[Placed]) -> Result<Vec<wgpu::Buffer>, LaunchError> {
-    let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm app copies") });
-    let bufs: Vec<wgpu::Buffer> = placed
-        .iter()
-        .map(|p| {
-            let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("svm app binding (a copy)"),
-                size: p.size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            enc.copy_buffer_to_buffer(&p.buffer, p.offset, &b, 0, p.size);
-            b
-        })
-        .collect();
-    if let Some(e) = pollster::block_on(oom.pop()) {
-        return Err(LaunchError::Application(format!("no device memory for copies of the bound ranges: {e}")));
+/// An application scope's copies of its ranges (`with_bindings`): one
+/// buffer per run of overlapping ranges of one runtime buffer (bindings
+/// that overlap share their bytes, as in place), each binding at its offset
+/// in it (the ranges' offsets are all aligned to the storage offset
+/// alignment, so their differences are too).
+struct AppCopies {
+    /// (copy, the runtime's buffer it copies, from offset).
+    buffers: Vec<(wgpu::Buffer, wgpu::Buffer, u64)>,
+    /// Per binding: (its copy, its offset in it, size).
+    at: Vec<(usize, u64, u64)>,
+}
+
+impl AppCopies {
+    /// The copies of `placed`, filled from the ranges by a submission made
+    /// now (before the application's work, in queue order).
+    fn make(gpu: &crate::gpu::Gpu, placed: &[Placed]) -> Result<Self, LaunchError> {
+        // Runs of overlapping ranges per buffer: (buffer index in placed, start, end).
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, p) in placed.iter().enumerate() {
+            let (mut a, mut b) = (p.offset, p.offset + p.size);
+            // (Merged until no run meets it: a range may join several.)
+            while let Some(j) = runs.iter().position(|&(k, x, y)| placed[k].buffer == p.buffer && x < b && a < y) {
+                let (_, x, y) = runs.swap_remove(j);
+                (a, b) = (a.min(x), b.max(y));
+            }
+            runs.push((i, a, b));
+        }
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut enc =
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm app copies") });
+        let buffers: Vec<(wgpu::Buffer, wgpu::Buffer, u64)> = runs
+            .iter()
+            .map(|&(k, a, b)| {
+                let src = placed[k].buffer.clone();
+                let copy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("svm app binding (a copy)"),
+                    size: b - a,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                enc.copy_buffer_to_buffer(&src, a, &copy, 0, b - a);
+                (copy, src, a)
+            })
+            .collect();
+        let at = placed
+            .iter()
+            .map(|p| {
+                let j = runs
+                    .iter()
+                    .position(|&(k, a, b)| placed[k].buffer == p.buffer && a <= p.offset && p.offset + p.size <= b)
+                    .expect("every range lies in its run");
+                (j, p.offset - runs[j].1, p.size)
+            })
+            .collect();
+        if let Some(e) = pollster::block_on(oom.pop()) {
+            return Err(LaunchError::Application(format!("no device memory for copies of the bound ranges: {e}")));
+        }
+        gpu.submit([enc.finish()]);
+        Ok(Self { buffers, at })
     }
-    gpu.submit([enc.finish()]);
-    Ok(bufs)
+
+    /// The bindings handed to the application.
+    fn views(&self) -> Vec<wgpu::BufferBinding<'_>> {
+        self.at
+            .iter()
+            .map(|&(j, o, n)| wgpu::BufferBinding {
+                buffer: &self.buffers[j].0,
+                offset: o,
+                size: wgpu::BufferSize::new(n),
+            })
+            .collect()
+    }
+
+    /// Copy the read-write bindings' bytes back into their ranges (a
+    /// submission of its own, under a validation error scope); the reason
+    /// if the device refused it (nothing copied back).
+    fn copy_back(self, gpu: &crate::gpu::Gpu, placed: &[Placed], writes: &[bool]) -> Option<String> {
+        if !writes.iter().any(|&w| w) {
+            return None;
+        }
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc =
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("svm app copies back") });
+        for ((p, &(j, o, n)), &w) in placed.iter().zip(&self.at).zip(writes) {
+            if w {
+                enc.copy_buffer_to_buffer(&self.buffers[j].0, o, &self.buffers[j].1, p.offset, n);
+            }
+        }
+        gpu.submit_unscoped([enc.finish()]);
+        pollster::block_on(scope.pop()).map(|e| e.to_string())
+    }
 }

@@ -366,18 +366,24 @@ impl Inner {
     /// mirror's launches finishing first (as on one device). A mirror's
     /// flight may need member 0's lock (an application scope's `f`
     /// allocating, a CPU fault on member 0's pages), so member 0 holds
-    /// nothing while it waits; the free decides again after.
-    pub(super) fn drop_mirror_windows(&self, a: u32, b: u32) {
-        let Some((g, _)) = self.membership() else { return };
+    /// nothing while it waits; the free decides again after. `false`
+    /// (nothing waited for) when this thread's own application scope is
+    /// open on such a mirror: it would wait for itself.
+    pub(super) fn drop_mirror_windows(&self, a: u32, b: u32) -> bool {
+        let Some((g, _)) = self.membership() else { return true };
         for m in g.mirrors() {
             let mut guard = m.state.lock();
             if window_meets(&guard, a, b) {
+                if guard.own_scope_open() {
+                    return false;
+                }
                 m.wait_all_flights(&mut guard);
                 if window_meets(&guard, a, b) {
                     m.drop_coherent(&mut guard);
                 }
             }
         }
+        true
     }
 
     /// [`Self::drop_mirror_windows`] under member 0's update lock, for the

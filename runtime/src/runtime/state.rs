@@ -105,6 +105,13 @@ impl State {
             .map(|f| &f.shared)
     }
 
+    /// This thread's own application scope (`with_bindings`) is open on
+    /// this member: waiting for every flight would wait for it.
+    pub(super) fn own_scope_open(&self) -> bool {
+        let me = std::thread::current().id();
+        self.flights.iter().any(|f| f.app_passes == Some(me))
+    }
+
     /// Page `p`'s contents are discarded by the running launch.
     pub(super) fn discarded(&self, p: u32) -> bool {
         let i = self.discard.partition_point(|r| r.1 <= p);

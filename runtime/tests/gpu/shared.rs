@@ -285,3 +285,54 @@ fn with_bindings_hands_out_nothing_beyond_the_range() {
         assert!(w.iter().all(|&x| x == 7), "{backend:?}");
     }
 }
+
+/// Found by review of the copies `with_bindings` hands out: the application
+/// destroying its copy made the copy back a refused submission, which the
+/// runtime took for a lost device; two overlapping read-write ranges got a
+/// copy each, and the second copied back over the first's writes; freeing
+/// memory a device maps in place (`AccessedBy`) inside the scope waited
+/// for the scope itself. Now: the application's error (the ranges keep
+/// their contents), one shared copy, and `FreeError::InOwnScope`.
+#[test]
+fn with_bindings_copies_survive_what_the_application_does() {
+    for backend in BACKENDS {
+        let Some(svm) = crate::ctx(small(backend)) else { return };
+        let p = pipeline(svm.device());
+        let input: Vec<u32> = (0..2048).collect();
+        let mut v = svm.alloc_from_slice(&input).expect("v");
+        // Destroyed by the application: its error, the runtime unharmed.
+        let r = svm.with_bindings(&[Binding::read_write(&mut v)], |b| b[0].buffer.destroy());
+        assert!(matches!(r, Err(svm::LaunchError::Application(_))), "{backend:?}: {r:?}");
+        assert_eq!(v.to_vec(), input, "the range keeps its contents ({backend:?})");
+        pass_in_scope(&svm, &p, &mut v).expect("the runtime is not lost");
+        let once: Vec<u32> = input.iter().map(|x| x * 3 + 1).collect();
+        assert_eq!(v.to_vec(), once, "{backend:?}");
+        // Two overlapping read-write ranges: the pass writes through the
+        // first; the second (its second half) must not copy stale bytes back.
+        let base = v.as_ptr().cast::<u8>();
+        // SAFETY: no Rust reference to `v` is used during the scope.
+        let (whole, half) = unsafe {
+            (
+                Binding::raw(base, 2048 * 4, svm::AccessMode::ReadWrite),
+                Binding::raw(base.add(4096), 1024 * 4, svm::AccessMode::ReadWrite),
+            )
+        };
+        svm.with_bindings(&[whole, half], |b| run(svm.device(), svm.queue(), &p, b[0].clone(), 2048))
+            .expect("overlapping scope");
+        let twice: Vec<u32> = once.iter().map(|x| x * 3 + 1).collect();
+        assert_eq!(v.to_vec(), twice, "the overlap keeps the pass's writes ({backend:?})");
+        // A free inside the scope of memory mapped in place for the device.
+        if svm.mapping_mode() == MappingMode::Coherent
+            || !crate::accessed_by_built(&svm)
+            || !svm.coherent_mode_available()
+        {
+            continue;
+        }
+        let x = svm.alloc(64 << 10).expect("x");
+        svm.advise(x.as_ptr().cast_const(), 64 << 10, svm::Advice::AccessedBy).expect("AccessedBy");
+        let w = svm.alloc_from_slice(&[1u32; 64]).expect("w");
+        let freed = svm.with_bindings(&[Binding::read(&w)], |_| svm.free(x.as_ptr())).expect("scope");
+        assert_eq!(freed, Err(svm::FreeError::InOwnScope { addr: x.as_ptr() as usize }), "{backend:?}");
+        svm.free(x.as_ptr()).expect("after the scope");
+    }
+}
