@@ -340,6 +340,11 @@ pub enum LaunchError {
         /// The timeout.
         after: core::time::Duration,
     },
+    /// `LaunchOptions::timeout(Duration::ZERO)`: every kernel runs past
+    /// it, and a timeout declares the device lost; refused before anything
+    /// runs.
+    #[error("a launch timeout of zero: every kernel would run past it (and a timeout loses the device)")]
+    ZeroTimeout,
     /// The kernel was made by another runtime.
     #[error("kernel {0:?} belongs to another runtime")]
     ForeignKernel(String),

@@ -356,7 +356,8 @@ impl LaunchOptions {
     /// kernel cannot be stopped once it runs): every later operation fails
     /// with `DeviceError::Lost`, and [`crate::Svm::lost_ranges`] lists the
     /// pages whose only current copy was the device's (or that the kernel
-    /// was writing in place; they are taken from the CPU).
+    /// was writing in place; they are taken from the CPU). Zero is refused
+    /// at launch ([`crate::LaunchError::ZeroTimeout`]).
     pub fn timeout(mut self, after: core::time::Duration) -> Self {
         self.timeout = Some(after);
         self

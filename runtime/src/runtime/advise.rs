@@ -245,6 +245,11 @@ impl Inner {
         if let Some(c) = st.coherent.take() {
             st.advice[c.first as usize..c.end as usize].iter_mut().for_each(|x| *x &= !advice::COHERENT);
             st.table.update_range(c.first..c.end, |_, p| if p.is_allocated() { Pte::ALLOCATED } else { p });
+            if self.gpu.check_lost().is_err() {
+                // A runaway kernel of a device declared lost may still use
+                // the import: it is never released.
+                std::mem::forget(c);
+            }
         }
     }
 

@@ -174,6 +174,13 @@ impl Svm {
             drop(st);
             return self.free_impl(ptr, owner);
         }
+        if st.lost_in_place.iter().any(|&(x, y)| x < b && a < y) {
+            // A runaway kernel may still write these pages in place (the
+            // device was declared lost, not stopped): the allocation stays
+            // live for good, so that no later one is handed its pages.
+            tracing::warn!("svm: {addr:#x} lies on pages a lost device may still write: kept allocated (leaked)");
+            return Ok(());
+        }
         if st.slabs.is_slab(page_of(start)) {
             // A device-owned slab page comes back (its other blocks live),
             // under the lock: not behind a running kernel. (Waiting releases

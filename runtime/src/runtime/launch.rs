@@ -289,6 +289,10 @@ impl Inner {
         desc: &LaunchDescriptor<'_>,
         opts: &LaunchOptions,
     ) -> Result<LaunchReport, LaunchError> {
+        if opts.timeout == Some(core::time::Duration::ZERO) {
+            // (Every kernel runs past it: the device would be declared lost.)
+            return Err(LaunchError::ZeroTimeout);
+        }
         let (bound, words) = self.check_launch(kernel, desc)?;
         // (Held for the whole launch: its passes are encoded and submitted
         // in turn; other launches wait.)

@@ -64,9 +64,13 @@ fn extreme_values_are_not_panics() {
         bindings: &[],
         workgroups: wg(PAGE_WORDS),
     };
+    // A zero timeout is refused before anything runs (every kernel would
+    // run past it, and a timeout declares the device lost).
+    let zero = svm::LaunchOptions::default().timeout(Duration::ZERO);
+    assert!(matches!(svm.launch_with(&ka, &desc, &zero), Err(LaunchError::ZeroTimeout)));
     let opts = svm::LaunchOptions::default().timeout(Duration::MAX);
     svm.launch_with(&ka, &desc, &opts).expect("a launch with no practical time limit");
-    assert_eq!(v[7], 9);
+    assert_eq!(v[7], 9, "one launch ran (the refused one did nothing)");
     drop(v);
     let p = svm::ManagedPtr::<u64>::from_addr(0x1000);
     assert_eq!(p.add(usize::MAX).addr(), 0x1000u64.wrapping_add((usize::MAX as u64).wrapping_mul(8)));

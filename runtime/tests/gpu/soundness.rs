@@ -279,10 +279,19 @@ fn launch_timeout_loses_the_device() {
         lost.iter().any(|&(a, l)| (a..a + l).contains(&(v.as_ptr() as usize))),
         "v's only current copy was the device's (or written in place): {lost:?}"
     );
-    // (v cannot be read: its pages are lost. Leak it so that its drop does
-    // not run into the lost device's pages; the runtime's drop waits for
-    // the runaway kernel.)
-    std::mem::forget(v);
+    // v cannot be read (its pages are lost), but it can be dropped. Found
+    // by review: pages the runaway kernel writes in place (coherent) were
+    // freed and handed to the next allocation, a `&mut` the GPU still
+    // writes; they stay allocated now.
+    let (va, vl) = (v.as_ptr() as usize, 1024 * 4);
+    drop(v);
+    let mut w = svm.alloc_vec::<u32>(1024).expect("an allocation after the loss");
+    let wa = w.as_ptr() as usize;
+    if svm.mapping_mode() == svm::MappingMode::Coherent {
+        assert!(wa + vl <= va || va + vl <= wa, "the kernel's pages were handed out again: {wa:#x} (v at {va:#x})");
+    }
+    w[3] = 9;
+    assert_eq!(w[3], 9, "new memory is the CPU's");
 }
 
 /// Which fault mode the runtime got is visible: system calls on
