@@ -64,6 +64,16 @@ impl Group {
     fn mirrors(&self) -> Vec<Arc<Inner>> {
         self.members.lock().iter().skip(1).filter_map(Weak::upgrade).collect()
     }
+
+    /// The member number a new mirror gets: a slot a mirror left (emptied
+    /// once its leases went home or were marked lost, so that no page is
+    /// leased to the number), else a new one; `None` when all are taken.
+    fn free_slot(members: &[Weak<Inner>]) -> Option<usize> {
+        let left = Weak::new();
+        (1..members.len())
+            .find(|&i| members[i].ptr_eq(&left))
+            .or((members.len() < MAX_MEMBERS).then_some(members.len()))
+    }
 }
 
 impl Svm {
@@ -79,7 +89,7 @@ impl Svm {
     /// fault chunk and mapping mode (`None`: this runtime's). The arena's
     /// size and fault backend are this runtime's (`arena_size` and
     /// `fault_backend` are ignored). Advice is per device: each member's
-    /// own. Kernels are compiled for one member. At most 63 mirrors.
+    /// own. Kernels are compiled for one member. At most 63 mirrors at once.
     ///
     /// Bound to this runtime's arena: the mirror keeps it (and its fault
     /// service) alive; dropping the mirror first brings its pages home.
@@ -101,6 +111,11 @@ impl Svm {
                 home.inner.gpu.mode
             )));
         }
+        let full = || SvmError::Config(format!("an arena has at most {} mirrors at once", MAX_MEMBERS - 1));
+        // (Checked before a device is opened, and again under the lock.)
+        if home.inner.group.get().is_some_and(|(g, _)| Group::free_slot(&g.members.lock()).is_none()) {
+            return Err(full());
+        }
         let inner = Self::open_inner(desc, home.inner.arena.clone(), mode, Some(home.clone()))?;
         let group = home.inner.group.get_or_init(|| {
             let g = Group {
@@ -114,11 +129,8 @@ impl Svm {
             // Member 0's update lock: no allocation slips between the copy
             // of the live ones and the registration.
             let home_st = home.inner.state.lock();
-            let me = g.members.lock().len();
-            if me >= MAX_MEMBERS {
-                return Err(SvmError::Config(format!("an arena has at most {} mirrors", MAX_MEMBERS - 1)));
-            }
-            let me = u8::try_from(me).expect("MAX_MEMBERS fits a byte");
+            let slot = Group::free_slot(&g.members.lock()).ok_or_else(full)?;
+            let me = u8::try_from(slot).expect("MAX_MEMBERS fits a byte");
             let mut st = inner.state.lock();
             inner
                 .gpu
@@ -137,7 +149,12 @@ impl Svm {
                 inner.signals.set_kick(k);
             }
             // (Under member 0's update lock: member numbers are taken in turn.)
-            g.members.lock().push(Arc::downgrade(&inner));
+            let mut members = g.members.lock();
+            if slot == members.len() {
+                members.push(Arc::downgrade(&inner));
+            } else {
+                members[slot] = Arc::downgrade(&inner);
+            }
         }
         // (The fault service is member 0's: parked faults on this mirror's
         // flights are kicked through the kick set above.)

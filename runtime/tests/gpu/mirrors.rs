@@ -535,3 +535,24 @@ fn pages_lost_with_a_mirrors_device_do_not_stop_other_launches() {
         assert!(a.lost_ranges().iter().all(|&(s, l)| xa + xl <= s || s + l <= xa), "x freed: no longer lost");
     }
 }
+
+/// Found by review: member numbers were never reused, so the 64th mirror of
+/// an arena's life was refused though none was alive (and only after its
+/// device was opened). A dropped mirror's number is reused.
+#[test]
+fn mirrors_come_and_go_beyond_the_limit_at_once() {
+    let Some((a, b)) = pair(BACKENDS[0]) else { return };
+    drop(b);
+    let mut v = a.alloc_from_iter(0..1024u32).expect("v");
+    for i in 0..70u32 {
+        let m = a.mirror(&SvmDescriptor::default().pool_size(8 << 20)).unwrap_or_else(|e| panic!("mirror {i}: {e}"));
+        assert_eq!(a.mirrors(), 2);
+        if i % 16 == 0 {
+            // Its pages go home with it; the next takes its number.
+            let k = kernel(&m, "step", STEP);
+            step(&m, &k, &mut v, 1, 1);
+        }
+    }
+    assert_eq!(a.mirrors(), 1);
+    assert!(v.iter().enumerate().all(|(j, &x)| x == j as u32 + 5), "five steps on mirrors that left");
+}
