@@ -30,9 +30,13 @@
 //! ([`SegvRegistration::new`] with `served == false`): their faults never
 //! raise signals, but a crash in them gets a message: after their service
 //! stopped, and in a forked child. Both views are `MADV_DONTFORK`, so in a
-//! child of the registering process an arena address is unmapped
-//! (`SEGV_MAPERR`); the handler says that managed memory is not inherited
-//! across `fork` and lets the default action kill the child.
+//! child of the registering process nothing of an arena is inherited; a
+//! `pthread_atfork` child handler ([`reserve_in_child`]) maps an
+//! inaccessible reservation over both views right after the fork, so that
+//! the child's own later mappings cannot land there (an inherited owner
+//! would then reach them: found by review). A touch there faults; the
+//! handler says that managed memory is not inherited across `fork` and lets
+//! the default action kill the child.
 //!
 //! [`write_stderr`] is how the fault path prints: formatted on the stack,
 //! one `write(2)` to fd 2, no `std::io::stderr` lock (the faulting thread may
@@ -130,6 +134,43 @@ static PREV_FLAGS: AtomicI32 = AtomicI32::new(0);
 /// The previous action's mask: bit `n - 1` for signal `n` (1..=64).
 static PREV_MASK: AtomicU64 = AtomicU64::new(0);
 
+/// [`reserve_in_child`] is registered once per process.
+static ATFORK: std::sync::Once = std::sync::Once::new();
+
+/// Run in a `fork` child (a `pthread_atfork` child handler): over both
+/// views of every arena the parent registered, which `MADV_DONTFORK` left
+/// unmapped here, an inaccessible reservation (no memory committed), so
+/// that nothing the child maps later lands where an inherited owner points.
+/// Only atomics and `mmap(2)`: a child of a multithreaded parent may call
+/// async-signal-safe functions only.
+extern "C" fn reserve_in_child() {
+    let me = current_pid();
+    for s in &SLOTS {
+        let len = s.len.load(Ordering::Acquire);
+        if len == 0 || s.pid.load(Ordering::Relaxed) == me {
+            continue;
+        }
+        for base in [s.start.load(Ordering::Relaxed), s.alias.load(Ordering::Relaxed)] {
+            // SAFETY: `[base, base + len)` was the parent's view, never
+            // inherited (`MADV_DONTFORK`): nothing of this process lies
+            // there yet (and FIXED_NOREPLACE replaces nothing if it does).
+            let r = unsafe {
+                rustix::mm::mmap_anonymous(
+                    base as *mut libc::c_void,
+                    len,
+                    rustix::mm::ProtFlags::empty(),
+                    rustix::mm::MapFlags::PRIVATE
+                        | rustix::mm::MapFlags::FIXED_NOREPLACE
+                        | rustix::mm::MapFlags::NORESERVE,
+                )
+            };
+            if r.is_err() {
+                write_stderr(format_args!("svm: no reservation over {base:#x} in a fork child\n"));
+            }
+        }
+    }
+}
+
 fn current_pid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()
 }
@@ -200,6 +241,15 @@ impl SegvRegistration {
         if inst.count == 0 {
             inst.previous = Some(install().map_err(RegisterError::Os)?);
         }
+        ATFORK.call_once(|| {
+            // SAFETY: `reserve_in_child` is an `extern "C" fn()` that stays
+            // valid for the process's life; it runs in a child right after
+            // `fork`, where it only reads atomics and makes `mmap` calls.
+            let r = unsafe { libc::pthread_atfork(None, None, Some(reserve_in_child)) };
+            if r != 0 {
+                write_stderr(format_args!("svm: pthread_atfork failed ({r}): fork children get no reservation\n"));
+            }
+        });
         inst.count += 1;
         let s = &SLOTS[slot];
         s.len.store(0, Ordering::Release);
@@ -535,13 +585,13 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
                     ));
                 }
             }
-            Owner::Inherited if code == SEGV_MAPERR => {
+            Owner::Inherited => {
                 write_stderr(format_args!(
                     "svm: this process (a fork child) touched managed memory at {addr:#x}: managed memory is not \
                      inherited across fork\n"
                 ));
             }
-            Owner::Inherited | Owner::Foreign => {}
+            Owner::Foreign => {}
         }
     }
     delegate(sig, info, ctx, code <= 0);
