@@ -65,7 +65,7 @@ impl BindOutbox {
     /// Send every batch waiting, oldest first (one `vkQueueBindSparse`
     /// each, after all work submitted before it and before all work
     /// submitted after it: the timeline protocol of
-    /// [`RawDevice::bind_sparse`]), and wait for any being sent by another
+    /// `RawDevice::bind_sparse`), and wait for any being sent by another
     /// thread. Returns the timeline value of the last batch this outbox
     /// sent (the last point queued when none was). May block until the work
     /// before the batch is done (lavapipe). With nothing to send, returns
