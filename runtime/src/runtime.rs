@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     _labels: Option<crate::label::ArenaLabels>,
     /// Shared with the runtimes mirroring it (`mirror.rs`).
     arena: Arc<Arena>,
+    /// The arena's pages a lost device may still write (shared likewise).
+    lost_in_place: Arc<state::LostInPlace>,
     /// The runtimes mirroring this arena, and this one's member number;
     /// set when the first mirror is made.
     group: std::sync::OnceLock<(Arc<mirror::Group>, u8)>,
@@ -268,11 +270,13 @@ impl Svm {
         let completer = submit::Completer::start(&gpu, signals.clone(), stats.clone())?;
         let labels =
             home.is_none().then(|| crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() });
+        let lost_in_place = home.as_ref().map_or_else(Default::default, |h| h.inner.lost_in_place.clone());
         Ok(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
             _labels: labels,
             arena,
+            lost_in_place,
             gpu: std::mem::ManuallyDrop::new(gpu),
             bind_outbox: std::mem::ManuallyDrop::new(bind_outbox),
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),
@@ -422,8 +426,9 @@ impl Svm {
         let mut r = self.inner.lost_with_mirrors(st.top);
         if self.inner.gpu.check_lost().is_err() {
             r.extend(runs(0, st.top, |p| st.owned(p)));
-            r.extend(st.lost_in_place.iter().copied());
         }
+        // (Whichever member's kernel writes them.)
+        r.extend(self.inner.lost_in_place.runs());
         r.sort_unstable();
         r.into_iter()
             .map(|(a, b)| (self.inner.arena.base() + a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE))
@@ -478,8 +483,19 @@ impl Drop for Inner {
         self.leave_group();
         // Launches in flight (their handles forgotten) finish first; after
         // a device loss the completion thread gives up on them.
-        self.completer.stop(self.gpu.check_lost().is_err());
+        let lost = self.gpu.check_lost().is_err();
+        self.completer.stop(lost);
         self.prefetcher.stop();
+        if lost {
+            // A runaway kernel of the lost device may still use the
+            // `AccessedBy` import and write the arena in place: neither is
+            // ever released (found by review: the import went with the
+            // state).
+            std::mem::forget(self.state.get_mut().coherent.take());
+            if !self.lost_in_place.is_empty() {
+                std::mem::forget(self.arena.clone());
+            }
+        }
         // SAFETY: each field is dropped exactly once, here, and never used
         // again (`self` is being dropped); the state (which holds device
         // objects) goes before the device, as the field order did.

@@ -24,6 +24,9 @@ struct Slab {
     /// Bit per block: live.
     used: [u64; PAGE / MIN_CLASS / 64],
     live: u16,
+    /// Hands out no more blocks (its page cannot be reached: lost with a
+    /// device); its live blocks can still be freed.
+    retired: bool,
 }
 
 impl Slab {
@@ -102,7 +105,8 @@ impl Slabs {
     /// and take its first block: its arena byte offset.
     pub fn add_page(&mut self, page: u32, class: usize) -> usize {
         debug_assert!(!self.pages.contains_key(&page), "page {page} is a slab already");
-        let slab = Slab { shift: class.trailing_zeros() as u8, used: [0; PAGE / MIN_CLASS / 64], live: 0 };
+        let slab =
+            Slab { shift: class.trailing_zeros() as u8, used: [0; PAGE / MIN_CLASS / 64], live: 0, retired: false };
         self.pages.insert(page, slab);
         self.partial[Self::index(class)].insert(page);
         self.alloc(class).expect("a new slab has free blocks")
@@ -145,8 +149,24 @@ impl Slabs {
             self.partial[k].remove(&page);
             return Some(Freed { len, emptied: true });
         }
-        self.partial[k].insert(page);
+        if !slab.retired {
+            self.partial[k].insert(page);
+        }
         Some(Freed { len, emptied: false })
+    }
+
+    /// The slab page [`Self::alloc`] would take a `class` block from.
+    pub fn next_page(&self, class: usize) -> Option<u32> {
+        self.partial[Self::index(class)].iter().next().copied()
+    }
+
+    /// Hand out no more blocks of slab page `page` (its live blocks can
+    /// still be freed; the last one's free gives the page back as usual).
+    pub fn retire(&mut self, page: u32) {
+        if let Some(slab) = self.pages.get_mut(&page) {
+            slab.retired = true;
+            self.partial[Self::index(1 << slab.shift)].remove(&page);
+        }
     }
 
     /// Live blocks on slab page `page` (0 if it is not one).
@@ -200,6 +220,7 @@ mod tests {
             ops in proptest::collection::vec((any::<bool>(), 1usize..=2048, any::<u16>()), 1..400)
         ) {
             let mut s = Slabs::default();
+            let mut retired: Vec<u32> = Vec::new();
             let mut next_page = 0u32;
             let mut free_pages: Vec<u32> = Vec::new();
             let mut live: Vec<(usize, usize)> = Vec::new();
@@ -213,6 +234,12 @@ mod tests {
                             s.add_page(p, class)
                         }
                     };
+                    prop_assert!(!retired.contains(&((off / PAGE) as u32)), "a block of a retired page");
+                    if pick % 7 == 0 {
+                        // (Its other blocks stay live; it hands out no more.)
+                        s.retire((off / PAGE) as u32);
+                        retired.push((off / PAGE) as u32);
+                    }
                     prop_assert_eq!(off % class, 0);
                     prop_assert_eq!(off / PAGE, (off + class - 1) / PAGE);
                     for &(o, l) in &live {
@@ -234,6 +261,7 @@ mod tests {
                     prop_assert_eq!(f.emptied, !others);
                     if f.emptied {
                         prop_assert!(!s.is_slab(page));
+                        retired.retain(|&r| r != page);
                         free_pages.push(page);
                     }
                 }

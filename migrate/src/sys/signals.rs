@@ -164,8 +164,18 @@ extern "C" fn reserve_in_child() {
                         | rustix::mm::MapFlags::NORESERVE,
                 )
             };
-            if r.is_err() {
-                write_stderr(format_args!("svm: no reservation over {base:#x} in a fork child\n"));
+            match r {
+                Ok(at) if at as usize == base => {}
+                // A fork of a fork child: the reservation was inherited.
+                Err(rustix::io::Errno::EXIST) => {}
+                Ok(at) => {
+                    // A kernel without FIXED_NOREPLACE (before 4.17) took it
+                    // as a hint and put the mapping elsewhere.
+                    // SAFETY: the mapping just made, which nothing uses.
+                    let _ = unsafe { rustix::mm::munmap(at, len) };
+                    write_stderr(format_args!("svm: no reservation over {base:#x} in a fork child\n"));
+                }
+                Err(_) => write_stderr(format_args!("svm: no reservation over {base:#x} in a fork child\n")),
             }
         }
     }

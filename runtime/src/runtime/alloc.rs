@@ -36,6 +36,11 @@ impl Svm {
         }
         let arena = &self.inner.arena;
         let mut st = self.inner.state.lock();
+        // A slab page no one can reach (lost with a device, or written in
+        // place by a lost device's kernel) hands out no more blocks.
+        while let Some(p) = st.slabs.next_page(class).filter(|&p| self.inner.unreachable(&st, p)) {
+            st.slabs.retire(p);
+        }
         let off = match st.slabs.alloc(class) {
             Some(off) => off,
             None => {
@@ -174,13 +179,6 @@ impl Svm {
             drop(st);
             return self.free_impl(ptr, owner);
         }
-        if st.lost_in_place.iter().any(|&(x, y)| x < b && a < y) {
-            // A runaway kernel may still write these pages in place (the
-            // device was declared lost, not stopped): the allocation stays
-            // live for good, so that no later one is handed its pages.
-            tracing::warn!("svm: {addr:#x} lies on pages a lost device may still write: kept allocated (leaked)");
-            return Ok(());
-        }
         if st.slabs.is_slab(page_of(start)) {
             // A device-owned slab page comes back (its other blocks live),
             // under the lock: not behind a running kernel. (Waiting releases
@@ -196,8 +194,15 @@ impl Svm {
         if start != off {
             return Err(FreeError::NotAllocated { addr });
         }
+        if st.leaked.contains(&start) {
+            return Err(FreeError::NotAllocated { addr });
+        }
         if st.owned.contains(&start) != owner {
             return Err(if owner { FreeError::NotAllocated { addr } } else { FreeError::Owned { addr } });
+        }
+        if self.inner.lost_in_place.meets(a, b) {
+            self.inner.leak(&mut st, start, addr);
+            return Ok(());
         }
         self.inner.release_range(&mut st, start, len, addr)
     }
@@ -269,24 +274,58 @@ impl Inner {
             return Err(if owner { FreeError::NotAllocated { addr } } else { FreeError::Owned { addr } });
         }
         let p = page_of(start);
-        if st.owned(p) {
-            self.migrate_back_span(st, p, p + 1).map_err(|e| FreeError::Os(e.to_string()))?;
-        } else if st.dup[p as usize] {
-            self.drop_copy(st, p).map_err(|e| FreeError::Os(e.to_string()))?;
+        // A page lost with the device, or one a lost device may still write
+        // in place: the block is freed but its page hands out no more
+        // (nothing is copied back nor zeroed; see `alloc_small_owned`).
+        let unreachable = self.unreachable(st, p);
+        if unreachable {
+            st.slabs.retire(p);
+        } else {
+            if st.owned(p) {
+                self.migrate_back_span(st, p, p + 1).map_err(|e| FreeError::Os(e.to_string()))?;
+            } else if st.dup[p as usize] {
+                self.drop_copy(st, p).map_err(|e| FreeError::Os(e.to_string()))?;
+            }
+            // SAFETY: the block is freed by its owner (a typed owner's drop,
+            // or the raw free whose caller holds no reference to it); the
+            // page is on the host now (no device copy to go stale), no
+            // launch in flight uses it (the caller waited) and no lost
+            // device writes it in place (`unreachable`); the alias view
+            // never faults.
+            #[allow(unsafe_code, reason = "zeroing a freed block in the host copy; argued inline")]
+            let () = unsafe { self.arena.write_host(start, &ZEROS[..len]) };
         }
-        // SAFETY: the block is freed by its owner (a typed owner's drop, or
-        // the raw free whose caller holds no reference to it); the page is
-        // on the host now (no device copy to go stale) and no launch in
-        // flight uses it (the caller waited); the alias view never faults.
-        #[allow(unsafe_code, reason = "zeroing a freed block in the host copy; argued inline")]
-        let () = unsafe { self.arena.write_host(start, &ZEROS[..len]) };
         let freed = st.slabs.free(start).expect("checked live above");
         st.owned.remove(&start);
         crate::label::freed(self.arena.base() + start, self.arena.base() + start + len);
         if freed.emptied {
-            return self.release_range(st, p as usize * PAGE_SIZE, PAGE_SIZE, addr);
+            let page = p as usize * PAGE_SIZE;
+            if self.lost_in_place.meets(p, p + 1) {
+                self.leak(st, page, addr);
+                return Ok(());
+            }
+            return self.release_range(st, page, PAGE_SIZE, addr);
         }
         Ok(())
+    }
+
+    /// Whether page `p` cannot be reached: its only copy was on this
+    /// runtime's lost device or on a lost mirror's, or a lost device's
+    /// kernel may still write it in place.
+    pub(super) fn unreachable(&self, st: &State, p: u32) -> bool {
+        self.lost_in_place.meets(p, p + 1)
+            || (st.owned(p) && self.gpu.check_lost().is_err())
+            || self.lost_with_a_mirror(p)
+    }
+
+    /// Keep the allocation at `start` for good instead of freeing it: a
+    /// runaway kernel of a lost device may still write its pages in place
+    /// (the device was declared lost, not stopped), so no later allocation
+    /// may be handed them. A second free of it is refused.
+    fn leak(&self, st: &mut State, start: usize, addr: usize) {
+        tracing::warn!("svm: {addr:#x} lies on pages a lost device may still write: kept allocated (leaked)");
+        st.owned.remove(&start);
+        st.leaked.insert(start);
     }
 
     /// Free the page range `[start, start + len)` of a live allocation: the

@@ -229,14 +229,15 @@ impl OpenScope<'_> {
     /// the CPU. The copies go with it.
     fn end_work(&mut self) -> Result<wgpu::SubmissionIndex, LaunchError> {
         let gpu = &self.inner.gpu;
+        // (The copies first: a barrier that cannot be made loses none.)
+        if let Some(c) = self.copies.take() {
+            self.refused = c.copy_back(gpu, self.placed(), &self.writes);
+        }
         let barrier = if self.in_place {
             Some(crate::vk::host_read_barrier(&gpu.device).map_err(|e| DeviceError::Unexpected(e.to_string()))?)
         } else {
             None
         };
-        if let Some(c) = self.copies.take() {
-            self.refused = c.copy_back(gpu, self.placed(), &self.writes);
-        }
         Ok(gpu.submit(barrier))
     }
 }

@@ -210,6 +210,11 @@ impl Inner {
         }
     }
 
+    /// Whether page `p`'s only copy was on a mirror's device that was lost.
+    pub(super) fn lost_with_a_mirror(&self, p: u32) -> bool {
+        self.membership().is_some_and(|(g, _)| g.leases.holder(p) == LOST)
+    }
+
     /// Whether another runtime mirrors this arena (or did).
     pub(super) fn in_group(&self) -> bool {
         self.group.get().is_some()
@@ -223,9 +228,17 @@ impl Inner {
         }
     }
 
-    /// Whether this runtime holds page `p`'s lease (alone: always).
+    /// Whether this runtime holds page `p`'s lease (alone: always). Under
+    /// the update lock: a mirror that left holds none (its number may be
+    /// another's now).
     pub(super) fn holds(&self, p: u32) -> bool {
-        self.membership().is_none_or(|(g, me)| g.leases.holds(p, me))
+        self.membership().is_none_or(|(g, me)| self.is_member(g, me) && g.leases.holds(p, me))
+    }
+
+    /// Whether this runtime still is member `me` of `g`. Stable under its
+    /// update lock: a mirror leaves with it held (`leave_group`).
+    fn is_member(&self, g: &Group, me: u8) -> bool {
+        me == HOME || std::ptr::eq(g.members.lock()[me as usize].as_ptr(), self)
     }
 
     /// Take the leases of `runs` ([`Self::foreign_runs`]) from their
@@ -286,6 +299,12 @@ impl Inner {
                 Some(f) => self.wait_settled(&mut guard, &f),
                 None => break,
             }
+        }
+        if !self.is_member(g, me) {
+            // Left the group while this waited (a handle another thread
+            // took before): its number may be another mirror's now, and
+            // it holds no lease.
+            return Ok(());
         }
         let st = &mut *guard;
         let mine = g.leases.held_runs(a, b, me);
@@ -467,8 +486,12 @@ impl Inner {
         if let Err(e) = self.give_up(0, top, HOME) {
             tracing::error!("svm: a dropped mirror's pages could not come home: {e}");
         }
+        // (Under the update lock: a handle another thread took before acts
+        // on this member's number only while it is this member's.)
+        let st = self.state.lock();
         g.leases.hand_over(0, top, me, LOST, |_| false);
         g.members.lock()[me as usize] = Weak::new();
+        drop(st);
         if let Some(k) = self.signals.kick() {
             k.kick();
         }

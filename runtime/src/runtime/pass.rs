@@ -71,7 +71,7 @@ impl Inner {
             if let Err(e) = self.arena.zap(o, l) {
                 tracing::error!("svm: taking pages from the CPU after a device loss: {e}");
             }
-            st.lost_in_place.push((a, b));
+            self.lost_in_place.add(a, b);
         }
     }
 

@@ -69,7 +69,7 @@ impl State {
             prefer_host_later: Vec::new(),
             coherent: None,
             owned: std::collections::HashSet::new(),
-            lost_in_place: Vec::new(),
+            leaked: std::collections::HashSet::new(),
             discard: Vec::new(),
             flights: Vec::new(),
             deferred_free: Vec::new(),
@@ -207,9 +207,6 @@ pub(super) struct State {
     /// Pages the running launch discards (`Binding::write_discard`): zeroed
     /// on the device instead of copied in; empty between launches.
     pub(super) discard: Vec<(u32, u32)>,
-    /// Pages a kernel was writing in place when the device was declared
-    /// lost (a launch timeout): taken from the CPU for good.
-    pub(super) lost_in_place: Vec<(u32, u32)>,
     /// Sub-page allocations: size-class slabs in arena pages. A slab page
     /// is one range of `ranges`; its PTE is never writable (pointer writes
     /// to its blocks are admitted only by byte-exact extents of what a
@@ -237,4 +234,34 @@ pub(super) struct State {
     /// Starts of the live allocations a typed owner ([`ManagedVec`]) holds:
     /// the raw [`Svm::free`] refuses them (only the owner's drop frees).
     pub(super) owned: std::collections::HashSet<usize>,
+    /// Starts of allocations freed on pages a lost device may still write:
+    /// kept allocated for good (`Inner::leak`).
+    pub(super) leaked: std::collections::HashSet<usize>,
+}
+
+/// Pages a kernel was writing in place when its device was declared lost
+/// (a launch timeout): taken from the CPU for good, never freed nor handed
+/// out again. One list per arena, shared by the runtimes mirroring it (a
+/// mirror's runaway kernel writes pages that the arena's runtime frees). A
+/// leaf lock.
+#[derive(Default)]
+pub(super) struct LostInPlace(Mutex<Vec<(u32, u32)>>);
+
+impl LostInPlace {
+    pub(super) fn add(&self, a: u32, b: u32) {
+        self.0.lock().push((a, b));
+    }
+
+    /// Whether a page of `[a, b)` is one.
+    pub(super) fn meets(&self, a: u32, b: u32) -> bool {
+        self.0.lock().iter().any(|&(x, y)| x < b && a < y)
+    }
+
+    pub(super) fn runs(&self) -> Vec<(u32, u32)> {
+        self.0.lock().clone()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
 }

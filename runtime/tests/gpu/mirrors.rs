@@ -556,3 +556,67 @@ fn mirrors_come_and_go_beyond_the_limit_at_once() {
     assert_eq!(a.mirrors(), 1);
     assert!(v.iter().enumerate().all(|(j, &x)| x == j as u32 + 5), "five steps on mirrors that left");
 }
+
+/// Found by review: after a launch timeout on a mirror, the pages its
+/// runaway kernel may still write in place stayed allocated only in the
+/// mirror's own bookkeeping; a free through the arena's runtime handed them
+/// to the next allocation (a `&mut` the GPU writes). They stay allocated
+/// (leaked) whoever frees them, and are listed by every member.
+#[test]
+fn a_mirrors_runaway_kernel_keeps_its_pages_from_reuse() {
+    let backend = BACKENDS[0];
+    let Some((a, b)) = pair(backend) else { return };
+    if migrating(&a) && !(crate::accessed_by_built(&b) && b.coherent_mode_available()) {
+        eprintln!("NOT APPLICABLE: nothing is written in place (a migrating mode without host import)");
+        return;
+    }
+    let k = kernel(
+        &b,
+        "spin",
+        "@compute @workgroup_size(1) fn main() {
+            var x = 1u;
+            for (var i = 0u; i < svm_arg_u32(2u); i++) { x = x * 1664525u + 1013904223u; }
+            svm_store_u32(svm_arg_ptr(0u), x);
+        }",
+    );
+    let mut v = a.alloc_vec::<u32>(1024).expect("v");
+    if migrating(&a) {
+        b.advise(v.as_ptr().cast(), 4096, svm::Advice::AccessedBy).expect("in place on B");
+    }
+    let spin = |v: &mut ManagedVec<u32>, iters: u32, opts: &svm::LaunchOptions| {
+        let args = [Arg::ptr(v.as_ptr()), Arg::U32(iters)];
+        b.launch_with(
+            &k,
+            &LaunchDescriptor { args: &args, access: &[Access::read_write(v)], ..Default::default() },
+            opts,
+        )
+    };
+    spin(&mut v, 10, &svm::LaunchOptions::default()).expect("warm-up");
+    let after = std::time::Duration::from_millis(500);
+    let t = std::time::Instant::now();
+    match spin(&mut v, 2_000_000_000, &svm::LaunchOptions::default().timeout(after)) {
+        Err(svm::LaunchError::Timeout { .. }) => {}
+        Ok(_) if crate::kernel_ran_inside_submit(&b, t.elapsed() > after, "timing out a runaway kernel") => return,
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let (va, vl) = (v.as_ptr() as usize, 4096);
+    for (who, m) in [("A", &*a), ("B", &b)] {
+        assert!(
+            m.lost_ranges().iter().any(|&(s, l)| s <= va && va + vl <= s + l),
+            "{who} lists the pages B's kernel may write: {:?}",
+            m.lost_ranges()
+        );
+    }
+    drop(v); // through A's allocator
+    let mut fresh = Vec::new();
+    for _ in 0..4 {
+        let w = a.alloc_vec::<u32>(1024).expect("an allocation after the loss");
+        let wa = w.as_ptr() as usize;
+        assert!(wa + vl <= va || va + vl <= wa, "the runaway kernel's page was handed out again: {wa:#x}");
+        fresh.push(w);
+    }
+    // A's device works on.
+    let ka = kernel(&a, "step", STEP);
+    step(&a, &ka, &mut fresh[0], 1, 7);
+    assert_eq!(fresh[0][5], 7);
+}

@@ -287,8 +287,12 @@ fn launch_timeout_loses_the_device() {
     let after = std::time::Duration::from_millis(500);
     let opts = LaunchOptions::default().timeout(after);
     launch(&mut v, 10, &opts).expect("a short kernel finishes in time");
+    // A small block beside free ones on its slab page, declared too.
+    let mut node = svm.alloc_box([5u32; 4]).expect("node");
     let t = std::time::Instant::now();
-    match launch(&mut v, 2_000_000_000, &opts) {
+    let args = [Arg::ptr(v.as_ptr()), Arg::U32(2_000_000_000)];
+    let access = [Access::read_write(&mut v), Access::read_write(&mut node)];
+    match svm.launch_with(&k, &LaunchDescriptor { args: &args, access: &access, ..Default::default() }, &opts) {
         Err(LaunchError::Timeout { after: a }) => assert_eq!(a, after),
         // Complete after running past the timeout: it ran inside the
         // submission, where no timeout can stop it.
@@ -317,6 +321,21 @@ fn launch_timeout_loses_the_device() {
     }
     w[3] = 9;
     assert_eq!(w[3], 9, "new memory is the CPU's");
+    // Found by review: the free blocks of the node's slab page (lost with
+    // the device, or written in place) were handed out by later small
+    // allocations, whose first touch was fatal. They come from other pages.
+    let na = &*node as *const [u32; 4] as usize;
+    let boxes: Vec<_> = (0..300)
+        .map(|i| {
+            let mut b = svm.alloc_box([i as u32; 4]).expect("a small allocation after the loss");
+            let ba = &*b as *const [u32; 4] as usize;
+            assert_ne!(ba / 4096, na / 4096, "a block of the lost slab page was handed out");
+            b[1] += 1;
+            b
+        })
+        .collect();
+    assert!(boxes.iter().enumerate().all(|(i, b)| b[1] == i as u32 + 1));
+    drop(node);
 }
 
 /// Which fault mode the runtime got is visible: system calls on
