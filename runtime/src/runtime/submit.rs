@@ -219,12 +219,27 @@ fn complete(
                 s.cv.wait(&mut b);
             }
         };
+        // The timeline reached the pass's point: most likely it is done.
+        let mut hinted = false;
         while lost.is_none() {
             let done = match (&s.raw, f.point.get().copied()) {
-                // The timeline: a host wait, no `Device::poll`.
-                (Some(raw), Some(point)) => raw.wait_for(point, slice).map_err(|e| e.to_string()),
-                // A plain wgpu device: short polls under the poll lock (see
-                // `Gpu::poll_lock`).
+                // The timeline: a host wait, no `Device::poll`. Only a hint:
+                // its signal was staged on the queue before the submission,
+                // and an application submitting on the same queue from
+                // another thread (a shared device, `Svm::queue`) in between
+                // takes it with its own, earlier, work. Confirmed below.
+                (Some(raw), Some(point)) if !hinted => match raw.wait_for(point, slice) {
+                    Ok(reached) => {
+                        hinted = reached;
+                        // (Not done yet; a loss or a stop is looked at first.)
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                // The pass's own submission, by wgpu's fence (which no one
+                // else signals): at once when the hint was right; a plain
+                // wgpu device, or a stolen signal, in short polls under the
+                // poll lock (see `Gpu::poll_lock`).
                 _ => {
                     let _polling = s.poll_lock.lock();
                     let wait = wgpu::PollType::Wait {

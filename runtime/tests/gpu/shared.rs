@@ -336,3 +336,76 @@ fn with_bindings_copies_survive_what_the_application_does() {
         svm.free(x.as_ptr()).expect("after the scope");
     }
 }
+
+/// Found by review: the runtime learnt that a launch was done from a
+/// timeline signal staged on the queue just before its submission; the
+/// application submitting on its own (shared) queue from another thread in
+/// between took that signal with its own work, and the launch counted as
+/// done before it ran: the CPU read what the kernel had not written yet.
+/// The launch's completion is confirmed by its own submission now.
+#[cfg(feature = "vulkan")]
+#[test]
+fn the_applications_submissions_do_not_finish_the_runtimes_launches() {
+    let opened = match svm::vk::open(&svm::vk::DeviceDescriptor {
+        label: Some("app"),
+        required_features: svm::wgpu::Features::empty(),
+        optional_features: svm::wgpu::Features::empty(),
+        required_limits: None,
+        want_sparse: true,
+        want_host_import: true,
+        want_buffer_device_address: false,
+        validation: svm::vk::ValidationMode::Off,
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+            return;
+        }
+    };
+    let svm = Svm::with_descriptor(&small(BACKENDS[0]).device(SharedDevice::from_vk(&opened))).expect("runtime");
+    // Slow enough that a launch is still running when an empty submission
+    // of the application's (queued before it) completes. Bound access: no
+    // log is read back (whose map waited for the submission itself).
+    let k = crate::kernel(
+        &svm,
+        "slow",
+        "struct P { round: u32, pad0: u32, pad1: u32, pad2: u32 }
+        @group(0) @binding(0) var<storage, read_write> b: array<u32>;
+        @group(0) @binding(1) var<uniform> p: P;
+        @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x >= arrayLength(&b)) { return; }
+            var x = g.x;
+            for (var i = 0u; i < 4000u; i++) { x = x * 1664525u + 1013904223u; }
+            b[g.x] = p.round + (x & 0u);
+        }",
+    );
+    let n = 4096u32;
+    let mut v = svm.alloc_vec::<u32>(n as usize).expect("v");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut wrong = 0;
+    std::thread::scope(|s| {
+        let (queue, stop) = (&opened.queue, &stop);
+        s.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                queue.submit(std::iter::empty());
+            }
+        });
+        for round in 1..=150u32 {
+            let p = [round, 0, 0, 0];
+            svm.launch(
+                &k,
+                &svm::LaunchDescriptor {
+                    bindings: &[Binding::read_write(&mut v), Binding::uniform(&p)],
+                    workgroups: [n / 64, 1, 1],
+                    ..Default::default()
+                },
+            )
+            .expect("launch");
+            if v.iter().any(|&x| x != round) {
+                wrong += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(wrong, 0, "launches seen before they ran ({:?})", svm.mapping_mode());
+}
