@@ -186,7 +186,12 @@ impl Timestamps {
 ///   `want_host_import`).
 ///
 /// The runtime installs no device-lost or uncaptured-error callback on a
-/// shared device (they are the application's).
+/// shared device (they are the application's). In the sparse mode the
+/// runtime binds memory with raw `vkQueueBindSparse` calls on the queue,
+/// which wgpu's own queue lock does not cover: while a runtime on the
+/// device lives, submit from threads that may run beside its operations
+/// with [`crate::Svm::submit_commands`] (Vulkan requires a queue's calls to
+/// be externally synchronized). The other modes make no raw queue call.
 #[derive(Clone)]
 pub struct SharedDevice {
     adapter: wgpu::Adapter,
