@@ -33,6 +33,9 @@ pub struct Arena {
     /// when the handler's table is full).
     segv: Option<SegvRegistration>,
     views: Views,
+    /// Byte ranges withheld from the program for good ([`Arena::withhold`]),
+    /// sorted by offset.
+    withheld: std::sync::Mutex<Vec<(usize, usize)>>,
 }
 
 impl core::fmt::Debug for Arena {
@@ -79,7 +82,7 @@ impl Arena {
                 (Guard::Mprotect, Some(reg))
             }
         };
-        let arena = Self { guard, segv, views };
+        let arena = Self { guard, segv, views, withheld: std::sync::Mutex::default() };
         // Nothing is allocated yet: every page is inaccessible.
         arena.protect_none(0, len)?;
         Ok(arena)
@@ -89,7 +92,61 @@ impl Arena {
     /// first touch).
     pub fn allocate(&self, offset: usize, len: usize) -> Result<()> {
         self.check(offset, len)?;
-        self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
+        self.each_not_withheld(offset, len, |o, l| {
+            self.views.user_protect(o, l, true, true).map_err(MigrateError::os("mprotect(RW)"))
+        })
+    }
+
+    /// Take `[offset, offset + len)` from the program for good: zapped now,
+    /// and never made accessible again (`allocate`, `restore`,
+    /// `restore_readonly` and `write_unprotect` leave these pages out), so
+    /// that no access of the program can see writes someone else may still
+    /// make to the host copy (a device that cannot be stopped writing
+    /// there). An access faults to the service, as a zapped page does.
+    pub fn withhold(&self, offset: usize, len: usize) -> Result<()> {
+        self.check(offset, len)?;
+        {
+            let mut w = self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.push((offset, len));
+            w.sort_unstable();
+        }
+        self.zap(offset, len)
+    }
+
+    /// Whether a page of `[offset, offset + len)` is withheld.
+    pub fn is_withheld(&self, offset: usize, len: usize) -> bool {
+        let w = self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.iter().any(|&(o, l)| o < offset + len && offset < o + l)
+    }
+
+    /// The withheld byte ranges (offset, length), sorted by offset.
+    pub fn withheld(&self) -> Vec<(usize, usize)> {
+        self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// `f` over the parts of `[offset, offset + len)` that are not withheld.
+    fn each_not_withheld(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let w = self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut at = offset;
+        let end = offset + len;
+        for (o, l) in w {
+            if o + l <= at || o >= end {
+                continue;
+            }
+            if o > at {
+                f(at, o - at)?;
+            }
+            at = at.max(o + l);
+        }
+        if at < end {
+            f(at, end - at)?;
+        }
+        Ok(())
     }
 
     /// Return a range to the unallocated state: its host copy is zeroed and
@@ -198,10 +255,14 @@ impl Arena {
     }
 
     fn restore_mode(&self, offset: usize, len: usize, readonly: bool) -> Result<()> {
+        self.check(offset, len)?;
+        self.each_not_withheld(offset, len, |o, l| self.restore_part(o, l, readonly))
+    }
+
+    fn restore_part(&self, offset: usize, len: usize, readonly: bool) -> Result<()> {
         /// How often a UFFDIO_CONTINUE interrupted by address-space changes
         /// is resumed before giving up.
         const RESTORE_RETRIES: usize = 10_000;
-        self.check(offset, len)?;
         match &self.guard {
             Guard::Uffd(u) => {
                 use rustix::io::Errno;
@@ -289,14 +350,14 @@ impl Arena {
     /// Undo [`Arena::write_protect`] and wake writers waiting there.
     pub fn write_unprotect(&self, offset: usize, len: usize) -> Result<()> {
         self.check(offset, len)?;
-        match &self.guard {
+        self.each_not_withheld(offset, len, |offset, len| match &self.guard {
             Guard::Uffd(u) => {
                 u.write_protect(self.base() + offset, len, false).map_err(MigrateError::os("UFFDIO_WRITEPROTECT(off)"))
             }
             Guard::Mprotect => {
                 self.views.user_protect(offset, len, true, true).map_err(MigrateError::os("mprotect(RW)"))
             }
-        }
+        })
     }
 
     /// Whether faults the kernel takes on managed memory inside system calls

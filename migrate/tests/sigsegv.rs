@@ -38,6 +38,10 @@ fn segv_foreign_fault_is_not_swallowed() {
 fn segv_write_protect() {
     common::write_protect(Mprotect);
 }
+#[test]
+fn segv_withheld_pages_stay_withheld() {
+    common::withheld_pages_stay_withheld(Mprotect);
+}
 
 // Issue 13 ("Sound by construction"), items 12, 8, 7, 5 and 4; see
 // common/sound.rs.

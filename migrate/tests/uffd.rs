@@ -19,6 +19,10 @@ fn uffd_concurrent_faults() {
 fn uffd_write_protect() {
     common::write_protect(Uffd);
 }
+#[test]
+fn uffd_withheld_pages_stay_withheld() {
+    common::withheld_pages_stay_withheld(Uffd);
+}
 
 // Issue 13 ("Sound by construction"), items 12, 8, 7, 5 and 4; see
 // common/sound.rs.

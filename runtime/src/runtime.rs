@@ -90,8 +90,6 @@ pub(crate) struct Inner {
     _labels: Option<crate::label::ArenaLabels>,
     /// Shared with the runtimes mirroring it (`mirror.rs`).
     arena: Arc<Arena>,
-    /// The arena's pages a lost device may still write (shared likewise).
-    lost_in_place: Arc<state::LostInPlace>,
     /// The runtimes mirroring this arena, and this one's member number;
     /// set when the first mirror is made.
     group: std::sync::OnceLock<(Arc<mirror::Group>, u8)>,
@@ -100,6 +98,9 @@ pub(crate) struct Inner {
     home: Option<Svm>,
     /// `Svm` handles alive (clones of it, and those owners hold).
     handles: AtomicUsize,
+    /// The device was lost to a launch timeout: a kernel may still run
+    /// (`lose_device`), so the device side is never released.
+    runaway: std::sync::atomic::AtomicBool,
     stats: Arc<Counters>,
     chunk: usize,
     prefetch: bool,
@@ -270,13 +271,11 @@ impl Svm {
         let completer = submit::Completer::start(&gpu, signals.clone(), stats.clone())?;
         let labels =
             home.is_none().then(|| crate::label::ArenaLabels { start: arena.base(), end: arena.base() + arena.len() });
-        let lost_in_place = home.as_ref().map_or_else(Default::default, |h| h.inner.lost_in_place.clone());
         Ok(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pid: std::process::id(),
             _labels: labels,
             arena,
-            lost_in_place,
             gpu: std::mem::ManuallyDrop::new(gpu),
             bind_outbox: std::mem::ManuallyDrop::new(bind_outbox),
             state: std::mem::ManuallyDrop::new(Mutex::new(state)),
@@ -291,6 +290,7 @@ impl Svm {
             group: std::sync::OnceLock::new(),
             home,
             handles: AtomicUsize::new(1),
+            runaway: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -427,8 +427,8 @@ impl Svm {
         if self.inner.gpu.check_lost().is_err() {
             r.extend(runs(0, st.top, |p| st.owned(p)));
         }
-        // (Whichever member's kernel writes them.)
-        r.extend(self.inner.lost_in_place.runs());
+        // (Whichever member's kernel writes them: the arena's list.)
+        r.extend(self.inner.arena.withheld().into_iter().map(|(o, l)| (page_of(o), page_of(o + l))));
         r.sort_unstable();
         r.into_iter()
             .map(|(a, b)| (self.inner.arena.base() + a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE))
@@ -445,7 +445,9 @@ impl Svm {
             return home.live_allocations();
         }
         let st = self.inner.state.lock();
-        st.ranges.live_count() - st.slabs.pages() + st.slabs.live()
+        // (Allocations kept for good on pages a lost device may write are
+        // freed, to their owners: not counted.)
+        st.ranges.live_count() - st.slabs.pages() + st.slabs.live() - st.leaked.len()
     }
     /// Pages the device owns now.
     pub fn device_resident_pages(&self) -> usize {
@@ -486,15 +488,20 @@ impl Drop for Inner {
         let lost = self.gpu.check_lost().is_err();
         self.completer.stop(lost);
         self.prefetcher.stop();
-        if lost {
-            // A runaway kernel of the lost device may still use the
-            // `AccessedBy` import and write the arena in place: neither is
-            // ever released (found by review: the import went with the
-            // state).
-            std::mem::forget(self.state.get_mut().coherent.take());
-            if !self.lost_in_place.is_empty() {
+        if self.runaway.load(Ordering::Acquire) {
+            // A kernel of the device lost to a timeout may still run: it
+            // may write the pool (host memory where the pool is host-mapped),
+            // the `AccessedBy` import and the arena in place. None of them is
+            // ever released: the device side is leaked whole, and the arena
+            // too where pages were withheld (found by review: the import and
+            // the pool went with the state and the device).
+            if !self.arena.withheld().is_empty() {
                 std::mem::forget(self.arena.clone());
             }
+            tracing::warn!(
+                "svm: a runtime whose device was lost to a launch timeout is dropped: its device side is leaked"
+            );
+            return;
         }
         // SAFETY: each field is dropped exactly once, here, and never used
         // again (`self` is being dropped); the state (which holds device

@@ -135,6 +135,10 @@ impl Svm {
         // drops the window: every launch finishes first. (Waiting releases
         // the lock: decided again after, the window may have come.)
         while let Some((start, len)) = st.ranges.containing(off) {
+            if st.leaked.contains(&start) {
+                // Freed already, kept for good (`Inner::leak`).
+                return Err(FreeError::NotAllocated { addr });
+            }
             let (a, b) = (page_of(start), page_of(start + len));
             // Pages a mirror holds come home first (its launches on them
             // finish), the lock released: decided again after.
@@ -194,13 +198,10 @@ impl Svm {
         if start != off {
             return Err(FreeError::NotAllocated { addr });
         }
-        if st.leaked.contains(&start) {
-            return Err(FreeError::NotAllocated { addr });
-        }
         if st.owned.contains(&start) != owner {
             return Err(if owner { FreeError::NotAllocated { addr } } else { FreeError::Owned { addr } });
         }
-        if self.inner.lost_in_place.meets(a, b) {
+        if self.inner.withheld(a, b) {
             self.inner.leak(&mut st, start, addr);
             return Ok(());
         }
@@ -300,7 +301,7 @@ impl Inner {
         crate::label::freed(self.arena.base() + start, self.arena.base() + start + len);
         if freed.emptied {
             let page = p as usize * PAGE_SIZE;
-            if self.lost_in_place.meets(p, p + 1) {
+            if self.withheld(p, p + 1) {
                 self.leak(st, page, addr);
                 return Ok(());
             }
@@ -313,9 +314,7 @@ impl Inner {
     /// runtime's lost device or on a lost mirror's, or a lost device's
     /// kernel may still write it in place.
     pub(super) fn unreachable(&self, st: &State, p: u32) -> bool {
-        self.lost_in_place.meets(p, p + 1)
-            || (st.owned(p) && self.gpu.check_lost().is_err())
-            || self.lost_with_a_mirror(p)
+        self.withheld(p, p + 1) || (st.owned(p) && self.gpu.check_lost().is_err()) || self.lost_with_a_mirror(p)
     }
 
     /// Keep the allocation at `start` for good instead of freeing it: a

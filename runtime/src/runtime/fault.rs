@@ -68,7 +68,7 @@ impl Inner {
         addr: usize,
     ) -> Result<(), FaultFatal> {
         let st = &mut **guard;
-        if self.lost_in_place.meets(page, page + 1) {
+        if self.withheld(page, page + 1) {
             return Err(FaultFatal(format!(
                 "page {addr:#x} was being written in place by a kernel when the device was declared lost (launch timeout)"
             )));

@@ -210,9 +210,15 @@ impl Inner {
         }
     }
 
-    /// Whether page `p`'s only copy was on a mirror's device that was lost.
+    /// Whether page `p`'s lease is held by another member whose device is
+    /// lost (alive, or dropped: the lease marked lost): its only copy may
+    /// be gone. (Found by review: a live mirror's lost device counted as
+    /// reachable.)
     pub(super) fn lost_with_a_mirror(&self, p: u32) -> bool {
-        self.membership().is_some_and(|(g, _)| g.leases.holder(p) == LOST)
+        self.membership().is_some_and(|(g, me)| {
+            let h = g.leases.holder(p);
+            h == LOST || (h != me && g.member(h).is_some_and(|m| m.gpu.check_lost().is_err()))
+        })
     }
 
     /// Whether another runtime mirrors this arena (or did).
@@ -447,8 +453,8 @@ impl Inner {
     /// Pages of `[a, b)` lost with a mirror's device go back to member 0
     /// (being freed: their data is gone either way). For a slab page this
     /// is the free of any of its blocks: the page's other blocks then read
-    /// zeros instead of failing as lost (kept lost, the slab would hand
-    /// its free blocks out again on a page no one can reach).
+    /// zeros instead of failing as lost. (A small allocation met the page
+    /// lost before, and retired it: it hands out no more blocks.)
     pub(super) fn reclaim_lost(&self, a: u32, b: u32) {
         let Some((g, _)) = self.membership() else { return };
         g.leases.hand_over(a, b, LOST, HOME, |_| false);

@@ -42,9 +42,13 @@ pub(super) struct Pass<'a> {
 impl Inner {
     /// Treat the device as lost (a kernel that does not finish): every
     /// later operation fails with [`DeviceError::Lost`], and pages a kernel
-    /// may still be writing in place (coherent) are taken from the CPU, so
-    /// that no Rust reference observes the runaway kernel's writes; they
-    /// are reported by [`Svm::lost_ranges`] with the device-owned pages.
+    /// may still be writing in place (coherent) are withheld from the CPU
+    /// for good (`Arena::withhold`: nothing maps them again, whichever
+    /// member or path would), so that no Rust reference observes the
+    /// runaway kernel's writes; they are reported by [`Svm::lost_ranges`]
+    /// with the device-owned pages. The runaway kernel need not be the
+    /// launch that timed out (`busy`, taken out of the flights already):
+    /// every pass in flight may be it.
     pub(super) fn lose_device(&self, st: &mut State, why: &str, busy: &[(u32, u32, bool)]) {
         {
             let mut lost = self.gpu.lost.lock();
@@ -55,24 +59,32 @@ impl Inner {
         if let Some(raw) = &self.gpu.raw {
             raw.mark_lost();
         }
-        // What the launch may write: its ranges used for writing (its
+        self.runaway.store(true, std::sync::atomic::Ordering::Release);
+        // What the passes may write: their ranges used for writing (their
         // read-write declarations, and for a replayable launch what it
-        // mapped writable).
+        // mapped writable). (A claim runs no pass of the runtime's; an
+        // application scope's work uses its own copies.)
         let in_place_page =
             |p: u32| self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0;
+        let passes = st.flights.iter().filter(|f| !f.claim && f.app_passes.is_none()).flat_map(|f| f.busy.iter());
         let mut in_place: Vec<(u32, u32)> = Vec::new();
-        for &(a, b, write) in busy {
+        for &(a, b, write) in busy.iter().chain(passes) {
             if write {
                 in_place.extend(runs(a, b, in_place_page));
             }
         }
         for (a, b) in in_place {
             let (o, l) = (a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
-            if let Err(e) = self.arena.zap(o, l) {
+            if let Err(e) = self.arena.withhold(o, l) {
                 tracing::error!("svm: taking pages from the CPU after a device loss: {e}");
             }
-            self.lost_in_place.add(a, b);
         }
+    }
+
+    /// Whether a page of `[a, b)` is withheld from the CPU for good (a lost
+    /// device's kernel may still write it in place; see `lose_device`).
+    pub(super) fn withheld(&self, a: u32, b: u32) -> bool {
+        self.arena.is_withheld(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE)
     }
 
     /// The pipeline of `kernel` specialized for `v`, built on first use.

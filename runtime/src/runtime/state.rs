@@ -238,30 +238,3 @@ pub(super) struct State {
     /// kept allocated for good (`Inner::leak`).
     pub(super) leaked: std::collections::HashSet<usize>,
 }
-
-/// Pages a kernel was writing in place when its device was declared lost
-/// (a launch timeout): taken from the CPU for good, never freed nor handed
-/// out again. One list per arena, shared by the runtimes mirroring it (a
-/// mirror's runaway kernel writes pages that the arena's runtime frees). A
-/// leaf lock.
-#[derive(Default)]
-pub(super) struct LostInPlace(Mutex<Vec<(u32, u32)>>);
-
-impl LostInPlace {
-    pub(super) fn add(&self, a: u32, b: u32) {
-        self.0.lock().push((a, b));
-    }
-
-    /// Whether a page of `[a, b)` is one.
-    pub(super) fn meets(&self, a: u32, b: u32) -> bool {
-        self.0.lock().iter().any(|&(x, y)| x < b && a < y)
-    }
-
-    pub(super) fn runs(&self) -> Vec<(u32, u32)> {
-        self.0.lock().clone()
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.lock().is_empty()
-    }
-}

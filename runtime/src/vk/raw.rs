@@ -21,7 +21,11 @@ use super::device::VkCaps;
 use super::{Result, VkError};
 
 /// A value of the device's timeline semaphore: reached once every queue
-/// operation (wgpu submission or bind) issued before it has completed.
+/// operation (wgpu submission or bind) issued before the signal was staged
+/// has completed. A signal staged on wgpu's queue is carried by the next
+/// wgpu submission, which is the caller's own only if no other thread
+/// submits on that queue in between (see [`RawDevice::submit_signalled`]);
+/// a bind's signal is always its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimelinePoint(pub u64);
 
@@ -287,8 +291,12 @@ impl RawDevice {
 
     /// Run `submit` (one `wgpu::Queue::submit`) with a signal of the
     /// timeline staged on it: the returned point is reached when that
-    /// submission (and everything before it) has completed. A host can then
-    /// wait for the submission with [`Self::wait`], without `Device::poll`.
+    /// submission (and everything before it) has completed — provided no
+    /// other thread submits on the wgpu queue between the staging and
+    /// `submit` (an application sharing the queue may: its earlier
+    /// submission then carries the signal). A host can then wait for the
+    /// submission with [`Self::wait`], without `Device::poll`; the runtime
+    /// takes that only as a hint and confirms with wgpu's own fence.
     pub fn submit_signalled<R>(&self, submit: impl FnOnce() -> R) -> Result<(R, TimelinePoint)> {
         let mut t = self.timeline.lock();
         let next = t.value + 1;
