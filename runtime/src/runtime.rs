@@ -318,7 +318,9 @@ impl Svm {
     /// be externally synchronized; this takes the runtime's queue lock).
     /// Launches queued before and not yet submitted (batched behind a
     /// running one) are submitted first, so that the commands run after
-    /// them.
+    /// them. Not from inside a wgpu callback (`map_async`,
+    /// `on_submitted_work_done`): those run inside the runtime's own polls
+    /// too, under the lock this takes, and would wait for themselves.
     pub fn submit_commands(&self, cmds: impl IntoIterator<Item = wgpu::CommandBuffer>) -> wgpu::SubmissionIndex {
         self.inner.completer.flush();
         self.inner.gpu.submit_unscoped(cmds)
