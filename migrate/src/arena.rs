@@ -34,8 +34,10 @@ pub struct Arena {
     segv: Option<SegvRegistration>,
     views: Views,
     /// Byte ranges withheld from the program for good ([`Arena::withhold`]),
-    /// sorted by offset.
-    withheld: std::sync::Mutex<Vec<(usize, usize)>>,
+    /// sorted by offset. Read-locked across every change that could make a
+    /// page accessible, write-locked across a withholding: the two never
+    /// interleave.
+    withheld: std::sync::RwLock<Vec<(usize, usize)>>,
 }
 
 impl core::fmt::Debug for Arena {
@@ -82,7 +84,7 @@ impl Arena {
                 (Guard::Mprotect, Some(reg))
             }
         };
-        let arena = Self { guard, segv, views, withheld: std::sync::Mutex::default() };
+        let arena = Self { guard, segv, views, withheld: std::sync::RwLock::default() };
         // Nothing is allocated yet: every page is inaccessible.
         arena.protect_none(0, len)?;
         Ok(arena)
@@ -97,44 +99,54 @@ impl Arena {
         })
     }
 
-    /// Take `[offset, offset + len)` from the program for good: zapped now,
-    /// and never made accessible again (`allocate`, `restore`,
-    /// `restore_readonly` and `write_unprotect` leave these pages out), so
-    /// that no access of the program can see writes someone else may still
-    /// make to the host copy (a device that cannot be stopped writing
-    /// there). An access faults to the service, as a zapped page does.
+    /// Take `[offset, offset + len)` from the program for good: made
+    /// inaccessible now (`PROT_NONE`, with either backend: no
+    /// `UFFDIO_CONTINUE` maps through it) and never made accessible again
+    /// (`allocate`, `restore`, `restore_readonly`, `write_protect` and
+    /// `write_unprotect` leave these pages out), so that no access of the
+    /// program can see writes someone else may still make to the host copy
+    /// (a device that cannot be stopped writing there). An access is a
+    /// fatal fault (mprotect: served to the handler, which refuses it;
+    /// uffd: a plain SIGSEGV, as on a freed page). On an error the range is
+    /// withheld from every later change all the same, but may still be
+    /// accessible now.
     pub fn withhold(&self, offset: usize, len: usize) -> Result<()> {
         self.check(offset, len)?;
-        {
-            let mut w = self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.push((offset, len));
-            w.sort_unstable();
+        if len == 0 {
+            return Ok(());
         }
-        self.zap(offset, len)
+        let mut w = self.withheld.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.push((offset, len));
+        w.sort_unstable();
+        // (Under the write lock: no restore of another thread maps the
+        // range between the protection and the record.)
+        self.protect_none(offset, len).or_else(|_| self.zap(offset, len))
     }
 
     /// Whether a page of `[offset, offset + len)` is withheld.
     pub fn is_withheld(&self, offset: usize, len: usize) -> bool {
-        let w = self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        w.iter().any(|&(o, l)| o < offset + len && offset < o + l)
+        let w = self.withheld.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.iter().any(|&(o, l)| o < offset.saturating_add(len) && offset < o + l)
     }
 
-    /// The withheld byte ranges (offset, length), sorted by offset.
+    /// The withheld byte ranges (offset, length), sorted by offset; they
+    /// may overlap.
     pub fn withheld(&self) -> Vec<(usize, usize)> {
-        self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.withheld.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// `f` over the parts of `[offset, offset + len)` that are not withheld.
+    /// `f` over the parts of `[offset, offset + len)` that are not withheld,
+    /// the list read-locked throughout.
     fn each_not_withheld(
         &self,
         offset: usize,
         len: usize,
         mut f: impl FnMut(usize, usize) -> Result<()>,
     ) -> Result<()> {
-        let w = self.withheld.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let w = self.withheld.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut at = offset;
         let end = offset + len;
-        for (o, l) in w {
+        for &(o, l) in w.iter() {
             if o + l <= at || o >= end {
                 continue;
             }
@@ -217,6 +229,11 @@ impl Arena {
     fn check(&self, offset: usize, len: usize) -> Result<()> {
         self.check_owner()?;
         Self::check_aligned(offset, len);
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len()),
+            "arena range {offset:#x}+{len:#x} past the arena's {:#x} bytes",
+            self.len()
+        );
         Ok(())
     }
 
@@ -333,7 +350,7 @@ impl Arena {
     /// userfaultfd write-protect (no VMA split); mprotect: `PROT_READ`.
     pub fn write_protect(&self, offset: usize, len: usize) -> Result<()> {
         self.check(offset, len)?;
-        match &self.guard {
+        self.each_not_withheld(offset, len, |offset, len| match &self.guard {
             Guard::Uffd(u) if u.has_wp() => {
                 u.write_protect(self.base() + offset, len, true).map_err(MigrateError::os("UFFDIO_WRITEPROTECT"))
             }
@@ -344,7 +361,7 @@ impl Arena {
             Guard::Mprotect => {
                 self.views.user_protect(offset, len, true, false).map_err(MigrateError::os("mprotect(READ)"))
             }
-        }
+        })
     }
 
     /// Undo [`Arena::write_protect`] and wake writers waiting there.

@@ -431,8 +431,10 @@ impl Svm {
         }
         // (Whichever member's kernel writes them: the arena's list.)
         r.extend(self.inner.arena.withheld().into_iter().map(|(o, l)| (page_of(o), page_of(o + l))));
-        r.sort_unstable();
-        r.into_iter()
+        // (Overlapping where several flights or losses named one page.)
+        merge_ranges(r.into_iter().map(|(a, b)| (a, b, false)).collect())
+            .into_iter()
+            .map(|(a, b, _)| (a, b))
             .map(|(a, b)| (self.inner.arena.base() + a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE))
             .collect()
     }
@@ -492,14 +494,12 @@ impl Drop for Inner {
         self.prefetcher.stop();
         if self.runaway.load(Ordering::Acquire) {
             // A kernel of the device lost to a timeout may still run: it
-            // may write the pool (host memory where the pool is host-mapped),
-            // the `AccessedBy` import and the arena in place. None of them is
-            // ever released: the device side is leaked whole, and the arena
-            // too where pages were withheld (found by review: the import and
+            // may read and write the pool (host memory where the pool is
+            // host-mapped), the `AccessedBy` import and the arena in place.
+            // None of them is ever released: the device side is leaked
+            // whole, and the arena with it (found by review: the import and
             // the pool went with the state and the device).
-            if !self.arena.withheld().is_empty() {
-                std::mem::forget(self.arena.clone());
-            }
+            std::mem::forget(self.arena.clone());
             tracing::warn!(
                 "svm: a runtime whose device was lost to a launch timeout is dropped: its device side is leaked"
             );

@@ -393,48 +393,54 @@ pub fn dropped_by_its_own_thread(kind: FaultBackendKind, test: &str) {
 }
 
 /// Whether the program can read the user-view page at `addr` without a
-/// fault: mprotect, the mapping's protection (`/proc/self/maps`); uffd,
+/// fault: the mapping's protection (`/proc/self/maps`) and, with uffd,
 /// the page-table entry's present bit (`/proc/self/pagemap`).
 fn user_readable(kind: FaultBackendKind, addr: usize) -> bool {
-    match kind {
-        FaultBackendKind::Mprotect => {
-            let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-            maps.lines().any(|l| {
-                let (range, rest) = l.split_once(' ').expect("a maps line");
-                let (a, b) = range.split_once('-').expect("a range");
-                let (a, b) = (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap());
-                (a..b).contains(&addr) && rest.starts_with('r')
-            })
-        }
-        FaultBackendKind::Uffd => {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut f = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
-            f.seek(SeekFrom::Start((addr / 4096 * 8) as u64)).expect("seek");
-            let mut e = [0u8; 8];
-            f.read_exact(&mut e).expect("read");
-            u64::from_le_bytes(e) >> 63 == 1
-        }
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let readable = maps.lines().any(|l| {
+        let (range, rest) = l.split_once(' ').expect("a maps line");
+        let (a, b) = range.split_once('-').expect("a range");
+        let (a, b) = (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap());
+        (a..b).contains(&addr) && rest.starts_with('r')
+    });
+    if kind == FaultBackendKind::Mprotect || !readable {
+        return readable;
     }
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
+    f.seek(SeekFrom::Start((addr / 4096 * 8) as u64)).expect("seek");
+    let mut e = [0u8; 8];
+    f.read_exact(&mut e).expect("read");
+    u64::from_le_bytes(e) >> 63 == 1
 }
 
 /// Withheld pages are never made accessible again: restore, read-only
-/// restore, allocate and write-unprotect over them map only the others.
+/// restore, allocate, write-protect and write-unprotect over them map only
+/// the others.
 pub fn withheld_pages_stay_withheld(kind: FaultBackendKind) {
-    let arena = Arena::new(4 << 20, kind).unwrap_or_else(|e| panic!("{e}"));
+    let Some(t) = toy(kind, 4096) else { return };
+    let arena = &t.arena;
     let base = arena.base();
     let n = 8;
-    arena.allocate(0, n * 4096).expect("allocate");
     arena.populate_host(0, n * 4096).expect("populate");
     arena.restore(0, n * 4096).expect("restore");
     assert!((0..n).all(|p| user_readable(kind, base + p * 4096)), "mapped before");
     arena.withhold(2 * 4096, 2 * 4096).expect("withhold pages 2, 3");
+    arena.withhold(3 * 4096, 4096).expect("page 3 again (overlapping entries)");
+    arena.withhold(5 * 4096, 0).expect("nothing");
     assert!(arena.is_withheld(3 * 4096, 4096) && !arena.is_withheld(4 * 4096, 4096));
-    assert_eq!(arena.withheld(), vec![(2 * 4096, 2 * 4096)]);
+    assert!(!arena.is_withheld(4 * 4096, 2 * 4096), "an empty withholding withholds nothing");
+    assert_eq!(arena.withheld(), vec![(2 * 4096, 2 * 4096), (3 * 4096, 4096)]);
+    assert!((2..4).all(|p| !user_readable(kind, base + p * 4096)), "withheld at once");
     arena.zap(0, n * 4096).expect("zap");
     arena.restore(0, n * 4096).expect("restore around them");
     arena.restore_readonly(0, n * 4096).expect("restore read-only around them");
     arena.allocate(0, n * 4096).expect("allocate around them");
     if arena.has_write_protect() {
+        arena.write_protect(0, n * 4096).expect("protect around them");
+        for p in 0..n {
+            assert_eq!(user_readable(kind, base + p * 4096), !(2..4).contains(&p), "{kind}: page {p} write-protected");
+        }
         arena.write_unprotect(0, n * 4096).expect("unprotect around them");
     }
     for p in 0..n {

@@ -207,6 +207,7 @@ impl Inner {
         if len as u64 > gpu.device.limits().max_storage_buffer_binding_size {
             return Err(AdviseError::Unsupported("AccessedBy range longer than one storage binding"));
         }
+        self.refuse_withheld(&[(a, b)])?;
         // Bring the range home first: from now on only the host copy exists.
         self.migrate_back_spans(st, &Self::spans_of(a, b))?;
         for p in a..b {
@@ -220,7 +221,8 @@ impl Inner {
         mapped.map_err(|e| AdviseError::Device(DeviceError::Unexpected(format!("mapping the range: {e}"))))?;
         // SAFETY: the alias view of the arena is mapped read-write for the
         // arena's whole life, and `Inner` drops its state (which owns the
-        // import) before the arena (field order). Program threads touching
+        // import) before the arena (field order), or, lost to a launch
+        // timeout, leaks both. Program threads touching
         // the range while a kernel runs race with the kernel as they would
         // with another CPU thread; the runtime itself only copies it under
         // the update lock, and never for coherent pages.
@@ -275,6 +277,7 @@ impl Inner {
         to: Location,
     ) -> Result<u64, LaunchError> {
         if let Some((a, b)) = self.page_range(guard, addr, len) {
+            self.refuse_withheld(&[(a, b)])?;
             loop {
                 // Pages another device mirroring the arena holds come home
                 // first (`mirror.rs`); decided again after.

@@ -62,21 +62,25 @@ impl Inner {
         self.runaway.store(true, std::sync::atomic::Ordering::Release);
         // What the passes may write: their ranges used for writing (their
         // read-write declarations, and for a replayable launch what it
-        // mapped writable). (A claim runs no pass of the runtime's; an
-        // application scope's work uses its own copies.)
+        // mapped writable), and an application scope's (its copies back,
+        // or its own work in place, queued behind the runaway kernel). (A
+        // prefetch's claim runs nothing on the device.)
         let in_place_page =
             |p: u32| self.gpu.mode == MappingMode::Coherent || st.advice[p as usize] & advice::COHERENT != 0;
-        let passes = st.flights.iter().filter(|f| !f.claim && f.app_passes.is_none()).flat_map(|f| f.busy.iter());
+        let passes = st.flights.iter().filter(|f| !f.claim || f.app_passes.is_some()).flat_map(|f| f.busy.iter());
         let mut in_place: Vec<(u32, u32)> = Vec::new();
         for &(a, b, write) in busy.iter().chain(passes) {
             if write {
                 in_place.extend(runs(a, b, in_place_page));
             }
         }
-        for (a, b) in in_place {
+        for (a, b, _) in merge_ranges(in_place.into_iter().map(|(a, b)| (a, b, true)).collect()) {
             let (o, l) = (a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE);
             if let Err(e) = self.arena.withhold(o, l) {
-                tracing::error!("svm: taking pages from the CPU after a device loss: {e}");
+                // The pages may still be the CPU's while a kernel writes
+                // them: no Rust reference may be trusted any more.
+                eprintln!("svm: fatal: pages a runaway kernel writes cannot be taken from the CPU: {e}");
+                std::process::abort();
             }
         }
     }
@@ -85,6 +89,19 @@ impl Inner {
     /// device's kernel may still write it in place; see `lose_device`).
     pub(super) fn withheld(&self, a: u32, b: u32) -> bool {
         self.arena.is_withheld(a as usize * PAGE_SIZE, (b - a) as usize * PAGE_SIZE)
+    }
+
+    /// [`DeviceError::Lost`] for a launch, scope, prefetch or advice that
+    /// names withheld pages (their contents are a runaway kernel's), as for
+    /// pages lost with a device.
+    pub(super) fn refuse_withheld(&self, ranges: &[(u32, u32)]) -> Result<(), DeviceError> {
+        match ranges.iter().find(|&&(a, b)| self.withheld(a, b)) {
+            Some(&(a, _)) => Err(DeviceError::Lost(format!(
+                "pages from {:#x} may still be written in place by a kernel of a device lost to a launch timeout",
+                self.arena.base() + a as usize * PAGE_SIZE
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The pipeline of `kernel` specialized for `v`, built on first use.

@@ -607,6 +607,24 @@ fn a_mirrors_runaway_kernel_keeps_its_pages_from_reuse() {
             m.lost_ranges()
         );
     }
+    // Found by review: A could launch on them, prefetch them, advise them
+    // AccessedBy, and its launch's end mapped them for the CPU again while
+    // B's kernel wrote them. Refused as lost now (and the arena never maps
+    // them again, whatever asks: `svm-migrate`'s withheld pages).
+    let ka = kernel(&a, "step", STEP);
+    let lost = |r: Result<_, svm::LaunchError>| matches!(r, Err(svm::LaunchError::Device(svm::DeviceError::Lost(_))));
+    let groups = [16, 1, 1];
+    let p = P { mul: 1, add: 1, pad: [0; 2] };
+    let on_a = a.launch(
+        &ka,
+        &LaunchDescriptor {
+            bindings: &[Binding::read_write(&mut v), Binding::uniform(&p)],
+            workgroups: groups,
+            ..Default::default()
+        },
+    );
+    assert!(lost(on_a.map(drop)), "A's launch on B's runaway pages");
+    assert!(lost(a.prefetch(v.as_ptr().cast(), vl, svm::Location::Device).wait().map(drop)), "A's prefetch of them");
     drop(v); // through A's allocator
     let mut fresh = Vec::new();
     for _ in 0..4 {
