@@ -32,8 +32,13 @@ pub(crate) struct FlightShared {
     /// that takes a submission only when the previous one has run, the
     /// submit waits for the running kernel).
     pub(super) index: std::sync::OnceLock<wgpu::SubmissionIndex>,
-    /// The timeline value the submission signals (with the raw device).
+    /// The timeline value the submission signals (with the raw device): a
+    /// hint only (see `submit::complete`).
     pub(super) point: std::sync::OnceLock<crate::vk::raw::TimelinePoint>,
+    /// Set by wgpu once the submission's work is done (its
+    /// `on_submitted_work_done`, registered right after it, fires in some
+    /// thread's poll), with the raw device.
+    pub(super) work_done: std::sync::OnceLock<Arc<AtomicBool>>,
     /// The GPU finished the submission (or the device was lost: `lost`).
     pub(super) gpu_done: AtomicBool,
     /// Removed from [`State::flights`]; its result is in `result`.
@@ -338,6 +343,7 @@ impl Inner {
         Arc::new(FlightShared {
             index: std::sync::OnceLock::new(),
             point: std::sync::OnceLock::new(),
+            work_done: std::sync::OnceLock::new(),
             gpu_done: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             driven,

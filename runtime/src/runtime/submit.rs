@@ -28,6 +28,7 @@
 //! batches reach the queue in order.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 
 use parking_lot::Condvar;
 
@@ -101,7 +102,14 @@ impl Submitter {
                 // the completion thread waits for it there (no
                 // `Device::poll`). (Its mutex also keeps sparse binds off
                 // the queue meanwhile.)
-                Some(raw) => raw.submit_signalled(|| self.queue.submit(cmds)).map(|(i, p)| (i, Some(p))),
+                Some(raw) => raw.submit_signalled(|| self.queue.submit(cmds)).map(|(i, p)| {
+                    // Registered after the submission: fires once it (and
+                    // whatever came before it) is done.
+                    let done = Arc::new(AtomicBool::new(false));
+                    let d = done.clone();
+                    self.queue.on_submitted_work_done(move || d.store(true, Ordering::Release));
+                    (i, Some((p, done)))
+                }),
                 None => Ok((self.queue.submit(cmds), None)),
             };
             (sent, pollster::block_on(scope.pop()))
@@ -118,8 +126,9 @@ impl Submitter {
         Counters::add(&self.stats.pass_submissions, 1);
         for f in &flights {
             let _ = f.index.set(index.clone());
-            if let Some(p) = point {
-                let _ = f.point.set(p);
+            if let Some((p, done)) = &point {
+                let _ = f.point.set(*p);
+                let _ = f.work_done.set(done.clone());
             }
         }
         b.sent.extend(flights);
@@ -237,9 +246,33 @@ fn complete(
                     Err(e) => Err(e.to_string()),
                 },
                 // The pass's own submission, by wgpu's fence (which no one
-                // else signals): at once when the hint was right; a plain
-                // wgpu device, or a stolen signal, in short polls under the
-                // poll lock (see `Gpu::poll_lock`).
+                // else signals): its work-done callback, fired by a
+                // non-blocking poll at once when the hint was right; after a
+                // stolen signal, polled again in short sleeps. (Not a poll
+                // waiting for the submission's index: wgpu-core asserts in
+                // one when another thread — the application's, on a shared
+                // device — polls beside it.)
+                (Some(_), Some(_)) => {
+                    let confirmed = || f.work_done.get().is_some_and(|d| d.load(Ordering::Acquire));
+                    if confirmed() {
+                        Ok(true)
+                    } else {
+                        let polled = {
+                            let _polling = s.poll_lock.lock();
+                            device.poll(wgpu::PollType::Poll)
+                        };
+                        match polled {
+                            Ok(_) if confirmed() => Ok(true),
+                            Ok(_) => {
+                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                Ok(false)
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                }
+                // A plain wgpu device: short polls under the poll lock (see
+                // `Gpu::poll_lock`).
                 _ => {
                     let _polling = s.poll_lock.lock();
                     let wait = wgpu::PollType::Wait {
