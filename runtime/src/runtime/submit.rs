@@ -230,6 +230,9 @@ fn complete(
         };
         // The timeline reached the pass's point: most likely it is done.
         let mut hinted = false;
+        // Non-blocking polls made since (wgpu's fence may be signalled a
+        // little after the timeline: yield first, then sleep).
+        let mut polls = 0u32;
         while lost.is_none() {
             let done = match (&s.raw, f.point.get().copied()) {
                 // The timeline: a host wait, no `Device::poll`. Only a hint:
@@ -264,7 +267,12 @@ fn complete(
                         match polled {
                             Ok(_) if confirmed() => Ok(true),
                             Ok(_) => {
-                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                polls += 1;
+                                if polls < 200 {
+                                    std::thread::yield_now();
+                                } else {
+                                    std::thread::sleep(std::time::Duration::from_micros(100));
+                                }
                                 Ok(false)
                             }
                             Err(e) => Err(e.to_string()),

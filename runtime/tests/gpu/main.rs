@@ -56,3 +56,11 @@ pub fn in_child(test: &str, role: &str) -> std::process::ExitStatus {
 pub fn child_role() -> Option<String> {
     std::env::var("SVM_TEST_CHILD").ok()
 }
+
+/// A runaway kernel: `args[2]` rounds of an LCG, then one store at the
+/// pointer `args[0]`. Args: p, rounds.
+pub const SPIN: &str = "@compute @workgroup_size(1) fn main() {
+    var x = 1u;
+    for (var i = 0u; i < svm_arg_u32(2u); i++) { x = x * 1664525u + 1013904223u; }
+    svm_store_u32(svm_arg_ptr(0u), x);
+}";

@@ -570,15 +570,7 @@ fn a_mirrors_runaway_kernel_keeps_its_pages_from_reuse() {
         eprintln!("NOT APPLICABLE: nothing is written in place (a migrating mode without host import)");
         return;
     }
-    let k = kernel(
-        &b,
-        "spin",
-        "@compute @workgroup_size(1) fn main() {
-            var x = 1u;
-            for (var i = 0u; i < svm_arg_u32(2u); i++) { x = x * 1664525u + 1013904223u; }
-            svm_store_u32(svm_arg_ptr(0u), x);
-        }",
-    );
+    let k = kernel(&b, "spin", crate::SPIN);
     let mut v = a.alloc_vec::<u32>(1024).expect("v");
     if migrating(&a) {
         b.advise(v.as_ptr().cast(), 4096, svm::Advice::AccessedBy).expect("in place on B");

@@ -147,22 +147,7 @@ fn a_plain_device_migrates_beside_cpu_faults() {
 #[cfg(feature = "vulkan")]
 #[test]
 fn a_vk_opened_device_serves_every_mode() {
-    let opened = match svm::vk::open(&svm::vk::DeviceDescriptor {
-        label: Some("app"),
-        required_features: svm::wgpu::Features::empty(),
-        optional_features: svm::wgpu::Features::empty(),
-        required_limits: None,
-        want_sparse: true,
-        want_host_import: true,
-        want_buffer_device_address: false,
-        validation: svm::vk::ValidationMode::Off,
-    }) {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
-            return;
-        }
-    };
+    let Some(opened) = vk_app_device() else { return };
     let input: Vec<u32> = (0..20_000).map(|i| i * 7).collect();
     let p = pipeline(&opened.device);
     let want = plain(&opened.device, &opened.queue, &p, &input);
@@ -346,22 +331,7 @@ fn with_bindings_copies_survive_what_the_application_does() {
 #[cfg(feature = "vulkan")]
 #[test]
 fn the_applications_submissions_do_not_finish_the_runtimes_launches() {
-    let opened = match svm::vk::open(&svm::vk::DeviceDescriptor {
-        label: Some("app"),
-        required_features: svm::wgpu::Features::empty(),
-        optional_features: svm::wgpu::Features::empty(),
-        required_limits: None,
-        want_sparse: true,
-        want_host_import: true,
-        want_buffer_device_address: false,
-        validation: svm::vk::ValidationMode::Off,
-    }) {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
-            return;
-        }
-    };
+    let Some(opened) = vk_app_device() else { return };
     let mut desc = small(BACKENDS[0]).device(SharedDevice::from_vk(&opened));
     if std::env::var(svm::MAPPING_MODE_ENV).as_deref() == Ok("sparse") {
         // The sparse mode's binds share the queue: an application's
@@ -417,4 +387,26 @@ fn the_applications_submissions_do_not_finish_the_runtimes_launches() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     assert_eq!(wrong, 0, "launches seen before they ran ({:?})", svm.mapping_mode());
+}
+
+/// A device the application opens through `svm::vk` with what every mode
+/// needs; `None` (skip) without a GPU where none is required.
+#[cfg(feature = "vulkan")]
+fn vk_app_device() -> Option<svm::vk::OpenDevice> {
+    match svm::vk::open(&svm::vk::DeviceDescriptor {
+        label: Some("app"),
+        required_features: svm::wgpu::Features::empty(),
+        optional_features: svm::wgpu::Features::empty(),
+        required_limits: None,
+        want_sparse: true,
+        want_host_import: true,
+        want_buffer_device_address: false,
+        validation: svm::vk::ValidationMode::Off,
+    }) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(std::env::var("SVM_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+            None
+        }
+    }
 }

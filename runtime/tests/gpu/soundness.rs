@@ -264,15 +264,7 @@ fn a_forked_child_cannot_use_or_break_the_runtime() {
 #[test]
 fn launch_timeout_loses_the_device() {
     let Some(svm) = ctx(small(svm::FaultBackendKind::Uffd)) else { return };
-    let k = kernel(
-        &svm,
-        "spin",
-        "@compute @workgroup_size(1) fn main() {
-            var x = 1u;
-            for (var i = 0u; i < svm_arg_u32(2u); i++) { x = x * 1664525u + 1013904223u; }
-            svm_store_u32(svm_arg_ptr(0u), x);
-        }",
-    );
+    let k = kernel(&svm, "spin", crate::SPIN);
     let mut v = svm.alloc_vec::<u32>(1024).expect("v");
     let launch = |v: &mut svm::ManagedVec<u32>, iters: u32, opts: &LaunchOptions| {
         let args = [Arg::ptr(v.as_ptr()), Arg::U32(iters)];
