@@ -166,8 +166,10 @@ pub(crate) struct Gpu {
     /// Held around every `Device::poll` and every submission (wgpu-core's
     /// submit polls too): wgpu-core 30 asserts when two threads poll at
     /// once and one finds the queue empty that the other emptied (it read
-    /// the fence before). The completion thread waits on the timeline
-    /// instead, or (without the raw device) polls under this lock too. A
+    /// the fence before: a poll waiting for a submission index with a
+    /// timeout). The completion thread waits on the timeline, then confirms
+    /// with non-blocking polls (which cannot trip it), or (without the raw
+    /// device) polls under this lock too. A
     /// plain device's runtime migrating while another thread faulted hit
     /// that assertion (`shared::a_plain_device_migrates_beside_cpu_faults`).
     pub poll_lock: Arc<Mutex<()>>,

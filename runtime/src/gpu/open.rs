@@ -192,6 +192,16 @@ impl Timestamps {
 /// device lives, submit from threads that may run beside its operations
 /// with [`crate::Svm::submit_commands`] (Vulkan requires a queue's calls to
 /// be externally synchronized). The other modes make no raw queue call.
+///
+/// wgpu-core 30 asserts inside a `Device::poll` that waits for a submission
+/// with a timeout when another thread's poll (or submit, which polls) empties
+/// the queue meanwhile. The runtime makes its own polls and submissions
+/// under one lock; an application thread polling or submitting on the
+/// shared device beside the runtime's waits (a staged migration, the end of
+/// `with_bindings`, a plain device's launch completion) can still meet it
+/// (a panic in that wait). Launch completion on a Vulkan device opened
+/// through [`crate::vk::open`] is clear of it; those other waits are not
+/// yet (they would have to confirm with non-blocking polls too).
 #[derive(Clone)]
 pub struct SharedDevice {
     adapter: wgpu::Adapter,

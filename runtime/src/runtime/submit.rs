@@ -100,16 +100,21 @@ impl Submitter {
             let sent = match &self.raw {
                 // With the raw device the submission signals the timeline:
                 // the completion thread waits for it there (no
-                // `Device::poll`). (Its mutex also keeps sparse binds off
-                // the queue meanwhile.)
-                Some(raw) => raw.submit_signalled(|| self.queue.submit(cmds)).map(|(i, p)| {
-                    // Registered after the submission: fires once it (and
-                    // whatever came before it) is done.
+                // `Device::poll`), and confirms with the work-done callback
+                // registered right after the submission (it fires once it,
+                // and whatever came before it, is done), both under the
+                // timeline's mutex, which keeps sparse binds off the queue
+                // (the registration may submit pending writes).
+                Some(raw) => {
                     let done = Arc::new(AtomicBool::new(false));
                     let d = done.clone();
-                    self.queue.on_submitted_work_done(move || d.store(true, Ordering::Release));
-                    (i, Some((p, done)))
-                }),
+                    raw.submit_signalled(|| {
+                        let index = self.queue.submit(cmds);
+                        self.queue.on_submitted_work_done(move || d.store(true, Ordering::Release));
+                        index
+                    })
+                    .map(|(i, p)| (i, Some((p, done))))
+                }
                 None => Ok((self.queue.submit(cmds), None)),
             };
             (sent, pollster::block_on(scope.pop()))
@@ -271,7 +276,10 @@ fn complete(
                                 if polls < 200 {
                                     std::thread::yield_now();
                                 } else {
-                                    std::thread::sleep(std::time::Duration::from_micros(100));
+                                    // (A stolen signal: the pass may run
+                                    // long yet. 100 µs doubling to 1.6 ms.)
+                                    let us = 100u64 << ((polls - 200) / 8).min(4);
+                                    std::thread::sleep(std::time::Duration::from_micros(us));
                                 }
                                 Ok(false)
                             }
