@@ -207,7 +207,7 @@ impl Inner {
         if len as u64 > gpu.device.limits().max_storage_buffer_binding_size {
             return Err(AdviseError::Unsupported("AccessedBy range longer than one storage binding"));
         }
-        self.refuse_withheld(&[(a, b)])?;
+        self.refuse_withheld([(a, b)])?;
         // Bring the range home first: from now on only the host copy exists.
         self.migrate_back_spans(st, &Self::spans_of(a, b))?;
         for p in a..b {
@@ -277,7 +277,7 @@ impl Inner {
         to: Location,
     ) -> Result<u64, LaunchError> {
         if let Some((a, b)) = self.page_range(guard, addr, len) {
-            self.refuse_withheld(&[(a, b)])?;
+            self.refuse_withheld([(a, b)])?;
             loop {
                 // Pages another device mirroring the arena holds come home
                 // first (`mirror.rs`); decided again after.

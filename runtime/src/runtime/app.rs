@@ -282,7 +282,7 @@ impl Inner {
                 decl.push((a, b, write));
             }
             let decl = merge_ranges(decl);
-            self.refuse_withheld(&decl.iter().map(|&(a, b, _)| (a, b)).collect::<Vec<_>>())?;
+            self.refuse_withheld(decl.iter().map(|&(a, b, _)| (a, b)))?;
             let foreign = self.foreign_runs(decl.iter().map(|&(a, b, _)| (a, b)));
             if !foreign.is_empty() {
                 // Held by another device mirroring the arena (`mirror.rs`).

@@ -94,9 +94,9 @@ impl Inner {
     /// [`DeviceError::Lost`] for a launch, scope, prefetch or advice that
     /// names withheld pages (their contents are a runaway kernel's), as for
     /// pages lost with a device.
-    pub(super) fn refuse_withheld(&self, ranges: &[(u32, u32)]) -> Result<(), DeviceError> {
-        match ranges.iter().find(|&&(a, b)| self.withheld(a, b)) {
-            Some(&(a, _)) => Err(DeviceError::Lost(format!(
+    pub(super) fn refuse_withheld(&self, ranges: impl IntoIterator<Item = (u32, u32)>) -> Result<(), DeviceError> {
+        match ranges.into_iter().find(|&(a, b)| self.withheld(a, b)) {
+            Some((a, _)) => Err(DeviceError::Lost(format!(
                 "pages from {:#x} may still be written in place by a kernel of a device lost to a launch timeout",
                 self.arena.base() + a as usize * PAGE_SIZE
             ))),

@@ -332,15 +332,17 @@ fn with_bindings_copies_survive_what_the_application_does() {
 #[test]
 fn the_applications_submissions_do_not_finish_the_runtimes_launches() {
     let Some(opened) = vk_app_device() else { return };
-    let mut desc = small(BACKENDS[0]).device(SharedDevice::from_vk(&opened));
-    if std::env::var(svm::MAPPING_MODE_ENV).as_deref() == Ok("sparse") {
-        // The sparse mode's binds share the queue: an application's
-        // submissions beside them go through `submit_commands`
-        // (`SharedDevice`'s contract), which this test means not to use.
-        // The coherent mode is where the stolen signal showed.
-        eprintln!("the sparse run checks the coherent mode");
-        desc = desc.mapping(MappingMode::Coherent);
+    // The coherent mode in every run: there a launch seen done early shows
+    // (the CPU reads the pages in place; migrating modes copy back behind
+    // the kernel on the queue, which hides it). Not the sparse mode: its
+    // binds share the queue, and an application's submissions beside them
+    // go through `submit_commands` (`SharedDevice`'s contract).
+    if !opened.caps.host_import {
+        assert!(std::env::var("SVM_REQUIRE_VK_CAPS").as_deref() != Ok("1"), "no host import");
+        eprintln!("SKIP: no host import on this device (the coherent mode)");
+        return;
     }
+    let desc = small(BACKENDS[0]).device(SharedDevice::from_vk(&opened)).mapping(MappingMode::Coherent);
     let svm = Svm::with_descriptor(&desc).expect("runtime");
     // Slow enough that a launch is still running when an empty submission
     // of the application's (queued before it) completes. Bound access: no

@@ -198,7 +198,7 @@ impl Inner {
         let (decl, discard) = loop {
             self.retire_done(guard);
             let (decl, discard) = self.declared(guard, kernel, bound, access)?;
-            self.refuse_withheld(&decl.iter().map(|&(a, b, _)| (a, b)).collect::<Vec<_>>())?;
+            self.refuse_withheld(decl.iter().map(|&(a, b, _)| (a, b)))?;
             // Pages another device mirroring the arena holds come here
             // first (`mirror.rs`). A replayable launch may fault on any
             // allocated page: it takes every one.
